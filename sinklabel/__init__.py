@@ -1,0 +1,25 @@
+"""sinklabel: balanced label assignment by optimal transport (Sinkhorn self-labelling).
+
+    >>> import numpy as np, sinklabel
+    >>> logp = np.log(np.random.default_rng(0).dirichlet(np.ones(4), size=100))
+    >>> labels = sinklabel.assign_labels(logp, 4)
+    >>> labels.shape
+    (100,)
+"""
+
+from .api import assign_labels, sinkhorn
+from .estimator import SinkhornLabeler
+from .kernels import available_backends
+from .result import SinkhornResult
+from .solver import ConvergenceWarning
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConvergenceWarning",
+    "SinkhornLabeler",
+    "SinkhornResult",
+    "assign_labels",
+    "available_backends",
+    "sinkhorn",
+]

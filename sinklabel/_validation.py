@@ -1,0 +1,93 @@
+"""Checks at the API boundary: every bad input is named before any solver work starts."""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+import numpy as np
+
+from .kernels import Kernel
+from .sources import Source
+
+FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
+
+
+def check_positive(name: str, value: Any, *, integer: bool = False) -> Any:
+    """A finite, strictly positive number (an int when ``integer``)."""
+    kind = numbers.Integral if integer else numbers.Real
+    if isinstance(value, bool) or not isinstance(value, kind):
+        raise TypeError(f"{name} must be {'an integer' if integer else 'a number'}, got {value!r}")
+    if not np.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be finite and > 0, got {value!r}")
+    return int(value) if integer else float(value)
+
+
+def check_shape(source: Source, n_labels: Any) -> int:
+    """The scores are a non-empty float (N, K) matrix and ``n_labels`` is that K."""
+    if len(source.shape) != 2:
+        raise ValueError(f"logp must be 2-D (N, K), got shape {tuple(source.shape)}")
+    n, k = source.shape
+    if n == 0 or k == 0:
+        raise ValueError(f"logp must be non-empty, got shape {(n, k)}")
+    if source.dtype not in FLOAT_DTYPES:
+        raise TypeError(
+            f"logp must hold floating-point scores ({', '.join(FLOAT_DTYPES)}), got {source.dtype}"
+        )
+    n_labels = check_positive("K", n_labels, integer=True)
+    if n_labels != k:
+        hint = " (the array looks transposed: pass logp.T)" if n_labels == n else ""
+        raise ValueError(f"K={n_labels} but logp has shape {(n, k)}: K must be logp.shape[1]{hint}")
+    return n_labels
+
+
+def check_label_weights(label_weights: Any, n_labels: int) -> np.ndarray:
+    """Positive finite label proportions of length K, normalised to sum to one."""
+    if label_weights is None:
+        return np.full(n_labels, 1.0 / n_labels)
+    weights = _host_vector("label_weights", label_weights, n_labels)
+    if not np.all(np.isfinite(weights)) or np.any(weights <= 0):
+        raise ValueError("label_weights must be finite and > 0 for every label")
+    return weights / weights.sum()
+
+
+def check_init(init: Any, n_labels: int) -> np.ndarray | None:
+    """Warm-start potentials: a finite K-vector, or None for a cold start."""
+    if init is None:
+        return None
+    potentials = _host_vector("init", init, n_labels)
+    if not np.all(np.isfinite(potentials)):
+        raise ValueError("init must hold finite potentials")
+    return potentials
+
+
+def check_scores(source: Source, kernel: Kernel, lam: float, rows: int) -> None:
+    """One pass that rejects NaN, +inf (or overflow of lam * logp) and rows with no finite score."""
+    zero = np.zeros(source.shape[1])
+    for start, _, chunk in source.chunks(rows):
+        row_max = kernel.to_numpy(kernel.best(chunk, zero, lam)[0])
+        bad = ~np.isfinite(row_max)
+        if not bad.any():
+            continue
+        first = int(np.flatnonzero(bad)[0])
+        value = row_max[first]
+        row = start + first
+        if np.isnan(value):
+            raise ValueError(f"logp contains NaN (row {row})")
+        if value > 0:
+            raise ValueError(
+                f"logp contains +inf, or a score that overflows when multiplied by lam={lam:g} "
+                f"(row {row})"
+            )
+        raise ValueError(f"row {row} of logp has no finite score (-inf for every label)")
+
+
+def _host_vector(name: str, value: Any, n_labels: int) -> np.ndarray:
+    if hasattr(value, "detach"):
+        value = value.detach().cpu()
+    if hasattr(value, "get") and type(value).__module__.startswith("cupy"):
+        value = value.get()
+    vector = np.array(value, dtype=np.float64)
+    if vector.shape != (n_labels,):
+        raise ValueError(f"{name} must have shape ({n_labels},), got {vector.shape}")
+    return vector

@@ -1,0 +1,117 @@
+"""A scikit-learn-style estimator around the solver, for training loops that relabel often."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .api import DEFAULT_LAM, DEFAULT_MAX_ITER, DEFAULT_TOL, sinkhorn
+from .result import SinkhornResult
+from .sources import Array
+
+
+class SinkhornLabeler:
+    """Balanced labelling by optimal transport, with warm starts between calls.
+
+    Parameters
+    ----------
+    n_labels : int, default=None
+        K; taken from ``logp.shape[1]`` on the first fit when None.
+    lam, label_weights, tol, max_iter, init, chunk_size, backend, progress
+        As in :func:`sinklabel.sinkhorn`.
+
+    Attributes
+    ----------
+    result_ : SinkhornResult
+        The last solve.
+    labels_ : array of shape (N,)
+        Labels of the last fitted scores.
+    potentials_ : ndarray of shape (K,)
+        Label potentials of the last solve; ``partial_fit`` starts from them.
+    n_iter_ : int
+        Iterations of the last solve.
+    converged_ : bool
+        Whether the last solve reached ``tol``.
+    """
+
+    def __init__(
+        self,
+        n_labels: int | None = None,
+        *,
+        lam: float = DEFAULT_LAM,
+        label_weights: Array | None = None,
+        tol: float = DEFAULT_TOL,
+        max_iter: int = DEFAULT_MAX_ITER,
+        init: Array | None = None,
+        chunk_size: int | None = None,
+        backend: str = "auto",
+        progress: bool = False,
+    ):
+        self.n_labels = n_labels
+        self.lam = lam
+        self.label_weights = label_weights
+        self.tol = tol
+        self.max_iter = max_iter
+        self.init = init
+        self.chunk_size = chunk_size
+        self.backend = backend
+        self.progress = progress
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """The constructor's parameters, as scikit-learn's ``clone`` expects."""
+        names = ("n_labels", "lam", "label_weights", "tol", "max_iter", "init", "chunk_size",
+                 "backend", "progress")
+        return {name: getattr(self, name) for name in names}
+
+    def set_params(self, **params: Any) -> SinkhornLabeler:
+        for name, value in params.items():
+            if name not in self.get_params():
+                raise ValueError(f"unknown parameter {name!r} for SinkhornLabeler")
+            setattr(self, name, value)
+        return self
+
+    def fit(self, logp: Array, y: None = None) -> SinkhornLabeler:
+        """Solve from ``init`` (a cold start by default)."""
+        return self._fit(logp, self.init)
+
+    def partial_fit(self, logp: Array, y: None = None) -> SinkhornLabeler:
+        """Solve again, starting from the previous solve's potentials (as in training)."""
+        start = self.potentials_ if hasattr(self, "result_") else self.init
+        return self._fit(logp, start)
+
+    def fit_predict(self, logp: Array, y: None = None) -> Array:
+        """Fit and return the labels of ``logp``."""
+        return self.fit(logp).labels_
+
+    def predict(self, logp: Array) -> Array:
+        """Label rows with the fitted potentials, no further Sinkhorn iterations."""
+        return self._fitted().predict(logp, chunk_size=self.chunk_size)
+
+    def soft_assignments(self, logp: Array) -> Array:
+        """Soft assignments of rows under the fitted potentials (rows sum to one)."""
+        return self._fitted().soft_assignments(logp, chunk_size=self.chunk_size)
+
+    def _fit(self, logp: Array, init: Array | None) -> SinkhornLabeler:
+        n_labels = self.n_labels if self.n_labels is not None else _n_columns(logp)
+        result = sinkhorn(
+            logp, n_labels, lam=self.lam, label_weights=self.label_weights, tol=self.tol,
+            max_iter=self.max_iter, init=init, chunk_size=self.chunk_size,
+            backend=self.backend, progress=self.progress,
+        )
+        self.result_: SinkhornResult = result
+        self.labels_ = result.labels
+        self.potentials_ = result.potentials
+        self.n_iter_ = result.n_iter
+        self.converged_ = result.converged
+        return self
+
+    def _fitted(self) -> SinkhornResult:
+        if not hasattr(self, "result_"):
+            raise RuntimeError("this SinkhornLabeler is not fitted yet: call fit first")
+        return self.result_
+
+
+def _n_columns(logp: Array) -> int:
+    shape = getattr(logp, "shape", None)
+    if shape is None or len(shape) != 2:
+        raise ValueError("logp must be 2-D (N, K) to infer n_labels")
+    return int(shape[1])

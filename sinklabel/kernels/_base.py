@@ -1,0 +1,65 @@
+"""The kernel contract: the few fused operations the solver needs on one chunk of scores.
+
+Every backend implements these on its own arrays; nothing backend-specific exists outside
+the ``kernels`` package. A chunk is a 2-D block of rows of the scores ``S`` in the backend's
+array type; ``f`` is the float64 NumPy vector of label potentials; ``lam`` the inverse
+temperature. With ``z = lam * S + f`` every operation reads the chunk once:
+
+- ``sweep``: the column sums of the row-wise softmax of ``z`` (the Sinkhorn label marginal,
+  unnormalised), as float64 NumPy.
+- ``best``: the row maxima of ``z`` and their arg-maxima (labels), in the chunk's library.
+- ``slack``: per label, ``max_i (z[i, y] - max_y' z[i, y'])``; how far each label is from
+  being any row's favourite. It rescues labels whose mass underflowed to zero.
+- ``soft``: the row-wise softmax of ``z`` itself, for the rows asked for.
+- ``gather``: ``S[i, labels[i]]``, the score each row gets under a labelling.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+import numpy as np
+
+Array = Any
+
+
+class Kernel(ABC):
+    """One backend's implementation of the per-chunk operations."""
+
+    #: Backend name, as passed to ``backend=``.
+    name: str = ""
+    #: Array libraries whose arrays this kernel takes directly.
+    libraries: tuple[str, ...] = ()
+
+    def chunk_rows(self, n_labels: int, itemsize: int) -> int:
+        """Default rows per chunk: a few MB of scores keeps temporaries in cache."""
+        return max(1, (4 << 20) // max(1, n_labels * itemsize))
+
+    @abstractmethod
+    def sweep(self, chunk: Array, f: np.ndarray, lam: float) -> np.ndarray:
+        """Column sums of softmax(lam * chunk + f) over the chunk's rows, float64."""
+
+    @abstractmethod
+    def best(self, chunk: Array, f: np.ndarray, lam: float) -> tuple[Array, Array]:
+        """Per row, the maximum of lam * chunk + f and its label (int64)."""
+
+    @abstractmethod
+    def slack(self, chunk: Array, f: np.ndarray, lam: float) -> np.ndarray:
+        """Per label, max over rows of (z[i, y] - max z[i, :]), float64 (all <= 0)."""
+
+    @abstractmethod
+    def soft(self, chunk: Array, f: np.ndarray, lam: float) -> Array:
+        """Row-wise softmax of lam * chunk + f, float32 or float64 like the compute dtype."""
+
+    @abstractmethod
+    def gather(self, chunk: Array, labels: Array) -> np.ndarray:
+        """chunk[i, labels[i]] for every row, float64 NumPy."""
+
+    @abstractmethod
+    def to_numpy(self, x: Array) -> np.ndarray:
+        """A host NumPy copy of a backend array."""
+
+    @abstractmethod
+    def concat(self, parts: list[Array]) -> Array:
+        """Join per-chunk 1-D results (at least one) into one array on their device."""

@@ -1,0 +1,68 @@
+"""The immutable outcome of a solve, and what can be done with its potentials afterwards."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+Array = Any
+
+
+@dataclass(frozen=True)
+class SinkhornResult:
+    """Labels and the state that produced them.
+
+    Attributes
+    ----------
+    labels : array of shape (N,), int64
+        Hard labels, in the input's array library and on its device.
+    potentials : ndarray of shape (K,), float64
+        Label log-potentials ``f``: the plan is ``Q[i] = softmax(lam * logp[i] + f) / N``.
+        Defined up to an additive constant, fixed by ``label_weights @ potentials == 0``.
+        ``potentials / lam`` are label prices in the units of ``logp``.
+    label_counts : ndarray of shape (K,), int64
+        How many rows each label received.
+    n_iter : int
+        Sinkhorn iterations (passes over the scores) taken.
+    converged : bool
+        Whether the label-marginal error reached ``tol``.
+    error : float
+        Final L1 distance between the plan's label marginal and ``label_weights``.
+    error_history : ndarray of shape (n_iter,)
+        The error after each iteration.
+    lam : float
+        The inverse temperature used.
+    label_weights : ndarray of shape (K,)
+        The target label proportions (normalised).
+    backend : str
+        The backend that computed it.
+    """
+
+    labels: Array
+    potentials: np.ndarray
+    label_counts: np.ndarray
+    n_iter: int
+    converged: bool
+    error: float
+    error_history: np.ndarray = field(repr=False)
+    lam: float
+    label_weights: np.ndarray = field(repr=False)
+    backend: str
+
+    def soft_assignments(self, logp: Array, *, chunk_size: int | None = None) -> Array:
+        """Rows of the transport plan, ``softmax(lam * logp[i] + potentials)``, for any rows.
+
+        Each row sums to one; scaled by ``1 / N`` they are the plan of the solved problem.
+        Works on the solved rows or on new ones, in the input's array library.
+        """
+        from .api import apply_potentials
+
+        return apply_potentials(logp, self, "soft", chunk_size)
+
+    def predict(self, logp: Array, *, chunk_size: int | None = None) -> Array:
+        """Label new rows from the saved potentials, with no further Sinkhorn work."""
+        from .api import apply_potentials
+
+        return apply_potentials(logp, self, "labels", chunk_size)

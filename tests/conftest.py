@@ -1,0 +1,34 @@
+"""Shared fixtures: every test that takes ``backend`` runs once per installed CPU backend."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sinklabel.kernels import available_backends
+
+CPU_BACKENDS = [name for name in available_backends() if name != "cupy"]
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--runslow", action="store_true", help="also run tests marked slow")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--runslow"):
+        return
+    skip = pytest.mark.skip(reason="slow: pass --runslow to run")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(params=CPU_BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    """Name of a backend that takes NumPy arrays or CPU tensors on this machine."""
+    return request.param
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(12345)
