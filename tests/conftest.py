@@ -32,3 +32,21 @@ def backend(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(12345)
+
+
+def to_backend(array: np.ndarray, backend: str):
+    """The NumPy test input in the array library that ``backend`` takes (CPU)."""
+    if backend == "torch":
+        import torch
+
+        return torch.from_numpy(np.ascontiguousarray(array))
+    return array
+
+
+def to_host(array) -> np.ndarray:
+    """Any backend's output as a NumPy array, for comparison with oracles."""
+    if hasattr(array, "detach"):
+        return array.detach().cpu().numpy()
+    if type(array).__module__.startswith("cupy"):
+        return array.get()
+    return np.asarray(array)
