@@ -123,7 +123,9 @@ def _sinkhorn(
     )
 
 
-def apply_potentials(logp: Array, result: SinkhornResult, what: str, chunk_size: int | None) -> Array:
+def apply_potentials(
+    logp: Array, result: SinkhornResult, what: str, chunk_size: int | None
+) -> Array:
     """Labels or soft assignments of any rows under a result's potentials."""
     source = as_source(logp)
     check_shape(source, result.potentials.shape[0])

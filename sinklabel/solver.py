@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .collective import LOCAL, Collective
 from .kernels import Kernel
 from .progress import Progress
 from .sources import Array, Source
@@ -32,23 +33,34 @@ def normalize_potentials(f: np.ndarray, label_weights: np.ndarray) -> np.ndarray
     return f - float(label_weights @ f)
 
 
-def label_mass(source: Source, kernel: Kernel, f: np.ndarray, lam: float, rows: int) -> np.ndarray:
-    """The label marginal of the plan for potentials ``f``: one pass over the scores."""
-    total = np.zeros(source.shape[1], dtype=np.float64)
-    for _, _, chunk in source.chunks(rows):
-        total += kernel.sweep(chunk, f, lam)
-    return total / source.shape[0]
+def label_mass(
+    source: Source, kernel: Kernel, f: np.ndarray, lam: float, rows: int,
+    collective: Collective = LOCAL,
+) -> np.ndarray:
+    """The label marginal of the plan for potentials ``f``: one pass over the scores.
+
+    The row count travels with the K sums, so one reduction serves both.
+    """
+    total = np.zeros(source.shape[1] + 1, dtype=np.float64)
+    for start, stop, chunk in source.chunks(rows):
+        total[:-1] += kernel.sweep(chunk, f, lam)
+        total[-1] += stop - start
+    total = collective.sum(total)
+    return total[:-1] / total[-1]
 
 
-def _label_slack(source: Source, kernel: Kernel, f: np.ndarray, lam: float, rows: int) -> np.ndarray:
+def _label_slack(
+    source: Source, kernel: Kernel, f: np.ndarray, lam: float, rows: int, collective: Collective
+) -> np.ndarray:
     slack = np.full(source.shape[1], -np.inf)
     for _, _, chunk in source.chunks(rows):
         np.maximum(slack, kernel.slack(chunk, f, lam), out=slack)
-    return slack
+    return collective.max(slack)
 
 
 def _revive_empty_labels(
-    source: Source, kernel: Kernel, f: np.ndarray, lam: float, rows: int, empty: np.ndarray
+    source: Source, kernel: Kernel, f: np.ndarray, lam: float, rows: int, empty: np.ndarray,
+    collective: Collective,
 ) -> np.ndarray:
     """Raise the potential of labels whose mass underflowed to exactly zero.
 
@@ -56,7 +68,7 @@ def _revive_empty_labels(
     by its slack makes it tie with the favourite label of its closest row, which gives it
     measurable mass without overshooting; the ordinary updates take over from there.
     """
-    slack = _label_slack(source, kernel, f, lam, rows)[empty]
+    slack = _label_slack(source, kernel, f, lam, rows, collective)[empty]
     if not np.all(np.isfinite(slack)):
         dead = np.flatnonzero(empty)[~np.isfinite(slack)]
         raise ValueError(
@@ -79,6 +91,7 @@ def solve(
     init: np.ndarray | None,
     rows: int,
     progress: bool,
+    collective: Collective = LOCAL,
 ) -> SolverOutput:
     """Sinkhorn iterations until the label marginal is within ``tol`` (L1) of the target."""
     f = np.zeros(source.shape[1]) if init is None else np.array(init, dtype=np.float64)
@@ -88,7 +101,7 @@ def solve(
     converged = False
     with Progress(progress, total=max_iter) as bar:
         for iteration in range(1, max_iter + 1):
-            mass = label_mass(source, kernel, f, lam, rows)
+            mass = label_mass(source, kernel, f, lam, rows, collective)
             error = float(np.abs(mass - label_weights).sum())
             history.append(error)
             bar.update(iteration, error)
@@ -99,7 +112,7 @@ def solve(
                 break
             empty = mass <= 0.0
             if empty.any():
-                f = _revive_empty_labels(source, kernel, f, lam, rows, empty)
+                f = _revive_empty_labels(source, kernel, f, lam, rows, empty, collective)
             with np.errstate(divide="ignore"):
                 step = np.where(empty, 0.0, log_target - np.log(mass))
             f = normalize_potentials(f + step, label_weights)
