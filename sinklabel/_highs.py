@@ -1,0 +1,58 @@
+"""The reference method: eq. (6) handed to SciPy's HiGHS as a sparse linear program.
+
+Variables are the finite entries of the plan (a point cannot take a label whose score is
+-inf). The constraint matrix is totally unimodular, so the simplex vertex HiGHS returns is
+integral: every point's row holds a single one. Practical up to a few million variables.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import sparse
+from scipy.optimize import linprog
+
+from ._transport import InfeasibleError
+
+
+def solve_highs(
+    S: np.ndarray, lower: np.ndarray, upper: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Optimal labels and label prices ``v`` (dual variables of the label constraints)."""
+    N, K = S.shape
+    rows, cols = np.nonzero(np.isfinite(S))
+    n_vars = rows.size
+    cost = -S[rows, cols].astype(np.float64)
+    ones = np.ones(n_vars)
+    var = np.arange(n_vars)
+    per_point = sparse.csr_matrix((ones, (rows, var)), shape=(N, n_vars))
+    per_label = sparse.csr_matrix((ones, (cols, var)), shape=(K, n_vars))
+    fixed = bool(np.all(lower == upper))
+    if fixed:
+        a_eq = sparse.vstack([per_point, per_label]).tocsr()
+        b_eq = np.concatenate([np.ones(N), upper.astype(np.float64)])
+        a_ub = b_ub = None
+    else:
+        a_eq, b_eq = per_point, np.ones(N)
+        a_ub = sparse.vstack([per_label, -per_label]).tocsr()
+        b_ub = np.concatenate([upper, -lower]).astype(np.float64)
+    res = linprog(cost, A_ub=a_ub, b_ub=b_ub, A_eq=a_eq, b_eq=b_eq, bounds=(0, None),
+                  method="highs")
+    if res.status == 2:
+        raise InfeasibleError(
+            "no labelling meets the capacities: some labels need more points than have "
+            "finite scores for them (check -inf entries and the capacities)"
+        )
+    if res.status != 0:
+        raise RuntimeError(f"HiGHS failed: {res.message}")
+    # The largest entry of each point's row (exactly one entry is 1 at a vertex).
+    order = np.lexsort((-res.x, rows))
+    first = np.ones(n_vars, dtype=bool)
+    first[1:] = rows[order][1:] != rows[order][:-1]
+    labels = np.empty(N, np.int64)
+    labels[rows[order][first]] = cols[order][first]
+    if fixed:
+        prices = np.asarray(res.eqlin.marginals[N:], dtype=np.float64)
+    else:
+        marg = np.asarray(res.ineqlin.marginals, dtype=np.float64)
+        prices = marg[:K] - marg[K:]
+    return labels, prices
