@@ -65,7 +65,8 @@ def check_scores(source: Source, kernel: Kernel, lam: float, rows: int) -> None:
     """One pass that rejects NaN, +inf (or overflow of lam * logp) and rows with no finite score."""
     zero = np.zeros(source.shape[1])
     for start, _, chunk in source.chunks(rows):
-        row_max = kernel.to_numpy(kernel.best(chunk, zero, lam)[0])
+        with np.errstate(over="ignore", invalid="ignore"):  # overflow is what we look for
+            row_max = kernel.to_numpy(kernel.best(chunk, zero, lam)[0])
         bad = ~np.isfinite(row_max)
         if not bad.any():
             continue

@@ -1,0 +1,1 @@
+"""One module per ``sinklabel`` command: ``configure(parser)`` adds options, ``run(args)`` acts."""

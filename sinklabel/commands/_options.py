@@ -1,0 +1,48 @@
+"""Solver options shared by the commands that solve."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from ..api import DEFAULT_LAM, DEFAULT_MAX_ITER, DEFAULT_TOL
+
+
+def add_solver_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--lam", type=float, default=DEFAULT_LAM,
+                        help="inverse temperature (default: %(default)s)")
+    parser.add_argument("--tol", type=float, default=DEFAULT_TOL,
+                        help="L1 label-marginal error to stop at (default: %(default)s)")
+    parser.add_argument("--max-iter", type=int, default=DEFAULT_MAX_ITER,
+                        help="most passes over the scores (default: %(default)s)")
+    parser.add_argument("--backend", default="auto", help="backend (default: %(default)s)")
+    parser.add_argument("--chunk-size", type=int, default=None,
+                        help="rows per chunk (default: the backend's)")
+    parser.add_argument("--no-progress", dest="progress", action="store_false",
+                        help="hide the progress bar")
+
+
+def solver_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "lam": args.lam, "tol": args.tol, "max_iter": args.max_iter, "backend": args.backend,
+        "chunk_size": args.chunk_size, "progress": args.progress,
+    }
+
+
+def summarize(result: Any, seconds: float) -> str:
+    """A few lines on a solve: passes, error, label sizes against their targets, time."""
+    counts = result.label_counts
+    n = int(counts.sum())
+    target = result.label_weights * n
+    spread = counts / target
+    status = "converged" if result.converged else "NOT converged"
+    return "\n".join([
+        f"backend           {result.backend}",
+        f"iterations        {result.n_iter} ({status})",
+        f"marginal error    {result.error:.2e} (L1)",
+        f"label sizes       min {counts.min()}, max {counts.max()}, "
+        f"target {target.min():.1f}..{target.max():.1f}",
+        f"size / target     {spread.min():.3f} .. {spread.max():.3f}",
+        f"empty labels      {int((counts == 0).sum())}",
+        f"time              {seconds:.2f} s",
+    ])

@@ -1,0 +1,36 @@
+"""Assign balanced labels to the scores in a .npy file and save them.
+
+The file is memory-mapped and read in chunks, so it may be larger than memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import numpy as np
+
+from ..api import sinkhorn
+from ._options import add_solver_options, solver_kwargs, summarize
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("scores", help="(N, K) float .npy file of log-probabilities or logits")
+    parser.add_argument("-k", "--k", type=int, required=True, help="number of labels K")
+    parser.add_argument("-o", "--output", required=True, help="where to save the labels (.npy)")
+    parser.add_argument("--potentials", help="also save the label potentials (.npy) here")
+    add_solver_options(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    scores = np.load(args.scores, mmap_mode="r")
+    start = time.perf_counter()
+    result = sinkhorn(scores, args.k, **solver_kwargs(args))
+    seconds = time.perf_counter() - start
+    np.save(args.output, np.asarray(result.labels))
+    if args.potentials:
+        np.save(args.potentials, result.potentials)
+    print(summarize(result, seconds), file=sys.stderr)
+    print(f"labels saved to {args.output}", file=sys.stderr)
+    return 0 if result.converged else 1

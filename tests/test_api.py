@@ -1,0 +1,194 @@
+"""The public boundary: validation errors, input safety, output types, the estimator."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import to_backend, to_host
+
+import sinklabel
+from sinklabel import SinkhornLabeler, assign_labels, sinkhorn
+
+
+@pytest.fixture
+def logp(rng) -> np.ndarray:
+    logits = 3.0 * rng.standard_normal((240, 6)).astype(np.float32)
+    return logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+
+
+def test_assign_labels_returns_int64_labels_in_the_callers_library(backend, logp):
+    labels = assign_labels(to_backend(logp, backend), 6, backend=backend)
+    assert type(labels) is type(to_backend(logp, backend))
+    host = to_host(labels)
+    assert host.shape == (240,) and host.dtype == np.int64
+    assert np.all(np.abs(np.bincount(host, minlength=6) - 40) <= 4)
+
+
+def test_caller_array_is_never_modified(backend, logp):
+    original = logp.copy()
+    sinkhorn(to_backend(logp, backend), 6, backend=backend, chunk_size=7)
+    np.testing.assert_array_equal(logp, original)
+
+
+@pytest.mark.parametrize(
+    "view",
+    [
+        lambda a: np.asfortranarray(a),
+        lambda a: np.repeat(a, 2, axis=0)[::2],
+        lambda a: np.concatenate([a, a], axis=1)[:, ::2] * 0 + a,
+        lambda a: np.concatenate([a, a], axis=1)[:, :6],
+    ],
+    ids=["fortran", "row-strided", "copy", "column-slice"],
+)
+def test_layouts_give_the_same_answer(logp, view):
+    expected = sinkhorn(logp, 6, backend="numpy")
+    got = sinkhorn(view(logp), 6, backend="numpy")
+    np.testing.assert_allclose(got.potentials, expected.potentials, atol=1e-5)
+    np.testing.assert_array_equal(got.labels, expected.labels)
+
+
+def test_read_only_arrays_work(logp):
+    frozen = logp.copy()
+    frozen.setflags(write=False)
+    np.testing.assert_array_equal(assign_labels(frozen, 6), assign_labels(logp, 6))
+
+
+def test_float16_and_float64_inputs(logp):
+    f32 = sinkhorn(logp, 6, backend="numpy")
+    f16 = sinkhorn(logp.astype(np.float16), 6, backend="numpy")
+    f64 = sinkhorn(logp.astype(np.float64), 6, backend="numpy")
+    np.testing.assert_allclose(f64.potentials, f32.potentials, atol=1e-3)
+    assert f16.converged and np.all(np.isfinite(f16.potentials))
+
+
+def test_nested_lists_are_accepted():
+    labels = assign_labels([[0.0, -5.0], [-5.0, 0.0], [0.0, -1.0], [-1.0, 0.0]], 2)
+    np.testing.assert_array_equal(labels, [0, 1, 0, 1])
+
+
+BAD_SCORES = [
+    (np.zeros(5), 5, ValueError, "2-D"),
+    (np.zeros((2, 3, 4)), 3, ValueError, "2-D"),
+    (np.zeros((0, 3)), 3, ValueError, "non-empty"),
+    (np.zeros((4, 0)), 0, ValueError, "non-empty"),
+    (np.zeros((4, 3), dtype=np.int64), 3, TypeError, "floating-point"),
+    (np.zeros((4, 3), dtype=bool), 3, TypeError, "floating-point"),
+    (np.zeros((4, 3), dtype=np.complex128), 3, TypeError, "floating-point"),
+    (np.zeros((4, 3)), 2, ValueError, "K must be logp.shape"),
+    (np.zeros((4, 3)), 4, ValueError, "transposed"),
+    (np.zeros((4, 3)), 0, ValueError, "K must be finite and > 0"),
+    (np.zeros((4, 3)), 2.5, TypeError, "K must be an integer"),
+]
+
+
+@pytest.mark.parametrize("scores, k, error, match", BAD_SCORES)
+def test_bad_scores_are_named(scores, k, error, match):
+    with pytest.raises(error, match=match):
+        sinkhorn(scores, k)
+
+
+@pytest.mark.parametrize(
+    "value, match",
+    [(np.nan, "NaN"), (np.inf, r"\+inf"), (3e37, "overflows")],
+)
+def test_non_finite_scores_are_named_with_their_row(value, match):
+    scores = np.zeros((5, 3), dtype=np.float32)
+    scores[3, 1] = value
+    with pytest.raises(ValueError, match=f"{match}.*row 3"):
+        sinkhorn(scores, 3)
+
+
+def test_row_without_finite_score_is_named():
+    scores = np.zeros((5, 3))
+    scores[2] = -np.inf
+    with pytest.raises(ValueError, match="row 2 .*no finite score"):
+        sinkhorn(scores, 3)
+
+
+def test_label_without_finite_score_is_named():
+    scores = np.zeros((5, 3))
+    scores[:, 1] = -np.inf
+    with pytest.raises(ValueError, match=r"labels \[1\] have no finite score"):
+        sinkhorn(scores, 3)
+
+
+@pytest.mark.parametrize(
+    "options, error, match",
+    [
+        ({"lam": 0.0}, ValueError, "lam"),
+        ({"lam": -1.0}, ValueError, "lam"),
+        ({"lam": np.inf}, ValueError, "lam"),
+        ({"lam": "25"}, TypeError, "lam"),
+        ({"tol": 0.0}, ValueError, "tol"),
+        ({"max_iter": 0}, ValueError, "max_iter"),
+        ({"max_iter": 1.5}, TypeError, "max_iter"),
+        ({"chunk_size": 0}, ValueError, "chunk_size"),
+        ({"label_weights": [1.0, 1.0]}, ValueError, r"label_weights must have shape \(3,\)"),
+        ({"label_weights": [1.0, 0.0, 1.0]}, ValueError, "label_weights must be finite and > 0"),
+        ({"label_weights": [1.0, np.nan, 1.0]}, ValueError, "label_weights"),
+        ({"init": [0.0, 0.0]}, ValueError, r"init must have shape \(3,\)"),
+        ({"init": [0.0, np.inf, 0.0]}, ValueError, "init must hold finite"),
+        ({"backend": "fortran"}, ValueError, "backend must be"),
+    ],
+)
+def test_bad_options_are_named(options, error, match):
+    with pytest.raises(error, match=match):
+        sinkhorn(np.zeros((6, 3)), 3, **options)
+
+
+def test_unnormalised_label_weights_are_normalised(logp):
+    a = sinkhorn(logp, 6, label_weights=np.arange(1.0, 7.0))
+    b = sinkhorn(logp, 6, label_weights=np.arange(1.0, 7.0) / 21.0)
+    np.testing.assert_allclose(a.potentials, b.potentials, atol=1e-9)
+
+
+def test_soft_assignments_rows_sum_to_one(logp):
+    result = sinkhorn(logp, 6)
+    soft = result.soft_assignments(logp)
+    assert soft.shape == logp.shape
+    np.testing.assert_allclose(soft.sum(axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_array_equal(soft.argmax(axis=1), result.labels)
+
+
+def test_estimator_fit_predict_and_partial_fit(logp, rng):
+    labeler = SinkhornLabeler(lam=25.0)
+    labels = labeler.fit_predict(logp)
+    np.testing.assert_array_equal(labels, labeler.labels_)
+    np.testing.assert_array_equal(labeler.predict(logp), labels)
+    cold_iterations = labeler.n_iter_
+    drifted = logp + 0.01 * rng.standard_normal(logp.shape).astype(np.float32)
+    labeler.partial_fit(drifted)
+    assert labeler.converged_ and labeler.n_iter_ < cold_iterations
+    assert labeler.potentials_.shape == (6,)
+
+
+def test_estimator_params_and_unfitted_error(logp):
+    labeler = SinkhornLabeler(4, lam=10.0)
+    assert labeler.get_params()["lam"] == 10.0 and labeler.get_params()["n_labels"] == 4
+    assert labeler.set_params(lam=5.0).lam == 5.0
+    with pytest.raises(ValueError, match="unknown parameter"):
+        labeler.set_params(gamma=1.0)
+    with pytest.raises(RuntimeError, match="not fitted"):
+        labeler.predict(logp)
+    with pytest.raises(ValueError, match="K=4"):
+        labeler.fit(logp)
+
+
+def test_estimator_is_cloneable_by_scikit_learn():
+    sklearn_base = pytest.importorskip("sklearn.base")
+    labeler = SinkhornLabeler(6, lam=3.0, tol=1e-4)
+    clone = sklearn_base.clone(labeler)
+    assert clone.get_params() == labeler.get_params() and clone is not labeler
+
+
+def test_import_touches_no_optional_library():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, sinklabel; "
+        "print(sorted(m for m in ('torch', 'cupy', 'numba', 'triton', 'tqdm') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+    assert "sinkhorn" in sinklabel.__all__

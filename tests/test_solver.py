@@ -1,0 +1,160 @@
+"""The solver's mathematical properties, on every installed CPU backend."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+from conftest import to_backend, to_host
+from reference import reference_sinkhorn
+
+import sinklabel
+from sinklabel import ConvergenceWarning
+
+TIGHT = {"tol": 1e-10, "max_iter": 20000}
+
+
+def scores(rng: np.random.Generator, n: int, k: int, scale: float = 1.0) -> np.ndarray:
+    logits = scale * rng.standard_normal((n, k))
+    return logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+
+
+def solve(s: np.ndarray, backend: str, **options):
+    return sinklabel.sinkhorn(to_backend(s, backend), s.shape[1], backend=backend, **options)
+
+
+def test_matches_reference_sinkhorn(backend, rng):
+    s = scores(rng, 60, 7)
+    result = solve(s, backend, lam=2.0, **TIGHT)
+    plan, f_ref = reference_sinkhorn(s, lam=2.0)
+    np.testing.assert_allclose(result.potentials, f_ref, atol=1e-8)
+    soft = to_host(result.soft_assignments(to_backend(s, backend))) / s.shape[0]
+    np.testing.assert_allclose(soft, plan, atol=1e-10)
+    np.testing.assert_array_equal(to_host(result.labels), plan.argmax(axis=1))
+
+
+def test_plan_has_the_requested_marginals(backend, rng):
+    s = scores(rng, 103, 5, scale=3.0)  # N not divisible by K
+    weights = np.array([1.0, 2.0, 3.0, 4.0, 5.0])
+    result = solve(s, backend, lam=5.0, label_weights=weights, tol=1e-9, max_iter=20000)
+    soft = to_host(result.soft_assignments(to_backend(s, backend)))
+    np.testing.assert_allclose(soft.sum(axis=1), 1.0, rtol=1e-12)
+    np.testing.assert_allclose(soft.mean(axis=0), weights / weights.sum(), atol=1e-9)
+    assert result.converged and result.error <= 1e-9
+
+
+def test_row_constants_change_nothing(backend, rng):
+    s = scores(rng, 80, 6, scale=2.0)
+    shifted = s + 100.0 * rng.standard_normal((80, 1))  # raw logits: any per-row offset
+    a, b = solve(s, backend, lam=4.0, **TIGHT), solve(shifted, backend, lam=4.0, **TIGHT)
+    np.testing.assert_allclose(a.potentials, b.potentials, atol=1e-8)
+    np.testing.assert_array_equal(to_host(a.labels), to_host(b.labels))
+
+
+def test_row_and_label_permutations_are_equivariant(backend, rng):
+    s = scores(rng, 70, 6, scale=2.0)
+    rows, labels = rng.permutation(70), rng.permutation(6)
+    base = solve(s, backend, lam=4.0, **TIGHT)
+    permuted = solve(s[rows][:, labels], backend, lam=4.0, **TIGHT)
+    np.testing.assert_allclose(permuted.potentials, base.potentials[labels], atol=1e-8)
+    np.testing.assert_array_equal(
+        labels[to_host(permuted.labels)], to_host(base.labels)[rows]
+    )
+
+
+@pytest.mark.parametrize("n, k", [(1, 1), (9, 1), (8, 8), (13, 4)])
+def test_small_and_square_shapes(backend, rng, n, k):
+    s = scores(rng, n, k, scale=2.0)
+    result = solve(s, backend, lam=3.0, tol=1e-9, max_iter=20000)
+    labels = to_host(result.labels)
+    assert labels.shape == (n,) and labels.dtype == np.int64
+    assert np.all((labels >= 0) & (labels < k))
+    assert result.converged
+    soft = to_host(result.soft_assignments(to_backend(s, backend)))
+    np.testing.assert_allclose(soft.mean(axis=0), np.full(k, 1 / k), atol=1e-9)
+    if k == 1:
+        assert np.all(labels == 0) and result.potentials.tolist() == [0.0]
+
+
+def test_warm_start_from_converged_potentials(backend, rng):
+    s = scores(rng, 500, 10, scale=3.0)
+    cold = solve(s, backend)
+    warm = solve(s, backend, init=cold.potentials)
+    assert cold.converged and warm.converged
+    assert warm.n_iter <= 2 < cold.n_iter
+
+
+@pytest.mark.parametrize("chunk_size", [1, 7, 99, 105])
+def test_chunked_equals_unchunked(backend, rng, chunk_size):
+    s = scores(rng, 100, 6, scale=3.0)
+    whole = solve(s, backend, lam=10.0, chunk_size=1000)
+    chunked = solve(s, backend, lam=10.0, chunk_size=chunk_size)
+    np.testing.assert_allclose(chunked.potentials, whole.potentials, atol=1e-10)
+    np.testing.assert_array_equal(to_host(chunked.labels), to_host(whole.labels))
+    assert chunked.n_iter == whole.n_iter
+
+
+def test_deterministic(backend, rng):
+    s = scores(rng, 300, 12, scale=3.0).astype(np.float32)
+    a, b = solve(s, backend), solve(s, backend)
+    np.testing.assert_array_equal(a.potentials, b.potentials)
+    np.testing.assert_array_equal(to_host(a.labels), to_host(b.labels))
+
+
+def test_error_history_and_counts_are_consistent(backend, rng):
+    s = scores(rng, 400, 8, scale=3.0)
+    result = solve(s, backend)
+    assert result.n_iter == len(result.error_history)
+    assert result.error == result.error_history[-1] <= 1e-3
+    np.testing.assert_array_equal(
+        result.label_counts, np.bincount(to_host(result.labels), minlength=8)
+    )
+    assert result.label_counts.sum() == 400
+
+
+@pytest.mark.parametrize("lam", [25.0, 1e3, 1e4])
+def test_label_no_row_wants_gets_no_nan(backend, rng, lam):
+    s = scores(rng, 200, 5, scale=3.0)
+    s[:, 2] = -1e4
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        result = solve(s.astype(np.float32), backend, lam=lam, max_iter=300)
+    assert np.all(np.isfinite(result.potentials)) and np.all(np.isfinite(result.error_history))
+    labels = to_host(result.labels)
+    assert np.all((labels >= 0) & (labels < 5))
+    assert result.label_counts[2] > 0, "the starved label must be revived"
+
+
+def test_minus_inf_entries_are_allowed(backend, rng):
+    s = scores(rng, 120, 4, scale=2.0)
+    s[::3, 1] = -np.inf
+    result = solve(s, backend, lam=5.0, tol=1e-8, max_iter=20000)
+    assert result.converged and np.all(np.isfinite(result.potentials))
+    assert not np.any(to_host(result.labels)[::3] == 1)
+
+
+def test_max_iter_warns_and_reports_not_converged(backend, rng):
+    s = scores(rng, 200, 10, scale=3.0)
+    with pytest.warns(ConvergenceWarning, match="max_iter=3"):
+        result = solve(s, backend, tol=1e-12, max_iter=3)
+    assert not result.converged and result.n_iter == 3
+
+
+def test_predict_matches_labels_and_labels_new_rows(backend, rng):
+    s = scores(rng, 300, 6, scale=3.0)
+    result = solve(s, backend)
+    np.testing.assert_array_equal(
+        to_host(result.predict(to_backend(s, backend))), to_host(result.labels)
+    )
+    new = scores(rng, 20, 6, scale=3.0)
+    expected = np.argmax(result.lam * new + result.potentials, axis=1)
+    np.testing.assert_array_equal(to_host(result.predict(to_backend(new, backend))), expected)
+
+
+def test_potentials_normalisation(backend, rng):
+    s = scores(rng, 150, 5, scale=2.0)
+    weights = np.array([3.0, 1.0, 1.0, 2.0, 3.0])
+    result = solve(s, backend, label_weights=weights)
+    assert abs(result.label_weights @ result.potentials) < 1e-12
+    np.testing.assert_allclose(result.label_weights, weights / weights.sum())
