@@ -8,7 +8,10 @@
 """
 
 from .api import assign_labels, sinkhorn
+from .certificate import Certificate, duality_gap
+from .check import CheckReport, check
 from .estimator import SinkhornLabeler
+from .exact import ExactResult, solve_exact
 from .kernels import available_backends
 from .result import SinkhornResult
 from .solver import ConvergenceWarning
@@ -16,10 +19,16 @@ from .solver import ConvergenceWarning
 __version__ = "0.1.0"
 
 __all__ = [
+    "Certificate",
+    "CheckReport",
     "ConvergenceWarning",
+    "ExactResult",
     "SinkhornLabeler",
     "SinkhornResult",
     "assign_labels",
     "available_backends",
+    "check",
+    "duality_gap",
     "sinkhorn",
+    "solve_exact",
 ]

@@ -40,7 +40,7 @@ def default_capacities(n_points: int, n_labels: int) -> tuple[np.ndarray, np.nda
 def check_capacities(
     capacities: Any, n_points: int, n_labels: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``(lower, upper)`` from what the caller passed: None, K integers, or a (lower, upper) pair."""
+    """``(lower, upper)`` from what the caller passed: None, K integers or a pair of them."""
     if capacities is None:
         return default_capacities(n_points, n_labels)
     if isinstance(capacities, tuple) and len(capacities) == 2:

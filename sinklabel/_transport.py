@@ -228,7 +228,7 @@ def _build_candidates(S, price, cand, cand_s, bound, use_numba: bool) -> None:
         cand[start:start + block.shape[0]] = order[:, :m]
         cand_s[start:start + block.shape[0]] = block[rows, order[:, :m]]
         bound[start:start + block.shape[0]] = (
-            values[rows[:, 0], order[:, m]] if K > m else -np.inf
+            values[rows[:, 0], order[:, m]] if m < K else -np.inf
         )
 
 

@@ -68,7 +68,7 @@ def row_top(S, i, price, cand, cand_s, vals, idx, bmax):
     K = S.shape[1]
     n_blocks = bmax.shape[0]
     threshold = -INF
-    if K > 2 * n_blocks and n_blocks > m:
+    if 2 * n_blocks < K and n_blocks > m:
         width = (K + n_blocks - 1) // n_blocks
         for blk in range(n_blocks):
             top = -INF
@@ -95,7 +95,7 @@ def row_top(S, i, price, cand, cand_s, vals, idx, bmax):
     for k in range(m):
         cand[i, k] = idx[k]
         cand_s[i, k] = S[i, idx[k]]
-    return vals[m] if K > m else -INF
+    return vals[m] if m < K else -INF
 
 
 @njit(cache=True, parallel=True)

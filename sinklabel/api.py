@@ -17,6 +17,8 @@ DEFAULT_LAM = 25.0
 #: of the data's mass sits in the wrong label (see docs/method.md for the reasoning).
 DEFAULT_TOL = 1e-3
 DEFAULT_MAX_ITER = 1000
+#: Ways to turn the solution into hard labels (``balance=``).
+BALANCE = (None, "exact")
 
 
 def sinkhorn(
@@ -31,6 +33,7 @@ def sinkhorn(
     chunk_size: int | None = None,
     backend: str = "auto",
     progress: bool = False,
+    balance: str | None = None,
 ) -> SinkhornResult:
     """Solve the entropic label-assignment problem and return labels with the solver state.
 
@@ -60,6 +63,11 @@ def sinkhorn(
         Which kernels run the passes; "auto" picks the fastest installed for the input.
     progress : bool, default=False
         Show a progress bar (tqdm when installed) with the current error.
+    balance : {None, "exact"}, default=None
+        None: label each point by the argmax under the potentials (sizes close to the
+        target). "exact": the optimal labelling with sizes exactly ``floor`` or ``ceil`` of
+        ``N * label_weights``, found by the exact solver warm-started from the potentials,
+        with its certified gap in ``result.certificate`` (see :func:`sinklabel.solve_exact`).
 
     Returns
     -------
@@ -72,12 +80,14 @@ def sinkhorn(
     max_iter = check_positive("max_iter", max_iter, integer=True)
     weights = check_label_weights(label_weights, K)
     start = check_init(init, K)
+    if balance not in BALANCE:
+        raise ValueError(f"balance must be one of {BALANCE}, got {balance!r}")
     kernel = resolve_kernel(backend, source.library)
     rows = _chunk_rows(chunk_size, kernel, source)
     check_scores(source, kernel, lam, rows)
     return _sinkhorn(
         source, kernel, lam=lam, label_weights=weights, tol=tol, max_iter=max_iter,
-        init=start, rows=rows, progress=progress,
+        init=start, rows=rows, progress=progress, balance=balance,
     )
 
 
@@ -101,6 +111,7 @@ def _sinkhorn(
     init: np.ndarray | None,
     rows: int,
     progress: bool,
+    balance: str | None = None,
 ) -> SinkhornResult:
     """The solve on checked inputs: iterate, then label in one more pass."""
     out = solver.solve(
@@ -109,7 +120,7 @@ def _sinkhorn(
     )
     labels = solver.assign(source, kernel, out.potentials, lam, rows)
     counts = np.bincount(kernel.to_numpy(labels), minlength=source.shape[1]).astype(np.int64)
-    return SinkhornResult(
+    result = SinkhornResult(
         labels=labels,
         potentials=out.potentials,
         label_counts=counts,
@@ -121,6 +132,11 @@ def _sinkhorn(
         label_weights=label_weights,
         backend=kernel.name,
     )
+    if balance == "exact":
+        from .exact import balance_exact
+
+        return balance_exact(source, kernel, result, rows)
+    return result
 
 
 def apply_potentials(

@@ -13,6 +13,7 @@ import sys
 COMMANDS = {
     "demo": "sinklabel.commands.demo",
     "assign": "sinklabel.commands.assign",
+    "check": "sinklabel.commands.check",
 }
 
 

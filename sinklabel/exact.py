@@ -16,15 +16,16 @@ the solver by :func:`~sinklabel.certificate.duality_gap`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
-from ._capacities import check_capacities, check_reachable
+from ._capacities import balanced_range, check_capacities, check_reachable
 from ._validation import check_positive, check_scores, check_shape
 from .certificate import Certificate, _host, _like, duality_gap
-from .kernels import resolve_kernel
+from .kernels import Kernel, resolve_kernel
+from .result import SinkhornResult
 from .sources import Array, ArraySource, Source, as_source, itemsize
 
 METHODS = ("auto", "auction", "highs")
@@ -154,6 +155,24 @@ def _solve_exact(
     counts = np.bincount(labels, minlength=source.shape[1]).astype(np.int64)
     out = _like(source.array, labels) if isinstance(source, ArraySource) else labels
     return ExactResult(out, v, certificate.primal, certificate, lower, upper, counts, method)
+
+
+def balance_exact(
+    source: Source, kernel: Kernel, result: SinkhornResult, rows: int
+) -> SinkhornResult:
+    """Sinkhorn's result with optimal, exactly balanced labels (``balance="exact"``).
+
+    Sizes are ``floor`` or ``ceil`` of ``N * label_weights``; the exact solver starts from the
+    Sinkhorn prices ``potentials / lam``, which are already close to optimal.
+    """
+    lower, upper = balanced_range(source.shape[0], result.label_weights)
+    exact = _solve_exact(
+        source, lower, upper, "auction", result.potentials / result.lam, kernel.name, rows
+    )
+    return replace(
+        result, labels=exact.labels, label_counts=exact.label_counts, balance="exact",
+        certificate=exact.certificate, prices=exact.prices,
+    )
 
 
 def _check_prices(prices: Any, n_labels: int) -> np.ndarray | None:

@@ -38,6 +38,15 @@ class SinkhornResult:
         The target label proportions (normalised).
     backend : str
         The backend that computed it.
+    balance : str or None
+        How the labels were made: None for the argmax under the potentials (sizes close to
+        ``label_weights``), "exact" for the optimum of the exact problem with sizes
+        ``floor`` or ``ceil`` of ``N * label_weights`` (see :func:`sinklabel.solve_exact`).
+    certificate : Certificate or None
+        With ``balance="exact"``: the labels' cost, the dual bound proved by ``prices`` and
+        their gap (0 up to rounding: the labels are optimal).
+    prices : ndarray of shape (K,) or None
+        With ``balance="exact"``: the exact problem's label prices (compare ``potentials / lam``).
     """
 
     labels: Array
@@ -50,6 +59,9 @@ class SinkhornResult:
     lam: float
     label_weights: np.ndarray = field(repr=False)
     backend: str
+    balance: str | None = None
+    certificate: Any = field(default=None, repr=False)
+    prices: np.ndarray | None = field(default=None, repr=False)
 
     def soft_assignments(self, logp: Array, *, chunk_size: int | None = None) -> Array:
         """Rows of the transport plan, ``softmax(lam * logp[i] + potentials)``, for any rows.

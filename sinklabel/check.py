@@ -1,0 +1,183 @@
+"""How good is a labelling? Its cost against the exact optimum of eq. (6), and its sizes.
+
+:func:`check` takes labels (or a Sinkhorn / exact result) and the scores, and reports the
+labelling's cost, the optimum (solved exactly when affordable, otherwise a certified lower
+bound from the result's prices), the relative gap, agreement with the optimal labels and
+label-size statistics.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ._capacities import check_capacities
+from .certificate import Certificate, _host, duality_gap
+from .exact import ExactResult, solve_exact
+from .result import SinkhornResult
+from .sources import Array, as_source
+
+#: Largest N * K that ``check`` solves exactly by default (about a minute on 2 cores).
+EXACT_LIMIT = 10**9
+
+
+@dataclass(frozen=True)
+class CheckReport:
+    """A labelling measured against the exact problem.
+
+    Attributes
+    ----------
+    objective : float
+        The labelling's cost ``sum_i -logp[i, labels[i]]``.
+    optimum : float or None
+        The exact optimum, when it was solved.
+    bound : float
+        A certified lower bound on the optimum (the optimum itself when solved).
+    gap : float
+        ``objective - bound``: at most this much is lost against the optimum (when the
+        sizes are within capacity; a labelling that breaks them may even beat the optimum).
+    relative_gap : float
+        ``gap / |bound|``.
+    agreement : float or None
+        Fraction of points labelled as in the exact solution (None when not solved). Ties in
+        the scores can make two optimal labellings disagree.
+    feasible : bool
+        Whether every label's size is within ``[lower, upper]``.
+    label_counts, lower, upper : ndarray of shape (K,)
+        The sizes, and the capacities they are measured against.
+    """
+
+    objective: float
+    optimum: float | None
+    bound: float
+    gap: float
+    relative_gap: float
+    agreement: float | None
+    feasible: bool
+    label_counts: np.ndarray
+    lower: np.ndarray
+    upper: np.ndarray
+    certificate: Certificate
+
+    @property
+    def misplaced(self) -> int:
+        """Points that would have to move for the sizes to meet the capacities."""
+        over = np.maximum(self.label_counts - self.upper, 0).sum()
+        under = np.maximum(self.lower - self.label_counts, 0).sum()
+        return int(max(over, under))
+
+    @property
+    def optimal(self) -> bool:
+        """Feasible and within rounding of the optimum."""
+        return self.feasible and self.gap <= self.certificate.rounding
+
+    def __str__(self) -> str:
+        counts = self.label_counts
+        n, k = int(counts.sum()), counts.size
+        target = (f"{self.lower[0]}" if np.all(self.lower == self.upper) and np.all(
+            self.lower == self.lower[0]) else f"{self.lower.min()}..{self.upper.max()}")
+        reference = (f"optimum   {self.optimum:.10g} (exact)" if self.optimum is not None
+                     else f"bound     {self.bound:.10g} (certified lower bound on the optimum)")
+        lines = [
+            f"labelling of N={n} points over K={k} labels",
+            f"cost      {self.objective:.10g}  (sum of -logp at the labels)",
+            reference,
+            f"gap       {self.gap:.4g}  (relative {self.relative_gap:.3g})"
+            + ("  -> optimal" if self.optimal else ""),
+        ]
+        if self.agreement is not None:
+            lines.append(f"agreement {self.agreement:.2%} of points labelled as the optimum")
+        lines.append(
+            f"sizes     min {counts.min()}, max {counts.max()}, std {counts.std():.3g}; "
+            f"target {target}"
+        )
+        if not self.feasible:
+            bad = int(np.count_nonzero((counts < self.lower) | (counts > self.upper)))
+            lines.append(f"          {bad} labels outside capacity; {self.misplaced} points "
+                         "must move (the gap can then be negative)")
+        return "\n".join(lines)
+
+
+def check(
+    result_or_labels: SinkhornResult | ExactResult | Array,
+    logp: Array,
+    *,
+    capacities: Any = None,
+    exact: bool | None = None,
+    backend: str = "auto",
+    chunk_size: int | None = None,
+) -> CheckReport:
+    """Measure a labelling against the exact optimum of eq. (6).
+
+    Parameters
+    ----------
+    result_or_labels : SinkhornResult, ExactResult or array of shape (N,)
+        What to check. A result also provides prices (``potentials / lam``) for the bound.
+    logp : array of shape (N, K)
+        The scores the labels were made from.
+    capacities : None, array of shape (K,), or (lower, upper)
+        Sizes to measure against (default: floor or ceil of N/K; for a Sinkhorn result,
+        floor or ceil of ``N * label_weights``).
+    exact : bool, default=None
+        Solve the exact problem (for the optimum and agreement). None: when N * K is at most
+        ``EXACT_LIMIT``; otherwise only the certified bound from the result's prices.
+    backend, chunk_size
+        As in :func:`sinklabel.sinkhorn`.
+
+    Returns
+    -------
+    CheckReport
+    """
+    source = as_source(logp)
+    N, K = source.shape
+    labels, prices = _labels_and_prices(result_or_labels, K)
+    if capacities is None and isinstance(result_or_labels, SinkhornResult):
+        from ._capacities import balanced_range
+
+        capacities = balanced_range(N, result_or_labels.label_weights)
+    elif capacities is None and isinstance(result_or_labels, ExactResult):
+        capacities = (result_or_labels.lower, result_or_labels.upper)
+    lower, upper = check_capacities(capacities, N, K)
+    if exact is None:
+        exact = N * K <= EXACT_LIMIT
+    optimum = agreement = None
+    if exact:
+        solved = solve_exact(source, K, capacities=(lower, upper), prices=prices,
+                             backend=backend, chunk_size=chunk_size)
+        prices = solved.prices
+        optimum = solved.objective
+        agreement = float(np.mean(_host(solved.labels) == labels))
+    certificate = duality_gap(source, labels, np.zeros(K) if prices is None else prices,
+                              (lower, upper), backend=backend, chunk_size=chunk_size)
+    bound = optimum if optimum is not None else certificate.dual
+    gap = certificate.primal - bound
+    return CheckReport(
+        objective=certificate.primal,
+        optimum=optimum,
+        bound=bound,
+        gap=gap,
+        relative_gap=gap / abs(bound) if bound else gap,
+        agreement=agreement,
+        feasible=certificate.feasible,
+        label_counts=np.bincount(labels, minlength=K),
+        lower=lower,
+        upper=upper,
+        certificate=certificate,
+    )
+
+
+def _labels_and_prices(what: Any, n_labels: int) -> tuple[np.ndarray, np.ndarray | None]:
+    if isinstance(what, SinkhornResult):
+        prices = what.prices if what.prices is not None else what.potentials / what.lam
+        return _host(what.labels), prices
+    if isinstance(what, ExactResult):
+        return _host(what.labels), what.prices
+    labels = _host(what)
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        raise TypeError(
+            f"expected a result or a 1-D integer label array, got {type(what).__name__} "
+            f"with shape {getattr(labels, 'shape', None)}"
+        )
+    return labels, None

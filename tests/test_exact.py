@@ -1,0 +1,290 @@
+"""The exact layer against independent oracles: an integer program solved by SciPy's ``milp``
+(built here, not by the library), and primal/dual objectives recomputed in plain NumPy."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import to_backend, to_host
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.optimize import LinearConstraint, milp
+
+import sinklabel
+from sinklabel import _transport_loops
+from sinklabel.cli import main
+from sinklabel.datasets import make_scores
+
+
+def milp_optimum(S: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> float | None:
+    """Minimal cost sum -S[i, y_i] with label sizes in [lower, upper], as an integer program."""
+    N, K = S.shape
+    finite = np.isfinite(S).ravel()
+    cost = np.where(finite, -np.nan_to_num(S.ravel(), neginf=0.0), 0.0)
+    per_point = np.kron(np.eye(N), np.ones(K))
+    per_label = np.kron(np.ones(N), np.eye(K))
+    res = milp(
+        cost,
+        constraints=[LinearConstraint(per_point, 1, 1), LinearConstraint(per_label, lower, upper)],
+        integrality=np.ones(N * K),
+        bounds=(np.zeros(N * K), finite.astype(float)),
+    )
+    return None if res.status == 2 else float(res.fun)
+
+
+def plain_certificate(S, labels, prices, lower, upper) -> tuple[float, float]:
+    """Primal cost and dual bound written out from their definitions."""
+    C = -S.astype(np.float64)
+    primal = float(C[np.arange(len(labels)), labels].sum())
+    dual = float((C - prices).min(axis=1).sum() + np.minimum(lower * prices, upper * prices).sum())
+    return primal, dual
+
+
+@pytest.fixture(params=["numba", "python"])
+def engine(request, monkeypatch):
+    """Run the auction solver compiled and as plain Python (what users without numba get)."""
+    if request.param == "python":
+        monkeypatch.setattr(_transport_loops, "HAVE_NUMBA", False)
+    return request.param
+
+
+@st.composite
+def problems(draw):
+    """Small scores with ties, -inf entries and every kind of capacity."""
+    N = draw(st.integers(1, 14))
+    K = draw(st.integers(1, min(N, 5)))
+    seed = draw(st.integers(0, 2**32 - 1))
+    rng = np.random.default_rng(seed)
+    S = rng.normal(size=(N, K))
+    if draw(st.booleans()):
+        S = np.round(S)  # many exact ties
+    if draw(st.booleans()):
+        S[rng.random((N, K)) < 0.3] = -np.inf
+        S[np.arange(N), rng.integers(0, K, N)] = rng.normal(size=N)
+    kind = draw(st.sampled_from(["default", "sizes", "range"]))
+    if kind == "default":
+        capacities = None
+        lower = np.full(K, N // K)
+        upper = lower + (N % K > 0)
+    elif kind == "sizes":
+        lower = upper = rng.multinomial(N, rng.dirichlet(np.ones(K)))
+        capacities = lower
+    else:
+        lower = np.maximum(rng.multinomial(N, np.ones(K) / K) - rng.integers(0, 3, K), 0)
+        upper = lower + rng.integers(0, 3, K)
+        upper[0] += max(0, N - upper.sum())
+        capacities = (lower, upper)
+    dtype = draw(st.sampled_from([np.float32, np.float64]))
+    return S.astype(dtype), capacities, lower, upper
+
+
+@settings(max_examples=60, deadline=None)
+@given(problem=problems(), method=st.sampled_from(["auction", "highs"]))
+def test_optimum_matches_integer_program_and_is_certified(problem, method):
+    S, capacities, lower, upper = problem
+    N, K = S.shape
+    best = milp_optimum(S.astype(np.float64), lower, upper)
+    if best is None:
+        with pytest.raises(ValueError, match="capacit|-inf"):
+            sinklabel.solve_exact(S, K, capacities=capacities, method=method)
+        return
+    result = sinklabel.solve_exact(S, K, capacities=capacities, method=method)
+    counts = np.bincount(result.labels, minlength=K)
+    assert np.all(counts >= lower) and np.all(counts <= upper)
+    assert result.objective == pytest.approx(best, rel=1e-9, abs=1e-9)
+    primal, dual = plain_certificate(S, result.labels, result.prices, lower, upper)
+    assert primal == pytest.approx(best, rel=1e-9, abs=1e-9)
+    assert dual == pytest.approx(best, rel=1e-9, abs=1e-9)  # the prices prove optimality
+    assert result.certificate.dual == pytest.approx(dual, rel=1e-9, abs=1e-9)
+    assert result.certificate.optimal
+
+
+@settings(max_examples=25, deadline=None)
+@given(problem=problems())
+def test_plain_python_solver_agrees(problem):
+    S, capacities, lower, upper = problem
+    K = S.shape[1]
+    try:
+        compiled = sinklabel.solve_exact(S, K, capacities=capacities)
+    except ValueError:
+        return
+    _transport_loops.HAVE_NUMBA, saved = False, _transport_loops.HAVE_NUMBA
+    try:
+        plain = sinklabel.solve_exact(S, K, capacities=capacities)
+    finally:
+        _transport_loops.HAVE_NUMBA = saved
+    assert plain.objective == pytest.approx(compiled.objective, rel=1e-9, abs=1e-9)
+    assert plain.certificate.optimal
+
+
+@pytest.mark.parametrize("regime", ["flat", "peaked"])
+def test_larger_problem_matches_highs(regime, engine):
+    S = make_scores(600, 12, regime=regime, seed=4).scores
+    S[::7, 3] = -np.inf
+    auction = sinklabel.solve_exact(S, 12)
+    highs = sinklabel.solve_exact(S, 12, method="highs")
+    assert auction.objective == pytest.approx(highs.objective, rel=1e-9)
+    assert sorted(np.bincount(auction.labels, minlength=12)) == [50] * 12
+    primal, dual = plain_certificate(S, auction.labels, auction.prices, auction.lower,
+                                     auction.upper)
+    assert primal - dual == pytest.approx(0.0, abs=1e-9 * abs(primal))
+
+
+def test_default_capacities_let_the_solution_choose_the_extra_points():
+    rng = np.random.default_rng(0)
+    S = rng.normal(size=(23, 5))
+    S[:, 4] += 3.0  # everyone prefers label 4: it must be one of the 3 labels holding 5
+    result = sinklabel.solve_exact(S, 5)
+    counts = np.bincount(result.labels, minlength=5)
+    assert sorted(counts) == [4, 4, 5, 5, 5] and counts[4] == 5
+    fixed_first = milp_optimum(S, np.array([5, 5, 5, 4, 4]), np.array([5, 5, 5, 4, 4]))
+    assert result.objective < fixed_first
+
+
+def test_gap_is_nonnegative_for_feasible_labellings_and_zero_at_optimum(rng):
+    S = make_scores(200, 8, regime="flat", seed=1).scores
+    opt = sinklabel.solve_exact(S, 8)
+    assert opt.certificate.gap == pytest.approx(0.0, abs=opt.certificate.rounding)
+    for _ in range(5):
+        labels = rng.permutation(np.repeat(np.arange(8), 25))
+        for prices in (opt.prices, rng.normal(size=8)):
+            cert = sinklabel.duality_gap(S, labels, prices)
+            primal, dual = plain_certificate(S, labels, prices, np.full(8, 25), np.full(8, 25))
+            assert cert.feasible and cert.gap >= 0
+            assert cert.primal == pytest.approx(primal, rel=1e-12)
+            assert cert.dual == pytest.approx(dual, rel=1e-12)
+            assert cert.primal >= opt.objective >= cert.dual - cert.rounding
+
+
+def test_duality_gap_is_the_same_on_every_backend_and_chunking(backend):
+    S = make_scores(300, 10, regime="peaked", seed=2).scores
+    opt = sinklabel.solve_exact(S, 10)
+    ref = sinklabel.duality_gap(S, opt.labels, opt.prices)
+    data = to_backend(S, backend)
+    labels = to_backend(np.asarray(opt.labels), backend)
+    for chunk_size in (None, 7):
+        cert = sinklabel.duality_gap(data, labels, opt.prices, backend=backend,
+                                     chunk_size=chunk_size)
+        assert cert.primal == pytest.approx(ref.primal, rel=1e-12)
+        assert cert.dual == pytest.approx(ref.dual, rel=1e-9)
+
+
+def test_labels_come_back_in_the_input_library(backend):
+    S = make_scores(120, 6, regime="flat", seed=5).scores
+    data = to_backend(S, backend)
+    result = sinklabel.solve_exact(data, 6, backend=backend)
+    assert type(result.labels) is type(data[:, 0].argmax()) or backend == "numpy"
+    assert np.bincount(to_host(result.labels), minlength=6).tolist() == [20] * 6
+
+
+def test_memmapped_scores(tmp_path):
+    S = make_scores(500, 10, regime="peaked", seed=6).scores
+    np.save(tmp_path / "s.npy", S)
+    mapped = np.load(tmp_path / "s.npy", mmap_mode="r")
+    assert sinklabel.solve_exact(mapped, 10).objective == sinklabel.solve_exact(S, 10).objective
+
+
+@pytest.mark.parametrize("weights", [None, [0.1, 0.2, 0.3, 0.4]])
+def test_balance_exact_meets_capacities_and_is_optimal(weights):
+    S = make_scores(1001, 4, regime="flat", seed=7).scores
+    result = sinklabel.sinkhorn(S, 4, label_weights=weights, balance="exact")
+    target = 1001 * (np.full(4, 0.25) if weights is None else np.asarray(weights))
+    counts = np.bincount(result.labels, minlength=4)
+    assert np.all(counts >= np.floor(target)) and np.all(counts <= np.ceil(target))
+    assert counts.sum() == 1001 and np.array_equal(result.label_counts, counts)
+    assert result.balance == "exact" and result.certificate.optimal
+    caps = (np.floor(target).astype(int), np.ceil(target).astype(int))
+    assert result.certificate.primal == pytest.approx(milp_optimum(S.astype(float), *caps),
+                                                      rel=1e-9)
+    plain = sinklabel.assign_labels(S, 4, label_weights=weights, balance="exact")
+    assert np.array_equal(plain, result.labels)
+
+
+@pytest.mark.filterwarnings("ignore::sinklabel.ConvergenceWarning")
+def test_warm_start_reaches_the_same_optimum():
+    S = make_scores(2000, 20, regime="peaked", seed=8).scores
+    soft = sinklabel.sinkhorn(S, 20, max_iter=50)
+    cold = sinklabel.solve_exact(S, 20)
+    warm = sinklabel.solve_exact(S, 20, prices=soft.potentials / soft.lam)
+    assert warm.objective == pytest.approx(cold.objective, rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("capacities", "message"),
+    [
+        ([3, 3, 3], "sum to N=10"),
+        ([5, 6, -1], "non-negative"),
+        ([2.5, 2.5, 5], "whole numbers"),
+        ([5, 5], r"shape \(3,\)"),
+        (([4, 4, 4], [3, 5, 5]), "exceeds upper"),
+        (([0, 0, 0], [3, 3, 3]), "admit N=10"),
+    ],
+)
+def test_bad_capacities_are_named(capacities, message):
+    S = np.zeros((10, 3))
+    with pytest.raises(ValueError, match=message):
+        sinklabel.solve_exact(S, 3, capacities=capacities)
+
+
+def test_a_label_without_finite_scores_cannot_be_forced():
+    S = np.zeros((6, 3))
+    S[:, 2] = -np.inf
+    with pytest.raises(ValueError, match="label 2 must take at least 2 points"):
+        sinklabel.solve_exact(S, 3)
+    result = sinklabel.solve_exact(S, 3, capacities=[3, 3, 0])
+    assert np.bincount(result.labels, minlength=3).tolist() == [3, 3, 0]
+
+
+@pytest.mark.parametrize("method", ["auction", "highs"])
+def test_hall_violation_is_infeasible(method):
+    S = np.zeros((6, 3))
+    S[:4, :2] = -np.inf  # only rows 4 and 5 can take labels 0 and 1, which need 2 each
+    with pytest.raises(ValueError, match="no labelling meets the capacities"):
+        sinklabel.solve_exact(S, 3, method=method)
+
+
+def test_other_bad_input():
+    S = np.zeros((4, 6))
+    with pytest.raises(ValueError, match="K=6 labels but only N=4"):
+        sinklabel.solve_exact(S, 6)
+    with pytest.raises(ValueError, match="method"):
+        sinklabel.solve_exact(S.T, 4, method="simplex")
+    with pytest.raises(ValueError, match="prices"):
+        sinklabel.solve_exact(S.T, 4, prices=[0.0, 1.0])
+    with pytest.raises(ValueError, match="balance"):
+        sinklabel.sinkhorn(S.T, 4, balance="round")
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 4\)"):
+        sinklabel.duality_gap(S.T, np.array([0, 1, 2, 4, 0, 1]), np.zeros(4))
+
+
+def test_check_reports_against_the_optimum(capsys):
+    S = make_scores(900, 9, regime="flat", seed=9).scores
+    soft = sinklabel.sinkhorn(S, 9)
+    report = sinklabel.check(soft, S)
+    exact = sinklabel.solve_exact(S, 9)
+    assert report.optimum == pytest.approx(exact.objective, rel=1e-12)
+    assert report.objective == pytest.approx(-S[np.arange(900), soft.labels].astype(float).sum())
+    assert report.agreement == pytest.approx(np.mean(soft.labels == exact.labels))
+    assert report.feasible == bool(np.all(soft.label_counts == 100))
+    text = str(report)
+    assert "optimum" in text and "agreement" in text and "sizes" in text
+    good = sinklabel.check(exact, S)
+    assert good.optimal and good.agreement == 1.0 and good.gap == pytest.approx(0, abs=1e-6)
+    bound_only = sinklabel.check(soft, S, exact=False)
+    assert bound_only.optimum is None and bound_only.bound <= exact.objective + 1e-9
+
+
+def test_cli_check(tmp_path, capsys):
+    S = make_scores(400, 8, regime="peaked", seed=10).scores
+    np.save(tmp_path / "s.npy", S)
+    exact = sinklabel.solve_exact(S, 8)
+    np.save(tmp_path / "exact.npy", np.asarray(exact.labels))
+    assert main(["check", str(tmp_path / "s.npy"), str(tmp_path / "exact.npy"), "-k", "8"]) == 0
+    assert "optimal" in capsys.readouterr().out
+    swapped = np.asarray(exact.labels).copy()
+    i, j = np.flatnonzero(swapped != swapped[0])[0], 0
+    swapped[[i, j]] = swapped[[j, i]]
+    np.save(tmp_path / "worse.npy", swapped)
+    assert main(["check", str(tmp_path / "s.npy"), str(tmp_path / "worse.npy")]) == 1
+    assert main(["check", str(tmp_path / "s.npy"), str(tmp_path / "worse.npy"), "-k", "5"]) == 2
+    assert "-k 5" in capsys.readouterr().err
