@@ -1,0 +1,76 @@
+"""Exact solver timings against SciPy's HiGHS and POT's network simplex (``ot.emd``).
+
+Run as a script (each case measured once; the development machine is shared, so quote
+ratios taken in the same run):
+
+    python benchmarks/bench_exact.py            # N=1e5 and 1e6 at K=1000, plus HiGHS
+    python benchmarks/bench_exact.py --quick    # small sizes, for a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+import warnings
+
+import numpy as np
+
+import sinklabel
+from sinklabel.datasets import make_scores
+
+
+def timed(func, *args, **kwargs):
+    start = time.perf_counter()
+    out = func(*args, **kwargs)
+    return out, time.perf_counter() - start
+
+
+def emd_objective(S: np.ndarray) -> float:
+    """POT's exact solver on the dense float64 cost matrix (its required input)."""
+    import ot
+
+    N, K = S.shape
+    plan = ot.emd(np.full(N, 1.0 / N), np.full(K, 1.0 / K), -S.astype(np.float64),
+                  numItermax=10**9)
+    return float(-(plan * S).sum() * N)
+
+
+def case(n: int, k: int, regime: str, *, emd: bool, highs: bool, sinkhorn: bool) -> None:
+    S = make_scores(n, k, regime=regime, seed=0).scores
+    exact, t_exact = timed(sinklabel.solve_exact, S, k)
+    cert = exact.certificate
+    line = (f"N={n:>8} K={k:>5} {regime:>6}: auction {t_exact:7.2f} s "
+            f"(gap {cert.gap:.2e}, rounding {cert.rounding:.1e}, optimal {cert.optimal})")
+    if highs:
+        h, t_h = timed(sinklabel.solve_exact, S, k, method="highs")
+        line += f" | HiGHS {t_h:7.2f} s (objective diff {abs(h.objective - exact.objective):.1e})"
+    if emd:
+        obj, t_e = timed(emd_objective, S)
+        line += f" | ot.emd {t_e:7.2f} s (objective diff {abs(obj - exact.objective):.1e})"
+    print(line, flush=True)
+    if sinkhorn:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            soft, t_s = timed(sinklabel.sinkhorn, S, k)
+            bal, t_b = timed(sinklabel.sinkhorn, S, k, balance="exact")
+        print(f"    sinkhorn {t_s:.2f} s ({soft.n_iter} it) | balance='exact' {t_b:.2f} s "
+              f"= {t_b / t_s:.2f}x (gap {bal.certificate.gap:.1e})", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    sinklabel.solve_exact(make_scores(500, 10).scores, 10)  # compile the numba loops once
+    if args.quick:
+        case(2000, 20, "flat", emd=True, highs=True, sinkhorn=True)
+        return
+    case(10_000, 100, "flat", emd=True, highs=False, sinkhorn=False)
+    for regime in ("flat", "peaked"):
+        case(100_000, 1000, regime, emd=regime == "flat", highs=False, sinkhorn=False)
+    case(1_000_000, 1000, "flat", emd=False, highs=False, sinkhorn=True)
+    case(1_000_000, 1000, "peaked", emd=False, highs=False, sinkhorn=False)
+
+
+if __name__ == "__main__":
+    main()
