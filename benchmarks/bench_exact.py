@@ -52,9 +52,11 @@ def case(n: int, k: int, regime: str, *, emd: bool, highs: bool, sinkhorn: bool)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             soft, t_s = timed(sinklabel.sinkhorn, S, k)
-            bal, t_b = timed(sinklabel.sinkhorn, S, k, balance="exact")
-        print(f"    sinkhorn {t_s:.2f} s ({soft.n_iter} it) | balance='exact' {t_b:.2f} s "
-              f"= {t_b / t_s:.2f}x (gap {bal.certificate.gap:.1e})", flush=True)
+        # balance="exact" is this Sinkhorn solve plus a warm-started exact solve.
+        bal, t_b = timed(sinklabel.solve_exact, S, k, prices=soft.potentials / soft.lam)
+        print(f"    sinkhorn {t_s:.2f} s ({soft.n_iter} it) | exact step of balance='exact' "
+              f"{t_b:.2f} s: balance costs {(t_s + t_b) / t_s:.2f}x one Sinkhorn solve "
+              f"(gap {bal.certificate.gap:.1e})", flush=True)
 
 
 def main() -> None:
@@ -66,10 +68,10 @@ def main() -> None:
         case(2000, 20, "flat", emd=True, highs=True, sinkhorn=True)
         return
     case(10_000, 100, "flat", emd=True, highs=False, sinkhorn=False)
-    for regime in ("flat", "peaked"):
-        case(100_000, 1000, regime, emd=regime == "flat", highs=False, sinkhorn=False)
+    case(100_000, 1000, "flat", emd=True, highs=False, sinkhorn=False)
+    case(100_000, 1000, "peaked", emd=False, highs=False, sinkhorn=False)
+    case(100_000, 1000, "flat", emd=False, highs=False, sinkhorn=True)
     case(1_000_000, 1000, "flat", emd=False, highs=False, sinkhorn=True)
-    case(1_000_000, 1000, "peaked", emd=False, highs=False, sinkhorn=False)
 
 
 if __name__ == "__main__":
