@@ -83,6 +83,9 @@ class TorchCollective(Collective):
             )
         self.group = group
         self.rank = dist.get_rank(group)
+        if self.rank < 0:
+            raise ValueError("this process is not a member of process_group; only its ranks "
+                             "may take part in the solve")
         self.world_size = dist.get_world_size(group)
         self.device = torch.device(device) if device is not None else _reduction_device(group)
         self.failure: BaseException | None = None

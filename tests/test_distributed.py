@@ -153,7 +153,7 @@ def _equivalence_cases(rank: int, world: int) -> dict:
         peaked, 6, lam=10.0, label_weights=WEIGHTS, init=INIT, chunk_size=50,
         process_group=dist.group.WORLD,
     ))
-    labeler = sinklabel.SinkhornLabeler(6, lam=10.0, distributed=True)
+    labeler = sinklabel.SinkhornLabeler(6, lam=5.0, distributed=True)
     labeler.fit(peaked)
     first = labeler.n_iter_
     labeler.partial_fit(peaked)
@@ -161,7 +161,9 @@ def _equivalence_cases(rank: int, world: int) -> dict:
     if world == 3:
         group = dist.new_group([1, 2])
         if rank in (1, 2):
-            out["subgroup"] = _summary(sinklabel.sinkhorn(flat, 6, process_group=group))
+            out["subgroup"] = _summary(sinklabel.sinkhorn(flat, 6, lam=5.0, process_group=group))
+        else:
+            out["outsider"] = _caught(sinklabel.sinkhorn, flat, 6, process_group=group)
     return out
 
 
@@ -178,7 +180,7 @@ def test_ranks_match_one_process_on_the_concatenated_rows(tmp_path, world):
         "flat": sinklabel.sinkhorn(FLAT, 6),
         "peaked": sinklabel.sinkhorn(PEAKED, 6, lam=10.0, label_weights=WEIGHTS, init=INIT),
     }
-    labeler = sinklabel.SinkhornLabeler(6, lam=10.0).fit(PEAKED)
+    labeler = sinklabel.SinkhornLabeler(6, lam=5.0).fit(PEAKED)
     first_n_iter = labeler.n_iter_
     references["estimator"] = labeler.partial_fit(PEAKED).result_
 
@@ -204,11 +206,13 @@ def test_ranks_match_one_process_on_the_concatenated_rows(tmp_path, world):
     if world == 3:
         subgroup = [per_rank[rank]["subgroup"] for rank in (1, 2)]
         rows = np.concatenate([_shard(FLAT, SPLITS[3][0], rank) for rank in (1, 2)])
-        reference = sinklabel.sinkhorn(rows, 6)
+        reference = sinklabel.sinkhorn(rows, 6, lam=5.0)
         np.testing.assert_allclose(subgroup[0]["potentials"], reference.potentials, atol=1e-6)
         np.testing.assert_array_equal(subgroup[1]["potentials"], subgroup[0]["potentials"])
         labels = np.concatenate([run["labels"] for run in subgroup])
         np.testing.assert_array_equal(labels, reference.labels)
+        outsider = per_rank[0]["outsider"]
+        assert outsider[:2] == ("error", "ValueError") and "not a member" in outsider[2]
 
 
 # ---- disagreement and bad input: the same error everywhere, before any work ------------------
