@@ -307,11 +307,17 @@ class _GuardedSource(Source):
         self.dtype = inner.dtype
         self.library = inner.library
 
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
     def chunks(self, rows: int) -> Iterator[tuple[int, int, Array]]:
         if self.collective.failure is not None:
             return
         try:
-            yield from self.inner.chunks(rows)
+            for block in self.inner.chunks(rows):
+                yield block
+                if self.collective.failure is not None:  # the kernel failed on this block
+                    return
         except Exception as exc:
             self.collective.fail(exc)
 
@@ -326,6 +332,10 @@ class _GuardedKernel(Kernel):
         self.source = source
         self.name = inner.name
         self.libraries = inner.libraries
+
+    def __getattr__(self, name: str) -> Any:
+        # Operations added to the kernel contract later pass through unguarded.
+        return getattr(self.inner, name)
 
     def chunk_rows(self, n_labels: int, itemsize: int) -> int:
         return self.inner.chunk_rows(n_labels, itemsize)
