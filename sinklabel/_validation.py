@@ -23,12 +23,15 @@ def check_positive(name: str, value: Any, *, integer: bool = False) -> Any:
     return int(value) if integer else float(value)
 
 
-def check_shape(source: Source, n_labels: Any) -> int:
-    """The scores are a non-empty float (N, K) matrix and ``n_labels`` is that K."""
+def check_shape(source: Source, n_labels: Any, *, allow_empty_rows: bool = False) -> int:
+    """The scores are a non-empty float (N, K) matrix and ``n_labels`` is that K.
+
+    ``allow_empty_rows``: N = 0 is fine (one rank's shard of a distributed solve).
+    """
     if len(source.shape) != 2:
         raise ValueError(f"logp must be 2-D (N, K), got shape {tuple(source.shape)}")
     n, k = source.shape
-    if n == 0 or k == 0:
+    if (n == 0 and not allow_empty_rows) or k == 0:
         raise ValueError(f"logp must be non-empty, got shape {(n, k)}")
     if source.dtype not in FLOAT_DTYPES:
         raise TypeError(

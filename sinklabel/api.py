@@ -8,6 +8,7 @@ import numpy as np
 
 from . import solver
 from ._validation import check_init, check_label_weights, check_positive, check_scores, check_shape
+from .collective import LOCAL, Collective
 from .kernels import Kernel, resolve_kernel
 from .result import SinkhornResult
 from .sources import Array, Source, as_source, itemsize
@@ -31,6 +32,8 @@ def sinkhorn(
     chunk_size: int | None = None,
     backend: str = "auto",
     progress: bool = False,
+    process_group: Any = None,
+    distributed: bool = False,
 ) -> SinkhornResult:
     """Solve the entropic label-assignment problem and return labels with the solver state.
 
@@ -60,11 +63,25 @@ def sinkhorn(
         Which kernels run the passes; "auto" picks the fastest installed for the input.
     progress : bool, default=False
         Show a progress bar (tqdm when installed) with the current error.
+    process_group : torch.distributed.ProcessGroup, default=None
+        Solve jointly with the other ranks of this group: ``logp`` holds this rank's rows
+        only (possibly none), every rank ends with the same potentials, ``labels`` are this
+        rank's, ``label_counts`` are global. See docs/distributed.md.
+    distributed : bool, default=False
+        As ``process_group``, with torch.distributed's default group.
 
     Returns
     -------
     SinkhornResult
     """
+    if distributed or process_group is not None:
+        from .distributed import distributed_sinkhorn
+
+        return distributed_sinkhorn(
+            logp, K, process_group=process_group, lam=lam, label_weights=label_weights,
+            tol=tol, max_iter=max_iter, init=init, chunk_size=chunk_size, backend=backend,
+            progress=progress,
+        )
     source = as_source(logp)
     K = check_shape(source, K)
     lam = check_positive("lam", lam)
@@ -101,14 +118,20 @@ def _sinkhorn(
     init: np.ndarray | None,
     rows: int,
     progress: bool,
+    collective: Collective = LOCAL,
 ) -> SinkhornResult:
-    """The solve on checked inputs: iterate, then label in one more pass."""
+    """The solve on checked inputs: iterate, then label in one more pass.
+
+    ``collective`` joins this process's rows with other processes' (see distributed.py);
+    labels stay local, label counts are global.
+    """
     out = solver.solve(
         source, kernel, lam=lam, label_weights=label_weights, tol=tol, max_iter=max_iter,
-        init=init, rows=rows, progress=progress,
+        init=init, rows=rows, progress=progress, collective=collective,
     )
     labels = solver.assign(source, kernel, out.potentials, lam, rows)
-    counts = np.bincount(kernel.to_numpy(labels), minlength=source.shape[1]).astype(np.int64)
+    counts = np.bincount(kernel.to_numpy(labels), minlength=source.shape[1]).astype(np.float64)
+    counts = collective.sum(counts).astype(np.int64)
     return SinkhornResult(
         labels=labels,
         potentials=out.potentials,

@@ -18,6 +18,8 @@ class SinkhornLabeler:
         K; taken from ``logp.shape[1]`` on the first fit when None.
     lam, label_weights, tol, max_iter, init, chunk_size, backend, progress
         As in :func:`sinklabel.sinkhorn`.
+    process_group, distributed
+        As in :func:`sinklabel.sinkhorn`: fit this rank's rows jointly with the other ranks'.
 
     Attributes
     ----------
@@ -45,6 +47,8 @@ class SinkhornLabeler:
         chunk_size: int | None = None,
         backend: str = "auto",
         progress: bool = False,
+        process_group: Any = None,
+        distributed: bool = False,
     ):
         self.n_labels = n_labels
         self.lam = lam
@@ -55,11 +59,13 @@ class SinkhornLabeler:
         self.chunk_size = chunk_size
         self.backend = backend
         self.progress = progress
+        self.process_group = process_group
+        self.distributed = distributed
 
     def get_params(self, deep: bool = True) -> dict[str, Any]:
         """The constructor's parameters, as scikit-learn's ``clone`` expects."""
         names = ("n_labels", "lam", "label_weights", "tol", "max_iter", "init", "chunk_size",
-                 "backend", "progress")
+                 "backend", "progress", "process_group", "distributed")
         return {name: getattr(self, name) for name in names}
 
     def set_params(self, **params: Any) -> SinkhornLabeler:
@@ -95,7 +101,8 @@ class SinkhornLabeler:
         result = sinkhorn(
             logp, n_labels, lam=self.lam, label_weights=self.label_weights, tol=self.tol,
             max_iter=self.max_iter, init=init, chunk_size=self.chunk_size,
-            backend=self.backend, progress=self.progress,
+            backend=self.backend, progress=self.progress, process_group=self.process_group,
+            distributed=self.distributed,
         )
         self.result_: SinkhornResult = result
         self.labels_ = result.labels
