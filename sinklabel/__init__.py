@@ -8,6 +8,7 @@
 """
 
 from .api import assign_labels, sinkhorn
+from .distributed import RankFailedError
 from .estimator import SinkhornLabeler
 from .kernels import available_backends
 from .result import SinkhornResult
@@ -17,6 +18,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ConvergenceWarning",
+    "RankFailedError",
     "SinkhornLabeler",
     "SinkhornResult",
     "assign_labels",
