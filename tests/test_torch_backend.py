@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -243,27 +242,55 @@ def test_triton_kernels_in_the_interpreter_match_numpy():
         assert case["label_dtype"] == "torch.int64", case
 
 
-def test_cupy_cuda_source_compiles_for_hopper(tmp_path):
-    """nvcc compiles the CuPy kernels' source (what NVRTC gets) for sm_90, where it exists."""
-    nvcc = shutil.which("nvcc")
-    if nvcc is None:
-        pytest.skip("nvcc not found")
+def _nvrtc():
+    """libnvrtc (with its builtins preloaded) from a pip wheel or the system, or None."""
+    import ctypes
+    import ctypes.util
+    import glob
+    import site
+
+    found = [ctypes.util.find_library("nvrtc")] + sorted(
+        path for root in site.getsitepackages()
+        for path in glob.glob(f"{root}/nvidia/*/lib/libnvrtc.so.*") if ".alt." not in path
+    )
+    for path in filter(None, found):
+        for builtins in glob.glob(str(Path(path).parent / "libnvrtc-builtins.so.*")):
+            if ".alt." not in builtins:
+                ctypes.CDLL(builtins, mode=ctypes.RTLD_GLOBAL)
+        try:
+            return ctypes.CDLL(path)
+        except OSError:
+            continue
+    return None
+
+
+def test_cupy_cuda_source_compiles_for_hopper():
+    """NVRTC (what CuPy calls) compiles every kind of kernel instantiation for sm_90."""
+    import ctypes
+
     from sinklabel.kernels._cuda import SOURCE
 
-    args = "(const {s}*, const {a}*, {a}*, long long, long long, long long, int)"
-    best = "(const {s}*, const {a}*, {a}*, long long*, long long, long long, long long, int)"
-    lines = [
-        "template __global__ void sink_sweep<float, 4, 3, 2, 256>" + args,
-        "template __global__ void sink_sweep<half_bits, 1, 5, 2, 128>" + args,
-        "template __global__ void sink_sweep<double, 2, 6, 1, 256>" + args,
-        "template __global__ void sink_best<half_bits>" + best,
-        "template __global__ void sink_best<double>" + best,
-    ]
-    kinds = [("float", "float"), ("half_bits", "float"), ("double", "double"),
-             ("half_bits", "float"), ("double", "double")]
-    body = "\n".join(line.format(s=s, a=a) + ";" for line, (s, a) in zip(lines, kinds, strict=True))
-    source = tmp_path / "kernels.cu"
-    source.write_text(SOURCE + body)
-    out = subprocess.run([nvcc, "-arch=sm_90", "-std=c++17", "-c", str(source), "-o",
-                          str(tmp_path / "kernels.o")], capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
+    lib = _nvrtc()
+    if lib is None:
+        pytest.skip("libnvrtc not found (pip install nvidia-cuda-nvrtc to run this check)")
+    names = ["sink_sweep<float, 4, 3, 2, 256>", "sink_sweep<half_bits, 8, 3, 1, 128>",
+             "sink_sweep<double, 1, 6, 1, 512>", "sink_best<float>", "sink_best<half_bits>",
+             "sink_best<double>"]
+    program = ctypes.c_void_p()
+    assert lib.nvrtcCreateProgram(ctypes.byref(program), SOURCE.encode(), b"sinklabel.cu", 0,
+                                  None, None) == 0
+    for name in names:
+        assert lib.nvrtcAddNameExpression(program, name.encode()) == 0
+    options = [b"-std=c++17", b"-arch=compute_90"]
+    status = lib.nvrtcCompileProgram(program, len(options),
+                                     (ctypes.c_char_p * len(options))(*options))
+    size = ctypes.c_size_t()
+    lib.nvrtcGetProgramLogSize(program, ctypes.byref(size))
+    log = ctypes.create_string_buffer(size.value)
+    lib.nvrtcGetProgramLog(program, log)
+    assert status == 0, log.value.decode()
+    for name in names:
+        lowered = ctypes.c_char_p()
+        assert lib.nvrtcGetLoweredName(program, name.encode(), ctypes.byref(lowered)) == 0
+        assert lowered.value.startswith(b"_Z")
+    lib.nvrtcDestroyProgram(ctypes.byref(program))

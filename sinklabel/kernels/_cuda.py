@@ -49,8 +49,11 @@ template <> __device__ __forceinline__ double neg_inf<double>() {
 
 template <typename S, int VEC> struct alignas(sizeof(S) * VEC) Pack { S v[VEC]; };
 
+__device__ __forceinline__ float larger(float a, float b) { return fmaxf(a, b); }
+__device__ __forceinline__ double larger(double a, double b) { return fmax(a, b); }
+
 template <typename A> __device__ __forceinline__ A warp_max(A v) {
-    for (int d = 16; d > 0; d >>= 1) v = max(v, __shfl_xor_sync(0xffffffffu, v, d));
+    for (int d = 16; d > 0; d >>= 1) v = larger(v, __shfl_xor_sync(0xffffffffu, v, d));
     return v;
 }
 template <typename A> __device__ __forceinline__ A warp_sum(A v) {
@@ -114,7 +117,7 @@ __global__ void __launch_bounds__(THREADS) sink_sweep(
 #pragma unroll
             for (int j = 0; j < NV; ++j)
 #pragma unroll
-                for (int v = 0; v < VEC; ++v) m = max(m, z[r][j][v]);
+                for (int v = 0; v < VEC; ++v) m = larger(m, z[r][j][v]);
             m = warp_max(m);
             if (lane == 0) exchange[0][r][warp] = m;
         }
@@ -124,7 +127,7 @@ __global__ void __launch_bounds__(THREADS) sink_sweep(
         for (int r = 0; r < ROWS; ++r) {
             A m = exchange[0][r][0];
 #pragma unroll
-            for (int w = 1; w < WARPS; ++w) m = max(m, exchange[0][r][w]);
+            for (int w = 1; w < WARPS; ++w) m = larger(m, exchange[0][r][w]);
             top[r] = m == neg_inf<A>() ? A(0) : m;
             A s = 0;
 #pragma unroll
