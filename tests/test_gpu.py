@@ -81,7 +81,7 @@ def assert_same_solution(result, reference, exact: np.ndarray, atol: float) -> N
 
 @pytest.mark.parametrize("library, dtype", CASES)
 @pytest.mark.parametrize("n, k, regime", [(4000, 40, "flat"), (4000, 40, "peaked"),
-                                          (1500, 3000, "flat")])
+                                          (6000, 3000, "flat")])
 def test_full_solve_agrees_with_numpy_on_host(library, dtype, n, k, regime):
     host = make_scores(n, k, regime=regime, seed=5).scores
     x, exact = on_device(host, library, dtype)

@@ -175,14 +175,14 @@ def _sweep_plan(x) -> tuple[int, list[tuple[int, int, int]]] | None:
     limit = MAX_PER_THREAD[_compute_dtype(x).name]
     packs_total = -(-n_cols // vec)
     options = []
-    for threads in (256, 512, 128):
+    for threads in (256, 512, 128, 64, 32):
         packs = -(-packs_total // threads)
         waste = packs * threads / packs_total - 1
         if packs * vec <= limit:
-            options.append((waste > 0.05, threads, packs))
+            options.append((0.0 if waste <= 0.05 else waste, threads, packs))
     if not options:
         return None
-    options.sort(key=lambda o: o[0])
+    options.sort(key=lambda o: o[0])  # stable: among near-full blocks, the larger first
     candidates = []
     for _, threads, packs in options[:2]:
         per_row = packs * vec
