@@ -104,7 +104,8 @@ class Report:
         """Each timing divided by one read of the same dtype (float32 for the baselines)."""
         out = {}
         for name, value in self.results.items():
-            if not name.endswith(("float32", "float16", "bfloat16")) or name.startswith("read"):
+            timed = name.endswith(("float32", "float16", "bfloat16")) and "bytes" not in name
+            if not timed or name.startswith("read") or isinstance(value, str):
                 continue
             dtype = next((d for d in ("bfloat16", "float16", "float32") if d in name), "float32")
             read = self.results.get(f"read {dtype} (torch.sum)")
@@ -125,7 +126,7 @@ class Report:
                 print(f"{name:60s} {value / 2**20:8.1f} MiB = {100 * share:.2f}% of the input")
             else:
                 ratio = f"{ratios[name]:8.2f}" if name in ratios else ""
-                print(f"{name:60s} {value:10.3f} {ratio}")
+                print(f"{name:60s} {value:10.4g} {ratio}")
 
 
 def flat_scores(n: int, k: int):

@@ -207,9 +207,16 @@ _INTERPRETER_SCRIPT = textwrap.dedent("""
     from sinklabel.kernels import _triton
     from sinklabel.kernels.numpy import NumpyKernel
     _triton.MAX_FUSED_COLS, _triton.WIDE_TILE = 64, 32    # K=70 takes the two-pass path
+    _triton.MIN_ROWS_PER_PROGRAM = 64                      # several programs, several tiles
+    configs = _triton._fused_configs
+    prefetching = lambda width, x: [min((c for c in configs(width, x) if c[2]), key=lambda c: c[0])]
     reference, rng, report = NumpyKernel(), np.random.default_rng(0), []
-    for n, k, dtype in [(37, 7, "float32"), (20, 70, "bfloat16"), (21, 70, "float32"),
-                        (40, 33, "float64"), (9, 24, "float16")]:
+    for n, k, dtype, prefetch in [
+        (37, 7, "float32", False), (20, 70, "bfloat16", False), (21, 70, "float32", False),
+        (40, 33, "float64", False), (9, 24, "float16", False), (300, 20, "float32", True),
+        (150, 24, "bfloat16", True), (130, 12, "float64", True),
+    ]:
+        _triton._fused_configs = prefetching if prefetch else configs
         x = torch.from_numpy(3 * rng.standard_normal((n, k))).to(getattr(torch, dtype))
         x = x.t().contiguous().t() if n == 21 else x
         host = x.double().numpy() if dtype == "float64" else x.float().numpy()
@@ -218,7 +225,7 @@ _INTERPRETER_SCRIPT = textwrap.dedent("""
         values, labels = _triton.best(x, f, 25.0)
         ref_values, ref_labels = reference.best(host, f, 25.0)
         report.append(dict(
-            case=f"{n}x{k} {dtype}",
+            case=f"{n}x{k} {dtype} prefetch={prefetch}",
             mass=float(np.abs(mass - reference.sweep(host, f, 25.0)).max()),
             values=float(np.abs(values.numpy() - ref_values).max()),
             labels=int((labels.numpy() != ref_labels).sum()),

@@ -32,7 +32,7 @@ MAX_FUSED_COLS = 16384
 WIDE_TILE = 1024
 #: Each program of the sweep walks at least this many rows, so its partial sums stay a small
 #: fraction (<= 4 / (MIN_ROWS_PER_PROGRAM * itemsize)) of the input's size.
-MIN_ROWS_PER_PROGRAM = 128
+MIN_ROWS_PER_PROGRAM = 256
 #: Programs per multiprocessor: many short waves keep the last one from idling the device.
 PROGRAMS_PER_SM = 32
 #: Inputs at least this large (elements) time a few launch configurations once per shape
@@ -51,17 +51,25 @@ def _row_pointers(x_ptr, tile, n_rows, stride_row, BLOCK_M: tl.constexpr, ROW_AL
 
 
 @triton.jit
+def _load(row_ptr, row_ok, cols, col_ok, stride_col):
+    """The raw scores of a [rows, cols] tile (0 outside the matrix)."""
+    return tl.load(row_ptr[:, None] + cols[None, :].to(tl.int64) * stride_col,
+                   mask=row_ok[:, None] & col_ok[None, :], other=0.0)
+
+
+@triton.jit
 def _logits(row_ptr, row_ok, cols, col_ok, stride_col, coef, scale):
     """scale * x + coef on a [rows, cols] tile; -inf in columns past K (coef is -inf there)."""
-    x = tl.load(row_ptr[:, None] + cols[None, :].to(tl.int64) * stride_col,
-                mask=row_ok[:, None] & col_ok[None, :], other=0.0)
+    x = _load(row_ptr, row_ok, cols, col_ok, stride_col)
     return x.to(coef.dtype) * scale + coef[None, :]
 
 
 @triton.jit
 def _sweep_fused(x_ptr, coef_ptr, part_ptr, n_programs, n_rows, stride_row, stride_col,
                  N_COLS: tl.constexpr, WIDTH_A: tl.constexpr, WIDTH_B: tl.constexpr,
-                 BLOCK_M: tl.constexpr, ROW_ALIGN: tl.constexpr):
+                 BLOCK_M: tl.constexpr, ROW_ALIGN: tl.constexpr, PREFETCH: tl.constexpr):
+    """With PREFETCH, the next tile's loads are issued before this tile's reductions, so
+    memory latency overlaps the arithmetic (at the cost of a second tile of registers)."""
     pid = tl.program_id(0)
     scale = tl.load(coef_ptr + N_COLS)
     cols_a = tl.arange(0, WIDTH_A)
@@ -73,12 +81,30 @@ def _sweep_fused(x_ptr, coef_ptr, part_ptr, n_programs, n_rows, stride_row, stri
         ok_b = cols_b < N_COLS
         coef_b = tl.load(coef_ptr + cols_b, mask=ok_b, other=float("-inf"))
         acc_b = tl.zeros([WIDTH_B], dtype=coef_b.dtype)
+    row_ptr, row_ok = _row_pointers(x_ptr, pid, n_rows, stride_row, BLOCK_M, ROW_ALIGN)
+    if PREFETCH:
+        next_a = _load(row_ptr, row_ok, cols_a, ok_a, stride_col)
+        if WIDTH_B > 0:
+            next_b = _load(row_ptr, row_ok, cols_b, ok_b, stride_col)
     for tile in range(pid, tl.cdiv(n_rows, BLOCK_M), n_programs):
         row_ptr, row_ok = _row_pointers(x_ptr, tile, n_rows, stride_row, BLOCK_M, ROW_ALIGN)
-        z_a = _logits(row_ptr, row_ok, cols_a, ok_a, stride_col, coef_a, scale)
+        if PREFETCH:
+            x_a = next_a
+            if WIDTH_B > 0:
+                x_b = next_b
+            ahead_ptr, ahead_ok = _row_pointers(x_ptr, tile + n_programs, n_rows, stride_row,
+                                                BLOCK_M, ROW_ALIGN)
+            next_a = _load(ahead_ptr, ahead_ok, cols_a, ok_a, stride_col)
+            if WIDTH_B > 0:
+                next_b = _load(ahead_ptr, ahead_ok, cols_b, ok_b, stride_col)
+        else:
+            x_a = _load(row_ptr, row_ok, cols_a, ok_a, stride_col)
+            if WIDTH_B > 0:
+                x_b = _load(row_ptr, row_ok, cols_b, ok_b, stride_col)
+        z_a = x_a.to(coef_a.dtype) * scale + coef_a[None, :]
         top = tl.max(z_a, axis=1)
         if WIDTH_B > 0:
-            z_b = _logits(row_ptr, row_ok, cols_b, ok_b, stride_col, coef_b, scale)
+            z_b = x_b.to(coef_b.dtype) * scale + coef_b[None, :]
             top = tl.maximum(top, tl.max(z_b, axis=1))
         p_a = tl.exp2(z_a - top[:, None])
         total = tl.sum(p_a, axis=1)
@@ -92,6 +118,21 @@ def _sweep_fused(x_ptr, coef_ptr, part_ptr, n_programs, n_rows, stride_row, stri
     tl.store(part_ptr + pid * N_COLS + cols_a, acc_a, mask=ok_a)
     if WIDTH_B > 0:
         tl.store(part_ptr + pid * N_COLS + cols_b, acc_b, mask=ok_b)
+
+
+@triton.jit
+def _column_sums(part_ptr, out_ptr, n_parts, N_COLS: tl.constexpr, BLOCK_P: tl.constexpr,
+                 BLOCK_K: tl.constexpr):
+    """float64 column sums of the (parts, K) partial sums, in a fixed order."""
+    cols = tl.program_id(0) * BLOCK_K + tl.arange(0, BLOCK_K)
+    col_ok = cols < N_COLS
+    acc = tl.zeros([BLOCK_K], dtype=tl.float64)
+    for first in range(0, n_parts, BLOCK_P):
+        parts = first + tl.arange(0, BLOCK_P)
+        block = tl.load(part_ptr + parts[:, None].to(tl.int64) * N_COLS + cols[None, :],
+                        mask=(parts < n_parts)[:, None] & col_ok[None, :], other=0.0)
+        acc += tl.sum(block.to(tl.float64), axis=0)
+    tl.store(out_ptr + cols, acc, mask=col_ok)
 
 
 @triton.jit
@@ -189,10 +230,10 @@ def sweep(x: torch.Tensor, f: np.ndarray, lam: float) -> np.ndarray:
         shape = dict(N_COLS=n_cols, WIDTH_A=width_a, WIDTH_B=width_b,
                      ROW_ALIGN=_row_align(x))
 
-        def launch(config: tuple[int, int]) -> None:
-            block_m, warps = config
+        def launch(config: tuple[int, int, bool]) -> None:
+            block_m, warps, prefetch = config
             _sweep_fused[(programs,)](x, coef, part, programs, *strides, BLOCK_M=block_m,
-                                      num_warps=warps, **shape)
+                                      PREFETCH=prefetch, num_warps=warps, **shape)
 
         _run(launch, _fused_configs(width_a + width_b, x), ("sweep", x.dtype, n_cols), x)
     else:
@@ -205,7 +246,7 @@ def sweep(x: torch.Tensor, f: np.ndarray, lam: float) -> np.ndarray:
         grid = (programs, triton.cdiv(n_cols, tile))
         _sweep_tiles[grid](x, coef, top, inv, part, programs, *strides, BLOCK_M=4, num_warps=4,
                            **meta)
-    return part.sum(dim=0, dtype=torch.float64).cpu().numpy()
+    return _sum_parts(part).cpu().numpy()
 
 
 def best(x: torch.Tensor, f: np.ndarray, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -221,6 +262,17 @@ def best(x: torch.Tensor, f: np.ndarray, lam: float) -> tuple[torch.Tensor, torc
         ROW_ALIGN=_row_align(x), num_warps=4, enable_fp_fusion=False,
     )
     return values, labels
+
+
+def _sum_parts(part: torch.Tensor) -> torch.Tensor:
+    """Column sums of the partial sums in float64, allocating only the K-vector (torch's
+    ``sum(dtype=float64)`` would first copy the whole buffer to float64)."""
+    n_parts, n_cols = part.shape
+    out = torch.empty(n_cols, dtype=torch.float64, device=part.device)
+    block_k = 64
+    _column_sums[(triton.cdiv(n_cols, block_k),)](part, out, n_parts, N_COLS=n_cols,
+                                                  BLOCK_P=32, BLOCK_K=block_k, num_warps=4)
+    return out
 
 
 def _coefficients(x: torch.Tensor, coef: np.ndarray, scale: float) -> torch.Tensor:
@@ -242,25 +294,28 @@ def _row_align(x: torch.Tensor) -> int:
     return math.gcd(stride, 16) if stride else 16
 
 
-def _fused_configs(width: int, x: torch.Tensor) -> list[tuple[int, int]]:
-    """(rows per tile, warps) to try for the one-pass sweep, the default first.
+def _fused_configs(width: int, x: torch.Tensor) -> list[tuple[int, int, bool]]:
+    """(rows per tile, warps, prefetch) to try for the one-pass sweep, the default first.
 
     Each thread holds about ``rows * width / (32 * warps)`` scores of a tile; 8 to 32 keeps
-    loads wide without spilling registers (checked with ptxas for sm_90).
+    loads wide without spilling registers (checked with ptxas for sm_90). Prefetching holds
+    a second tile, so it is tried on the smaller tiles only.
     """
     per_thread = (16, 8, 32) if x.dtype != torch.float64 else (8, 16)
-    configs = []
+    shapes = []
     for target in per_thread:
         for warps in (8, 4, 16):
             rows = max(1, target * 32 * warps // width)
             rows = min(64, 1 << (rows.bit_length() - 1))
             fits = rows * width <= max(per_thread) * 32 * warps
-            if fits and (rows, warps) not in configs:
-                configs.append((rows, warps))
-    return configs or [(1, 16)]
+            if fits and (rows, warps) not in shapes:
+                shapes.append((rows, warps))
+    shapes = (shapes or [(1, 16)])[:6]
+    light = [s for s in shapes if s[0] * width <= 16 * 32 * s[1]]
+    return [(*s, False) for s in shapes] + [(*s, True) for s in light]
 
 
-_TUNED: dict[tuple, tuple[int, int]] = {}
+_TUNED: dict[tuple, tuple] = {}
 
 
 def _run(launch, configs: list, key: tuple, x: torch.Tensor) -> None:
@@ -285,6 +340,6 @@ def _run(launch, configs: list, key: tuple, x: torch.Tensor) -> None:
     launch(_TUNED[key])
 
 
-def tuned_configs() -> dict[str, tuple[int, int]]:
+def tuned_configs() -> dict[str, tuple]:
     """The launch configurations chosen so far, for benchmark reports."""
     return {f"{name} {dtype} K={k}": cfg for (name, dtype, k), cfg in _TUNED.items()}
