@@ -7,10 +7,18 @@ from typing import Any
 import numpy as np
 
 from . import solver
-from ._validation import check_init, check_label_weights, check_positive, check_scores, check_shape
+from ._validation import (
+    check_chunk_scores,
+    check_init,
+    check_label_weights,
+    check_positive,
+    check_scores,
+    check_shape,
+)
 from .kernels import Kernel, resolve_kernel
 from .result import SinkhornResult
-from .sources import Array, Source, as_source, itemsize
+from .sources import Array, Source, as_source, checked, itemsize, parse_memory
+from .sources.memory import bytes_per_row, fixed_bytes, rows_for_budget
 
 DEFAULT_LAM = 25.0
 #: L1 distance between the plan's label marginal and the target: 1e-3 means at most 0.05%
@@ -29,6 +37,7 @@ def sinkhorn(
     max_iter: int = DEFAULT_MAX_ITER,
     init: Array | None = None,
     chunk_size: int | None = None,
+    memory_limit: int | str | None = None,
     backend: str = "auto",
     progress: bool = False,
 ) -> SinkhornResult:
@@ -36,10 +45,12 @@ def sinkhorn(
 
     Parameters
     ----------
-    logp : array of shape (N, K)
+    logp : array of shape (N, K), path, or Source
         Log-probabilities or raw logits of N points over K labels (NumPy array, torch tensor,
         CuPy array, or anything ``np.asarray`` takes). A constant added to a row changes nothing.
-        Never modified.
+        Never modified. Scores that do not fit in memory stream block by block: a ``.npy`` path
+        or ``np.memmap``, an h5py/zarr dataset, or a :class:`sinklabel.sources.CallableSource`
+        (see docs/streaming.md).
     K : int
         Number of labels; must equal ``logp.shape[1]``.
     lam : float, default=25.0
@@ -56,6 +67,9 @@ def sinkhorn(
         Potentials to warm-start from (e.g. ``previous.potentials``).
     chunk_size : int, default=None
         Rows processed at once; bounds the solver's working memory. Default: the backend's.
+    memory_limit : int or str, default=None
+        Budget for the solve's extra memory (bytes, or a size such as ``"1GB"``); the chunk
+        size follows from it. Give ``chunk_size`` or ``memory_limit``, not both.
     backend : {"auto", "numpy", ...}, default="auto"
         Which kernels run the passes; "auto" picks the fastest installed for the input.
     progress : bool, default=False
@@ -73,8 +87,8 @@ def sinkhorn(
     weights = check_label_weights(label_weights, K)
     start = check_init(init, K)
     kernel = resolve_kernel(backend, source.library)
-    rows = _chunk_rows(chunk_size, kernel, source)
-    check_scores(source, kernel, lam, rows)
+    rows = _chunk_rows(chunk_size, kernel, source, memory_limit)
+    source = _checked_scores(source, kernel, lam, rows)
     return _sinkhorn(
         source, kernel, lam=lam, label_weights=weights, tol=tol, max_iter=max_iter,
         init=start, rows=rows, progress=progress,
@@ -131,7 +145,7 @@ def apply_potentials(
     check_shape(source, result.potentials.shape[0])
     kernel = _kernel_for(result.backend, source.library)
     rows = _chunk_rows(chunk_size, kernel, source)
-    check_scores(source, kernel, result.lam, rows)
+    source = _checked_scores(source, kernel, result.lam, rows)
     f, lam = result.potentials, result.lam
     if what == "labels":
         return solver.assign(source, kernel, f, lam, rows)
@@ -147,7 +161,24 @@ def _kernel_for(backend: str, library: str) -> Kernel:
         return resolve_kernel("auto", library)
 
 
-def _chunk_rows(chunk_size: int | None, kernel: Kernel, source: Source) -> int:
+def _chunk_rows(
+    chunk_size: int | None, kernel: Kernel, source: Source, memory_limit: int | str | None = None
+) -> int:
+    if memory_limit is not None:
+        if chunk_size is not None:
+            raise ValueError("give chunk_size or memory_limit, not both")
+        budget = parse_memory(memory_limit)
+        n, k = source.shape
+        return rows_for_budget(budget, fixed_bytes(n, k), bytes_per_row(source, kernel))
     if chunk_size is None:
         return kernel.chunk_rows(source.shape[1], itemsize(source.dtype))
     return check_positive("chunk_size", chunk_size, integer=True)
+
+
+def _checked_scores(source: Source, kernel: Kernel, lam: float, rows: int) -> Source:
+    """In-memory scores are checked now, in one pass; streamed ones block by block during
+    the solve's first pass, which saves a read of the file or a call of the function."""
+    if source.in_memory:
+        check_scores(source, kernel, lam, rows)
+        return source
+    return checked(source, lambda start, chunk: check_chunk_scores(start, chunk, kernel, lam))
