@@ -9,6 +9,7 @@
 
 from .api import assign_labels, sinkhorn
 from .estimator import SinkhornLabeler
+from .heads import sinkhorn_heads
 from .kernels import available_backends
 from .result import SinkhornResult
 from .solver import ConvergenceWarning
@@ -22,4 +23,5 @@ __all__ = [
     "assign_labels",
     "available_backends",
     "sinkhorn",
+    "sinkhorn_heads",
 ]
