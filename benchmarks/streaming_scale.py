@@ -3,6 +3,7 @@
     python benchmarks/streaming_scale.py memory   [N K]   # 1,000,000 x 1000 .npy via memmap
     python benchmarks/streaming_scale.py npy      [N K]   # 1,281,167 x 3000 .npy (15.4 GB)
     python benchmarks/streaming_scale.py callable [N K]   # 10,000,000 x 1000 callable (40 GB)
+    python benchmarks/streaming_scale.py overhead [N K]   # 200,000 x 1000: streamed vs in memory
 
 Options through the environment: SINKLABEL_BENCH_DIR (where the .npy goes, default /tmp),
 SINKLABEL_BENCH_ITERS (fixed Sinkhorn iterations, default 3), SINKLABEL_BENCH_KEEP=1 keeps
@@ -25,7 +26,10 @@ import sinklabel
 from sinklabel.datasets import make_scores
 from sinklabel.sources import CallableSource
 
-DEFAULTS = {"memory": (1_000_000, 1000), "npy": (1_281_167, 3000), "callable": (10_000_000, 1000)}
+DEFAULTS = {
+    "memory": (1_000_000, 1000), "npy": (1_281_167, 3000), "callable": (10_000_000, 1000),
+    "overhead": (200_000, 1000),
+}
 BLOCK_ROWS = 65_536
 
 
@@ -98,11 +102,35 @@ def solve(logp, k: int, iters: int) -> dict:
         "iterations": result.n_iter,
         "passes": result.n_iter + 1,
         "total_s": round(total, 2),
-        "s_per_pass": round(total / (result.n_iter + 1), 2),
+        "s_per_pass": round(total / (result.n_iter + 1), 3),
         "error": result.error,
         "rss_anon_growth_mb": round((sampler.peak - base) / 1e6, 1),
         "label_counts_min_max": [int(counts.min()), int(counts.max())],
     }
+
+
+def overhead(n: int, k: int, iters: int, repeats: int = 3) -> dict:
+    """Seconds per pass of the same scores in memory, memory-mapped (page cache warm) and
+    from a function, interleaved so that a busy machine slows all three alike."""
+    scores = make_scores(n, k, regime="peaked", seed=0).scores
+    folder = os.environ.get("SINKLABEL_BENCH_DIR", "/tmp")
+    path = os.path.join(folder, f"sinklabel_overhead_{n}x{k}.npy")
+    np.save(path, scores)
+    inputs = {
+        "in_memory": lambda: scores,
+        "memmap": lambda: np.load(path, mmap_mode="r"),
+        "callable": lambda: CallableSource(lambda a, b: scores[a:b], scores.shape, "float32"),
+    }
+    best = {name: float("inf") for name in inputs}
+    try:
+        for _ in range(repeats):
+            for name, make in inputs.items():
+                best[name] = min(best[name], solve(make(), k, iters)["s_per_pass"])
+    finally:
+        os.remove(path)
+    return {"s_per_pass": best,
+            "ratio_to_in_memory": {name: round(t / best["in_memory"], 3)
+                                   for name, t in best.items()}}
 
 
 def main(argv: list[str]) -> int:
@@ -110,7 +138,9 @@ def main(argv: list[str]) -> int:
     n, k = (int(argv[1]), int(argv[2])) if len(argv) >= 3 else DEFAULTS[kind]
     iters = int(os.environ.get("SINKLABEL_BENCH_ITERS", "3"))
     report: dict = {"kind": kind, "N": n, "K": k, "gb_float32": round(n * k * 4 / 1e9, 2)}
-    if kind == "callable":
+    if kind == "overhead":
+        report.update(overhead(n, k, iters))
+    elif kind == "callable":
         report.update(solve(CallableSource(bank_function(n, k), (n, k), "float32"), k, iters))
     else:
         folder = os.environ.get("SINKLABEL_BENCH_DIR", "/tmp")

@@ -227,11 +227,12 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
-@pytest.mark.parametrize("on_pass", [1, 3])
+# A change needs an earlier pass to differ from, so it is only tried on pass 3.
+@pytest.mark.parametrize(("case", "on_pass"), [
+    (case, on_pass) for case in sorted(CASES) for on_pass in (1, 3)
+    if (case, on_pass) != ("changed values", 1)
+])
 def test_broken_sources_stop_the_solve_naming_the_rows(scores64, case, on_pass):
-    if case == "changed values" and on_pass == 1:
-        pytest.skip("a change needs an earlier pass to differ from")
     make, message = CASES[case]
     source = failing(scores64, on_pass=on_pass, at=600, make=make)
     expected = rf"rows \[600, 900\) on pass {on_pass}: {message}"
