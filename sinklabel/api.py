@@ -68,12 +68,14 @@ def sinkhorn(
     chunk_size : int, default=None
         Rows processed at once; bounds the solver's working memory. Default: the backend's.
     memory_limit : int or str, default=None
-        Budget for the solve's extra memory (bytes, or a size such as ``"1GB"``); the chunk
-        size follows from it. Give ``chunk_size`` or ``memory_limit``, not both.
+        Budget for the solve's extra memory (bytes, or a size such as ``"1GB"``): chunks are
+        the backend's default size, or smaller where the budget requires. Give ``chunk_size``
+        or ``memory_limit``, not both.
     backend : {"auto", "numpy", ...}, default="auto"
         Which kernels run the passes; "auto" picks the fastest installed for the input.
     progress : bool, default=False
-        Show a progress bar (tqdm when installed) with the current error.
+        Show a progress bar (tqdm when installed) with the current error and the estimated
+        time to convergence.
 
     Returns
     -------
@@ -164,15 +166,16 @@ def _kernel_for(backend: str, library: str) -> Kernel:
 def _chunk_rows(
     chunk_size: int | None, kernel: Kernel, source: Source, memory_limit: int | str | None = None
 ) -> int:
-    if memory_limit is not None:
-        if chunk_size is not None:
-            raise ValueError("give chunk_size or memory_limit, not both")
-        budget = parse_memory(memory_limit)
-        n, k = source.shape
-        return rows_for_budget(budget, fixed_bytes(n, k), bytes_per_row(source, kernel))
-    if chunk_size is None:
-        return kernel.chunk_rows(source.shape[1], itemsize(source.dtype))
-    return check_positive("chunk_size", chunk_size, integer=True)
+    if memory_limit is not None and chunk_size is not None:
+        raise ValueError("give chunk_size or memory_limit, not both")
+    if chunk_size is not None:
+        return check_positive("chunk_size", chunk_size, integer=True)
+    rows = kernel.chunk_rows(source.shape[1], itemsize(source.dtype))
+    if memory_limit is None:
+        return rows
+    budget = parse_memory(memory_limit)
+    fixed = fixed_bytes(*source.shape)
+    return min(rows, rows_for_budget(budget, fixed, bytes_per_row(source, kernel)))
 
 
 def _checked_scores(source: Source, kernel: Kernel, lam: float, rows: int) -> Source:

@@ -137,12 +137,13 @@ def _shared_rows(
     if chunk_size is not None:
         return chunk_size
     kernel = resolve_kernel(backend, source.library)
+    rows = kernel.chunk_rows(source.shape[1], itemsize(source.dtype))
     if memory_limit is None:
-        return kernel.chunk_rows(source.shape[1], itemsize(source.dtype))
+        return rows
     budget = parse_memory(memory_limit)
     n = source.shape[0]
     per_row = source.bytes_per_row() + sum(
         kernel.workspace_bytes_per_row(k, itemsize(source.dtype)) for k in ks
     )
     fixed = sum(fixed_bytes(n, k) for k in ks)
-    return rows_for_budget(budget, fixed, per_row)
+    return min(rows, rows_for_budget(budget, fixed, per_row))
