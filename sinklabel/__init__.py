@@ -10,6 +10,7 @@
 from .api import assign_labels, sinkhorn
 from .distributed import RankFailedError
 from .estimator import SinkhornLabeler
+from .heads import sinkhorn_heads
 from .kernels import available_backends
 from .result import SinkhornResult
 from .solver import ConvergenceWarning
@@ -24,4 +25,5 @@ __all__ = [
     "assign_labels",
     "available_backends",
     "sinkhorn",
+    "sinkhorn_heads",
 ]

@@ -35,7 +35,6 @@ from ._validation import (
     check_init,
     check_label_weights,
     check_positive,
-    check_scores,
     check_shape,
 )
 from .collective import Collective
@@ -155,6 +154,7 @@ def distributed_sinkhorn(
     max_iter: int,
     init: Array | None,
     chunk_size: int | None,
+    memory_limit: int | str | None,
     backend: str,
     progress: bool,
 ) -> SinkhornResult:
@@ -170,7 +170,7 @@ def distributed_sinkhorn(
         collective.device = array.device  # NCCL: reduce on the device that holds the rows
     try:
         checked = _check_local(logp, K, lam, label_weights, tol, max_iter, init, chunk_size,
-                               backend)
+                               memory_limit, backend)
         error = None
     except Exception as exc:  # shared with the other ranks below, then re-raised here
         checked, error = None, exc
@@ -190,7 +190,7 @@ def distributed_sinkhorn(
 
 def _check_local(
     logp: Array, K: Any, lam: Any, label_weights: Any, tol: Any, max_iter: Any, init: Any,
-    chunk_size: Any, backend: str,
+    chunk_size: Any, memory_limit: Any, backend: str,
 ) -> tuple[Source, Kernel, dict[str, Any]]:
     """This rank's input checks: those of :func:`sinklabel.sinkhorn`, but N may be 0."""
     source = as_source(logp)
@@ -203,8 +203,8 @@ def _check_local(
         "init": check_init(init, K),
     }
     kernel = resolve_kernel(backend, source.library)
-    settings["rows"] = api._chunk_rows(chunk_size, kernel, source)
-    check_scores(source, kernel, settings["lam"], settings["rows"])
+    settings["rows"] = api._chunk_rows(chunk_size, kernel, source, memory_limit)
+    source = api._checked_scores(source, kernel, settings["lam"], settings["rows"])
     return source, kernel, settings
 
 
