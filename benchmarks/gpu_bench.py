@@ -61,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     report.extra["tuned"] = tuned_configs()
     report.write()
     report.table()
+    print("launch configurations chosen:", json.dumps(report.extra["tuned"]))
     return 0
 
 

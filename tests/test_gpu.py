@@ -245,3 +245,37 @@ def test_cuda_tensor_with_a_host_backend_says_what_to_pass():
     if cp is not None:
         with pytest.raises(TypeError, match="takes torch arrays, not cupy"):
             sinklabel.sinkhorn(cp.zeros((10, 3)), 3, backend="torch")
+
+
+@pytest.mark.parametrize("library, dtype", [c for c in CASES if c.values[1] != "float64"])
+@pytest.mark.parametrize("k", [40, 3000])
+def test_every_tuning_candidate_matches_numpy_kernel(library, dtype, k):
+    """Large inputs run whichever launch configuration times fastest, so each one the tuner
+    may pick (prefetching or not, 8- or 16-byte vectors, rows per step) must be right."""
+    host = make_scores(700, k, regime="flat", seed=11).scores
+    x, exact = on_device(host, library, dtype)
+    f = np.random.default_rng(12).standard_normal(k)
+    expected = get_kernel("numpy").sweep(exact, f, 25.0)
+    if library == "torch":
+        from sinklabel.kernels import _triton as module
+        configs = module._fused_configs(*module.tile_width(k), x)
+    else:
+        from sinklabel.kernels import cupy as module
+        configs = module._sweep_plan(x)
+    assert len(configs) > 1
+    saved = dict(module._TUNED)
+    try:
+        for config in configs:
+            module._TUNED[_tuning_key(library, x, k)] = config
+            mass = get_kernel(library).sweep(x, f, 25.0)
+            np.testing.assert_allclose(mass, expected, rtol=1e-5, atol=1e-7, err_msg=str(config))
+    finally:
+        module._TUNED.clear()
+        module._TUNED.update(saved)
+
+
+def _tuning_key(library: str, x, k: int) -> tuple:
+    if library == "torch":
+        return ("sweep", x.dtype, k)
+    from sinklabel.kernels import cupy as module
+    return (x.dtype.name, k, module._sweep_plan(x)[0][0])

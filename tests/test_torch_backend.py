@@ -209,12 +209,13 @@ _INTERPRETER_SCRIPT = textwrap.dedent("""
     _triton.MAX_FUSED_COLS, _triton.WIDE_TILE = 64, 32    # K=70 takes the two-pass path
     _triton.MIN_ROWS_PER_PROGRAM = 64                      # several programs, several tiles
     configs = _triton._fused_configs
-    prefetching = lambda width, x: [min((c for c in configs(width, x) if c[2]), key=lambda c: c[0])]
+    prefetching = lambda width, tiles, x: [min((c for c in configs(width, tiles, x) if c[2]),
+                                               key=lambda c: c[0])]
     reference, rng, report = NumpyKernel(), np.random.default_rng(0), []
     for n, k, dtype, prefetch in [
         (37, 7, "float32", False), (20, 70, "bfloat16", False), (21, 70, "float32", False),
         (40, 33, "float64", False), (9, 24, "float16", False), (300, 20, "float32", True),
-        (150, 24, "bfloat16", True), (130, 12, "float64", True),
+        (150, 24, "bfloat16", True), (130, 12, "float64", True), (90, 60, "float32", True),
     ]:
         _triton._fused_configs = prefetching if prefetch else configs
         x = torch.from_numpy(3 * rng.standard_normal((n, k))).to(getattr(torch, dtype))
@@ -280,9 +281,10 @@ def test_cupy_cuda_source_compiles_for_hopper():
     lib = _nvrtc()
     if lib is None:
         pytest.skip("libnvrtc not found (pip install nvidia-cuda-nvrtc to run this check)")
-    names = ["sink_sweep<float, 4, 3, 5, 256>", "sink_sweep<half_bits, 8, 3, 1, 128>",
-             "sink_sweep<float, 1, 2, 8, 32>",
-             "sink_sweep<double, 1, 6, 1, 512>", "sink_best<float>", "sink_best<half_bits>",
+    names = ["sink_sweep<float, 4, 3, 5, 256, 0>", "sink_sweep<float, 4, 3, 2, 256, 1>",
+             "sink_sweep<half_bits, 8, 3, 1, 128, 1>", "sink_sweep<half_bits, 4, 3, 2, 256, 1>",
+             "sink_sweep<float, 1, 2, 8, 32, 1>", "sink_sweep<double, 1, 6, 1, 512, 0>",
+             "sink_sweep<double, 2, 3, 2, 512, 1>", "sink_best<float>", "sink_best<half_bits>",
              "sink_best<double>"]
     program = ctypes.c_void_p()
     assert lib.nvrtcCreateProgram(ctypes.byref(program), SOURCE.encode(), b"sinklabel.cu", 0,

@@ -1,12 +1,14 @@
 """CUDA C source of the CuPy backend's fused kernels, compiled by NVRTC on first use.
 
-``sink_sweep<S, VEC, NV, ROWS, THREADS>``: one block keeps the accumulators of all K labels
-in registers (thread ``t`` owns the ``NV`` packs of ``VEC`` adjacent columns starting at
-``(j * THREADS + t) * VEC``) and walks its share of the rows, ``ROWS`` at a time: each score is
-read once, ``z = scale * x + coef`` in base-2 units, row max and row sum by warp shuffles and
-one shared-memory exchange, then ``acc += exp2(z - max) / sum``. Each block writes its K sums
-to its own row of a partial-sum buffer, reduced in a fixed order on the host side: no atomics,
-so results repeat exactly.
+``sink_sweep<S, VEC, NV, ROWS, THREADS, PREFETCH>``: one block keeps the accumulators of all
+K labels in registers (thread ``t`` owns the ``NV`` packs of ``VEC`` adjacent columns starting
+at ``(j * THREADS + t) * VEC``) and walks its share of the rows, ``ROWS`` at a time: each score
+is read once, ``z = scale * x + coef`` in base-2 units, row max and row sum by warp shuffles
+and one shared-memory exchange, then ``acc += exp2(z - max) / sum``. With ``PREFETCH`` the
+next tile's raw scores are loaded into registers before this tile's arithmetic, so loads stay
+in flight through the two barriers per tile (without it a block waits for memory once per
+tile). Each block writes its K sums to its own row of a partial-sum buffer, reduced in a fixed
+order on the host side: no atomics, so results repeat exactly.
 
 ``sink_best<S>``: one warp per row; row max of ``scale * x + coef`` rounded like NumPy (no
 fused multiply-add), its first arg-max, and NaN when the row holds one.
@@ -61,7 +63,21 @@ template <typename A> __device__ __forceinline__ A warp_sum(A v) {
     return v;
 }
 
-template <typename S, int VEC, int NV, int ROWS, int THREADS>
+template <typename S, int VEC> __device__ __forceinline__ bool load_pack(
+    Pack<S, VEC>& out, const S* __restrict__ x, long long row, int col0, long long n_rows,
+    long long stride_row, long long stride_col, int n_cols)
+{
+    if (row >= n_rows || col0 >= n_cols) return false;
+    const S* rp = x + row * stride_row;
+    if (VEC > 1) {
+        out = *reinterpret_cast<const Pack<S, VEC>*>(rp + col0);
+    } else {
+        out.v[0] = rp[col0 * stride_col];
+    }
+    return true;
+}
+
+template <typename S, int VEC, int NV, int ROWS, int THREADS, int PREFETCH>
 __global__ void __launch_bounds__(THREADS) sink_sweep(
     const S* __restrict__ x, const typename Acc<S>::type* __restrict__ coef,
     typename Acc<S>::type* __restrict__ part, long long n_rows, long long stride_row,
@@ -86,17 +102,37 @@ __global__ void __launch_bounds__(THREADS) sink_sweep(
         }
     }
     const long long n_tiles = (n_rows + ROWS - 1) / ROWS;
+    // The raw scores of one tile; with PREFETCH they hold the next tile's while this one's
+    // arithmetic runs, so loads stay in flight through the reductions and barriers.
+    Pack<S, VEC> raw[ROWS][NV];
+    bool ok[ROWS][NV];
+#pragma unroll
+    for (int r = 0; r < ROWS; ++r)
+#pragma unroll
+        for (int j = 0; j < NV; ++j)
+            ok[r][j] = PREFETCH && load_pack<S, VEC>(raw[r][j], x, blockIdx.x * (long long)ROWS + r,
+                                                     (j * THREADS + t) * VEC, n_rows, stride_row,
+                                                     stride_col, n_cols);
     for (long long tile = blockIdx.x; tile < n_tiles; tile += gridDim.x) {
         A z[ROWS][NV][VEC];
         A top[ROWS];
 #pragma unroll
-        for (int r = 0; r < ROWS; ++r) {
-            const long long row = tile * ROWS + r;
-            const S* rp = x + row * stride_row;
+        for (int r = 0; r < ROWS; ++r)
 #pragma unroll
             for (int j = 0; j < NV; ++j) {
+                if (PREFETCH) {
+#pragma unroll
+                    for (int v = 0; v < VEC; ++v)
+                        z[r][j][v] = ok[r][j] ? to_acc(raw[r][j].v[v]) * scale + cf[j][v]
+                                              : neg_inf<A>();
+                    continue;
+                }
+                // Without prefetch: load and convert in one step (fewer instructions,
+                // which is what the 16-bit sweeps are bound by).
+                const long long row = tile * ROWS + r;
                 const int col0 = (j * THREADS + t) * VEC;
                 if (row < n_rows && col0 < n_cols) {
+                    const S* rp = x + row * stride_row;
                     if (VEC > 1) {
                         const Pack<S, VEC> pk = *reinterpret_cast<const Pack<S, VEC>*>(rp + col0);
 #pragma unroll
@@ -110,6 +146,14 @@ __global__ void __launch_bounds__(THREADS) sink_sweep(
                     for (int v = 0; v < VEC; ++v) z[r][j][v] = neg_inf<A>();
                 }
             }
+        if (PREFETCH) {
+            const long long ahead = (tile + gridDim.x) * ROWS;
+#pragma unroll
+            for (int r = 0; r < ROWS; ++r)
+#pragma unroll
+                for (int j = 0; j < NV; ++j)
+                    ok[r][j] = load_pack<S, VEC>(raw[r][j], x, ahead + r, (j * THREADS + t) * VEC,
+                                                 n_rows, stride_row, stride_col, n_cols);
         }
 #pragma unroll
         for (int r = 0; r < ROWS; ++r) {
