@@ -77,14 +77,15 @@ def plot(path: Path, records: list[Record], floors: dict[tuple[str, int, str], f
         for device in sorted({d for (g, _, d) in floors if g == regime}):
             points = sorted((n, s) for (g, n, d), s in floors.items()
                             if g == regime and d == device)
-            ax.plot(*zip(*points, strict=True), ":", color="black", linewidth=2,
+            ax.plot(*zip(*points, strict=True), ":x", color="black", linewidth=2,
                     label=f"floor: one read of the scores ({device})")
         ax.set(xscale="log", yscale="log", xlabel="N (rows)", title=f"{regime} scores")
         ax.grid(True, which="both", alpha=0.3)
     axes[0][0].set_ylabel("seconds per iteration")
-    axes[0][-1].legend(fontsize=7, loc="upper left")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8, frameon=False)
     fig.suptitle(title)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.05 + 0.035 * math.ceil(len(labels) / 3), 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
