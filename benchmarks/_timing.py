@@ -43,9 +43,10 @@ def timed(fn: Callable[[], Any], library: str, device: str) -> tuple[float, Any]
 class PeakMemory:
     """Peak extra memory (bytes) while the block runs, on the block's device.
 
-    CPU: the resident-set high-water mark, reset through ``/proc/self/clear_refs`` (Linux),
-    which sees NumPy, torch and BLAS buffers alike; tracemalloc (NumPy and Python only)
-    where /proc is not writable. CUDA: the allocator's own peak statistics.
+    CPU: the larger of the resident-set high-water mark (reset through
+    ``/proc/self/clear_refs`` on Linux; it sees torch and BLAS buffers too) and tracemalloc's
+    peak (exact for NumPy). CUDA: the allocator's own peak statistics. Tracing slows Python,
+    so measure memory on a run that is not being timed.
     """
 
     def __init__(self, library: str, device: str):
@@ -56,20 +57,19 @@ class PeakMemory:
     def __enter__(self) -> PeakMemory:
         if self.device == "cuda":
             self._base = self._cuda_reset()
-        elif _reset_rss_peak():
-            self._base = _rss_kib("VmRSS") * 1024
-        else:
-            tracemalloc.start()
+            return self
+        self._base = _rss_kib("VmRSS") * 1024 if _reset_rss_peak() else None
+        tracemalloc.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         if self.device == "cuda":
             self.peak = self._cuda_peak() - self._base
-        elif tracemalloc.is_tracing():
-            self.peak = tracemalloc.get_traced_memory()[1]
-            tracemalloc.stop()
-        else:
-            self.peak = max(0, _rss_kib("VmHWM") * 1024 - self._base)
+            return
+        self.peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        if self._base is not None:
+            self.peak = max(self.peak, _rss_kib("VmHWM") * 1024 - self._base)
 
     def _cuda_reset(self) -> int:
         if self.library == "cupy":
