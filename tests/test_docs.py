@@ -15,7 +15,7 @@ from sinklabel import available_backends
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 #: Pages whose examples run here; a user-guide page joins by adding its name.
-PAGES = ["index.md", "getting-started.md", "method.md"]
+PAGES = ["index.md", "getting-started.md"]
 FENCE = re.compile(r"^```python\n(.*?)^```", re.MULTILINE | re.DOTALL)
 #: An example importing one of these runs only where sinklabel has that backend.
 LIBRARY_IMPORT = re.compile(r"^\s*import (torch|cupy)\b", re.MULTILINE)
