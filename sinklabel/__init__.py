@@ -10,8 +10,10 @@
 from .api import assign_labels, sinkhorn
 from .certificate import Certificate, duality_gap
 from .check import CheckReport, check
+from .distributed import RankFailedError
 from .estimator import SinkhornLabeler
 from .exact import ExactResult, solve_exact
+from .heads import sinkhorn_heads
 from .kernels import available_backends
 from .result import SinkhornResult
 from .solver import ConvergenceWarning
@@ -23,6 +25,7 @@ __all__ = [
     "CheckReport",
     "ConvergenceWarning",
     "ExactResult",
+    "RankFailedError",
     "SinkhornLabeler",
     "SinkhornResult",
     "assign_labels",
@@ -30,5 +33,6 @@ __all__ = [
     "check",
     "duality_gap",
     "sinkhorn",
+    "sinkhorn_heads",
     "solve_exact",
 ]

@@ -23,12 +23,15 @@ def check_positive(name: str, value: Any, *, integer: bool = False) -> Any:
     return int(value) if integer else float(value)
 
 
-def check_shape(source: Source, n_labels: Any) -> int:
-    """The scores are a non-empty float (N, K) matrix and ``n_labels`` is that K."""
+def check_shape(source: Source, n_labels: Any, *, allow_empty_rows: bool = False) -> int:
+    """The scores are a non-empty float (N, K) matrix and ``n_labels`` is that K.
+
+    ``allow_empty_rows``: N = 0 is fine (one rank's shard of a distributed solve).
+    """
     if len(source.shape) != 2:
         raise ValueError(f"logp must be 2-D (N, K), got shape {tuple(source.shape)}")
     n, k = source.shape
-    if n == 0 or k == 0:
+    if (n == 0 and not allow_empty_rows) or k == 0:
         raise ValueError(f"logp must be non-empty, got shape {(n, k)}")
     if source.dtype not in FLOAT_DTYPES:
         raise TypeError(
@@ -63,24 +66,29 @@ def check_init(init: Any, n_labels: int) -> np.ndarray | None:
 
 def check_scores(source: Source, kernel: Kernel, lam: float, rows: int) -> None:
     """One pass that rejects NaN, +inf (or overflow of lam * logp) and rows with no finite score."""
-    zero = np.zeros(source.shape[1])
     for start, _, chunk in source.chunks(rows):
-        with np.errstate(over="ignore", invalid="ignore"):  # overflow is what we look for
-            row_max = kernel.to_numpy(kernel.best(chunk, zero, lam)[0])
-        bad = ~np.isfinite(row_max)
-        if not bad.any():
-            continue
-        first = int(np.flatnonzero(bad)[0])
-        value = row_max[first]
-        row = start + first
-        if np.isnan(value):
-            raise ValueError(f"logp contains NaN (row {row})")
-        if value > 0:
-            raise ValueError(
-                f"logp contains +inf, or a score that overflows when multiplied by lam={lam:g} "
-                f"(row {row})"
-            )
-        raise ValueError(f"row {row} of logp has no finite score (-inf for every label)")
+        check_chunk_scores(start, chunk, kernel, lam)
+
+
+def check_chunk_scores(start: int, chunk: Any, kernel: Kernel, lam: float) -> None:
+    """The check of :func:`check_scores` on one chunk whose first row is row ``start``."""
+    zero = np.zeros(chunk.shape[1])
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow is what we look for
+        row_max = kernel.to_numpy(kernel.best(chunk, zero, lam)[0])
+    bad = ~np.isfinite(row_max)
+    if not bad.any():
+        return
+    first = int(np.flatnonzero(bad)[0])
+    value = row_max[first]
+    row = start + first
+    if np.isnan(value):
+        raise ValueError(f"logp contains NaN (row {row})")
+    if value > 0:
+        raise ValueError(
+            f"logp contains +inf, or a score that overflows when multiplied by lam={lam:g} "
+            f"(row {row})"
+        )
+    raise ValueError(f"row {row} of logp has no finite score (-inf for every label)")
 
 
 def _host_vector(name: str, value: Any, n_labels: int) -> np.ndarray:

@@ -7,16 +7,27 @@ from typing import Any
 import numpy as np
 
 from . import solver
-from ._validation import check_init, check_label_weights, check_positive, check_scores, check_shape
+from ._validation import (
+    check_chunk_scores,
+    check_init,
+    check_label_weights,
+    check_positive,
+    check_scores,
+    check_shape,
+)
+from .collective import LOCAL, Collective
 from .kernels import Kernel, resolve_kernel
 from .result import SinkhornResult
-from .sources import Array, Source, as_source, itemsize
+from .sources import Array, Source, as_source, checked, itemsize, parse_memory
+from .sources.memory import bytes_per_row, fixed_bytes, rows_for_budget
 
 DEFAULT_LAM = 25.0
 #: L1 distance between the plan's label marginal and the target: 1e-3 means at most 0.05%
 #: of the data's mass sits in the wrong label (see docs/method.md for the reasoning).
 DEFAULT_TOL = 1e-3
 DEFAULT_MAX_ITER = 1000
+#: Largest block of scores a streamed source (file, function) produces at once by default.
+STREAM_BLOCK_BYTES = 256 << 20
 #: Ways to turn the solution into hard labels (``balance=``).
 BALANCE = (None, "exact")
 
@@ -31,18 +42,23 @@ def sinkhorn(
     max_iter: int = DEFAULT_MAX_ITER,
     init: Array | None = None,
     chunk_size: int | None = None,
+    memory_limit: int | str | None = None,
     backend: str = "auto",
     progress: bool = False,
+    process_group: Any = None,
+    distributed: bool = False,
     balance: str | None = None,
 ) -> SinkhornResult:
     """Solve the entropic label-assignment problem and return labels with the solver state.
 
     Parameters
     ----------
-    logp : array of shape (N, K)
+    logp : array of shape (N, K), path, or Source
         Log-probabilities or raw logits of N points over K labels (NumPy array, torch tensor,
         CuPy array, or anything ``np.asarray`` takes). A constant added to a row changes nothing.
-        Never modified.
+        Never modified. Scores that do not fit in memory stream block by block: a ``.npy`` path
+        or ``np.memmap``, an h5py/zarr dataset, or a :class:`sinklabel.sources.CallableSource`
+        (see docs/streaming.md).
     K : int
         Number of labels; must equal ``logp.shape[1]``.
     lam : float, default=25.0
@@ -59,20 +75,45 @@ def sinkhorn(
         Potentials to warm-start from (e.g. ``previous.potentials``).
     chunk_size : int, default=None
         Rows processed at once; bounds the solver's working memory. Default: the backend's.
+    memory_limit : int or str, default=None
+        Budget for the solve's extra memory (bytes, or a size such as ``"1GB"``): chunks are
+        the backend's default size, or smaller where the budget requires. Give ``chunk_size``
+        or ``memory_limit``, not both.
     backend : {"auto", "numpy", ...}, default="auto"
         Which kernels run the passes; "auto" picks the fastest installed for the input.
     progress : bool, default=False
-        Show a progress bar (tqdm when installed) with the current error.
+        Show a progress bar (tqdm when installed) with the current error and the estimated
+        time to convergence.
+    process_group : torch.distributed.ProcessGroup, default=None
+        Solve jointly with the other ranks of this group: ``logp`` holds this rank's rows
+        only (possibly none), every rank ends with the same potentials, ``labels`` are this
+        rank's, ``label_counts`` are global. See docs/distributed.md.
+    distributed : bool, default=False
+        As ``process_group``, with torch.distributed's default group.
     balance : {None, "exact"}, default=None
         None: label each point by the argmax under the potentials (sizes close to the
         target). "exact": the optimal labelling with sizes exactly ``floor`` or ``ceil`` of
         ``N * label_weights``, found by the exact solver warm-started from the potentials,
         with its certified gap in ``result.certificate`` (see :func:`sinklabel.solve_exact`).
+        Not available with ``process_group``/``distributed``.
 
     Returns
     -------
     SinkhornResult
     """
+    if balance not in BALANCE:
+        raise ValueError(f"balance must be one of {BALANCE}, got {balance!r}")
+    if balance is not None and (distributed or process_group is not None):
+        raise ValueError("balance='exact' needs all rows in one process; not available with "
+                         "process_group or distributed")
+    if distributed or process_group is not None:
+        from .distributed import distributed_sinkhorn
+
+        return distributed_sinkhorn(
+            logp, K, process_group=process_group, lam=lam, label_weights=label_weights,
+            tol=tol, max_iter=max_iter, init=init, chunk_size=chunk_size,
+            memory_limit=memory_limit, backend=backend, progress=progress,
+        )
     source = as_source(logp)
     K = check_shape(source, K)
     lam = check_positive("lam", lam)
@@ -80,11 +121,9 @@ def sinkhorn(
     max_iter = check_positive("max_iter", max_iter, integer=True)
     weights = check_label_weights(label_weights, K)
     start = check_init(init, K)
-    if balance not in BALANCE:
-        raise ValueError(f"balance must be one of {BALANCE}, got {balance!r}")
     kernel = resolve_kernel(backend, source.library)
-    rows = _chunk_rows(chunk_size, kernel, source)
-    check_scores(source, kernel, lam, rows)
+    rows = _chunk_rows(chunk_size, kernel, source, memory_limit)
+    source = _checked_scores(source, kernel, lam, rows)
     return _sinkhorn(
         source, kernel, lam=lam, label_weights=weights, tol=tol, max_iter=max_iter,
         init=start, rows=rows, progress=progress, balance=balance,
@@ -111,15 +150,21 @@ def _sinkhorn(
     init: np.ndarray | None,
     rows: int,
     progress: bool,
+    collective: Collective = LOCAL,
     balance: str | None = None,
 ) -> SinkhornResult:
-    """The solve on checked inputs: iterate, then label in one more pass."""
+    """The solve on checked inputs: iterate, then label in one more pass.
+
+    ``collective`` joins this process's rows with other processes' (see distributed.py);
+    labels stay local, label counts are global.
+    """
     out = solver.solve(
         source, kernel, lam=lam, label_weights=label_weights, tol=tol, max_iter=max_iter,
-        init=init, rows=rows, progress=progress,
+        init=init, rows=rows, progress=progress, collective=collective,
     )
     labels = solver.assign(source, kernel, out.potentials, lam, rows)
-    counts = np.bincount(kernel.to_numpy(labels), minlength=source.shape[1]).astype(np.int64)
+    counts = np.bincount(kernel.to_numpy(labels), minlength=source.shape[1]).astype(np.float64)
+    counts = collective.sum(counts).astype(np.int64)
     result = SinkhornResult(
         labels=labels,
         potentials=out.potentials,
@@ -147,7 +192,7 @@ def apply_potentials(
     check_shape(source, result.potentials.shape[0])
     kernel = _kernel_for(result.backend, source.library)
     rows = _chunk_rows(chunk_size, kernel, source)
-    check_scores(source, kernel, result.lam, rows)
+    source = _checked_scores(source, kernel, result.lam, rows)
     f, lam = result.potentials, result.lam
     if what == "labels":
         return solver.assign(source, kernel, f, lam, rows)
@@ -163,7 +208,27 @@ def _kernel_for(backend: str, library: str) -> Kernel:
         return resolve_kernel("auto", library)
 
 
-def _chunk_rows(chunk_size: int | None, kernel: Kernel, source: Source) -> int:
-    if chunk_size is None:
-        return kernel.chunk_rows(source.shape[1], itemsize(source.dtype))
-    return check_positive("chunk_size", chunk_size, integer=True)
+def _chunk_rows(
+    chunk_size: int | None, kernel: Kernel, source: Source, memory_limit: int | str | None = None
+) -> int:
+    if memory_limit is not None and chunk_size is not None:
+        raise ValueError("give chunk_size or memory_limit, not both")
+    if chunk_size is not None:
+        return check_positive("chunk_size", chunk_size, integer=True)
+    rows = kernel.chunk_rows(source.shape[1], itemsize(source.dtype))
+    if not source.in_memory:  # GPU kernels take all rows at once; a stream must not
+        rows = min(rows, max(1, STREAM_BLOCK_BYTES // (source.shape[1] * itemsize(source.dtype))))
+    if memory_limit is None:
+        return rows
+    budget = parse_memory(memory_limit)
+    fixed = fixed_bytes(*source.shape)
+    return min(rows, rows_for_budget(budget, fixed, bytes_per_row(source, kernel)))
+
+
+def _checked_scores(source: Source, kernel: Kernel, lam: float, rows: int) -> Source:
+    """In-memory scores are checked now, in one pass; streamed ones block by block during
+    the solve's first pass, which saves a read of the file or a call of the function."""
+    if source.in_memory:
+        check_scores(source, kernel, lam, rows)
+        return source
+    return checked(source, lambda start, chunk: check_chunk_scores(start, chunk, kernel, lam))

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from os import PathLike
 from typing import Any
 
 from .api import DEFAULT_LAM, DEFAULT_MAX_ITER, DEFAULT_TOL, sinkhorn
 from .result import SinkhornResult
-from .sources import Array
+from .sources import Array, as_source
 
 
 class SinkhornLabeler:
@@ -16,8 +17,10 @@ class SinkhornLabeler:
     ----------
     n_labels : int, default=None
         K; taken from ``logp.shape[1]`` on the first fit when None.
-    lam, label_weights, tol, max_iter, init, chunk_size, backend, progress
+    lam, label_weights, tol, max_iter, init, chunk_size, memory_limit, backend, progress
         As in :func:`sinklabel.sinkhorn`.
+    process_group, distributed
+        As in :func:`sinklabel.sinkhorn`: fit this rank's rows jointly with the other ranks'.
 
     Attributes
     ----------
@@ -43,8 +46,11 @@ class SinkhornLabeler:
         max_iter: int = DEFAULT_MAX_ITER,
         init: Array | None = None,
         chunk_size: int | None = None,
+        memory_limit: int | str | None = None,
         backend: str = "auto",
         progress: bool = False,
+        process_group: Any = None,
+        distributed: bool = False,
     ):
         self.n_labels = n_labels
         self.lam = lam
@@ -53,13 +59,16 @@ class SinkhornLabeler:
         self.max_iter = max_iter
         self.init = init
         self.chunk_size = chunk_size
+        self.memory_limit = memory_limit
         self.backend = backend
         self.progress = progress
+        self.process_group = process_group
+        self.distributed = distributed
 
     def get_params(self, deep: bool = True) -> dict[str, Any]:
         """The constructor's parameters, as scikit-learn's ``clone`` expects."""
         names = ("n_labels", "lam", "label_weights", "tol", "max_iter", "init", "chunk_size",
-                 "backend", "progress")
+                 "memory_limit", "backend", "progress", "process_group", "distributed")
         return {name: getattr(self, name) for name in names}
 
     def set_params(self, **params: Any) -> SinkhornLabeler:
@@ -95,7 +104,8 @@ class SinkhornLabeler:
         result = sinkhorn(
             logp, n_labels, lam=self.lam, label_weights=self.label_weights, tol=self.tol,
             max_iter=self.max_iter, init=init, chunk_size=self.chunk_size,
-            backend=self.backend, progress=self.progress,
+            memory_limit=self.memory_limit, backend=self.backend, progress=self.progress,
+            process_group=self.process_group, distributed=self.distributed,
         )
         self.result_: SinkhornResult = result
         self.labels_ = result.labels
@@ -111,6 +121,8 @@ class SinkhornLabeler:
 
 
 def _n_columns(logp: Array) -> int:
+    if isinstance(logp, (str, PathLike)):
+        logp = as_source(logp)
     shape = getattr(logp, "shape", None)
     if shape is None or len(shape) != 2:
         raise ValueError("logp must be 2-D (N, K) to infer n_labels")

@@ -26,7 +26,7 @@ from ._validation import check_positive, check_scores, check_shape
 from .certificate import Certificate, _host, _like, duality_gap
 from .kernels import Kernel, resolve_kernel
 from .result import SinkhornResult
-from .sources import Array, ArraySource, Source, as_source, itemsize
+from .sources import Array, ArraySource, MemmapSource, Source, as_source, itemsize
 
 METHODS = ("auto", "auction", "highs")
 
@@ -188,7 +188,9 @@ def _check_prices(prices: Any, n_labels: int) -> np.ndarray | None:
 
 def _host_scores(source: Source) -> np.ndarray:
     """The scores as one C-contiguous host array of float32 or float64 (no copy if they are)."""
-    if isinstance(source, ArraySource):
+    if isinstance(source, MemmapSource):
+        array = np.asarray(source.array)  # rows are paged in from the file as needed
+    elif isinstance(source, ArraySource):
         array = _host(source.array) if source.dtype != "bfloat16" else None
         if array is None:
             array = source.array.float().cpu().numpy()

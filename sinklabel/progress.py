@@ -1,32 +1,92 @@
-"""Progress over solver iterations: tqdm when installed, a plain stderr line otherwise."""
+"""Progress over solver iterations: tqdm when installed, a plain stderr line otherwise.
+
+Sinkhorn's error falls roughly geometrically, so the number of iterations still needed is
+estimated from the recent slope of log(error); the bar's total follows that estimate (capped
+at ``max_iter``), which makes tqdm's percentage and ETA mean "until converged".
+"""
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import math
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
+
+#: Iterations over which the convergence rate is measured.
+RATE_WINDOW = 10
+
+_label: contextvars.ContextVar[tuple[str, int | None]] = contextvars.ContextVar(
+    "sinklabel_progress_label", default=("sinkhorn", None)
+)
+
+
+@contextlib.contextmanager
+def progress_label(desc: str, position: int | None = None) -> Iterator[None]:
+    """Name (and tqdm line) of the bars opened inside, e.g. one per head of a multi-head solve."""
+    token = _label.set((desc, position))
+    try:
+        yield
+    finally:
+        _label.reset(token)
+
+
+def iterations_left(history: list[float], tol: float | None) -> float | None:
+    """Iterations until ``tol`` if the error keeps falling at its recent geometric rate."""
+    if tol is None or len(history) < 3:
+        return None
+    window = history[-RATE_WINDOW:]
+    first, last = window[0], window[-1]
+    if not (first > 0 and last > 0 and math.isfinite(first) and math.isfinite(last)):
+        return None
+    if last <= tol:
+        return 0.0
+    slope = (math.log(last) - math.log(first)) / (len(window) - 1)
+    if slope >= 0:
+        return None
+    return (math.log(tol) - math.log(last)) / slope
 
 
 class Progress:
-    """Shows iteration, error and elapsed time; a no-op when disabled."""
+    """Shows iteration, error, and an estimate of the time to convergence; no-op when disabled."""
 
-    def __init__(self, enabled: bool, total: int, desc: str = "sinkhorn"):
+    def __init__(self, enabled: bool, total: int, desc: str | None = None,
+                 tol: float | None = None):
         self.enabled = enabled
+        self.max_total = total
+        self.tol = tol
+        self.history: list[float] = []
         self._bar: Any = None
         self._last = 0.0
         self._start = time.perf_counter()
+        label, position = _label.get()
+        self.desc = desc or label
         if not enabled:
             return
         try:
             from tqdm.auto import tqdm
         except ImportError:
             return
-        self._bar = tqdm(total=total, desc=desc, unit="it", leave=False, dynamic_ncols=True)
+        self._bar = tqdm(total=total, desc=self.desc, unit="it", leave=False,
+                         dynamic_ncols=True, position=position)
+
+    def estimated_total(self, iteration: int) -> int:
+        """Iterations the solve will probably take (``max_iter`` while unknown)."""
+        left = iterations_left(self.history, self.tol)
+        if left is None:
+            return self.max_total
+        return min(self.max_total, iteration + math.ceil(left))
 
     def update(self, iteration: int, error: float) -> None:
         if not self.enabled:
             return
+        self.history.append(error)
+        total = self.estimated_total(iteration)
         if self._bar is not None:
+            if total != self._bar.total:
+                self._bar.total = total
             self._bar.update(iteration - self._bar.n)
             self._bar.set_postfix(error=f"{error:.2e}", refresh=False)
             return
@@ -34,8 +94,9 @@ class Progress:
         if now - self._last >= 1.0:
             self._last = now
             elapsed = now - self._start
-            print(f"sinkhorn: iteration {iteration}, error {error:.2e}, {elapsed:.1f} s",
-                  file=sys.stderr)
+            eta = elapsed / iteration * (total - iteration)
+            print(f"{self.desc}: iteration {iteration}/{total}, error {error:.2e}, "
+                  f"{elapsed:.1f} s, about {eta:.0f} s left", file=sys.stderr)
 
     def close(self) -> None:
         if self._bar is not None:

@@ -99,7 +99,7 @@ def solve(
     log_target = np.log(label_weights)
     history: list[float] = []
     converged = False
-    with Progress(progress, total=max_iter) as bar:
+    with Progress(progress, total=max_iter, tol=tol) as bar:
         for iteration in range(1, max_iter + 1):
             mass = label_mass(source, kernel, f, lam, rows, collective)
             error = float(np.abs(mass - label_weights).sum())

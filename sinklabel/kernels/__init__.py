@@ -10,12 +10,16 @@ from ._base import Kernel
 # name -> (module, class, what to install when its library is missing)
 _KERNELS: dict[str, tuple[str, str, str]] = {
     "numpy": ("sinklabel.kernels.numpy", "NumpyKernel", "numpy"),
+    "torch": ("sinklabel.kernels.torch", "TorchKernel", "torch"),
+    "cupy": ("sinklabel.kernels.cupy", "CupyKernel", "cupy"),
 }
 
 #: Per input library, the backends "auto" tries in order.
 _AUTO: dict[str, tuple[str, ...]] = {
     "numpy": ("numpy",),
 }
+_AUTO["torch"] = ("torch",)
+_AUTO["cupy"] = ("cupy",)
 
 
 def available_backends() -> list[str]:
@@ -52,14 +56,28 @@ def resolve_kernel(backend: str, library: str) -> Kernel:
                 return get_kernel(name)
             except ImportError:
                 continue
-        raise TypeError(f"no installed backend takes {library} arrays")
-    kernel = get_kernel(backend)
-    if library not in kernel.libraries:
+        hint = f": pip install 'sinklabel[{library}]'" if library in _KERNELS else ""
+        raise TypeError(f"no installed backend takes {library} arrays{hint}")
+    takes = _libraries(backend)
+    if library not in takes:
+        names = _AUTO.get(library, ())
+        fits = f" (or {' or '.join(map(repr, names))})" if names else ""
         raise TypeError(
-            f"backend {backend!r} takes {' or '.join(kernel.libraries)} arrays, not {library}; "
-            f"pass backend='auto' or convert the input"
+            f"backend {backend!r} takes {' or '.join(takes)} arrays, not {library} ones; "
+            f"pass backend='auto'{fits} or convert the input to {' or '.join(takes)}"
         )
-    return kernel
+    return get_kernel(backend)
+
+
+def _libraries(backend: str) -> tuple[str, ...]:
+    """The array libraries ``backend`` takes, read without importing them where possible."""
+    if backend not in _KERNELS:
+        return get_kernel(backend).libraries  # raises the "unknown backend" ValueError
+    module, cls, _ = _KERNELS[backend]
+    try:
+        return getattr(importlib.import_module(module), cls).libraries
+    except ImportError:
+        return get_kernel(backend).libraries  # raises the install hint
 
 
 __all__ = ["Kernel", "available_backends", "get_kernel", "resolve_kernel"]

@@ -36,6 +36,13 @@ class Kernel(ABC):
         """Default rows per chunk: a few MB of scores keeps temporaries in cache."""
         return max(1, (4 << 20) // max(1, n_labels * itemsize))
 
+    def workspace_bytes_per_row(self, n_labels: int, itemsize: int) -> int:
+        """Bytes of temporaries per row of a chunk, for sizing chunks to a memory budget.
+
+        Default: two row-wide temporaries in the compute dtype (float32 or wider).
+        """
+        return 2 * n_labels * max(4, itemsize) + 64
+
     @abstractmethod
     def sweep(self, chunk: Array, f: np.ndarray, lam: float) -> np.ndarray:
         """Column sums of softmax(lam * chunk + f) over the chunk's rows, float64."""

@@ -1,0 +1,129 @@
+"""Every method the comparison runs, found from what is installed on this machine.
+
+A method knows how to put the host scores where it computes (untimed: the scores are
+assumed to be there already, as in a training loop) and how to solve on them.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import numpy as np
+
+import sinklabel
+from sinklabel.kernels import get_kernel
+
+from ._outcome import Outcome
+from ._peers import pot_solve, sela_reference
+
+#: tol for runs that must not stop early (timing a fixed number of iterations).
+NEVER = 1e-300
+
+
+@dataclass(frozen=True)
+class Method:
+    """One way of solving, on one array library and device."""
+
+    name: str
+    family: str  # "sinklabel" or "peer"
+    library: str  # "numpy", "torch" or "cupy"
+    device: str  # "cpu" or "cuda"
+    solve: Callable[..., Outcome]  # (scores, *, lam, tol, max_iter, stop) -> Outcome
+
+    def place(self, host: np.ndarray) -> Any:
+        """The scores in this method's library and on its device."""
+        return place(host, self.library, self.device)
+
+
+def place(host: np.ndarray, library: str, device: str) -> Any:
+    """``host`` as a NumPy array, torch tensor or CuPy array on ``device``."""
+    if library == "numpy":
+        return host
+    if library == "torch":
+        import torch
+
+        return torch.from_numpy(host).to(device)
+    import cupy
+
+    return cupy.asarray(host)
+
+
+def placements() -> list[tuple[str, str]]:
+    """(library, device) pairs usable here: NumPy always, torch and CuPy when they work."""
+    found = [("numpy", "cpu")]
+    if _importable("torch"):
+        import torch
+
+        found.append(("torch", "cpu"))
+        if torch.cuda.is_available():
+            found.append(("torch", "cuda"))
+    if _importable("cupy"):
+        import cupy
+
+        if cupy.cuda.is_available():
+            found.append(("cupy", "cuda"))
+    return found
+
+
+def discover(names: list[str] | None = None) -> list[Method]:
+    """sinklabel's installed backends on every library/device they take, then the peers.
+
+    ``names``: keep only methods whose name contains one of these substrings.
+    """
+    where = placements()
+    methods = [
+        Method(f"sinklabel {backend} ({_suffix(library, device)})", "sinklabel", library, device,
+               partial(_sinklabel_solve, backend=backend))
+        for backend in sinklabel.available_backends()
+        for library, device in where
+        if library in get_kernel(backend).libraries
+    ]
+    for library, device in where:
+        if library == "cupy":
+            continue
+        suffix = _suffix(library, device)
+        for bits in (32, 64):
+            cast = _caster(library, bits)
+            methods.append(Method(f"SeLa reference float{bits} ({suffix})", "peer", library,
+                                  device, partial(sela_reference, cast=cast)))
+        if _importable("ot"):
+            for solver in ("sinkhorn", "sinkhorn_log"):
+                methods.append(Method(f"POT {solver} ({suffix})", "peer", library, device,
+                                      partial(pot_solve, method=solver)))
+    if names:
+        methods = [m for m in methods if any(part in m.name for part in names)]
+    return methods
+
+
+def _sinklabel_solve(
+    scores: Any, *, backend: str, lam: float, tol: float, max_iter: int, stop: bool
+) -> Outcome:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", sinklabel.ConvergenceWarning)
+        result = sinklabel.sinkhorn(scores, scores.shape[1], lam=lam, tol=tol if stop else NEVER,
+                                    max_iter=max_iter, backend=backend)
+    stopped_by = "tol" if result.converged else "cap"
+    return Outcome(result.n_iter, result.error, stopped_by)
+
+
+def _suffix(library: str, device: str) -> str:
+    return library if device == "cpu" else f"{library}:{device}"
+
+
+def _caster(library: str, bits: int) -> Callable[[Any], Any]:
+    if library == "torch":
+        import torch
+
+        dtype = torch.float32 if bits == 32 else torch.float64
+        return lambda x: x.to(dtype)
+    dtype = np.float32 if bits == 32 else np.float64
+    return lambda x: x.astype(dtype, copy=False)
+
+
+def _importable(name: str) -> bool:
+    return importlib.util.find_spec(name) is not None

@@ -1,0 +1,239 @@
+"""Compare sinklabel's backends with the solvers a user would pick instead, on the same scores.
+
+    python -m benchmarks.compare [--n N] [--k K] [--regime flat|peaked|both]
+                                 [--dtype float32|float64] [--sizes N1 N2 ...] [--out DIR]
+                                 [--quick]
+
+For each regime (flat scores, as from an untrained network; peaked, clustered ones, as from
+a trained network) the scores come from ``sinklabel.datasets.make_scores``, and every method
+runs on the same array, already on its device:
+
+- every installed sinklabel backend, on each array library and device it takes;
+- the original self-labelling implementation (two matrix-vector products on a precomputed
+  ``exp``, float32 and float64), on NumPy and torch;
+- POT's ``ot.sinkhorn`` and ``ot.sinkhorn_log`` on NumPy and torch arrays, when POT imports;
+- the floor: the time of one read of the scores on that device, what no iteration can beat.
+
+Measured per method: the time of one iteration (two runs of different lengths, differenced,
+so set-up costs cancel), iterations to the tolerance (L1 label-marginal error, the same
+measure for every method; the iteration cap ends peaked runs), total time of a full solve,
+and peak extra memory (on a separate short run, so that tracing never slows a timed one).
+Prints a Markdown table of ratios (to the floor and to the best peer on the same device),
+writes ``compare.json`` and plots time per iteration against N (``--sizes``) to
+``compare.png`` in ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import sinklabel
+from sinklabel.datasets import REGIMES, make_scores
+
+from ._methods import Method, discover, place
+from ._report import Record, add_ratios, markdown_table, plot, write_json
+from ._timing import PeakMemory, floor_seconds, timed
+
+#: Fixed-length runs whose difference times one iteration: SHORT iterations against SHORT +
+#: EXTRA, EXTRA growing fourfold (to MAX_EXTRA) until the difference is MIN_DIFFERENCE seconds.
+SHORT, EXTRA, MAX_EXTRA, MIN_DIFFERENCE = 2, 10, 640, 0.2
+QUICK = {"n": 4_000, "k": 40, "sizes": [], "max_iter": 200, "budget": 5.0}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.compare", description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--n", type=int, default=200_000, help="rows of the full comparison")
+    parser.add_argument("--k", type=int, default=1000, help="labels")
+    parser.add_argument("--regime", choices=(*REGIMES, "both"), default="both")
+    parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    parser.add_argument("--lam", type=float, default=25.0)
+    parser.add_argument("--tol", type=float, default=1e-3,
+                        help="L1 label-marginal error at which a solve counts as done")
+    parser.add_argument("--max-iter", type=int, default=300,
+                        help="iteration cap for every method (peaked runs end here)")
+    parser.add_argument("--sizes", type=int, nargs="*", default=None,
+                        help="further N for the per-iteration plot (default N/8, N/4, N/2)")
+    parser.add_argument("--budget", type=float, default=300.0,
+                        help="skip a peer's full solve when its cap would take longer than "
+                             "this many seconds at its measured time per iteration (reported "
+                             "as skipped; sinklabel's backends always run)")
+    parser.add_argument("--methods", nargs="*", default=None,
+                        help="only methods whose name contains one of these")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="repeats of each per-iteration timing (the minimum is kept)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=Path("bench-results"))
+    parser.add_argument("--quick", action="store_true",
+                        help=f"a smoke run: N={QUICK['n']}, K={QUICK['k']}, cap "
+                             f"{QUICK['max_iter']} (well under a minute)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.quick:
+        args.n, args.k, args.max_iter = QUICK["n"], QUICK["k"], QUICK["max_iter"]
+        args.budget = min(args.budget, QUICK["budget"])
+        args.sizes = QUICK["sizes"] if args.sizes is None else args.sizes
+    for name in ("n", "k", "max_iter", "repeat"):
+        if getattr(args, name) < 1:
+            raise SystemExit(f"--{name.replace('_', '-')} must be >= 1")
+    sizes = sorted({*([args.n // 8, args.n // 4, args.n // 2] if args.sizes is None
+                      else args.sizes), args.n} - {0})
+    methods = discover(args.methods)
+    if not methods:
+        raise SystemExit("no method matches --methods")
+    regimes = list(REGIMES) if args.regime == "both" else [args.regime]
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    records: list[Record] = []
+    floors: dict[tuple[str, int, str], float] = {}
+    for regime in regimes:
+        _say(f"{regime}: generating {max(sizes)} x {args.k} {args.dtype} scores")
+        host = make_scores(max(sizes), args.k, regime=regime, seed=args.seed,
+                           dtype=np.dtype(args.dtype)).scores
+        for n in sizes:
+            rows = host[:n]
+            for library, device in dict.fromkeys((m.library, m.device) for m in methods):
+                if (regime, n, device) not in floors:
+                    floors[regime, n, device] = floor_seconds(place(rows, library, device),
+                                                              library, device)
+            for method in methods:
+                record = _measure(method, rows, args, regime, full=n == args.n)
+                records.append(record)
+                _say(f"{regime} N={n}: {method.name}: {_summary(record)}")
+    add_ratios(records, floors)
+
+    config = _config(args, sizes)
+    for regime in regimes:
+        floor_ms = ", ".join(f"{d} {s * 1e3:.3g} ms" for (g, n, d), s in floors.items()
+                             if g == regime and n == args.n)
+        print(f"\n### {regime} scores: N={args.n}, K={args.k}, {args.dtype}, lam={args.lam:g}, "
+              f"tol={args.tol:g}, cap {args.max_iter} iterations; floor {floor_ms}\n")
+        print(markdown_table(records, regime, args.n))
+    write_json(args.out / "compare.json", config, records, floors)
+    plot(args.out / "compare.png", records, floors,
+         f"K={args.k}, {args.dtype}, lam={args.lam:g} ({config['machine']})")
+    print(f"\nwrote {args.out / 'compare.json'} and {args.out / 'compare.png'}")
+    return 0
+
+
+def _measure(method: Method, rows: np.ndarray, args: argparse.Namespace, regime: str,
+             full: bool) -> Record:
+    record: Record = {"regime": regime, "n": rows.shape[0], "k": rows.shape[1],
+                      "method": method.name, "family": method.family,
+                      "library": method.library, "device": method.device}
+    options = {"lam": args.lam, "tol": args.tol}
+    try:
+        scores = method.place(rows)
+        record["per_iter_s"] = _per_iteration(method, scores, options, args.repeat)
+        if not full:
+            return record
+        estimate = (record["per_iter_s"] or 0.0) * args.max_iter
+        if estimate > args.budget and method.family == "peer":
+            record.update(total_s=None, skipped=f"skipped: the cap would take ~{estimate:.0f} s")
+            return record
+        # Memory peaks in the first iterations; measured on a short run the clock never sees.
+        with PeakMemory(method.library, method.device) as memory:
+            method.solve(scores, max_iter=SHORT, stop=False, **options)
+        seconds, outcome = timed(
+            lambda: method.solve(scores, max_iter=args.max_iter, stop=True, **options),
+            method.library, method.device)
+    except Exception as exc:  # a peer failing is a result to report, not a reason to stop
+        record["failed"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
+        record.setdefault("per_iter_s", None)
+        if full:
+            record["total_s"] = None
+        return record
+    note = outcome.note
+    if outcome.stopped_by == "cap":
+        note = f"not converged in {outcome.n_iter}" + (f"; {note}" if note else "")
+    record.update(total_s=seconds, n_iter=outcome.n_iter, error=outcome.error,
+                  stopped_by=outcome.stopped_by, note=note, peak_bytes=memory.peak)
+    return record
+
+
+def _per_iteration(method: Method, scores: Any, options: dict[str, float],
+                   repeat: int) -> float | None:
+    """Seconds per iteration: the difference of a long and a SHORT fixed-length run.
+
+    The long run grows until the difference is at least MIN_DIFFERENCE seconds, so that
+    clock and scheduling noise stay small against it on tiny problems too.
+    """
+    t_short, i_short = _fixed_run(method, scores, options, SHORT, repeat)
+    extra = EXTRA
+    while True:
+        t_long, i_long = _fixed_run(method, scores, options, SHORT + extra, repeat)
+        if t_long - t_short >= MIN_DIFFERENCE or i_long < SHORT + extra or extra >= MAX_EXTRA:
+            break
+        extra *= 4
+    if i_long <= i_short:
+        return None
+    if t_long <= t_short:  # noise swamped the difference: fall back to an upper bound
+        return t_long / i_long
+    return (t_long - t_short) / (i_long - i_short)
+
+
+def _fixed_run(method: Method, scores: Any, options: dict[str, float], length: int,
+               repeat: int) -> tuple[float, int]:
+    """Best time of ``repeat`` runs of exactly ``length`` iterations, and the iterations
+    done (fewer when the method broke down numerically)."""
+    best = np.inf
+    for _ in range(repeat):
+        seconds, outcome = timed(
+            lambda: method.solve(scores, max_iter=length, stop=False, **options),
+            method.library, method.device)
+        best = min(best, seconds)
+    return best, outcome.n_iter
+
+
+def _summary(record: Record) -> str:
+    if record.get("failed"):
+        return record["failed"]
+    text = f"{record['per_iter_s'] * 1e3:.3g} ms/iter" if record.get("per_iter_s") else "-"
+    if record.get("skipped"):
+        text += f", {record['skipped']}"
+    elif record.get("total_s") is not None:
+        text += (f", {record['n_iter']} iterations ({record['stopped_by']}), "
+                 f"L1 {record['error']:.2g}, {record['total_s']:.3g} s")
+    return text
+
+
+def _config(args: argparse.Namespace, sizes: list[int]) -> dict[str, Any]:
+    versions = {"sinklabel": sinklabel.__version__, "numpy": np.__version__}
+    for name in ("torch", "ot", "numba", "cupy"):
+        module = sys.modules.get(name)
+        if module is not None:
+            versions[name] = getattr(module, "__version__", "?")
+    machine = f"{platform.machine()}, {os.cpu_count()} CPUs"
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        machine += f", {torch.cuda.get_device_name()}"
+    return {
+        "date": datetime.date.today().isoformat(), "machine": machine, "versions": versions,
+        "n": args.n, "k": args.k, "dtype": args.dtype, "lam": args.lam, "tol": args.tol,
+        "max_iter": args.max_iter, "sizes": sizes, "seed": args.seed,
+        "backends": sinklabel.available_backends(),
+    }
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+if __name__ == "__main__":
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        raise SystemExit(main())

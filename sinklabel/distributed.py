@@ -1,0 +1,385 @@
+"""The same solver over row shards held by the ranks of a torch.distributed process group.
+
+Each rank passes its own rows. The solver's global quantities go through a
+:class:`TorchCollective`: per iteration one all-reduce of K + 2 float64 values (the label mass,
+the row count and a status flag). Every rank receives the same reduced values, so every rank
+takes the same steps, stops at the same iteration and ends with identical potentials.
+
+Failures never leave a rank waiting in a reduction the others have abandoned:
+
+- Before any work the ranks exchange a fingerprint of their arguments and of their own input
+  checks. A disagreement raises the same ``ValueError`` on every rank; a rank whose input was
+  rejected raises its own error while the others raise :class:`RankFailedError`.
+- During the solve, an error while reading a rank's rows or running its kernel is recorded and
+  the rank goes on to the next reduction with the status flag set; there every rank stops. The
+  failing rank re-raises its own error, the others raise :class:`RankFailedError` naming it.
+- A rank that dies outright cannot raise a flag. Its peers then get the process group's own
+  error, wrapped in :class:`RankFailedError`: with gloo at once when the dead peer's sockets
+  close, otherwise after the group's ``timeout``; NCCL is described in docs/distributed.md.
+
+torch is imported only inside the functions that need it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from . import api
+from ._arrays import array_library, is_cuda
+from ._validation import (
+    FLOAT_DTYPES,
+    check_init,
+    check_label_weights,
+    check_positive,
+    check_shape,
+)
+from .collective import Collective
+from .kernels import Kernel, resolve_kernel
+from .result import SinkhornResult
+from .sources import Array, ArraySource, Source, as_source
+
+#: What every rank must pass identically, in fingerprint order.
+AGREED = ("K", "lam", "tol", "max_iter", "dtype", "label_weights", "init")
+
+#: Error kinds a rank reports to the others (code = position + 1); the last one catches all.
+_ERROR_KINDS: tuple[type[BaseException], ...] = (
+    ValueError, TypeError, ImportError, MemoryError, OSError, RuntimeError, Exception,
+)
+
+
+class RankFailedError(RuntimeError):
+    """Another rank of the process group failed, or the group itself did; this rank stops too."""
+
+
+class TorchCollective(Collective):
+    """Sums and maxima over the ranks of a torch.distributed process group.
+
+    Vectors travel as float64 tensors on ``device``: the CPU for gloo (and MPI), this rank's
+    CUDA device for NCCL. Every reduction carries one extra status slot, so a rank that
+    recorded a failure (:meth:`fail`) stops every rank at the same reduction.
+
+    Parameters
+    ----------
+    group : torch.distributed.ProcessGroup, default=None
+        The ranks taking part; None is the default group.
+    device : torch.device or str, default=None
+        Where reductions run. Default: the CPU unless the group can only reduce CUDA tensors
+        (NCCL), then ``torch.cuda.current_device()``.
+    """
+
+    def __init__(self, group: Any = None, device: Any = None):
+        import torch
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()):
+            raise RuntimeError(
+                "distributed solve needs an initialised process group: call "
+                "torch.distributed.init_process_group first (torchrun sets the environment)"
+            )
+        self.group = group
+        self.rank = dist.get_rank(group)
+        if self.rank < 0:
+            raise ValueError("this process is not a member of process_group; only its ranks "
+                             "may take part in the solve")
+        self.world_size = dist.get_world_size(group)
+        self.device = torch.device(device) if device is not None else _reduction_device(group)
+        self.failure: BaseException | None = None
+
+    def fail(self, error: BaseException) -> None:
+        """Record this rank's failure; the next reduction stops every rank."""
+        if self.failure is None:
+            self.failure = error
+
+    def sum(self, x: np.ndarray) -> np.ndarray:
+        return self._reduce_checked(x, "sum")
+
+    def max(self, x: np.ndarray) -> np.ndarray:
+        return self._reduce_checked(x, "max")
+
+    def gather(self, x: np.ndarray) -> np.ndarray:
+        """Every rank's vector ``x`` (same length everywhere), one row per rank."""
+        table = np.zeros((self.world_size, np.size(x)))
+        table[self.rank] = np.ravel(x)
+        return self._all_reduce(table, "sum")
+
+    def _reduce_checked(self, x: np.ndarray, op: str) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float64)
+        buffer = np.empty(x.size + 1)
+        buffer[:-1] = x.ravel()
+        buffer[-1] = 0.0 if self.failure is None else 1.0
+        out = self._all_reduce(buffer, op)
+        if out[-1] > 0:
+            self._stop()
+        return out[:-1].reshape(x.shape)
+
+    def _stop(self) -> None:
+        """Every rank is here together: learn who failed, then raise."""
+        codes = np.zeros(self.world_size)
+        if self.failure is not None:
+            codes[self.rank] = _error_code(self.failure)
+        codes = self._all_reduce(codes, "max")
+        if self.failure is not None:
+            raise self.failure
+        raise RankFailedError(_who_failed(codes, "during the solve"))
+
+    def _all_reduce(self, buffer: np.ndarray, op: str) -> np.ndarray:
+        """All-reduce a float64 host array (consumed) and return the result on the host."""
+        import torch
+        import torch.distributed as dist
+
+        tensor = torch.from_numpy(np.ascontiguousarray(buffer)).to(self.device)
+        reduce_op = dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX
+        try:
+            dist.all_reduce(tensor, op=reduce_op, group=self.group)
+        except RuntimeError as exc:  # gloo/NCCL: peer gone, timeout, aborted communicator
+            raise RankFailedError(
+                f"rank {self.rank}: all-reduce across the process group failed ({exc}); "
+                "another rank died, timed out or left the solve"
+            ) from exc
+        return tensor.cpu().numpy()
+
+
+def distributed_sinkhorn(
+    logp: Array,
+    K: int,
+    *,
+    process_group: Any,
+    lam: float,
+    label_weights: Array | None,
+    tol: float,
+    max_iter: int,
+    init: Array | None,
+    chunk_size: int | None,
+    memory_limit: int | str | None,
+    backend: str,
+    progress: bool,
+) -> SinkhornResult:
+    """:func:`sinklabel.sinkhorn` over the rows of every rank in ``process_group``.
+
+    Called by ``sinkhorn(..., process_group=...)`` / ``distributed=True``; arguments as there.
+    ``logp`` holds this rank's rows (any number, including none); the result's ``labels``
+    are this rank's, its ``potentials``, ``label_counts``, ``n_iter`` and errors global.
+    """
+    collective = TorchCollective(process_group)
+    array = getattr(logp, "array", logp)
+    if collective.device.type == "cuda" and array_library(array) == "torch" and is_cuda(array):
+        collective.device = array.device  # NCCL: reduce on the device that holds the rows
+    try:
+        checked = _check_local(logp, K, lam, label_weights, tol, max_iter, init, chunk_size,
+                               memory_limit, backend)
+        error = None
+    except Exception as exc:  # shared with the other ranks below, then re-raised here
+        checked, error = None, exc
+    table = collective.gather(_fingerprint(checked, error))
+    if error is not None:
+        raise error
+    _check_agreement(table)
+    source, kernel, settings = checked
+    return api._sinkhorn(
+        _GuardedSource(source, collective),
+        _GuardedKernel(kernel, collective, source),
+        **settings,
+        progress=progress and collective.rank == 0,
+        collective=collective,
+    )
+
+
+def _check_local(
+    logp: Array, K: Any, lam: Any, label_weights: Any, tol: Any, max_iter: Any, init: Any,
+    chunk_size: Any, memory_limit: Any, backend: str,
+) -> tuple[Source, Kernel, dict[str, Any]]:
+    """This rank's input checks: those of :func:`sinklabel.sinkhorn`, but N may be 0."""
+    source = as_source(logp)
+    K = check_shape(source, K, allow_empty_rows=True)
+    settings = {
+        "lam": check_positive("lam", lam),
+        "tol": check_positive("tol", tol),
+        "max_iter": check_positive("max_iter", max_iter, integer=True),
+        "label_weights": check_label_weights(label_weights, K),
+        "init": check_init(init, K),
+    }
+    kernel = resolve_kernel(backend, source.library)
+    settings["rows"] = api._chunk_rows(chunk_size, kernel, source, memory_limit)
+    source = api._checked_scores(source, kernel, settings["lam"], settings["rows"])
+    return source, kernel, settings
+
+
+def _fingerprint(
+    checked: tuple[Source, Kernel, dict[str, Any]] | None, error: BaseException | None
+) -> np.ndarray:
+    """[status, rows, *AGREED] of this rank as floats; status is the error code or 0."""
+    if checked is None:
+        return np.array([_error_code(error), 0.0] + [0.0] * len(AGREED))
+    source, _, settings = checked
+    return np.array([
+        0.0,
+        source.shape[0],
+        source.shape[1],
+        settings["lam"],
+        settings["tol"],
+        settings["max_iter"],
+        FLOAT_DTYPES.index(source.dtype),
+        _digest(settings["label_weights"]),
+        -1.0 if settings["init"] is None else _digest(settings["init"]),
+    ])
+
+
+def _check_agreement(table: np.ndarray) -> None:
+    """The same verdict on every rank, from the same table of fingerprints."""
+    status, rows, agreed = table[:, 0], table[:, 1], table[:, 2:]
+    if status.any():
+        raise RankFailedError(_who_failed(status, "checking its input, before the solve"))
+    for column, name in enumerate(AGREED):
+        values = agreed[:, column]
+        if np.any(values != values[0]):
+            raise ValueError(
+                f"ranks disagree on {name}: {_by_value(name, values)}; every rank must pass "
+                f"the same {', '.join(AGREED)}"
+            )
+    if rows.sum() == 0:
+        raise ValueError("logp must be non-empty: every rank passed 0 rows")
+
+
+def _by_value(name: str, values: np.ndarray) -> str:
+    """Which ranks passed which value, e.g. "K=5 on rank 0, K=4 on ranks 1, 2"."""
+    distinct = list(dict.fromkeys(values.tolist()))
+    parts = []
+    for index, value in enumerate(distinct):
+        ranks = np.flatnonzero(values == value).tolist()
+        where = f"rank{'s' if len(ranks) > 1 else ''} {', '.join(map(str, ranks))}"
+        parts.append(f"{name}={_show(name, value, index)} on {where}")
+    return ", ".join(parts)
+
+
+def _show(name: str, value: float, index: int) -> str:
+    if name in ("K", "max_iter"):
+        return str(int(value))
+    if name == "dtype":
+        return FLOAT_DTYPES[int(value)]
+    if name in ("label_weights", "init"):
+        return "None" if value < 0 else f"<vector {chr(ord('A') + index)}>"
+    return repr(float(value))
+
+
+def _digest(vector: np.ndarray) -> float:
+    """48 bits of a hash of a float64 vector: exact as a float64, equal iff (almost surely)
+    the vectors are."""
+    raw = hashlib.sha256(np.ascontiguousarray(vector, dtype=np.float64).tobytes()).digest()
+    return float(int.from_bytes(raw[:6], "little"))
+
+
+def _error_code(error: BaseException | None) -> float:
+    return float(next(i for i, kind in enumerate(_ERROR_KINDS, 1) if isinstance(error, kind)))
+
+
+def _who_failed(codes: np.ndarray, when: str) -> str:
+    failed = np.flatnonzero(codes)
+    parts = [f"rank {rank} ({_ERROR_KINDS[int(codes[rank]) - 1].__name__})" for rank in failed]
+    return (
+        f"{' and '.join(parts)} failed {when}; every rank of the group stops, and the failing "
+        "rank raises its own error, which says why"
+    )
+
+
+def _reduction_device(group: Any) -> Any:
+    """The CPU, unless the group reduces only CUDA tensors (NCCL alone)."""
+    import torch
+    import torch.distributed as dist
+
+    backend = str(dist.get_backend(group)).lower()
+    if "nccl" in backend and "gloo" not in backend and "mpi" not in backend:
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+class _GuardedSource(Source):
+    """A rank's rows; a read error is recorded and ends the pass early, so the rank still
+    reaches the reduction that follows the pass."""
+
+    def __init__(self, inner: Source, collective: TorchCollective):
+        self.inner = inner
+        self.collective = collective
+        self.shape = inner.shape
+        self.dtype = inner.dtype
+        self.library = inner.library
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def chunks(self, rows: int) -> Iterator[tuple[int, int, Array]]:
+        if self.collective.failure is not None:
+            return
+        try:
+            for block in self.inner.chunks(rows):
+                yield block
+                if self.collective.failure is not None:  # the kernel failed on this block
+                    return
+        except Exception as exc:
+            self.collective.fail(exc)
+
+
+class _GuardedKernel(Kernel):
+    """A rank's kernel; an error is recorded and answered with a placeholder of the right
+    kind, which the next reduction discards when it stops every rank."""
+
+    def __init__(self, inner: Kernel, collective: TorchCollective, source: Source):
+        self.inner = inner
+        self.collective = collective
+        self.source = source
+        self.name = inner.name
+        self.libraries = inner.libraries
+
+    def __getattr__(self, name: str) -> Any:
+        # Operations added to the kernel contract later pass through unguarded.
+        return getattr(self.inner, name)
+
+    def chunk_rows(self, n_labels: int, itemsize: int) -> int:
+        return self.inner.chunk_rows(n_labels, itemsize)
+
+    def sweep(self, chunk: Array, f: np.ndarray, lam: float) -> np.ndarray:
+        return self._guard(self.inner.sweep, np.zeros(f.size), chunk, f, lam)
+
+    def slack(self, chunk: Array, f: np.ndarray, lam: float) -> np.ndarray:
+        return self._guard(self.inner.slack, np.full(f.size, -np.inf), chunk, f, lam)
+
+    def best(self, chunk: Array, f: np.ndarray, lam: float) -> tuple[Array, Array]:
+        nothing = np.empty(0, dtype=np.int64)
+        return self._guard(self.inner.best, (nothing, nothing), chunk, f, lam)
+
+    def soft(self, chunk: Array, f: np.ndarray, lam: float) -> Array:
+        return self.inner.soft(chunk, f, lam)
+
+    def gather(self, chunk: Array, labels: Array) -> np.ndarray:
+        return self._guard(self.inner.gather, np.zeros(0), chunk, labels)
+
+    def to_numpy(self, x: Array) -> np.ndarray:
+        return self._guard(self.inner.to_numpy, np.empty(0, dtype=np.int64), x)
+
+    def concat(self, parts: list[Array]) -> Array:
+        if not parts and self.collective.failure is None:
+            return _no_labels(self.source, self.inner)
+        return self._guard(self.inner.concat, np.empty(0, dtype=np.int64), parts)
+
+    def _guard(self, op: Any, placeholder: Any, *args: Any) -> Any:
+        if self.collective.failure is not None:
+            return placeholder
+        try:
+            return op(*args)
+        except Exception as exc:
+            self.collective.fail(exc)
+            return placeholder
+
+
+def _no_labels(source: Source, kernel: Kernel) -> Array:
+    """The labels of a rank with no rows: empty int64, in the input's library and device."""
+    if isinstance(source, ArraySource):
+        return kernel.best(source.array[:0], np.zeros(source.shape[1]), 1.0)[1]
+    if source.library == "torch":
+        import torch
+
+        return torch.empty(0, dtype=torch.int64)
+    return np.empty(0, dtype=np.int64)

@@ -1,0 +1,149 @@
+"""Several heads solved together: one read of a shared source per pass serves all of them.
+
+The paper trains T heads, each with its own number of labels, on the same images. Their
+logits come from one network, so they are one score matrix whose columns are the heads side
+by side. Reading it once per pass for all heads instead of once per head divides the reads by
+T, which is what costs when the scores stream from disk or from a model.
+
+Each head runs the ordinary solve (same code, same result as solving it alone) in its own
+thread on a view of its columns; a :class:`~sinklabel.sources.shared.SharedReader` reads each
+block once when every head still iterating has asked for it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from .api import sinkhorn
+from .kernels import resolve_kernel
+from .progress import progress_label
+from .result import SinkhornResult
+from .sources import Array, as_source, checked, itemsize, parse_memory
+from .sources.memory import fixed_bytes, rows_for_budget
+from .sources.shared import SharedReader
+
+
+def sinkhorn_heads(
+    logp: Array,
+    Ks: Sequence[int],
+    *,
+    label_weights: Sequence[Array | None] | None = None,
+    init: Sequence[Array | None] | None = None,
+    chunk_size: int | None = None,
+    memory_limit: int | str | None = None,
+    backend: str = "auto",
+    **options: Any,
+) -> list[SinkhornResult]:
+    """Solve T heads whose scores sit side by side in one source, reading it once per pass.
+
+    Parameters
+    ----------
+    logp : array, path or Source of shape (N, sum(Ks))
+        The heads' scores concatenated along columns: head ``t`` owns columns
+        ``sum(Ks[:t])`` to ``sum(Ks[:t + 1]) - 1``. Anything :func:`sinklabel.sinkhorn` takes.
+    Ks : sequence of int
+        Labels per head.
+    label_weights, init : sequence of length T, default=None
+        Per-head target proportions and warm starts (entries may be None).
+    chunk_size, memory_limit : default=None
+        As in :func:`sinklabel.sinkhorn`, for the shared blocks: a budget covers the block
+        and every head's temporaries.
+    backend : str, default="auto"
+        As in :func:`sinklabel.sinkhorn`.
+    **options
+        ``lam``, ``tol``, ``max_iter``, ``progress``: as in :func:`sinklabel.sinkhorn`,
+        shared by all heads (with ``progress=True`` each head gets its own bar).
+
+    Returns
+    -------
+    list of SinkhornResult
+        One per head, identical to solving that head's columns alone; each head stops at
+        its own tolerance.
+    """
+    source = as_source(logp)
+    ks = _check_heads(Ks, source.shape)
+    weights = _per_head("label_weights", label_weights, len(ks))
+    inits = _per_head("init", init, len(ks))
+    rows = _shared_rows(source, ks, chunk_size, memory_limit, backend)
+    reader = SharedReader(checked(source), len(ks))
+    offsets = [sum(ks[:t]) for t in range(len(ks))]
+    results: list[SinkhornResult | None] = [None] * len(ks)
+
+    def solve_head(t: int) -> None:
+        columns = slice(offsets[t], offsets[t] + ks[t])
+        view = reader.view(t, lambda block: block[:, columns], ks[t])
+        try:
+            with progress_label(f"head {t}", position=t):
+                results[t] = sinkhorn(
+                    view, ks[t], label_weights=weights[t], init=inits[t], chunk_size=rows,
+                    backend=backend, **options,
+                )
+        except BaseException as exc:
+            reader.fail(exc)
+        finally:
+            reader.leave(t)
+
+    threads = [threading.Thread(target=solve_head, args=(t,), name=f"sinklabel-head-{t}")
+               for t in range(len(ks))]
+    for thread in threads:
+        thread.start()
+    try:
+        for thread in threads:
+            thread.join()
+    except BaseException as exc:
+        reader.fail(exc)
+        for thread in threads:
+            thread.join()
+        raise
+    if reader.error is not None:
+        raise reader.error
+    return results  # type: ignore[return-value]
+
+
+def _check_heads(Ks: Sequence[int], shape: tuple[int, int]) -> list[int]:
+    if isinstance(Ks, (str, bytes)) or not isinstance(Ks, Sequence) or len(Ks) == 0:
+        raise TypeError(f"Ks must be a non-empty sequence of label counts, got {Ks!r}")
+    ks = []
+    for k in Ks:
+        if isinstance(k, bool) or not isinstance(k, int) or k <= 0:
+            raise ValueError(f"every entry of Ks must be a positive int, got {Ks!r}")
+        ks.append(int(k))
+    if len(shape) != 2 or sum(ks) != shape[1]:
+        raise ValueError(
+            f"the heads' label counts Ks={ks} sum to {sum(ks)}, but logp has shape "
+            f"{tuple(shape)}: logp.shape[1] must be sum(Ks)"
+        )
+    return ks
+
+
+def _per_head(name: str, value: Sequence | None, n_heads: int) -> list:
+    if value is None:
+        return [None] * n_heads
+    if len(value) != n_heads:
+        raise ValueError(f"{name} must have one entry per head ({n_heads}), got {len(value)}")
+    return list(value)
+
+
+def _shared_rows(
+    source: Any, ks: list[int], chunk_size: int | None, memory_limit: int | str | None,
+    backend: str,
+) -> int:
+    """Rows per shared block, the same for every head so that they read in step. The whole
+    width is read at once and every head may be computing on it at the same time."""
+    if memory_limit is not None and chunk_size is not None:
+        raise ValueError("give chunk_size or memory_limit, not both")
+    if chunk_size is not None:
+        return chunk_size
+    kernel = resolve_kernel(backend, source.library)
+    rows = kernel.chunk_rows(source.shape[1], itemsize(source.dtype))
+    if memory_limit is None:
+        return rows
+    budget = parse_memory(memory_limit)
+    n = source.shape[0]
+    per_row = source.bytes_per_row() + sum(
+        kernel.workspace_bytes_per_row(k, itemsize(source.dtype)) for k in ks
+    )
+    fixed = sum(fixed_bytes(n, k) for k in ks)
+    return min(rows, rows_for_budget(budget, fixed, per_row))

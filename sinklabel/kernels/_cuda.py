@@ -1,0 +1,251 @@
+"""CUDA C source of the CuPy backend's fused kernels, compiled by NVRTC on first use.
+
+``sink_sweep<S, VEC, NV, ROWS, THREADS, PREFETCH>``: one block keeps the accumulators of all
+K labels in registers (thread ``t`` owns the ``NV`` packs of ``VEC`` adjacent columns starting
+at ``(j * THREADS + t) * VEC``) and walks its share of the rows, ``ROWS`` at a time: each score
+is read once, ``z = scale * x + coef`` in base-2 units, row max and row sum by warp shuffles
+and one shared-memory exchange, then ``acc += exp2(z - max) / sum``. With ``PREFETCH`` the
+next tile's raw scores are loaded into registers before this tile's arithmetic, so loads stay
+in flight through the two barriers per tile (without it a block waits for memory once per
+tile). Each block writes its K sums to its own row of a partial-sum buffer, reduced in a fixed
+order on the host side: no atomics, so results repeat exactly.
+
+``sink_best<S>``: one warp per row; row max of ``scale * x + coef`` rounded like NumPy (no
+fused multiply-add), its first arg-max, and NaN when the row holds one.
+
+``S`` is the storage type: float, double, or ``half_bits`` (float16 as raw bits, converted
+by one PTX instruction, so no CUDA headers are needed).
+"""
+
+SOURCE = r"""
+typedef unsigned short half_bits;
+
+template <typename S> struct Acc { typedef float type; };
+template <> struct Acc<double> { typedef double type; };
+
+__device__ __forceinline__ float to_acc(float v) { return v; }
+__device__ __forceinline__ double to_acc(double v) { return v; }
+__device__ __forceinline__ float to_acc(half_bits v) {
+    float out;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(out) : "h"(v));
+    return out;
+}
+
+__device__ __forceinline__ float exp2_fast(float v) {
+    float out;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(out) : "f"(v));
+    return out;
+}
+__device__ __forceinline__ double exp2_fast(double v) { return exp2(v); }
+
+__device__ __forceinline__ float mul_rn(float a, float b) { return __fmul_rn(a, b); }
+__device__ __forceinline__ double mul_rn(double a, double b) { return __dmul_rn(a, b); }
+__device__ __forceinline__ float add_rn(float a, float b) { return __fadd_rn(a, b); }
+__device__ __forceinline__ double add_rn(double a, double b) { return __dadd_rn(a, b); }
+
+template <typename A> __device__ __forceinline__ A neg_inf();
+template <> __device__ __forceinline__ float neg_inf<float>() { return __int_as_float(0xff800000); }
+template <> __device__ __forceinline__ double neg_inf<double>() {
+    return __longlong_as_double(0xfff0000000000000LL);
+}
+
+template <typename S, int VEC> struct alignas(sizeof(S) * VEC) Pack { S v[VEC]; };
+
+__device__ __forceinline__ float larger(float a, float b) { return fmaxf(a, b); }
+__device__ __forceinline__ double larger(double a, double b) { return fmax(a, b); }
+
+template <typename A> __device__ __forceinline__ A warp_max(A v) {
+    for (int d = 16; d > 0; d >>= 1) v = larger(v, __shfl_xor_sync(0xffffffffu, v, d));
+    return v;
+}
+template <typename A> __device__ __forceinline__ A warp_sum(A v) {
+    for (int d = 16; d > 0; d >>= 1) v += __shfl_xor_sync(0xffffffffu, v, d);
+    return v;
+}
+
+template <typename S, int VEC> __device__ __forceinline__ bool load_pack(
+    Pack<S, VEC>& out, const S* __restrict__ x, long long row, int col0, long long n_rows,
+    long long stride_row, long long stride_col, int n_cols)
+{
+    if (row >= n_rows || col0 >= n_cols) return false;
+    const S* rp = x + row * stride_row;
+    if (VEC > 1) {
+        out = *reinterpret_cast<const Pack<S, VEC>*>(rp + col0);
+    } else {
+        out.v[0] = rp[col0 * stride_col];
+    }
+    return true;
+}
+
+template <typename S, int VEC, int NV, int ROWS, int THREADS, int PREFETCH>
+__global__ void __launch_bounds__(THREADS) sink_sweep(
+    const S* __restrict__ x, const typename Acc<S>::type* __restrict__ coef,
+    typename Acc<S>::type* __restrict__ part, long long n_rows, long long stride_row,
+    long long stride_col, int n_cols)
+{
+    typedef typename Acc<S>::type A;
+    const int WARPS = THREADS / 32;
+    __shared__ A exchange[2][ROWS][WARPS];
+    const int t = threadIdx.x;
+    const int warp = t / 32;
+    const int lane = t % 32;
+    const A scale = coef[n_cols];
+    A cf[NV][VEC];
+    A acc[NV][VEC];
+#pragma unroll
+    for (int j = 0; j < NV; ++j) {
+#pragma unroll
+        for (int v = 0; v < VEC; ++v) {
+            const int col = (j * THREADS + t) * VEC + v;
+            cf[j][v] = col < n_cols ? coef[col] : neg_inf<A>();
+            acc[j][v] = 0;
+        }
+    }
+    const long long n_tiles = (n_rows + ROWS - 1) / ROWS;
+    // The raw scores of one tile; with PREFETCH they hold the next tile's while this one's
+    // arithmetic runs, so loads stay in flight through the reductions and barriers.
+    Pack<S, VEC> raw[ROWS][NV];
+    bool ok[ROWS][NV];
+#pragma unroll
+    for (int r = 0; r < ROWS; ++r)
+#pragma unroll
+        for (int j = 0; j < NV; ++j)
+            ok[r][j] = PREFETCH && load_pack<S, VEC>(raw[r][j], x, blockIdx.x * (long long)ROWS + r,
+                                                     (j * THREADS + t) * VEC, n_rows, stride_row,
+                                                     stride_col, n_cols);
+    for (long long tile = blockIdx.x; tile < n_tiles; tile += gridDim.x) {
+        A z[ROWS][NV][VEC];
+        A top[ROWS];
+#pragma unroll
+        for (int r = 0; r < ROWS; ++r)
+#pragma unroll
+            for (int j = 0; j < NV; ++j) {
+                if (PREFETCH) {
+#pragma unroll
+                    for (int v = 0; v < VEC; ++v)
+                        z[r][j][v] = ok[r][j] ? to_acc(raw[r][j].v[v]) * scale + cf[j][v]
+                                              : neg_inf<A>();
+                    continue;
+                }
+                // Without prefetch: load and convert in one step (fewer instructions,
+                // which is what the 16-bit sweeps are bound by).
+                const long long row = tile * ROWS + r;
+                const int col0 = (j * THREADS + t) * VEC;
+                if (row < n_rows && col0 < n_cols) {
+                    const S* rp = x + row * stride_row;
+                    if (VEC > 1) {
+                        const Pack<S, VEC> pk = *reinterpret_cast<const Pack<S, VEC>*>(rp + col0);
+#pragma unroll
+                        for (int v = 0; v < VEC; ++v)
+                            z[r][j][v] = to_acc(pk.v[v]) * scale + cf[j][v];
+                    } else {
+                        z[r][j][0] = to_acc(rp[col0 * stride_col]) * scale + cf[j][0];
+                    }
+                } else {
+#pragma unroll
+                    for (int v = 0; v < VEC; ++v) z[r][j][v] = neg_inf<A>();
+                }
+            }
+        if (PREFETCH) {
+            const long long ahead = (tile + gridDim.x) * ROWS;
+#pragma unroll
+            for (int r = 0; r < ROWS; ++r)
+#pragma unroll
+                for (int j = 0; j < NV; ++j)
+                    ok[r][j] = load_pack<S, VEC>(raw[r][j], x, ahead + r, (j * THREADS + t) * VEC,
+                                                 n_rows, stride_row, stride_col, n_cols);
+        }
+#pragma unroll
+        for (int r = 0; r < ROWS; ++r) {
+            A m = neg_inf<A>();
+#pragma unroll
+            for (int j = 0; j < NV; ++j)
+#pragma unroll
+                for (int v = 0; v < VEC; ++v) m = larger(m, z[r][j][v]);
+            m = warp_max(m);
+            if (lane == 0) exchange[0][r][warp] = m;
+        }
+        __syncthreads();
+        A weight[ROWS];
+#pragma unroll
+        for (int r = 0; r < ROWS; ++r) {
+            A m = exchange[0][r][0];
+#pragma unroll
+            for (int w = 1; w < WARPS; ++w) m = larger(m, exchange[0][r][w]);
+            top[r] = m == neg_inf<A>() ? A(0) : m;
+            A s = 0;
+#pragma unroll
+            for (int j = 0; j < NV; ++j)
+#pragma unroll
+                for (int v = 0; v < VEC; ++v) {
+                    z[r][j][v] = exp2_fast(z[r][j][v] - top[r]);
+                    s += z[r][j][v];
+                }
+            s = warp_sum(s);
+            if (lane == 0) exchange[1][r][warp] = s;
+        }
+        __syncthreads();
+#pragma unroll
+        for (int r = 0; r < ROWS; ++r) {
+            A s = 0;
+#pragma unroll
+            for (int w = 0; w < WARPS; ++w) s += exchange[1][r][w];
+            weight[r] = s > 0 ? A(1) / s : A(0);
+        }
+#pragma unroll
+        for (int j = 0; j < NV; ++j)
+#pragma unroll
+            for (int v = 0; v < VEC; ++v)
+#pragma unroll
+                for (int r = 0; r < ROWS; ++r) acc[j][v] += z[r][j][v] * weight[r];
+    }
+#pragma unroll
+    for (int j = 0; j < NV; ++j)
+#pragma unroll
+        for (int v = 0; v < VEC; ++v) {
+            const int col = (j * THREADS + t) * VEC + v;
+            if (col < n_cols) part[blockIdx.x * (long long)n_cols + col] = acc[j][v];
+        }
+}
+
+template <typename S>
+__global__ void sink_best(
+    const S* __restrict__ x, const typename Acc<S>::type* __restrict__ coef,
+    typename Acc<S>::type* __restrict__ value, long long* __restrict__ label, long long n_rows,
+    long long stride_row, long long stride_col, int n_cols)
+{
+    typedef typename Acc<S>::type A;
+    const int lane = threadIdx.x % 32;
+    const long long warps = (long long)gridDim.x * (blockDim.x / 32);
+    const A scale = coef[n_cols];
+    for (long long row = (blockIdx.x * (long long)blockDim.x + threadIdx.x) / 32; row < n_rows;
+         row += warps) {
+        const S* rp = x + row * stride_row;
+        A best = neg_inf<A>();
+        int arg = n_cols;
+        bool nan = false;
+        for (int col = lane; col < n_cols; col += 32) {
+            const A z = add_rn(mul_rn(to_acc(rp[col * stride_col]), scale), coef[col]);
+            if (z != z) {
+                nan = true;
+            } else if (z > best) {
+                best = z;
+                arg = col;
+            }
+        }
+        for (int d = 16; d > 0; d >>= 1) {
+            const A other = __shfl_xor_sync(0xffffffffu, best, d);
+            const int other_arg = __shfl_xor_sync(0xffffffffu, arg, d);
+            if (other > best || (other == best && other_arg < arg)) {
+                best = other;
+                arg = other_arg;
+            }
+        }
+        nan = __any_sync(0xffffffffu, nan);
+        if (lane == 0) {
+            value[row] = nan ? A(0) / A(0) : best;
+            label[row] = arg == n_cols ? 0 : arg;
+        }
+    }
+}
+"""

@@ -1,0 +1,258 @@
+"""The CuPy backend: fused CUDA kernels (``_cuda``, compiled by NVRTC) for the sweep and the
+labels; plain CuPy ops, block by block, for the rarely used rest.
+
+float16, float32 and float64 arrays are taken (CuPy has no bfloat16); float16 is computed in
+float32. Rows wider than a block's registers hold (K > 16384 in float32, 8192 in float64)
+take the blocked CuPy ops for the sweep too.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from functools import cache
+
+import numpy as np
+
+from ._base import Kernel
+from ._cuda import SOURCE
+
+LOG2E = math.log2(math.e)
+#: Temporaries per block of the plain-CuPy operations.
+BLOCK_BYTES = 64 << 20
+#: Scores one thread keeps per row in the fused sweep, by accumulation dtype.
+MAX_PER_THREAD = {"float32": 32, "float64": 16}
+#: See the Triton kernels: the same partial-sum layout and wave sizing.
+MIN_ROWS_PER_PROGRAM = 128
+PROGRAMS_PER_SM = 32
+TUNE_ELEMENTS = 1 << 26
+_STORAGE = {"float16": "half_bits", "float32": "float", "float64": "double"}
+
+
+class CupyKernel(Kernel):
+    name = "cupy"
+    libraries = ("cupy",)
+
+    def __init__(self) -> None:
+        import cupy  # noqa: F401  (fails here, with an install hint, when CuPy is missing)
+
+    def chunk_rows(self, n_labels: int, itemsize: int) -> int:
+        """All rows: the fused kernels allocate nothing of size N x K, so one chunk means one
+        host sync per iteration."""
+        return 1 << 62
+
+    def sweep(self, chunk, f: np.ndarray, lam: float) -> np.ndarray:
+        import cupy as cp
+
+        x = _floating(chunk)
+        plan = _sweep_plan(x)
+        if plan is None:
+            total = cp.zeros(x.shape[1], dtype=cp.float64)
+            for _, z in _shifted_blocks(x, f, lam):
+                cp.exp(z, out=z)
+                total += (1.0 / z.sum(axis=1)) @ z
+            return total.get()
+        n_rows, n_cols = x.shape
+        coef = _coefficients(x, f * LOG2E, lam * LOG2E)
+        programs = _programs(n_rows)
+        part = cp.empty((programs, n_cols), dtype=coef.dtype)
+        args = (x, coef, part, np.int64(n_rows), *_strides(x), np.int32(n_cols))
+        names = [sweep_name(x.dtype.name, config) for config in plan]
+
+        def launch(config: tuple[int, int, int, int, int]) -> None:
+            functions = _functions(tuple(names if key in _TUNED or tuning else names[:1]))
+            functions[sweep_name(x.dtype.name, config)]((programs,), (config[1],), args)
+
+        key = (x.dtype.name, n_cols, plan[0][0])
+        tuning = key not in _TUNED and x.size >= TUNE_ELEMENTS and len(plan) > 1
+        _run(launch, plan, key, x)
+        return part.sum(axis=0, dtype=cp.float64).get()
+
+    def best(self, chunk, f: np.ndarray, lam: float):
+        import cupy as cp
+
+        x = _floating(chunk)
+        n_rows, n_cols = x.shape
+        coef = _coefficients(x, f, lam)
+        values = cp.empty(n_rows, dtype=coef.dtype)
+        labels = cp.empty(n_rows, dtype=cp.int64)
+        threads = 256
+        blocks = max(1, min(_processors() * PROGRAMS_PER_SM, -(-n_rows // (threads // 32))))
+        name = f"sink_best<{_STORAGE[x.dtype.name]}>"
+        kernel = _functions((name,))[name]
+        kernel((blocks,), (threads,),
+               (x, coef, values, labels, np.int64(n_rows), *_strides(x), np.int32(n_cols)))
+        return values, labels
+
+    def slack(self, chunk, f: np.ndarray, lam: float) -> np.ndarray:
+        import cupy as cp
+
+        result = None
+        for _, z in _shifted_blocks(_floating(chunk), f, lam):
+            top = z.max(axis=0)
+            result = top if result is None else cp.maximum(result, top)
+        return result.astype(cp.float64).get()
+
+    def soft(self, chunk, f: np.ndarray, lam: float):
+        import cupy as cp
+
+        x = _floating(chunk)
+        out = cp.empty(x.shape, dtype=_compute_dtype(x))
+        for start, z in _shifted_blocks(x, f, lam):
+            cp.exp(z, out=z)
+            z /= z.sum(axis=1, keepdims=True)
+            out[start:start + z.shape[0]] = z
+        return out
+
+    def gather(self, chunk, labels) -> np.ndarray:
+        import cupy as cp
+
+        index = cp.asarray(labels).astype(cp.int64)[:, None]
+        return cp.take_along_axis(chunk, index, axis=1)[:, 0].astype(cp.float64).get()
+
+    def to_numpy(self, x) -> np.ndarray:
+        import cupy as cp
+
+        return cp.asnumpy(x)
+
+    def concat(self, parts: list):
+        import cupy as cp
+
+        return parts[0] if len(parts) == 1 else cp.concatenate(parts)
+
+
+@cache
+def _functions(names: tuple[str, ...]) -> dict:
+    """Kernel instantiations compiled together by one NVRTC call (cached by CuPy on disk)."""
+    import cupy as cp
+
+    module = cp.RawModule(code=SOURCE, options=("-std=c++17",), name_expressions=list(names))
+    return {name: module.get_function(name) for name in names}
+
+
+def sweep_name(dtype: str, config: tuple[int, int, int, int, int]) -> str:
+    """The template instantiation of ``sink_sweep`` for (vec, threads, packs, rows, prefetch)."""
+    vec, threads, packs, rows, prefetch = config
+    return f"sink_sweep<{_STORAGE[dtype]}, {vec}, {packs}, {rows}, {threads}, {prefetch}>"
+
+
+@cache
+def _processors() -> int:
+    import cupy as cp
+
+    return int(cp.cuda.Device().attributes["MultiProcessorCount"])
+
+
+def _programs(n_rows: int) -> int:
+    return max(1, min(_processors() * PROGRAMS_PER_SM, -(-n_rows // MIN_ROWS_PER_PROGRAM)))
+
+
+def _floating(chunk):
+    """CuPy has no bfloat16, and the kernels take only its three float types."""
+    if chunk.dtype.name not in _STORAGE:
+        raise TypeError(f"the cupy backend takes float16/32/64 arrays, got {chunk.dtype}")
+    return chunk
+
+
+def _compute_dtype(x) -> np.dtype:
+    return np.dtype(np.float64) if x.dtype == np.float64 else np.dtype(np.float32)
+
+
+def _strides(x) -> tuple[np.int64, np.int64]:
+    return np.int64(x.strides[0] // x.itemsize), np.int64(x.strides[1] // x.itemsize)
+
+
+def _coefficients(x, coef: np.ndarray, scale: float):
+    """The K per-label offsets followed by the scale, on the device in the compute dtype."""
+    import cupy as cp
+
+    host = np.append(np.asarray(coef, dtype=np.float64), scale)
+    return cp.asarray(host.astype(_compute_dtype(x)))
+
+
+def _sweep_plan(x) -> list[tuple[int, int, int, int, int]] | None:
+    """(vec, threads, packs per thread, rows per step, prefetch) to try, the default first;
+    None when a row does not fit in one block's registers.
+
+    Vectors are 16 bytes, and for 16-bit scores also 8 bytes (more threads per row, so more
+    rows per barrier pair). Register use was checked with ptxas for sm_90: at K=3000 the
+    defaults take 89 (float16) and 101 (float32) registers, two blocks per multiprocessor.
+    """
+    n_cols = x.shape[1]
+    row_stride, col_stride = (int(s) for s in _strides(x))
+    vectors = [16 // x.itemsize] + ([8 // x.itemsize] if x.itemsize == 2 else [])
+    vectors = [v for v in vectors if col_stride == 1 and (row_stride * x.itemsize) % (
+        v * x.itemsize) == 0 and n_cols % v == 0 and x.data.ptr % (v * x.itemsize) == 0] or [1]
+    limit = MAX_PER_THREAD[_compute_dtype(x).name]
+    shapes = []
+    for vec in vectors:
+        packs_total = -(-n_cols // vec)
+        options = []
+        for threads in (256, 512, 128, 64, 32):
+            packs = -(-packs_total // threads)
+            waste = packs * threads / packs_total - 1
+            if packs * vec <= limit:
+                options.append((0.0 if waste <= 0.05 else waste, threads, packs))
+        options.sort(key=lambda o: o[0])  # stable: among near-full blocks, the larger first
+        shapes += [(waste, vec, threads, packs) for waste, threads, packs in options[:2]]
+    if not shapes:
+        return None
+    shapes.sort(key=lambda o: (o[0], -o[2]))  # the least waste, then the most threads
+    candidates = []
+    for _, vec, threads, packs in shapes[:2]:
+        per_row = packs * vec
+        for values, prefetch in ((limit // 2, 1), (limit, 1), (limit, 0), (2 * limit, 0)):
+            rows = max(1, min(8, values // per_row))
+            if (vec, threads, packs, rows, prefetch) not in candidates:
+                candidates.append((vec, threads, packs, rows, prefetch))
+    return candidates[:8]
+
+
+_TUNED: dict[tuple, tuple[int, int, int, int, int]] = {}
+
+
+def _run(launch, candidates: list, key: tuple, x) -> None:
+    """Launch with the fastest candidate for ``key`` (timed once on a large input)."""
+    import cupy as cp
+
+    if key not in _TUNED and (x.size < TUNE_ELEMENTS or len(candidates) == 1):
+        launch(candidates[0])
+        return
+    if key not in _TUNED:
+        times = []
+        for config in candidates:
+            launch(config)
+            start, stop = cp.cuda.Event(), cp.cuda.Event()
+            start.record()
+            for _ in range(3):
+                launch(config)
+            stop.record()
+            stop.synchronize()
+            times.append(cp.cuda.get_elapsed_time(start, stop))
+        _TUNED[key] = candidates[int(np.argmin(times))]
+    launch(_TUNED[key])
+
+
+def tuned_configs() -> dict[str, tuple[int, int, int, int, int]]:
+    """The launch configurations chosen so far, for benchmark reports."""
+    return {f"sweep {dtype} K={k} vec={vec}": cfg for (dtype, k, vec), cfg in _TUNED.items()}
+
+
+def _blocks(x) -> Iterator[tuple[int, int]]:
+    n_rows, n_cols = x.shape
+    rows = max(1, BLOCK_BYTES // (4 * max(1, n_cols)))
+    for start in range(0, n_rows, rows):
+        yield start, min(n_rows, start + rows)
+
+
+def _shifted_blocks(x, f: np.ndarray, lam: float) -> Iterator[tuple[int, object]]:
+    """(first row, z - rowmax(z)) block by block, with z = lam * x + f in the compute dtype."""
+    import cupy as cp
+
+    dtype = _compute_dtype(x)
+    offsets = cp.asarray(f.astype(dtype))
+    for start, stop in _blocks(x):
+        z = x[start:stop].astype(dtype) * dtype.type(lam)
+        z += offsets
+        z -= z.max(axis=1, keepdims=True)
+        yield start, z

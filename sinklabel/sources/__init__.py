@@ -1,0 +1,67 @@
+"""Where the N x K scores come from: a source yields row blocks, never an N x K copy.
+
+Every kind of input becomes a :class:`Source` (shape, dtype, array library, and
+``chunks(rows)``), so every backend and the solver see one small interface:
+
+- an in-memory array (NumPy, torch, CuPy): :class:`ArraySource`, blocks are views;
+- a ``.npy`` path or an ``np.memmap``: :class:`MemmapSource`, read-only, paged in as read;
+- an array-like that slices rows (h5py dataset, zarr array): :class:`ArrayLikeSource`;
+- a function ``fn(start, stop)`` producing rows on demand: :class:`CallableSource`;
+- host scores streamed to a GPU: ``sinklabel.sources.device.DeviceStreamSource`` (torch).
+
+Streaming sources are checked block by block during the solve (:class:`CheckedSource`).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from .._arrays import array_library
+from ._base import Array, Source, dtype_name, itemsize
+from .arrays import ArrayLikeSource, ArraySource, MemmapSource, is_array_like
+from .callable import CallableSource
+from .checked import CheckedSource, SourceError, checked
+from .memory import parse_memory
+
+
+def as_source(logp: Any) -> Source:
+    """Wrap what the caller passed as a Source.
+
+    A Source is returned as is; a path (str or PathLike) opens a ``.npy`` file memory-mapped;
+    an ``np.memmap`` is read through its mapping; an array-like with ``shape`` and ``dtype``
+    that is not a NumPy, torch or CuPy array (h5py, zarr) is read slice by slice; anything
+    else becomes a NumPy array (no copy when it already is one).
+    """
+    if isinstance(logp, Source):
+        return logp
+    if isinstance(logp, (str, os.PathLike)):
+        return MemmapSource(logp)
+    if isinstance(logp, np.memmap):
+        return MemmapSource(logp)
+    if array_library(logp) is None:
+        if is_array_like(logp):
+            return ArrayLikeSource(logp)
+        logp = np.asarray(logp)
+    if getattr(logp, "ndim", None) != 2:
+        raise ValueError(f"logp must be 2-D (N, K), got shape {tuple(np.shape(logp))}")
+    return ArraySource(logp)
+
+
+__all__ = [
+    "Array",
+    "ArrayLikeSource",
+    "ArraySource",
+    "CallableSource",
+    "CheckedSource",
+    "MemmapSource",
+    "Source",
+    "SourceError",
+    "as_source",
+    "checked",
+    "dtype_name",
+    "itemsize",
+    "parse_memory",
+]

@@ -1,0 +1,53 @@
+"""The source contract: shape, dtype, array library, and row blocks in order."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+Array = Any
+
+
+class Source(ABC):
+    """Scores of N rows over K labels, read block by block.
+
+    ``shape`` is ``(N, K)``; ``dtype`` the scores' dtype name ("float32", "bfloat16", ...);
+    ``library`` the array library of the blocks it yields ("numpy", "torch", "cupy").
+
+    A block is only valid until the next one is requested: streaming sources reuse their
+    buffers, so consumers finish with a block before asking for the next.
+    """
+
+    shape: tuple[int, int]
+    dtype: str
+    library: str
+    #: True when every block is a view of an array already in memory: nothing can change or
+    #: fail between passes, so the scores are checked up front and blocks are not re-checked.
+    in_memory: bool = False
+
+    @abstractmethod
+    def chunks(self, rows: int) -> Iterator[tuple[int, int, Array]]:
+        """Yield ``(start, stop, block)`` covering all rows in order, ``rows`` at a time."""
+
+    def bytes_per_row(self) -> int:
+        """Memory the source allocates per row of a block it yields (0 for views)."""
+        return self.shape[1] * itemsize(self.dtype)
+
+    def row_ranges(self, rows: int) -> Iterator[tuple[int, int]]:
+        """The ``(start, stop)`` of each block ``chunks(rows)`` yields."""
+        n = self.shape[0]
+        for start in range(0, n, rows):
+            yield start, min(n, start + rows)
+
+
+def itemsize(dtype: str) -> int:
+    """Bytes per score of a dtype name, for chunk sizing."""
+    return {"bfloat16": 2, "float16": 2}.get(dtype) or np.dtype(dtype).itemsize
+
+
+def dtype_name(dtype: Any) -> str:
+    """A dtype's plain name: ``torch.float32`` and ``np.dtype('float32')`` both give "float32"."""
+    return str(dtype).removeprefix("torch.")

@@ -1,0 +1,307 @@
+"""Host scores streamed to a CUDA device block by block, copies overlapped with compute.
+
+Scores too large for the GPU stay on the host (a memory-mapped file, a NumPy array, a
+function, or a torch CPU tensor, ideally pinned) and reach the device one block at a time:
+
+    host block --(staging thread: memcpy)--> pinned slot --(copy stream)--> device slot
+                                                                  --> kernel (compute stream)
+
+While the kernel works on block j, block j+1 is already on its way over PCIe and block j+2
+is being staged into pinned memory. ``buffers`` pinned and device slots rotate; events order
+the streams: a device slot is overwritten only after the compute stream has finished with
+the block it held, a pinned slot only after its host-to-device copy has completed, and the
+kernel waits (on the GPU, not the host) for the copy of its block.
+
+A pinned torch tensor needs no staging: its blocks are copied to the device directly.
+
+Imports torch only when a source is created; ``device="cpu"`` runs the same rotation with
+synchronous copies (no streams), which is how the logic is tested without a GPU.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from ._base import Array, Source, itemsize
+
+_END = object()
+
+
+class DeviceStreamSource(Source):
+    """Blocks of a host source, delivered as torch tensors on ``device``.
+
+    Parameters
+    ----------
+    host : array, path, Source, or torch CPU tensor
+        Where the scores live: anything :func:`sinklabel.sinkhorn` accepts that is on the
+        host. A pinned tensor (``tensor.pin_memory()``) is copied from directly.
+    device : str or torch.device, default="cuda"
+        The device blocks are delivered to.
+    buffers : int, default=2
+        Slots in rotation (2 is double buffering); more hides an uneven host source.
+    copy_threads : int, default=None
+        Threads that copy a pageable NumPy block into pinned memory (default: up to 4).
+
+    Notes
+    -----
+    Memory: ``buffers`` blocks of pinned host memory and ``buffers`` blocks on the device,
+    whatever N is. A yielded block is valid until the next one is requested.
+    """
+
+    def __init__(
+        self,
+        host: Any,
+        device: Any = "cuda",
+        *,
+        buffers: int = 2,
+        copy_threads: int | None = None,
+    ):
+        import torch
+
+        from . import as_source, checked
+
+        if isinstance(buffers, bool) or not isinstance(buffers, int) or buffers < 2:
+            raise ValueError(f"buffers must be an int >= 2, got {buffers!r}")
+        source = as_source(host)
+        if source.library not in ("numpy", "torch"):
+            raise TypeError(
+                f"host scores must be NumPy or a torch CPU tensor, not {source.library}"
+            )
+        array = getattr(source, "array", None)
+        if source.library == "torch" and array is not None and array.device.type != "cpu":
+            raise TypeError(f"host scores must be on the CPU, got a tensor on {array.device}")
+        self.host = checked(source)
+        self.device = torch.device(device)
+        self.shape = source.shape
+        self.dtype = source.dtype
+        self.library = "torch"
+        self.buffers = buffers
+        self.copy_threads = copy_threads or min(4, os.cpu_count() or 1)
+        self._direct = (
+            source.library == "torch" and array is not None and source.in_memory
+            and array.is_pinned()
+        )
+        self._streams = (_CudaStreams(torch, self.device) if self.device.type == "cuda"
+                         else _SyncStreams())
+
+    def bytes_per_row(self) -> int:
+        """Host staging memory per row (the device holds as much again, in GPU memory)."""
+        return 0 if self._direct else self.buffers * self.shape[1] * itemsize(self.dtype)
+
+    def chunks(self, rows: int) -> Iterator[tuple[int, int, Array]]:
+        import torch
+
+        ranges = list(self.row_ranges(rows))
+        if not ranges:
+            return
+        dtype = getattr(torch, self.dtype)
+        k, slots = self.shape[1], min(self.buffers, len(ranges))
+        streams = self._streams
+        device_slots = [torch.empty((rows, k), dtype=dtype, device=self.device)
+                        for _ in range(slots)]
+        consumed: list[Any] = [None] * slots
+        copied: list[Any] = [None] * slots
+        stager = (_Direct(self.host, rows) if self._direct else
+                  _Stager(self.host, rows, slots, dtype, streams.pin, self.copy_threads))
+        in_flight: deque = deque()
+
+        def issue(j: int) -> None:
+            slot = j % slots
+            start, stop = ranges[j]
+            host_block = stager.get(j, stop - start)
+            dst = device_slots[slot][: stop - start]
+            copied[slot] = streams.copy(dst, host_block, after=consumed[slot])
+            stager.release(j, copied[slot])
+            in_flight.append(dst)
+
+        try:
+            for j in range(slots - 1):
+                issue(j)
+            for j, (start, stop) in enumerate(ranges):
+                if j + slots - 1 < len(ranges):
+                    issue(j + slots - 1)
+                block = in_flight.popleft()
+                streams.wait(copied[j % slots])
+                yield start, stop, block
+                consumed[j % slots] = streams.record()
+            stager.end()
+        finally:
+            stager.close()
+            streams.finish()
+
+
+class _Direct:
+    """Blocks of a pinned host tensor: slices, no staging."""
+
+    def __init__(self, host: Source, rows: int):
+        self._blocks = iter(host.chunks(rows))
+
+    def get(self, j: int, n: int) -> Array:
+        return next(self._blocks)[2]
+
+    def end(self) -> None:
+        """Let the host source check that it has no rows beyond the last block."""
+        for _ in self._blocks:
+            break
+
+    def release(self, j: int, copied: Any) -> None:
+        """Nothing to recycle: the copy reads the caller's pinned memory."""
+
+    def close(self) -> None:
+        getattr(self._blocks, "close", lambda: None)()
+
+
+class _Stager:
+    """A thread that copies host blocks into rotating pinned slots ahead of the GPU copies.
+
+    Slot ``j % slots`` holds block j; the thread refills it with block ``j + slots`` only
+    after the host-to-device copy of block j has completed (its event).
+    """
+
+    def __init__(self, host: Source, rows: int, slots: int, dtype: Any, pin: bool,
+                 copy_threads: int):
+        import torch
+
+        self._slots = [torch.empty((rows, host.shape[1]), dtype=dtype, pin_memory=pin)
+                       for _ in range(slots)]
+        self._free: queue.Queue = queue.Queue()
+        self._filled: queue.Queue = queue.Queue()
+        for slot in range(slots):
+            self._free.put((slot, None))
+        self._stop = threading.Event()
+        self._workers = copy_threads
+        self._pool = ThreadPoolExecutor(copy_threads) if copy_threads > 1 else None
+        self._thread = threading.Thread(target=self._run, args=(host, rows), daemon=True,
+                                        name="sinklabel-stager")
+        self._thread.start()
+
+    def _run(self, host: Source, rows: int) -> None:
+        blocks = host.chunks(rows)
+        try:
+            for start, stop, block in blocks:
+                slot, copied = self._free.get()
+                if self._stop.is_set():
+                    return
+                if copied is not None:
+                    copied.synchronize()
+                self._fill(self._slots[slot][: stop - start], block)
+                self._filled.put(slot)
+            self._filled.put(_END)
+        except BaseException as exc:
+            self._filled.put(exc)
+        finally:
+            getattr(blocks, "close", lambda: None)()
+
+    def _fill(self, dst: Any, block: Array) -> None:
+        if not isinstance(block, np.ndarray):
+            dst.copy_(block)
+            return
+        target = dst.numpy()
+        if self._pool is None or block.shape[0] < 2 * len(self._slots):
+            np.copyto(target, block)
+            return
+        # NumPy releases the GIL while copying: split rows over the pool for memcpy bandwidth.
+        bounds = np.linspace(0, block.shape[0], self._workers + 1).astype(int)
+        parts = [self._pool.submit(np.copyto, target[a:b], block[a:b])
+                 for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
+        for part in parts:
+            part.result()
+
+    def get(self, j: int, n: int) -> Any:
+        """The pinned slot holding block j (its first ``n`` rows), once staged."""
+        item = self._filled.get()
+        if isinstance(item, BaseException):
+            raise item
+        if item is _END:
+            raise RuntimeError(f"the host source ended before block {j}")
+        self._current = item
+        return self._slots[item][:n]
+
+    def end(self) -> None:
+        """Raise what the host source raised after its last block (e.g. extra rows)."""
+        item = self._filled.get()
+        if isinstance(item, BaseException):
+            raise item
+
+    def release(self, j: int, copied: Any) -> None:
+        self._free.put((self._current, copied))
+
+    def close(self) -> None:
+        self._stop.set()
+        self._free.put((0, None))
+        self._thread.join()
+        if self._pool is not None:
+            self._pool.shutdown()
+
+
+class _CudaStreams:
+    """A copy stream beside the compute (current) stream, ordered by events."""
+
+    pin = True
+
+    def __init__(self, torch: Any, device: Any):
+        self._torch = torch
+        self._device = device
+        self._copy = torch.cuda.Stream(device=device)
+
+    def copy(self, dst: Any, src: Any, after: Any) -> Any:
+        """Start ``dst.copy_(src)`` on the copy stream once event ``after`` has happened."""
+        torch = self._torch
+        with torch.cuda.stream(self._copy):
+            if after is not None:
+                self._copy.wait_event(after)
+            dst.copy_(src, non_blocking=True)
+            done = torch.cuda.Event()
+            done.record(self._copy)
+        return done
+
+    def wait(self, event: Any) -> None:
+        """Make the compute stream wait (on the GPU) for ``event``."""
+        self._torch.cuda.current_stream(self._device).wait_event(event)
+
+    def record(self) -> Any:
+        """An event marking all work queued so far on the compute stream."""
+        event = self._torch.cuda.Event()
+        event.record(self._torch.cuda.current_stream(self._device))
+        return event
+
+    def finish(self) -> None:
+        """No copy may still write into a slot when the slots are freed."""
+        self._copy.synchronize()
+
+
+class _SyncStreams:
+    """The same interface for a CPU device: copies complete before they return."""
+
+    pin = False
+
+    def copy(self, dst: Any, src: Any, after: Any) -> Any:
+        dst.copy_(src)
+        return _DONE
+
+    def wait(self, event: Any) -> None:
+        """Copies are synchronous: nothing to wait for."""
+
+    def record(self) -> Any:
+        return _DONE
+
+    def finish(self) -> None:
+        """Nothing in flight."""
+
+
+class _Done:
+    """An event that has already happened."""
+
+    def synchronize(self) -> None:
+        """Already complete."""
+
+
+_DONE = _Done()

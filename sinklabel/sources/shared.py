@@ -1,0 +1,155 @@
+"""One source read once per pass for several consumers (the heads of a multi-head solve).
+
+Each consumer is a thread running an ordinary solve on a view of the shared source (for a
+head, its block of columns). A block is read when every consumer still running is waiting
+for one; all consumers that asked for that block get it, the others wait for the next read.
+Consumers that iterate in step (one pass at a time, the same rows per block) therefore share
+every read, whatever each one does between passes, while a consumer that stops early (it
+converged, or failed) simply leaves.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+
+from ._base import Array, Source
+
+
+class Aborted(RuntimeError):
+    """Another consumer of the shared source failed; this one stops too."""
+
+
+class SharedReader:
+    """Serves the blocks of ``source`` to ``n_consumers`` threads, one read per block."""
+
+    def __init__(self, source: Source, n_consumers: int):
+        self.source = source
+        self.reads = 0
+        self._cond = threading.Condition()
+        self._live = set(range(n_consumers))
+        self._waiting: dict[int, tuple[int, int, int]] = {}
+        self._served: dict[int, Array] = {}
+        self._blocks: Iterator | None = None
+        self._rows = 0
+        self._next_start = 0
+        self._error: BaseException | None = None
+
+    def view(self, consumer: int, pick: Callable[[Array], Array], width: int) -> Source:
+        """The source as consumer ``consumer`` sees it: ``pick(block)`` of every block."""
+        return _View(self, consumer, pick, width)
+
+    @property
+    def error(self) -> BaseException | None:
+        """The first failure of any consumer or of the source, if one happened."""
+        return self._error
+
+    def get(self, consumer: int, rows: int, start: int, stop: int) -> Array:
+        """Block ``[start, stop)`` (of blocks of ``rows``), once all live consumers ask."""
+        with self._cond:
+            self._raise_if_failed()
+            self._waiting[consumer] = (rows, start, stop)
+            self._serve()
+            while True:
+                self._raise_if_failed()
+                if consumer in self._served:
+                    return self._served.pop(consumer)
+                self._cond.wait()
+
+    def leave(self, consumer: int) -> None:
+        """Consumer ``consumer`` has finished; the others no longer wait for it."""
+        with self._cond:
+            self._live.discard(consumer)
+            self._waiting.pop(consumer, None)
+            if self._live:
+                self._serve()
+                return
+            try:
+                self._close()
+            except BaseException as exc:
+                if self._error is None:
+                    self._error = exc
+
+    def fail(self, error: BaseException) -> None:
+        """Stop every consumer: their next (or current) wait raises."""
+        with self._cond:
+            if self._error is None:
+                self._error = error
+            self._cond.notify_all()
+
+    def _raise_if_failed(self) -> None:
+        if self._error is not None:
+            raise Aborted("another head of the solve failed") from self._error
+
+    def _serve(self) -> None:
+        """With the lock held: read the next block if every live consumer is waiting.
+
+        A failure (of the source, or consumers out of step) is recorded, not raised: every
+        waiting consumer then raises, and the caller of the solve sees the recorded error.
+        """
+        if self._error is not None or not self._waiting or len(self._waiting) < len(self._live):
+            return
+        try:
+            self._read()
+        except BaseException as exc:
+            self._error = exc
+        self._cond.notify_all()
+
+    def _read(self) -> None:
+        requests = set(self._waiting.values())
+        wanted = (self._rows, self._next_start)
+        if self._blocks is None or all((r, s) != wanted for r, s, _ in requests):
+            starts = {(r, s) for r, s, _ in requests}
+            if len(starts) != 1 or next(iter(starts))[1] != 0:
+                raise RuntimeError(
+                    f"consumers of a shared source asked for different blocks {sorted(starts)}; "
+                    "they must read whole passes in step, with the same rows per block"
+                )
+            self._new_pass(next(iter(starts))[0])
+        start, stop, block = next(self._blocks)
+        self.reads += 1
+        self._next_start = stop
+        for consumer, request in list(self._waiting.items()):
+            if request == (self._rows, start, stop):
+                self._served[consumer] = block
+                del self._waiting[consumer]
+
+    def _new_pass(self, rows: int) -> None:
+        self._close()
+        self._rows = rows
+        self._next_start = 0
+        self._blocks = iter(self.source.chunks(rows))
+
+    def _close(self) -> None:
+        """End the current pass; a finished one is drained so the source can check its end."""
+        blocks, self._blocks = self._blocks, None
+        if blocks is None:
+            return
+        try:
+            if self._next_start >= self.source.shape[0]:
+                for _ in blocks:
+                    break
+        finally:
+            close = getattr(blocks, "close", None)
+            if close is not None:
+                close()
+
+
+class _View(Source):
+    """One consumer's view of a shared source."""
+
+    def __init__(self, reader: SharedReader, consumer: int, pick: Callable, width: int):
+        self.reader = reader
+        self.consumer = consumer
+        self.pick = pick
+        base = reader.source
+        self.shape = (base.shape[0], width)
+        self.dtype = base.dtype
+        self.library = base.library
+
+    def bytes_per_row(self) -> int:
+        return 0
+
+    def chunks(self, rows: int) -> Iterator[tuple[int, int, Array]]:
+        for start, stop in self.row_ranges(rows):
+            yield start, stop, self.pick(self.reader.get(self.consumer, rows, start, stop))

@@ -1,0 +1,117 @@
+"""The out-of-core GPU source, run on the CPU: the same slot rotation, staging thread and
+ordering as on CUDA, with synchronous copies standing in for the copy stream."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+import sinklabel
+from sinklabel.kernels import available_backends
+from sinklabel.sources import CallableSource, SourceError
+
+torch = pytest.importorskip("torch")
+
+from sinklabel.sources.device import DeviceStreamSource  # noqa: E402
+
+N, K = 1003, 6
+
+
+@pytest.fixture(scope="module")
+def scores() -> np.ndarray:
+    return np.random.default_rng(7).standard_normal((N, K)).astype(np.float32)
+
+
+def hosts(scores: np.ndarray, tmp_path) -> dict:
+    path = tmp_path / "s.npy"
+    np.save(path, scores)
+    return {
+        "numpy": scores,
+        "npy": path,
+        "tensor": torch.from_numpy(scores.copy()),
+        "callable": CallableSource(lambda a, b: scores[a:b], scores.shape, "float32"),
+    }
+
+
+@pytest.mark.parametrize("buffers", [2, 3])
+@pytest.mark.parametrize("copy_threads", [1, 3])
+def test_blocks_arrive_in_order_through_rotating_slots(scores, tmp_path, buffers, copy_threads):
+    for kind, host in hosts(scores, tmp_path).items():
+        source = DeviceStreamSource(host, "cpu", buffers=buffers, copy_threads=copy_threads)
+        assert (source.shape, source.dtype, source.library) == ((N, K), "float32", "torch")
+        for _ in range(2):
+            seen, slots = [], set()
+            for start, stop, block in source.chunks(100):
+                assert isinstance(block, torch.Tensor) and block.shape == (stop - start, K)
+                seen.append(block.numpy().copy())
+                slots.add(block.data_ptr())
+            np.testing.assert_array_equal(np.concatenate(seen), scores, err_msg=kind)
+            assert len(slots) == buffers, kind
+
+
+def test_one_block_needs_one_slot(scores):
+    blocks = list(DeviceStreamSource(scores, "cpu").chunks(5000))
+    assert len(blocks) == 1 and torch.equal(blocks[0][2], torch.from_numpy(scores))
+
+
+def test_host_failures_surface_with_their_rows(scores):
+    def fn(a: int, b: int) -> np.ndarray:
+        if a == 500:
+            raise OSError("read error")
+        return scores[a:b]
+
+    threads = threading.active_count()
+    source = DeviceStreamSource(CallableSource(fn, scores.shape, "float32"), "cpu")
+    expected = r"rows \[500, 600\) on pass 1: the source raised OSError"
+    with pytest.raises(SourceError, match=expected):
+        for _ in source.chunks(100):
+            pass
+    assert threading.active_count() == threads
+
+
+def test_host_changes_between_passes_are_caught(scores):
+    calls = {"n": 0}
+
+    def fn(a: int, b: int) -> np.ndarray:
+        calls["n"] += 1
+        return scores[a:b] + (1.0 if calls["n"] > 11 else 0.0)
+
+    source = DeviceStreamSource(CallableSource(fn, scores.shape, "float32"), "cpu")
+    list(source.chunks(100))
+    with pytest.raises(SourceError, match=r"rows \[0, 100\) on pass 2: the scores changed"):
+        list(source.chunks(100))
+
+
+def test_stopping_early_stops_the_staging_thread(scores):
+    threads = threading.active_count()
+    stream = DeviceStreamSource(scores, "cpu", buffers=3).chunks(10)
+    for _ in range(4):
+        next(stream)
+    stream.close()
+    assert threading.active_count() == threads
+
+
+def test_arguments_are_checked(scores):
+    with pytest.raises(ValueError, match="buffers"):
+        DeviceStreamSource(scores, "cpu", buffers=1)
+    source = DeviceStreamSource(scores, "cpu", buffers=3)
+    assert source.bytes_per_row() == 3 * K * 4
+
+
+@pytest.mark.skipif("torch" not in available_backends(), reason="needs the torch backend")
+def test_a_solve_through_the_stream_matches_in_memory(scores):
+    reference = sinklabel.sinkhorn(scores, K, lam=5.0)
+    result = sinklabel.sinkhorn(DeviceStreamSource(scores, "cpu"), K, lam=5.0, chunk_size=97)
+    np.testing.assert_array_equal(result.labels.numpy(), reference.labels)
+    np.testing.assert_allclose(result.potentials, reference.potentials, atol=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_stream_delivers_the_host_scores(scores):
+    for host in (scores, torch.from_numpy(scores).pin_memory()):
+        source = DeviceStreamSource(host, "cuda")
+        got = torch.cat([block.clone() for _, _, block in source.chunks(97)])
+        np.testing.assert_array_equal(got.cpu().numpy(), scores)

@@ -1,0 +1,353 @@
+"""Distributed solves across real processes: gloo on CPU, loopback only.
+
+Every scenario starts its ranks once (forked from a server that imported torch once) and runs
+several cases in them; the oracle is a single-process solve of the concatenated rows.
+"""
+
+from __future__ import annotations
+
+import functools
+import multiprocessing
+import multiprocessing.forkserver
+import os
+import queue
+import subprocess
+import sys
+import time
+from datetime import timedelta
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+dist = pytest.importorskip("torch.distributed")
+if not (dist.is_available() and dist.is_gloo_available()):
+    pytest.skip("torch.distributed with gloo is not available", allow_module_level=True)
+
+import sinklabel  # noqa: E402
+from sinklabel.datasets import make_scores  # noqa: E402
+from sinklabel.distributed import RankFailedError  # noqa: E402
+from sinklabel.sources import ArraySource  # noqa: E402
+
+#: The group's own timeout: the bound on how long a rank waits for a peer that never comes.
+GROUP_TIMEOUT_S = 20.0
+#: How long a whole scenario may take before the test calls it a hang.
+SCENARIO_TIMEOUT_S = 50.0
+
+
+
+@functools.cache
+def _context() -> multiprocessing.context.BaseContext:
+    """Ranks fork from a server that imported torch and this module once (torch takes seconds
+    to import), and no rank inherits the test process's threads."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["torch.distributed", "sinklabel", __name__])
+    # the server must find this module under the name pytest gave it
+    here = os.path.dirname(os.path.abspath(__file__))
+    saved = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [here, os.path.dirname(here), saved]))
+    try:
+        multiprocessing.forkserver.ensure_running()
+    finally:
+        if saved is None:
+            del os.environ["PYTHONPATH"]
+        else:
+            os.environ["PYTHONPATH"] = saved
+    return context
+
+
+def _run_ranks(tmp_path, world: int, worker, *args) -> dict[int, tuple]:
+    """Run ``worker(rank, world, *args)`` on ``world`` gloo ranks; {rank: outcome}.
+
+    An outcome is ("ok", value) or ("error", type name, message, seconds since the worker
+    started). A rank that never reports (it died or hung) is missing from the dict.
+    """
+    init = f"file://{tmp_path / 'rendezvous'}"
+    context = _context()
+    results = context.Queue()
+    ranks = [
+        context.Process(target=_rank_main, args=(rank, world, init, worker, args, results))
+        for rank in range(world)
+    ]
+    for process in ranks:
+        process.start()
+    outcomes: dict[int, tuple] = {}
+    deadline = time.monotonic() + SCENARIO_TIMEOUT_S
+    try:
+        while len(outcomes) < world and time.monotonic() < deadline:
+            try:
+                rank, outcome = results.get(timeout=0.5)
+            except queue.Empty:
+                if not any(process.is_alive() for process in ranks) and results.empty():
+                    break
+                continue
+            outcomes[rank] = outcome
+    finally:
+        for process in ranks:
+            process.join(timeout=5)
+            if process.is_alive():
+                process.kill()
+                process.join()
+    assert time.monotonic() < deadline, f"ranks still running after {SCENARIO_TIMEOUT_S} s"
+    return outcomes
+
+
+def _rank_main(rank, world, init, worker, args, results) -> None:
+    os.environ["GLOO_SOCKET_IFNAME"] = "lo"
+    dist.init_process_group(
+        "gloo", init_method=init, rank=rank, world_size=world,
+        timeout=timedelta(seconds=GROUP_TIMEOUT_S),
+    )
+    start = time.monotonic()
+    try:
+        results.put((rank, ("ok", worker(rank, world, *args))))
+    except Exception as exc:
+        results.put((rank, ("error", type(exc).__name__, str(exc), time.monotonic() - start)))
+    finally:
+        dist.destroy_process_group()
+
+
+def _caught(call, *args, **kwargs) -> tuple:
+    """("ok", value) or ("error", type name, message), so one rank can run many cases."""
+    try:
+        return ("ok", call(*args, **kwargs))
+    except Exception as exc:
+        return ("error", type(exc).__name__, str(exc))
+
+
+def _shard(scores: np.ndarray, sizes: list[int], rank: int) -> np.ndarray:
+    bounds = np.cumsum([0, *sizes])
+    return scores[bounds[rank]:bounds[rank + 1]]
+
+
+def _summary(result) -> dict:
+    return {
+        "potentials": result.potentials,
+        "labels": np.asarray(result.labels),
+        "counts": result.label_counts,
+        "n_iter": result.n_iter,
+        "history": result.error_history,
+    }
+
+
+# ---- equivalence with one process ----------------------------------------------------------
+
+# float64 scores: in float32 the chunk boundaries alone move the potentials by ~1e-6 (the
+# kernel sums each chunk in float32), in one process as much as across ranks.
+FLAT = make_scores(240, 6, regime="flat", seed=1, dtype=np.float64).scores
+PEAKED = make_scores(240, 6, regime="peaked", seed=2, margin=4.0, dtype=np.float64).scores
+WEIGHTS = np.array([1.0, 2.0, 1.0, 1.5, 1.0, 0.5])
+INIT = np.linspace(-1.0, 1.0, 6)
+
+#: world size -> (rows per rank for the flat case, rows per rank for the peaked case)
+SPLITS = {1: ([240], [240]), 2: ([37, 203], [0, 240]), 3: ([101, 0, 139], [0, 17, 223])}
+
+
+def _equivalence_cases(rank: int, world: int) -> dict:
+    flat_sizes, peaked_sizes = SPLITS[world]
+    out = {}
+    flat = _shard(FLAT, flat_sizes, rank)
+    out["flat"] = _summary(sinklabel.sinkhorn(flat, 6, chunk_size=16, distributed=True))
+    peaked = _shard(PEAKED, peaked_sizes, rank)
+    out["peaked"] = _summary(sinklabel.sinkhorn(
+        peaked, 6, lam=10.0, label_weights=WEIGHTS, init=INIT, chunk_size=50,
+        process_group=dist.group.WORLD,
+    ))
+    labeler = sinklabel.SinkhornLabeler(6, lam=5.0, distributed=True)
+    labeler.fit(peaked)
+    first = labeler.n_iter_
+    labeler.partial_fit(peaked)
+    out["estimator"] = {**_summary(labeler.result_), "first_n_iter": first}
+    if world == 3:
+        group = dist.new_group([1, 2])
+        if rank in (1, 2):
+            out["subgroup"] = _summary(sinklabel.sinkhorn(flat, 6, lam=5.0, process_group=group))
+        else:
+            out["outsider"] = _caught(sinklabel.sinkhorn, flat, 6, process_group=group)
+    return out
+
+
+@pytest.mark.parametrize("world", [1, 2, 3])
+def test_ranks_match_one_process_on_the_concatenated_rows(tmp_path, world):
+    outcomes = _run_ranks(tmp_path, world, _equivalence_cases)
+    assert sorted(outcomes) == list(range(world))
+    for outcome in outcomes.values():
+        assert outcome[0] == "ok", outcome
+    per_rank = [outcomes[rank][1] for rank in range(world)]
+
+    flat_sizes, peaked_sizes = SPLITS[world]
+    references = {
+        "flat": sinklabel.sinkhorn(FLAT, 6),
+        "peaked": sinklabel.sinkhorn(PEAKED, 6, lam=10.0, label_weights=WEIGHTS, init=INIT),
+    }
+    labeler = sinklabel.SinkhornLabeler(6, lam=5.0).fit(PEAKED)
+    first_n_iter = labeler.n_iter_
+    references["estimator"] = labeler.partial_fit(PEAKED).result_
+
+    for case, sizes in (("flat", flat_sizes), ("peaked", peaked_sizes),
+                        ("estimator", peaked_sizes)):
+        reference = references[case]
+        runs = [ranked[case] for ranked in per_rank]
+        for run, size in zip(runs, sizes, strict=True):
+            assert run["labels"].shape == (size,)
+            # identical state on every rank, bit for bit: they took the same steps
+            np.testing.assert_array_equal(run["potentials"], runs[0]["potentials"])
+            np.testing.assert_array_equal(run["history"], runs[0]["history"])
+            np.testing.assert_array_equal(run["counts"], runs[0]["counts"])
+        np.testing.assert_allclose(runs[0]["potentials"], reference.potentials, atol=1e-6)
+        assert runs[0]["n_iter"] == reference.n_iter
+        labels = np.concatenate([run["labels"] for run in runs])
+        np.testing.assert_array_equal(labels, reference.labels)
+        # counts are global: the histogram of every rank's labels together
+        np.testing.assert_array_equal(runs[0]["counts"], np.bincount(labels, minlength=6))
+    assert per_rank[0]["estimator"]["first_n_iter"] == first_n_iter
+    assert per_rank[0]["estimator"]["n_iter"] < first_n_iter  # the warm start was global too
+
+    if world == 3:
+        subgroup = [per_rank[rank]["subgroup"] for rank in (1, 2)]
+        rows = np.concatenate([_shard(FLAT, SPLITS[3][0], rank) for rank in (1, 2)])
+        reference = sinklabel.sinkhorn(rows, 6, lam=5.0)
+        np.testing.assert_allclose(subgroup[0]["potentials"], reference.potentials, atol=1e-6)
+        np.testing.assert_array_equal(subgroup[1]["potentials"], subgroup[0]["potentials"])
+        labels = np.concatenate([run["labels"] for run in subgroup])
+        np.testing.assert_array_equal(labels, reference.labels)
+        outsider = per_rank[0]["outsider"]
+        assert outsider[:2] == ("error", "ValueError") and "not a member" in outsider[2]
+
+
+# ---- disagreement and bad input: the same error everywhere, before any work ------------------
+
+
+def _disagreement_cases(rank: int, world: int) -> list[tuple]:
+    scores = make_scores(30, 5, seed=rank).scores
+    mine = scores[:, :4] if rank == 1 else scores
+    nan = scores.copy()
+    nan[3, 2] = np.nan
+    empty = scores[:0]
+    return [
+        _caught(sinklabel.sinkhorn, mine, mine.shape[1], distributed=True),
+        _caught(sinklabel.sinkhorn, scores, 5, lam=25.0 if rank == 0 else 20.0, distributed=True),
+        _caught(sinklabel.sinkhorn, scores.astype(np.float64) if rank == 1 else scores, 5,
+                distributed=True),
+        _caught(sinklabel.sinkhorn, scores, 5, init=None if rank == 0 else np.zeros(5),
+                distributed=True),
+        _caught(sinklabel.sinkhorn, nan if rank == 1 else scores, 5, distributed=True),
+        _caught(sinklabel.sinkhorn, empty, 5, distributed=True),
+        _caught(lambda: sinklabel.sinkhorn(scores, 5, distributed=True).label_counts.sum()),
+    ]
+
+
+def test_disagreeing_ranks_raise_the_same_error_without_hanging(tmp_path):
+    outcomes = _run_ranks(tmp_path, 2, _disagreement_cases)
+    assert sorted(outcomes) == [0, 1]
+    assert outcomes[0][0] == outcomes[1][0] == "ok"
+    first, second = outcomes[0][1], outcomes[1][1]
+    expected = [
+        "ranks disagree on K: K=5 on rank 0, K=4 on rank 1",
+        "ranks disagree on lam: lam=25.0 on rank 0, lam=20.0 on rank 1",
+        "ranks disagree on dtype: dtype=float32 on rank 0, dtype=float64 on rank 1",
+        "ranks disagree on init: init=None on rank 0",
+    ]
+    for case, text in enumerate(expected):
+        assert first[case] == second[case], case  # the very same error on both ranks
+        assert first[case][1] == "ValueError" and text in first[case][2], first[case]
+    # a rank whose own input is bad says why; the other names it
+    assert second[4][:2] == ("error", "ValueError") and "NaN (row 3)" in second[4][2]
+    assert first[4][:2] == ("error", RankFailedError.__name__)
+    assert "rank 1 (ValueError) failed checking its input" in first[4][2]
+    assert first[5] == second[5]
+    assert first[5][1] == "ValueError" and "every rank passed 0 rows" in first[5][2]
+    # and the group is still in step: a good solve afterwards sees all 60 rows
+    assert first[6] == second[6] == ("ok", 60)
+
+
+# ---- a rank failing mid-solve stops every rank ---------------------------------------------
+
+
+class FlakySource(ArraySource):
+    """In-memory rows that fail on one pass: raising, or yielding a block the kernel rejects."""
+
+    def __init__(self, array: np.ndarray, fail_on_pass: int, how: str):
+        super().__init__(array)
+        self.fail_on_pass = fail_on_pass
+        self.how = how
+        self.passes = 0
+
+    def chunks(self, rows):
+        self.passes += 1
+        for start, stop, block in super().chunks(rows):
+            if self.passes == self.fail_on_pass:
+                if self.how == "raise":
+                    raise OSError("disk gone")
+                if self.how == "die":
+                    os._exit(3)
+                block = np.zeros((stop - start, block.shape[1] + 1), dtype=block.dtype)
+            yield start, stop, block
+
+
+def _failure_cases(rank: int, world: int, how: str) -> list[tuple]:
+    scores = make_scores(60, 4, regime="flat", seed=rank).scores
+    outcomes = []
+    # pass 1 checks the scores; passes 2.. iterate; with max_iter=3, pass 5 labels the rows
+    for fail_on_pass in (3, 5):
+        mine = FlakySource(scores, fail_on_pass, how) if rank == 1 else scores
+        start = time.monotonic()
+        outcome = _caught(sinklabel.sinkhorn, mine, 4, tol=1e-12, max_iter=3, chunk_size=16,
+                          distributed=True)
+        outcomes.append((*outcome, time.monotonic() - start))
+    outcomes.append(_caught(lambda: sinklabel.sinkhorn(scores, 4, distributed=True).n_iter))
+    return outcomes
+
+
+@pytest.mark.filterwarnings("ignore::sinklabel.ConvergenceWarning")
+@pytest.mark.parametrize("how", ["raise", "bad block"])
+def test_a_rank_failing_mid_solve_stops_every_rank(tmp_path, how):
+    outcomes = _run_ranks(tmp_path, 3, _failure_cases, how)
+    assert sorted(outcomes) == [0, 1, 2]
+    assert all(outcome[0] == "ok" for outcome in outcomes.values()), outcomes
+    failing = "OSError" if how == "raise" else "ValueError"
+    for case in range(2):
+        own = outcomes[1][1][case]
+        assert own[:2] == ("error", failing), own
+        for rank in (0, 2):
+            other = outcomes[rank][1][case]
+            assert other[:2] == ("error", RankFailedError.__name__), other
+            assert f"rank 1 ({failing}) failed during the solve" in other[2]
+            assert other[3] < GROUP_TIMEOUT_S / 2  # stopped by the flag, not by a timeout
+    finals = [outcomes[rank][1][2] for rank in range(3)]
+    assert finals[0][0] == "ok" and finals.count(finals[0]) == 3
+
+
+def _death_case(rank: int, world: int) -> tuple:
+    scores = make_scores(60, 4, regime="flat", seed=rank).scores
+    mine = FlakySource(scores, 3, "die") if rank == 1 else scores
+    start = time.monotonic()
+    outcome = _caught(sinklabel.sinkhorn, mine, 4, tol=1e-12, max_iter=5, distributed=True)
+    return (*outcome, time.monotonic() - start)
+
+
+def test_a_rank_that_dies_makes_the_others_fail_within_the_group_timeout(tmp_path):
+    outcomes = _run_ranks(tmp_path, 2, _death_case)
+    assert 1 not in outcomes  # it died without a word
+    status, kind, message, seconds = outcomes[0][1]
+    assert (status, kind) == ("error", RankFailedError.__name__), outcomes[0]
+    assert "all-reduce across the process group failed" in message
+    assert seconds < GROUP_TIMEOUT_S + 5
+
+
+# ---- in this process -----------------------------------------------------------------------
+
+
+def test_distributed_without_a_process_group_says_how_to_start_one():
+    scores = make_scores(10, 3).scores
+    with pytest.raises(RuntimeError, match="init_process_group"):
+        sinklabel.sinkhorn(scores, 3, distributed=True)
+    with pytest.raises(RuntimeError, match="init_process_group"):
+        sinklabel.SinkhornLabeler(3, distributed=True).fit(scores)
+
+
+def test_importing_sinklabel_distributed_does_not_import_torch():
+    code = "import sys, sinklabel, sinklabel.distributed; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert out.stdout.strip() == "False"

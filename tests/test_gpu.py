@@ -1,0 +1,281 @@
+"""The torch (Triton) and CuPy backends on a CUDA device, against the NumPy backend on the
+same data copied to the host. Skipped, with the reason, where there is no CUDA device."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+import sinklabel
+from sinklabel.datasets import make_scores
+from sinklabel.kernels import get_kernel
+
+pytestmark = pytest.mark.gpu
+
+
+def _torch_cuda():
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch if torch.cuda.is_available() else None
+
+
+def _cupy_cuda():
+    try:
+        import cupy
+        if cupy.cuda.runtime.getDeviceCount() > 0:
+            return cupy
+    except Exception:  # no driver, no device, or no CuPy: all mean "skip"
+        return None
+    return None
+
+
+torch = _torch_cuda()
+cp = _cupy_cuda()
+needs_torch = pytest.mark.skipif(torch is None, reason="needs torch with a CUDA device")
+needs_cupy = pytest.mark.skipif(cp is None or torch is None,
+                                reason="needs CuPy and torch with a CUDA device")
+
+CASES = [
+    pytest.param("torch", "float32", marks=needs_torch),
+    pytest.param("torch", "bfloat16", marks=needs_torch),
+    pytest.param("torch", "float16", marks=needs_torch),
+    pytest.param("torch", "float64", marks=needs_torch),
+    pytest.param("cupy", "float32", marks=needs_cupy),
+    pytest.param("cupy", "float16", marks=needs_cupy),
+    pytest.param("cupy", "float64", marks=needs_cupy),
+]
+
+
+def on_device(host: np.ndarray, library: str, dtype: str):
+    """``host`` rounded to ``dtype`` on the GPU, and the exact values it holds, on the host."""
+    x = torch.from_numpy(host).cuda().to(getattr(torch, dtype))
+    exact = x.double() if dtype == "float64" else x.float()
+    exact = exact.cpu().numpy()
+    return (cp.from_dlpack(x) if library == "cupy" else x), exact
+
+
+def to_host(array) -> np.ndarray:
+    if hasattr(array, "detach"):
+        return array.detach().cpu().numpy()
+    return cp.asnumpy(array)
+
+
+def solve_quietly(scores, k: int, **options):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", sinklabel.ConvergenceWarning)
+        return sinklabel.sinkhorn(scores, k, **options)
+
+
+def assert_same_solution(result, reference, exact: np.ndarray, atol: float) -> None:
+    np.testing.assert_allclose(result.potentials, reference.potentials, rtol=0, atol=atol)
+    z = reference.lam * exact.astype(np.float64) + reference.potentials
+    top2 = np.sort(z, axis=1)[:, -2:]
+    near_tie = top2[:, 1] - top2[:, 0] < 1e-3
+    differ = to_host(result.labels) != reference.labels
+    assert not np.any(differ & ~near_tie)
+
+
+@pytest.mark.parametrize("library, dtype", CASES)
+@pytest.mark.parametrize("n, k, regime", [(4000, 40, "flat"), (4000, 40, "peaked"),
+                                          (6000, 3000, "flat")])
+def test_full_solve_agrees_with_numpy_on_host(library, dtype, n, k, regime):
+    host = make_scores(n, k, regime=regime, seed=5).scores
+    x, exact = on_device(host, library, dtype)
+    options = dict(lam=25.0, tol=1e-12, max_iter=60)
+    result = solve_quietly(x, k, **options)
+    reference = solve_quietly(exact, k, backend="numpy", **options)
+    assert result.backend == library
+    assert result.n_iter == reference.n_iter == 60
+    assert_same_solution(result, reference, exact, 1e-10 if dtype == "float64" else 1e-4)
+
+
+@pytest.mark.parametrize("library, dtype", CASES)
+def test_outputs_stay_on_the_device_in_the_input_library(library, dtype):
+    host = make_scores(3000, 40, regime="flat", seed=1).scores
+    x, _ = on_device(host, library, dtype)
+    result = sinklabel.sinkhorn(x, 40)
+    soft = result.soft_assignments(x)
+    soft_dtype = "float64" if dtype == "float64" else "float32"
+    if library == "torch":
+        assert result.labels.is_cuda and result.labels.dtype == torch.int64
+        assert soft.is_cuda and soft.dtype == getattr(torch, soft_dtype)
+    else:
+        assert isinstance(result.labels, cp.ndarray) and result.labels.dtype == np.int64
+        assert isinstance(soft, cp.ndarray) and soft.dtype == np.dtype(soft_dtype)
+    np.testing.assert_allclose(to_host(soft).sum(axis=1), 1.0, atol=1e-5)
+    np.testing.assert_array_equal(to_host(result.predict(x)), to_host(result.labels))
+    assert result.label_counts.sum() == 3000
+
+
+@pytest.mark.parametrize("library, dtype", [c for c in CASES if c.values[1] != "float64"])
+def test_half_precision_hard_case_stays_finite(library, dtype):
+    rng = np.random.default_rng(7)
+    host = rng.standard_normal((2000, 40)).astype(np.float32)
+    host[rng.random(host.shape) < 0.5] = -1e4
+    host[:, 0] = np.maximum(host[:, 0], -1.0)
+    x, _ = on_device(host, library, dtype)
+    result = solve_quietly(x, 40, lam=1e3, max_iter=50)
+    assert np.all(np.isfinite(result.potentials))
+    assert np.all(np.isfinite(result.error_history))
+    soft = to_host(result.soft_assignments(x))
+    assert np.all(np.isfinite(soft))
+    labels = to_host(result.labels)
+    assert labels.min() >= 0 and labels.max() < 40
+
+
+@needs_torch
+def test_requires_grad_cuda_tensor_records_no_graph():
+    host = make_scores(2000, 40, regime="flat", seed=2).scores
+    base = torch.from_numpy(host).cuda()
+    x = base.clone().requires_grad_(True)
+    result = sinklabel.sinkhorn(x, 40)
+    np.testing.assert_array_equal(result.potentials, sinklabel.sinkhorn(base, 40).potentials)
+    assert result.labels.grad_fn is None
+    assert result.soft_assignments(x).grad_fn is None
+    assert x.grad is None
+
+
+@pytest.mark.parametrize("library", [pytest.param("torch", marks=needs_torch),
+                                     pytest.param("cupy", marks=needs_cupy)])
+@pytest.mark.parametrize("layout", ["column_major", "column_slice"])
+def test_non_contiguous_inputs_match_contiguous(library, layout):
+    host = make_scores(3000, 80, regime="flat", seed=4).scores
+    x, _ = on_device(host, library, "float32")
+    if layout == "column_major":
+        x = x[:, :40]
+        x = x.T.copy().T if library == "cupy" else x.t().contiguous().t()
+    else:
+        x = x[:, ::2]
+    contiguous = cp.ascontiguousarray(x) if library == "cupy" else x.contiguous()
+    options = dict(tol=1e-12, max_iter=40)
+    result = solve_quietly(x, x.shape[1], **options)
+    reference = solve_quietly(contiguous, x.shape[1], **options)
+    np.testing.assert_allclose(result.potentials, reference.potentials, rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(to_host(result.labels), to_host(reference.labels))
+
+
+@needs_cupy
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("k", [40, 3000])
+def test_triton_and_cupy_kernels_agree(dtype, k):
+    host = make_scores(5000, k, regime="peaked", seed=6).scores
+    x, _ = on_device(host, "torch", dtype)
+    y = cp.from_dlpack(x)
+    f = np.random.default_rng(0).standard_normal(k)
+    triton_kernel, cupy_kernel = get_kernel("torch"), get_kernel("cupy")
+    np.testing.assert_allclose(triton_kernel.sweep(x, f, 25.0), cupy_kernel.sweep(y, f, 25.0),
+                               rtol=2e-5, atol=1e-6)
+    values, labels = triton_kernel.best(x, f, 25.0)
+    cupy_values, cupy_labels = cupy_kernel.best(y, f, 25.0)
+    np.testing.assert_array_equal(to_host(values), to_host(cupy_values))
+    np.testing.assert_array_equal(to_host(labels), to_host(cupy_labels))
+
+
+@pytest.mark.parametrize("library, dtype", [c for c in CASES if c.values[1] != "float16"])
+@pytest.mark.parametrize("k", [16384, 20000])
+def test_wide_rows_match_numpy_kernel(library, dtype, k):
+    """K at the one-pass limit and past it (two-pass tiles / blocked CuPy ops)."""
+    host = (3 * np.random.default_rng(8).standard_normal((300, k))).astype(np.float32)
+    x, exact = on_device(host, library, dtype)
+    f = np.random.default_rng(9).standard_normal(k)
+    kernel, reference = get_kernel(library), get_kernel("numpy")
+    expected = reference.sweep(exact, f, 25.0)
+    np.testing.assert_allclose(kernel.sweep(x, f, 25.0), expected, rtol=1e-4, atol=1e-6)
+    values, labels = kernel.best(x, f, 25.0)
+    np.testing.assert_array_equal(to_host(labels), reference.best(exact, f, 25.0)[1])
+
+
+@pytest.mark.parametrize("library, dtype", CASES)
+def test_sweep_repeats_exactly(library, dtype):
+    host = make_scores(5000, 3000, regime="flat", seed=10).scores
+    x, _ = on_device(host, library, dtype)
+    kernel = get_kernel(library)
+    f = np.zeros(3000)
+    np.testing.assert_array_equal(kernel.sweep(x, f, 25.0), kernel.sweep(x, f, 25.0))
+
+
+@needs_torch
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_torch_sweep_and_labels_allocate_nothing_of_size_n_by_k(dtype):
+    x = torch.randn(20_000, 3000, device="cuda").to(getattr(torch, dtype))
+    kernel, f = get_kernel("torch"), np.zeros(3000)
+    kernel.sweep(x, f, 25.0)  # compile outside the measurement
+    kernel.best(x, f, 25.0)
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    kernel.sweep(x, f, 25.0)
+    kernel.best(x, f, 25.0)
+    extra = torch.cuda.max_memory_allocated() - before
+    assert extra <= 0.02 * x.numel() * x.element_size(), extra
+
+
+@needs_cupy
+def test_cupy_sweep_and_labels_allocate_nothing_of_size_n_by_k():
+    x = torch.randn(20_000, 3000, device="cuda")
+    y = cp.from_dlpack(x)
+    kernel, f = get_kernel("cupy"), np.zeros(3000)
+    kernel.sweep(y, f, 25.0)
+    kernel.best(y, f, 25.0)
+    pool, peak = cp.cuda.MemoryPool(), [0]
+
+    def tracking_malloc(size):
+        memory = pool.malloc(size)
+        peak[0] = max(peak[0], pool.used_bytes())
+        return memory
+
+    cp.cuda.set_allocator(tracking_malloc)
+    try:
+        kernel.sweep(y, f, 25.0)
+        kernel.best(y, f, 25.0)
+    finally:
+        cp.cuda.set_allocator(cp.get_default_memory_pool().malloc)
+    assert peak[0] <= 0.02 * x.numel() * x.element_size(), peak[0]
+
+
+@needs_torch
+def test_cuda_tensor_with_a_host_backend_says_what_to_pass():
+    x = torch.zeros(10, 3, device="cuda")
+    with pytest.raises(TypeError, match=r"backend='auto' \(or 'torch'\)"):
+        sinklabel.sinkhorn(x, 3, backend="numpy")
+    if cp is not None:
+        with pytest.raises(TypeError, match="takes torch arrays, not cupy"):
+            sinklabel.sinkhorn(cp.zeros((10, 3)), 3, backend="torch")
+
+
+@pytest.mark.parametrize("library, dtype", [c for c in CASES if c.values[1] != "float64"])
+@pytest.mark.parametrize("k", [40, 3000])
+def test_every_tuning_candidate_matches_numpy_kernel(library, dtype, k):
+    """Large inputs run whichever launch configuration times fastest, so each one the tuner
+    may pick (prefetching or not, 8- or 16-byte vectors, rows per step) must be right."""
+    host = make_scores(700, k, regime="flat", seed=11).scores
+    x, exact = on_device(host, library, dtype)
+    f = np.random.default_rng(12).standard_normal(k)
+    expected = get_kernel("numpy").sweep(exact, f, 25.0)
+    if library == "torch":
+        from sinklabel.kernels import _triton as module
+        configs = module._fused_configs(*module.tile_width(k), x)
+    else:
+        from sinklabel.kernels import cupy as module
+        configs = module._sweep_plan(x)
+    assert len(configs) > 1
+    saved = dict(module._TUNED)
+    try:
+        for config in configs:
+            module._TUNED[_tuning_key(library, x, k)] = config
+            mass = get_kernel(library).sweep(x, f, 25.0)
+            np.testing.assert_allclose(mass, expected, rtol=1e-5, atol=1e-7, err_msg=str(config))
+    finally:
+        module._TUNED.clear()
+        module._TUNED.update(saved)
+
+
+def _tuning_key(library: str, x, k: int) -> tuple:
+    if library == "torch":
+        return ("sweep", x.dtype, k)
+    from sinklabel.kernels import cupy as module
+    return (x.dtype.name, k, module._sweep_plan(x)[0][0])

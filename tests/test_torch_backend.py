@@ -1,0 +1,306 @@
+"""The torch backend on CPU tensors, and its CUDA kernels checked without a GPU where possible
+(Triton's interpreter, nvcc compiling the CuPy source). The CUDA runs are in test_gpu.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import sinklabel
+from sinklabel.datasets import make_scores
+from sinklabel.kernels import get_kernel
+
+torch = pytest.importorskip("torch")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """The development machines run many jobs on two cores; torch's thread pool then spends
+    its time waiting for itself (30x slower on these small inputs). Results do not depend
+    on the thread count."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def near_tie_rows(scores: np.ndarray, potentials: np.ndarray, lam: float, gap: float = 1e-3):
+    """Rows whose two best labels under the reference potentials are within ``gap`` (in
+    units of lam * score): float rounding may legitimately pick either."""
+    z = lam * scores.astype(np.float64) + potentials
+    top2 = np.sort(z, axis=1)[:, -2:]
+    return top2[:, 1] - top2[:, 0] < gap
+
+
+def assert_same_solution(result, reference, scores: np.ndarray, atol: float) -> None:
+    """Potentials within ``atol``; labels equal except on near-ties."""
+    np.testing.assert_allclose(result.potentials, reference.potentials, rtol=0, atol=atol)
+    labels = result.labels.cpu().numpy() if hasattr(result.labels, "cpu") else result.labels
+    differ = labels != reference.labels
+    assert not np.any(differ & ~near_tie_rows(scores, reference.potentials, reference.lam))
+
+
+@pytest.mark.parametrize("regime", ["flat", "peaked"])
+@pytest.mark.parametrize("dtype, atol", [(np.float32, 1e-4), (np.float64, 1e-10)])
+def test_full_solve_agrees_with_numpy(regime, dtype, atol):
+    scores = make_scores(3000, 40, regime=regime, seed=3, dtype=dtype).scores
+    options = dict(lam=25.0, max_iter=150)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", sinklabel.ConvergenceWarning)
+        reference = sinklabel.sinkhorn(scores, 40, backend="numpy", **options)
+        result = sinklabel.sinkhorn(torch.from_numpy(scores), 40, backend="torch", **options)
+    assert result.backend == "torch"
+    assert result.n_iter == reference.n_iter
+    assert_same_solution(result, reference, scores, atol)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_half_precision_hard_case_stays_finite(dtype, rng):
+    """Scores of -1e4 at lam=1e3: every exponent underflows except each row's best."""
+    scores = rng.standard_normal((400, 12)).astype(np.float32)
+    scores[rng.random(scores.shape) < 0.5] = -1e4
+    scores[:, 0] = np.maximum(scores[:, 0], -1.0)
+    x = torch.from_numpy(scores).to(getattr(torch, dtype))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", sinklabel.ConvergenceWarning)
+        result = sinklabel.sinkhorn(x, 12, lam=1e3, max_iter=50)
+    assert np.all(np.isfinite(result.potentials))
+    assert np.all(np.isfinite(result.error_history))
+    labels = result.labels.numpy()
+    assert labels.min() >= 0 and labels.max() < 12
+    soft = result.soft_assignments(x)
+    assert soft.dtype == torch.float32
+    assert torch.isfinite(soft).all()
+    torch.testing.assert_close(soft.sum(dim=1), torch.ones(400), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "dtype, soft_dtype",
+    [("float16", "float32"), ("bfloat16", "float32"), ("float32", "float32"),
+     ("float64", "float64")],
+)
+def test_outputs_stay_torch_on_the_input_device(dtype, soft_dtype, rng):
+    x = torch.from_numpy(rng.standard_normal((200, 6))).to(getattr(torch, dtype))
+    result = sinklabel.sinkhorn(x, 6)
+    assert isinstance(result.labels, torch.Tensor)
+    assert result.labels.dtype == torch.int64 and result.labels.device == x.device
+    soft = result.soft_assignments(x)
+    assert soft.dtype == getattr(torch, soft_dtype) and soft.shape == x.shape
+    predicted = result.predict(x)
+    assert isinstance(predicted, torch.Tensor)
+    assert torch.equal(predicted, result.labels)
+    assert result.label_counts.sum() == 200
+
+
+def test_requires_grad_input_records_no_graph(rng):
+    base = torch.from_numpy(rng.standard_normal((300, 5)).astype(np.float32))
+    x = base.clone().requires_grad_(True)
+    result = sinklabel.sinkhorn(x, 5)
+    reference = sinklabel.sinkhorn(base, 5)
+    assert result.labels.grad_fn is None
+    soft = result.soft_assignments(x)
+    assert soft.grad_fn is None and not soft.requires_grad
+    assert x.grad is None
+    assert torch.equal(x.detach(), base)
+    np.testing.assert_array_equal(result.potentials, reference.potentials)
+
+
+@pytest.mark.parametrize("layout", ["transposed", "column_slice", "row_step"])
+def test_non_contiguous_inputs_match_contiguous(layout, rng):
+    wide = torch.from_numpy(rng.standard_normal((240, 16)))
+    if layout == "transposed":
+        x = wide.t().contiguous().t()
+    elif layout == "column_slice":
+        x = wide[:, ::2]
+    else:
+        x = wide[::2]
+    assert not x.is_contiguous()
+    contiguous = x.contiguous()
+    result = sinklabel.sinkhorn(x, x.shape[1])
+    reference = sinklabel.sinkhorn(contiguous, x.shape[1])
+    np.testing.assert_allclose(result.potentials, reference.potentials, rtol=0, atol=1e-10)
+    assert torch.equal(result.labels, reference.labels)
+
+
+def test_kernel_operations_match_numpy_kernel(rng):
+    """Each operation of the contract, on a bfloat16 tensor the NumPy kernel sees as float32."""
+    x = torch.from_numpy((3 * rng.standard_normal((700, 30))).astype(np.float32))
+    x = x.to(torch.bfloat16)
+    host = x.float().numpy()
+    f = rng.standard_normal(30)
+    kernel, reference = get_kernel("torch"), get_kernel("numpy")
+    np.testing.assert_allclose(kernel.sweep(x, f, 25.0), reference.sweep(host, f, 25.0),
+                               rtol=1e-5, atol=1e-6)
+    values, labels = kernel.best(x, f, 25.0)
+    ref_values, ref_labels = reference.best(host, f, 25.0)
+    np.testing.assert_array_equal(values.numpy(), ref_values)
+    np.testing.assert_array_equal(labels.numpy(), ref_labels)
+    np.testing.assert_allclose(kernel.slack(x, f, 25.0), reference.slack(host, f, 25.0),
+                               rtol=1e-6, atol=1e-4)
+    np.testing.assert_allclose(kernel.soft(x, f, 25.0).numpy(), reference.soft(host, f, 25.0),
+                               rtol=1e-5, atol=1e-7)
+    np.testing.assert_array_equal(kernel.gather(x, labels), reference.gather(host, ref_labels))
+
+
+def test_exp_of_underflowing_inputs_is_exactly_zero():
+    from sinklabel.kernels.torch import _exp_nonpositive
+
+    z = torch.tensor([0.0, -1.0, -50.0, -86.0, -87.5, -104.0, -1e4, -np.inf])
+    p = _exp_nonpositive(z.clone())
+    expected = np.exp(z.numpy().astype(np.float64))
+    np.testing.assert_allclose(p[:4].numpy(), expected[:4], rtol=1e-6)
+    assert torch.all(p[4:] == 0)
+
+
+def test_explicit_backend_that_cannot_take_the_input_says_what_to_pass(rng):
+    scores = rng.standard_normal((20, 3))
+    with pytest.raises(TypeError, match=r"backend='auto' \(or 'torch'\)"):
+        sinklabel.sinkhorn(torch.from_numpy(scores), 3, backend="numpy")
+    with pytest.raises(TypeError, match="takes torch arrays, not numpy"):
+        sinklabel.sinkhorn(scores, 3, backend="torch")
+    with pytest.raises(TypeError, match="takes cupy arrays, not torch"):
+        sinklabel.sinkhorn(torch.from_numpy(scores), 3, backend="cupy")
+
+
+def test_missing_cupy_gives_an_install_hint():
+    try:
+        import cupy  # noqa: F401
+    except ImportError:
+        with pytest.raises(ImportError, match=r"pip install 'sinklabel\[cupy\]'"):
+            get_kernel("cupy")
+    else:
+        pytest.skip("cupy is installed here")
+
+
+def test_import_sinklabel_imports_no_array_library_or_cuda():
+    code = "import sys, sinklabel; print(sorted(m for m in ('torch', 'cupy', 'triton', 'numba') " \
+           "if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert out.stdout.strip() == "[]"
+
+
+_INTERPRETER_SCRIPT = textwrap.dedent("""
+    import json, os, sys
+    os.environ["TRITON_INTERPRET"] = "1"
+    import numpy as np, torch
+    import triton.runtime.interpreter as interpreter
+
+    # Triton 3.6's interpreter turns scalars into 1-element arrays, which NumPy >= 2.3
+    # refuses to convert with int(): teach it to take the element.
+    _patch = interpreter._patch_lang_tensor
+    def _patch_with_index(tensor, scope):
+        _patch(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
+    interpreter._patch_lang_tensor = _patch_with_index
+
+    from sinklabel.kernels import _triton
+    from sinklabel.kernels.numpy import NumpyKernel
+    _triton.MAX_FUSED_COLS, _triton.WIDE_TILE = 64, 32    # K=70 takes the two-pass path
+    _triton.MIN_ROWS_PER_PROGRAM = 64                      # several programs, several tiles
+    configs = _triton._fused_configs
+    prefetching = lambda width, tiles, x: [min((c for c in configs(width, tiles, x) if c[2]),
+                                               key=lambda c: c[0])]
+    reference, rng, report = NumpyKernel(), np.random.default_rng(0), []
+    for n, k, dtype, prefetch in [
+        (37, 7, "float32", False), (20, 70, "bfloat16", False), (21, 70, "float32", False),
+        (40, 33, "float64", False), (9, 24, "float16", False), (300, 20, "float32", True),
+        (150, 24, "bfloat16", True), (130, 12, "float64", True), (90, 60, "float32", True),
+    ]:
+        _triton._fused_configs = prefetching if prefetch else configs
+        x = torch.from_numpy(3 * rng.standard_normal((n, k))).to(getattr(torch, dtype))
+        x = x.t().contiguous().t() if n == 21 else x
+        host = x.double().numpy() if dtype == "float64" else x.float().numpy()
+        f = rng.standard_normal(k)
+        mass = _triton.sweep(x, f, 25.0)
+        values, labels = _triton.best(x, f, 25.0)
+        ref_values, ref_labels = reference.best(host, f, 25.0)
+        report.append(dict(
+            case=f"{n}x{k} {dtype} prefetch={prefetch}",
+            mass=float(np.abs(mass - reference.sweep(host, f, 25.0)).max()),
+            values=float(np.abs(values.numpy() - ref_values).max()),
+            labels=int((labels.numpy() != ref_labels).sum()),
+            label_dtype=str(labels.dtype),
+        ))
+    print(json.dumps(report))
+""")
+
+
+def test_triton_kernels_in_the_interpreter_match_numpy():
+    """The fused sweep (one- and two-pass) and best, run by Triton's CPU interpreter."""
+    pytest.importorskip("triton")
+    out = subprocess.run([sys.executable, "-c", _INTERPRETER_SCRIPT], capture_output=True,
+                         text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    for case in json.loads(out.stdout.strip().splitlines()[-1]):
+        assert case["mass"] < 1e-5, case
+        assert case["values"] == 0.0, case
+        assert case["labels"] == 0, case
+        assert case["label_dtype"] == "torch.int64", case
+
+
+def _nvrtc():
+    """libnvrtc (with its builtins preloaded) from a pip wheel or the system, or None."""
+    import ctypes
+    import ctypes.util
+    import glob
+    import site
+
+    found = [ctypes.util.find_library("nvrtc")] + sorted(
+        path for root in site.getsitepackages()
+        for path in glob.glob(f"{root}/nvidia/*/lib/libnvrtc.so.*") if ".alt." not in path
+    )
+    for path in filter(None, found):
+        for builtins in glob.glob(str(Path(path).parent / "libnvrtc-builtins.so.*")):
+            if ".alt." not in builtins:
+                ctypes.CDLL(builtins, mode=ctypes.RTLD_GLOBAL)
+        try:
+            return ctypes.CDLL(path)
+        except OSError:
+            continue
+    return None
+
+
+def test_cupy_cuda_source_compiles_for_hopper():
+    """NVRTC (what CuPy calls) compiles every kind of kernel instantiation for sm_90."""
+    import ctypes
+
+    from sinklabel.kernels._cuda import SOURCE
+
+    lib = _nvrtc()
+    if lib is None:
+        pytest.skip("libnvrtc not found (pip install nvidia-cuda-nvrtc to run this check)")
+    names = ["sink_sweep<float, 4, 3, 5, 256, 0>", "sink_sweep<float, 4, 3, 2, 256, 1>",
+             "sink_sweep<half_bits, 8, 3, 1, 128, 1>", "sink_sweep<half_bits, 4, 3, 2, 256, 1>",
+             "sink_sweep<float, 1, 2, 8, 32, 1>", "sink_sweep<double, 1, 6, 1, 512, 0>",
+             "sink_sweep<double, 2, 3, 2, 512, 1>", "sink_best<float>", "sink_best<half_bits>",
+             "sink_best<double>"]
+    program = ctypes.c_void_p()
+    assert lib.nvrtcCreateProgram(ctypes.byref(program), SOURCE.encode(), b"sinklabel.cu", 0,
+                                  None, None) == 0
+    for name in names:
+        assert lib.nvrtcAddNameExpression(program, name.encode()) == 0
+    options = [b"-std=c++17", b"-arch=compute_90"]
+    status = lib.nvrtcCompileProgram(program, len(options),
+                                     (ctypes.c_char_p * len(options))(*options))
+    size = ctypes.c_size_t()
+    lib.nvrtcGetProgramLogSize(program, ctypes.byref(size))
+    log = ctypes.create_string_buffer(size.value)
+    lib.nvrtcGetProgramLog(program, log)
+    assert status == 0, log.value.decode()
+    for name in names:
+        lowered = ctypes.c_char_p()
+        assert lib.nvrtcGetLoweredName(program, name.encode(), ctypes.byref(lowered)) == 0
+        assert lowered.value.startswith(b"_Z")
+    lib.nvrtcDestroyProgram(ctypes.byref(program))
