@@ -10,11 +10,12 @@ from ._base import Kernel
 # name -> (module, class, what to install when its library is missing)
 _KERNELS: dict[str, tuple[str, str, str]] = {
     "numpy": ("sinklabel.kernels.numpy", "NumpyKernel", "numpy"),
+    "numba": ("sinklabel.kernels.numba", "NumbaKernel", "numba"),
 }
 
 #: Per input library, the backends "auto" tries in order.
 _AUTO: dict[str, tuple[str, ...]] = {
-    "numpy": ("numpy",),
+    "numpy": ("numba", "numpy"),
 }
 
 
