@@ -15,8 +15,9 @@ _KERNELS: dict[str, tuple[str, str, str]] = {
 
 #: Per input library, the backends "auto" tries in order.
 _AUTO: dict[str, tuple[str, ...]] = {
-    "numpy": ("numba", "numpy"),
+    "numpy": ("numpy",),
 }
+_AUTO["numpy"] = ("numba", "numpy")
 
 
 def available_backends() -> list[str]:
