@@ -480,7 +480,7 @@ def _row_buffer(chunk: np.ndarray) -> tuple[np.ndarray, int]:
     n, k = chunk.shape
     ld = chunk.strides[0] // chunk.itemsize if n > 1 else k
     flat = np.lib.stride_tricks.as_strided(
-        chunk, shape=((n - 1) * ld + k,), strides=(chunk.itemsize,), writeable=False
+        chunk, shape=(max(0, (n - 1) * ld + k),), strides=(chunk.itemsize,), writeable=False
     )
     return flat, ld
 
