@@ -10,16 +10,17 @@ from ._base import Kernel
 # name -> (module, class, what to install when its library is missing)
 _KERNELS: dict[str, tuple[str, str, str]] = {
     "numpy": ("sinklabel.kernels.numpy", "NumpyKernel", "numpy"),
+    "numba": ("sinklabel.kernels.numba", "NumbaKernel", "numba"),
     "torch": ("sinklabel.kernels.torch", "TorchKernel", "torch"),
     "cupy": ("sinklabel.kernels.cupy", "CupyKernel", "cupy"),
 }
 
 #: Per input library, the backends "auto" tries in order.
 _AUTO: dict[str, tuple[str, ...]] = {
-    "numpy": ("numpy",),
+    "numpy": ("numba", "numpy"),
+    "torch": ("torch",),
+    "cupy": ("cupy",),
 }
-_AUTO["torch"] = ("torch",)
-_AUTO["cupy"] = ("cupy",)
 
 
 def available_backends() -> list[str]:

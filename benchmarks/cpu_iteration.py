@@ -1,0 +1,148 @@
+"""Time one Sinkhorn iteration on the CPU, side by side, at N=1,000,000, K=1000 by default.
+
+One iteration is one pass over all chunks of the scores. Rows of the table:
+
+- ``numba``: the Numba backend's pass (``solver.label_mass``, all chunks);
+- ``numpy``: the NumPy backend's pass;
+- ``sela``: the original SeLa loop on a precomputed ``P = exp(lam * (S - rowmax))``,
+  ``r = 1 / (K * (c @ P)); c = 1 / (N * (P @ r))`` (two matrix-vector products, BLAS threads);
+- ``read (numba)``: one read of the scores on the same threads (a sum, the memory floor);
+- ``read (S.sum)``: NumPy's own single-threaded sum of the scores.
+
+Timings are taken in rounds (every method once per round) and ratios to ``numba`` are
+computed within a round, so a noisy shared machine disturbs them less; the medians are printed.
+
+    python benchmarks/cpu_iteration.py                 # 1e6 x 1000 float32, needs ~9 GB
+    python benchmarks/cpu_iteration.py --n 100000      # a quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+
+import numba
+import numpy as np
+
+from sinklabel.datasets import make_scores
+from sinklabel.kernels import get_kernel
+from sinklabel.solver import label_mass, normalize_potentials
+from sinklabel.sources import ArraySource
+
+
+@numba.njit(nogil=True, cache=True, fastmath=True)
+def _read_rows(buf, lo, hi):
+    total = np.float32(0.0)
+    for i in range(lo, hi):
+        total += buf[i]
+    return total
+
+
+def _read(scores: np.ndarray, pool) -> float:
+    """Sum every score once, in 2 MiB tasks on numba's thread count of threads (as the
+    backend schedules its work): the memory-read floor."""
+    flat = scores.reshape(-1)
+    step = 1 << 19
+    pending = iter(range(0, flat.size, step))
+
+    def work() -> float:
+        return sum(float(_read_rows(flat, lo, min(flat.size, lo + step))) for lo in pending)
+
+    futures = [pool.submit(work) for _ in range(numba.get_num_threads() - 1)]
+    return work() + sum(future.result() for future in futures)
+
+
+def _warm_potentials(source, kernel, lam: float, iterations: int) -> np.ndarray:
+    """Potentials after a few Sinkhorn steps, so the timed pass sees realistic ``f``."""
+    k = source.shape[1]
+    weights = np.full(k, 1.0 / k)
+    f = np.zeros(k)
+    rows = kernel.chunk_rows(k, 4)
+    for _ in range(iterations):
+        mass = label_mass(source, kernel, f, lam, rows)
+        with np.errstate(divide="ignore"):
+            step = np.where(mass > 0, np.log(weights) - np.log(np.maximum(mass, 1e-300)), 0.0)
+        f = normalize_potentials(f + step, weights)
+    return f
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=1_000_000)
+    parser.add_argument("--k", type=int, default=1000)
+    parser.add_argument("--lam", type=float, default=25.0)
+    parser.add_argument("--regime", default="flat", choices=("flat", "peaked"))
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--numpy-rounds", type=int, default=1,
+                        help="rounds for the (much slower) NumPy backend")
+    parser.add_argument("--no-sela", action="store_true", help="skip the N x K exp cache")
+    args = parser.parse_args(argv)
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    scores = make_scores(args.n, args.k, regime=args.regime, seed=0).scores
+    source = ArraySource(scores)
+    numba_kernel, numpy_kernel = get_kernel("numba"), get_kernel("numpy")
+    t0 = time.perf_counter()
+    numba_kernel.sweep(scores[:8], np.zeros(args.k), args.lam)
+    first_call = time.perf_counter() - t0
+    f = _warm_potentials(source, numba_kernel, args.lam, iterations=5)
+    lam = args.lam
+    methods = {
+        "numba": lambda: label_mass(source, numba_kernel, f, lam,
+                                    numba_kernel.chunk_rows(args.k, scores.itemsize)),
+        "numpy": lambda: label_mass(source, numpy_kernel, f, lam,
+                                    numpy_kernel.chunk_rows(args.k, scores.itemsize)),
+    }
+    if not args.no_sela:
+        exp_cache = np.empty_like(scores)
+        for start in range(0, args.n, 65536):
+            block = scores[start:start + 65536]
+            np.multiply(block - block.max(axis=1, keepdims=True), np.float32(lam),
+                        out=exp_cache[start:start + 65536])
+            np.exp(exp_cache[start:start + 65536], out=exp_cache[start:start + 65536])
+        c = np.full(args.n, 1.0 / args.n, dtype=np.float32)
+
+        def sela() -> None:
+            nonlocal c
+            r = np.float32(1.0 / args.k) / (c @ exp_cache)
+            c = np.float32(1.0 / args.n) / (exp_cache @ r)
+
+        methods["sela"] = sela
+    pool = ThreadPoolExecutor()
+    methods["read (numba)"] = lambda: _read(scores, pool)
+    methods["read (S.sum)"] = lambda: scores.sum()
+    for name, call in methods.items():
+        if name != "numpy":
+            call()
+
+    times: dict[str, list[float]] = {name: [] for name in methods}
+    base: list[float] = []
+    for round_ in range(args.rounds):
+        for name, call in methods.items():
+            if name == "numpy" and round_ >= args.numpy_rounds:
+                continue
+            t0 = time.perf_counter()
+            call()
+            times[name].append(time.perf_counter() - t0)
+        base.append(times["numba"][-1])
+    z = lam * scores[:2000].astype(np.float64) + f
+    live = float(((z - z.max(axis=1, keepdims=True)) > -87.33654).mean())
+
+    print(f"N={args.n:,} K={args.k} float32 lam={lam:g} regime={args.regime}, "
+          f"{args.rounds} rounds, numba threads={numba.get_num_threads()}, "
+          f"cpu={platform.processor() or platform.machine()} ({os.cpu_count()} logical)")
+    print(f"exp inputs above the float32 underflow threshold: {100 * live:.1f}%; "
+          f"first numba call in this process: {first_call:.2f} s")
+    print(f"{'method':<14}{'median ms':>11}{'min ms':>9}{'x numba':>10}{'numba / it':>12}")
+    for name, values in times.items():
+        ratios = np.array(values) / np.array(base[:len(values)])
+        print(f"{name:<14}{1e3 * np.median(values):>11.1f}{1e3 * min(values):>9.1f}"
+              f"{np.median(ratios):>10.2f}{np.median(1 / ratios):>12.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,263 @@
+"""Every installed CPU backend against the NumPy backend and plain references written here.
+
+Tests take the ``backend`` fixture (one run per installed CPU backend) and move inputs with
+``to_backend``/``to_host``, so a new backend is covered by registering it. Shapes are small and
+shared, so compiled backends compile each kernel once per dtype.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import warnings
+
+import numpy as np
+import pytest
+from conftest import to_backend, to_host
+
+from sinklabel import ConvergenceWarning, available_backends, sinkhorn
+from sinklabel.datasets import make_scores
+from sinklabel.kernels import get_kernel, resolve_kernel
+
+N, K = 240, 21  # K = 2 blocks of 8 plus a tail of 5: every code path of a blocked kernel
+LAMS = (1.0, 25.0)  # every exponential in range / most of them underflow
+TOLERANCE = {np.float32: 1e-4, np.float64: 1e-10}
+
+
+def _scores(dtype=np.float32, regime="flat", n=N, k=K, seed=3) -> np.ndarray:
+    return make_scores(n, k, regime=regime, seed=seed, dtype=dtype).scores
+
+
+def _potentials(k=K, seed=4) -> np.ndarray:
+    return np.random.default_rng(seed).normal(scale=3.0, size=k)
+
+
+def _reference_plan(scores: np.ndarray, f: np.ndarray, lam: float) -> np.ndarray:
+    """softmax(lam * S + f) per row, in float64."""
+    z = lam * scores.astype(np.float64) + f
+    z -= z.max(axis=1, keepdims=True)
+    p = np.exp(z)
+    return p / p.sum(axis=1, keepdims=True)
+
+
+def _solve(scores, backend, **options):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return sinkhorn(to_backend(scores, backend), scores.shape[1], backend=backend, **options)
+
+
+def _layouts(scores: np.ndarray) -> dict[str, np.ndarray]:
+    """The same values held in the layouts a caller may pass."""
+    wide = np.zeros((scores.shape[0], scores.shape[1] + 3), dtype=scores.dtype)
+    wide[:, 1:-2] = scores
+    doubled = np.repeat(scores, 2, axis=1)
+    readonly = scores.copy()
+    readonly.flags.writeable = False
+    return {
+        "C": scores,
+        "fortran": np.asfortranarray(scores),
+        "row-strided": wide[:, 1:-2],
+        "column-strided": doubled[:, ::2],
+        "read-only": readonly,
+    }
+
+
+# --- the full solve ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("regime", ["flat", "peaked"])
+def test_potentials_agree_with_numpy_backend(backend, dtype, regime):
+    scores = _scores(dtype, regime)
+    options = dict(lam=10.0, tol=1e-13, max_iter=150)
+    ours = _solve(scores, backend, **options)
+    reference = _solve(scores, "numpy", **options)
+    assert ours.backend == backend
+    assert ours.n_iter == reference.n_iter
+    np.testing.assert_allclose(ours.potentials, reference.potentials, rtol=0,
+                               atol=TOLERANCE[dtype])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_labels_agree_except_near_ties(backend, dtype):
+    scores = _scores(dtype, "flat", n=600)
+    ours = _solve(scores, backend, lam=25.0, tol=1e-3)
+    labels = to_host(ours.labels)
+    expected = to_host(get_kernel("numpy").best(scores, ours.potentials, 25.0)[1])
+    z = 25.0 * scores.astype(np.float64) + ours.potentials
+    top_two = np.sort(z, axis=1)[:, -2:]
+    tie = top_two[:, 1] - top_two[:, 0] <= 1e-5 * np.abs(top_two[:, 1]).clip(1)
+    assert labels.dtype == np.int64
+    assert np.array_equal(labels[~tie], expected[~tie])
+    assert tie.mean() < 0.01
+
+
+def test_chunks_that_do_not_divide_n(backend):
+    scores = _scores(np.float64)
+    whole = _solve(scores, backend, lam=10.0, tol=1e-12, max_iter=100)
+    chunked = _solve(scores, backend, lam=10.0, tol=1e-12, max_iter=100, chunk_size=37)
+    np.testing.assert_allclose(chunked.potentials, whole.potentials, rtol=0, atol=1e-10)
+    assert np.array_equal(to_host(chunked.labels), to_host(whole.labels))
+
+
+@pytest.mark.parametrize("layout", ["fortran", "row-strided", "column-strided", "read-only"])
+def test_layouts_solve_like_c_order(backend, layout):
+    scores = _scores(np.float32)
+    array = _layouts(scores)[layout]
+    before = array.copy()
+    result = sinkhorn(to_backend(array, backend), K, backend=backend, lam=10.0)
+    expected = sinkhorn(scores, K, backend=backend, lam=10.0)
+    np.testing.assert_allclose(result.potentials, expected.potentials, rtol=0, atol=1e-6)
+    assert np.array_equal(array, before)
+
+
+def test_float16_input_is_computed_in_float32(backend):
+    scores = _scores(np.float32).astype(np.float16)
+    ours = _solve(scores, backend, lam=10.0, tol=1e-9, max_iter=100)
+    reference = _solve(scores.astype(np.float32), "numpy", lam=10.0, tol=1e-9, max_iter=100)
+    np.testing.assert_allclose(ours.potentials, reference.potentials, rtol=0, atol=1e-4)
+    assert to_host(ours.labels).dtype == np.int64
+
+
+@pytest.mark.parametrize("lam", [25.0, 1e3, 1e4])
+def test_hard_cases_give_no_nan_or_inf(backend, lam):
+    scores = _scores(np.float32, "peaked", k=12)
+    scores[:, 5] = -1e4  # a label no row wants, by far
+    scores[::7, 2] = -np.inf  # impossible pairs
+    result = _solve(scores, backend, lam=lam, max_iter=200)
+    assert np.all(np.isfinite(result.potentials))
+    assert np.all(np.isfinite(result.error_history))
+    labels = to_host(result.labels)
+    assert labels.min() >= 0 and labels.max() < 12
+    assert not np.any(labels[::7] == 2)
+    soft = to_host(result.soft_assignments(to_backend(scores, backend)))
+    assert np.all(np.isfinite(soft))
+    np.testing.assert_allclose(soft.sum(axis=1), 1.0, rtol=1e-5)
+
+
+# --- each kernel operation ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
+@pytest.mark.parametrize("lam", LAMS)
+def test_sweep_matches_reference(backend, dtype, lam):
+    scores = _scores(np.float32).astype(dtype)
+    f = _potentials()
+    got = get_kernel(backend).sweep(to_backend(scores, backend), f, lam)
+    expected = _reference_plan(scores, f, lam).sum(axis=0)
+    assert isinstance(got, np.ndarray) and got.dtype == np.float64 and got.shape == (K,)
+    rtol = 1e-12 if dtype == np.float64 else 2e-5
+    np.testing.assert_allclose(got, expected, rtol=rtol, atol=rtol * N / K)
+
+
+@pytest.mark.parametrize("layout", ["C", "fortran", "row-strided", "column-strided", "read-only"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_every_operation_matches_numpy_backend(backend, layout, dtype):
+    scores = _scores(dtype)
+    chunk = to_backend(_layouts(scores)[layout], backend)
+    f = _potentials()
+    ours, numpy = get_kernel(backend), get_kernel("numpy")
+    tol = dict(rtol=1e-12, atol=1e-12) if dtype == np.float64 else dict(rtol=2e-5, atol=2e-5)
+    for lam in LAMS:
+        np.testing.assert_allclose(ours.sweep(chunk, f, lam), numpy.sweep(scores, f, lam), **tol)
+        np.testing.assert_allclose(ours.slack(chunk, f, lam), numpy.slack(scores, f, lam),
+                                   rtol=1e-6, atol=1e-4 * lam)
+        soft = to_host(ours.soft(chunk, f, lam))
+        assert soft.dtype == dtype
+        np.testing.assert_allclose(soft, numpy.soft(scores, f, lam), **tol)
+        top, labels = ours.best(chunk, f, lam)
+        ref_top, ref_labels = numpy.best(scores, f, lam)
+        assert np.array_equal(to_host(labels), ref_labels)
+        np.testing.assert_allclose(to_host(top), ref_top, rtol=1e-6)
+    labels = np.random.default_rng(0).integers(0, K, size=N)
+    gathered = ours.gather(chunk, to_backend(labels, backend))
+    assert np.array_equal(gathered, scores[np.arange(N), labels].astype(np.float64))
+
+
+def test_best_finds_first_maximum_and_reports_bad_scores(backend):
+    kernel = get_kernel(backend)
+    scores = np.zeros((4, K), dtype=np.float32)
+    scores[0, [3, 17]] = 1.0  # a tie: the first label wins, as in np.argmax
+    scores[1, 19] = np.nan
+    scores[2, :] = -np.inf
+    scores[3, 20] = np.inf
+    top, labels = kernel.best(to_backend(scores, backend), np.zeros(K), 2.0)
+    top, labels = to_host(top), to_host(labels)
+    assert labels[0] == 3 and top[0] == 2.0
+    assert np.isnan(top[1]) and labels[1] == 19
+    assert top[2] == -np.inf
+    assert top[3] == np.inf and labels[3] == 20
+
+
+def test_slack_revives_labels_whose_mass_underflows(backend):
+    scores = _scores(np.float32, k=12)
+    scores[:, 4] -= 50.0  # at lam=25 its exp underflows in every row
+    kernel = get_kernel(backend)
+    chunk = to_backend(scores, backend)
+    assert kernel.sweep(chunk, np.zeros(12), 25.0)[4] == 0.0
+    slack = kernel.slack(chunk, np.zeros(12), 25.0)
+    z = 25.0 * scores.astype(np.float64)
+    np.testing.assert_allclose(slack, (z - z.max(axis=1, keepdims=True)).max(axis=0), rtol=1e-5)
+    revived = np.zeros(12)
+    revived[4] -= slack[4]
+    assert kernel.sweep(chunk, revived, 25.0)[4] > 0.0
+
+
+# --- choosing a backend -----------------------------------------------------------------------
+
+requires_numba = pytest.mark.skipif(importlib.util.find_spec("numba") is None,
+                                    reason="numba is not installed")
+
+
+@requires_numba
+def test_auto_prefers_numba_for_numpy_input():
+    assert "numba" in available_backends()
+    assert sinkhorn(_scores(), K).backend == "numba"
+
+
+@requires_numba
+def test_numba_refuses_torch_tensors_clearly():
+    # The input's library is what the API resolves against (a real tensor costs seconds of
+    # torch import here); the torch backend's own tests pass real tensors.
+    with pytest.raises(TypeError, match="backend 'numba' takes numpy arrays, not torch"):
+        resolve_kernel("numba", "torch")
+
+
+# --- the Numba backend's own parts --------------------------------------------------------------
+
+
+@requires_numba
+def test_numba_float32_exp_is_accurate_and_underflows_to_zero():
+    from numba import njit
+
+    from sinklabel.kernels.numba import _exp_f32
+
+    @njit
+    def exp_all(x, out):
+        for i in range(x.shape[0]):
+            out[i] = _exp_f32(x[i])
+
+    x = np.concatenate([-np.linspace(0.0, 87.33, 200_001), [-87.4, -100.0, -1e30, -np.inf]])
+    x = x.astype(np.float32)
+    out = np.empty_like(x)
+    exp_all(x, out)
+    exact = np.exp(x[:-4].astype(np.float64))
+    assert np.max(np.abs(out[:-4] - exact) / exact) < 1.5e-7
+    assert np.all(out[-4:] == 0.0)
+
+
+@requires_numba
+def test_numba_sweep_is_deterministic_across_thread_counts():
+    import numba
+
+    scores = _scores(np.float32, n=20000, k=40)  # two tasks of rows
+    kernel = get_kernel("numba")
+    f = _potentials(40)
+    first = kernel.sweep(scores, f, 25.0)
+    previous = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        single = kernel.sweep(scores, f, 25.0)
+    finally:
+        numba.set_num_threads(previous)
+    assert np.array_equal(first, single)
+    assert np.array_equal(first, kernel.sweep(scores, f, 25.0))
