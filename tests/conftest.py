@@ -35,11 +35,15 @@ def rng() -> np.random.Generator:
 
 
 def to_backend(array: np.ndarray, backend: str):
-    """The NumPy test input in the array library that ``backend`` takes (CPU)."""
+    """The NumPy test input in the array library that ``backend`` takes (CPU).
+
+    Tensors share the array's memory and strides (Fortran order, row or column steps), so
+    layout tests reach the backend; read-only arrays are copied, as torch cannot share them.
+    """
     if backend == "torch":
         import torch
 
-        return torch.from_numpy(np.ascontiguousarray(array))
+        return torch.from_numpy(array if array.flags.writeable else array.copy())
     return array
 
 

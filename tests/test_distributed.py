@@ -292,8 +292,10 @@ def _failure_cases(rank: int, world: int, how: str) -> list[tuple]:
     for fail_on_pass in (3, 5):
         mine = FlakySource(scores, fail_on_pass, how) if rank == 1 else scores
         start = time.monotonic()
+        # NumPy kernels: this test is about the failure flag, and only they reject a
+        # malformed block themselves (compiled kernels trust the checked sources' shapes).
         outcome = _caught(sinklabel.sinkhorn, mine, 4, tol=1e-12, max_iter=3, chunk_size=16,
-                          distributed=True)
+                          distributed=True, backend="numpy")
         outcomes.append((*outcome, time.monotonic() - start))
     outcomes.append(_caught(lambda: sinklabel.sinkhorn(scores, 4, distributed=True).n_iter))
     return outcomes
