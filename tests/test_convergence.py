@@ -177,3 +177,10 @@ def test_sweep_lse_matches_float64_formula(kernel, rng):
     p = np.exp(z - top)
     np.testing.assert_allclose(mass, (p / p.sum(axis=1, keepdims=True)).mean(axis=0), rtol=1e-12)
     assert lse == pytest.approx(expected_lse, rel=1e-12)
+
+
+def test_count_error_measures_the_hard_labels():
+    scores = make_scores(3000, 10, regime="peaked", seed=7).scores
+    result = sinkhorn(scores, 10)
+    counts = np.bincount(np.asarray(result.labels), minlength=10)
+    assert result.count_error == pytest.approx(np.abs(counts / 3000 - 0.1).sum())
