@@ -171,7 +171,7 @@ def _sinkhorn(
         label_counts=counts,
         n_iter=out.n_iter,
         converged=out.converged,
-        error=float(out.error_history[-1]),
+        error=out.error,
         error_history=out.error_history,
         lam=lam,
         label_weights=label_weights,

@@ -63,6 +63,17 @@ class SinkhornResult:
     certificate: Any = field(default=None, repr=False)
     prices: np.ndarray | None = field(default=None, repr=False)
 
+    @property
+    def count_error(self) -> float:
+        """L1 distance between the hard labels' proportions and ``label_weights``.
+
+        What hard-label users see: ``count_error * N / 2`` rows sit in labels beyond their
+        target size. Near the optimum it is set by rows the plan splits between labels, not
+        by ``tol`` (docs/convergence.md).
+        """
+        counts = self.label_counts
+        return float(np.abs(counts / counts.sum() - self.label_weights).sum())
+
     def soft_assignments(self, logp: Array, *, chunk_size: int | None = None) -> Array:
         """Rows of the transport plan, ``softmax(lam * logp[i] + potentials)``, for any rows.
 

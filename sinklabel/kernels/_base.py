@@ -7,6 +7,9 @@ temperature. With ``z = lam * S + f`` every operation reads the chunk once:
 
 - ``sweep``: the column sums of the row-wise softmax of ``z`` (the Sinkhorn label marginal,
   unnormalised), as float64 NumPy.
+- ``sweep_lse``: ``sweep`` plus the sum of the rows' log-sum-exp of ``z`` (the data term of the
+  dual objective, which the solver's line search needs). A default built on ``soft`` and
+  ``best`` exists; backends override it with a fused pass.
 - ``best``: the row maxima of ``z`` and their arg-maxima (labels), in the chunk's library.
 - ``slack``: per label, ``max_i (z[i, y] - max_y' z[i, y'])``; how far each label is from
   being any row's favourite. It rescues labels whose mass underflowed to zero.
@@ -46,6 +49,17 @@ class Kernel(ABC):
     @abstractmethod
     def sweep(self, chunk: Array, f: np.ndarray, lam: float) -> np.ndarray:
         """Column sums of softmax(lam * chunk + f) over the chunk's rows, float64."""
+
+    def sweep_lse(self, chunk: Array, f: np.ndarray, lam: float) -> tuple[np.ndarray, float]:
+        """``sweep`` and the sum over rows of logsumexp(lam * chunk + f), both float64.
+
+        This default reads the chunk twice and copies the softmax to the host; backends fuse
+        it into one pass (the row sums that normalise the softmax give the log-sum-exp).
+        """
+        p = np.asarray(self.to_numpy(self.soft(chunk, f, lam)), dtype=np.float64)
+        top = np.asarray(self.to_numpy(self.best(chunk, f, lam)[0]), dtype=np.float64)
+        # p at the row maximum is exp(max - lse) >= 1/K, so its log is safe.
+        return p.sum(axis=0), float((top - np.log(p.max(axis=1))).sum())
 
     @abstractmethod
     def best(self, chunk: Array, f: np.ndarray, lam: float) -> tuple[Array, Array]:

@@ -32,6 +32,13 @@ class NumpyKernel(Kernel):
         # Normalising the rows is a weighted column sum: one matrix-vector product.
         return ((1.0 / p.sum(axis=1)) @ p).astype(np.float64)
 
+    def sweep_lse(self, chunk: np.ndarray, f: np.ndarray, lam: float) -> tuple[np.ndarray, float]:
+        p, zmax = _shifted_logits(chunk, f, lam)
+        np.exp(p, out=p)
+        row_sums = p.sum(axis=1, dtype=np.float64)
+        mass = ((1.0 / row_sums).astype(p.dtype) @ p).astype(np.float64)
+        return mass, float((zmax.astype(np.float64) + np.log(row_sums)).sum())
+
     def best(self, chunk: np.ndarray, f: np.ndarray, lam: float) -> tuple[np.ndarray, np.ndarray]:
         dtype = _compute_dtype(chunk)
         z = np.multiply(chunk, dtype.type(lam), dtype=dtype)
