@@ -40,16 +40,26 @@ class TorchKernel(Kernel):
         return 1 << 62
 
     def sweep(self, chunk: torch.Tensor, f: np.ndarray, lam: float) -> np.ndarray:
+        return self.sweep_lse(chunk, f, lam)[0]
+
+    def sweep_lse(self, chunk: torch.Tensor, f: np.ndarray, lam: float) -> tuple[np.ndarray, float]:
         x = chunk.detach()
         fused = _fused(x)
         if fused is not None:
-            return fused.sweep(x, f, lam)
-        total = None
-        for _, z in _shifted_blocks(x, f, lam):
-            p = _exp_nonpositive(z)
-            part = p.sum(dim=1).reciprocal_() @ p
-            total = part.double() if total is None else total + part
-        return total.cpu().numpy()
+            return fused.sweep_lse(x, f, lam)
+        import torch
+
+        # Accumulated on the device: one host sync per chunk, as in the fused kernels.
+        mass = torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)
+        lse = torch.zeros((), dtype=torch.float64, device=x.device)
+        for start, stop in _blocks(x):
+            z = _logits(x[start:stop], f, lam)
+            top = z.amax(dim=1, keepdim=True)
+            p = _exp_nonpositive(z.sub_(top))
+            row_sums = p.sum(dim=1)
+            mass += (row_sums.reciprocal() @ p).double()
+            lse += (top[:, 0].double() + row_sums.double().log()).sum()
+        return mass.cpu().numpy(), float(lse)
 
     def best(self, chunk: torch.Tensor, f: np.ndarray, lam: float):
         x = chunk.detach()
