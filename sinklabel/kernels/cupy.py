@@ -59,7 +59,7 @@ class CupyKernel(Kernel):
         args = (x, coef, part, np.int64(n_rows), *_strides(x), np.int32(n_cols))
         names = [sweep_name(x.dtype.name, config) for config in plan]
 
-        def launch(config: tuple[int, int, int, int, int]) -> None:
+        def launch(config: tuple[int, ...]) -> None:
             functions = _functions(tuple(names if key in _TUNED or tuning else names[:1]))
             functions[sweep_name(x.dtype.name, config)]((programs,), (config[1],), args)
 
@@ -130,10 +130,12 @@ def _functions(names: tuple[str, ...]) -> dict:
     return {name: module.get_function(name) for name in names}
 
 
-def sweep_name(dtype: str, config: tuple[int, int, int, int, int]) -> str:
-    """The template instantiation of ``sink_sweep`` for (vec, threads, packs, rows, prefetch)."""
-    vec, threads, packs, rows, prefetch = config
-    return f"sink_sweep<{_STORAGE[dtype]}, {vec}, {packs}, {rows}, {threads}, {prefetch}>"
+def sweep_name(dtype: str, config: tuple[int, ...]) -> str:
+    """The template instantiation of ``sink_sweep`` for (vec, threads, packs, rows, prefetch,
+    merge, poly); the last two default to 0 (two barriers per tile, every exp on the SFU)."""
+    vec, threads, packs, rows, prefetch, merge, poly = (*config, 0, 0)[:7]
+    return (f"sink_sweep<{_STORAGE[dtype]}, {vec}, {packs}, {rows}, {threads}, {prefetch}, "
+            f"{merge}, {poly}>")
 
 
 @cache
@@ -170,8 +172,9 @@ def _coefficients(x, coef: np.ndarray, scale: float):
     return cp.asarray(host.astype(_compute_dtype(x)))
 
 
-def _sweep_plan(x) -> list[tuple[int, int, int, int, int]] | None:
-    """(vec, threads, packs per thread, rows per step, prefetch) to try, the default first;
+def _sweep_plan(x) -> list[tuple[int, ...]] | None:
+    """(vec, threads, packs per thread, rows per step, prefetch[, merge, poly]) to try, the
+    default first;
     None when a row does not fit in one block's registers.
 
     Vectors are 16 bytes, and for 16-bit scores also 8 bytes (more threads per row, so more
@@ -205,10 +208,25 @@ def _sweep_plan(x) -> list[tuple[int, int, int, int, int]] | None:
             rows = max(1, min(8, values // per_row))
             if (vec, threads, packs, rows, prefetch) not in candidates:
                 candidates.append((vec, threads, packs, rows, prefetch))
-    return candidates[:8]
+    candidates = candidates[:8]
+    if x.itemsize == 2:
+        candidates += _instruction_saving(candidates)
+    return candidates
 
 
-_TUNED: dict[tuple, tuple[int, int, int, int, int]] = {}
+def _instruction_saving(candidates: list[tuple[int, ...]]) -> list[tuple[int, ...]]:
+    """Extra candidates for 16-bit scores, whose sweep is bound by instructions, not memory
+    (unmeasured on a GPU when added: the tuner keeps them only where they time faster).
+
+    ``merge``: one barrier per row tile instead of two (each warp's max and sum are merged
+    after it); ``poly``: every 2nd or 4th exponential by FMAs, off the special-function unit.
+    """
+    extra = [(*config[:5], 1, 0) for config in candidates[:4]]
+    extra += [(*candidates[0][:5], merge, poly) for merge, poly in ((0, 4), (0, 2), (1, 4))]
+    return extra
+
+
+_TUNED: dict[tuple, tuple[int, ...]] = {}
 
 
 def _run(launch, candidates: list, key: tuple, x) -> None:
@@ -233,7 +251,7 @@ def _run(launch, candidates: list, key: tuple, x) -> None:
     launch(_TUNED[key])
 
 
-def tuned_configs() -> dict[str, tuple[int, int, int, int, int]]:
+def tuned_configs() -> dict[str, tuple[int, ...]]:
     """The launch configurations chosen so far, for benchmark reports."""
     return {f"sweep {dtype} K={k} vec={vec}": cfg for (dtype, k, vec), cfg in _TUNED.items()}
 
