@@ -146,7 +146,7 @@ __device__ __forceinline__ void merge_rows(A (&z)[ROWS][NV][VEC], A (&weight)[RO
         A s = exchange[1][r][lane % WARPS] * exp2_fast(warp_top - top);
 #pragma unroll
         for (int d = WARPS / 2; d > 0; d >>= 1) s += __shfl_xor_sync(0xffffffffu, s, d);
-        weight[r] = s > 0 ? exp2_fast(own[r] - top) / s : A(0);
+        weight[r] = s > 0 ? exp2_fast(own[r] - top) * (A(1) / s) : A(0);
     }
 }
 
