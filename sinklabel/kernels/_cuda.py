@@ -75,6 +75,27 @@ template <> __device__ __forceinline__ double neg_inf<double>() {
 
 template <typename S, int VEC> struct alignas(sizeof(S) * VEC) Pack { S v[VEC]; };
 
+// PREFETCH == 2 keeps prefetched 16-bit scores as whole 32-bit words: copying a Pack of
+// 16-bit members costs two byte permutes (PRMT) per word in SASS; a word's halves are
+// converted directly (cvt.f32.f16 on the half registers of a mov.b32 split).
+template <int N> struct alignas(4 * N) HalfWords { unsigned w[N]; };
+template <typename S, int VEC, int PREFETCH> struct RawPack { typedef Pack<S, VEC> type; };
+template <int VEC> struct RawPack<half_bits, VEC, 2> { typedef HalfWords<VEC / 2> type; };
+
+template <typename S, int VEC> __device__ __forceinline__ typename Acc<S>::type element(
+    const Pack<S, VEC>& p, int v) { return to_acc(p.v[v]); }
+template <int N> __device__ __forceinline__ float element(const HalfWords<N>& p, int v) {
+    float out;
+    if (v & 1) {
+        asm("{.reg .b16 lo, hi; mov.b32 {lo, hi}, %1; cvt.f32.f16 %0, hi;}"
+            : "=f"(out) : "r"(p.w[v / 2]));
+    } else {
+        asm("{.reg .b16 lo, hi; mov.b32 {lo, hi}, %1; cvt.f32.f16 %0, lo;}"
+            : "=f"(out) : "r"(p.w[v / 2]));
+    }
+    return out;
+}
+
 __device__ __forceinline__ float larger(float a, float b) { return fmaxf(a, b); }
 __device__ __forceinline__ double larger(double a, double b) { return fmax(a, b); }
 
@@ -98,6 +119,15 @@ template <typename S, int VEC> __device__ __forceinline__ bool load_pack(
     } else {
         out.v[0] = rp[col0 * stride_col];
     }
+    return true;
+}
+
+template <typename S, int VEC, int N> __device__ __forceinline__ bool load_pack(
+    HalfWords<N>& out, const S* __restrict__ x, long long row, int col0, long long n_rows,
+    long long stride_row, long long stride_col, int n_cols)
+{
+    if (row >= n_rows || col0 >= n_cols) return false;
+    out = *reinterpret_cast<const HalfWords<N>*>(x + row * stride_row + col0);
     return true;
 }
 
@@ -178,7 +208,7 @@ __global__ void __launch_bounds__(THREADS) sink_sweep(
     const long long n_tiles = (n_rows + ROWS - 1) / ROWS;
     // The raw scores of one tile; with PREFETCH they hold the next tile's while this one's
     // arithmetic runs, so loads stay in flight through the reductions and barriers.
-    Pack<S, VEC> raw[ROWS][NV];
+    typename RawPack<S, VEC, PREFETCH>::type raw[ROWS][NV];
     bool ok[ROWS][NV];
 #pragma unroll
     for (int r = 0; r < ROWS; ++r)
@@ -198,7 +228,7 @@ __global__ void __launch_bounds__(THREADS) sink_sweep(
                 if (PREFETCH) {
 #pragma unroll
                     for (int v = 0; v < VEC; ++v)
-                        z[r][j][v] = ok[r][j] ? to_acc(raw[r][j].v[v]) * scale + cf[j][v]
+                        z[r][j][v] = ok[r][j] ? element(raw[r][j], v) * scale + cf[j][v]
                                               : neg_inf<A>();
                     continue;
                 }

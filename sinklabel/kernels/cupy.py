@@ -174,7 +174,7 @@ def _coefficients(x, coef: np.ndarray, scale: float):
 
 def _sweep_plan(x) -> list[tuple[int, ...]] | None:
     """(vec, threads, packs per thread, rows per step, prefetch[, merge, poly]) to try, the
-    default first;
+    default first (prefetch 2 and merge/poly are described in ``_instruction_saving``);
     None when a row does not fit in one block's registers.
 
     Vectors are 16 bytes, and for 16-bit scores also 8 bytes (more threads per row, so more
@@ -218,12 +218,15 @@ def _instruction_saving(candidates: list[tuple[int, ...]]) -> list[tuple[int, ..
     """Extra candidates for 16-bit scores, whose sweep is bound by instructions, not memory
     (unmeasured on a GPU when added: the tuner keeps them only where they time faster).
 
-    ``merge``: one barrier per row tile instead of two (each warp's max and sum are merged
-    after it), for every prefetching shape; ``poly``: every 4th exponential by FMAs, off the
+    Each prefetching shape again with prefetch 2 (scores kept as 32-bit words: no byte
+    permutes), and with ``merge`` as well (one barrier per row tile instead of two: each
+    warp's max and sum are merged after it); ``poly``: every 4th exponential by FMAs, off the
     special-function unit (every 2nd cost 63 more SASS instructions per 12 scores).
     """
-    extra = [(*config[:5], 1, 0) for config in candidates if config[4]]
-    extra += [(*candidates[0][:5], merge, 4) for merge in (0, 1)]
+    words = [(*config[:4], 2) for config in candidates if config[4] and config[0] > 1]
+    extra = [(*config, 0, 0) for config in words]
+    extra += [(*config, 1, 0) for config in words[:3]]
+    extra += [(*config, merge, 4) for config in words[:1] for merge in (0, 1)]
     return extra
 
 
