@@ -52,7 +52,7 @@ __device__ __forceinline__ float exp2_poly(float v) {
     p = fmaf(p, f, 0.24022121727466583f);
     p = fmaf(p, f, 0.6931469440460205f);
     p = fmaf(p, f, 1.0000001192092896f);
-    const float out = __int_as_float(__float_as_int(p) + (__float_as_int(t) << 23));
+    const float out = __uint_as_float(__float_as_uint(p) + (__float_as_uint(t) << 23));
     return v < -126.0f ? 0.0f : out;
 }
 __device__ __forceinline__ double exp2_poly(double v) { return exp2(v); }
