@@ -291,7 +291,7 @@ def test_cupy_cuda_source_compiles_for_hopper():
              "sink_sweep<double, 2, 3, 2, 512, 1>",
              "sink_sweep<half_bits, 4, 3, 2, 256, 1, 1, 0>",
              "sink_sweep<half_bits, 8, 3, 1, 128, 2, 1, 2>",
-             "sink_sweep<half_bits, 4, 1, 8, 32, 2>",
+             "sink_sweep<half_bits, 4, 1, 8, 32, 2>", "sink_sweep<half_bits, 8, 6, 1, 64, 2>",
              "sink_sweep<float, 1, 2, 3, 32, 0, 1, 4>", "sink_sweep<double, 1, 6, 2, 512, 0, 1, 0>",
              "sink_best<float>", "sink_best<half_bits>", "sink_best<double>"]
     program = ctypes.c_void_p()
