@@ -394,21 +394,25 @@ def _fused_configs(width: int, tiles: int, x: torch.Tensor) -> list[tuple]:
             if (rows, warps, prefetch) not in configs:
                 configs.append((rows, warps, prefetch))
     configs = configs[:6]
-    if x.element_size() == 2 and tiles > 1:
-        configs += _instruction_saving(configs, width, tiles)
+    if x.element_size() <= 4:
+        configs += _instruction_saving(configs, width, tiles, x.element_size() == 2)
     return configs
 
 
-def _instruction_saving(configs: list[tuple], width: int, tiles: int) -> list[tuple]:
-    """Extra (rows, warps, prefetch, poly tiles) for 16-bit scores, whose sweep is bound by
-    instructions and barriers, not memory (unmeasured on a GPU when added: the tuner keeps
-    them only where they time faster). Two warps hold twice the scores per thread of four,
-    so the per-row reductions and barriers are spread over twice the work (no spills at
-    K=3000 with ptxas for sm_90); ``poly`` computes the last tile's exponentials with FMAs."""
+def _instruction_saving(configs: list[tuple], width: int, tiles: int,
+                        half: bool) -> list[tuple]:
+    """Extra (rows, warps, prefetch, poly tiles) for float32 compute, most of all for 16-bit
+    scores, whose sweep is bound by instructions and barriers, not memory (unmeasured on a GPU
+    when added: the tuner keeps them only where they time faster). Two warps hold twice the
+    scores per thread of four, so the per-row reductions and barriers are spread over twice
+    the work (K=3000, sm_90: 9.0 SASS instructions per bfloat16 score against 10.4 with four
+    warps and 13.6 with eight, 8.1 per float32 one; no spills); ``poly`` (16-bit only)
+    computes the last tile's exponentials with FMAs, off the special-function unit."""
     extra = []
     if width >= 512 and width * tiles // 64 <= 64:
         extra += [(1, 2, True, 0), (1, 2, False, 0)]
-    extra += [(*configs[0][:3], 1)] + ([(*configs[0][:3], 2)] if tiles > 3 else [])
+    if half and tiles > 1:
+        extra += [(*configs[0][:3], 1)] + ([(*configs[0][:3], 2)] if tiles > 3 else [])
     return extra
 
 
