@@ -251,7 +251,8 @@ def test_cuda_tensor_with_a_host_backend_says_what_to_pass():
 @pytest.mark.parametrize("k", [40, 3000])
 def test_every_tuning_candidate_matches_numpy_kernel(library, dtype, k):
     """Large inputs run whichever launch configuration times fastest, so each one the tuner
-    may pick (prefetching or not, 8- or 16-byte vectors, rows per step) must be right."""
+    may pick (prefetching or not, 8- or 16-byte vectors, rows per step, two warps, one
+    merged barrier, polynomial exp2) must be right."""
     host = make_scores(700, k, regime="flat", seed=11).scores
     x, exact = on_device(host, library, dtype)
     f = np.random.default_rng(12).standard_normal(k)

@@ -211,13 +211,17 @@ _INTERPRETER_SCRIPT = textwrap.dedent("""
     configs = _triton._fused_configs
     prefetching = lambda width, tiles, x: [min((c for c in configs(width, tiles, x) if c[2]),
                                                key=lambda c: c[0])]
+    # Every tile's exponentials from the FMA polynomial (the tuner's ``poly`` candidates).
+    polynomial = lambda width, tiles, x: [(*configs(width, tiles, x)[0][:3], tiles)]
     reference, rng, report = NumpyKernel(), np.random.default_rng(0), []
     for n, k, dtype, prefetch in [
         (37, 7, "float32", False), (20, 70, "bfloat16", False), (21, 70, "float32", False),
         (40, 33, "float64", False), (9, 24, "float16", False), (300, 20, "float32", True),
         (150, 24, "bfloat16", True), (130, 12, "float64", True), (90, 60, "float32", True),
+        (80, 40, "bfloat16", "poly"), (70, 24, "float16", "poly"),
     ]:
-        _triton._fused_configs = prefetching if prefetch else configs
+        _triton._fused_configs = (polynomial if prefetch == "poly" else
+                                  prefetching if prefetch else configs)
         x = torch.from_numpy(3 * rng.standard_normal((n, k))).to(getattr(torch, dtype))
         x = x.t().contiguous().t() if n == 21 else x
         host = x.double().numpy() if dtype == "float64" else x.float().numpy()
@@ -284,8 +288,12 @@ def test_cupy_cuda_source_compiles_for_hopper():
     names = ["sink_sweep<float, 4, 3, 5, 256, 0>", "sink_sweep<float, 4, 3, 2, 256, 1>",
              "sink_sweep<half_bits, 8, 3, 1, 128, 1>", "sink_sweep<half_bits, 4, 3, 2, 256, 1>",
              "sink_sweep<float, 1, 2, 8, 32, 1>", "sink_sweep<double, 1, 6, 1, 512, 0>",
-             "sink_sweep<double, 2, 3, 2, 512, 1>", "sink_best<float>", "sink_best<half_bits>",
-             "sink_best<double>"]
+             "sink_sweep<double, 2, 3, 2, 512, 1>",
+             "sink_sweep<half_bits, 4, 3, 2, 256, 1, 1, 0>",
+             "sink_sweep<half_bits, 8, 3, 1, 128, 2, 1, 2>",
+             "sink_sweep<half_bits, 4, 1, 8, 32, 2>", "sink_sweep<half_bits, 8, 6, 1, 64, 2>",
+             "sink_sweep<float, 1, 2, 3, 32, 0, 1, 4>", "sink_sweep<double, 1, 6, 2, 512, 0, 1, 0>",
+             "sink_best<float>", "sink_best<half_bits>", "sink_best<double>"]
     program = ctypes.c_void_p()
     assert lib.nvrtcCreateProgram(ctypes.byref(program), SOURCE.encode(), b"sinklabel.cu", 0,
                                   None, None) == 0

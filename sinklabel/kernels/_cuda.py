@@ -38,6 +38,30 @@ __device__ __forceinline__ float exp2_fast(float v) {
 }
 __device__ __forceinline__ double exp2_fast(double v) { return exp2(v); }
 
+// 2^v by FMAs alone, to move some of the exponentials off the special-function unit: v is
+// split into a rounded integer i (the 1.5 * 2^23 trick) and f in [-0.5, 0.5], 2^f is a
+// degree-5 fit (relative error 2.3e-7), and i goes into the exponent bits. Like
+// ex2.approx.ftz, v < -126 (and -inf) gives exactly 0.
+__device__ __forceinline__ float exp2_poly(float v) {
+    const float u = fmaxf(v, -127.0f);
+    const float t = u + 12582912.0f;
+    const float f = u - (t - 12582912.0f);
+    float p = 1.326887053437531e-3f;
+    p = fmaf(p, f, 9.67547670006752e-3f);
+    p = fmaf(p, f, 5.5507369339466095e-2f);
+    p = fmaf(p, f, 0.24022121727466583f);
+    p = fmaf(p, f, 0.6931469440460205f);
+    p = fmaf(p, f, 1.0000001192092896f);
+    const float out = __uint_as_float(__float_as_uint(p) + (__float_as_uint(t) << 23));
+    return v < -126.0f ? 0.0f : out;
+}
+__device__ __forceinline__ double exp2_poly(double v) { return exp2(v); }
+
+// Element e of a thread's row share: every POLY-th one (none when POLY is 0) by polynomial.
+template <int POLY, typename A> __device__ __forceinline__ A exp2_mixed(A v, int e) {
+    return POLY > 0 && e % POLY == POLY - 1 ? exp2_poly(v) : exp2_fast(v);
+}
+
 __device__ __forceinline__ float mul_rn(float a, float b) { return __fmul_rn(a, b); }
 __device__ __forceinline__ double mul_rn(double a, double b) { return __dmul_rn(a, b); }
 __device__ __forceinline__ float add_rn(float a, float b) { return __fadd_rn(a, b); }
@@ -50,6 +74,27 @@ template <> __device__ __forceinline__ double neg_inf<double>() {
 }
 
 template <typename S, int VEC> struct alignas(sizeof(S) * VEC) Pack { S v[VEC]; };
+
+// PREFETCH == 2 keeps prefetched 16-bit scores as whole 32-bit words: copying a Pack of
+// 16-bit members costs two byte permutes (PRMT) per word in SASS; a word's halves are
+// converted directly (cvt.f32.f16 on the half registers of a mov.b32 split).
+template <int N> struct alignas(4 * N) HalfWords { unsigned w[N]; };
+template <typename S, int VEC, int PREFETCH> struct RawPack { typedef Pack<S, VEC> type; };
+template <int VEC> struct RawPack<half_bits, VEC, 2> { typedef HalfWords<VEC / 2> type; };
+
+template <typename S, int VEC> __device__ __forceinline__ typename Acc<S>::type element(
+    const Pack<S, VEC>& p, int v) { return to_acc(p.v[v]); }
+template <int N> __device__ __forceinline__ float element(const HalfWords<N>& p, int v) {
+    float out;
+    if (v & 1) {
+        asm("{.reg .b16 lo, hi; mov.b32 {lo, hi}, %1; cvt.f32.f16 %0, hi;}"
+            : "=f"(out) : "r"(p.w[v / 2]));
+    } else {
+        asm("{.reg .b16 lo, hi; mov.b32 {lo, hi}, %1; cvt.f32.f16 %0, lo;}"
+            : "=f"(out) : "r"(p.w[v / 2]));
+    }
+    return out;
+}
 
 __device__ __forceinline__ float larger(float a, float b) { return fmaxf(a, b); }
 __device__ __forceinline__ double larger(double a, double b) { return fmax(a, b); }
@@ -77,7 +122,66 @@ template <typename S, int VEC> __device__ __forceinline__ bool load_pack(
     return true;
 }
 
-template <typename S, int VEC, int NV, int ROWS, int THREADS, int PREFETCH>
+template <typename S, int VEC, int N> __device__ __forceinline__ bool load_pack(
+    HalfWords<N>& out, const S* __restrict__ x, long long row, int col0, long long n_rows,
+    long long stride_row, long long stride_col, int n_cols)
+{
+    if (row >= n_rows || col0 >= n_cols) return false;
+    out = *reinterpret_cast<const HalfWords<N>*>(x + row * stride_row + col0);
+    return true;
+}
+
+// MERGE's one barrier per tile: each warp takes exp2 against its own row max and sums it,
+// lane 0 posts the warp's (max, sum), and after the barrier lane l merges warp l % WARPS's
+// pair (rescaled to the row max) in a log2(WARPS)-step butterfly, so every lane ends with the
+// row's max and sum. ``exchange`` is this tile's half of a buffer alternating by tile: a warp
+// writes the next tile's pairs only after the barrier that every warp reaches after reading.
+template <typename A, int VEC, int NV, int ROWS, int WARPS, int POLY>
+__device__ __forceinline__ void merge_rows(A (&z)[ROWS][NV][VEC], A (&weight)[ROWS],
+                                           A (*exchange)[ROWS][WARPS], int warp, int lane)
+{
+    A own[ROWS];
+#pragma unroll
+    for (int r = 0; r < ROWS; ++r) {
+        A m = neg_inf<A>();
+#pragma unroll
+        for (int j = 0; j < NV; ++j)
+#pragma unroll
+            for (int v = 0; v < VEC; ++v) m = larger(m, z[r][j][v]);
+        m = warp_max(m);
+        own[r] = m;
+        const A shift = m == neg_inf<A>() ? A(0) : m;
+        A s = 0;
+#pragma unroll
+        for (int j = 0; j < NV; ++j)
+#pragma unroll
+            for (int v = 0; v < VEC; ++v) {
+                z[r][j][v] = exp2_mixed<POLY>(z[r][j][v] - shift, j * VEC + v);
+                s += z[r][j][v];
+            }
+        s = warp_sum(s);
+        if (lane == 0) {
+            exchange[0][r][warp] = m;
+            exchange[1][r][warp] = s;
+        }
+    }
+    __syncthreads();
+#pragma unroll
+    for (int r = 0; r < ROWS; ++r) {
+        const A warp_top = exchange[0][r][lane % WARPS];
+        A m = warp_top;
+#pragma unroll
+        for (int d = WARPS / 2; d > 0; d >>= 1) m = larger(m, __shfl_xor_sync(0xffffffffu, m, d));
+        const A top = m == neg_inf<A>() ? A(0) : m;
+        A s = exchange[1][r][lane % WARPS] * exp2_fast(warp_top - top);
+#pragma unroll
+        for (int d = WARPS / 2; d > 0; d >>= 1) s += __shfl_xor_sync(0xffffffffu, s, d);
+        weight[r] = s > 0 ? exp2_fast(own[r] - top) * (A(1) / s) : A(0);
+    }
+}
+
+template <typename S, int VEC, int NV, int ROWS, int THREADS, int PREFETCH, int MERGE = 0,
+          int POLY = 0>
 __global__ void __launch_bounds__(THREADS) sink_sweep(
     const S* __restrict__ x, const typename Acc<S>::type* __restrict__ coef,
     typename Acc<S>::type* __restrict__ part, long long n_rows, long long stride_row,
@@ -85,7 +189,7 @@ __global__ void __launch_bounds__(THREADS) sink_sweep(
 {
     typedef typename Acc<S>::type A;
     const int WARPS = THREADS / 32;
-    __shared__ A exchange[2][ROWS][WARPS];
+    __shared__ A exchange[MERGE ? 4 : 2][ROWS][WARPS];
     const int t = threadIdx.x;
     const int warp = t / 32;
     const int lane = t % 32;
@@ -104,7 +208,7 @@ __global__ void __launch_bounds__(THREADS) sink_sweep(
     const long long n_tiles = (n_rows + ROWS - 1) / ROWS;
     // The raw scores of one tile; with PREFETCH they hold the next tile's while this one's
     // arithmetic runs, so loads stay in flight through the reductions and barriers.
-    Pack<S, VEC> raw[ROWS][NV];
+    typename RawPack<S, VEC, PREFETCH>::type raw[ROWS][NV];
     bool ok[ROWS][NV];
 #pragma unroll
     for (int r = 0; r < ROWS; ++r)
@@ -113,7 +217,8 @@ __global__ void __launch_bounds__(THREADS) sink_sweep(
             ok[r][j] = PREFETCH && load_pack<S, VEC>(raw[r][j], x, blockIdx.x * (long long)ROWS + r,
                                                      (j * THREADS + t) * VEC, n_rows, stride_row,
                                                      stride_col, n_cols);
-    for (long long tile = blockIdx.x; tile < n_tiles; tile += gridDim.x) {
+    int step = 0;
+    for (long long tile = blockIdx.x; tile < n_tiles; tile += gridDim.x, ++step) {
         A z[ROWS][NV][VEC];
         A top[ROWS];
 #pragma unroll
@@ -123,7 +228,7 @@ __global__ void __launch_bounds__(THREADS) sink_sweep(
                 if (PREFETCH) {
 #pragma unroll
                     for (int v = 0; v < VEC; ++v)
-                        z[r][j][v] = ok[r][j] ? to_acc(raw[r][j].v[v]) * scale + cf[j][v]
+                        z[r][j][v] = ok[r][j] ? element(raw[r][j], v) * scale + cf[j][v]
                                               : neg_inf<A>();
                     continue;
                 }
@@ -155,42 +260,47 @@ __global__ void __launch_bounds__(THREADS) sink_sweep(
                     ok[r][j] = load_pack<S, VEC>(raw[r][j], x, ahead + r, (j * THREADS + t) * VEC,
                                                  n_rows, stride_row, stride_col, n_cols);
         }
-#pragma unroll
-        for (int r = 0; r < ROWS; ++r) {
-            A m = neg_inf<A>();
-#pragma unroll
-            for (int j = 0; j < NV; ++j)
-#pragma unroll
-                for (int v = 0; v < VEC; ++v) m = larger(m, z[r][j][v]);
-            m = warp_max(m);
-            if (lane == 0) exchange[0][r][warp] = m;
-        }
-        __syncthreads();
         A weight[ROWS];
+        if (MERGE) {
+            merge_rows<A, VEC, NV, ROWS, WARPS, POLY>(z, weight, exchange + 2 * (step & 1), warp,
+                                                      lane);
+        } else {
 #pragma unroll
-        for (int r = 0; r < ROWS; ++r) {
-            A m = exchange[0][r][0];
+            for (int r = 0; r < ROWS; ++r) {
+                A m = neg_inf<A>();
 #pragma unroll
-            for (int w = 1; w < WARPS; ++w) m = larger(m, exchange[0][r][w]);
-            top[r] = m == neg_inf<A>() ? A(0) : m;
-            A s = 0;
+                for (int j = 0; j < NV; ++j)
 #pragma unroll
-            for (int j = 0; j < NV; ++j)
+                    for (int v = 0; v < VEC; ++v) m = larger(m, z[r][j][v]);
+                m = warp_max(m);
+                if (lane == 0) exchange[0][r][warp] = m;
+            }
+            __syncthreads();
 #pragma unroll
-                for (int v = 0; v < VEC; ++v) {
-                    z[r][j][v] = exp2_fast(z[r][j][v] - top[r]);
-                    s += z[r][j][v];
-                }
-            s = warp_sum(s);
-            if (lane == 0) exchange[1][r][warp] = s;
-        }
-        __syncthreads();
+            for (int r = 0; r < ROWS; ++r) {
+                A m = exchange[0][r][0];
 #pragma unroll
-        for (int r = 0; r < ROWS; ++r) {
-            A s = 0;
+                for (int w = 1; w < WARPS; ++w) m = larger(m, exchange[0][r][w]);
+                top[r] = m == neg_inf<A>() ? A(0) : m;
+                A s = 0;
 #pragma unroll
-            for (int w = 0; w < WARPS; ++w) s += exchange[1][r][w];
-            weight[r] = s > 0 ? A(1) / s : A(0);
+                for (int j = 0; j < NV; ++j)
+#pragma unroll
+                    for (int v = 0; v < VEC; ++v) {
+                        z[r][j][v] = exp2_mixed<POLY>(z[r][j][v] - top[r], j * VEC + v);
+                        s += z[r][j][v];
+                    }
+                s = warp_sum(s);
+                if (lane == 0) exchange[1][r][warp] = s;
+            }
+            __syncthreads();
+#pragma unroll
+            for (int r = 0; r < ROWS; ++r) {
+                A s = 0;
+#pragma unroll
+                for (int w = 0; w < WARPS; ++w) s += exchange[1][r][w];
+                weight[r] = s > 0 ? A(1) / s : A(0);
+            }
         }
 #pragma unroll
         for (int j = 0; j < NV; ++j)
