@@ -343,6 +343,9 @@ class _GuardedKernel(Kernel):
     def sweep(self, chunk: Array, f: np.ndarray, lam: float) -> np.ndarray:
         return self._guard(self.inner.sweep, np.zeros(f.size), chunk, f, lam)
 
+    def sweep_lse(self, chunk: Array, f: np.ndarray, lam: float) -> tuple[np.ndarray, float]:
+        return self._guard(self.inner.sweep_lse, (np.zeros(f.size), 0.0), chunk, f, lam)
+
     def slack(self, chunk: Array, f: np.ndarray, lam: float) -> np.ndarray:
         return self._guard(self.inner.slack, np.full(f.size, -np.inf), chunk, f, lam)
 

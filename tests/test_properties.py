@@ -49,7 +49,10 @@ def test_any_problem_gives_valid_labels_and_honest_error(problem):
 @settings(max_examples=30, deadline=None)
 @given(problems(), st.integers(1, 50))
 def test_chunking_never_changes_the_answer(problem, chunk_size):
+    """In float64, where summing chunks in another order moves nothing that the line search
+    can see. (In float32 it moves the objective by ~1e-7, which may change a step.)"""
     logp, lam = problem
+    logp = logp.astype(np.float64)
     k = logp.shape[1]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
@@ -57,4 +60,4 @@ def test_chunking_never_changes_the_answer(problem, chunk_size):
         chunked = sinklabel.sinkhorn(logp, k, lam=lam, max_iter=50, chunk_size=chunk_size,
                                      backend="numpy")
     assert chunked.n_iter == whole.n_iter
-    np.testing.assert_allclose(chunked.potentials, whole.potentials, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(chunked.potentials, whole.potentials, rtol=1e-6, atol=1e-6)

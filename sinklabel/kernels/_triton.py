@@ -29,6 +29,7 @@ import triton
 import triton.language as tl
 
 LOG2E = math.log2(math.e)
+LN2 = math.log(2.0)
 #: Widest row the one-pass sweep keeps in registers (float32 compute; half that in float64).
 MAX_FUSED_COLS = 16384
 #: Column tile of the wide (two-pass) sweep and of ``best``.
@@ -102,7 +103,7 @@ def _exp2_tile(v, POLY: tl.constexpr):
 
 
 @triton.jit
-def _sweep_fused(x_ptr, coef_ptr, part_ptr, n_programs, n_rows, stride_row, stride_col,
+def _sweep_fused(x_ptr, coef_ptr, part_ptr, lse_ptr, n_programs, n_rows, stride_row, stride_col,
                  N_COLS: tl.constexpr, WIDTH: tl.constexpr, TILES: tl.constexpr,
                  BLOCK_M: tl.constexpr, ROW_ALIGN: tl.constexpr, PREFETCH: tl.constexpr,
                  POLY: tl.constexpr = 0):
@@ -110,9 +111,12 @@ def _sweep_fused(x_ptr, coef_ptr, part_ptr, n_programs, n_rows, stride_row, stri
     combined element-wise before the row max and row sum, which are then one cross-warp
     reduction each. With PREFETCH the next row tile's loads are issued before this tile's
     reductions, so memory latency overlaps the arithmetic. The last POLY tiles (float32
-    compute only) take their exponentials from ``_exp2_poly``."""
+    compute only) take their exponentials from ``_exp2_poly``. Each row's log2-sum-exp2
+    (its max plus the log2 of its sum) is added up in float64 per program, for the dual
+    objective."""
     pid = tl.program_id(0)
     scale = tl.load(coef_ptr + N_COLS)
+    lse_acc = tl.zeros([BLOCK_M], dtype=tl.float64)
     cols0, ok0, coef0, acc0 = _column_tile(coef_ptr, 0, WIDTH, N_COLS)
     if TILES > 1:
         cols1, ok1, coef1, acc1 = _column_tile(coef_ptr, WIDTH, WIDTH, N_COLS)
@@ -179,7 +183,9 @@ def _sweep_fused(x_ptr, coef_ptr, part_ptr, n_programs, n_rows, stride_row, stri
         if TILES > 3:
             p3 = _exp2_tile(z3 - top[:, None], POLY >= TILES - 3)
             total += p3
-        weight = tl.where(row_ok, 1.0 / tl.sum(total, axis=1), 0.0)
+        row_sum = tl.sum(total, axis=1)
+        weight = tl.where(row_ok, 1.0 / row_sum, 0.0)
+        lse_acc += tl.where(row_ok, top.to(tl.float64) + tl.log2(row_sum).to(tl.float64), 0.0)
         acc0 += tl.sum(p0 * weight[:, None], axis=0)
         if TILES > 1:
             acc1 += tl.sum(p1 * weight[:, None], axis=0)
@@ -187,6 +193,7 @@ def _sweep_fused(x_ptr, coef_ptr, part_ptr, n_programs, n_rows, stride_row, stri
             acc2 += tl.sum(p2 * weight[:, None], axis=0)
         if TILES > 3:
             acc3 += tl.sum(p3 * weight[:, None], axis=0)
+    tl.store(lse_ptr + pid, tl.sum(lse_acc, axis=0))
     out = part_ptr + pid * N_COLS
     tl.store(out + cols0, acc0, mask=ok0)
     if TILES > 1:
@@ -295,12 +302,14 @@ def tile_width(n_cols: int) -> tuple[int, int]:
     return width, triton.cdiv(n_cols, width)
 
 
-def sweep(x: torch.Tensor, f: np.ndarray, lam: float) -> np.ndarray:
-    """Column sums of softmax(lam * x + f) over the rows of ``x``, float64 NumPy."""
+def sweep_lse(x: torch.Tensor, f: np.ndarray, lam: float) -> tuple[np.ndarray, float]:
+    """Column sums of softmax(lam * x + f) over the rows of ``x`` (float64 NumPy) and the sum
+    of the rows' logsumexp(lam * x + f), from one read of ``x`` and one host sync."""
     n_rows, n_cols = x.shape
     coef = _coefficients(x, f * LOG2E, lam * LOG2E)
     programs = _programs(x, n_rows)
     part = torch.empty((programs, n_cols), dtype=coef.dtype, device=x.device)
+    lse_parts = torch.empty(programs, dtype=torch.float64, device=x.device)
     strides = (n_rows, x.stride(0), x.stride(1))
     if n_cols <= MAX_FUSED_COLS // coef.element_size() * 4:
         width, tiles = tile_width(n_cols)
@@ -308,7 +317,7 @@ def sweep(x: torch.Tensor, f: np.ndarray, lam: float) -> np.ndarray:
 
         def launch(config: tuple) -> None:
             block_m, warps, prefetch, poly = (*config, 0)[:4]
-            _sweep_fused[(programs,)](x, coef, part, programs, *strides, BLOCK_M=block_m,
+            _sweep_fused[(programs,)](x, coef, part, lse_parts, programs, *strides, BLOCK_M=block_m,
                                       PREFETCH=prefetch, POLY=poly, num_warps=warps, **shape)
 
         _run(launch, _fused_configs(width, tiles, x), ("sweep", x.dtype, n_cols), x)
@@ -322,7 +331,10 @@ def sweep(x: torch.Tensor, f: np.ndarray, lam: float) -> np.ndarray:
         grid = (programs, triton.cdiv(n_cols, tile))
         _sweep_tiles[grid](x, coef, top, inv, part, programs, *strides, BLOCK_M=4, num_warps=4,
                            **meta)
-    return _sum_parts(part).cpu().numpy()
+        lse_parts = top.double() - torch.log2(inv.double())
+    both = torch.cat([_sum_parts(part), lse_parts.sum().reshape(1) * LN2])
+    host = both.cpu().numpy()
+    return host[:-1], float(host[-1])
 
 
 def best(x: torch.Tensor, f: np.ndarray, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
