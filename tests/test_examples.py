@@ -35,8 +35,17 @@ def self_label():
 
 @pytest.fixture(scope="module")
 def fast_report(self_label, tmp_path_factory):
+    """One fast run shared by the tests below, on one torch thread: convolutions this small
+    gain nothing from a second thread, and on a busy machine its spin-waits cost 3x."""
+    import torch
+
     out = tmp_path_factory.mktemp("plots") / "self_label.png"
-    report = self_label.main(["--fast", "--seeds", "1", "--out", str(out)])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        report = self_label.main(["--fast", "--seeds", "1", "--out", str(out)])
+    finally:
+        torch.set_num_threads(threads)
     return report, out
 
 
