@@ -1,0 +1,156 @@
+"""Smoke tests of the examples: each fast mode runs and shows the property it is about."""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sklearn_metrics = pytest.importorskip("sklearn.metrics")
+normalized_mutual_info_score = sklearn_metrics.normalized_mutual_info_score
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def load_example(name: str):
+    """Import ``examples/<name>.py`` by path: the examples are scripts, not an installed package."""
+    module_name = f"sinklabel_example_{name}"
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    spec = importlib.util.spec_from_file_location(module_name, EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module  # dataclasses look their module up while being built
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def self_label():
+    pytest.importorskip("torch")
+    return load_example("self_label_digits")
+
+
+@pytest.fixture(scope="module")
+def fast_report(self_label, tmp_path_factory):
+    """One fast run shared by the tests below, on one torch thread: convolutions this small
+    gain nothing from a second thread, and on a busy machine its spin-waits cost 3x."""
+    import torch
+
+    out = tmp_path_factory.mktemp("plots") / "self_label.png"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        report = self_label.main(["--fast", "--seeds", "1", "--out", str(out)])
+    finally:
+        torch.set_num_threads(threads)
+    return report, out
+
+
+def chance_nmi(truth: np.ndarray, labels: np.ndarray, n: int = 20) -> float:
+    """The NMI the same label counts reach when they carry no information (shuffled)."""
+    rng = np.random.default_rng(0)
+    return max(normalized_mutual_info_score(truth, rng.permutation(labels)) for _ in range(n))
+
+
+def test_schedule_is_the_papers(self_label):
+    epochs, m = 40, 7
+    expected = sorted({round(epochs * (i / (m - 1)) ** 2) for i in range(m)})
+    schedule = self_label.label_update_epochs(epochs, m)
+    assert schedule == expected
+    assert schedule[0] == 0 and schedule[-1] == epochs
+    gaps = np.diff(schedule)
+    assert np.all(np.diff(gaps) >= 0)  # denser early, when the network changes fastest
+
+
+def test_matched_accuracy_is_the_best_permutation(self_label):
+    rng = np.random.default_rng(3)
+    truth = rng.integers(0, 4, 60)
+    labels = np.where(rng.random(60) < 0.7, (truth + 1) % 4, rng.integers(0, 4, 60))
+    best = max(np.mean(np.asarray(perm)[labels] == truth)
+               for perm in itertools.permutations(range(4)))
+    assert self_label.matched_accuracy(labels, truth) == pytest.approx(best)
+
+
+def test_self_labels_are_balanced_and_informative(self_label, fast_report):
+    report, _ = fast_report
+    run, cfg = report.runs[0], self_label.FAST
+    n, k = run.labels.shape[1], cfg.n_clusters
+    assert run.labels.shape == (cfg.n_heads, cfg.n_samples)
+    for labels in run.labels:
+        # The Sinkhorn plan's label marginal is within tol (L1) of uniform; the hard labels
+        # round the plan's split rows, so allow about one misplaced row per label on top.
+        proportions = np.bincount(labels, minlength=k) / n
+        assert np.abs(proportions - 1 / k).sum() <= cfg.tol + 2 * k / n
+    from sklearn.datasets import load_digits
+
+    truth = load_digits().target[:n]
+    nmi = normalized_mutual_info_score(truth, run.labels[0])
+    assert nmi == pytest.approx(run.nmi[-1], abs=0.2)
+    assert nmi > chance_nmi(truth, run.labels[0]) + 0.2
+    assert len(run.nmi) == len(run.epochs) == len(self_label.label_update_epochs(
+        cfg.epochs, cfg.n_updates))
+
+
+def test_ablation_collapses(self_label, fast_report):
+    report, _ = fast_report
+    balanced, argmax = report.runs[0].labels, report.ablations[0].labels
+    k = self_label.FAST.n_clusters
+    largest = [np.bincount(y, minlength=k).max() / len(y) for y in argmax]
+    assert min(largest) > 2 / k  # some cluster holds more than twice its share
+    assert self_label.largest_cluster_ratio(argmax, k) > 2 * self_label.largest_cluster_ratio(
+        balanced, k)
+    used = [len(np.unique(y)) for y in argmax]
+    assert max(used) < k  # clusters have vanished
+
+
+def test_report_table_and_plot(fast_report):
+    report, out = fast_report
+    for name, values in report.table.items():
+        assert len(values) == 1 and np.isfinite(values[0]), name
+    assert 0.6 < report.table["k-means raw pixels NMI"][0] < 0.9
+    assert out.stat().st_size > 10_000
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def kmeans():
+    return load_example("balanced_kmeans")
+
+
+def test_balanced_kmeans_beats_kmeans_on_size_spread(kmeans):
+    table = kmeans.main(["--fast"])
+    ours, theirs = table["balanced k-means"], table["KMeans"]
+    assert ours["size spread"][0] < theirs["size spread"][0] / 5
+    assert ours["NMI"][0] > 0.6
+
+
+def test_balanced_kmeans_equalises_unequal_blobs(kmeans):
+    rng = np.random.default_rng(0)
+    sizes, k = [300, 60, 40], 3
+    centers = np.array([[0.0, 0.0], [6.0, 0.0], [0.0, 6.0]])
+    x = np.concatenate([c + rng.standard_normal((s, 2)) for c, s in zip(centers, sizes,
+                                                                       strict=True)])
+    result = kmeans.balanced_kmeans(x, k, seed=0)
+    counts = np.bincount(result.labels, minlength=k)
+    assert counts.max() - counts.min() <= 0.01 * len(x) + 2
+    assert np.allclose(result.centers, [x[result.labels == j].mean(0) for j in range(k)])
+
+
+def test_balanced_kmeans_recovers_equal_blobs(kmeans):
+    rng = np.random.default_rng(1)
+    centers = np.array([[0.0, 0.0], [8.0, 0.0], [0.0, 8.0], [8.0, 8.0]])
+    truth = np.repeat(np.arange(4), 50)
+    x = centers[truth] + rng.standard_normal((200, 2))
+    result = kmeans.balanced_kmeans(x, 4, seed=2)
+    assert normalized_mutual_info_score(truth, result.labels) == pytest.approx(1.0)
+    assert result.n_iter < 100
+
+
+def test_squared_distances_match_direct_formula(kmeans):
+    rng = np.random.default_rng(2)
+    x, c = rng.standard_normal((30, 5)), rng.standard_normal((4, 5))
+    direct = ((x[:, None, :] - c[None, :, :]) ** 2).sum(-1)
+    np.testing.assert_allclose(kmeans.squared_distances(x, c), direct, atol=1e-10)
