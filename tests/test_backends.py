@@ -262,3 +262,87 @@ def test_numba_sweep_is_deterministic_across_thread_counts():
         numba.set_num_threads(previous)
     assert np.array_equal(first, single)
     assert np.array_equal(first, kernel.sweep(scores, f, 25.0))
+
+
+# --- the fused pass the solver calls: masses and the rows' log-sum-exp ---------------------------
+
+
+def _reference_lse(scores: np.ndarray, f: np.ndarray, lam: float) -> np.ndarray:
+    """logsumexp(lam * S + f) per row, in float64 (rows with a finite score)."""
+    z = lam * scores.astype(np.float64) + f
+    top = z.max(axis=1)
+    with np.errstate(invalid="ignore"):  # -inf - top is -inf, and exp of it 0
+        return top + np.log(np.exp(z - top[:, None]).sum(axis=1))
+
+
+def _hard_scores() -> np.ndarray:
+    scores = _scores(np.float32, "peaked")
+    scores[:, 5] = -1e4  # a label no row wants, by far
+    scores[::7, 2] = -np.inf  # impossible pairs
+    return scores
+
+
+@pytest.mark.parametrize(("case", "lam"), [
+    ("flat", 1.0), ("flat", 25.0), ("peaked", 1.0), ("peaked", 25.0), ("hard", 25.0),
+    ("hard", 1e3),
+])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sweep_lse_matches_float64_reference(backend, case, lam, dtype):
+    scores = (_hard_scores() if case == "hard" else _scores(np.float32, case)).astype(dtype)
+    f = _potentials()
+    mass, lse = get_kernel(backend).sweep_lse(to_backend(scores, backend), f, lam)
+    assert isinstance(mass, np.ndarray) and mass.dtype == np.float64 and mass.shape == (K,)
+    assert isinstance(lse, float)
+    expected_mass = _reference_plan(scores, f, lam).sum(axis=0)
+    rtol = 1e-12 if dtype == np.float64 else 1e-6
+    # Masses far below a row's share (the -1e4 column) are judged against the row count.
+    np.testing.assert_allclose(mass, expected_mass, rtol=rtol, atol=rtol * 1e-3 * N)
+    row_lse = _reference_lse(scores, f, lam)
+    # Relative to the rows' own sizes: the sum alone may cancel towards 0.
+    assert abs(lse - row_lse.sum()) <= 1e-5 * np.abs(row_lse).sum()
+    if dtype == np.float64:
+        assert abs(lse - row_lse.sum()) <= 1e-12 * np.abs(row_lse).sum()
+
+
+@pytest.mark.parametrize("rows", [1, 37, 100, N])
+def test_sweep_lse_adds_up_over_chunks_that_do_not_divide_n(backend, rows):
+    scores = _hard_scores()
+    f = _potentials()
+    kernel = get_kernel(backend)
+    masses, lses = [], []
+    for start in range(0, N, rows):
+        mass, lse = kernel.sweep_lse(to_backend(scores[start:start + rows], backend), f, 1e3)
+        masses.append(mass)
+        lses.append(lse)
+    np.testing.assert_allclose(np.sum(masses, axis=0), _reference_plan(scores, f, 1e3).sum(axis=0),
+                               rtol=1e-6, atol=1e-6 * 1e-3 * N)
+    row_lse = _reference_lse(scores, f, 1e3)
+    assert abs(sum(lses) - row_lse.sum()) <= 1e-5 * np.abs(row_lse).sum()
+
+
+def test_sweep_is_the_mass_of_sweep_lse(backend):
+    scores = to_backend(_scores(np.float32, "peaked"), backend)
+    kernel = get_kernel(backend)
+    f = _potentials()
+    for lam in LAMS:
+        # Within float32 rounding: a backend may sum the rows in float64 for the log-sum-exp.
+        mass = kernel.sweep_lse(scores, f, lam)[0]
+        np.testing.assert_allclose(kernel.sweep(scores, f, lam), mass, rtol=1e-6)
+
+
+@requires_numba
+def test_numba_sweep_lse_is_deterministic_across_thread_counts():
+    import numba
+
+    scores = _scores(np.float32, n=20000, k=40)  # two tasks of rows
+    kernel = get_kernel("numba")
+    f = _potentials(40)
+    first = kernel.sweep_lse(scores, f, 25.0)
+    previous = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        single = kernel.sweep_lse(scores, f, 25.0)
+    finally:
+        numba.set_num_threads(previous)
+    assert np.array_equal(first[0], single[0]) and first[1] == single[1]
+    assert np.array_equal(first[0], kernel.sweep(scores, f, 25.0))

@@ -8,7 +8,8 @@ A sweep reads each row of scores from memory once; everything after that stays i
    are packed, without branches, into a scratch row; the rest is never exponentiated. A row
    whose whole range fits (small lam) skips the screening.
 3. ``exp(z - max)`` of the packed blocks and its sum; the normalised blocks are added to a
-   float64 accumulator of the K label masses.
+   float64 accumulator of the K label masses, and ``max + log(sum)`` to the rows' log-sum-exp
+   (``sweep_lse``, which the solver calls; ``sweep`` is the same pass).
 
 Rows are split into tasks of ~2 MiB taken by ``numba.get_num_threads()`` threads (the kernels
 release the GIL). Each task has its own accumulator and they are added in task order, so the
@@ -278,11 +279,17 @@ def _exp_overload(x):
 
 @njit(fastmath=_FAST, nogil=True, cache=True)
 def _sweep_rows(buf, lo, hi, k, ld, f, lam, underflow, acc):
-    """Add softmax(lam * row + f) of rows lo..hi-1 to ``acc`` (float64, length k)."""
+    """Add softmax(lam * row + f) of rows lo..hi-1 to ``acc[:k]`` and their log-sum-exp to
+    ``acc[k]`` (``acc``: float64, length k + 1).
+
+    The log-sum-exp is ``max + log(sum)`` with the very row sum that normalises the masses, so
+    it counts exactly the blocks the screening kept (the rest add below float resolution).
+    """
     full = k - k % W
     z = np.empty(k, buf.dtype)
     packed = np.empty(k, buf.dtype)
     live = np.empty(k // W + 1, np.int64)
+    lse = 0.0
     for i in range(lo, hi):
         row = buf[i * ld:i * ld + k]  # a slice: non-negative indices, no wraparound checks
         # Finite bounds, not -inf: (-inf) - (-inf) would be NaN, which these flags exclude.
@@ -303,28 +310,30 @@ def _sweep_rows(buf, lo, hi, k, ld, f, lam, underflow, acc):
             weight = 1.0 / np.float64(total)
             for j in range(k):
                 acc[j] += z[j] * weight
-            continue
-        # Pack the blocks holding any z >= top + underflow. The threshold is rounded down,
-        # never up: near |top| = 1e8 a float32 sum would round to top and drop live blocks.
-        exact = np.float64(top) + np.float64(underflow)
-        threshold = buf.dtype.type(exact - abs(exact) * 2.5e-7)
-        n_live = 0
-        for b in range(0, full, W):
-            live[n_live] = b
-            n_live += _block_keep(z, b, threshold, packed, n_live * W)
-        for j in range(n_live * W):
-            p = _exp(packed[j] - top)
-            packed[j] = p
-            total += p
-        for j in range(full, k):
-            p = _exp(z[j] - top)
-            z[j] = p
-            total += p
-        weight = 1.0 / np.float64(total)
-        for q in range(n_live):
-            _block_axpy(acc, live[q], packed, q * W, weight)
-        for j in range(full, k):
-            acc[j] += z[j] * weight
+        else:
+            # Pack the blocks holding any z >= top + underflow. The threshold is rounded down,
+            # never up: near |top| = 1e8 a float32 sum would round to top and drop live blocks.
+            exact = np.float64(top) + np.float64(underflow)
+            threshold = buf.dtype.type(exact - abs(exact) * 2.5e-7)
+            n_live = 0
+            for b in range(0, full, W):
+                live[n_live] = b
+                n_live += _block_keep(z, b, threshold, packed, n_live * W)
+            for j in range(n_live * W):
+                p = _exp(packed[j] - top)
+                packed[j] = p
+                total += p
+            for j in range(full, k):
+                p = _exp(z[j] - top)
+                z[j] = p
+                total += p
+            weight = 1.0 / np.float64(total)
+            for q in range(n_live):
+                _block_axpy(acc, live[q], packed, q * W, weight)
+            for j in range(full, k):
+                acc[j] += z[j] * weight
+        lse += np.float64(top) + math.log(np.float64(total))
+    acc[k] += lse
 
 
 # No fastmath: labels must match NumPy's arithmetic exactly (no fused multiply-add), and a NaN
@@ -510,16 +519,22 @@ class NumbaKernel(Kernel):
         return max(1, (64 << 20) // max(1, n_labels * itemsize))
 
     def sweep(self, chunk: np.ndarray, f: np.ndarray, lam: float) -> np.ndarray:
+        return self.sweep_lse(chunk, f, lam)[0]
+
+    def sweep_lse(self, chunk: np.ndarray, f: np.ndarray, lam: float) -> tuple[np.ndarray, float]:
+        """One fused pass: the label masses and the rows' log-sum-exp sum (in column ``k``
+        of the per-task sums, so both add up in the same fixed task order)."""
         buf, ld, f_typed, lam_typed = self._inputs(chunk, f, lam)
         n, k = chunk.shape
         underflow = buf.dtype.type(_UNDERFLOW[buf.dtype])
         ranges = _row_ranges(n, k)
-        acc = np.zeros((len(ranges), k))
+        acc = np.zeros((len(ranges), k + 1))
         self._threads.run(_sweep_rows, [
             (buf, lo, hi, k, ld, f_typed, lam_typed, underflow, acc[t])
             for t, (lo, hi) in enumerate(ranges)
         ])
-        return acc.sum(axis=0)
+        total = acc.sum(axis=0)
+        return total[:k], float(total[k])
 
     def best(self, chunk: np.ndarray, f: np.ndarray, lam: float) -> tuple[np.ndarray, np.ndarray]:
         buf, ld, f_typed, lam_typed = self._inputs(chunk, f, lam)
