@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The GPU check: the CUDA benchmark at ImageNet scale, then the CUDA tests, in under 4 minutes
-# on one H100/H200 (tuning compiles up to 8 Triton and 17 CUDA C launch configurations per
+# The GPU check: the per-pass benchmark at ImageNet scale, full solves in both regimes, the
+# host-to-device streaming benchmark, then the CUDA tests, in under 6 minutes on one H100/H200 (tuning compiles up to 8 Triton and 17 CUDA C launch configurations per
 # kernel and dtype once; each compiles in about a second or less).
 # Logs and the benchmark's JSON go to $OUT (default: bench-results/).
 # The benchmark runs first: a test run cut short still leaves the figures.
@@ -18,10 +18,22 @@ cat "$out/device.txt"
 timeout -k 5 120 python3 benchmarks/gpu_bench.py "$out/gpu_bench.json" --reps 10 2>&1 | tee "$out/bench.log"
 bench=${PIPESTATUS[0]}
 
-timeout -k 5 100 python3 -m pytest -q -m gpu -rs --durations=15 -p no:cacheprovider \
-    -p benchmarks.pytest_progress tests/test_gpu.py tests/test_torch_backend.py 2>&1 \
-    | tee "$out/tests.log"
+timeout -k 5 100 python3 benchmarks/gpu_solve.py "$out/gpu_solve.json" 2>&1 | tee "$out/solve.log"
+solve=${PIPESTATUS[0]}
+
+OUT="$out" timeout -k 5 60 python3 benchmarks/gpu_stream.py
+stream=$?
+
+# NCCL on one rank: the distributed path with CUDA tensors end to end.
+timeout -k 5 60 torchrun --standalone --nproc_per_node=1 examples/distributed_torchrun.py \
+    2>&1 | tee "$out/distributed.log"
+dist=${PIPESTATUS[0]}
+
+timeout -k 5 110 python3 -m pytest -q -m gpu -rs --durations=15 -p no:cacheprovider \
+    -p benchmarks.pytest_progress tests/test_gpu.py tests/test_torch_backend.py \
+    tests/test_device_stream.py 2>&1 | tee "$out/tests.log"
 tests=${PIPESTATUS[0]}
 
-echo "benchmark exit $bench, tests exit $tests"
-[ "$bench" -eq 0 ] && [ "$tests" -eq 0 ]
+echo "benchmark $bench, solve $solve, stream $stream, distributed $dist, tests $tests (exit codes)"
+[ "$bench" -eq 0 ] && [ "$solve" -eq 0 ] && [ "$stream" -eq 0 ] && [ "$dist" -eq 0 ] \
+    && [ "$tests" -eq 0 ]
