@@ -280,3 +280,48 @@ def _tuning_key(library: str, x, k: int) -> tuple:
         return ("sweep", x.dtype, k)
     from sinklabel.kernels import cupy as module
     return (x.dtype.name, k, module._sweep_plan(x)[0][0])
+
+
+def _sweep_lse_float64(exact: np.ndarray, f: np.ndarray, lam: float):
+    """Masses and per-row log-sum-exps of lam * exact + f, in float64 from the definition."""
+    z = lam * exact.astype(np.float64) + f
+    top = z.max(axis=1, keepdims=True)
+    p = np.exp(z - top)
+    sums = p.sum(axis=1)
+    return (p / sums[:, None]).sum(axis=0), top[:, 0] + np.log(sums)
+
+
+@needs_cupy
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
+@pytest.mark.parametrize("n, k", [(700, 40), (700, 3000), (300, 20000)])
+def test_cupy_sweep_lse_every_candidate_matches_float64_formula(dtype, n, k):
+    """The fused log-sum-exp of every launch configuration the tuner may pick (and of the
+    blocked ops for rows too wide for one block), against float64 from the definition; it
+    repeats exactly and ``sweep`` is its first half."""
+    from sinklabel.kernels import cupy as module
+
+    host = make_scores(n, k, regime="flat", seed=13).scores
+    x, exact = on_device(host, "cupy", dtype)
+    f = np.random.default_rng(14).standard_normal(k)
+    mass_expected, lse_rows = _sweep_lse_float64(exact, f, 25.0)
+    mass_rtol = 1e-10 if dtype == "float64" else 1e-5
+    lse_tol = (1e-12 if dtype == "float64" else 1e-6) * np.abs(lse_rows).sum()
+    configs = module._sweep_plan(x) or [None]
+    assert (len(configs) > 1) == (k < 20000)
+    kernel, saved = get_kernel("cupy"), dict(module._TUNED)
+    try:
+        for config in configs:
+            if config is not None:
+                module._TUNED[_tuning_key("cupy", x, k)] = config
+            mass, lse = kernel.sweep_lse(x, f, 25.0)
+            assert mass.dtype == np.float64 and mass.shape == (k,) and isinstance(lse, float)
+            np.testing.assert_allclose(mass, mass_expected, rtol=mass_rtol, atol=1e-9,
+                                       err_msg=str(config))
+            assert abs(lse - lse_rows.sum()) <= lse_tol, (config, lse, lse_rows.sum())
+            again = kernel.sweep_lse(x, f, 25.0)
+            np.testing.assert_array_equal(again[0], mass)
+            assert again[1] == lse
+            np.testing.assert_array_equal(kernel.sweep(x, f, 25.0), mass)
+    finally:
+        module._TUNED.clear()
+        module._TUNED.update(saved)

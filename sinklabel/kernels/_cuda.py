@@ -7,8 +7,10 @@ is read once, ``z = scale * x + coef`` in base-2 units, row max and row sum by w
 and one shared-memory exchange, then ``acc += exp2(z - max) / sum``. With ``PREFETCH`` the
 next tile's raw scores are loaded into registers before this tile's arithmetic, so loads stay
 in flight through the two barriers per tile (without it a block waits for memory once per
-tile). Each block writes its K sums to its own row of a partial-sum buffer, reduced in a fixed
-order on the host side: no atomics, so results repeat exactly.
+tile). Each block writes its K sums to its own row of a partial-sum buffer, and the sum of
+its rows' log-sum-exps (``max + log2(sum)`` per row, one log2 per row, accumulated in float64
+by thread 0, converted to natural-log units at the end) to its own entry of a second buffer;
+both are reduced in a fixed order on the host side: no atomics, so results repeat exactly.
 
 ``sink_best<S>``: one warp per row; row max of ``scale * x + coef`` rounded like NumPy (no
 fused multiply-add), its first arg-max, and NaN when the row holds one.
@@ -37,6 +39,14 @@ __device__ __forceinline__ float exp2_fast(float v) {
     return out;
 }
 __device__ __forceinline__ double exp2_fast(double v) { return exp2(v); }
+
+// log2, once per row for its log-sum-exp (0 gives -inf, like log2).
+__device__ __forceinline__ float log2_fast(float v) {
+    float out;
+    asm("lg2.approx.ftz.f32 %0, %1;" : "=f"(out) : "f"(v));
+    return out;
+}
+__device__ __forceinline__ double log2_fast(double v) { return log2(v); }
 
 // 2^v by FMAs alone, to move some of the exponentials off the special-function unit: v is
 // split into a rounded integer i (the 1.5 * 2^23 trick) and f in [-0.5, 0.5], 2^f is a
@@ -134,11 +144,13 @@ template <typename S, int VEC, int N> __device__ __forceinline__ bool load_pack(
 // MERGE's one barrier per tile: each warp takes exp2 against its own row max and sums it,
 // lane 0 posts the warp's (max, sum), and after the barrier lane l merges warp l % WARPS's
 // pair (rescaled to the row max) in a log2(WARPS)-step butterfly, so every lane ends with the
-// row's max and sum. ``exchange`` is this tile's half of a buffer alternating by tile: a warp
-// writes the next tile's pairs only after the barrier that every warp reaches after reading.
+// row's max and sum; ``lse`` gets each row's log-sum-exp in base-2 units. ``exchange`` is
+// this tile's half of a buffer alternating by tile: a warp writes the next tile's pairs only
+// after the barrier that every warp reaches after reading.
 template <typename A, int VEC, int NV, int ROWS, int WARPS, int POLY>
 __device__ __forceinline__ void merge_rows(A (&z)[ROWS][NV][VEC], A (&weight)[ROWS],
-                                           A (*exchange)[ROWS][WARPS], int warp, int lane)
+                                           A (&lse)[ROWS], A (*exchange)[ROWS][WARPS],
+                                           int warp, int lane)
 {
     A own[ROWS];
 #pragma unroll
@@ -177,6 +189,7 @@ __device__ __forceinline__ void merge_rows(A (&z)[ROWS][NV][VEC], A (&weight)[RO
 #pragma unroll
         for (int d = WARPS / 2; d > 0; d >>= 1) s += __shfl_xor_sync(0xffffffffu, s, d);
         weight[r] = s > 0 ? exp2_fast(own[r] - top) * (A(1) / s) : A(0);
+        lse[r] = top + log2_fast(s);
     }
 }
 
@@ -184,8 +197,8 @@ template <typename S, int VEC, int NV, int ROWS, int THREADS, int PREFETCH, int 
           int POLY = 0>
 __global__ void __launch_bounds__(THREADS) sink_sweep(
     const S* __restrict__ x, const typename Acc<S>::type* __restrict__ coef,
-    typename Acc<S>::type* __restrict__ part, long long n_rows, long long stride_row,
-    long long stride_col, int n_cols)
+    typename Acc<S>::type* __restrict__ part, double* __restrict__ lse_part, long long n_rows,
+    long long stride_row, long long stride_col, int n_cols)
 {
     typedef typename Acc<S>::type A;
     const int WARPS = THREADS / 32;
@@ -217,6 +230,10 @@ __global__ void __launch_bounds__(THREADS) sink_sweep(
             ok[r][j] = PREFETCH && load_pack<S, VEC>(raw[r][j], x, blockIdx.x * (long long)ROWS + r,
                                                      (j * THREADS + t) * VEC, n_rows, stride_row,
                                                      stride_col, n_cols);
+    // The sum of the block's row log-sum-exps in base-2 units, kept by thread 0 in shared
+    // memory: with a register held through the loop ptxas spilled more (checked for sm_90).
+    __shared__ double lse_sum;
+    if (t == 0) lse_sum = 0;
     int step = 0;
     for (long long tile = blockIdx.x; tile < n_tiles; tile += gridDim.x, ++step) {
         A z[ROWS][NV][VEC];
@@ -262,8 +279,14 @@ __global__ void __launch_bounds__(THREADS) sink_sweep(
         }
         A weight[ROWS];
         if (MERGE) {
-            merge_rows<A, VEC, NV, ROWS, WARPS, POLY>(z, weight, exchange + 2 * (step & 1), warp,
-                                                      lane);
+            A lse[ROWS];
+            merge_rows<A, VEC, NV, ROWS, WARPS, POLY>(z, weight, lse, exchange + 2 * (step & 1),
+                                                      warp, lane);
+            if (t == 0) {
+#pragma unroll
+                for (int r = 0; r < ROWS; ++r)
+                    if (tile * ROWS + r < n_rows) lse_sum += (double)lse[r];
+            }
         } else {
 #pragma unroll
             for (int r = 0; r < ROWS; ++r) {
@@ -300,6 +323,8 @@ __global__ void __launch_bounds__(THREADS) sink_sweep(
 #pragma unroll
                 for (int w = 0; w < WARPS; ++w) s += exchange[1][r][w];
                 weight[r] = s > 0 ? A(1) / s : A(0);
+                if (t == 0 && tile * ROWS + r < n_rows)
+                    lse_sum += (double)top[r] + (double)log2_fast(s);
             }
         }
 #pragma unroll
@@ -316,6 +341,7 @@ __global__ void __launch_bounds__(THREADS) sink_sweep(
             const int col = (j * THREADS + t) * VEC + v;
             if (col < n_cols) part[blockIdx.x * (long long)n_cols + col] = acc[j][v];
         }
+    if (t == 0) lse_part[blockIdx.x] = lse_sum * 0.6931471805599453;
 }
 
 template <typename S>

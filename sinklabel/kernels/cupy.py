@@ -42,21 +42,23 @@ class CupyKernel(Kernel):
         return 1 << 62
 
     def sweep(self, chunk, f: np.ndarray, lam: float) -> np.ndarray:
+        return self.sweep_lse(chunk, f, lam)[0]
+
+    def sweep_lse(self, chunk, f: np.ndarray, lam: float) -> tuple[np.ndarray, float]:
+        """One fused pass: the block partials of the masses and of the rows' log-sum-exps are
+        reduced on the device and copied to the host together (one sync)."""
         import cupy as cp
 
         x = _floating(chunk)
         plan = _sweep_plan(x)
         if plan is None:
-            total = cp.zeros(x.shape[1], dtype=cp.float64)
-            for _, z in _shifted_blocks(x, f, lam):
-                cp.exp(z, out=z)
-                total += (1.0 / z.sum(axis=1)) @ z
-            return total.get()
+            return _split(_blocked_sweep_lse(x, f, lam, cp).get())
         n_rows, n_cols = x.shape
         coef = _coefficients(x, f * LOG2E, lam * LOG2E)
         programs = _programs(n_rows)
         part = cp.empty((programs, n_cols), dtype=coef.dtype)
-        args = (x, coef, part, np.int64(n_rows), *_strides(x), np.int32(n_cols))
+        lse_part = cp.empty(programs, dtype=cp.float64)
+        args = (x, coef, part, lse_part, np.int64(n_rows), *_strides(x), np.int32(n_cols))
         names = [sweep_name(x.dtype.name, config) for config in plan]
 
         def launch(config: tuple[int, ...]) -> None:
@@ -66,7 +68,8 @@ class CupyKernel(Kernel):
         key = (x.dtype.name, n_cols, plan[0][0])
         tuning = key not in _TUNED and x.size >= TUNE_ELEMENTS and len(plan) > 1
         _run(launch, plan, key, x)
-        return part.sum(axis=0, dtype=cp.float64).get()
+        totals = cp.concatenate([part.sum(axis=0, dtype=cp.float64), lse_part.sum().reshape(1)])
+        return _split(totals.get())
 
     def best(self, chunk, f: np.ndarray, lam: float):
         import cupy as cp
@@ -88,7 +91,7 @@ class CupyKernel(Kernel):
         import cupy as cp
 
         result = None
-        for _, z in _shifted_blocks(_floating(chunk), f, lam):
+        for _, z, _ in _shifted_blocks(_floating(chunk), f, lam):
             top = z.max(axis=0)
             result = top if result is None else cp.maximum(result, top)
         return result.astype(cp.float64).get()
@@ -98,7 +101,7 @@ class CupyKernel(Kernel):
 
         x = _floating(chunk)
         out = cp.empty(x.shape, dtype=_compute_dtype(x))
-        for start, z in _shifted_blocks(x, f, lam):
+        for start, z, _ in _shifted_blocks(x, f, lam):
             cp.exp(z, out=z)
             z /= z.sum(axis=1, keepdims=True)
             out[start:start + z.shape[0]] = z
@@ -178,8 +181,9 @@ def _sweep_plan(x) -> list[tuple[int, ...]] | None:
     None when a row does not fit in one block's registers.
 
     Vectors are 16 bytes, and for 16-bit scores also 8 bytes (more threads per row, so more
-    rows per barrier pair). Register use was checked with ptxas for sm_90: at K=3000 the
-    defaults take 89 (float16) and 101 (float32) registers, two blocks per multiprocessor.
+    rows per barrier pair). Register use was checked with ptxas for sm_90 (NVRTC, with the
+    log-sum-exp): at K=3000 the two-row prefetching shapes take 103 (float16) and 123
+    (float32) registers, still two blocks per multiprocessor.
     """
     n_cols = x.shape[1]
     row_stride, col_stride = (int(s) for s in _strides(x))
@@ -277,14 +281,36 @@ def _blocks(x) -> Iterator[tuple[int, int]]:
         yield start, min(n_rows, start + rows)
 
 
-def _shifted_blocks(x, f: np.ndarray, lam: float) -> Iterator[tuple[int, object]]:
-    """(first row, z - rowmax(z)) block by block, with z = lam * x + f in the compute dtype."""
-    import cupy as cp
+def _shifted_blocks(x, f: np.ndarray, lam: float,
+                    xp=None) -> Iterator[tuple[int, object, object]]:
+    """(first row, z - rowmax(z), rowmax(z) as a column) block by block, with
+    z = lam * x + f in the compute dtype; ``xp`` is the array module (CuPy by default)."""
+    if xp is None:
+        import cupy as xp
 
     dtype = _compute_dtype(x)
-    offsets = cp.asarray(f.astype(dtype))
+    offsets = xp.asarray(f.astype(dtype))
     for start, stop in _blocks(x):
         z = x[start:stop].astype(dtype) * dtype.type(lam)
         z += offsets
-        z -= z.max(axis=1, keepdims=True)
-        yield start, z
+        top = z.max(axis=1, keepdims=True)
+        z -= top
+        yield start, z, top
+
+
+def _blocked_sweep_lse(x, f: np.ndarray, lam: float, xp):
+    """The sweep and the log-sum-exp sum for rows too wide for the fused kernel, by plain
+    array ops (``xp``: CuPy, or NumPy in tests): float64 masses with the sum appended."""
+    n_cols = x.shape[1]
+    totals = xp.zeros(n_cols + 1, dtype=np.float64)
+    for _, z, top in _shifted_blocks(x, f, lam, xp):
+        xp.exp(z, out=z)
+        sums = z.sum(axis=1)
+        totals[:n_cols] += (1.0 / sums) @ z
+        totals[n_cols] += (top[:, 0].astype(np.float64) + xp.log(sums.astype(np.float64))).sum()
+    return totals
+
+
+def _split(totals: np.ndarray) -> tuple[np.ndarray, float]:
+    """(masses, log-sum-exp sum) from the host copy of the masses with the sum appended."""
+    return totals[:-1], float(totals[-1])
