@@ -15,17 +15,17 @@ python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', tr
 python3 -c "import cupy; print('cupy', cupy.__version__)" >>"$out/device.txt" 2>&1
 cat "$out/device.txt"
 
-timeout -k 5 120 python3 benchmarks/gpu_bench.py "$out/gpu_bench.json" --reps 10 2>&1 | tee "$out/bench.log"
+timeout -k 5 110 python3 benchmarks/gpu_bench.py "$out/gpu_bench.json" --reps 10 2>&1 | tee "$out/bench.log"
 bench=${PIPESTATUS[0]}
 
-timeout -k 5 100 python3 benchmarks/gpu_solve.py "$out/gpu_solve.json" 2>&1 | tee "$out/solve.log"
+timeout -k 5 90 python3 benchmarks/gpu_solve.py "$out/gpu_solve.json" 2>&1 | tee "$out/solve.log"
 solve=${PIPESTATUS[0]}
 
-OUT="$out" timeout -k 5 60 python3 benchmarks/gpu_stream.py
+OUT="$out" timeout -k 5 45 python3 benchmarks/gpu_stream.py
 stream=$?
 
 # NCCL on one rank: the distributed path with CUDA tensors end to end.
-timeout -k 5 60 torchrun --standalone --nproc_per_node=1 examples/distributed_torchrun.py \
+timeout -k 5 45 torchrun --standalone --nproc_per_node=1 examples/distributed_torchrun.py \
     2>&1 | tee "$out/distributed.log"
 dist=${PIPESTATUS[0]}
 
