@@ -71,26 +71,47 @@ def solve_quietly(scores, k: int, **options):
 
 
 def assert_same_solution(result, reference, exact: np.ndarray, atol: float) -> None:
-    np.testing.assert_allclose(result.potentials, reference.potentials, rtol=0, atol=atol)
+    """The same plan (soft assignments within ``atol``) and the same labels, except on rows
+    whose top two scores are closer than the potentials' own disagreement allows."""
+    gap = np.abs(result.potentials - reference.potentials).max()
     z = reference.lam * exact.astype(np.float64) + reference.potentials
+    soft = np.exp(z - z.max(axis=1, keepdims=True))
+    soft /= soft.sum(axis=1, keepdims=True)
+    ours = to_host(result.soft_assignments(_like(result, exact)))
+    np.testing.assert_allclose(ours, soft, rtol=0, atol=atol)
     top2 = np.sort(z, axis=1)[:, -2:]
-    near_tie = top2[:, 1] - top2[:, 0] < 1e-3
+    near_tie = top2[:, 1] - top2[:, 0] <= 2 * gap + 1e-3
     differ = to_host(result.labels) != reference.labels
     assert not np.any(differ & ~near_tie)
+
+
+def _like(result, exact: np.ndarray):
+    """The host scores on the result's library and device, in the compute dtype."""
+    if result.backend == "cupy":
+        return cp.asarray(exact)
+    return torch.from_numpy(exact).cuda()
 
 
 @pytest.mark.parametrize("library, dtype", CASES)
 @pytest.mark.parametrize("n, k, regime", [(4000, 40, "flat"), (4000, 40, "peaked"),
                                           (6000, 3000, "flat")])
 def test_full_solve_agrees_with_numpy_on_host(library, dtype, n, k, regime):
+    """Solved to a tolerance near each precision's floor, the GPU and NumPy backends reach
+    the same solution: potentials to 1e-9 in float64. In float32 the dual is too flat along
+    some potentials for them to agree closely (two CPU backends at K=3000 and tol=1e-4
+    differ by 0.03 in potentials and 2e-3 in a plan entry), so the plans and labels they
+    define are compared, to that precision."""
     host = make_scores(n, k, regime=regime, seed=5).scores
     x, exact = on_device(host, library, dtype)
-    options = dict(lam=25.0, tol=1e-12, max_iter=60)
+    wide = dtype == "float64"
+    options = dict(lam=25.0, tol=1e-12 if wide else 1e-4, max_iter=300)
     result = solve_quietly(x, k, **options)
     reference = solve_quietly(exact, k, backend="numpy", **options)
     assert result.backend == library
-    assert result.n_iter == reference.n_iter == 60
-    assert_same_solution(result, reference, exact, 1e-10 if dtype == "float64" else 1e-4)
+    assert result.converged and reference.converged
+    if wide:
+        np.testing.assert_allclose(result.potentials, reference.potentials, rtol=0, atol=1e-9)
+    assert_same_solution(result, reference, exact, 1e-10 if wide else 5e-3)
 
 
 @pytest.mark.parametrize("library, dtype", CASES)
@@ -154,7 +175,7 @@ def test_non_contiguous_inputs_match_contiguous(library, layout):
     options = dict(tol=1e-12, max_iter=40)
     result = solve_quietly(x, x.shape[1], **options)
     reference = solve_quietly(contiguous, x.shape[1], **options)
-    np.testing.assert_allclose(result.potentials, reference.potentials, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(result.potentials, reference.potentials, rtol=0, atol=1e-5)  # float32 sums in another order
     np.testing.assert_array_equal(to_host(result.labels), to_host(reference.labels))
 
 
