@@ -95,7 +95,7 @@ def sinkhorn(
         target). "exact": the optimal labelling with sizes exactly ``floor`` or ``ceil`` of
         ``N * label_weights``, found by the exact solver warm-started from the potentials,
         with its certified gap in ``result.certificate`` (see :func:`sinklabel.solve_exact`).
-        Not available with ``process_group``/``distributed``.
+        Not yet supported with ``process_group``/``distributed`` (raises ValueError).
 
     Returns
     -------
@@ -104,8 +104,12 @@ def sinkhorn(
     if balance not in BALANCE:
         raise ValueError(f"balance must be one of {BALANCE}, got {balance!r}")
     if balance is not None and (distributed or process_group is not None):
-        raise ValueError("balance='exact' needs all rows in one process; not available with "
-                         "process_group or distributed")
+        raise ValueError(
+            "balance='exact' across ranks is not supported yet: it needs all rows in one "
+            "process. Solve with balance=None across ranks and certify the labels with "
+            "duality_gap(..., distributed=True), or gather the scores on one rank and call "
+            "sinkhorn(..., balance='exact') there"
+        )
     if distributed or process_group is not None:
         from .distributed import distributed_sinkhorn
 

@@ -21,8 +21,8 @@ import numpy as np
 from ._arrays import array_library
 from ._capacities import check_capacities
 from ._validation import check_positive, check_shape
-from .kernels import resolve_kernel
-from .sources import Array, as_source, itemsize
+from .kernels import Kernel, resolve_kernel
+from .sources import Array, Source, as_source, itemsize
 
 #: Relative rounding of one maximum computed in the kernel's float32 arithmetic (2 ulps).
 _ROUND32 = 2.0**-22
@@ -74,6 +74,8 @@ def duality_gap(
     *,
     backend: str = "auto",
     chunk_size: int | None = None,
+    process_group: Any = None,
+    distributed: bool = False,
 ) -> Certificate:
     """Certify a labelling against the exact problem with label prices, in one pass.
 
@@ -90,28 +92,74 @@ def duality_gap(
         Label sizes, as in :func:`sinklabel.solve_exact` (default: floor or ceil of N/K).
     backend, chunk_size
         As in :func:`sinklabel.sinkhorn`.
+    process_group : torch.distributed.ProcessGroup, default=None
+        Certify the labelling of the rows of every rank in the group: each rank passes its
+        own ``logp`` rows and their ``labels`` (any number, including none), and the same
+        ``prices`` and ``capacities``, which are global (they size labels over all N rows).
+        Every rank returns the same global certificate. See docs/distributed.md.
+    distributed : bool, default=False
+        As ``process_group``, with torch.distributed's default group.
 
     Returns
     -------
     Certificate
     """
+    if distributed or process_group is not None:
+        from .distributed import distributed_duality_gap
+
+        return distributed_duality_gap(
+            logp, labels, prices, capacities, process_group=process_group, backend=backend,
+            chunk_size=chunk_size,
+        )
     source = as_source(logp)
     N, K = source.shape
     check_shape(source, K)
     lower, upper = check_capacities(capacities, N, K)
-    v = _host(prices).astype(np.float64)
-    if v.shape != (K,) or not np.all(np.isfinite(v)):
-        raise ValueError(f"prices must be {K} finite numbers, got shape {v.shape}")
-    y = _host(labels)
-    if y.shape != (N,) or not np.issubdtype(y.dtype, np.integer):
-        raise ValueError(f"labels must be {N} integers, got shape {y.shape} and dtype {y.dtype}")
-    if y.size and (y.min() < 0 or y.max() >= K):
-        raise ValueError(f"labels must lie in [0, {K}), got values in [{y.min()}, {y.max()}]")
+    v = _checked_prices(prices, K)
+    y = _checked_labels(labels, N, K)
     kernel = resolve_kernel(backend, source.library)
-    rows = (
-        kernel.chunk_rows(K, itemsize(source.dtype)) if chunk_size is None
-        else check_positive("chunk_size", chunk_size, integer=True)
-    )
+    sums = _partial_sums(source, kernel, y, v, _certificate_rows(kernel, source, chunk_size))
+    return _certificate_from_sums(sums, v, lower, upper)
+
+
+def _checked_prices(prices: Array, n_labels: int) -> np.ndarray:
+    """The prices as a float64 host vector of K finite numbers."""
+    v = _host(prices).astype(np.float64)
+    if v.shape != (n_labels,) or not np.all(np.isfinite(v)):
+        raise ValueError(f"prices must be {n_labels} finite numbers, got shape {v.shape}")
+    return v
+
+
+def _checked_labels(labels: Array, n_points: int, n_labels: int) -> np.ndarray:
+    """The labels as a host integer vector of N values in ``[0, K)``."""
+    y = _host(labels)
+    if y.shape != (n_points,) or not np.issubdtype(y.dtype, np.integer):
+        raise ValueError(
+            f"labels must be {n_points} integers, got shape {y.shape} and dtype {y.dtype}"
+        )
+    if y.size and (y.min() < 0 or y.max() >= n_labels):
+        raise ValueError(
+            f"labels must lie in [0, {n_labels}), got values in [{y.min()}, {y.max()}]"
+        )
+    return y
+
+
+def _certificate_rows(kernel: Kernel, source: Source, chunk_size: int | None) -> int:
+    """Rows per chunk of the pass: the kernel's choice unless the caller fixed it."""
+    if chunk_size is None:
+        return kernel.chunk_rows(source.shape[1], itemsize(source.dtype))
+    return check_positive("chunk_size", chunk_size, integer=True)
+
+
+def _partial_sums(
+    source: Source, kernel: Kernel, y: np.ndarray, v: np.ndarray, rows: int
+) -> np.ndarray:
+    """One pass over these rows: ``[primal, dual_rows, rounding, n_rows, *label_counts]``.
+
+    Every entry is a sum over rows, so the sums of several processes' rows add up to those
+    of all their rows together.
+    """
+    K = source.shape[1]
     unit = _ROUND64 if source.dtype == "float64" else _ROUND32
     primal = dual_rows = rounding = 0.0
     for start, stop, chunk in source.chunks(rows):
@@ -123,8 +171,17 @@ def duality_gap(
         primal -= float(own.sum())
         rounding += unit * float(np.abs(top).sum())
     counts = np.bincount(y, minlength=K)
+    return np.concatenate([[primal, dual_rows, rounding, y.size], counts]).astype(np.float64)
+
+
+def _certificate_from_sums(
+    sums: np.ndarray, v: np.ndarray, lower: np.ndarray, upper: np.ndarray
+) -> Certificate:
+    """The certificate of all the rows whose :func:`_partial_sums` add up to ``sums``."""
+    primal, dual_rows, rounding, n_points = (float(value) for value in sums[:4])
+    counts = sums[4:]
     dual = dual_rows + float(np.minimum(lower * v, upper * v).sum())
-    rounding += 4 * N * 2.0**-53 * (abs(primal) + abs(dual_rows))
+    rounding += 4 * n_points * 2.0**-53 * (abs(primal) + abs(dual_rows))
     feasible = bool(np.all((counts >= lower) & (counts <= upper)))
     return Certificate(primal, dual, primal - dual, rounding, feasible)
 

@@ -30,12 +30,22 @@ import numpy as np
 
 from . import api
 from ._arrays import array_library, is_cuda
+from ._capacities import check_capacities
 from ._validation import (
     FLOAT_DTYPES,
     check_init,
     check_label_weights,
     check_positive,
     check_shape,
+)
+from .certificate import (
+    Certificate,
+    _certificate_from_sums,
+    _certificate_rows,
+    _checked_labels,
+    _checked_prices,
+    _host,
+    _partial_sums,
 )
 from .collective import Collective
 from .kernels import Kernel, resolve_kernel
@@ -44,6 +54,9 @@ from .sources import Array, ArraySource, Source, as_source
 
 #: What every rank must pass identically, in fingerprint order.
 AGREED = ("K", "lam", "tol", "max_iter", "dtype", "label_weights", "init")
+
+#: What every rank must pass identically to a distributed duality_gap, in fingerprint order.
+CERTIFIED = ("K", "prices", "capacities")
 
 #: Error kinds a rank reports to the others (code = position + 1); the last one catches all.
 _ERROR_KINDS: tuple[type[BaseException], ...] = (
@@ -164,10 +177,7 @@ def distributed_sinkhorn(
     ``logp`` holds this rank's rows (any number, including none); the result's ``labels``
     are this rank's, its ``potentials``, ``label_counts``, ``n_iter`` and errors global.
     """
-    collective = TorchCollective(process_group)
-    array = getattr(logp, "array", logp)
-    if collective.device.type == "cuda" and array_library(array) == "torch" and is_cuda(array):
-        collective.device = array.device  # NCCL: reduce on the device that holds the rows
+    collective = _collective_for(logp, process_group)
     try:
         checked = _check_local(logp, K, lam, label_weights, tol, max_iter, init, chunk_size,
                                memory_limit, backend)
@@ -186,6 +196,78 @@ def distributed_sinkhorn(
         progress=progress and collective.rank == 0,
         collective=collective,
     )
+
+
+def distributed_duality_gap(
+    logp: Array,
+    labels: Array,
+    prices: Array,
+    capacities: Any,
+    *,
+    process_group: Any,
+    backend: str,
+    chunk_size: int | None,
+) -> Certificate:
+    """:func:`sinklabel.duality_gap` of the rows of every rank in ``process_group``.
+
+    Called by ``duality_gap(..., process_group=...)`` / ``distributed=True``. Each rank passes
+    its own rows and labels, and the same prices and capacities (global sizes: they must admit
+    N rows, the total over all ranks). Two reductions cross the ranks: the fingerprint
+    before the pass and one sum of K + 4 partial sums after it; every rank returns the same
+    certificate.
+    """
+    collective = _collective_for(logp, process_group)
+    try:
+        checked = _check_certificate_local(logp, labels, prices, capacities, backend, chunk_size)
+        error = None
+    except Exception as exc:  # shared with the other ranks below, then re-raised here
+        checked, error = None, exc
+    if checked is None:
+        fingerprint = np.array([_error_code(error)] + [0.0] * (1 + len(CERTIFIED)))
+    else:
+        fingerprint = checked[-1]
+    table = collective.gather(fingerprint)
+    if error is not None:
+        raise error
+    _check_agreement(table, CERTIFIED)
+    source, kernel, y, v, rows, _ = checked
+    # The same capacities and the same N on every rank: the same verdict everywhere.
+    lower, upper = check_capacities(capacities, int(table[:, 1].sum()), source.shape[1])
+    try:
+        sums = _partial_sums(source, kernel, y, v, rows)
+    except Exception as exc:  # the others learn of it in the sum below
+        collective.fail(exc)
+        sums = np.zeros(source.shape[1] + 4)
+    return _certificate_from_sums(collective.sum(sums), v, lower, upper)
+
+
+def _check_certificate_local(
+    logp: Array, labels: Array, prices: Array, capacities: Any, backend: str,
+    chunk_size: int | None,
+) -> tuple[Source, Kernel, np.ndarray, np.ndarray, int, np.ndarray]:
+    """This rank's checks of :func:`sinklabel.duality_gap`'s input, N may be 0, and its
+    fingerprint ``[0, rows, *CERTIFIED]``. Capacities are checked after the exchange,
+    against the global N."""
+    source = as_source(logp)
+    K = check_shape(source, source.shape[1] if len(source.shape) == 2 else 0,
+                    allow_empty_rows=True)
+    v = _checked_prices(prices, K)
+    y = _checked_labels(labels, source.shape[0], K)
+    kernel = resolve_kernel(backend, source.library)
+    rows = _certificate_rows(kernel, source, chunk_size)
+    fingerprint = np.array(
+        [0.0, source.shape[0], K, _digest(v), _capacities_digest(capacities)]
+    )
+    return source, kernel, y, v, rows, fingerprint
+
+
+def _capacities_digest(capacities: Any) -> float:
+    """-1 for the default sizes, else a digest of the vectors (a pair or one) as given."""
+    if capacities is None:
+        return -1.0
+    parts = list(capacities) if isinstance(capacities, tuple) else [capacities]
+    vectors = [np.ravel(_host(part)).astype(np.float64) for part in parts]
+    return _digest(np.concatenate([[len(parts)], *[[v.size] for v in vectors], *vectors]))
 
 
 def _check_local(
@@ -228,17 +310,17 @@ def _fingerprint(
     ])
 
 
-def _check_agreement(table: np.ndarray) -> None:
+def _check_agreement(table: np.ndarray, names: tuple[str, ...] = AGREED) -> None:
     """The same verdict on every rank, from the same table of fingerprints."""
     status, rows, agreed = table[:, 0], table[:, 1], table[:, 2:]
     if status.any():
         raise RankFailedError(_who_failed(status, "checking its input, before the solve"))
-    for column, name in enumerate(AGREED):
+    for column, name in enumerate(names):
         values = agreed[:, column]
         if np.any(values != values[0]):
             raise ValueError(
                 f"ranks disagree on {name}: {_by_value(name, values)}; every rank must pass "
-                f"the same {', '.join(AGREED)}"
+                f"the same {', '.join(names)}"
             )
     if rows.sum() == 0:
         raise ValueError("logp must be non-empty: every rank passed 0 rows")
@@ -260,7 +342,7 @@ def _show(name: str, value: float, index: int) -> str:
         return str(int(value))
     if name == "dtype":
         return FLOAT_DTYPES[int(value)]
-    if name in ("label_weights", "init"):
+    if name in ("label_weights", "init", "prices", "capacities"):
         return "None" if value < 0 else f"<vector {chr(ord('A') + index)}>"
     return repr(float(value))
 
@@ -283,6 +365,15 @@ def _who_failed(codes: np.ndarray, when: str) -> str:
         f"{' and '.join(parts)} failed {when}; every rank of the group stops, and the failing "
         "rank raises its own error, which says why"
     )
+
+
+def _collective_for(logp: Array, group: Any) -> TorchCollective:
+    """The group's collective, reducing on the device of this rank's CUDA rows under NCCL."""
+    collective = TorchCollective(group)
+    array = getattr(logp, "array", logp)
+    if collective.device.type == "cuda" and array_library(array) == "torch" and is_cuda(array):
+        collective.device = array.device  # NCCL: reduce on the device that holds the rows
+    return collective
 
 
 def _reduction_device(group: Any) -> Any:

@@ -337,6 +337,160 @@ def test_a_rank_that_dies_makes_the_others_fail_within_the_group_timeout(tmp_pat
     assert seconds < GROUP_TIMEOUT_S + 5
 
 
+# ---- the duality-gap certificate across ranks ----------------------------------------------
+
+CAPACITY_CASES = {
+    "default": None,
+    "fixed": np.full(6, 40),
+    "range": (np.full(6, 30), np.full(6, 50)),
+}
+
+
+def _certificate_cases(rank: int, world: int, labellings: dict, prices: dict) -> dict:
+    sizes = SPLITS[world][0]
+    rows = _shard(FLAT, sizes, rank)
+    out = {}
+    for name, labels in labellings.items():
+        mine = _shard(labels, sizes, rank)
+        for capacity_name, capacities in CAPACITY_CASES.items():
+            out[name, capacity_name] = sinklabel.duality_gap(
+                rows, mine, prices[name], capacities, chunk_size=16, distributed=True,
+            )
+    # float32 rows as torch tensors, through the process_group argument
+    mine = torch.from_numpy(_shard(labellings["optimal"], sizes, rank))
+    out["float32"] = sinklabel.duality_gap(
+        torch.from_numpy(rows.astype(np.float32)), mine, prices["optimal"],
+        process_group=dist.group.WORLD,
+    )
+    return out
+
+
+def _certificate_labellings() -> tuple[dict, dict]:
+    """Labellings of FLAT and prices to certify them with: optimal, feasible but not optimal,
+    and infeasible (one point moved from label 0 to label 1: every rank's share looks fine,
+    only the global counts break the sizes)."""
+    rng = np.random.default_rng(7)
+    optimal = sinklabel.solve_exact(FLAT, 6, capacities=np.full(6, 40))
+    labels = np.asarray(optimal.labels)
+    moved = labels.copy()
+    moved[np.flatnonzero(labels == 0)[-1]] = 1
+    labellings = {
+        "optimal": labels,
+        "shuffled": rng.permutation(np.repeat(np.arange(6), 40)),
+        "moved": moved,
+    }
+    prices = {"optimal": optimal.prices, "shuffled": rng.normal(size=6),
+              "moved": optimal.prices}
+    return labellings, prices
+
+
+def _assert_same_certificate(got, want) -> None:
+    assert got.feasible == want.feasible
+    assert got.primal == pytest.approx(want.primal, rel=1e-9)
+    assert got.dual == pytest.approx(want.dual, rel=1e-9)
+    assert got.gap == pytest.approx(want.gap, abs=1e-9 * abs(want.primal))
+    assert got.rounding == pytest.approx(want.rounding, rel=1e-6)
+
+
+@pytest.mark.parametrize("world", [1, 2, 3])
+def test_certificate_across_ranks_matches_one_process_on_the_concatenated_rows(tmp_path, world):
+    labellings, prices = _certificate_labellings()
+    outcomes = _run_ranks(tmp_path, world, _certificate_cases, labellings, prices)
+    assert sorted(outcomes) == list(range(world))
+    for outcome in outcomes.values():
+        assert outcome[0] == "ok", outcome
+    per_rank = [outcomes[rank][1] for rank in range(world)]
+    for case, certificate in per_rank[0].items():
+        # every rank holds the very same global certificate
+        assert all(ranked[case] == certificate for ranked in per_rank), case
+        name, capacity_name = case if case != "float32" else ("optimal", "default")
+        if case == "float32":
+            reference = sinklabel.duality_gap(FLAT.astype(np.float32), labellings[name],
+                                              prices[name])
+        else:
+            reference = sinklabel.duality_gap(FLAT, labellings[name], prices[name],
+                                              CAPACITY_CASES[capacity_name])
+        _assert_same_certificate(certificate, reference)
+    for capacity_name in ("default", "fixed"):  # 40 points per label, as solved for
+        optimal = per_rank[0]["optimal", capacity_name]
+        assert optimal.optimal and abs(optimal.gap) <= optimal.rounding
+    # looser sizes admit cheaper labellings: still feasible, but no longer proved optimal
+    assert per_rank[0]["optimal", "range"].feasible
+    assert per_rank[0]["optimal", "range"].gap > 1.0
+    for capacity_name in CAPACITY_CASES:
+        assert per_rank[0]["shuffled", capacity_name].feasible
+        assert per_rank[0]["shuffled", capacity_name].gap > 1.0
+    assert per_rank[0]["float32"].optimal
+    # 41 points on label 1: over the fixed size 40, within the range 30..50
+    assert not per_rank[0]["moved", "fixed"].feasible
+    assert not per_rank[0]["moved", "default"].feasible
+    assert per_rank[0]["moved", "range"].feasible
+
+
+def _certificate_failure_cases(rank: int, world: int) -> list[tuple]:
+    sizes = [50, 0, 70]
+    rows = _shard(FLAT[:120], sizes, rank)
+    labels = np.arange(rows.shape[0]) % 6
+    prices = np.linspace(0.0, 1.0, 6)
+    capacities = np.full(6, 20)
+
+    def gap(scores=rows, y=labels, v=prices, sizes=capacities, **options):
+        return _caught(sinklabel.duality_gap, scores, y, v, sizes, distributed=True, **options)
+
+    bad_labels = labels + 6 if rank == 2 else labels
+    flaky = FlakySource(rows, 1, "raise") if rank == 2 else rows
+    return [
+        gap(v=prices + (rank == 1)),
+        gap(scores=rows[:, :5], y=labels % 5, v=prices[:5]) if rank == 0 else gap(),
+        gap(sizes=(np.full(6, 10), np.full(6, 30)) if rank == 2 else capacities),
+        gap(sizes=np.full(6, 21)),
+        gap(y=bad_labels),
+        gap(scores=flaky, backend="numpy"),
+        gap(scores=rows[:0], y=labels[:0]),
+        _caught(sinklabel.sinkhorn, rows, 6, balance="exact", distributed=True),
+        gap(),
+    ]
+
+
+def test_certificate_ranks_that_disagree_or_fail_raise_on_every_rank(tmp_path):
+    outcomes = _run_ranks(tmp_path, 3, _certificate_failure_cases)
+    assert sorted(outcomes) == [0, 1, 2]
+    assert all(outcome[0] == "ok" for outcome in outcomes.values()), outcomes
+    cases = list(zip(*(outcomes[rank][1] for rank in range(3)), strict=True))
+    same_everywhere = [
+        "ranks disagree on prices: prices=<vector A> on ranks 0, 2, prices=<vector B> on rank 1",
+        "ranks disagree on K: K=5 on rank 0, K=6 on ranks 1, 2",
+        "ranks disagree on capacities:",
+        "capacities must sum to N=120, got 126",
+    ]
+    for case, text in enumerate(same_everywhere):
+        first = cases[case][0]
+        assert cases[case].count(first) == 3, cases[case]  # the very same error everywhere
+        assert first[:2] == ("error", "ValueError") and text in first[2], first
+    labels_case, pass_case, empty_case, balance_case, good_case = cases[4:]
+    # a rank whose labels are bad says why; the others name it
+    assert labels_case[2][:2] == ("error", "ValueError") and "[0, 6)" in labels_case[2][2]
+    for rank in (0, 1):
+        assert labels_case[rank][:2] == ("error", RankFailedError.__name__)
+        assert "rank 2 (ValueError) failed checking its input" in labels_case[rank][2]
+    # a rank whose pass fails stops the others at the one sum after the pass
+    assert pass_case[2] == ("error", "OSError", "disk gone")
+    for rank in (0, 1):
+        assert pass_case[rank][:2] == ("error", RankFailedError.__name__)
+        assert "rank 2 (OSError) failed" in pass_case[rank][2]
+    assert empty_case.count(empty_case[0]) == 3 and "every rank passed 0 rows" in empty_case[0][2]
+    for outcome in balance_case:
+        assert outcome[:2] == ("error", "ValueError") and "not supported yet" in outcome[2]
+        assert "duality_gap(..., distributed=True)" in outcome[2]
+    # and the group is still in step: the certificate of all 120 rows, on every rank
+    assert good_case[0][0] == "ok" and good_case.count(good_case[0]) == 3
+    reference = sinklabel.duality_gap(
+        FLAT[:120], np.concatenate([np.arange(n) % 6 for n in (50, 0, 70)]),
+        np.linspace(0.0, 1.0, 6), np.full(6, 20),
+    )
+    _assert_same_certificate(good_case[0][1], reference)
+
+
 # ---- in this process -----------------------------------------------------------------------
 
 
