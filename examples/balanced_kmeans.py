@@ -93,6 +93,10 @@ def compare(seeds: list[int], n_init: int, max_iter: int) -> dict[str, dict[str,
         for name, value in row.items():
             table[method].setdefault(name, []).append(value)
 
+    # Untimed first calls: Numba compiles (or loads) sinklabel's kernels on first use and
+    # scikit-learn starts its thread pool; both cost more than a whole clustering here.
+    balanced_kmeans(x[:100], k, max_iter=2)
+    KMeans(k, n_init=1, max_iter=2).fit(x[:100])
     for seed in seeds:
         start = time.process_time()
         ours = balanced_kmeans(x, k, seed=seed, max_iter=max_iter)

@@ -92,6 +92,37 @@ def test_self_labels_are_balanced_and_informative(self_label, fast_report):
     assert nmi > chance_nmi(truth, run.labels[0]) + 0.2
     assert len(run.nmi) == len(run.epochs) == len(self_label.label_update_epochs(
         cfg.epochs, cfg.n_updates))
+    assert len(run.n_iter) == len(run.epochs) and all(len(h) == cfg.n_heads for h in run.n_iter)
+
+
+def test_relabel_takes_tensors_and_warm_starts(self_label):
+    """The label step passes torch tensors straight through and reuses each head's potentials:
+    on the same peaked scores a second, warm-started solve has (almost) nothing left to do."""
+    import torch
+
+    from sinklabel import SinkhornLabeler
+
+    generator = torch.Generator().manual_seed(0)
+    n, k, n_heads = 600, 10, 2
+    # Peaked and unbalanced: every row is confident, and label 0 is most rows' favourite.
+    logits = 8 * torch.randn(n_heads, n, k, generator=generator)
+    logits[:, :, 0] += 10.0
+    logp = list(torch.log_softmax(logits, dim=-1))
+    labelers = [SinkhornLabeler(k) for _ in range(n_heads)]
+    first = self_label.relabel(logp, labelers)
+    cold = [lab.n_iter_ for lab in labelers]
+    assert isinstance(first, torch.Tensor) and first.shape == (n_heads, n)
+    assert first.device == logp[0].device
+    for labels, lab in zip(first, labelers, strict=True):
+        counts = torch.bincount(labels, minlength=k)
+        assert lab.converged_
+        assert counts.max() - counts.min() <= 0.05 * n / k + 2
+    argmax = self_label.relabel(logp, None)
+    assert torch.equal(argmax, torch.stack([p.argmax(dim=1) for p in logp]))
+    assert torch.bincount(argmax[0], minlength=k).max() > 2 * n / k  # unbalanced without OT
+    second = self_label.relabel(logp, labelers)
+    assert all(lab.n_iter_ <= 2 < c for lab, c in zip(labelers, cold, strict=True))
+    assert torch.equal(second, first)
 
 
 def test_ablation_collapses(self_label, fast_report):
