@@ -254,13 +254,7 @@ def auction_phase(S, cand, cand_s, bound, price, reserve, caps, off, hbid, hpt, 
 def link_members(labels, head, nxt, prv, count):
     """Doubly linked member lists of every label."""
     for i in range(labels.shape[0]):
-        y = labels[i]
-        nxt[i] = head[y]
-        prv[i] = -1
-        if head[y] >= 0:
-            prv[head[y]] = i
-        head[y] = i
-        count[y] += 1
+        _link(i, labels[i], head, nxt, prv, count)
 
 
 @njit(cache=True)
