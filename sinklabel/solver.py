@@ -80,16 +80,9 @@ def label_mass(
     source: Source, kernel: Kernel, f: np.ndarray, lam: float, rows: int,
     collective: Collective = LOCAL,
 ) -> np.ndarray:
-    """The label marginal of the plan for potentials ``f``: one pass over the scores.
-
-    The row count travels with the K sums, so one reduction serves both.
-    """
-    total = np.zeros(source.shape[1] + 1, dtype=np.float64)
-    for start, stop, chunk in source.chunks(rows):
-        total[:-1] += kernel.sweep(chunk, f, lam)
-        total[-1] += stop - start
-    total = collective.sum(total)
-    return total[:-1] / total[-1]
+    """The label marginal of the plan for potentials ``f``: one pass over the scores, the
+    same pass the solver makes (its log-sum-exp total is fused in and costs nothing)."""
+    return dual_terms(source, kernel, f, lam, rows, collective)[0]
 
 
 def dual_terms(
