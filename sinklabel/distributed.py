@@ -441,8 +441,15 @@ class _GuardedKernel(Kernel):
         return self._guard(self.inner.slack, np.full(f.size, -np.inf), chunk, f, lam)
 
     def best(self, chunk: Array, f: np.ndarray, lam: float) -> tuple[Array, Array]:
-        nothing = np.empty(0, dtype=np.int64)
-        return self._guard(self.inner.best, (nothing, nothing), chunk, f, lam)
+        # Stand-ins of the chunk's length, so the caller can write them before the next
+        # reduction reports the failure.
+        if self.collective.failure is None:
+            try:
+                return self.inner.best(chunk, f, lam)
+            except Exception as exc:
+                self.collective.fail(exc)
+        rows = self.inner.empty_labels(chunk.shape[0], chunk)
+        return rows, rows
 
     def soft(self, chunk: Array, f: np.ndarray, lam: float) -> Array:
         return self.inner.soft(chunk, f, lam)
@@ -453,10 +460,13 @@ class _GuardedKernel(Kernel):
     def to_numpy(self, x: Array) -> np.ndarray:
         return self._guard(self.inner.to_numpy, np.empty(0, dtype=np.int64), x)
 
-    def concat(self, parts: list[Array]) -> Array:
-        if not parts and self.collective.failure is None:
+    def empty_labels(self, n: int, like: Array | None) -> Array:
+        if like is None:
             return _no_labels(self.source, self.inner)
-        return self._guard(self.inner.concat, np.empty(0, dtype=np.int64), parts)
+        return self.inner.empty_labels(n, like)
+
+    def concat(self, parts: list[Array]) -> Array:
+        return self.inner.concat(parts)
 
     def _guard(self, op: Any, placeholder: Any, *args: Any) -> Any:
         if self.collective.failure is not None:

@@ -319,8 +319,17 @@ def solve(
 
 
 def assign(source: Source, kernel: Kernel, f: np.ndarray, lam: float, rows: int) -> Array:
-    """Hard labels argmax_y (lam * S[i, y] + f[y]) in the source's array library."""
-    return kernel.concat([kernel.best(chunk, f, lam)[1] for _, _, chunk in source.chunks(rows)])
+    """Hard labels argmax_y (lam * S[i, y] + f[y]) in the source's array library.
+
+    Each chunk's labels go straight into one preallocated vector: at N = 10 million the
+    labels are 80 MB, and joining per-chunk parts would hold them twice.
+    """
+    labels = None
+    for start, stop, chunk in source.chunks(rows):
+        if labels is None:
+            labels = kernel.empty_labels(source.shape[0], chunk)
+        labels[start:stop] = kernel.best(chunk, f, lam)[1]
+    return kernel.empty_labels(0, None) if labels is None else labels
 
 
 class ConvergenceWarning(UserWarning):

@@ -160,6 +160,9 @@ class _DefaultSweepLse(Kernel):
     def to_numpy(self, x):
         return self._inner.to_numpy(x)
 
+    def empty_labels(self, n, like):
+        return self._inner.empty_labels(n, like)
+
     def concat(self, parts):
         return self._inner.concat(parts)
 

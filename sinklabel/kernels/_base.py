@@ -15,6 +15,10 @@ temperature. With ``z = lam * S + f`` every operation reads the chunk once:
   being any row's favourite. It rescues labels whose mass underflowed to zero.
 - ``soft``: the row-wise softmax of ``z`` itself, for the rows asked for.
 - ``gather``: ``S[i, labels[i]]``, the score each row gets under a labelling.
+
+Two helpers place results: ``empty_labels`` allocates the label vector that the per-chunk
+labels are written into (one copy of the labels, however many chunks), ``concat`` joins
+per-chunk soft assignments.
 """
 
 from __future__ import annotations
@@ -82,5 +86,10 @@ class Kernel(ABC):
         """A host NumPy copy of a backend array."""
 
     @abstractmethod
+    def empty_labels(self, n: int, like: Array | None) -> Array:
+        """An uninitialised int64 vector of ``n`` labels in this library, on the device of
+        ``like`` (any array of this library, e.g. a chunk; None: the default device)."""
+
+    @abstractmethod
     def concat(self, parts: list[Array]) -> Array:
-        """Join per-chunk 1-D results (at least one) into one array on their device."""
+        """Join per-chunk results (at least one) along rows into one array on their device."""

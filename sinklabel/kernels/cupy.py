@@ -118,6 +118,14 @@ class CupyKernel(Kernel):
 
         return cp.asnumpy(x)
 
+    def empty_labels(self, n: int, like):
+        import cupy as cp
+
+        if like is None:
+            return cp.empty(n, dtype=cp.int64)
+        with like.device:
+            return cp.empty(n, dtype=cp.int64)
+
     def concat(self, parts: list):
         import cupy as cp
 

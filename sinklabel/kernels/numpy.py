@@ -63,5 +63,8 @@ class NumpyKernel(Kernel):
     def to_numpy(self, x: Array) -> np.ndarray:
         return np.asarray(x)
 
+    def empty_labels(self, n: int, like: np.ndarray | None) -> np.ndarray:
+        return np.empty(n, dtype=np.int64)
+
     def concat(self, parts: list[np.ndarray]) -> np.ndarray:
         return np.concatenate(parts)

@@ -105,6 +105,12 @@ class TorchKernel(Kernel):
             x = x.float()
         return x.cpu().numpy()
 
+    def empty_labels(self, n: int, like) -> torch.Tensor:
+        import torch
+
+        device = like.device if like is not None else "cpu"
+        return torch.empty(n, dtype=torch.int64, device=device)
+
     def concat(self, parts: list[torch.Tensor]) -> torch.Tensor:
         return _cat(parts)
 
