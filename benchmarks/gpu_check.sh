@@ -21,7 +21,7 @@ bench=${PIPESTATUS[0]}
 timeout -k 5 90 python3 benchmarks/gpu_solve.py "$out/gpu_solve.json" 2>&1 | tee "$out/solve.log"
 solve=${PIPESTATUS[0]}
 
-OUT="$out" timeout -k 5 45 python3 benchmarks/gpu_stream.py
+OUT="$out" timeout -k 5 60 python3 benchmarks/gpu_stream.py
 stream=$?
 
 # NCCL on one rank: the distributed path with CUDA tensors end to end.

@@ -4,7 +4,9 @@
 
 Environment: SINKLABEL_GPU_N, SINKLABEL_GPU_K (instead of argv), SINKLABEL_GPU_BLOCK_MB
 (block size, default 64), SINKLABEL_GPU_BUFFERS (default 2), SINKLABEL_GPU_REPEATS
-(default 3, best is kept), OUT (a folder: the report is also written to $OUT/gpu_stream.json).
+(default 3, best is kept), SINKLABEL_GPU_COPY_THREADS (staging threads tried for the pageable
+host, comma-separated, default "4,8,12"), OUT (a folder: the report is also written to
+$OUT/gpu_stream.json).
 
 Measures, all on the same bytes:
 - ``plain_copy``: one ``device.copy_(pinned_host, non_blocking=True)`` of the whole matrix,
@@ -12,7 +14,9 @@ Measures, all on the same bytes:
 - ``stream_*``: one pass of :class:`DeviceStreamSource` with a consumer per block, from a
   pinned tensor (direct copies) and from pageable NumPy memory (staged through pinned slots):
   ``light`` only sums the block on the GPU, ``sweep`` runs the torch backend's Sinkhorn sweep
-  (host result per block, as the solver does) when that backend is installed;
+  (host result per block, as the solver does) when that backend is installed; the pageable
+  host is staged by each number of copy threads in SINKLABEL_GPU_COPY_THREADS
+  (``stream_pageable_t8_light`` ...), since the host ``memcpy`` into pinned slots is its limit;
 - ``solve``: time per pass of ``sinkhorn`` over the stream (torch backend only).
 ``fraction`` = plain-copy time / stream time; the target is >= 0.8.
 """
@@ -58,6 +62,7 @@ def main(argv: list[str]) -> int:
     k = int(argv[1]) if len(argv) > 1 else int(os.environ.get("SINKLABEL_GPU_K", 1000))
     block_mb = float(os.environ.get("SINKLABEL_GPU_BLOCK_MB", 64))
     buffers = int(os.environ.get("SINKLABEL_GPU_BUFFERS", 2))
+    threads = [int(t) for t in os.environ.get("SINKLABEL_GPU_COPY_THREADS", "4,8,12").split(",")]
     repeats = int(os.environ.get("SINKLABEL_GPU_REPEATS", 3))
     rows = max(1, int(block_mb * 2**20 // (k * 4)))
     nbytes = n * k * 4
@@ -94,8 +99,9 @@ def main(argv: list[str]) -> int:
                 consumer.sweep(block, f, 25.0)
         total.cpu()
 
-    for name, data in (("pinned", pinned), ("pageable", pageable)):
-        source = DeviceStreamSource(data, device, buffers=buffers)
+    hosts = [("pinned", pinned, None)] + [(f"pageable_t{t}", pageable, t) for t in threads]
+    for name, data, copy_threads in hosts:
+        source = DeviceStreamSource(data, device, buffers=buffers, copy_threads=copy_threads)
         for consumer_name, consumer in consumers.items():
             seconds = best_of(repeats, torch, lambda s=source, c=consumer: one_pass(s, c))
             report[f"stream_{name}_{consumer_name}"] = {
