@@ -14,10 +14,12 @@ runs on the same array, already on its device:
 - POT's ``ot.sinkhorn`` and ``ot.sinkhorn_log`` on NumPy and torch arrays, when POT imports;
 - the floor: the time of one read of the scores on that device, what no iteration can beat.
 
-Measured per method: the time of one iteration (two runs of different lengths, differenced,
-so set-up costs cancel), iterations to the tolerance (L1 label-marginal error, the same
-measure for every method; the iteration cap ends peaked runs), total time of a full solve,
-and peak extra memory (on a separate short run, so that tracing never slows a timed one).
+Measured per method: the time of one iteration (one iteration timed directly, from the
+state the method's own solve reaches after a few iterations, median of ``--repeat`` samples;
+POT, whose loop cannot be entered midway, from whole runs of two lengths, differenced),
+iterations to the tolerance (L1 label-marginal error, the same measure for every method; the
+iteration cap ends peaked runs), total time of a full solve, and peak extra memory (on a
+separate short run, so that tracing never slows a timed one).
 Prints a Markdown table of ratios (to the floor and to the best peer on the same device),
 writes ``compare.json`` and plots time per iteration against N (``--sizes``) to
 ``compare.png`` in ``--out``.
@@ -39,13 +41,16 @@ import numpy as np
 import sinklabel
 from sinklabel.datasets import REGIMES, make_scores
 
-from ._methods import Method, discover, place
+from ._methods import NEVER, Method, discover, place
 from ._report import Record, add_ratios, markdown_table, plot, write_json
-from ._timing import PeakMemory, floor_seconds, timed
+from ._timing import PeakMemory, floor_seconds, seconds_per_call, seconds_per_extra_iteration, timed
 
-#: Fixed-length runs whose difference times one iteration: SHORT iterations against SHORT +
-#: EXTRA, EXTRA growing fourfold (to MAX_EXTRA) until the difference is MIN_DIFFERENCE seconds.
-SHORT, EXTRA, MAX_EXTRA, MIN_DIFFERENCE = 2, 10, 640, 0.2
+#: Iterations of the untimed run on which peak memory is measured (it peaks in the first).
+MEMORY_RUN = 2
+#: Whole runs differenced where no single iteration can be timed (POT): 1 iteration against
+#: 1 + a multiple of 10, so both hold their share of POT's error check (every 10th iteration,
+#: from the first); the extra iterations are at most MAX_EXTRA.
+DIFFERENCE_SHORT, DIFFERENCE_STRIDE, MAX_EXTRA = 1, 10, 640
 QUICK = {"n": 4_000, "k": 40, "sizes": [], "max_iter": 200, "budget": 5.0}
 
 
@@ -71,8 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "as skipped; sinklabel's backends always run)")
     parser.add_argument("--methods", nargs="*", default=None,
                         help="only methods whose name contains one of these")
-    parser.add_argument("--repeat", type=int, default=1,
-                        help="repeats of each per-iteration timing (the minimum is kept)")
+    parser.add_argument("--repeat", type=int, default=5,
+                        help="timed samples of each per-iteration measurement (the median is "
+                             "kept)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("bench-results"))
     parser.add_argument("--quick", action="store_true",
@@ -138,7 +144,8 @@ def _measure(method: Method, rows: np.ndarray, args: argparse.Namespace, regime:
     options = {"lam": args.lam, "tol": args.tol}
     try:
         scores = method.place(rows)
-        record["per_iter_s"] = _per_iteration(method, scores, options, args.repeat)
+        record["per_iter_s"], record["per_iter_timing"] = _per_iteration(
+            method, scores, args.lam, args.repeat)
         if not full:
             return record
         estimate = (record["per_iter_s"] or 0.0) * args.max_iter
@@ -147,7 +154,7 @@ def _measure(method: Method, rows: np.ndarray, args: argparse.Namespace, regime:
             return record
         # Memory peaks in the first iterations; measured on a short run the clock never sees.
         with PeakMemory(method.library, method.device) as memory:
-            method.solve(scores, max_iter=SHORT, stop=False, **options)
+            method.solve(scores, max_iter=MEMORY_RUN, stop=False, **options)
         seconds, outcome = timed(
             lambda: method.solve(scores, max_iter=args.max_iter, stop=True, **options),
             method.library, method.device)
@@ -165,38 +172,21 @@ def _measure(method: Method, rows: np.ndarray, args: argparse.Namespace, regime:
     return record
 
 
-def _per_iteration(method: Method, scores: Any, options: dict[str, float],
-                   repeat: int) -> float | None:
-    """Seconds per iteration: the difference of a long and a SHORT fixed-length run.
+def _per_iteration(method: Method, scores: Any, lam: float,
+                   repeat: int) -> tuple[float | None, str]:
+    """Seconds per iteration, and how they were timed: "one iteration" where the method can
+    run one from a realistic state, else "difference" of whole runs (set-up cancels)."""
+    if method.one_iteration is not None:
+        step = method.one_iteration(scores, lam=lam)
+        return seconds_per_call(step, method.library, method.device, repeat), "one iteration"
 
-    The long run grows until the difference is at least MIN_DIFFERENCE seconds, so that
-    clock and scheduling noise stay small against it on tiny problems too.
-    """
-    t_short, i_short = _fixed_run(method, scores, options, SHORT, repeat)
-    extra = EXTRA
-    while True:
-        t_long, i_long = _fixed_run(method, scores, options, SHORT + extra, repeat)
-        if t_long - t_short >= MIN_DIFFERENCE or i_long < SHORT + extra or extra >= MAX_EXTRA:
-            break
-        extra *= 4
-    if i_long <= i_short:
-        return None
-    if t_long <= t_short:  # noise swamped the difference: fall back to an upper bound
-        return t_long / i_long
-    return (t_long - t_short) / (i_long - i_short)
+    def run(length: int) -> int:
+        return method.solve(scores, lam=lam, tol=NEVER, max_iter=length, stop=False).n_iter
 
-
-def _fixed_run(method: Method, scores: Any, options: dict[str, float], length: int,
-               repeat: int) -> tuple[float, int]:
-    """Best time of ``repeat`` runs of exactly ``length`` iterations, and the iterations
-    done (fewer when the method broke down numerically)."""
-    best = np.inf
-    for _ in range(repeat):
-        seconds, outcome = timed(
-            lambda: method.solve(scores, max_iter=length, stop=False, **options),
-            method.library, method.device)
-        best = min(best, seconds)
-    return best, outcome.n_iter
+    seconds = seconds_per_extra_iteration(
+        run, method.library, method.device, short=DIFFERENCE_SHORT, stride=DIFFERENCE_STRIDE,
+        repeat=repeat, max_extra=MAX_EXTRA)
+    return seconds, "difference"
 
 
 def _summary(record: Record) -> str:
