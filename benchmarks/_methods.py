@@ -18,7 +18,7 @@ import numpy as np
 
 import sinklabel
 from sinklabel.kernels import get_kernel, resolve_kernel
-from sinklabel.solver import dual_terms, label_mass, normalize_potentials
+from sinklabel.solver import dual_terms
 from sinklabel.sources import as_source, itemsize
 
 from ._outcome import Outcome
@@ -26,9 +26,8 @@ from ._peers import SelaLoop, pot_solve, sela_reference
 
 #: tol for runs that must not stop early (timing a fixed number of iterations).
 NEVER = 1e-300
-#: Sinkhorn iterations made before one iteration is timed, so that the timed pass sees the
-#: potentials (scalings) of a solve under way, not its starting point.
-WARM_ITERATIONS = 5
+#: Steps of the SeLa loop made before one of its steps is timed.
+SELA_WARM = 5
 
 
 @dataclass(frozen=True)
@@ -40,8 +39,8 @@ class Method:
     library: str  # "numpy", "torch" or "cupy"
     device: str  # "cpu" or "cuda"
     solve: Callable[..., Outcome]  # (scores, *, lam, tol, max_iter, stop) -> Outcome
-    #: (scores, *, lam) -> a call that runs one iteration, from the state of a solve after
-    #: WARM_ITERATIONS; None where the loop cannot be entered midway (POT's), whose
+    #: (scores, *, lam, tol, max_iter) -> a call that runs one iteration of this method from a
+    #: state its solve reaches; None where the loop cannot be entered midway (POT's), whose
     #: iteration is then timed from whole runs of two lengths.
     one_iteration: Callable[..., Callable[[], Any]] | None = None
 
@@ -123,40 +122,35 @@ def _sinklabel_solve(
     return Outcome(result.n_iter, result.error, stopped_by)
 
 
-def _sinklabel_pass(scores: Any, *, backend: str, lam: float) -> Callable[[], Any]:
+def _sinklabel_pass(
+    scores: Any, *, backend: str, lam: float, tol: float, max_iter: int
+) -> Callable[[], Any]:
     """One pass of the solver: ``dual_terms`` over every chunk, the evaluation each of its
     iterations makes (the L-BFGS step on K-vectors that follows is not included), chunked as
-    the solve chunks, at the potentials of WARM_ITERATIONS plain Sinkhorn steps.
+    the solve chunks, at the potentials its own solve reaches (``tol``, ``max_iter``).
 
-    The potentials matter: a kernel may skip blocks whose exponentials underflow. The solve's
-    own potentials are not available midway (``max_iter`` returns the best point seen, on
-    peaked scores often the start), so plain steps stand in, as in ``cpu_iteration.py``.
+    The potentials matter: the Numba kernel skips blocks whose exponentials underflow, and on
+    peaked scores a pass costs more as the potentials grow towards the solution. Timing it
+    there gives the cost of every pass of a warm-started solve and the upper end of a cold one.
     """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", sinklabel.ConvergenceWarning)
+        f = sinklabel.sinkhorn(scores, scores.shape[1], lam=lam, tol=tol, max_iter=max_iter,
+                               backend=backend).potentials
     source = as_source(scores)
     kernel = resolve_kernel(backend, source.library)
     rows = kernel.chunk_rows(source.shape[1], itemsize(source.dtype))
-    f = _warm_potentials(source, kernel, lam, rows)
     return partial(dual_terms, source, kernel, f, lam, rows)
 
 
-def _warm_potentials(source: Any, kernel: Any, lam: float, rows: int) -> np.ndarray:
-    """Potentials after WARM_ITERATIONS Sinkhorn steps ``f += log r - log t`` from zero
-    (a label without mass keeps its potential)."""
-    k = source.shape[1]
-    weights = np.full(k, 1.0 / k)
-    f = np.zeros(k)
-    for _ in range(WARM_ITERATIONS):
-        mass = label_mass(source, kernel, f, lam, rows)
-        with np.errstate(divide="ignore"):
-            step = np.where(mass > 0, np.log(weights) - np.log(np.maximum(mass, 1e-300)), 0.0)
-        f = normalize_potentials(f + step, weights)
-    return f
-
-
-def _sela_iteration(scores: Any, *, cast: Any, lam: float) -> Callable[[], Any]:
-    """One step of the SeLa loop after WARM_ITERATIONS steps (its ``exp`` already made)."""
+def _sela_iteration(
+    scores: Any, *, cast: Any, lam: float, tol: float, max_iter: int
+) -> Callable[[], Any]:
+    """One step of the SeLa loop after SELA_WARM steps (its ``exp`` already made). Its two
+    matrix-vector products on the fixed ``P`` cost the same at any scaling, so a few steps
+    suffice; ``tol`` and ``max_iter`` are not needed."""
     loop = SelaLoop(scores, cast=cast, lam=lam)
-    for _ in range(WARM_ITERATIONS):
+    for _ in range(SELA_WARM):
         loop.step()
     return loop.step
 

@@ -14,8 +14,8 @@ runs on the same array, already on its device:
 - POT's ``ot.sinkhorn`` and ``ot.sinkhorn_log`` on NumPy and torch arrays, when POT imports;
 - the floor: the time of one read of the scores on that device, what no iteration can beat.
 
-Measured per method: the time of one iteration (one iteration timed directly, from the
-state the method's own solve reaches after a few iterations, median of ``--repeat`` samples;
+Measured per method: the time of one iteration (one iteration timed directly, from a state
+the method's own solve reaches, median of ``--repeat`` samples;
 POT, whose loop cannot be entered midway, from whole runs of two lengths, differenced),
 iterations to the tolerance (L1 label-marginal error, the same measure for every method; the
 iteration cap ends peaked runs), total time of a full solve, and peak extra memory (on a
@@ -145,7 +145,7 @@ def _measure(method: Method, rows: np.ndarray, args: argparse.Namespace, regime:
     try:
         scores = method.place(rows)
         record["per_iter_s"], record["per_iter_timing"] = _per_iteration(
-            method, scores, args.lam, args.repeat)
+            method, scores, options, args.max_iter, args.repeat)
         if not full:
             return record
         estimate = (record["per_iter_s"] or 0.0) * args.max_iter
@@ -172,16 +172,18 @@ def _measure(method: Method, rows: np.ndarray, args: argparse.Namespace, regime:
     return record
 
 
-def _per_iteration(method: Method, scores: Any, lam: float,
+def _per_iteration(method: Method, scores: Any, options: dict[str, float], max_iter: int,
                    repeat: int) -> tuple[float | None, str]:
     """Seconds per iteration, and how they were timed: "one iteration" where the method can
-    run one from a realistic state, else "difference" of whole runs (set-up cancels)."""
+    run one from a state its solve reaches, else "difference" of whole runs (set-up cancels).
+    ``options``: lam and tol of the comparison."""
     if method.one_iteration is not None:
-        step = method.one_iteration(scores, lam=lam)
+        step = method.one_iteration(scores, max_iter=max_iter, **options)
         return seconds_per_call(step, method.library, method.device, repeat), "one iteration"
 
     def run(length: int) -> int:
-        return method.solve(scores, lam=lam, tol=NEVER, max_iter=length, stop=False).n_iter
+        return method.solve(scores, lam=options["lam"], tol=NEVER, max_iter=length,
+                            stop=False).n_iter
 
     seconds = seconds_per_extra_iteration(
         run, method.library, method.device, short=DIFFERENCE_SHORT, stride=DIFFERENCE_STRIDE,

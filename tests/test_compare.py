@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from benchmarks import _timing, compare
-from benchmarks._methods import WARM_ITERATIONS, Method, _sela_iteration, _sinklabel_pass
+from benchmarks._methods import SELA_WARM, Method, _sela_iteration, _sinklabel_pass
 from benchmarks._outcome import Outcome
 from benchmarks._peers import SelaLoop
 from sinklabel.datasets import make_scores
@@ -23,6 +23,7 @@ from sinklabel.datasets import make_scores
 SETUP, PASS, CHECK = 0.5, 0.01, 0.02
 #: Passes after which the fake solver has converged; with tol out of reach it keeps going.
 CONVERGED = 6
+OPTIONS = {"lam": 25.0, "tol": 1e-3}
 
 
 class VirtualClock:
@@ -52,8 +53,8 @@ def uneven_method(clock: VirtualClock) -> Method:
         clock.now += SETUP + PASS * under_way + PASS / 10 * (max_iter - under_way)
         return Outcome(max_iter, 0.0, "cap")
 
-    def one_iteration(scores, *, lam):
-        clock.now += SETUP + PASS * WARM_ITERATIONS
+    def one_iteration(scores, *, lam, tol, max_iter):
+        clock.now += SETUP + PASS * CONVERGED
 
         def step() -> None:
             clock.now += PASS
@@ -65,7 +66,7 @@ def uneven_method(clock: VirtualClock) -> Method:
 
 def test_one_iteration_recovers_the_pass_that_differencing_misses(clock):
     method = uneven_method(clock)
-    seconds, how = compare._per_iteration(method, None, 25.0, repeat=5)
+    seconds, how = compare._per_iteration(method, None, OPTIONS, 100, repeat=5)
     assert how == "one iteration"
     assert seconds == pytest.approx(PASS, rel=1e-9)
     # The difference of whole runs, however long, sees the cheap converged passes: the old
@@ -98,7 +99,8 @@ def checked_method(clock: VirtualClock, lengths: list[int]) -> Method:
 
 def test_difference_of_whole_runs_is_robust_and_counts_the_checks(clock):
     lengths: list[int] = []
-    seconds, how = compare._per_iteration(checked_method(clock, lengths), None, 25.0, repeat=5)
+    seconds, how = compare._per_iteration(checked_method(clock, lengths), None, OPTIONS, 100,
+                                          repeat=5)
     assert how == "difference"
     assert seconds == pytest.approx(PASS + CHECK / 10, rel=0.05)
     # Both lengths hold the same share of checks, and the extra iterations outlast the set-up.
@@ -120,49 +122,43 @@ def test_fast_calls_are_batched_per_sample(clock):
 
 def test_sela_loop_steps_match_a_plain_sinkhorn():
     """Each step's error is the L1 label-marginal error of the plan diag(c) P diag(r), built
-    in full here; the timed iteration continues the same loop after WARM_ITERATIONS."""
+    in full here; the timed iteration continues the same loop after SELA_WARM steps."""
     scores = make_scores(300, 7, regime="flat", seed=3).scores.astype(np.float64)
     lam, n, k = 25.0, 300, 7
     P = np.exp(lam * scores)
     c, expected = np.full(n, 1.0 / n), []
-    for _ in range(WARM_ITERATIONS + 2):
+    for _ in range(SELA_WARM + 2):
         r = (1.0 / k) / (P.T @ c)
         c = (1.0 / n) / (P @ r)
         expected.append(np.abs((c[:, None] * P * r).sum(axis=0) - 1.0 / k).sum())
     identity = lambda x: x  # noqa: E731
     loop = SelaLoop(scores, cast=identity, lam=lam)
-    got = [loop.step() for _ in range(WARM_ITERATIONS + 2)]
+    got = [loop.step() for _ in range(SELA_WARM + 2)]
     np.testing.assert_allclose(got, expected, rtol=1e-9)
-    step = _sela_iteration(scores, cast=identity, lam=lam)
-    assert step() == pytest.approx(expected[WARM_ITERATIONS], rel=1e-9)
+    step = _sela_iteration(scores, cast=identity, lam=lam, tol=1e-3, max_iter=100)
+    assert step() == pytest.approx(expected[SELA_WARM], rel=1e-9)
 
 
-def test_sinklabel_pass_is_the_solvers_pass_at_warm_potentials(backend):
+def test_sinklabel_pass_is_the_solvers_pass_at_its_solution(backend):
     """One timed pass returns the label marginal and mean log-sum-exp of
-    softmax(lam * S + f), f being the potentials of WARM_ITERATIONS plain Sinkhorn steps."""
+    softmax(lam * S + f), computed here in float64, f being the potentials of the solve."""
+    import sinklabel
+
     host = make_scores(500, 9, regime="peaked", seed=4).scores
-    lam, k = 25.0, 9
-    z0 = lam * host.astype(np.float64)
-
-    def softmax_terms(f: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        z = z0 + f
-        top = z.max(axis=1, keepdims=True)
-        row_lse = top[:, 0] + np.log(np.exp(z - top).sum(axis=1))
-        return np.exp(z - row_lse[:, None]).mean(axis=0), row_lse
-
-    f = np.zeros(k)
-    for _ in range(WARM_ITERATIONS):
-        f += np.log(1.0 / k) - np.log(softmax_terms(f)[0])
-        f -= f.mean()
-    assert np.abs(f).max() > 1.0  # the potentials of a solve under way, not its start
     scores = host
     if backend == "torch":
         import torch
 
         scores = torch.from_numpy(host)
-    mass, lse = _sinklabel_pass(scores, backend=backend, lam=lam)()
-    expected_mass, row_lse = softmax_terms(f)
-    np.testing.assert_allclose(mass, expected_mass, rtol=1e-4, atol=1e-6)
+    lam = 25.0
+    f = sinklabel.sinkhorn(scores, 9, lam=lam, tol=1e-3, max_iter=100, backend=backend).potentials
+    assert np.abs(f).max() > 1.0  # the potentials of the solution, not the start
+    mass, lse = _sinklabel_pass(scores, backend=backend, lam=lam, tol=1e-3, max_iter=100)()
+    z = lam * host.astype(np.float64) + f
+    top = z.max(axis=1, keepdims=True)
+    row_lse = top[:, 0] + np.log(np.exp(z - top).sum(axis=1))
+    np.testing.assert_allclose(mass, np.exp(z - row_lse[:, None]).mean(axis=0),
+                               rtol=1e-4, atol=1e-6)
     assert lse == pytest.approx(row_lse.mean(), rel=1e-5)
 
 
