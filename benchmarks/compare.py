@@ -14,12 +14,12 @@ runs on the same array, already on its device:
 - POT's ``ot.sinkhorn`` and ``ot.sinkhorn_log`` on NumPy and torch arrays, when POT imports;
 - the floor: the time of one read of the scores on that device, what no iteration can beat.
 
-Measured per method: the time of one iteration (one iteration timed directly, from a state
-the method's own solve reaches, median of ``--repeat`` samples;
-POT, whose loop cannot be entered midway, from whole runs of two lengths, differenced),
-iterations to the tolerance (L1 label-marginal error, the same measure for every method; the
-iteration cap ends peaked runs), total time of a full solve, and peak extra memory (on a
-separate short run, so that tracing never slows a timed one).
+Measured per method: the time of one iteration (timed on its own, from a state the method's
+own solve reaches, median of ``--repeat`` samples; POT's, whose loop cannot be entered
+midway, from whole runs of two lengths, differenced), iterations to the tolerance (L1
+label-marginal error, the same measure for every method; the iteration cap ends peaked runs),
+total time of a full solve, and peak extra memory (on a separate short run, so that tracing
+never slows a timed one).
 Prints a Markdown table of ratios (to the floor and to the best peer on the same device),
 writes ``compare.json`` and plots time per iteration against N (``--sizes``) to
 ``compare.png`` in ``--out``.
@@ -51,7 +51,8 @@ MEMORY_RUN = 2
 #: 1 + a multiple of 10, so both hold their share of POT's error check (every 10th iteration,
 #: from the first); the extra iterations are at most MAX_EXTRA.
 DIFFERENCE_SHORT, DIFFERENCE_STRIDE, MAX_EXTRA = 1, 10, 640
-QUICK = {"n": 4_000, "k": 40, "sizes": [], "max_iter": 200, "budget": 5.0}
+QUICK = {"n": 4_000, "k": 40, "sizes": [], "max_iter": 200, "budget": 5.0, "repeat": 3}
+REPEAT = 5
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -76,9 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "as skipped; sinklabel's backends always run)")
     parser.add_argument("--methods", nargs="*", default=None,
                         help="only methods whose name contains one of these")
-    parser.add_argument("--repeat", type=int, default=5,
-                        help="timed samples of each per-iteration measurement (the median is "
-                             "kept)")
+    parser.add_argument("--repeat", type=int, default=None,
+                        help=f"timed samples of each per-iteration measurement, the median "
+                             f"kept (default {REPEAT}; {QUICK['repeat']} with --quick)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("bench-results"))
     parser.add_argument("--quick", action="store_true",
@@ -93,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
         args.n, args.k, args.max_iter = QUICK["n"], QUICK["k"], QUICK["max_iter"]
         args.budget = min(args.budget, QUICK["budget"])
         args.sizes = QUICK["sizes"] if args.sizes is None else args.sizes
+    if args.repeat is None:
+        args.repeat = QUICK["repeat"] if args.quick else REPEAT
     for name in ("n", "k", "max_iter", "repeat"):
         if getattr(args, name) < 1:
             raise SystemExit(f"--{name.replace('_', '-')} must be >= 1")
@@ -216,7 +219,7 @@ def _config(args: argparse.Namespace, sizes: list[int]) -> dict[str, Any]:
     return {
         "date": datetime.date.today().isoformat(), "machine": machine, "versions": versions,
         "n": args.n, "k": args.k, "dtype": args.dtype, "lam": args.lam, "tol": args.tol,
-        "max_iter": args.max_iter, "sizes": sizes, "seed": args.seed,
+        "max_iter": args.max_iter, "sizes": sizes, "seed": args.seed, "repeat": args.repeat,
         "backends": sinklabel.available_backends(),
     }
 
