@@ -1,7 +1,8 @@
 """Every method the comparison runs, found from what is installed on this machine.
 
 A method knows how to put the host scores where it computes (untimed: the scores are
-assumed to be there already, as in a training loop) and how to solve on them.
+assumed to be there already, as in a training loop), how to solve on them and, where its
+loop can be entered midway, how to run one iteration of it from a realistic state.
 """
 
 from __future__ import annotations
@@ -16,13 +17,17 @@ from typing import Any
 import numpy as np
 
 import sinklabel
-from sinklabel.kernels import get_kernel
+from sinklabel.kernels import get_kernel, resolve_kernel
+from sinklabel.solver import dual_terms
+from sinklabel.sources import as_source, itemsize
 
 from ._outcome import Outcome
-from ._peers import pot_solve, sela_reference
+from ._peers import SelaLoop, pot_solve, sela_reference
 
 #: tol for runs that must not stop early (timing a fixed number of iterations).
 NEVER = 1e-300
+#: Steps of the SeLa loop made before one of its steps is timed.
+SELA_WARM = 5
 
 
 @dataclass(frozen=True)
@@ -34,6 +39,10 @@ class Method:
     library: str  # "numpy", "torch" or "cupy"
     device: str  # "cpu" or "cuda"
     solve: Callable[..., Outcome]  # (scores, *, lam, tol, max_iter, stop) -> Outcome
+    #: (scores, *, lam, tol, max_iter) -> a call that runs one iteration of this method from a
+    #: state its solve reaches; None where the loop cannot be entered midway (POT's), whose
+    #: iteration is then timed from whole runs of two lengths.
+    one_iteration: Callable[..., Callable[[], Any]] | None = None
 
     def place(self, host: np.ndarray) -> Any:
         """The scores in this method's library and on its device."""
@@ -78,7 +87,8 @@ def discover(names: list[str] | None = None) -> list[Method]:
     where = placements()
     methods = [
         Method(f"sinklabel {backend} ({_suffix(library, device)})", "sinklabel", library, device,
-               partial(_sinklabel_solve, backend=backend))
+               partial(_sinklabel_solve, backend=backend),
+               partial(_sinklabel_pass, backend=backend))
         for backend in sinklabel.available_backends()
         for library, device in where
         if library in get_kernel(backend).libraries
@@ -90,7 +100,8 @@ def discover(names: list[str] | None = None) -> list[Method]:
         for bits in (32, 64):
             cast = _caster(library, bits)
             methods.append(Method(f"SeLa reference float{bits} ({suffix})", "peer", library,
-                                  device, partial(sela_reference, cast=cast)))
+                                  device, partial(sela_reference, cast=cast),
+                                  partial(_sela_iteration, cast=cast)))
         if _importable("ot"):
             for solver in ("sinkhorn", "sinkhorn_log"):
                 methods.append(Method(f"POT {solver} ({suffix})", "peer", library, device,
@@ -109,6 +120,39 @@ def _sinklabel_solve(
                                     max_iter=max_iter, backend=backend)
     stopped_by = "tol" if result.converged else "cap"
     return Outcome(result.n_iter, result.error, stopped_by)
+
+
+def _sinklabel_pass(
+    scores: Any, *, backend: str, lam: float, tol: float, max_iter: int
+) -> Callable[[], Any]:
+    """One pass of the solver: ``dual_terms`` over every chunk, the evaluation each of its
+    iterations makes (the L-BFGS step on K-vectors that follows is not included), chunked as
+    the solve chunks, at the potentials its own solve reaches (``tol``, ``max_iter``).
+
+    The potentials matter: the Numba kernel skips blocks whose exponentials underflow, and on
+    peaked scores a pass costs more as the potentials grow towards the solution. Timing it
+    there gives the cost of every pass of a warm-started solve and the upper end of a cold one.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", sinklabel.ConvergenceWarning)
+        f = sinklabel.sinkhorn(scores, scores.shape[1], lam=lam, tol=tol, max_iter=max_iter,
+                               backend=backend).potentials
+    source = as_source(scores)
+    kernel = resolve_kernel(backend, source.library)
+    rows = kernel.chunk_rows(source.shape[1], itemsize(source.dtype))
+    return partial(dual_terms, source, kernel, f, lam, rows)
+
+
+def _sela_iteration(
+    scores: Any, *, cast: Any, lam: float, tol: float, max_iter: int
+) -> Callable[[], Any]:
+    """One step of the SeLa loop after SELA_WARM steps (its ``exp`` already made). Its two
+    matrix-vector products on the fixed ``P`` cost the same at any scaling, so a few steps
+    suffice; ``tol`` and ``max_iter`` are not needed."""
+    loop = SelaLoop(scores, cast=cast, lam=lam)
+    for _ in range(SELA_WARM):
+        loop.step()
+    return loop.step
 
 
 def _suffix(library: str, device: str) -> str:

@@ -5,6 +5,8 @@ GPU work is asynchronous: every clock here stops only after the device has finis
 
 from __future__ import annotations
 
+import math
+import statistics
 import time
 import tracemalloc
 from collections.abc import Callable
@@ -12,6 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+#: A timed sample of per-call timing lasts at least this long (seconds): quicker calls are
+#: repeated within one sample, so clock and synchronisation overhead stay small against it.
+MIN_SAMPLE = 0.02
+#: Most calls one sample may batch.
+MAX_CALLS = 1000
+#: Least time (seconds) the extra iterations of a difference must take.
+MIN_DIFFERENCE = 0.2
 
 _STATUS = Path("/proc/self/status")
 _CLEAR_REFS = Path("/proc/self/clear_refs")
@@ -38,6 +48,54 @@ def timed(fn: Callable[[], Any], library: str, device: str) -> tuple[float, Any]
     out = fn()
     synchronize(library, device)
     return time.perf_counter() - start, out
+
+
+def seconds_per_call(step: Callable[[], Any], library: str, device: str, repeat: int) -> float:
+    """Median seconds of one ``step()`` over ``repeat`` timed samples, after a warm-up call.
+
+    A sample times ``calls`` consecutive steps (enough to last MIN_SAMPLE) and divides.
+    """
+    step()
+    first, _ = timed(step, library, device)
+    calls = min(MAX_CALLS, max(1, math.ceil(MIN_SAMPLE / max(first, 1e-9))))
+
+    def batch() -> None:
+        for _ in range(calls):
+            step()
+
+    return statistics.median(timed(batch, library, device)[0] / calls for _ in range(repeat))
+
+
+def seconds_per_extra_iteration(
+    run: Callable[[int], int], library: str, device: str, *, short: int, stride: int,
+    repeat: int, max_extra: int,
+) -> float | None:
+    """Seconds per iteration from whole runs of fixed length, where no single iteration can be
+    timed: the median over ``repeat`` back-to-back pairs of (long - short) / (extra iterations).
+
+    ``run(length)`` runs ``length`` iterations from scratch (set-up included) and returns the
+    iterations done. The long run is ``short`` plus a multiple of ``stride`` iterations, sized
+    from a first pair so that its extra iterations take at least as long as the short run
+    (and MIN_DIFFERENCE): the set-up's own noise then stays small against the difference.
+    None when the runs cannot tell an iteration's cost (no extra iteration ran, or noise
+    exceeded the difference).
+    """
+    run(short)
+    t_short, _ = timed(lambda: run(short), library, device)
+    t_long, _ = timed(lambda: run(short + stride), library, device)
+    goal = max(t_short, MIN_DIFFERENCE)
+    estimate = max(t_long - t_short, 1e-9) / stride
+    extra = min(max_extra, stride * max(1, math.ceil(goal / (estimate * stride))))
+    per_iteration = []
+    for _ in range(repeat):
+        t_short, done_short = timed(lambda: run(short), library, device)
+        t_long, done_long = timed(lambda: run(short + extra), library, device)
+        if done_long > done_short:
+            per_iteration.append((t_long - t_short) / (done_long - done_short))
+    if not per_iteration:
+        return None
+    median = statistics.median(per_iteration)
+    return median if median > 0 else None
 
 
 class PeakMemory:

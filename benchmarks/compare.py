@@ -14,10 +14,12 @@ runs on the same array, already on its device:
 - POT's ``ot.sinkhorn`` and ``ot.sinkhorn_log`` on NumPy and torch arrays, when POT imports;
 - the floor: the time of one read of the scores on that device, what no iteration can beat.
 
-Measured per method: the time of one iteration (two runs of different lengths, differenced,
-so set-up costs cancel), iterations to the tolerance (L1 label-marginal error, the same
-measure for every method; the iteration cap ends peaked runs), total time of a full solve,
-and peak extra memory (on a separate short run, so that tracing never slows a timed one).
+Measured per method: the time of one iteration (timed on its own, from a state the method's
+own solve reaches, median of ``--repeat`` samples; POT's, whose loop cannot be entered
+midway, from whole runs of two lengths, differenced), iterations to the tolerance (L1
+label-marginal error, the same measure for every method; the iteration cap ends peaked runs),
+total time of a full solve, and peak extra memory (on a separate short run, so that tracing
+never slows a timed one).
 Prints a Markdown table of ratios (to the floor and to the best peer on the same device),
 writes ``compare.json`` and plots time per iteration against N (``--sizes``) to
 ``compare.png`` in ``--out``.
@@ -39,14 +41,18 @@ import numpy as np
 import sinklabel
 from sinklabel.datasets import REGIMES, make_scores
 
-from ._methods import Method, discover, place
+from ._methods import NEVER, Method, discover, place
 from ._report import Record, add_ratios, markdown_table, plot, write_json
-from ._timing import PeakMemory, floor_seconds, timed
+from ._timing import PeakMemory, floor_seconds, seconds_per_call, seconds_per_extra_iteration, timed
 
-#: Fixed-length runs whose difference times one iteration: SHORT iterations against SHORT +
-#: EXTRA, EXTRA growing fourfold (to MAX_EXTRA) until the difference is MIN_DIFFERENCE seconds.
-SHORT, EXTRA, MAX_EXTRA, MIN_DIFFERENCE = 2, 10, 640, 0.2
-QUICK = {"n": 4_000, "k": 40, "sizes": [], "max_iter": 200, "budget": 5.0}
+#: Iterations of the untimed run on which peak memory is measured (it peaks in the first).
+MEMORY_RUN = 2
+#: Whole runs differenced where no single iteration can be timed (POT): 1 iteration against
+#: 1 + a multiple of 10, so both hold their share of POT's error check (every 10th iteration,
+#: from the first); the extra iterations are at most MAX_EXTRA.
+DIFFERENCE_SHORT, DIFFERENCE_STRIDE, MAX_EXTRA = 1, 10, 640
+QUICK = {"n": 4_000, "k": 40, "sizes": [], "max_iter": 200, "budget": 5.0, "repeat": 3}
+REPEAT = 5
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,8 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "as skipped; sinklabel's backends always run)")
     parser.add_argument("--methods", nargs="*", default=None,
                         help="only methods whose name contains one of these")
-    parser.add_argument("--repeat", type=int, default=1,
-                        help="repeats of each per-iteration timing (the minimum is kept)")
+    parser.add_argument("--repeat", type=int, default=None,
+                        help=f"timed samples of each per-iteration measurement, the median "
+                             f"kept (default {REPEAT}; {QUICK['repeat']} with --quick)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("bench-results"))
     parser.add_argument("--quick", action="store_true",
@@ -87,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
         args.n, args.k, args.max_iter = QUICK["n"], QUICK["k"], QUICK["max_iter"]
         args.budget = min(args.budget, QUICK["budget"])
         args.sizes = QUICK["sizes"] if args.sizes is None else args.sizes
+    if args.repeat is None:
+        args.repeat = QUICK["repeat"] if args.quick else REPEAT
     for name in ("n", "k", "max_iter", "repeat"):
         if getattr(args, name) < 1:
             raise SystemExit(f"--{name.replace('_', '-')} must be >= 1")
@@ -138,7 +147,8 @@ def _measure(method: Method, rows: np.ndarray, args: argparse.Namespace, regime:
     options = {"lam": args.lam, "tol": args.tol}
     try:
         scores = method.place(rows)
-        record["per_iter_s"] = _per_iteration(method, scores, options, args.repeat)
+        record["per_iter_s"], record["per_iter_timing"] = _per_iteration(
+            method, scores, options, args.max_iter, args.repeat)
         if not full:
             return record
         estimate = (record["per_iter_s"] or 0.0) * args.max_iter
@@ -147,7 +157,7 @@ def _measure(method: Method, rows: np.ndarray, args: argparse.Namespace, regime:
             return record
         # Memory peaks in the first iterations; measured on a short run the clock never sees.
         with PeakMemory(method.library, method.device) as memory:
-            method.solve(scores, max_iter=SHORT, stop=False, **options)
+            method.solve(scores, max_iter=MEMORY_RUN, stop=False, **options)
         seconds, outcome = timed(
             lambda: method.solve(scores, max_iter=args.max_iter, stop=True, **options),
             method.library, method.device)
@@ -165,38 +175,23 @@ def _measure(method: Method, rows: np.ndarray, args: argparse.Namespace, regime:
     return record
 
 
-def _per_iteration(method: Method, scores: Any, options: dict[str, float],
-                   repeat: int) -> float | None:
-    """Seconds per iteration: the difference of a long and a SHORT fixed-length run.
+def _per_iteration(method: Method, scores: Any, options: dict[str, float], max_iter: int,
+                   repeat: int) -> tuple[float | None, str]:
+    """Seconds per iteration, and how they were timed: "one iteration" where the method can
+    run one from a state its solve reaches, else "difference" of whole runs (set-up cancels).
+    ``options``: lam and tol of the comparison."""
+    if method.one_iteration is not None:
+        step = method.one_iteration(scores, max_iter=max_iter, **options)
+        return seconds_per_call(step, method.library, method.device, repeat), "one iteration"
 
-    The long run grows until the difference is at least MIN_DIFFERENCE seconds, so that
-    clock and scheduling noise stay small against it on tiny problems too.
-    """
-    t_short, i_short = _fixed_run(method, scores, options, SHORT, repeat)
-    extra = EXTRA
-    while True:
-        t_long, i_long = _fixed_run(method, scores, options, SHORT + extra, repeat)
-        if t_long - t_short >= MIN_DIFFERENCE or i_long < SHORT + extra or extra >= MAX_EXTRA:
-            break
-        extra *= 4
-    if i_long <= i_short:
-        return None
-    if t_long <= t_short:  # noise swamped the difference: fall back to an upper bound
-        return t_long / i_long
-    return (t_long - t_short) / (i_long - i_short)
+    def run(length: int) -> int:
+        return method.solve(scores, lam=options["lam"], tol=NEVER, max_iter=length,
+                            stop=False).n_iter
 
-
-def _fixed_run(method: Method, scores: Any, options: dict[str, float], length: int,
-               repeat: int) -> tuple[float, int]:
-    """Best time of ``repeat`` runs of exactly ``length`` iterations, and the iterations
-    done (fewer when the method broke down numerically)."""
-    best = np.inf
-    for _ in range(repeat):
-        seconds, outcome = timed(
-            lambda: method.solve(scores, max_iter=length, stop=False, **options),
-            method.library, method.device)
-        best = min(best, seconds)
-    return best, outcome.n_iter
+    seconds = seconds_per_extra_iteration(
+        run, method.library, method.device, short=DIFFERENCE_SHORT, stride=DIFFERENCE_STRIDE,
+        repeat=repeat, max_extra=MAX_EXTRA)
+    return seconds, "difference"
 
 
 def _summary(record: Record) -> str:
@@ -224,7 +219,7 @@ def _config(args: argparse.Namespace, sizes: list[int]) -> dict[str, Any]:
     return {
         "date": datetime.date.today().isoformat(), "machine": machine, "versions": versions,
         "n": args.n, "k": args.k, "dtype": args.dtype, "lam": args.lam, "tol": args.tol,
-        "max_iter": args.max_iter, "sizes": sizes, "seed": args.seed,
+        "max_iter": args.max_iter, "sizes": sizes, "seed": args.seed, "repeat": args.repeat,
         "backends": sinklabel.available_backends(),
     }
 

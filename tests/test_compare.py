@@ -1,0 +1,185 @@
+"""The comparison runner (benchmarks/compare.py): how it times one iteration, and a tiny run.
+
+The timing tests run fake methods on a virtual clock: each fake advances the clock by the
+cost it models, so the figure the runner must recover is known exactly and no test sleeps.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import numpy as np
+import pytest
+
+from benchmarks import _timing, compare
+from benchmarks._methods import SELA_WARM, Method, _sela_iteration, _sinklabel_pass
+from benchmarks._outcome import Outcome
+from benchmarks._peers import SelaLoop
+from sinklabel.datasets import make_scores
+
+#: Costs of the fake methods, in virtual seconds: set-up of a whole run, one pass, and one
+#: error check (made every 10th iteration, from the first, as POT does).
+SETUP, PASS, CHECK = 0.5, 0.01, 0.02
+#: Passes after which the fake solver has converged; with tol out of reach it keeps going.
+CONVERGED = 6
+OPTIONS = {"lam": 25.0, "tol": 1e-3}
+
+
+class VirtualClock:
+    """Stands in for the ``time`` module of benchmarks._timing."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> VirtualClock:
+    virtual = VirtualClock()
+    monkeypatch.setattr(_timing, "time", virtual)
+    return virtual
+
+
+def uneven_method(clock: VirtualClock) -> Method:
+    """A solver whose fixed-length runs are not equal passes: PASS each while the solve is
+    under way, PASS / 10 once it has converged, as sinklabel's flat-score passes turned cheap
+    past convergence (a numba figure below the floor in the first comparison)."""
+
+    def solve(scores, *, lam, tol, max_iter, stop):
+        under_way = min(max_iter, CONVERGED)
+        clock.now += SETUP + PASS * under_way + PASS / 10 * (max_iter - under_way)
+        return Outcome(max_iter, 0.0, "cap")
+
+    def one_iteration(scores, *, lam, tol, max_iter):
+        clock.now += SETUP + PASS * CONVERGED
+
+        def step() -> None:
+            clock.now += PASS
+
+        return step
+
+    return Method("uneven", "peer", "numpy", "cpu", solve, one_iteration)
+
+
+def test_one_iteration_recovers_the_pass_that_differencing_misses(clock):
+    method = uneven_method(clock)
+    seconds, how = compare._per_iteration(method, None, OPTIONS, 100, repeat=5)
+    assert how == "one iteration"
+    assert seconds == pytest.approx(PASS, rel=1e-9)
+    # The difference of whole runs, however long, sees the cheap converged passes: the old
+    # method (2 against 12 passes) and the runner's own robust variant both miss by > 2x.
+    def run(length: int) -> int:
+        return method.solve(None, lam=25.0, tol=0.0, max_iter=length, stop=False).n_iter
+
+    old = (_timing.timed(lambda: run(12), "numpy", "cpu")[0]
+           - _timing.timed(lambda: run(2), "numpy", "cpu")[0]) / 10
+    assert old < PASS / 2
+    robust = _timing.seconds_per_extra_iteration(run, "numpy", "cpu", short=1, stride=10,
+                                                 repeat=5, max_extra=640)
+    assert robust < PASS / 2
+
+
+def checked_method(clock: VirtualClock, lengths: list[int]) -> Method:
+    """A POT-like solver that cannot be entered midway: whole runs only, with a set-up, an
+    error check on every 10th iteration from the first, 1% jitter and, on one run in five,
+    a hiccup as long as the set-up (a busy shared machine)."""
+    rng = np.random.default_rng(0)
+
+    def solve(scores, *, lam, tol, max_iter, stop):
+        lengths.append(max_iter)
+        cost = SETUP + PASS * max_iter + CHECK * len(range(0, max_iter, 10))
+        clock.now += cost * rng.normal(1.0, 0.01) + (SETUP if rng.random() < 0.2 else 0.0)
+        return Outcome(max_iter, 0.0, "cap")
+
+    return Method("checked", "peer", "numpy", "cpu", solve)
+
+
+def test_difference_of_whole_runs_is_robust_and_counts_the_checks(clock):
+    lengths: list[int] = []
+    seconds, how = compare._per_iteration(checked_method(clock, lengths), None, OPTIONS, 100,
+                                          repeat=5)
+    assert how == "difference"
+    assert seconds == pytest.approx(PASS + CHECK / 10, rel=0.05)
+    # Both lengths hold the same share of checks, and the extra iterations outlast the set-up.
+    assert {length % 10 for length in lengths} == {1}
+    assert (max(lengths) - 1) * (PASS + CHECK / 10) >= SETUP
+
+
+def test_fast_calls_are_batched_per_sample(clock):
+    calls = []
+
+    def step() -> None:
+        calls.append(1)
+        clock.now += 1e-4
+
+    assert _timing.seconds_per_call(step, "numpy", "cpu", repeat=3) == pytest.approx(1e-4)
+    batch = _timing.MIN_SAMPLE / 1e-4
+    assert len(calls) == pytest.approx(2 + 3 * batch, abs=3)
+
+
+def test_sela_loop_steps_match_a_plain_sinkhorn():
+    """Each step's error is the L1 label-marginal error of the plan diag(c) P diag(r), built
+    in full here; the timed iteration continues the same loop after SELA_WARM steps."""
+    scores = make_scores(300, 7, regime="flat", seed=3).scores.astype(np.float64)
+    lam, n, k = 25.0, 300, 7
+    P = np.exp(lam * scores)
+    c, expected = np.full(n, 1.0 / n), []
+    for _ in range(SELA_WARM + 2):
+        r = (1.0 / k) / (P.T @ c)
+        c = (1.0 / n) / (P @ r)
+        expected.append(np.abs((c[:, None] * P * r).sum(axis=0) - 1.0 / k).sum())
+    identity = lambda x: x  # noqa: E731
+    loop = SelaLoop(scores, cast=identity, lam=lam)
+    got = [loop.step() for _ in range(SELA_WARM + 2)]
+    np.testing.assert_allclose(got, expected, rtol=1e-9)
+    step = _sela_iteration(scores, cast=identity, lam=lam, tol=1e-3, max_iter=100)
+    assert step() == pytest.approx(expected[SELA_WARM], rel=1e-9)
+
+
+def test_sinklabel_pass_is_the_solvers_pass_at_its_solution(backend):
+    """One timed pass returns the label marginal and mean log-sum-exp of
+    softmax(lam * S + f), computed here in float64, f being the potentials of the solve."""
+    import sinklabel
+
+    host = make_scores(500, 9, regime="peaked", seed=4).scores
+    scores = host
+    if backend == "torch":
+        import torch
+
+        scores = torch.from_numpy(host)
+    lam = 25.0
+    f = sinklabel.sinkhorn(scores, 9, lam=lam, tol=1e-3, max_iter=100, backend=backend).potentials
+    assert np.abs(f).max() > 1.0  # the potentials of the solution, not the start
+    mass, lse = _sinklabel_pass(scores, backend=backend, lam=lam, tol=1e-3, max_iter=100)()
+    z = lam * host.astype(np.float64) + f
+    top = z.max(axis=1, keepdims=True)
+    row_lse = top[:, 0] + np.log(np.exp(z - top).sum(axis=1))
+    np.testing.assert_allclose(mass, np.exp(z - row_lse[:, None]).mean(axis=0),
+                               rtol=1e-4, atol=1e-6)
+    assert lse == pytest.approx(row_lse.mean(), rel=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_a_tiny_run_reports_and_plots_the_direct_figures(tmp_path, capsys):
+    names = ["sinklabel numba (numpy)", "SeLa reference float32 (numpy)"]
+    if importlib.util.find_spec("ot") is not None:
+        names.append("POT sinkhorn (numpy)")
+    assert compare.main(["--n", "600", "--k", "8", "--sizes", "300", "--max-iter", "40",
+                         "--repeat", "3", "--out", str(tmp_path), "--methods", *names]) == 0
+    report = json.loads((tmp_path / "compare.json").read_text())
+    results = report["results"]
+    assert {(r["method"], r["n"], r["regime"]) for r in results} == {
+        (m, n, g) for m in names for n in (300, 600) for g in ("flat", "peaked")}
+    for r in results:
+        assert r["per_iter_s"] > 0
+        assert r["per_iter_timing"] == ("difference" if r["method"].startswith("POT")
+                                        else "one iteration")
+        assert r["iter_over_floor"] == pytest.approx(r["per_iter_s"] / r["floor_s"])
+    table = capsys.readouterr().out
+    full = [r for r in results if r["n"] == 600]
+    for r in full:
+        assert f"| {r['method']} | {r['per_iter_s'] * 1e3:.3g} |" in table
+    assert (tmp_path / "compare.png").stat().st_size > 10_000
