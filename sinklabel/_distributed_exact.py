@@ -72,11 +72,14 @@ from .sources import Source
 
 try:
     from numba import njit, prange
+
+    HAVE_NUMBA = True
 except ImportError:  # pragma: no cover - exercised in environments without numba
+    HAVE_NUMBA = False
     prange = range
 
     def njit(*args, **kwargs):
-        """Without numba the loop runs as plain Python: correct, slow."""
+        """Without numba, scans run in NumPy instead (``_scan_rows_numpy``)."""
         return lambda func: func
 
 #: Contested rows of the first round: this many per label, and at least MIN_CONTESTED.
@@ -125,11 +128,11 @@ def balance_across_ranks(
     target = min(first_contested or max(MIN_CONTESTED, CONTESTED_PER_LABEL * K), limit)
 
     # Margins under the Sinkhorn prices decide which rows may settle, in every round.
-    reference = _guarded(collective, _Scan.empty(source.shape[0], K), _scan, source, v, None,
-                         True)
+    reference = _guarded(collective, _Scan.empty(source.shape[0], K), _scan, source, v)
     check_reachable(lower, collective.sum(reference.finite.astype(np.float64)).astype(np.int64))
     labels = np.empty(source.shape[0], dtype=np.int64)
     contested_before = np.zeros(source.shape[0], dtype=bool)  # contested once, or moved
+    on_root = _RowsOnRoot(source.shape[0])
     for rounds in itertools.count(1):
         settled = ~contested_before & (
             reference.margin > _thresholds(reference, caps, n_points - target, collective)
@@ -141,13 +144,11 @@ def balance_across_ranks(
         n_contested = n_points - int(settled_counts.sum())
         if n_contested > limit:
             raise _too_many(rounds, n_contested, n_points)
-        contested = np.flatnonzero(~settled)
-        contested_before[contested] = True
-        block = _guarded(collective, np.zeros((contested.size, K), _dtype(itemsize)),
-                         _read_rows, source, contested, itemsize)
-        table, counts = collective.gather_rows(block)
+        contested_before |= ~settled
+        on_root.add(np.flatnonzero(~settled), source, itemsize, collective)
         status, v_new, contested_labels = _reduced_outcome(
-            table, n_contested, lower - settled_counts, upper - settled_counts, v, collective
+            on_root.table, n_contested, lower - settled_counts, upper - settled_counts, v,
+            collective,
         )
         if status == _INFEASIBLE and n_contested == n_points:
             raise _transport.InfeasibleError(
@@ -155,9 +156,8 @@ def balance_across_ranks(
                 "scores for them (check -inf entries)"
             )
         if status == _SOLVED:
-            offset = int(counts[: collective.rank].sum())
             labels[settled] = reference.best[settled]
-            labels[contested] = contested_labels[offset:offset + contested.size]
+            on_root.place(contested_labels, labels, collective.rank)
             check = _guarded(collective, _Scan.empty(source.shape[0], K), _scan, source, v_new,
                              labels)
             moved = check.off & settled
@@ -184,6 +184,36 @@ def balance_across_ranks(
     )
 
 
+class _RowsOnRoot:
+    """The contested rows, gathered to rank 0 round by round. A round sends only the rows
+    not sent before (the contested set only grows); the labels that come back follow the
+    same order: round by round, rank by rank, each rank's rows in their order."""
+
+    def __init__(self, n_rows: int):
+        self.sent = np.zeros(n_rows, dtype=bool)
+        self.rounds: list[tuple[np.ndarray, np.ndarray]] = []  # this rank's rows, all counts
+        self.table: np.ndarray | None = None  # on rank 0: every row sent so far
+
+    def add(self, contested: np.ndarray, source: Source, itemsize: int,
+            collective: Collective) -> None:
+        new = contested[~self.sent[contested]]
+        self.sent[new] = True
+        block = _guarded(collective, np.zeros((new.size, source.shape[1]), _dtype(itemsize)),
+                         _read_rows, source, new, itemsize)
+        part, counts = collective.gather_rows(block)
+        self.rounds.append((new, counts))
+        if part is not None:
+            self.table = part if self.table is None else np.concatenate([self.table, part])
+
+    def place(self, contested_labels: np.ndarray, labels: np.ndarray, rank: int) -> None:
+        """Write this rank's share of the labels of all rows on rank 0 into ``labels``."""
+        start = 0
+        for rows, counts in self.rounds:
+            offset = start + int(counts[:rank].sum())
+            labels[rows] = contested_labels[offset:offset + rows.size]
+            start += int(counts.sum())
+
+
 class _Scan:
     """One pass over a rank's rows under prices ``v``: each row's best label, its margin over
     the runner-up (+inf when no other label is finite), whether the row's given label is off
@@ -200,21 +230,36 @@ class _Scan:
                    np.zeros(n_labels, np.int64))
 
 
-def _scan(source: Source, v: np.ndarray, labels: np.ndarray | None = None,
-          count_finite: bool = False) -> _Scan:
+def _scan(source: Source, v: np.ndarray, labels: np.ndarray | None = None) -> _Scan:
     n, K = source.shape
     out = _Scan.empty(n, K)
     out.finite += n
-    given = labels if labels is not None else out.best  # a stand-in; ``off`` is unused then
-    infinite = np.zeros(n, dtype=bool)
     for start, stop, block in source.chunks(max(1, SCAN_BYTES // (8 * K))):
         scores = np.ascontiguousarray(_host_block(block))
         part = slice(start, stop)
-        _scan_rows(scores, v, given[part], out.best[part], out.margin[part], out.off[part],
-                   infinite[part])
-        if count_finite and infinite[part].any():
-            out.finite -= np.count_nonzero(scores[infinite[part]] == -np.inf, axis=0)
+        # Without labels, each row is checked against its own best label: never off.
+        given = out.best[part] if labels is None else labels[part]
+        infinite = np.empty(stop - start, dtype=bool)
+        scan_rows = _scan_rows if HAVE_NUMBA else _scan_rows_numpy
+        scan_rows(scores, v, given, out.best[part], out.margin[part], out.off[part], infinite)
+        if infinite.any():
+            out.finite -= np.count_nonzero(scores[infinite] == -np.inf, axis=0)
     return out
+
+
+def _scan_rows_numpy(scores, v, labels, best, margin, off, infinite) -> None:
+    """:func:`_scan_rows` in NumPy, for machines without numba (float64 block temporaries)."""
+    z = scores.astype(np.float64)
+    z += v
+    rows = np.arange(z.shape[0])
+    best[:] = z.argmax(axis=1)
+    top = z[rows, best]
+    own = z[rows, labels]
+    with np.errstate(invalid="ignore"):  # inf - inf where the label's score is -inf
+        off[:] = (own == -np.inf) | (top - own > TIE_ROUNDING * (np.abs(top) + np.abs(own)))
+    infinite[:] = np.isneginf(z).any(axis=1)
+    z[rows, best] = -np.inf
+    margin[:] = top - z.max(axis=1)
 
 
 @njit(cache=True, parallel=True)
@@ -238,7 +283,7 @@ def _scan_rows(scores, v, labels, best, margin, off, infinite):  # pragma: no co
         best[i] = arg
         margin[i] = top - second
         own = np.float64(scores[i, labels[i]]) + v[labels[i]]
-        off[i] = own < top - TIE_ROUNDING * (abs(top) + abs(own))
+        off[i] = own == -np.inf or top - own > TIE_ROUNDING * (abs(top) + abs(own))
         infinite[i] = lowest == -np.inf
 
 

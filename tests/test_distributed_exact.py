@@ -165,3 +165,42 @@ def test_sizes_no_labelling_can_meet_raise_like_one_process(first):
         sinklabel.sinkhorn(S, 3, balance="exact")
     with pytest.raises(ValueError, match="no labelling meets"):
         _balance(S, 3, first_contested=first)
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_scan_finds_best_label_margin_and_moved_rows(compiled, monkeypatch):
+    """Against a per-row sort: ties (margin 0, first label wins), -inf, a single finite
+    label (margin +inf), labels off their arg-max or on a -inf score. Halves keep every sum
+    exact, so ties are exact."""
+    monkeypatch.setattr(_distributed_exact, "HAVE_NUMBA", compiled)
+    rng = np.random.default_rng(5)
+    S = (np.round(2 * rng.normal(size=(500, 7))) / 2).astype(np.float32)
+    S[rng.random(S.shape) < 0.2] = -np.inf
+    S[:, 3] = np.where(np.isfinite(S).any(axis=1), S[:, 3], 0.0)
+    S[0] = [-np.inf, -np.inf, 1.0, -np.inf, -np.inf, -np.inf, -np.inf]
+    v = np.round(2 * rng.normal(size=7)) / 2
+    labels = rng.integers(0, 7, 500)
+    z = S.astype(np.float64) + v
+    labels[:50] = z[:50].argmax(axis=1)
+    scan = _distributed_exact._scan(as_source(S), v, labels)
+
+    ordered = np.sort(z, axis=1)
+    np.testing.assert_array_equal(scan.best, z.argmax(axis=1))
+    with np.errstate(invalid="ignore"):
+        np.testing.assert_array_equal(scan.margin, ordered[:, -1] - ordered[:, -2])
+    assert scan.margin[0] == np.inf and np.any(scan.margin == 0.0)
+    own = z[np.arange(500), labels]
+    np.testing.assert_array_equal(scan.off, own < ordered[:, -1])
+    assert not scan.off[:50].any() and scan.off[own == -np.inf].all()
+    assert np.any(own == -np.inf)
+    np.testing.assert_array_equal(scan.finite, np.isfinite(S).sum(axis=0))
+    # without labels, nothing is off
+    assert not _distributed_exact._scan(as_source(S), v).off.any()
+
+
+def test_reduction_without_numba_matches(monkeypatch, rounds):
+    monkeypatch.setattr(_distributed_exact, "HAVE_NUMBA", False)
+    S = make_scores(239, 6, regime="peaked", seed=1, dtype=np.float64, margin=4.0).scores
+    _, result = _balance(S, 6, first_contested=1)
+    assert len(rounds) >= 2
+    _assert_optimal(S, np.full(6, 1 / 6), result)
