@@ -127,12 +127,14 @@ def test_default_first_set_settles_most_rows_in_one_round(rounds):
     np.testing.assert_array_equal(result.label_counts, np.full(200, 100))
 
 
-def test_float32_torch_scores_give_torch_labels():
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_torch_scores_give_torch_labels(dtype):
     torch = pytest.importorskip("torch")
-    S = make_scores(300, 7, regime="peaked", seed=3).scores  # float32, N not divisible by K
-    _, result = _balance(torch.from_numpy(S), 7, first_contested=5, backend="torch")
+    S = make_scores(300, 7, regime="peaked", seed=3).scores  # N not divisible by K
+    scores = torch.from_numpy(S).to(getattr(torch, dtype))
+    _, result = _balance(scores, 7, first_contested=5, backend="torch")
     assert isinstance(result.labels, torch.Tensor) and result.labels.dtype == torch.int64
-    _assert_optimal(S, np.full(7, 1 / 7), result)
+    _assert_optimal(scores.float().numpy(), np.full(7, 1 / 7), result)
 
 
 def test_contested_set_beyond_its_limit_raises(monkeypatch):
