@@ -47,9 +47,10 @@ scores, whichever is more) to rank 0. The final labelling is certified by
 the distributed duality gap over all rows (one more pass); a certificate that does not prove
 optimality raises, it is never returned.
 
-What crosses the ranks: the contested rows (K scores each, in the scores' dtype) to rank 0;
-``K + 1 + R`` float64 back (status, prices, the R contested labels); about 64 all-reduces of
-K + 2 float64 for the thresholds and a few small sums per round.
+What crosses the ranks: the contested rows (K scores each, in the scores' dtype), each sent
+to rank 0 once, in the round it becomes contested; ``1 + K + R`` float64 back per round
+(outcome, prices, the labels of all R rows on rank 0); about 64 all-reduces of K + 2 float64
+for the thresholds and a few small sums per round.
 """
 
 from __future__ import annotations

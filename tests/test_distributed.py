@@ -534,6 +534,13 @@ def _exact_cases(rank: int, world: int) -> dict:
         out[name] = {**_summary(result), "certificate": result.certificate,
                      "prices": result.prices, "solves": list(solves),
                      "torch": isinstance(result.labels, torch.Tensor)}
+    if world == 3:  # ranks 1 and 2 alone, in a group where they are ranks 0 and 1 (and with
+        # the last case's small first round, so rows go point to point in several rounds)
+        group = dist.new_group([1, 2])
+        if rank in (1, 2):
+            rows = _shard(FLAT[:239], [0, 150, 89], rank)
+            result = sinklabel.sinkhorn(rows, 6, balance="exact", process_group=group)
+            out["subgroup"] = (np.asarray(result.labels), result.certificate)
     return out
 
 
@@ -575,6 +582,14 @@ def test_exact_balance_across_ranks_is_the_optimum_of_all_rows(tmp_path, world):
             assert solves == [N], name  # small: every row contested, one round
         else:
             assert len(solves) >= 2 and solves[-1] < N, (name, solves)  # retried, never all
+    if world == 3:
+        (first_labels, certificate), (second_labels, other) = (
+            per_rank[rank]["subgroup"] for rank in (1, 2))
+        assert certificate == other and certificate.optimal
+        labels = np.concatenate([first_labels, second_labels])
+        single = sinklabel.sinkhorn(FLAT[:239], 6, balance="exact")
+        assert float(FLAT[np.arange(239), labels].sum()) == pytest.approx(
+            -single.certificate.primal, rel=1e-9)
 
 
 def _exact_failure_cases(rank: int, world: int) -> list[tuple]:
