@@ -95,7 +95,8 @@ def sinkhorn(
         target). "exact": the optimal labelling with sizes exactly ``floor`` or ``ceil`` of
         ``N * label_weights``, found by the exact solver warm-started from the potentials,
         with its certified gap in ``result.certificate`` (see :func:`sinklabel.solve_exact`).
-        Not yet supported with ``process_group``/``distributed`` (raises ValueError).
+        Across ranks only the rows whose label is in doubt travel, to rank 0
+        (docs/distributed.md).
 
     Returns
     -------
@@ -103,20 +104,13 @@ def sinkhorn(
     """
     if balance not in BALANCE:
         raise ValueError(f"balance must be one of {BALANCE}, got {balance!r}")
-    if balance is not None and (distributed or process_group is not None):
-        raise ValueError(
-            "balance='exact' across ranks is not supported yet: it needs all rows in one "
-            "process. Solve with balance=None across ranks and certify the labels with "
-            "duality_gap(..., distributed=True), or gather the scores on one rank and call "
-            "sinkhorn(..., balance='exact') there"
-        )
     if distributed or process_group is not None:
         from .distributed import distributed_sinkhorn
 
         return distributed_sinkhorn(
             logp, K, process_group=process_group, lam=lam, label_weights=label_weights,
             tol=tol, max_iter=max_iter, init=init, chunk_size=chunk_size,
-            memory_limit=memory_limit, backend=backend, progress=progress,
+            memory_limit=memory_limit, backend=backend, progress=progress, balance=balance,
         )
     source = as_source(logp)
     K = check_shape(source, K)
@@ -181,10 +175,14 @@ def _sinkhorn(
         label_weights=label_weights,
         backend=kernel.name,
     )
-    if balance == "exact":
+    if balance == "exact" and collective is LOCAL:
         from .exact import balance_exact
 
         return balance_exact(source, kernel, result, rows)
+    if balance == "exact":
+        from ._distributed_exact import balance_across_ranks
+
+        return balance_across_ranks(source, kernel, result, rows, collective)
     return result
 
 

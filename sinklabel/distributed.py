@@ -53,7 +53,7 @@ from .result import SinkhornResult
 from .sources import Array, ArraySource, Source, as_source
 
 #: What every rank must pass identically, in fingerprint order.
-AGREED = ("K", "lam", "tol", "max_iter", "dtype", "label_weights", "init")
+AGREED = ("K", "lam", "tol", "max_iter", "dtype", "label_weights", "init", "balance")
 
 #: What every rank must pass identically to a distributed duality_gap, in fingerprint order.
 CERTIFIED = ("K", "prices", "capacities")
@@ -119,6 +119,49 @@ class TorchCollective(Collective):
         table[self.rank] = np.ravel(x)
         return self._all_reduce(table, "sum")
 
+    def gather_rows(self, block: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
+        """Every rank's rows stacked in rank order on rank 0 (None elsewhere), and every
+        rank's row count (on every rank).
+
+        The counts travel first, in a checked sum: a rank that failed before stops every
+        rank there, so nobody is left waiting for rows that will not come. The rows then go
+        point to point, each rank's exact count (no padding); all ranks must pass the same
+        dtype and number of columns.
+        """
+        counts = np.zeros(self.world_size)
+        counts[self.rank] = block.shape[0]
+        counts = self.sum(counts).astype(np.int64)
+        try:
+            return self._rows_to_root(block, counts), counts
+        except RuntimeError as exc:  # gloo/NCCL: peer gone, timeout, aborted communicator
+            raise RankFailedError(
+                f"rank {self.rank}: sending rows to rank 0 failed ({exc}); another rank died, "
+                "timed out or left the solve"
+            ) from exc
+
+    def _rows_to_root(self, block: np.ndarray, counts: np.ndarray) -> np.ndarray | None:
+        import torch
+        import torch.distributed as dist
+
+        if self.rank != 0:
+            if block.shape[0]:
+                tensor = torch.from_numpy(np.ascontiguousarray(block)).to(self.device)
+                dist.send(tensor, group=self.group, group_dst=0)
+            return None
+        table = np.empty((int(counts.sum()), block.shape[1]), dtype=block.dtype)
+        table[: block.shape[0]] = block
+        offsets = np.cumsum(counts)
+        for source in range(1, self.world_size):
+            if counts[source] == 0:
+                continue
+            part = table[offsets[source - 1]:offsets[source]]
+            tensor = torch.from_numpy(part) if self.device.type == "cpu" else torch.empty(
+                part.shape, dtype=getattr(torch, str(block.dtype)), device=self.device)
+            dist.recv(tensor, group=self.group, group_src=source)
+            if self.device.type != "cpu":
+                part[:] = tensor.cpu().numpy()
+        return table
+
     def _reduce_checked(self, x: np.ndarray, op: str) -> np.ndarray:
         x = np.asarray(x, dtype=np.float64)
         buffer = np.empty(x.size + 1)
@@ -170,17 +213,19 @@ def distributed_sinkhorn(
     memory_limit: int | str | None,
     backend: str,
     progress: bool,
+    balance: str | None = None,
 ) -> SinkhornResult:
     """:func:`sinklabel.sinkhorn` over the rows of every rank in ``process_group``.
 
     Called by ``sinkhorn(..., process_group=...)`` / ``distributed=True``; arguments as there.
     ``logp`` holds this rank's rows (any number, including none); the result's ``labels``
     are this rank's, its ``potentials``, ``label_counts``, ``n_iter`` and errors global.
+    ``balance="exact"`` continues in :mod:`sinklabel._distributed_exact`.
     """
     collective = _collective_for(logp, process_group)
     try:
         checked = _check_local(logp, K, lam, label_weights, tol, max_iter, init, chunk_size,
-                               memory_limit, backend)
+                               memory_limit, backend, balance)
         error = None
     except Exception as exc:  # shared with the other ranks below, then re-raised here
         checked, error = None, exc
@@ -272,7 +317,7 @@ def _capacities_digest(capacities: Any) -> float:
 
 def _check_local(
     logp: Array, K: Any, lam: Any, label_weights: Any, tol: Any, max_iter: Any, init: Any,
-    chunk_size: Any, memory_limit: Any, backend: str,
+    chunk_size: Any, memory_limit: Any, backend: str, balance: str | None,
 ) -> tuple[Source, Kernel, dict[str, Any]]:
     """This rank's input checks: those of :func:`sinklabel.sinkhorn`, but N may be 0."""
     source = as_source(logp)
@@ -283,6 +328,7 @@ def _check_local(
         "max_iter": check_positive("max_iter", max_iter, integer=True),
         "label_weights": check_label_weights(label_weights, K),
         "init": check_init(init, K),
+        "balance": balance,
     }
     kernel = resolve_kernel(backend, source.library)
     settings["rows"] = api._chunk_rows(chunk_size, kernel, source, memory_limit)
@@ -307,6 +353,7 @@ def _fingerprint(
         FLOAT_DTYPES.index(source.dtype),
         _digest(settings["label_weights"]),
         -1.0 if settings["init"] is None else _digest(settings["init"]),
+        api.BALANCE.index(settings["balance"]),
     ])
 
 
@@ -340,6 +387,8 @@ def _by_value(name: str, values: np.ndarray) -> str:
 def _show(name: str, value: float, index: int) -> str:
     if name in ("K", "max_iter"):
         return str(int(value))
+    if name == "balance":
+        return repr(api.BALANCE[int(value)])
     if name == "dtype":
         return FLOAT_DTYPES[int(value)]
     if name in ("label_weights", "init", "prices", "capacities"):
@@ -481,7 +530,7 @@ class _GuardedKernel(Kernel):
 def _no_labels(source: Source, kernel: Kernel) -> Array:
     """The labels of a rank with no rows: empty int64, in the input's library and device."""
     if isinstance(source, ArraySource):
-        return kernel.best(source.array[:0], np.zeros(source.shape[1]), 1.0)[1]
+        return kernel.empty_labels(0, source.array)
     if source.library == "torch":
         import torch
 

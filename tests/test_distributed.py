@@ -25,6 +25,7 @@ if not (dist.is_available() and dist.is_gloo_available()):
     pytest.skip("torch.distributed with gloo is not available", allow_module_level=True)
 
 import sinklabel  # noqa: E402
+from sinklabel._capacities import balanced_range  # noqa: E402
 from sinklabel.datasets import make_scores  # noqa: E402
 from sinklabel.distributed import RankFailedError  # noqa: E402
 from sinklabel.sources import ArraySource  # noqa: E402
@@ -447,7 +448,8 @@ def _certificate_failure_cases(rank: int, world: int) -> list[tuple]:
         gap(y=bad_labels),
         gap(scores=flaky, backend="numpy"),
         gap(scores=rows[:0], y=labels[:0]),
-        _caught(sinklabel.sinkhorn, rows, 6, balance="exact", distributed=True),
+        _caught(sinklabel.sinkhorn, rows, 6, balance="exact" if rank == 1 else None,
+                distributed=True),
         gap(),
     ]
 
@@ -479,9 +481,10 @@ def test_certificate_ranks_that_disagree_or_fail_raise_on_every_rank(tmp_path):
         assert pass_case[rank][:2] == ("error", RankFailedError.__name__)
         assert "rank 2 (OSError) failed" in pass_case[rank][2]
     assert empty_case.count(empty_case[0]) == 3 and "every rank passed 0 rows" in empty_case[0][2]
-    for outcome in balance_case:
-        assert outcome[:2] == ("error", "ValueError") and "not supported yet" in outcome[2]
-        assert "duality_gap(..., distributed=True)" in outcome[2]
+    assert balance_case.count(balance_case[0]) == 3, balance_case
+    assert balance_case[0][:2] == ("error", "ValueError")
+    assert ("ranks disagree on balance: balance=None on ranks 0, 2, balance='exact' on rank 1"
+            in balance_case[0][2])
     # and the group is still in step: the certificate of all 120 rows, on every rank
     assert good_case[0][0] == "ok" and good_case.count(good_case[0]) == 3
     reference = sinklabel.duality_gap(
@@ -489,6 +492,174 @@ def test_certificate_ranks_that_disagree_or_fail_raise_on_every_rank(tmp_path):
         np.linspace(0.0, 1.0, 6), np.full(6, 20),
     )
     _assert_same_certificate(good_case[0][1], reference)
+
+
+# ---- balance="exact" across ranks ---------------------------------------------------------
+
+#: (scores, rows per rank for world sizes 1, 2, 3, sinkhorn options, first contested rows)
+EXACT_CASES = {
+    # N = 240 = 40 K: fixed sizes; small enough that all rows are contested at once
+    "flat": (FLAT, {world: sizes[0] for world, sizes in SPLITS.items()}, {}, None),
+    # N = 239: sizes 39 or 40, the solve choosing which label takes the extra row; too few
+    # contested rows at first, so settled rows move and the round is repeated
+    "flat 239, retried": (FLAT[:239], {1: [239], 2: [120, 119], 3: [0, 150, 89]}, {}, 1),
+    "peaked, weights, retried": (
+        PEAKED, {1: [240], 2: [0, 240], 3: [17, 0, 223]},
+        {"lam": 10.0, "label_weights": WEIGHTS}, 1,
+    ),
+}
+
+
+def _exact_cases(rank: int, world: int) -> dict:
+    from sinklabel import _distributed_exact
+
+    solves = []
+    outcome = _distributed_exact._reduced_outcome
+
+    def counted(table, n_rows, *args):
+        solves.append(n_rows)
+        return outcome(table, n_rows, *args)
+
+    _distributed_exact._reduced_outcome = counted
+    out = {}
+    for name, (scores, splits, options, first) in EXACT_CASES.items():
+        _distributed_exact.MIN_CONTESTED = first or 4096
+        _distributed_exact.CONTESTED_PER_LABEL = 0 if first else 16
+        solves.clear()
+        rows = _shard(scores, splits[world], rank)
+        if name.startswith("peaked"):  # float32 torch tensors, through process_group
+            rows = torch.from_numpy(rows.astype(np.float32))
+        result = sinklabel.sinkhorn(rows, 6, balance="exact", chunk_size=16, distributed=True,
+                                    **options)
+        out[name] = {**_summary(result), "certificate": result.certificate,
+                     "prices": result.prices, "solves": list(solves),
+                     "torch": isinstance(result.labels, torch.Tensor)}
+    if world == 3:  # ranks 1 and 2 alone, in a group where they are ranks 0 and 1 (and with
+        # the last case's small first round, so rows go point to point in several rounds)
+        group = dist.new_group([1, 2])
+        if rank in (1, 2):
+            rows = _shard(FLAT[:239], [0, 150, 89], rank)
+            result = sinklabel.sinkhorn(rows, 6, balance="exact", process_group=group)
+            out["subgroup"] = (np.asarray(result.labels), result.certificate)
+    return out
+
+
+@pytest.mark.parametrize("world", [1, 2, 3])
+def test_exact_balance_across_ranks_is_the_optimum_of_all_rows(tmp_path, world):
+    outcomes = _run_ranks(tmp_path, world, _exact_cases)
+    assert sorted(outcomes) == list(range(world))
+    for outcome in outcomes.values():
+        assert outcome[0] == "ok", outcome
+    per_rank = [outcomes[rank][1] for rank in range(world)]
+    for name, (scores, splits, options, first) in EXACT_CASES.items():
+        runs = [ranked[name] for ranked in per_rank]
+        for run, size in zip(runs, splits[world], strict=True):
+            assert run["labels"].shape == (size,)
+            # the same global state on every rank
+            for key in ("prices", "counts", "potentials", "solves"):
+                np.testing.assert_array_equal(run[key], runs[0][key])
+            assert run["certificate"] == runs[0]["certificate"]
+            assert run["torch"] == name.startswith("peaked")
+        if name.startswith("peaked"):
+            scores = scores.astype(np.float32)
+        labels = np.concatenate([run["labels"] for run in runs])
+        N, K = scores.shape
+        lower, upper = balanced_range(N, np.asarray(options.get("label_weights", np.ones(K)))
+                                      / np.sum(options.get("label_weights", np.ones(K))))
+        counts = np.bincount(labels, minlength=K)
+        np.testing.assert_array_equal(counts, runs[0]["counts"])
+        assert np.all((lower <= counts) & (counts <= upper)), name
+        certificate = runs[0]["certificate"]
+        assert certificate.optimal, (name, certificate)
+        objective = float(scores[np.arange(N), labels].astype(np.float64).sum())
+        single = sinklabel.sinkhorn(scores, K, balance="exact", **options)
+        highs = sinklabel.solve_exact(scores, K, capacities=(lower, upper), method="highs")
+        assert objective == pytest.approx(-single.certificate.primal, rel=1e-9), name
+        assert objective == pytest.approx(-highs.objective, rel=1e-9), name
+        assert -certificate.primal == pytest.approx(objective, rel=1e-12), name
+        solves = runs[0]["solves"]
+        if first is None:
+            assert solves == [N], name  # small: every row contested, one round
+        else:
+            assert len(solves) >= 2 and solves[-1] < N, (name, solves)  # retried, never all
+    if world == 3:
+        (first_labels, certificate), (second_labels, other) = (
+            per_rank[rank]["subgroup"] for rank in (1, 2))
+        assert certificate == other and certificate.optimal
+        labels = np.concatenate([first_labels, second_labels])
+        single = sinklabel.sinkhorn(FLAT[:239], 6, balance="exact")
+        assert float(FLAT[np.arange(239), labels].sum()) == pytest.approx(
+            -single.certificate.primal, rel=1e-9)
+
+
+def _exact_failure_cases(rank: int, world: int) -> list[tuple]:
+    """Rank 1's rows fail on each pass of the exact stage, then rank 0's reduced solve fails;
+    a solve afterwards shows the group is still in step."""
+    from sinklabel import _transport
+
+    scores = _shard(FLAT[:239], [80, 90, 69], rank)
+    outcomes = []
+    # passes 1-5: check, 3 iterations, labels; 6: margins; 7: contested rows; 8: check; 9:
+    # certificate
+    for fail_on_pass in (6, 7, 8, 9):
+        mine = FlakySource(scores, fail_on_pass, "raise") if rank == 1 else scores
+        start = time.monotonic()
+        outcome = _caught(sinklabel.sinkhorn, mine, 6, tol=1e-12, max_iter=3, balance="exact",
+                          distributed=True)
+        outcomes.append((*outcome, time.monotonic() - start))
+    solve = _transport.solve_transport
+    if rank == 0:
+        def out_of_memory(*args, **kwargs):
+            raise MemoryError("no room for the contested rows")
+
+        _transport.solve_transport = out_of_memory
+    start = time.monotonic()
+    outcome = _caught(sinklabel.sinkhorn, scores, 6, balance="exact", distributed=True)
+    outcomes.append((*outcome, time.monotonic() - start))
+    _transport.solve_transport = solve
+    result = sinklabel.sinkhorn(scores, 6, balance="exact", distributed=True)
+    outcomes.append(("ok", int(result.label_counts.sum()), result.certificate.optimal))
+    return outcomes
+
+
+@pytest.mark.filterwarnings("ignore::sinklabel.ConvergenceWarning")
+def test_exact_balance_a_rank_failing_stops_every_rank(tmp_path):
+    outcomes = _run_ranks(tmp_path, 3, _exact_failure_cases)
+    assert sorted(outcomes) == [0, 1, 2]
+    assert all(outcome[0] == "ok" for outcome in outcomes.values()), outcomes
+    cases = list(zip(*(outcomes[rank][1] for rank in range(3)), strict=True))
+    for case in cases[:4]:
+        assert case[1][:3] == ("error", "OSError", "disk gone"), case
+        for rank in (0, 2):
+            assert case[rank][:2] == ("error", RankFailedError.__name__), case
+            assert "rank 1 (OSError) failed during the solve" in case[rank][2]
+            assert case[rank][3] < GROUP_TIMEOUT_S / 2  # stopped by the flag, not a timeout
+    solve_case = cases[4]
+    assert solve_case[0][:3] == ("error", "MemoryError", "no room for the contested rows")
+    for rank in (1, 2):
+        assert solve_case[rank][:2] == ("error", RankFailedError.__name__), solve_case
+        assert "rank 0 (MemoryError) failed during the solve" in solve_case[rank][2]
+        assert solve_case[rank][3] < GROUP_TIMEOUT_S / 2
+    assert cases[5] == (("ok", 239, True),) * 3
+
+
+def _exact_death_case(rank: int, world: int) -> tuple:
+    """Rank 1 dies just as it would send its contested rows to rank 0."""
+    scores = _shard(FLAT[:239], [120, 119], rank)
+    if rank == 1:
+        dist.send = lambda *args, **kwargs: os._exit(3)
+    start = time.monotonic()
+    outcome = _caught(sinklabel.sinkhorn, scores, 6, balance="exact", distributed=True)
+    return (*outcome, time.monotonic() - start)
+
+
+def test_exact_balance_a_rank_that_dies_while_sending_rows_makes_rank_0_fail(tmp_path):
+    outcomes = _run_ranks(tmp_path, 2, _exact_death_case)
+    assert 1 not in outcomes
+    status, kind, message, seconds = outcomes[0][1]
+    assert (status, kind) == ("error", RankFailedError.__name__), outcomes[0]
+    assert "sending rows to rank 0 failed" in message
+    assert seconds < GROUP_TIMEOUT_S + 5
 
 
 # ---- in this process -----------------------------------------------------------------------

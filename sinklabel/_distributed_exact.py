@@ -1,0 +1,398 @@
+"""``balance="exact"`` over rows spread across ranks, without gathering the N x K scores.
+
+After the distributed Sinkhorn solve every rank holds the same label prices
+``v = potentials / lam``, already close to the exact ones. Under such prices most rows prefer
+one label by a wide margin and will keep it at the optimum; only rows whose best and second
+best values of ``S[i, :] + v`` are close are in play. So:
+
+1. Every rank scans its rows once: best label and margin to the runner-up under ``v``.
+2. The ranks agree on thresholds (a bisection over counts, one all-reduce of K + 1 numbers
+   per step): rows whose margin exceeds them are *settled* at their best label, at most
+   ``cap[y] = min(lower[y], upper[y] - 1)`` of them per label; the rest, at least a target
+   number, are *contested*.
+3. Rank 0 receives the contested rows only (their full score rows) and the settled counts
+   ``c``, and solves the exact problem on them with the label sizes ``[lower - c, upper - c]``
+   (``_transport.solve_transport``, warm-started from the latest prices). It sends back the
+   prices ``v*`` and the contested rows' labels.
+4. Every rank checks its settled rows under ``v*``. If one is no longer at an arg-max, the
+   round is repeated: the rows contested so far and the rows that moved stay contested, and
+   the target doubles. Margins stay those under the Sinkhorn prices: the prices of a failed
+   round come from too few rows and may be far off for some labels (measured: margins
+   recomputed under them needed more rounds, often to the full set).
+
+Why no violation means the global optimum. For any prices ``v`` and any labelling whose
+label counts ``n`` lie within ``[lower, upper]``,
+
+    sum_i S[i, y_i] = sum_i (S[i, y_i] + v[y_i]) - sum_y n_y v_y
+                   <= sum_i max_y (S[i, y] + v_y) - sum_y min(lower_y v_y, upper_y v_y),
+
+with equality exactly when (a) every row sits at an arg-max of ``S[i, :] + v`` and (b) every
+label with ``v_y > 0`` holds ``lower_y`` rows and every label with ``v_y < 0`` holds
+``upper_y`` (complementary slackness). The reduced solve is optimal for its problem, so its
+prices ``v*`` give (a) on the contested rows and (b) for the contested counts ``r``:
+``v*_y > 0`` means ``r_y = lower_y - c_y``, i.e. ``n_y = c_y + r_y = lower_y``, and
+``v*_y < 0`` means ``n_y = upper_y``; ``r`` within its sizes puts ``n`` within
+``[lower, upper]``. The verification pass gives (a) on the settled rows. Both sides of the
+inequality are then equal, so no labelling within the sizes scores higher: optimal.
+The caps make this work: ``c_y <= lower_y`` keeps the reduced lower size ``lower_y - c_y``
+non-negative (otherwise a label could hold more than ``lower_y`` rows with ``v*_y > 0`` and
+(b) would fail), and ``c_y <= upper_y - 1`` leaves every label room for a contested row, so
+its price is set by the solve rather than by the contested rows alone. The reduced sizes
+always admit the contested rows (their lower sizes sum to at most, their upper sizes to at
+least, the number of contested rows).
+
+Every round that fails at least doubles the target, so the loop ends; it stops with an error
+rather than move more than ``MAX_CONTESTED_FRACTION`` of the rows (or ``SMALL_BYTES`` of
+scores, whichever is more) to rank 0. The final labelling is certified by
+the distributed duality gap over all rows (one more pass); a certificate that does not prove
+optimality raises, it is never returned.
+
+What crosses the ranks: the contested rows (K scores each, in the scores' dtype), each sent
+to rank 0 once, in the round it becomes contested; ``1 + K + R`` float64 back per round
+(outcome, prices, the labels of all R rows on rank 0); about 64 all-reduces of K + 2 float64
+for the thresholds and a few small sums per round.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+
+from . import _transport, _transport_loops
+from ._capacities import balanced_range, check_reachable
+from .certificate import Certificate, _certificate_from_sums, _like, _partial_sums
+from .collective import Collective
+from .exact import _host_block
+from .kernels import Kernel
+from .result import SinkhornResult
+from .sources import Source
+
+try:
+    from numba import njit, prange
+
+    HAVE_NUMBA = True
+except ImportError:  # pragma: no cover - exercised in environments without numba
+    HAVE_NUMBA = False
+    prange = range
+
+    def njit(*args, **kwargs):
+        """Without numba, scans run in NumPy instead (``_scan_rows_numpy``)."""
+        return lambda func: func
+
+#: Contested rows of the first round: this many per label, and at least MIN_CONTESTED.
+CONTESTED_PER_LABEL = 16
+MIN_CONTESTED = 4096
+#: The contested set may grow to this fraction of all rows, or to SMALL_BYTES of scores.
+MAX_CONTESTED_FRACTION = 0.5
+SMALL_BYTES = 256 << 20
+#: Size of the blocks a scan reads, counted as float64 (CUDA and bfloat16 blocks are copied
+#: to the host).
+SCAN_BYTES = 32 << 20
+#: A settled row counts as moved off its arg-max only beyond this relative rounding (the
+#: reduced solve shifts its prices by a constant, which may round a tie either way).
+TIE_ROUNDING = 2.0**-48
+#: Gaps below this share of the problem's scale are float64 noise (see _proves_optimal).
+NOISE = 2.0**-44
+#: Codes of the reduced solve's outcome, sent with its prices.
+_SOLVED, _INFEASIBLE = 0.0, 1.0
+
+
+def balance_across_ranks(
+    source: Source,
+    kernel: Kernel,
+    result: SinkhornResult,
+    rows: int,
+    collective: Collective,
+    *,
+    first_contested: int | None = None,
+) -> SinkhornResult:
+    """The distributed Sinkhorn result with optimal, exactly balanced labels.
+
+    ``source`` holds this rank's rows; sizes are ``floor`` or ``ceil`` of ``N *
+    label_weights`` over all N rows, as in :func:`sinklabel.exact.balance_exact`. The labels
+    returned are this rank's; counts, prices and certificate are global and the same on every
+    rank. ``first_contested`` overrides the first round's contested-set size (tests use it to
+    force retries).
+    """
+    K = source.shape[1]
+    n_points = int(result.label_counts.sum())
+    lower, upper = balanced_range(n_points, result.label_weights)
+    caps = np.minimum(lower, upper - 1)
+    v = result.potentials / result.lam
+    itemsize = 8 if source.dtype == "float64" else 4
+    limit = min(n_points, max(int(MAX_CONTESTED_FRACTION * n_points),
+                              SMALL_BYTES // (K * itemsize)))
+    target = min(first_contested or max(MIN_CONTESTED, CONTESTED_PER_LABEL * K), limit)
+
+    # Margins under the Sinkhorn prices decide which rows may settle, in every round.
+    reference = _guarded(collective, _Scan.empty(source.shape[0], K), _scan, source, v)
+    check_reachable(lower, collective.sum(reference.finite.astype(np.float64)).astype(np.int64))
+    labels = np.empty(source.shape[0], dtype=np.int64)
+    contested_before = np.zeros(source.shape[0], dtype=bool)  # contested once, or moved
+    on_root = _RowsOnRoot(source.shape[0])
+    for rounds in itertools.count(1):
+        settled = ~contested_before & (
+            reference.margin > _thresholds(reference, caps, n_points - target, collective)
+            [reference.best]
+        )
+        settled_counts = collective.sum(
+            np.bincount(reference.best[settled], minlength=K).astype(np.float64)
+        ).astype(np.int64)
+        n_contested = n_points - int(settled_counts.sum())
+        if n_contested > limit:
+            raise _too_many(rounds, n_contested, n_points)
+        contested_before |= ~settled
+        on_root.add(np.flatnonzero(~settled), source, itemsize, collective)
+        status, v_new, contested_labels = _reduced_outcome(
+            on_root.table, n_contested, lower - settled_counts, upper - settled_counts, v,
+            collective,
+        )
+        if status == _INFEASIBLE and n_contested == n_points:
+            raise _transport.InfeasibleError(
+                "no labelling meets the sizes: some labels need more points than have finite "
+                "scores for them (check -inf entries)"
+            )
+        if status == _SOLVED:
+            labels[settled] = reference.best[settled]
+            on_root.place(contested_labels, labels, collective.rank)
+            check = _guarded(collective, _Scan.empty(source.shape[0], K), _scan, source, v_new,
+                             labels)
+            moved = check.off & settled
+            v = v_new
+            if collective.sum(np.array([np.count_nonzero(moved)], dtype=np.float64))[0] == 0:
+                break
+            contested_before |= moved
+        if target >= limit:
+            raise _too_many(rounds, n_contested, n_points)
+        target = min(2 * max(target, n_contested), limit)
+
+    sums = _guarded(collective, np.zeros(K + 4), _partial_sums, source, kernel, labels, v, rows)
+    certificate = _certificate_from_sums(collective.sum(sums), v, lower, upper)
+    if not _proves_optimal(certificate, v, upper):
+        raise RuntimeError(
+            f"balance='exact' across ranks: the labels are not certified optimal (gap "
+            f"{certificate.gap:.3g}, rounding bound {certificate.rounding:.3g}, feasible "
+            f"{certificate.feasible}); this is a bug, please report it"
+        )
+    counts = collective.sum(np.bincount(labels, minlength=K).astype(np.float64))
+    return replace(
+        result, labels=_like(result.labels, labels), label_counts=counts.astype(np.int64),
+        balance="exact", certificate=certificate, prices=v,
+    )
+
+
+class _RowsOnRoot:
+    """The contested rows, gathered to rank 0 round by round. A round sends only the rows
+    not sent before (the contested set only grows); the labels that come back follow the
+    same order: round by round, rank by rank, each rank's rows in their order."""
+
+    def __init__(self, n_rows: int):
+        self.sent = np.zeros(n_rows, dtype=bool)
+        self.rounds: list[tuple[np.ndarray, np.ndarray]] = []  # this rank's rows, all counts
+        self.table: np.ndarray | None = None  # on rank 0: every row sent so far
+
+    def add(self, contested: np.ndarray, source: Source, itemsize: int,
+            collective: Collective) -> None:
+        new = contested[~self.sent[contested]]
+        self.sent[new] = True
+        block = _guarded(collective, np.zeros((new.size, source.shape[1]), _dtype(itemsize)),
+                         _read_rows, source, new, itemsize)
+        part, counts = collective.gather_rows(block)
+        self.rounds.append((new, counts))
+        if part is not None:
+            self.table = part if self.table is None else np.concatenate([self.table, part])
+
+    def place(self, contested_labels: np.ndarray, labels: np.ndarray, rank: int) -> None:
+        """Write this rank's share of the labels of all rows on rank 0 into ``labels``."""
+        start = 0
+        for rows, counts in self.rounds:
+            offset = start + int(counts[:rank].sum())
+            labels[rows] = contested_labels[offset:offset + rows.size]
+            start += int(counts.sum())
+
+
+class _Scan:
+    """One pass over a rank's rows under prices ``v``: each row's best label, its margin over
+    the runner-up (+inf when no other label is finite), whether the row's given label is off
+    its arg-max, and the rows with a finite score per label."""
+
+    def __init__(self, best: np.ndarray, margin: np.ndarray, off: np.ndarray,
+                 finite: np.ndarray):
+        self.best, self.margin, self.off, self.finite = best, margin, off, finite
+
+    @classmethod
+    def empty(cls, n: int, n_labels: int) -> _Scan:
+        """A stand-in for a failed scan; the next reduction stops every rank."""
+        return cls(np.zeros(n, np.int64), np.zeros(n), np.zeros(n, bool),
+                   np.zeros(n_labels, np.int64))
+
+
+def _scan(source: Source, v: np.ndarray, labels: np.ndarray | None = None) -> _Scan:
+    n, K = source.shape
+    out = _Scan.empty(n, K)
+    out.finite += n
+    for start, stop, block in source.chunks(max(1, SCAN_BYTES // (8 * K))):
+        scores = np.ascontiguousarray(_host_block(block))
+        part = slice(start, stop)
+        # Without labels, each row is checked against its own best label: never off.
+        given = out.best[part] if labels is None else labels[part]
+        infinite = np.empty(stop - start, dtype=bool)
+        scan_rows = _scan_rows if HAVE_NUMBA else _scan_rows_numpy
+        scan_rows(scores, v, given, out.best[part], out.margin[part], out.off[part], infinite)
+        if infinite.any():
+            out.finite -= np.count_nonzero(scores[infinite] == -np.inf, axis=0)
+    return out
+
+
+def _scan_rows_numpy(scores, v, labels, best, margin, off, infinite) -> None:
+    """:func:`_scan_rows` in NumPy, for machines without numba (float64 block temporaries)."""
+    z = scores.astype(np.float64)
+    z += v
+    rows = np.arange(z.shape[0])
+    best[:] = z.argmax(axis=1)
+    top = z[rows, best]
+    own = z[rows, labels]
+    with np.errstate(invalid="ignore"):  # inf - inf where the label's score is -inf
+        off[:] = (own == -np.inf) | (top - own > TIE_ROUNDING * (np.abs(top) + np.abs(own)))
+    infinite[:] = np.isneginf(z).any(axis=1)
+    z[rows, best] = -np.inf
+    margin[:] = top - z.max(axis=1)
+
+
+@njit(cache=True, parallel=True)
+def _scan_rows(scores, v, labels, best, margin, off, infinite):  # pragma: no cover - compiled
+    """Per row of ``scores + v`` (float64): arg-max, margin to the runner-up, whether
+    ``labels`` sits below the maximum by more than rounding, and whether a score is -inf."""
+    for i in prange(scores.shape[0]):
+        top = -np.inf
+        second = -np.inf
+        arg = 0
+        lowest = np.inf
+        for y in range(scores.shape[1]):
+            w = np.float64(scores[i, y]) + v[y]
+            lowest = min(lowest, w)
+            if w > top:
+                second = top
+                top = w
+                arg = y
+            elif w > second:
+                second = w
+        best[i] = arg
+        margin[i] = top - second
+        own = np.float64(scores[i, labels[i]]) + v[labels[i]]
+        off[i] = own == -np.inf or top - own > TIE_ROUNDING * (abs(top) + abs(own))
+        infinite[i] = lowest == -np.inf
+
+
+def _proves_optimal(certificate: Certificate, v: np.ndarray, upper: np.ndarray) -> bool:
+    """Feasible, with a gap within the pass's rounding or within float64 noise of the
+    problem's scale.
+
+    The second allowance covers what ``Certificate.rounding`` leaves out: the prices are
+    float64 results of the solver, and the settled rows are checked to ``TIE_ROUNDING``. Where
+    the objective cancels to about 0 this matters: the single-process solve then reports the
+    same certificate, with a gap of ~1e-16 above a rounding bound of ~1e-31.
+    """
+    scale = abs(certificate.primal) + abs(certificate.dual) + float(upper @ np.abs(v))
+    return certificate.feasible and certificate.gap <= certificate.rounding + NOISE * scale
+
+
+def _too_many(rounds: int, n_contested: int, n_points: int) -> RuntimeError:
+    return RuntimeError(
+        f"balance='exact' across ranks: after {rounds} rounds with {n_contested} of "
+        f"{n_points} rows contested, rows settled by their margin under the Sinkhorn prices "
+        "still moved under the exact prices of the rest (or the rest could not meet the "
+        "sizes alone), and moving more rows to rank 0 would pass its limit: the Sinkhorn "
+        "prices are far from the exact ones. Solve Sinkhorn further (smaller tol, larger "
+        "max_iter) or gather the scores on one rank"
+    )
+
+
+def _thresholds(scan: _Scan, caps: np.ndarray, keep: int, collective: Collective) -> np.ndarray:
+    """Per label, the margin above which its rows are settled.
+
+    For label y: the smallest ``t >= 0`` such that at most ``caps[y]`` rows of best label y
+    have a margin above ``t``, raised to the smallest ``t`` such that at most ``keep`` rows
+    in all do. Found exactly by bisection over the bit patterns of non-negative float64
+    (ordered like the numbers), one all-reduce of K + 1 counts per step, the same steps on
+    every rank.
+    """
+    K = caps.size
+    limits = np.append(caps, keep).astype(np.float64)
+    low = np.full(K + 1, -1, dtype=np.int64)  # -1 stands for "below 0": always too many
+    high = np.full(K + 1, np.float64(np.inf).view(np.int64))  # above +inf: never any
+    while np.any(open_ := high - low > 1):
+        middle = np.where(open_, low + (high - low) // 2, high)
+        t = middle.view(np.float64)
+        per_label = np.bincount(scan.best, weights=scan.margin > t[scan.best], minlength=K)
+        total = np.count_nonzero(scan.margin > t[K])
+        few = collective.sum(np.append(per_label, total)) <= limits
+        high = np.where(few, middle, high)
+        low = np.where(few, low, middle)
+    t = high.view(np.float64)
+    return np.maximum(t[:K], t[K])
+
+
+def _read_rows(source: Source, rows: np.ndarray, itemsize: int) -> np.ndarray:
+    """The given rows (sorted indices) of this rank's scores, as float32 or float64 on the
+    host."""
+    out = np.empty((rows.size, source.shape[1]), dtype=_dtype(itemsize))
+    taken = 0
+    for start, stop, block in source.chunks(max(1, SCAN_BYTES // (8 * source.shape[1]))):
+        mine = rows[taken:np.searchsorted(rows, stop)]
+        if mine.size:
+            out[taken:taken + mine.size] = _host_block(block)[mine - start]
+            taken += mine.size
+    return out
+
+
+def _reduced_outcome(
+    table: np.ndarray | None,
+    n_rows: int,
+    lower: np.ndarray,
+    upper: np.ndarray,
+    v: np.ndarray,
+    collective: Collective,
+) -> tuple[float, np.ndarray, np.ndarray]:
+    """Rank 0 solves the ``n_rows`` contested rows; every rank receives the outcome code, the
+    prices and all contested labels (one sum to which only rank 0 contributes)."""
+    K = lower.size
+    message = np.zeros(1 + K + n_rows)
+    if collective.rank == 0:
+        try:
+            message[0], message[1:1 + K], message[1 + K:] = _solve_reduced(table, lower, upper, v)
+        except Exception as exc:  # the others learn of it in the sum below
+            collective.fail(exc)
+            message[:] = 0.0
+    message = collective.sum(message)
+    return float(message[0]), message[1:1 + K], message[1 + K:].astype(np.int64)
+
+
+def _solve_reduced(
+    S: np.ndarray, lower: np.ndarray, upper: np.ndarray, v: np.ndarray
+) -> tuple[float, np.ndarray, np.ndarray]:
+    try:
+        solution = _transport.solve_transport(
+            S, lower, upper, v, use_numba=_transport_loops.HAVE_NUMBA
+        )
+    except _transport.InfeasibleError:
+        return _INFEASIBLE, v, np.zeros(S.shape[0])
+    return _SOLVED, solution.prices, solution.labels
+
+
+def _guarded(collective: Collective, stand_in: Any, work: Callable[..., Any], *args: Any) -> Any:
+    """``work(*args)``, this rank's share of a step. If it fails, the stand-in, and the next
+    reduction stops every rank (alone, the error is raised at once)."""
+    try:
+        return work(*args)
+    except Exception as exc:
+        collective.fail(exc)
+        return stand_in
+
+
+def _dtype(itemsize: int) -> type:
+    return np.float64 if itemsize == 8 else np.float32

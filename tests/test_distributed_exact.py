@@ -1,0 +1,208 @@
+"""The contested-rows reduction of ``balance="exact"`` across ranks, run in one process.
+
+The reduction does the same arithmetic whatever the number of ranks (thresholds come from
+global counts, contested rows are stacked in rank order), so its logic is tested here with the
+one-process collective, quickly and on many problems; test_distributed.py runs it across real
+ranks. Oracles: HiGHS on the whole linear program, and the single-process ``balance="exact"``.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import sinklabel
+from sinklabel import _distributed_exact
+from sinklabel._capacities import balanced_range
+from sinklabel.collective import LOCAL
+from sinklabel.datasets import make_scores
+from sinklabel.kernels import resolve_kernel
+from sinklabel.sources import as_source
+
+
+def _balance(scores, K, *, first_contested=None, backend="numpy", **options):
+    """Sinkhorn in one process, then the reduction of the distributed path on its result."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", sinklabel.ConvergenceWarning)
+        result = sinklabel.sinkhorn(scores, K, backend=backend, **options)
+    source = as_source(scores)
+    kernel = resolve_kernel(backend, source.library)
+    return result, _distributed_exact.balance_across_ranks(
+        source, kernel, result, 64, LOCAL, first_contested=first_contested
+    )
+
+
+@pytest.fixture
+def rounds(monkeypatch) -> list[int]:
+    """The number of contested rows of each reduced solve."""
+    sizes: list[int] = []
+    solve = _distributed_exact._solve_reduced
+
+    def counted(S, lower, upper, v):
+        sizes.append(S.shape[0])
+        return solve(S, lower, upper, v)
+
+    monkeypatch.setattr(_distributed_exact, "_solve_reduced", counted)
+    return sizes
+
+
+def _objective(scores: np.ndarray, labels) -> float:
+    labels = np.asarray(labels)
+    return float(scores[np.arange(labels.size), labels].astype(np.float64).sum())
+
+
+def _assert_optimal(scores, weights, result) -> None:
+    """Sizes within floor/ceil of N * w, certified, and the HiGHS optimum's objective."""
+    N, K = scores.shape
+    lower, upper = balanced_range(N, weights)
+    labels = np.asarray(result.labels)
+    counts = np.bincount(labels, minlength=K)
+    np.testing.assert_array_equal(counts, result.label_counts)
+    assert np.all((lower <= counts) & (counts <= upper))
+    assert result.balance == "exact" and result.certificate.feasible
+    # optimal up to rounding; where the objective cancels to ~0, up to float64 noise of the
+    # scale (the single-process certificate reports such gaps of ~1e-16 too)
+    certificate = result.certificate
+    scale = abs(certificate.primal) + np.abs(scores[np.isfinite(scores)]).sum()
+    assert certificate.optimal or certificate.gap <= 1e-12 * scale, certificate
+    highs = sinklabel.solve_exact(scores, K, capacities=(lower, upper), method="highs")
+    assert _objective(scores, labels) == pytest.approx(-highs.objective, rel=1e-9, abs=1e-9)
+
+
+@st.composite
+def problems(draw):
+    """Small scores with ties and -inf entries, uneven label weights, any first target."""
+    N = draw(st.integers(2, 40))
+    K = draw(st.integers(1, min(N, 5)))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    S = rng.normal(scale=draw(st.sampled_from([0.3, 3.0])), size=(N, K))
+    if draw(st.booleans()):
+        S = np.round(S, 1)  # ties
+    if K > 1 and draw(st.booleans()):
+        S[rng.random((N, K)) < 0.15] = -np.inf
+        S[np.arange(N), rng.integers(0, K, N)] = 0.0  # every row keeps a finite score
+    weights = rng.uniform(0.5, 2.0, K) if draw(st.booleans()) else np.ones(K)
+    first = draw(st.integers(1, N))
+    lam = draw(st.sampled_from([1.0, 25.0]))
+    return S, weights / weights.sum(), first, lam
+
+
+@settings(max_examples=60, deadline=None)
+@given(problems())
+def test_reduction_reaches_the_optimum_of_the_whole_problem(problem):
+    S, weights, first, lam = problem
+    _, result = _balance(S, S.shape[1], first_contested=first, label_weights=weights, lam=lam,
+                         max_iter=20)
+    _assert_optimal(S, weights, result)
+
+
+@pytest.mark.parametrize("regime", ["flat", "peaked"])
+def test_a_small_first_set_forces_retries_that_end_at_the_optimum(regime, rounds):
+    """Too few contested rows: settled rows move under the first exact prices, the round is
+    repeated with more rows, and the end is the single-process optimum."""
+    S = make_scores(239, 6, regime=regime, seed=1, dtype=np.float64, margin=4.0).scores
+    weights = np.full(6, 1 / 6)
+    sinkhorn, result = _balance(S, 6, first_contested=1)
+    assert len(rounds) >= 2 and rounds == sorted(rounds)  # the contested set only grows
+    assert rounds[-1] < 239  # and never needed every row
+    _assert_optimal(S, weights, result)
+    single = sinklabel.sinkhorn(S, 6, balance="exact", backend="numpy")
+    assert result.certificate.primal == pytest.approx(single.certificate.primal, rel=1e-12)
+    # the Sinkhorn part of the result is untouched
+    np.testing.assert_array_equal(result.potentials, sinkhorn.potentials)
+    assert result.n_iter == sinkhorn.n_iter
+
+
+def test_default_first_set_settles_most_rows_in_one_round(rounds):
+    """At N/K = 100 the default first round (16 rows per label) is enough, and solves a
+    small share of the rows."""
+    S = make_scores(20_000, 200, regime="flat", seed=4).scores
+    _, result = _balance(S, 200)
+    assert rounds == [4096]
+    assert result.certificate.optimal
+    np.testing.assert_array_equal(result.label_counts, np.full(200, 100))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_torch_scores_give_torch_labels(dtype):
+    torch = pytest.importorskip("torch")
+    S = make_scores(300, 7, regime="peaked", seed=3).scores  # N not divisible by K
+    scores = torch.from_numpy(S).to(getattr(torch, dtype))
+    _, result = _balance(scores, 7, first_contested=5, backend="torch")
+    assert isinstance(result.labels, torch.Tensor) and result.labels.dtype == torch.int64
+    _assert_optimal(scores.float().numpy(), np.full(7, 1 / 7), result)
+
+
+def test_contested_set_beyond_its_limit_raises(monkeypatch):
+    """Retries that would move more rows to rank 0 than allowed stop with an explanation."""
+    S = make_scores(239, 6, regime="flat", seed=1, dtype=np.float64).scores
+    monkeypatch.setattr(_distributed_exact, "MAX_CONTESTED_FRACTION", 0.0)
+    monkeypatch.setattr(_distributed_exact, "SMALL_BYTES", 12 * 6 * 8)  # 12 rows
+    with pytest.raises(RuntimeError, match="Solve Sinkhorn further"):
+        _balance(S, 6, first_contested=1, max_iter=2)
+
+
+def test_labels_that_cannot_be_filled_raise_before_any_solve(rounds):
+    S = np.zeros((12, 3))
+    S[:, 2] = -np.inf
+    S[0, 2] = 0.0  # label 2 must take 4 rows, only one may
+    with pytest.raises(ValueError, match="label 2 must take at least 4 points"):
+        _balance(S, 3)
+    assert rounds == []
+
+
+@pytest.mark.filterwarnings("ignore::sinklabel.ConvergenceWarning")
+@pytest.mark.parametrize("first", [None, 1])
+def test_sizes_no_labelling_can_meet_raise_like_one_process(first):
+    """Every label has enough rows with a finite score, yet three rows can only take label
+    0, which must take two: infeasible, found when every row is contested."""
+    S = np.full((6, 3), -np.inf)
+    S[:3, 0] = 0.0
+    S[3:, 1:] = np.arange(6).reshape(3, 2)
+    with pytest.raises(ValueError, match="no labelling meets"):
+        sinklabel.sinkhorn(S, 3, balance="exact")
+    with pytest.raises(ValueError, match="no labelling meets"):
+        _balance(S, 3, first_contested=first)
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_scan_finds_best_label_margin_and_moved_rows(compiled, monkeypatch):
+    """Against a per-row sort: ties (margin 0, first label wins), -inf, a single finite
+    label (margin +inf), labels off their arg-max or on a -inf score. Halves keep every sum
+    exact, so ties are exact."""
+    monkeypatch.setattr(_distributed_exact, "HAVE_NUMBA", compiled)
+    rng = np.random.default_rng(5)
+    S = (np.round(2 * rng.normal(size=(500, 7))) / 2).astype(np.float32)
+    S[rng.random(S.shape) < 0.2] = -np.inf
+    S[:, 3] = np.where(np.isfinite(S).any(axis=1), S[:, 3], 0.0)
+    S[0] = [-np.inf, -np.inf, 1.0, -np.inf, -np.inf, -np.inf, -np.inf]
+    v = np.round(2 * rng.normal(size=7)) / 2
+    labels = rng.integers(0, 7, 500)
+    z = S.astype(np.float64) + v
+    labels[:50] = z[:50].argmax(axis=1)
+    scan = _distributed_exact._scan(as_source(S), v, labels)
+
+    ordered = np.sort(z, axis=1)
+    np.testing.assert_array_equal(scan.best, z.argmax(axis=1))
+    with np.errstate(invalid="ignore"):
+        np.testing.assert_array_equal(scan.margin, ordered[:, -1] - ordered[:, -2])
+    assert scan.margin[0] == np.inf and np.any(scan.margin == 0.0)
+    own = z[np.arange(500), labels]
+    np.testing.assert_array_equal(scan.off, own < ordered[:, -1])
+    assert not scan.off[:50].any() and scan.off[own == -np.inf].all()
+    assert np.any(own == -np.inf)
+    np.testing.assert_array_equal(scan.finite, np.isfinite(S).sum(axis=0))
+    # without labels, nothing is off
+    assert not _distributed_exact._scan(as_source(S), v).off.any()
+
+
+def test_reduction_without_numba_matches(monkeypatch, rounds):
+    monkeypatch.setattr(_distributed_exact, "HAVE_NUMBA", False)
+    S = make_scores(239, 6, regime="peaked", seed=1, dtype=np.float64, margin=4.0).scores
+    _, result = _balance(S, 6, first_contested=1)
+    assert len(rounds) >= 2
+    _assert_optimal(S, np.full(6, 1 / 6), result)
