@@ -292,10 +292,8 @@ def _proves_optimal(certificate: Certificate, v: np.ndarray, upper: np.ndarray) 
     """Feasible, with a gap within the pass's rounding or within float64 noise of the
     problem's scale.
 
-    The second allowance covers what ``Certificate.rounding`` leaves out: the prices are
-    float64 results of the solver, and the settled rows are checked to ``TIE_ROUNDING``. Where
-    the objective cancels to about 0 this matters: the single-process solve then reports the
-    same certificate, with a gap of ~1e-16 above a rounding bound of ~1e-31.
+    The second allowance covers what ``Certificate.rounding`` leaves out: the settled rows are
+    checked to ``TIE_ROUNDING``, so a row may sit that far off its arg-max.
     """
     scale = abs(certificate.primal) + abs(certificate.dual) + float(upper @ np.abs(v))
     return certificate.feasible and certificate.gap <= certificate.rounding + NOISE * scale

@@ -165,11 +165,14 @@ def _partial_sums(
     for start, stop, chunk in source.chunks(rows):
         _, best = kernel.best(chunk, v, 1.0)
         # Re-read the winners' scores exactly, so the sum is float64 whatever the backend.
-        top = kernel.gather(chunk, best) + v[kernel.to_numpy(best)]
+        winner = kernel.gather(chunk, best)
+        price = v[kernel.to_numpy(best)]
         own = kernel.gather(chunk, _like(chunk, y[start:stop]))
-        dual_rows -= float(top.sum())
+        dual_rows -= float((winner + price).sum())
         primal -= float(own.sum())
-        rounding += unit * float(np.abs(top).sum())
+        # The kernel compared scores plus prices: its error scales with both terms, not with
+        # their sum, which cancels to ~0 where the prices offset the scores.
+        rounding += unit * float((np.abs(winner) + np.abs(price)).sum())
     counts = np.bincount(y, minlength=K)
     return np.concatenate([[primal, dual_rows, rounding, y.size], counts]).astype(np.float64)
 
@@ -180,8 +183,10 @@ def _certificate_from_sums(
     """The certificate of all the rows whose :func:`_partial_sums` add up to ``sums``."""
     primal, dual_rows, rounding, n_points = (float(value) for value in sums[:4])
     counts = sums[4:]
-    dual = dual_rows + float(np.minimum(lower * v, upper * v).sum())
+    sized = np.minimum(lower * v, upper * v)
+    dual = dual_rows + float(sized.sum())
     rounding += 4 * n_points * 2.0**-53 * (abs(primal) + abs(dual_rows))
+    rounding += 4 * v.size * 2.0**-53 * float(np.abs(sized).sum())
     feasible = bool(np.all((counts >= lower) & (counts <= upper)))
     return Certificate(primal, dual, primal - dual, rounding, feasible)
 

@@ -294,3 +294,16 @@ def test_cli_check(tmp_path, capsys):
     assert main(["check", str(tmp_path / "s.npy"), str(tmp_path / "worse.npy")]) == 1
     assert main(["check", str(tmp_path / "s.npy"), str(tmp_path / "worse.npy"), "-k", "5"]) == 2
     assert "-k 5" in capsys.readouterr().err
+
+
+def test_certificate_holds_where_prices_cancel_the_scores(rng):
+    """Every point scores each label the same, offset so the optimal cost is ~0: the prices
+    cancel the scores and the per-row winning values are ~0 while the prices are not. The
+    rounding bound must scale with the prices, or an optimal labelling is reported as not."""
+    offsets = rng.standard_normal(6) * 7.3
+    offsets -= offsets.mean()
+    scores = np.tile(offsets, (300, 1))
+    result = sinklabel.solve_exact(scores, 6)
+    assert np.all(result.label_counts == 50)
+    assert abs(result.objective) < 1e-9
+    assert result.certificate.optimal, result.certificate
