@@ -25,7 +25,7 @@ OUT="$out" timeout -k 5 60 python3 benchmarks/gpu_stream.py
 stream=$?
 
 # NCCL on one rank: the distributed path with CUDA tensors end to end.
-timeout -k 5 45 torchrun --standalone --nproc_per_node=1 examples/distributed_torchrun.py \
+timeout -k 5 60 torchrun --standalone --nproc_per_node=1 examples/distributed_torchrun.py --exact \
     2>&1 | tee "$out/distributed.log"
 dist=${PIPESTATUS[0]}
 

@@ -2,6 +2,7 @@
 
     torchrun --nproc_per_node=2 examples/distributed_torchrun.py
     torchrun --nproc_per_node=8 examples/distributed_torchrun.py --rows 1281167 --labels 3000
+    torchrun --nproc_per_node=2 examples/distributed_torchrun.py --exact   # exactly balanced
 
 Each rank makes its own shard of scores (in training: the logits of the rank's own data
 loader) and never sees the other ranks' rows. With CUDA: NCCL, one GPU per rank, the scores
@@ -29,6 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--labels", type=int, default=100, help="K")
     parser.add_argument("--lam", type=float, default=25.0)
     parser.add_argument("--regime", choices=("flat", "peaked"), default="flat")
+    parser.add_argument("--exact", action="store_true",
+                        help="also make the labels exactly balanced (balance='exact')")
     args = parser.parse_args(argv)
 
     cuda = torch.cuda.is_available()
@@ -63,6 +66,14 @@ def main(argv: list[str] | None = None) -> int:
                   f"({dist.get_backend()}): {result.n_iter} iterations in {seconds:.2f} s, "
                   f"error {result.error:.1e}, rows per label {counts.min()}..{counts.max()}; "
                   f"warm restart: {again.n_iter} iteration(s)")
+        if args.exact:
+            # Only the rows near a decision boundary travel, to rank 0; see docs/distributed.md.
+            exact = sinklabel.sinkhorn(scores, args.labels, lam=args.lam, init=result.potentials,
+                                       balance="exact", distributed=True)
+            if rank == 0:
+                counts, proof = exact.label_counts, exact.certificate
+                print(f"exactly balanced: rows per label {counts.min()}..{counts.max()}, "
+                      f"optimal {proof.optimal} (gap {proof.gap:.1e})")
     finally:
         dist.destroy_process_group()
     return 0

@@ -185,3 +185,26 @@ def test_squared_distances_match_direct_formula(kmeans):
     x, c = rng.standard_normal((30, 5)), rng.standard_normal((4, 5))
     direct = ((x[:, None, :] - c[None, :, :]) ** 2).sum(-1)
     np.testing.assert_allclose(kmeans.squared_distances(x, c), direct, atol=1e-10)
+
+
+def test_torchrun_example_on_two_gloo_ranks():
+    """The launch example as users run it: torchrun, two CPU ranks, labels exactly balanced."""
+    import os
+    import re
+    import subprocess
+
+    pytest.importorskip("torch.distributed")
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "",
+           "PYTHONPATH": os.pathsep.join([str(EXAMPLES.parent), os.environ.get("PYTHONPATH", "")])}
+    run = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         str(EXAMPLES / "distributed_torchrun.py"), "--rows", "3001", "--labels", "20",
+         "--exact"],
+        capture_output=True, text=True, timeout=240, env=env,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    digests = re.findall(r"potentials sha256 (\w+)", run.stdout)
+    assert len(digests) == 2 and digests[0] == digests[1]  # identical potentials on both ranks
+    sizes = re.search(r"exactly balanced: rows per label (\d+)\.\.(\d+), optimal True", run.stdout)
+    assert sizes, run.stdout
+    assert (int(sizes[1]), int(sizes[2])) == (150, 151)  # 3001 rows over 20 labels
