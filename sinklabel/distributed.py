@@ -33,6 +33,7 @@ from ._arrays import array_library, is_cuda
 from ._capacities import check_capacities
 from ._validation import (
     FLOAT_DTYPES,
+    check_flag,
     check_init,
     check_label_weights,
     check_positive,
@@ -48,6 +49,7 @@ from .certificate import (
     _partial_sums,
 )
 from .collective import Collective
+from .exp_cache import table_cap, with_exp_cache
 from .kernels import Kernel, resolve_kernel
 from .result import SinkhornResult
 from .sources import Array, ArraySource, Source, as_source
@@ -170,6 +172,7 @@ def distributed_sinkhorn(
     memory_limit: int | str | None,
     backend: str,
     progress: bool,
+    cache: bool = False,
 ) -> SinkhornResult:
     """:func:`sinklabel.sinkhorn` over the rows of every rank in ``process_group``.
 
@@ -180,7 +183,7 @@ def distributed_sinkhorn(
     collective = _collective_for(logp, process_group)
     try:
         checked = _check_local(logp, K, lam, label_weights, tol, max_iter, init, chunk_size,
-                               memory_limit, backend)
+                               memory_limit, backend, cache)
         error = None
     except Exception as exc:  # shared with the other ranks below, then re-raised here
         checked, error = None, exc
@@ -272,9 +275,14 @@ def _capacities_digest(capacities: Any) -> float:
 
 def _check_local(
     logp: Array, K: Any, lam: Any, label_weights: Any, tol: Any, max_iter: Any, init: Any,
-    chunk_size: Any, memory_limit: Any, backend: str,
+    chunk_size: Any, memory_limit: Any, backend: str, cache: Any = False,
 ) -> tuple[Source, Kernel, dict[str, Any]]:
-    """This rank's input checks: those of :func:`sinklabel.sinkhorn`, but N may be 0."""
+    """This rank's input checks: those of :func:`sinklabel.sinkhorn`, but N may be 0.
+
+    With ``cache`` the source and kernel come back behind this rank's exponential cache
+    (``sinklabel.exp_cache``), which the guards of the solve then wrap: a failure inside the
+    cache is reported to the other ranks like any other.
+    """
     source = as_source(logp)
     K = check_shape(source, K, allow_empty_rows=True)
     settings = {
@@ -284,9 +292,13 @@ def _check_local(
         "label_weights": check_label_weights(label_weights, K),
         "init": check_init(init, K),
     }
+    cache = check_flag("cache", cache)
     kernel = resolve_kernel(backend, source.library)
-    settings["rows"] = api._chunk_rows(chunk_size, kernel, source, memory_limit)
-    source = api._checked_scores(source, kernel, settings["lam"], settings["rows"])
+    rows = settings["rows"] = api._chunk_rows(chunk_size, kernel, source, memory_limit, cache)
+    cap = table_cap(source, kernel, rows, memory_limit) if cache else 0
+    source = api._checked_scores(source, kernel, settings["lam"], rows)
+    if cache:
+        source, kernel = with_exp_cache(source, kernel, rows, cap)
     return source, kernel, settings
 
 
