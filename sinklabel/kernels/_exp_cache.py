@@ -48,7 +48,18 @@ import numpy as np
 from numba import njit, types
 from numba.extending import overload
 
-from .numba import NumbaKernel, W, _block_keep, _exp, _fmax, _row_buffer, _row_ranges
+from .numba import (
+    _UNDERFLOW,
+    NumbaKernel,
+    W,
+    _block_keep,
+    _exp,
+    _fmax,
+    _row_buffer,
+    _row_ranges,
+)
+from .numba import _best_rows as _raw_best_rows
+from .numba import _sweep_rows as _raw_sweep_rows
 
 #: Stored exponentials are ``exp(z - top + shift)``: 2**115 for float32 (the vectorised float32
 #: exp takes arguments <= 0, so it is applied to ``z - top`` and scaled where the sum is
@@ -250,6 +261,20 @@ def _best_rows(values, labels, offsets, top, floor, lo, hi, w, best, best_labels
     return n_bad
 
 
+@njit(nogil=True, cache=True)
+def _sweep_listed(buf, rows, k, ld, f, lam, underflow, acc):
+    """The uncached kernel's pass on the listed rows of a raw chunk, read in place."""
+    for i in rows:
+        _raw_sweep_rows(buf, i, i + 1, k, ld, f, lam, underflow, acc)
+
+
+@njit(nogil=True, cache=True)
+def _best_listed(buf, rows, k, ld, f, lam, top, labels):
+    """The uncached kernel's row maxima and labels of the listed rows, read in place."""
+    for i in rows:
+        _raw_best_rows(buf, i, i + 1, k, ld, f, lam, top, labels)
+
+
 # ---------------------------------------------------------------------------------------------
 # Tables
 # ---------------------------------------------------------------------------------------------
@@ -314,7 +339,7 @@ class ExpTable:
         (whose entries in the first two are left unset)."""
         w, g_max = self._weights(f)
         n = self.top.size
-        best = np.empty(n)
+        best = np.zeros(n)  # bad rows stay 0 until repaired: no garbage to cast
         best_labels = np.empty(n, dtype=np.int64)
         bad = np.empty(n, dtype=np.int64)
         counts = [0] * len(self.tasks)
@@ -337,11 +362,42 @@ class ExpTable:
         return np.concatenate(parts) if parts else bad[:0]
 
 
+def _listed_tasks(rows: np.ndarray, n_labels: int) -> list[np.ndarray]:
+    """The listed rows in tasks of the backend's size (about 2 MiB of scores)."""
+    size = max(1, (2 << 20) // max(1, 4 * n_labels))
+    return [rows[i:i + size] for i in range(0, rows.size, size)]
+
+
 class NumbaExpTables:
     """Builds :class:`ExpTable` s from raw chunks on the Numba kernel's threads."""
 
     def __init__(self, kernel: NumbaKernel):
         self.run = kernel._threads.run
+
+    def sweep_rows(self, block: np.ndarray, rows: np.ndarray, f: np.ndarray,
+                   lam: float) -> tuple[np.ndarray, float]:
+        """The uncached ``sweep_lse`` of the rows ``rows`` of a raw chunk, without copying
+        them out: the rows a table could not answer."""
+        buf, ld = _row_buffer(block)
+        k = block.shape[1]
+        f_typed, lam_typed = np.ascontiguousarray(f, dtype=buf.dtype), buf.dtype.type(lam)
+        underflow = buf.dtype.type(_UNDERFLOW[buf.dtype])
+        tasks = _listed_tasks(rows, k)
+        acc = np.zeros((len(tasks), k + 1))
+        self.run(_sweep_listed, [(buf, part, k, ld, f_typed, lam_typed, underflow, acc[t])
+                                 for t, part in enumerate(tasks)])
+        total = acc.sum(axis=0)
+        return total[:k], float(total[k])
+
+    def best_rows(self, block: np.ndarray, rows: np.ndarray, f: np.ndarray, lam: float,
+                  top: np.ndarray, labels: np.ndarray) -> None:
+        """The uncached ``best`` of the rows ``rows`` of a raw chunk, written into ``top`` and
+        ``labels`` at those rows."""
+        buf, ld = _row_buffer(block)
+        k = block.shape[1]
+        f_typed, lam_typed = np.ascontiguousarray(f, dtype=buf.dtype), buf.dtype.type(lam)
+        self.run(_best_listed, [(buf, part, k, ld, f_typed, lam_typed, top, labels)
+                                for part in _listed_tasks(rows, k)])
 
     def build(self, block: np.ndarray, f: np.ndarray, lam: float, need: float,
               cap: int) -> ExpTable:
