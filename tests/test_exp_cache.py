@@ -203,7 +203,7 @@ def test_callable_source_is_called_far_less_often():
     cached = sinkhorn(source_for("cached"), 50, chunk_size=700, cache=True)
     blocks = 5
     assert calls["plain"] == blocks * (plain.n_iter + 1)  # every pass, and the labels
-    assert calls["cached"] <= 2 * blocks < calls["plain"]
+    assert calls["cached"] == blocks  # flat scores: the first pass, then tables only
     np.testing.assert_allclose(cached.potentials, plain.potentials, atol=1e-4)
     _labels_agree_off_ties(scores, plain.potentials, 25.0, cached.labels, plain.labels)
 
