@@ -110,13 +110,15 @@ def with_exp_cache(source: Source, kernel: Kernel, rows: int,
 @dataclass
 class _Slot:
     """One chunk's table, what the last failed pass asked of it, the rows it has repaired
-    since it was built, and whether the chunk is beyond caching (too many rows fail even at
-    the table's own potentials)."""
+    since it was built beyond those it could never answer (``bad_when_built``: rows the cap
+    cut short), and whether the chunk is beyond caching (too many rows fail even at the
+    table's own potentials)."""
 
     table: Any = None
     need: float = 0.0
     unusable: bool = False
     repaired: int = 0
+    bad_when_built: int = 0
 
 
 class ExpCache:
@@ -154,6 +156,9 @@ class ExpCache:
         table = self.tables.build(block, f, lam, slot.need, self.cap)
         self.builds += 1
         if self.nbytes + table.nbytes > self.budget:
+            # The cap keeps every table within the budget; were it exceeded, the chunk would
+            # stay uncached rather than be rebuilt on every pass.
+            slot.unusable = True
             return None
         slot.table = table
         self.nbytes += table.nbytes
@@ -258,9 +263,11 @@ class CachedKernel(Kernel):
         if table is not None:
             found = table.sweep_lse(f)
             rows = chunk.shape[0]
+            moved = max(0, found.bad.size - slot.bad_when_built)
             if (found.bad.size <= REPAIR_SHARE * rows
-                    and slot.repaired + found.bad.size <= STALE_SHARE * rows):
+                    and slot.repaired + moved <= STALE_SHARE * rows):
                 cache.table_passes += 1
+                slot.repaired += moved
                 return self._repaired(chunk, found, f, lam)
             slot.need = found.need
         block = chunk.raw()
@@ -269,6 +276,7 @@ class CachedKernel(Kernel):
             if table is not None:
                 found = table.sweep_lse(f)
                 if found.bad.size <= REPAIR_SHARE * chunk.shape[0]:
+                    slot.bad_when_built = int(found.bad.size)
                     return self._repaired(chunk, found, f, lam)
                 cache.drop(slot)  # fails even where it was built: the rows are too flat
                 slot.unusable = True
@@ -314,7 +322,6 @@ class CachedKernel(Kernel):
             extra_mass, extra_lse = chunk.cache.tables.sweep_rows(chunk.raw(), found.bad, f, lam)
             mass, lse = mass + extra_mass, lse + extra_lse
             chunk.cache.repaired_rows += int(found.bad.size)
-            chunk.slot.repaired += int(found.bad.size)
         return mass, lse
 
 

@@ -158,6 +158,14 @@ def test_cached_solve_matches_the_uncached_solve(dtype, regime, lam):
     np.testing.assert_array_equal(cached.label_counts, np.bincount(cached.labels, minlength=21))
 
 
+def test_float16_scores_are_cached_in_float32():
+    scores = make_scores(500, 16, regime="flat", seed=15).scores.astype(np.float16)
+    plain = _solve(scores, chunk_size=128)
+    cached = _solve(scores, chunk_size=128, cache=True)
+    np.testing.assert_allclose(cached.potentials, plain.potentials, atol=1e-4)
+    _labels_agree_off_ties(scores, plain.potentials, 25.0, cached.labels, plain.labels)
+
+
 def test_a_starved_label_forces_rebuilds_and_still_agrees():
     scores = make_scores(2000, 30, regime="peaked", seed=4, dtype=np.float64).scores
     scores[:, 7] -= 12.0  # no row wants label 7: its potential must climb by lam * ~12
