@@ -8,7 +8,9 @@ repaired or rebuilt is ``sinklabel.exp_cache``; this module holds the tables and
 
 What a table stores. Built at potentials ``b`` (the pass that builds it), with
 ``z_ij = lam * S_ij + b_j`` computed in float64, ``top_i = max_j z_ij``, and a kept set
-``K_i`` (every ``z_ij >= top_i - window``, at most ``cap`` of them: the largest):
+``K_i = {j : z_ij >= top_i - w_i}`` where ``w_i`` is the window, halved (up to 8 times) until
+at most ``cap`` entries remain; a row still too full (near-constant scores) keeps nothing and
+is always bad (below):
 
 - ``E_ij = exp(z_ij - top_i + shift)`` for ``j`` in ``K_i``, in the compute dtype, with the
   label index (uint16 when K <= 65535, else uint32); ``shift = 115 ln 2`` for float32 widens the
@@ -26,8 +28,9 @@ compute dtype's unit roundoff: 2**-24 for float32, 2**-53 for float64) that is b
 rounding unit of the row sum: the row's log-sum-exp and its softmax are what the uncached
 kernel computes, to its own rounding, and no dropped label can be the row's arg-maximum (it is
 more than ``T`` below the kept maximum). A row that fails the test is "bad": the caller
-computes it from the raw scores. At the build potentials every row with ``gap_i >= T`` passes;
-only rows that the ``cap`` cut short can fail there.
+computes it from the raw scores, with the uncached kernel's own loops run on the listed rows
+in place (``sweep_rows``, ``best_rows``). At the build potentials every row with
+``gap_i >= T`` passes; only rows that the ``cap`` cut short can fail there.
 
 The window. A table built after a failure at a row distance ``need = max_i (shift - ln b_i)``
 (how far the potentials moved, for the rows they moved most) gets a window of
@@ -222,7 +225,8 @@ def _sweep_rows(values, labels, offsets, top, floor, lo, hi, w, acc, bad):
             term = np.float64(row_values[q]) * w[row_labels[q]]
             total += term
             largest = max(largest, term)
-        smallest = min(smallest, largest)
+        if floor[r] < np.inf:  # rows kept empty say nothing about how far f moved
+            smallest = min(smallest, largest)
         if not (largest >= floor[r] and largest >= _TINY):
             bad[n_bad] = r
             n_bad += 1
@@ -336,7 +340,7 @@ class ExpTable:
 
     def best(self, f: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Row maxima of ``lam * S + f`` and their labels for the good rows, and the bad rows
-        (whose entries in the first two are left unset)."""
+        (whose entries in the first two the caller fills from the raw scores)."""
         w, g_max = self._weights(f)
         n = self.top.size
         best = np.zeros(n)  # bad rows stay 0 until repaired: no garbage to cast
@@ -426,18 +430,15 @@ class NumbaExpTables:
             parts[t] = (values[:used].copy(), labels[:used].copy(), offsets, top, floor)
 
         self.run(work, [(t, lo, hi) for t, (lo, hi) in enumerate(ranges)])
-        starts = np.cumsum([0] + [p[2][-1] for p in parts])
+        starts = np.cumsum([0] + [p[2][-1] for p in parts])  # a chunk has at least one row
         offsets = np.concatenate([p[2][:-1] + s for p, s in zip(parts, starts, strict=False)]
                                  + [starts[-1:]])
-        return ExpTable(
-            self, f, float(lam),
-            np.concatenate([p[0] for p in parts]) if parts else np.empty(0, dtype),
-            np.concatenate([p[1] for p in parts]) if parts else np.empty(0, label_dtype(k)),
-            offsets.astype(np.int64),
-            np.concatenate([p[3] for p in parts]) if parts else np.empty(0),
-            np.concatenate([p[4] for p in parts]) if parts else np.empty(0),
-            math.log(scale),
-        )
+
+        def joined(column: int) -> np.ndarray:
+            return np.concatenate([part[column] for part in parts])
+
+        return ExpTable(self, f, float(lam), joined(0), joined(1), offsets, joined(3),
+                        joined(4), math.log(scale))
 
     @staticmethod
     def max_bytes(n_rows: int, n_labels: int, dtype: str, cap: int, n_chunks: int) -> int:
