@@ -3,6 +3,9 @@
 One iteration is one pass over all chunks of the scores. Rows of the table:
 
 - ``numba``: the Numba backend's pass (``solver.label_mass``, all chunks);
+- ``numba (cached)``: the same pass with ``cache=True``'s tables (``sinklabel.exp_cache``),
+  at the same potentials, after the pass that built them (its time, the tables' size and the
+  rows the tables could not answer are printed below the table);
 - ``numpy``: the NumPy backend's pass;
 - ``sela``: the original SeLa loop on a precomputed ``P = exp(lam * (S - rowmax))``,
   ``r = 1 / (K * (c @ P)); c = 1 / (N * (P @ r))`` (two matrix-vector products, BLAS threads);
@@ -14,6 +17,7 @@ computed within a round, so a noisy shared machine disturbs them less; the media
 
     python benchmarks/cpu_iteration.py                 # 1e6 x 1000 float32, needs ~9 GB
     python benchmarks/cpu_iteration.py --n 100000      # a quick look
+    python benchmarks/cpu_iteration.py --regime peaked
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import numba
 import numpy as np
 
 from sinklabel.datasets import make_scores
+from sinklabel.exp_cache import table_cap, with_exp_cache
 from sinklabel.kernels import get_kernel
 from sinklabel.solver import label_mass, normalize_potentials
 from sinklabel.sources import ArraySource
@@ -78,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--numpy-rounds", type=int, default=1,
                         help="rounds for the (much slower) NumPy backend")
     parser.add_argument("--no-sela", action="store_true", help="skip the N x K exp cache")
+    parser.add_argument("--no-cache", action="store_true", help="skip the cached numba pass")
     args = parser.parse_args(argv)
 
     from concurrent.futures import ThreadPoolExecutor
@@ -90,12 +96,22 @@ def main(argv: list[str] | None = None) -> int:
     first_call = time.perf_counter() - t0
     f = _warm_potentials(source, numba_kernel, args.lam, iterations=5)
     lam = args.lam
+    rows = numba_kernel.chunk_rows(args.k, scores.itemsize)
     methods = {
-        "numba": lambda: label_mass(source, numba_kernel, f, lam,
-                                    numba_kernel.chunk_rows(args.k, scores.itemsize)),
+        "numba": lambda: label_mass(source, numba_kernel, f, lam, rows),
         "numpy": lambda: label_mass(source, numpy_kernel, f, lam,
                                     numpy_kernel.chunk_rows(args.k, scores.itemsize)),
     }
+    if not args.no_cache:
+        small = ArraySource(scores[:64])  # load the table kernels before timing a build
+        label_mass(*with_exp_cache(small, numba_kernel, 64, 1), f, lam, 64)
+        cached_source, cached_kernel = with_exp_cache(
+            source, numba_kernel, rows, table_cap(source, numba_kernel, rows, None)
+        )
+        t0 = time.perf_counter()
+        label_mass(cached_source, cached_kernel, f, lam, rows)  # builds the tables
+        build_time = time.perf_counter() - t0
+        methods["numba (cached)"] = lambda: label_mass(cached_source, cached_kernel, f, lam, rows)
     if not args.no_sela:
         exp_cache = np.empty_like(scores)
         for start in range(0, args.n, 65536):
@@ -136,11 +152,22 @@ def main(argv: list[str] | None = None) -> int:
           f"cpu={platform.processor() or platform.machine()} ({os.cpu_count()} logical)")
     print(f"exp inputs above the float32 underflow threshold: {100 * live:.1f}%; "
           f"first numba call in this process: {first_call:.2f} s")
-    print(f"{'method':<14}{'median ms':>11}{'min ms':>9}{'x numba':>10}{'numba / it':>12}")
+    print(f"{'method':<16}{'median ms':>11}{'min ms':>9}{'x numba':>10}{'numba / it':>12}")
     for name, values in times.items():
+        if not values:  # --numpy-rounds 0
+            continue
         ratios = np.array(values) / np.array(base[:len(values)])
-        print(f"{name:<14}{1e3 * np.median(values):>11.1f}{1e3 * min(values):>9.1f}"
+        print(f"{name:<16}{1e3 * np.median(values):>11.1f}{1e3 * min(values):>9.1f}"
               f"{np.median(ratios):>10.2f}{np.median(1 / ratios):>12.2f}")
+    if "sela" in times and "numba (cached)" in times:
+        ratios = np.array(times["numba (cached)"]) / np.array(times["sela"])
+        print(f"numba (cached) / sela, median over rounds: {np.median(ratios):.3f}")
+    if not args.no_cache:
+        cache = cached_source.cache
+        print(f"cache: built in {build_time:.2f} s (one pass over the scores), "
+              f"{cache.nbytes / 1e6:.1f} MB ({cache.n_entries / args.n:.1f} entries per row, "
+              f"cap {cache.cap}), {cache.repaired_rows} rows repaired from the scores, "
+              f"{cache.builds} chunk builds, {cache.table_passes} chunk passes from tables")
     return 0
 
 

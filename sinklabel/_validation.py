@@ -23,6 +23,13 @@ def check_positive(name: str, value: Any, *, integer: bool = False) -> Any:
     return int(value) if integer else float(value)
 
 
+def check_flag(name: str, value: Any) -> bool:
+    """A plain bool (``np.bool_`` too), not a truthy stand-in such as a string."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
 def check_shape(source: Source, n_labels: Any, *, allow_empty_rows: bool = False) -> int:
     """The scores are a non-empty float (N, K) matrix and ``n_labels`` is that K.
 

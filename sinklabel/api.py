@@ -9,6 +9,7 @@ import numpy as np
 from . import solver
 from ._validation import (
     check_chunk_scores,
+    check_flag,
     check_init,
     check_label_weights,
     check_positive,
@@ -16,6 +17,7 @@ from ._validation import (
     check_shape,
 )
 from .collective import LOCAL, Collective
+from .exp_cache import table_cap, with_exp_cache
 from .kernels import Kernel, resolve_kernel
 from .result import SinkhornResult
 from .sources import Array, Source, as_source, checked, itemsize, parse_memory
@@ -48,6 +50,7 @@ def sinkhorn(
     process_group: Any = None,
     distributed: bool = False,
     balance: str | None = None,
+    cache: bool = False,
 ) -> SinkhornResult:
     """Solve the entropic label-assignment problem and return labels with the solver state.
 
@@ -97,6 +100,13 @@ def sinkhorn(
         with its certified gap in ``result.certificate`` (see :func:`sinklabel.solve_exact`).
         Across ranks only the rows whose label is in doubt travel, to rank 0
         (docs/distributed.md).
+    cache : bool, default=False
+        Numba backend only. Keep, between passes, the exponentials that can matter (a sparse,
+        row-shifted ``exp`` of each chunk, built in the first pass): later passes cost
+        O(kept entries) and do not read the scores, or call a source function, again. Results
+        are those of the uncached solve to rounding; rows the cache cannot answer exactly
+        are computed from the scores. Its memory counts against ``memory_limit`` (see
+        docs/backends.md, "Caching the exponentials"). Other backends raise ValueError.
 
     Returns
     -------
@@ -111,6 +121,7 @@ def sinkhorn(
             logp, K, process_group=process_group, lam=lam, label_weights=label_weights,
             tol=tol, max_iter=max_iter, init=init, chunk_size=chunk_size,
             memory_limit=memory_limit, backend=backend, progress=progress, balance=balance,
+            cache=cache,
         )
     source = as_source(logp)
     K = check_shape(source, K)
@@ -119,13 +130,19 @@ def sinkhorn(
     max_iter = check_positive("max_iter", max_iter, integer=True)
     weights = check_label_weights(label_weights, K)
     start = check_init(init, K)
+    cache = check_flag("cache", cache)
     kernel = resolve_kernel(backend, source.library)
-    rows = _chunk_rows(chunk_size, kernel, source, memory_limit)
+    rows = _chunk_rows(chunk_size, kernel, source, memory_limit, cache)
+    cap = table_cap(source, kernel, rows, memory_limit) if cache else 0
     source = _checked_scores(source, kernel, lam, rows)
-    return _sinkhorn(
-        source, kernel, lam=lam, label_weights=weights, tol=tol, max_iter=max_iter,
-        init=start, rows=rows, progress=progress, balance=balance,
+    solve_source, solve_kernel = (
+        with_exp_cache(source, kernel, rows, cap) if cache else (source, kernel)
     )
+    result = _sinkhorn(
+        solve_source, solve_kernel, lam=lam, label_weights=weights, tol=tol,
+        max_iter=max_iter, init=start, rows=rows, progress=progress,
+    )
+    return balanced(result, source, kernel, rows, balance)
 
 
 def assign_labels(logp: Array, K: int, **options: Any) -> Array:
@@ -149,7 +166,6 @@ def _sinkhorn(
     rows: int,
     progress: bool,
     collective: Collective = LOCAL,
-    balance: str | None = None,
 ) -> SinkhornResult:
     """The solve on checked inputs: iterate, then label in one more pass.
 
@@ -163,7 +179,7 @@ def _sinkhorn(
     labels = solver.assign(source, kernel, out.potentials, lam, rows)
     counts = np.bincount(kernel.to_numpy(labels), minlength=source.shape[1]).astype(np.float64)
     counts = collective.sum(counts).astype(np.int64)
-    result = SinkhornResult(
+    return SinkhornResult(
         labels=labels,
         potentials=out.potentials,
         label_counts=counts,
@@ -175,15 +191,26 @@ def _sinkhorn(
         label_weights=label_weights,
         backend=kernel.name,
     )
-    if balance == "exact" and collective is LOCAL:
+
+
+def balanced(
+    result: SinkhornResult, source: Source, kernel: Kernel, rows: int, balance: str | None,
+    collective: Collective = LOCAL,
+) -> SinkhornResult:
+    """The result, with exactly balanced labels for ``balance="exact"``.
+
+    ``source`` and ``kernel`` read the raw scores (never the exponential cache): the exact
+    step needs every score. Across ranks it continues in :mod:`sinklabel._distributed_exact`.
+    """
+    if balance != "exact":
+        return result
+    if collective is LOCAL:
         from .exact import balance_exact
 
         return balance_exact(source, kernel, result, rows)
-    if balance == "exact":
-        from ._distributed_exact import balance_across_ranks
+    from ._distributed_exact import balance_across_ranks
 
-        return balance_across_ranks(source, kernel, result, rows, collective)
-    return result
+    return balance_across_ranks(source, kernel, result, rows, collective)
 
 
 def apply_potentials(
@@ -211,8 +238,11 @@ def _kernel_for(backend: str, library: str) -> Kernel:
 
 
 def _chunk_rows(
-    chunk_size: int | None, kernel: Kernel, source: Source, memory_limit: int | str | None = None
+    chunk_size: int | None, kernel: Kernel, source: Source, memory_limit: int | str | None = None,
+    cache: bool = False,
 ) -> int:
+    """Rows per chunk: ``chunk_size``, else the backend's default within ``memory_limit`` (at
+    most half of it with ``cache``: the cached exponentials take the rest)."""
     if memory_limit is not None and chunk_size is not None:
         raise ValueError("give chunk_size or memory_limit, not both")
     if chunk_size is not None:
@@ -222,7 +252,7 @@ def _chunk_rows(
         rows = min(rows, max(1, STREAM_BLOCK_BYTES // (source.shape[1] * itemsize(source.dtype))))
     if memory_limit is None:
         return rows
-    budget = parse_memory(memory_limit)
+    budget = parse_memory(memory_limit) // (2 if cache else 1)
     fixed = fixed_bytes(*source.shape)
     return min(rows, rows_for_budget(budget, fixed, bytes_per_row(source, kernel)))
 

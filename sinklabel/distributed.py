@@ -33,6 +33,7 @@ from ._arrays import array_library, is_cuda
 from ._capacities import check_capacities
 from ._validation import (
     FLOAT_DTYPES,
+    check_flag,
     check_init,
     check_label_weights,
     check_positive,
@@ -48,6 +49,7 @@ from .certificate import (
     _partial_sums,
 )
 from .collective import Collective
+from .exp_cache import table_cap, with_exp_cache
 from .kernels import Kernel, resolve_kernel
 from .result import SinkhornResult
 from .sources import Array, ArraySource, Source, as_source
@@ -214,6 +216,7 @@ def distributed_sinkhorn(
     backend: str,
     progress: bool,
     balance: str | None = None,
+    cache: bool = False,
 ) -> SinkhornResult:
     """:func:`sinklabel.sinkhorn` over the rows of every rank in ``process_group``.
 
@@ -225,7 +228,7 @@ def distributed_sinkhorn(
     collective = _collective_for(logp, process_group)
     try:
         checked = _check_local(logp, K, lam, label_weights, tol, max_iter, init, chunk_size,
-                               memory_limit, backend, balance)
+                               memory_limit, backend, balance, cache)
         error = None
     except Exception as exc:  # shared with the other ranks below, then re-raised here
         checked, error = None, exc
@@ -234,12 +237,21 @@ def distributed_sinkhorn(
         raise error
     _check_agreement(table)
     source, kernel, settings = checked
-    return api._sinkhorn(
-        _GuardedSource(source, collective),
-        _GuardedKernel(kernel, collective, source),
+    balance, cap = settings.pop("balance"), settings.pop("cache_cap")
+    # The guards wrap the cache, so a failure inside it reaches the other ranks like any other.
+    solve_source, solve_kernel = (
+        with_exp_cache(source, kernel, settings["rows"], cap) if cap else (source, kernel)
+    )
+    result = api._sinkhorn(
+        _GuardedSource(solve_source, collective),
+        _GuardedKernel(solve_kernel, collective, solve_source),
         **settings,
         progress=progress and collective.rank == 0,
         collective=collective,
+    )
+    return api.balanced(
+        result, _GuardedSource(source, collective), _GuardedKernel(kernel, collective, source),
+        settings["rows"], balance, collective,
     )
 
 
@@ -318,8 +330,12 @@ def _capacities_digest(capacities: Any) -> float:
 def _check_local(
     logp: Array, K: Any, lam: Any, label_weights: Any, tol: Any, max_iter: Any, init: Any,
     chunk_size: Any, memory_limit: Any, backend: str, balance: str | None,
+    cache: Any = False,
 ) -> tuple[Source, Kernel, dict[str, Any]]:
-    """This rank's input checks: those of :func:`sinklabel.sinkhorn`, but N may be 0."""
+    """This rank's input checks: those of :func:`sinklabel.sinkhorn`, but N may be 0.
+
+    ``settings["cache_cap"]`` is the exponential cache's entries per row (0: no cache).
+    """
     source = as_source(logp)
     K = check_shape(source, K, allow_empty_rows=True)
     settings = {
@@ -330,9 +346,11 @@ def _check_local(
         "init": check_init(init, K),
         "balance": balance,
     }
+    cache = check_flag("cache", cache)
     kernel = resolve_kernel(backend, source.library)
-    settings["rows"] = api._chunk_rows(chunk_size, kernel, source, memory_limit)
-    source = api._checked_scores(source, kernel, settings["lam"], settings["rows"])
+    rows = settings["rows"] = api._chunk_rows(chunk_size, kernel, source, memory_limit, cache)
+    settings["cache_cap"] = table_cap(source, kernel, rows, memory_limit) if cache else 0
+    source = api._checked_scores(source, kernel, settings["lam"], rows)
     return source, kernel, settings
 
 

@@ -17,8 +17,9 @@ class SinkhornLabeler:
     ----------
     n_labels : int, default=None
         K; taken from ``logp.shape[1]`` on the first fit when None.
-    lam, label_weights, tol, max_iter, init, chunk_size, memory_limit, backend, progress
-        As in :func:`sinklabel.sinkhorn`.
+    lam, label_weights, tol, max_iter, init, chunk_size, memory_limit, backend, progress, cache
+        As in :func:`sinklabel.sinkhorn`. ``cache`` lives for one fit: the scores change
+        between fits in training.
     process_group, distributed
         As in :func:`sinklabel.sinkhorn`: fit this rank's rows jointly with the other ranks'.
 
@@ -51,6 +52,7 @@ class SinkhornLabeler:
         progress: bool = False,
         process_group: Any = None,
         distributed: bool = False,
+        cache: bool = False,
     ):
         self.n_labels = n_labels
         self.lam = lam
@@ -64,11 +66,12 @@ class SinkhornLabeler:
         self.progress = progress
         self.process_group = process_group
         self.distributed = distributed
+        self.cache = cache
 
     def get_params(self, deep: bool = True) -> dict[str, Any]:
         """The constructor's parameters, as scikit-learn's ``clone`` expects."""
         names = ("n_labels", "lam", "label_weights", "tol", "max_iter", "init", "chunk_size",
-                 "memory_limit", "backend", "progress", "process_group", "distributed")
+                 "memory_limit", "backend", "progress", "process_group", "distributed", "cache")
         return {name: getattr(self, name) for name in names}
 
     def set_params(self, **params: Any) -> SinkhornLabeler:
@@ -105,7 +108,7 @@ class SinkhornLabeler:
             logp, n_labels, lam=self.lam, label_weights=self.label_weights, tol=self.tol,
             max_iter=self.max_iter, init=init, chunk_size=self.chunk_size,
             memory_limit=self.memory_limit, backend=self.backend, progress=self.progress,
-            process_group=self.process_group, distributed=self.distributed,
+            process_group=self.process_group, distributed=self.distributed, cache=self.cache,
         )
         self.result_: SinkhornResult = result
         self.labels_ = result.labels

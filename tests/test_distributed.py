@@ -338,6 +338,62 @@ def test_a_rank_that_dies_makes_the_others_fail_within_the_group_timeout(tmp_pat
     assert seconds < GROUP_TIMEOUT_S + 5
 
 
+# ---- cache=True across ranks ---------------------------------------------------------------
+
+
+def _cached_cases(rank: int, world: int) -> dict:
+    flat_sizes, peaked_sizes = SPLITS[world]
+    out = {
+        "flat": _summary(sinklabel.sinkhorn(_shard(FLAT, flat_sizes, rank), 6, chunk_size=16,
+                                            distributed=True, cache=True)),
+        "peaked": _summary(sinklabel.sinkhorn(
+            _shard(PEAKED, peaked_sizes, rank), 6, lam=10.0, label_weights=WEIGHTS, init=INIT,
+            chunk_size=50, distributed=True, cache=True,
+        )),
+    }
+    balanced = sinklabel.sinkhorn(_shard(FLAT, flat_sizes, rank), 6, chunk_size=16,
+                                  distributed=True, cache=True, balance="exact")
+    out["balanced"] = (np.asarray(balanced.labels), balanced.certificate.primal,
+                       balanced.certificate.optimal)
+    # Pass 1 checks the in-memory rows; pass 2 builds the tables, reading the rows: rank 1
+    # fails there, inside the cache, and every rank must still stop at the next reduction.
+    scores = make_scores(60, 4, regime="flat", seed=rank).scores
+    mine = FlakySource(scores, 2, "raise") if rank == 1 else scores
+    start = time.monotonic()
+    outcome = _caught(sinklabel.sinkhorn, mine, 4, chunk_size=16, distributed=True, cache=True)
+    out["failure"] = (*outcome, time.monotonic() - start)
+    return out
+
+
+def test_cached_ranks_match_one_uncached_process_and_fail_together(tmp_path):
+    outcomes = _run_ranks(tmp_path, 2, _cached_cases)
+    assert sorted(outcomes) == [0, 1]
+    assert all(outcome[0] == "ok" for outcome in outcomes.values()), outcomes
+    per_rank = [outcomes[rank][1] for rank in range(2)]
+    references = {
+        "flat": sinklabel.sinkhorn(FLAT, 6),
+        "peaked": sinklabel.sinkhorn(PEAKED, 6, lam=10.0, label_weights=WEIGHTS, init=INIT),
+    }
+    for case, reference in references.items():
+        runs = [ranked[case] for ranked in per_rank]
+        np.testing.assert_array_equal(runs[1]["potentials"], runs[0]["potentials"])
+        np.testing.assert_allclose(runs[0]["potentials"], reference.potentials, atol=1e-6)
+        labels = np.concatenate([run["labels"] for run in runs])
+        np.testing.assert_array_equal(labels, reference.labels)
+        np.testing.assert_array_equal(runs[0]["counts"], reference.label_counts)
+    # The exact step reads the raw scores behind the cache, across both ranks.
+    exact = sinklabel.sinkhorn(FLAT, 6, balance="exact")
+    labels = np.concatenate([ranked["balanced"][0] for ranked in per_rank])
+    np.testing.assert_array_equal(np.bincount(labels, minlength=6), exact.label_counts)
+    assert all(ranked["balanced"][2] for ranked in per_rank)
+    assert per_rank[0]["balanced"][1] == pytest.approx(exact.certificate.primal, rel=1e-9)
+    own, other = per_rank[1]["failure"], per_rank[0]["failure"]
+    assert own[:3] == ("error", "OSError", "disk gone"), own
+    assert other[:2] == ("error", RankFailedError.__name__), other
+    assert "rank 1 (OSError) failed during the solve" in other[2]
+    assert other[3] < GROUP_TIMEOUT_S / 2
+
+
 # ---- the duality-gap certificate across ranks ----------------------------------------------
 
 CAPACITY_CASES = {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 from functools import cache
+from typing import Any
 
 from ._base import Kernel
 
@@ -13,6 +14,12 @@ _KERNELS: dict[str, tuple[str, str, str]] = {
     "numba": ("sinklabel.kernels.numba", "NumbaKernel", "numba"),
     "torch": ("sinklabel.kernels.torch", "TorchKernel", "torch"),
     "cupy": ("sinklabel.kernels.cupy", "CupyKernel", "cupy"),
+}
+
+#: Backends that can cache screened exponentials between passes (``cache=True``):
+#: name -> (module, class of the table builder, which takes the backend's kernel).
+_EXP_TABLES: dict[str, tuple[str, str]] = {
+    "numba": ("sinklabel.kernels._exp_cache", "NumbaExpTables"),
 }
 
 #: Per input library, the backends "auto" tries in order.
@@ -70,6 +77,19 @@ def resolve_kernel(backend: str, library: str) -> Kernel:
     return get_kernel(backend)
 
 
+def exp_tables(kernel: Kernel) -> Any:
+    """The builder of cached exponential tables for ``kernel``'s backend (``cache=True``);
+    ValueError naming the backends that have one when this one does not."""
+    if kernel.name not in _EXP_TABLES:
+        names = " or ".join(repr(name) for name in _EXP_TABLES)
+        raise ValueError(
+            f"cache=True is an option of the {names} backend; this solve runs on "
+            f"backend {kernel.name!r}. Pass cache=False, or backend={names} for NumPy input"
+        )
+    module, cls = _EXP_TABLES[kernel.name]
+    return getattr(importlib.import_module(module), cls)(kernel)
+
+
 def _libraries(backend: str) -> tuple[str, ...]:
     """The array libraries ``backend`` takes, read without importing them where possible."""
     if backend not in _KERNELS:
@@ -81,4 +101,4 @@ def _libraries(backend: str) -> tuple[str, ...]:
         return get_kernel(backend).libraries  # raises the install hint
 
 
-__all__ = ["Kernel", "available_backends", "get_kernel", "resolve_kernel"]
+__all__ = ["Kernel", "available_backends", "exp_tables", "get_kernel", "resolve_kernel"]

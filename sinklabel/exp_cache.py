@@ -1,0 +1,334 @@
+"""``cache=True``: keep the exponentials that matter between passes, and stop reading the scores.
+
+At lam=25 most of ``exp(lam * S + f)`` is negligible next to each row's largest term: on
+classifier-like scores a row has a handful of entries that matter. The first pass over a
+chunk builds a table of those entries (a sparse, row-shifted ``exp``); later passes are
+computed from the table in O(kept entries), without reading the scores (for a callable source,
+without calling it). The table knows, row by row, whether it can answer exactly for the
+potentials asked for (see ``sinklabel/kernels/_exp_cache.py`` for the bound): rows it cannot
+answer ("bad" rows) are computed from the raw scores by the uncached kernel. Every answer is
+therefore the uncached kernel's answer, to the compute dtype's rounding; only its cost varies.
+
+When to rebuild. A table is rebuilt at the potentials of the pass (from the raw chunk, with a
+window wide enough for the move that broke it) when more than ``REPAIR_SHARE`` of its rows are
+bad in one pass, or when the rows it has repaired since it was built add up to
+``STALE_SHARE`` of the chunk. A chunk whose fresh table fails for too many rows at its own
+potentials (rows too flat for the cap, e.g. small lam) is left uncached.
+
+The design is a pair of wrappers, so the solver runs unchanged:
+
+- :class:`CachedSource` yields, for each row range of the inner source, a :class:`CachedChunk`
+  handle: the row range, the chunk's table slot, and the raw block on demand. The inner source
+  is only iterated when a handle asks for its block (and then only up to that block), so a pass
+  answered from tables reads nothing.
+- :class:`CachedKernel` answers ``sweep_lse`` (and ``sweep``) and ``best`` from a chunk's
+  table, repairing bad rows from the raw block in place; ``slack``, ``soft`` and ``gather``
+  need every entry and go to the inner kernel on the raw block. Plain arrays pass straight
+  through.
+
+Memory: a table row holds at most ``cap`` entries, so the tables never exceed
+``N * (24 + cap * entry bytes)`` (plus a K-vector per chunk): 6 bytes per entry for float32
+scores with K <= 65535. By default ``cap = max(32, K // 8)`` (at most K); with
+``memory_limit`` the chunks get at most half of the budget and ``cap`` is what the rest holds,
+or a ValueError when it cannot hold one entry per row. A row cut short by the cap is still
+exact: it just fails the table's test more often and is computed from the raw scores.
+
+Only some backends have tables (``sinklabel.kernels.exp_tables``; today Numba). A backend's
+table builder provides ``build``, ``max_bytes``, and ``sweep_rows``/``best_rows`` (the uncached
+operations on listed rows of a raw chunk, for repairs); its tables provide ``lam``,
+``nbytes``, ``n_entries``, ``sweep_lse(f)`` and ``best(f)``, which name their bad rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .kernels import Kernel, exp_tables
+from .sources import Array, Source, parse_memory
+from .sources.memory import bytes_per_row, fixed_bytes
+
+#: A chunk whose table fails for at most this share of its rows is repaired row by row from
+#: the raw scores; beyond it the table is rebuilt at the new potentials (a rebuild costs about
+#: an uncached pass over the chunk, a repaired row about an uncached row).
+REPAIR_SHARE = 1 / 4
+#: A table that has repaired this share of its chunk's rows since it was built is rebuilt at
+#: its next failure: a repaired row costs about what rebuilding a row costs, so the repairs
+#: have paid for a rebuild (on peaked scores at N=1e5 this halved the cached solve's time).
+STALE_SHARE = 1
+
+
+def default_cap(n_labels: int) -> int:
+    """Entries a table row keeps at most without a memory budget."""
+    return min(n_labels, max(32, n_labels // 8))
+
+
+def table_cap(source: Source, kernel: Kernel, rows: int,
+              memory_limit: int | str | None) -> int:
+    """Entries per row the tables may keep: the default, or fewer where ``memory_limit``
+    requires (what it leaves after the chunks). Raises ValueError for a backend without
+    tables, or a budget that cannot hold one entry per row."""
+    tables = exp_tables(kernel)
+    n, k = source.shape
+    cap = default_cap(k)
+    if memory_limit is None or n == 0:
+        return cap
+    budget = parse_memory(memory_limit)
+    left = budget - fixed_bytes(n, k) - rows * bytes_per_row(source, kernel)
+    chunks = -(-n // rows)
+
+    def fits(c: int) -> bool:
+        return tables.max_bytes(n, k, source.dtype, c, chunks) <= left
+
+    low, high = 0, cap  # the largest cap that fits: max_bytes grows with it
+    while low < high:
+        middle = (low + high + 1) // 2
+        low, high = (middle, high) if fits(middle) else (low, middle - 1)
+    if low < 1:
+        need = tables.max_bytes(n, k, source.dtype, 1, chunks)
+        raise ValueError(
+            f"memory_limit={budget} bytes leaves {max(0, left)} bytes for cache=True after the "
+            f"chunks and per-point state, less than the {need} bytes of one cached entry per "
+            "row; raise memory_limit or pass cache=False"
+        )
+    return low
+
+
+def with_exp_cache(source: Source, kernel: Kernel, rows: int,
+                   cap: int) -> tuple[CachedSource, CachedKernel]:
+    """``source`` and ``kernel`` behind a fresh cache of at most ``cap`` entries per row."""
+    tables = exp_tables(kernel)
+    n, k = source.shape
+    budget = tables.max_bytes(n, k, source.dtype, cap, -(-n // rows))
+    cache = ExpCache(tables, cap, budget)
+    return CachedSource(source, cache), CachedKernel(kernel)
+
+
+@dataclass
+class _Slot:
+    """One chunk's table, what the last failed pass asked of it, the rows it has repaired
+    since it was built beyond those it could never answer (``bad_when_built``: rows the cap
+    cut short), and whether the chunk is beyond caching (too many rows fail even at the
+    table's own potentials)."""
+
+    table: Any = None
+    need: float = 0.0
+    unusable: bool = False
+    repaired: int = 0
+    bad_when_built: int = 0
+
+
+class ExpCache:
+    """The tables of one solve by row range, within ``budget`` bytes, and what they did.
+
+    Counters of chunk passes: ``builds`` (a table built from the raw chunk, which then
+    answered), ``table_passes`` (answered from an existing table), ``raw_passes`` (the raw
+    chunk without a table); ``repaired_rows``: rows a table could not answer, computed from
+    the raw scores.
+    """
+
+    def __init__(self, tables: Any, cap: int, budget: int):
+        self.tables = tables
+        self.cap = cap
+        self.budget = budget
+        self.nbytes = 0
+        self.builds = 0
+        self.table_passes = 0
+        self.raw_passes = 0
+        self.repaired_rows = 0
+        self._slots: dict[tuple[int, int], _Slot] = {}
+
+    def slot(self, start: int, stop: int) -> _Slot:
+        return self._slots.setdefault((start, stop), _Slot())
+
+    @property
+    def n_entries(self) -> int:
+        """Entries kept in all tables."""
+        return sum(s.table.n_entries for s in self._slots.values() if s.table is not None)
+
+    def rebuild(self, slot: _Slot, block: Array, f: np.ndarray, lam: float) -> Any:
+        """A new table for ``slot`` at ``f``, or None where the budget cannot take it."""
+        self.drop(slot)
+        slot.repaired = 0
+        table = self.tables.build(block, f, lam, slot.need, self.cap)
+        self.builds += 1
+        if self.nbytes + table.nbytes > self.budget:
+            # The cap keeps every table within the budget; were it exceeded, the chunk would
+            # stay uncached rather than be rebuilt on every pass.
+            slot.unusable = True
+            return None
+        slot.table = table
+        self.nbytes += table.nbytes
+        return table
+
+    def drop(self, slot: _Slot) -> None:
+        if slot.table is not None:
+            self.nbytes -= slot.table.nbytes
+            slot.table = None
+
+
+class CachedChunk:
+    """A chunk of a :class:`CachedSource`: its rows and table slot; ``raw()`` reads the block."""
+
+    def __init__(self, start: int, stop: int, n_labels: int, cache: ExpCache, slot: _Slot,
+                 reader: _BlockReader):
+        self.start, self.stop = start, stop
+        self.shape = (stop - start, n_labels)
+        self.cache, self.slot = cache, slot
+        self._reader = reader
+
+    def raw(self) -> Array:
+        """The raw scores of these rows (valid until the next chunk is requested)."""
+        return self._reader.read(self.start, self.stop)
+
+
+class _BlockReader:
+    """Reads an inner source's blocks in order, starting it only when a block is asked for."""
+
+    def __init__(self, source: Source, rows: int):
+        self.source, self.rows = source, rows
+        self._blocks: Iterator | None = None
+        self._current: tuple[int, Array] | None = None
+
+    def read(self, start: int, stop: int) -> Array:
+        if self._current is not None and self._current[0] == start:
+            return self._current[1]
+        if self._blocks is None:
+            self._blocks = iter(self.source.chunks(self.rows))
+        for got_start, _, block in self._blocks:
+            if got_start == start:
+                self._current = (start, block)
+                return block
+            if got_start > start:
+                break
+        raise RuntimeError(f"the scores' rows [{start}, {stop}) were not found in their source")
+
+    def close(self) -> None:
+        close = getattr(self._blocks, "close", None)
+        if close is not None:
+            close()
+        self._blocks = self._current = None
+
+
+class CachedSource(Source):
+    """The inner source's row ranges as :class:`CachedChunk` handles (see the module notes)."""
+
+    def __init__(self, inner: Source, cache: ExpCache):
+        self.inner = inner
+        self.cache = cache
+        self.shape = inner.shape
+        self.dtype = inner.dtype
+        self.library = inner.library
+        self.in_memory = inner.in_memory
+
+    def bytes_per_row(self) -> int:
+        return self.inner.bytes_per_row()
+
+    def chunks(self, rows: int) -> Iterator[tuple[int, int, CachedChunk]]:
+        reader = _BlockReader(self.inner, rows)
+        try:
+            for start, stop in self.inner.row_ranges(rows):
+                slot = self.cache.slot(start, stop)
+                yield start, stop, CachedChunk(start, stop, self.shape[1], self.cache, slot,
+                                               reader)
+        finally:
+            reader.close()
+
+
+class CachedKernel(Kernel):
+    """The inner kernel, answering from a :class:`CachedChunk`'s table where it can."""
+
+    def __init__(self, inner: Kernel):
+        self.inner = inner
+        self.name = inner.name
+        self.libraries = inner.libraries
+
+    def chunk_rows(self, n_labels: int, itemsize: int) -> int:
+        return self.inner.chunk_rows(n_labels, itemsize)
+
+    def workspace_bytes_per_row(self, n_labels: int, itemsize: int) -> int:
+        return self.inner.workspace_bytes_per_row(n_labels, itemsize)
+
+    def sweep(self, chunk: Array, f: np.ndarray, lam: float) -> np.ndarray:
+        return self.sweep_lse(chunk, f, lam)[0]
+
+    def sweep_lse(self, chunk: Array, f: np.ndarray, lam: float) -> tuple[np.ndarray, float]:
+        if not isinstance(chunk, CachedChunk):
+            return self.inner.sweep_lse(chunk, f, lam)
+        cache, slot = chunk.cache, chunk.slot
+        table = _table(chunk, lam)
+        if table is not None:
+            found = table.sweep_lse(f)
+            rows = chunk.shape[0]
+            moved = max(0, found.bad.size - slot.bad_when_built)
+            if (found.bad.size <= REPAIR_SHARE * rows
+                    and slot.repaired + moved <= STALE_SHARE * rows):
+                cache.table_passes += 1
+                slot.repaired += moved
+                return self._repaired(chunk, found, f, lam)
+            slot.need = found.need
+        block = chunk.raw()
+        if not slot.unusable:
+            table = cache.rebuild(slot, block, f, lam)
+            if table is not None:
+                found = table.sweep_lse(f)
+                if found.bad.size <= REPAIR_SHARE * chunk.shape[0]:
+                    slot.bad_when_built = int(found.bad.size)
+                    return self._repaired(chunk, found, f, lam)
+                cache.drop(slot)  # fails even where it was built: the rows are too flat
+                slot.unusable = True
+        cache.raw_passes += 1
+        return self.inner.sweep_lse(block, f, lam)
+
+    def best(self, chunk: Array, f: np.ndarray, lam: float) -> tuple[Array, Array]:
+        if not isinstance(chunk, CachedChunk):
+            return self.inner.best(chunk, f, lam)
+        table = _table(chunk, lam)
+        if table is None:
+            return self.inner.best(chunk.raw(), f, lam)
+        top, labels, bad = table.best(f)
+        if bad.size > REPAIR_SHARE * chunk.shape[0]:
+            return self.inner.best(chunk.raw(), f, lam)
+        if bad.size:
+            chunk.cache.tables.best_rows(chunk.raw(), bad, f, lam, top, labels)
+        return top, labels
+
+    def slack(self, chunk: Array, f: np.ndarray, lam: float) -> np.ndarray:
+        return self.inner.slack(_raw(chunk), f, lam)
+
+    def soft(self, chunk: Array, f: np.ndarray, lam: float) -> Array:
+        return self.inner.soft(_raw(chunk), f, lam)
+
+    def gather(self, chunk: Array, labels: Array) -> np.ndarray:
+        return self.inner.gather(_raw(chunk), labels)
+
+    def to_numpy(self, x: Array) -> np.ndarray:
+        return self.inner.to_numpy(x)
+
+    def empty_labels(self, n: int, like: Array | None) -> Array:
+        return self.inner.empty_labels(n, None if isinstance(like, CachedChunk) else like)
+
+    def concat(self, parts: list[Array]) -> Array:
+        return self.inner.concat(parts)
+
+    def _repaired(self, chunk: CachedChunk, found: Any, f: np.ndarray,
+                  lam: float) -> tuple[np.ndarray, float]:
+        """A table's pass, with its bad rows computed from the raw scores."""
+        mass, lse = found.mass, found.lse
+        if found.bad.size:
+            extra_mass, extra_lse = chunk.cache.tables.sweep_rows(chunk.raw(), found.bad, f, lam)
+            mass, lse = mass + extra_mass, lse + extra_lse
+            chunk.cache.repaired_rows += int(found.bad.size)
+        return mass, lse
+
+
+def _table(chunk: CachedChunk, lam: float) -> Any:
+    table = chunk.slot.table
+    return table if table is not None and table.lam == lam else None
+
+
+def _raw(chunk: Array) -> Array:
+    return chunk.raw() if isinstance(chunk, CachedChunk) else chunk

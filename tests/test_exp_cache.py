@@ -1,0 +1,320 @@
+"""``cache=True``: the cached exponentials give the uncached answers, and read the scores less.
+
+Oracles: a plain float64 NumPy log-sum-exp written here, and the uncached Numba solve.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+pytest.importorskip("numba")
+
+import sinklabel  # noqa: E402
+from sinklabel import ConvergenceWarning, SinkhornLabeler, sinkhorn, solver  # noqa: E402
+from sinklabel.datasets import make_scores  # noqa: E402
+from sinklabel.exp_cache import (  # noqa: E402
+    CachedKernel,
+    CachedSource,
+    default_cap,
+    table_cap,
+    with_exp_cache,
+)
+from sinklabel.kernels import get_kernel  # noqa: E402
+from sinklabel.sources import ArraySource, CallableSource, checked  # noqa: E402
+from sinklabel.sources.memory import bytes_per_row, fixed_bytes  # noqa: E402
+
+NUMBA = get_kernel("numba")
+#: Potential agreement between cached and uncached solves (float32 scores: the uncached kernel
+#: computes ``lam * S + f`` in float32, which moves the potentials by this much on its own).
+AGREE = {np.float32: 1e-4, np.float64: 1e-6}
+
+
+def _reference(scores: np.ndarray, f: np.ndarray, lam: float) -> tuple[np.ndarray, float]:
+    """Mean softmax of ``lam * S + f`` over rows and mean row log-sum-exp, in float64."""
+    z = lam * scores.astype(np.float64) + f
+    top = z.max(axis=1, keepdims=True)
+    p = np.exp(z - top)
+    total = p.sum(axis=1, keepdims=True)
+    return (p / total).mean(axis=0), float((top[:, 0] + np.log(total[:, 0])).mean())
+
+
+def _cached(scores: np.ndarray, rows: int, cap: int | None = None):
+    source = ArraySource(scores)
+    cap = default_cap(scores.shape[1]) if cap is None else cap
+    return with_exp_cache(source, NUMBA, rows, cap)
+
+
+def _solve(scores, **options):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return sinkhorn(scores, scores.shape[1], backend="numba", **options)
+
+
+def _labels_agree_off_ties(scores, potentials, lam, a, b, margin=1e-3):
+    """Labels equal wherever the best label beats the runner-up by more than ``margin``."""
+    z = lam * scores.astype(np.float64) + potentials
+    top2 = np.sort(z, axis=1)[:, -2:]
+    clear = top2[:, 1] - top2[:, 0] > margin
+    assert clear.mean() > 0.95
+    np.testing.assert_array_equal(np.asarray(a)[clear], np.asarray(b)[clear])
+
+
+# --- one pass against the float64 formula ----------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("regime", ["flat", "peaked"])
+def test_cached_pass_matches_the_float64_formula_as_the_potentials_move(dtype, regime):
+    scores = make_scores(700, 37, regime=regime, seed=5, dtype=dtype).scores
+    source, kernel = _cached(scores, rows=256)
+    rng = np.random.default_rng(0)
+    f = np.zeros(37)
+    tolerance = 1e-6 if dtype == np.float32 else 1e-12
+    # small steps (answered by the tables), then large ones (rows repaired, tables rebuilt)
+    for scale in (0.0, 0.5, 1.0, 2.0, 40.0, 300.0, 0.1, 1000.0):
+        f = f + scale * rng.standard_normal(37)
+        mass, lse = solver.dual_terms(source, kernel, f, 25.0, 256)
+        expected_mass, expected_lse = _reference(scores, f, 25.0)
+        # masses far below one rounding unit of the row sums are 0 here, as uncached
+        np.testing.assert_allclose(mass, expected_mass, rtol=tolerance, atol=tolerance / 37)
+        assert abs(lse - expected_lse) <= tolerance * max(1.0, abs(expected_lse))
+    cache = source.cache
+    assert cache.table_passes > 0 and cache.builds > 3  # both paths were taken
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    n=st.integers(1, 60),
+    k=st.integers(1, 40),
+    lam=st.sampled_from([1.0, 10.0, 25.0, 200.0]),
+    scale=st.sampled_from([0.1, 3.0, 30.0]),
+    rows=st.integers(1, 64),
+    cap=st.integers(1, 40),
+    seed=st.integers(0, 2**16),
+)
+def test_cached_passes_are_exact_for_any_scores_chunks_and_cap(n, k, lam, scale, rows, cap,
+                                                               seed):
+    rng = np.random.default_rng(seed)
+    scores = (scale * rng.standard_normal((n, k))).astype(np.float64)
+    scores[rng.random((n, k)) < 0.1] = -np.inf
+    scores[np.arange(n), rng.integers(0, k, n)] = 0.0  # every row keeps a finite score
+    source, kernel = _cached(scores, rows=rows, cap=cap)
+    f = np.zeros(k)
+    for step in (0.0, 1.0, 20.0):
+        f = f + step * rng.standard_normal(k)
+        mass, lse = solver.dual_terms(source, kernel, f, lam, rows)
+        expected_mass, expected_lse = _reference(scores, f, lam)
+        np.testing.assert_allclose(mass, expected_mass, rtol=1e-10, atol=1e-14)
+        assert abs(lse - expected_lse) <= 1e-10 * max(1.0, abs(expected_lse))
+        top, labels = kernel.best(next(source.chunks(n))[2], f, lam)
+        z = lam * scores + f
+        np.testing.assert_allclose(top, z.max(axis=1), rtol=1e-10)
+        assert np.all(z[np.arange(n), labels] >= z.max(axis=1) - 1e-9 * np.abs(z.max(axis=1)))
+
+
+def test_flat_rows_beyond_the_cap_are_computed_from_the_scores():
+    scores = make_scores(300, 50, regime="flat", seed=2).scores
+    scores[::7] = -1.0  # constant rows: every entry ties with the maximum, none can be dropped
+    source, kernel = _cached(scores, rows=64, cap=4)
+    f = np.random.default_rng(1).normal(size=50)
+    mass, lse = solver.dual_terms(source, kernel, f, 25.0, 64)
+    expected_mass, expected_lse = _reference(scores, f, 25.0)
+    np.testing.assert_allclose(mass, expected_mass, rtol=1e-6)
+    assert abs(lse - expected_lse) < 1e-6 * abs(expected_lse)
+    assert source.cache.repaired_rows >= len(scores[::7])
+
+
+def test_labels_beyond_uint16_are_indexed_correctly():
+    k = 70_000
+    scores = make_scores(6, k, regime="peaked", seed=1).scores
+    source, kernel = _cached(scores, rows=4)
+    f = np.random.default_rng(2).normal(size=k)
+    mass, lse = solver.dual_terms(source, kernel, f, 25.0, 4)
+    expected_mass, expected_lse = _reference(scores, f, 25.0)
+    np.testing.assert_allclose(mass, expected_mass, rtol=1e-6, atol=1e-12)
+    labels = solver.assign(source, kernel, f, 25.0, 4)
+    np.testing.assert_array_equal(labels, np.argmax(25.0 * scores.astype(np.float64) + f, axis=1))
+
+
+# --- whole solves against the uncached backend ------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("regime, lam", [("flat", 25.0), ("peaked", 10.0)])
+def test_cached_solve_matches_the_uncached_solve(dtype, regime, lam):
+    scores = make_scores(1000, 21, regime=regime, seed=3, dtype=dtype).scores
+    tol = 1e-6 if dtype == np.float32 else 1e-10  # float32 passes are this noisy uncached
+    options = dict(lam=lam, tol=tol, max_iter=300, chunk_size=333)  # 1000 = 3 * 333 + 1
+    plain = _solve(scores, **options)
+    cached = _solve(scores, cache=True, **options)
+    assert cached.backend == "numba" and cached.converged and plain.converged
+    np.testing.assert_allclose(cached.potentials, plain.potentials, rtol=0, atol=AGREE[dtype])
+    _labels_agree_off_ties(scores, plain.potentials, lam, cached.labels, plain.labels)
+    np.testing.assert_array_equal(cached.label_counts, np.bincount(cached.labels, minlength=21))
+
+
+def test_float16_scores_are_cached_in_float32():
+    scores = make_scores(500, 16, regime="flat", seed=15).scores.astype(np.float16)
+    plain = _solve(scores, chunk_size=128)
+    cached = _solve(scores, chunk_size=128, cache=True)
+    np.testing.assert_allclose(cached.potentials, plain.potentials, atol=1e-4)
+    _labels_agree_off_ties(scores, plain.potentials, 25.0, cached.labels, plain.labels)
+
+
+def test_a_starved_label_forces_rebuilds_and_still_agrees():
+    scores = make_scores(2000, 30, regime="peaked", seed=4, dtype=np.float64).scores
+    scores[:, 7] -= 12.0  # no row wants label 7: its potential must climb by lam * ~12
+    rows = 300
+    source, kernel = _cached(scores, rows=rows)
+    options = dict(lam=25.0, label_weights=np.full(30, 1 / 30), tol=1e-6, max_iter=500,
+                   init=None, rows=rows, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        cached = solver.solve(source, kernel, **options)
+        plain = solver.solve(ArraySource(scores), NUMBA, **options)
+    chunks = -(-2000 // rows)
+    assert source.cache.builds > chunks  # the first tables did not last
+    assert source.cache.table_passes > 0
+    assert cached.converged and plain.converged
+    np.testing.assert_allclose(cached.potentials, plain.potentials, atol=1e-6)
+
+
+def test_init_far_from_the_solution_rebuilds_the_tables():
+    scores = make_scores(1500, 40, regime="flat", seed=6, dtype=np.float64).scores
+    init = np.linspace(-300.0, 300.0, 40)  # a range far beyond the first window
+    source, kernel = _cached(scores, rows=512)
+    options = dict(lam=25.0, label_weights=np.full(40, 1 / 40), tol=1e-12, max_iter=500,
+                   init=init, rows=512, progress=False)
+    cached = solver.solve(source, kernel, **options)
+    plain = solver.solve(ArraySource(scores), NUMBA, **options)
+    assert source.cache.builds > 3
+    np.testing.assert_allclose(cached.potentials, plain.potentials, atol=1e-6)
+
+
+def test_callable_source_is_called_far_less_often():
+    scores = make_scores(3000, 50, regime="flat", seed=7).scores
+    calls = {"cached": 0, "plain": 0}
+
+    def source_for(name):
+        def rows(start, stop):
+            calls[name] += 1
+            return scores[start:stop]
+
+        return CallableSource(rows, scores.shape, "float32")
+
+    plain = sinkhorn(source_for("plain"), 50, chunk_size=700, backend="numba")
+    cached = sinkhorn(source_for("cached"), 50, chunk_size=700, cache=True)
+    blocks = 5
+    assert calls["plain"] == blocks * (plain.n_iter + 1)  # every pass, and the labels
+    assert calls["cached"] == blocks  # flat scores: the first pass, then tables only
+    np.testing.assert_allclose(cached.potentials, plain.potentials, atol=1e-4)
+    _labels_agree_off_ties(scores, plain.potentials, 25.0, cached.labels, plain.labels)
+
+
+def test_streamed_blocks_are_still_checked_when_read():
+    scores = make_scores(400, 10, regime="flat", seed=8).scores
+    bad = scores.copy()
+    bad[321, 4] = np.nan
+    source = CallableSource(lambda start, stop: bad[start:stop], bad.shape, "float32")
+    with pytest.raises(ValueError, match="NaN.*row 321"):
+        sinkhorn(source, 10, chunk_size=100, cache=True)
+
+
+def test_cached_source_reads_only_the_blocks_it_needs():
+    scores = make_scores(500, 10, regime="flat", seed=9).scores
+    reads = []
+    inner = checked(CallableSource(lambda a, b: reads.append(a) or scores[a:b], scores.shape))
+    source, kernel = with_exp_cache(inner, NUMBA, 100, default_cap(10))
+    assert isinstance(source, CachedSource) and isinstance(kernel, CachedKernel)
+    f = np.zeros(10)
+    solver.dual_terms(source, kernel, f, 25.0, 100)
+    assert reads == [0, 100, 200, 300, 400]
+    solver.dual_terms(source, kernel, f + 0.1, 25.0, 100)
+    assert reads == [0, 100, 200, 300, 400]  # answered from the tables
+    soft = kernel.soft(next(source.chunks(100))[2], f, 25.0)  # needs every entry: raw block
+    assert soft.shape == (100, 10) and reads[-1] == 0
+
+
+# --- options, memory, errors ------------------------------------------------------------------
+
+
+def test_memory_limit_bounds_the_tables():
+    scores = make_scores(4000, 200, regime="flat", seed=10).scores
+    source = ArraySource(scores)
+    limit = 1_200_000
+    rows = sinklabel.api._chunk_rows(None, NUMBA, source, limit, cache=True)
+    cap = table_cap(source, NUMBA, rows, limit)
+    assert 1 <= cap < default_cap(200)
+    cached_source, kernel = with_exp_cache(source, NUMBA, rows, cap)
+    spent = fixed_bytes(4000, 200) + rows * bytes_per_row(source, NUMBA)
+    assert spent + cached_source.cache.budget <= limit
+    solver.dual_terms(cached_source, kernel, np.zeros(200), 25.0, rows)
+    assert 0 < cached_source.cache.nbytes <= cached_source.cache.budget
+    plain = sinkhorn(scores, 200, memory_limit=limit)
+    cached = sinkhorn(scores, 200, memory_limit=limit, cache=True)
+    np.testing.assert_allclose(cached.potentials, plain.potentials, atol=1e-4)
+
+
+def test_a_budget_too_small_for_the_cache_is_refused_before_any_work():
+    calls = []
+    scores = make_scores(5000, 100, regime="flat", seed=11).scores
+    source = CallableSource(lambda a, b: calls.append(a) or scores[a:b], scores.shape)
+    # enough for chunks of a few rows, not for one cached entry per row on top
+    limit = fixed_bytes(5000, 100) + 2 * 8000 + 5000 * 20
+    with pytest.raises(ValueError, match="cache=True"):
+        sinkhorn(source, 100, memory_limit=limit, cache=True)
+    assert calls == []
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_other_backends_refuse_the_cache_before_any_work(backend):
+    if backend == "torch":
+        torch = pytest.importorskip("torch")
+        scores = torch.zeros((8, 3))
+    else:
+        scores = np.zeros((8, 3), dtype=np.float32)
+    calls = []
+    source = CallableSource(lambda a, b: calls.append(a) or scores[a:b], (8, 3), "float32",
+                            library="torch" if backend == "torch" else "numpy")
+    for logp in (scores, source):
+        with pytest.raises(ValueError, match="cache=True is an option of the 'numba' backend"):
+            sinkhorn(logp, 3, backend=backend, cache=True)
+    assert calls == []
+
+
+@pytest.mark.parametrize("value", ["yes", 1, None])
+def test_cache_must_be_a_bool(value):
+    with pytest.raises(TypeError, match="cache must be True or False"):
+        sinkhorn(np.zeros((6, 3)), 3, cache=value)
+
+
+def test_estimator_and_assign_labels_take_the_option():
+    scores = make_scores(600, 12, regime="flat", seed=12).scores
+    labeler = SinkhornLabeler(12, cache=True)
+    assert labeler.get_params()["cache"] is True
+    labels = labeler.fit_predict(scores)
+    plain = sinkhorn(scores, 12)
+    _labels_agree_off_ties(scores, plain.potentials, 25.0, labels, plain.labels)
+    np.testing.assert_array_equal(sinklabel.assign_labels(scores, 12, cache=True), labels)
+    labeler.partial_fit(scores)
+    assert labeler.converged_
+
+
+def test_exact_balance_runs_on_the_raw_scores():
+    scores = make_scores(300, 6, regime="peaked", seed=13).scores
+    plain = sinkhorn(scores, 6, balance="exact")
+    cached = sinkhorn(scores, 6, balance="exact", cache=True)
+    assert cached.certificate.optimal
+    np.testing.assert_array_equal(cached.label_counts, plain.label_counts)
+    assert abs(cached.certificate.primal - plain.certificate.primal) < 1e-4
+
+
+def test_progress_bar_works_with_the_cache(capsys):
+    scores = make_scores(500, 10, regime="flat", seed=14).scores
+    result = sinkhorn(scores, 10, cache=True, progress=True)
+    assert result.converged
