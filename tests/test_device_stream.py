@@ -115,3 +115,31 @@ def test_cuda_stream_delivers_the_host_scores(scores):
         source = DeviceStreamSource(host, "cuda")
         got = torch.cat([block.clone() for _, _, block in source.chunks(97)])
         np.testing.assert_array_equal(got.cpu().numpy(), scores)
+
+
+def test_page_lock_needs_cuda_and_in_memory_scores(scores, tmp_path):
+    with pytest.raises(ValueError, match="needs a CUDA device"):
+        DeviceStreamSource(scores, "cpu", page_lock=True)
+    if torch.cuda.is_available():
+        path = tmp_path / "s.npy"
+        np.save(path, scores)
+        with pytest.raises(ValueError, match="in memory"):
+            DeviceStreamSource(path, "cuda", page_lock=True)
+        with pytest.raises(ValueError, match="C-contiguous"):
+            DeviceStreamSource(np.asfortranarray(scores), "cuda", page_lock=True)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_page_locked_host_streams_directly_and_is_unlocked_on_close(scores):
+    host = scores.copy()
+    view = torch.from_numpy(host)
+    with DeviceStreamSource(host, "cuda", page_lock=True) as source:
+        assert view.is_pinned() and source.bytes_per_row() == 0  # no staging slots
+        got = torch.cat([block.clone() for _, _, block in source.chunks(97)])
+        np.testing.assert_array_equal(got.cpu().numpy(), scores)
+        result = sinklabel.sinkhorn(source, K, lam=5.0, chunk_size=97)
+    assert not view.is_pinned()
+    reference = sinklabel.sinkhorn(scores, K, lam=5.0)
+    np.testing.assert_allclose(result.potentials, reference.potentials, atol=1e-5)
+    np.testing.assert_array_equal(host, scores)  # the caller's array is untouched
