@@ -121,10 +121,9 @@ def test_page_lock_needs_cuda_and_in_memory_scores(scores, tmp_path):
     with pytest.raises(ValueError, match="needs a CUDA device"):
         DeviceStreamSource(scores, "cpu", page_lock=True)
     if torch.cuda.is_available():
-        path = tmp_path / "s.npy"
-        np.save(path, scores)
+        function = CallableSource(lambda a, b: scores[a:b], scores.shape, "float32")
         with pytest.raises(ValueError, match="in memory"):
-            DeviceStreamSource(path, "cuda", page_lock=True)
+            DeviceStreamSource(function, "cuda", page_lock=True)
         with pytest.raises(ValueError, match="C-contiguous"):
             DeviceStreamSource(np.asfortranarray(scores), "cuda", page_lock=True)
 
@@ -143,3 +142,14 @@ def test_page_locked_host_streams_directly_and_is_unlocked_on_close(scores):
     reference = sinklabel.sinkhorn(scores, K, lam=5.0)
     np.testing.assert_allclose(result.potentials, reference.potentials, atol=1e-5)
     np.testing.assert_array_equal(host, scores)  # the caller's array is untouched
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_page_locked_memory_map_streams_the_file(scores, tmp_path):
+    path = tmp_path / "s.npy"
+    np.save(path, scores)
+    with DeviceStreamSource(path, "cuda", page_lock=True) as source:  # read-only mapping
+        assert source.bytes_per_row() == 0
+        got = torch.cat([block.clone() for _, _, block in source.chunks(97)])
+    np.testing.assert_array_equal(got.cpu().numpy(), scores)

@@ -39,6 +39,8 @@ import numpy as np
 from ._base import Array, Source, itemsize
 
 _END = object()
+#: cudaHostRegisterReadOnly: the device only reads the registered memory.
+_HOST_REGISTER_READ_ONLY = 8
 
 
 class DeviceStreamSource(Source):
@@ -56,10 +58,11 @@ class DeviceStreamSource(Source):
     copy_threads : int, default=None
         Threads that copy a pageable NumPy block into pinned memory (default: up to 4).
     page_lock : bool, default=False
-        Page-lock an in-memory host array (C-contiguous NumPy array or torch CPU tensor) in
-        place instead of staging it: copies then run at pinned speed, with no staging memory.
-        The lock holds until :meth:`close` (or the source is garbage collected); the array
-        must not be freed before. Needs a CUDA device.
+        Page-lock the host scores in place instead of staging them: a C-contiguous NumPy
+        array or torch CPU tensor, or a memory-mapped ``.npy`` file that fits in free host
+        memory (its pages are read in and locked). Copies then run at pinned speed, with no
+        staging memory. The lock holds until :meth:`close` (or the source is garbage
+        collected); the array must not be freed before. Needs a CUDA device.
 
     Notes
     -----
@@ -110,29 +113,37 @@ class DeviceStreamSource(Source):
 
     def _page_locked(self, torch: Any, source: Source) -> Source:
         """The source over a torch view of the host memory, registered with CUDA."""
-        from .arrays import ArraySource
+        from .arrays import ArraySource, MemmapSource
 
         if self.device.type != "cuda":
             raise ValueError(f"page_lock=True needs a CUDA device, got {self.device}")
         array = getattr(source, "array", None)
-        if not (isinstance(source, ArraySource) and source.in_memory):
+        if not (isinstance(source, MemmapSource)
+                or isinstance(source, ArraySource) and source.in_memory):
             raise ValueError(
-                "page_lock=True needs the scores in memory (a NumPy array or a torch CPU "
-                "tensor); files and functions are staged through pinned slots instead"
+                "page_lock=True needs the scores in memory or in a memory-mapped .npy file "
+                "(a NumPy array, a torch CPU tensor, a path); functions are staged instead"
             )
+        read_only = isinstance(array, np.ndarray) and not array.flags.writeable
         if isinstance(array, np.ndarray):
+            array = np.asarray(array)  # a memmap's plain ndarray view
             with warnings.catch_warnings():  # read-only arrays: the view is only ever read
                 warnings.simplefilter("ignore", UserWarning)
                 array = torch.from_numpy(array)
         if not array.is_contiguous():
             raise ValueError("page_lock=True needs C-contiguous scores")
         if array.is_pinned():
-            return source
+            return ArraySource(array)
         cudart = torch.cuda.cudart()
         pointer, size = array.data_ptr(), array.numel() * array.element_size()
-        status = cudart.cudaHostRegister(pointer, size, 0)
+        # A read-only mapping (a .npy opened with mmap_mode="r") is registered read-only.
+        flags = _HOST_REGISTER_READ_ONLY if read_only else 0
+        status = cudart.cudaHostRegister(pointer, size, flags)
         if int(status) != 0:
-            raise RuntimeError(f"cudaHostRegister failed with CUDA error {int(status)}")
+            raise RuntimeError(
+                f"cudaHostRegister failed with CUDA error {int(status)}: the scores may not fit "
+                "in free host memory; stream them without page_lock"
+            )
         self._unlock = weakref.finalize(self, cudart.cudaHostUnregister, pointer)
         return ArraySource(array)
 
