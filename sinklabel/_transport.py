@@ -1,21 +1,29 @@
-"""The scalable exact solver for eq. (6): an auction to find prices, shortest paths to finish.
+"""The scalable exact solver for eq. (6): good prices first, shortest paths to finish.
 
 The transportation problem has N points of demand one and K << N labels whose sizes must lie
 in ``[lower, upper]``. Its dual has only K free variables (one price per label), so the work is
 organised around them:
 
-1. **Auction with epsilon-scaling** (Bertsekas' auction for "similar objects": label y is
-   ``caps[y]`` identical copies). Points bid for their best label; each bid looks only at the
-   point's m best labels at the starting prices, because prices only rise and so the labels
-   outside that list can never overtake it (a stored bound says when to look again). Warm
-   started from Sinkhorn's potentials, it reaches epsilon-optimal prices in a few cheap rounds.
+1. **Prices.** Warm started (``prices`` given, e.g. Sinkhorn's potentials / lam), one pass puts
+   every point at its exact argmax of ``S[i, :] + v``; when few points then sit beyond their
+   label's capacity (at most ``DIRECT_EXCESS`` of them), the prices are good enough and step
+   2 starts at once. Otherwise (and cold) an **auction with epsilon-scaling** finds them
+   (Bertsekas' auction for "similar objects": label y is ``caps[y]`` identical copies).
+   Points bid for their best label; each bid looks only at the point's m best labels at the
+   starting prices, because prices only rise and so the labels outside that list can never
+   overtake it (a stored bound says when to look again).
 2. **Exact finish by successive shortest paths** on the K-node label graph. Every point is
    put at an exact argmax of ``S[i, :] + v``; then single points are moved along shortest
    paths between over- and under-full labels, with prices updated so that every point stays
    at an argmax. When all sizes are within range, complementary slackness holds exactly, and
    the labels are optimal (the certificate of ``certificate.py`` confirms it independently).
+   The label graph's edge costs come from the *boundary* points only (those whose best
+   label barely beats their second best), with a bound on every other point that proves
+   each path shortest or asks for a wider boundary (``_transport_loops.py``).
 
 Only the second step is needed for exactness; the first makes it cheap (few paths remain).
+Passes over the scores: one for a warm start that goes straight to step 2 (plus one per
+widening of the boundary); the candidate lists, one argmax and one more for the auction.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import _transport_loops as loops
+from ._capacities import check_reachable
 
 #: Labels each point keeps as candidates for its bids.
 CANDIDATES = 16
@@ -34,6 +43,19 @@ EPS_FACTOR = 8.0
 EPS_FINAL = 1e-9
 #: Bids allowed per phase, in units of N; beyond, the exact finish takes over.
 BIDS_PER_POINT = 40
+#: A warm start skips the auction when at most this share of the points sits beyond its
+#: label's capacity at the starting prices ...
+DIRECT_EXCESS = 1 / 64
+#: ... and its exact finish may settle this many Dijkstra nodes per point, plus this many per
+#: label, before the auction takes over from the prices reached.
+SETTLED_PER_POINT = 0.5
+SETTLED_PER_LABEL = 16
+#: The exact finish first looks at this share of the points (those closest to another
+#: label), and widens it by BOUNDARY_GROWTH when that cannot prove a path shortest.
+BOUNDARY_SHARE = 1 / 32
+BOUNDARY_GROWTH = 4.0
+#: A boundary that proved fewer paths than this before it ran out is widened, not re-measured.
+ROUND_PATHS = 16
 ROWS_PER_BLOCK = 8192
 
 
@@ -57,48 +79,152 @@ def solve_transport(
     *,
     use_numba: bool,
 ) -> TransportSolution:
-    """Optimal labels and label prices ``v`` for checked scores ``S`` and capacity ranges."""
+    """Optimal labels and label prices ``v`` for checked scores ``S`` and capacity ranges.
+
+    Raises :class:`InfeasibleError` (a ValueError) when no labelling meets the capacities;
+    a label that needs more points than have a finite score for it is named before any work
+    beyond the first pass.
+    """
     N, K = S.shape
     lower = lower.astype(np.int64)
     upper = upper.astype(np.int64)
     active = upper > 0
     v0 = np.zeros(K) if prices is None else np.asarray(prices, dtype=np.float64).copy()
+    checked = False
+    if prices is not None:
+        # Warm start: at good prices few points sit in over-full labels, and the exact finish
+        # moves them directly, with no candidate lists and no auction.
+        v = np.where(active, v0, -np.inf)
+        labels, low, margin = _best_labels(S, v, use_numba)
+        _check_points(S, labels, low, lower)
+        checked = True
+        if _excess(labels, v, lower, upper) <= DIRECT_EXCESS * N:
+            status, vz, paths = _exact_finish(
+                S, labels, v, margin, lower, upper, use_numba,
+                SETTLED_PER_POINT * N + SETTLED_PER_LABEL * K,
+            )
+            if status == 0:
+                return _solution(S, labels, v, vz, lower, upper, 0, paths)
+            v0 = v  # the finish ran out of budget: bid on from its (better) prices
     price = np.where(active, -v0, np.inf)
     m = min(K, CANDIDATES)
     cand = np.empty((N, m), np.int64)
     cand_s = np.empty((N, m), S.dtype)
     bound = np.empty(N)
-    _build_candidates(S, price, cand, cand_s, bound, use_numba)
+    low = np.empty(N, S.dtype)
+    _build_candidates(S, price, cand, cand_s, bound, low, use_numba)
 
     labels = np.empty(N, np.int64)
     _argmax(S, cand, cand_s, bound, -price, labels, use_numba)
-    if labels.min() < 0:
-        raise InfeasibleError(
-            f"point {int(np.argmin(labels))} has finite scores only for labels of capacity 0"
-        )
+    if not checked:
+        _check_points(S, labels, low, lower)
     count = np.bincount(labels, minlength=K)
     z, _ = _park_extras(-price, lower, upper, count)
     caps = lower + z
     bids = _auction(S, cand, cand_s, bound, price, caps, use_numba)
+    del cand, cand_s, bound
     v = np.where(active, -price, -np.inf)
-    _argmax(S, cand, cand_s, bound, v, labels, use_numba)
+    labels, _, margin = _best_labels(S, v, use_numba)
+    _, vz, paths = _exact_finish(S, labels, v, margin, lower, upper, use_numba, np.inf)
+    return _solution(S, labels, v, vz, lower, upper, bids, paths)
+
+
+def _check_points(S: np.ndarray, labels: np.ndarray, low: np.ndarray, lower: np.ndarray) -> None:
+    """Every point can take an open label, and every label can get its lower bound of points.
+
+    ``low`` holds each row's lowest score: only rows where it is -inf can lack a label.
+    """
+    if labels.min() < 0:
+        raise InfeasibleError(
+            f"point {int(np.argmin(labels))} has finite scores only for labels of capacity 0"
+        )
+    rows = np.flatnonzero(low == -np.inf)
+    finite = np.full(S.shape[1], S.shape[0], np.int64)
+    for start in range(0, rows.size, ROWS_PER_BLOCK):
+        finite -= np.count_nonzero(S[rows[start:start + ROWS_PER_BLOCK]] == -np.inf, axis=0)
+    check_reachable(lower, finite)
+
+
+def _excess(labels: np.ndarray, v: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> int:
+    """Points beyond their label's capacity, with the range's extras parked by ``v``."""
+    count = np.bincount(labels, minlength=lower.size)
+    z, _ = _park_extras(v, lower, upper, count)
+    return int(np.maximum(count - lower - z, 0).sum())
+
+
+def _exact_finish(
+    S: np.ndarray,
+    labels: np.ndarray,
+    v: np.ndarray,
+    margin: np.ndarray,
+    lower: np.ndarray,
+    upper: np.ndarray,
+    use_numba: bool,
+    max_settled: float,
+) -> tuple[int, float, int]:
+    """Shortest paths from labels at an exact argmax of ``S + v`` to capacities met.
+
+    ``margin``: each point's best value minus its second best at ``v``. The search starts on
+    the ``BOUNDARY_SHARE`` of points with the smallest margins and widens the boundary
+    (re-measuring margins in one pass) whenever it cannot prove a path shortest. Updates
+    ``labels`` and ``v`` in place; returns ``(status, vz, paths)``: status 0 when done, 2 when
+    ``max_settled`` Dijkstra nodes were spent first. Raises when infeasible.
+    """
+    N, K = S.shape
     count = np.bincount(labels, minlength=K)
     z, vz = _park_extras(v, lower, upper, count)
+    if np.all(count == lower + z):
+        return 0, vz, 0
+    share = BOUNDARY_SHARE
     paths = 0
-    if np.any(count != lower + z):
+    open_ = upper > 0
+    while True:
+        start = v[open_].copy()
+        rank = int(share * (N - 1))
+        theta = float(np.partition(margin, rank)[rank]) if share <= 0.5 else np.inf
+        points = np.flatnonzero(margin <= theta) if share <= 0.5 else np.arange(N)
+        points = points[np.argsort(-margin[points], kind="stable")]  # lists by margin
         head = np.full(K, -1, np.int64)
         nxt = np.empty(N, np.int64)
         prv = np.empty(N, np.int64)
-        count = np.zeros(K, np.int64)
-        _loop(loops.link_members, use_numba)(labels, head, nxt, prv, count)
-        status, vz, paths = _loop(loops.shortest_paths, use_numba)(
-            S, labels, v, vz, lower, upper, z, head, nxt, prv, count, np.iinfo(np.int64).max
+        _loop(loops.link_members, use_numba)(points, labels, head, nxt, prv)
+        D, Darg, stale = _label_distances(S, labels, points, head, nxt, use_numba)
+        budget = np.iinfo(np.int64).max if max_settled == np.inf else int(max_settled)
+        status, vz, done, settled = _loop(loops.shortest_paths, use_numba)(
+            S, labels, v, vz, lower, upper, z, np.bincount(labels, minlength=K), head, nxt,
+            prv, D, Darg, stale, margin, theta, budget,
         )
-        if status == 1:
-            raise InfeasibleError(
-                "no labelling meets the capacities: some labels need more points than have "
-                "finite scores for them (check -inf entries and the capacities)"
-            )
+        paths += done
+        max_settled -= settled
+        if status != 3:
+            break
+        # The boundary could not prove the next path shortest. Where the prices have moved
+        # by much of theta since the margins were measured (over enough paths to be worth a
+        # pass), measuring them again restores the bound; otherwise widen the boundary.
+        moved = v[open_] - start
+        if done < ROUND_PATHS or moved.max() - moved.min() <= theta / 2:
+            share *= BOUNDARY_GROWTH
+        margin = _label_margins(S, v, labels, use_numba)
+    if status == 1:
+        raise InfeasibleError(
+            "no labelling meets the capacities: some labels need more points than have "
+            "finite scores for them (check -inf entries and the capacities)"
+        )
+    return status, vz, paths
+
+
+def _solution(
+    S: np.ndarray,
+    labels: np.ndarray,
+    v: np.ndarray,
+    vz: float,
+    lower: np.ndarray,
+    upper: np.ndarray,
+    bids: int,
+    paths: int,
+) -> TransportSolution:
+    """Normalised prices, with finite ones for the labels of capacity zero."""
+    active = upper > 0
     v = _normalise(v, vz, lower, upper)
     if not active.all():
         v[~active] = _closed_label_prices(S, labels, v, np.flatnonzero(~active))
@@ -214,9 +340,9 @@ def _spread(cand_s: np.ndarray, cand: np.ndarray, price: np.ndarray) -> float:
     return scale if scale > 0 else 1.0
 
 
-def _build_candidates(S, price, cand, cand_s, bound, use_numba: bool) -> None:
+def _build_candidates(S, price, cand, cand_s, bound, low, use_numba: bool) -> None:
     if use_numba:
-        loops.build_candidates(S, price, cand, cand_s, bound)
+        loops.build_candidates(S, price, cand, cand_s, bound, low)
         return
     m = cand.shape[1]
     K = S.shape[1]
@@ -230,14 +356,86 @@ def _build_candidates(S, price, cand, cand_s, bound, use_numba: bool) -> None:
         bound[start:start + block.shape[0]] = (
             values[rows[:, 0], order[:, m]] if m < K else -np.inf
         )
+        low[start:start + block.shape[0]] = block.min(axis=1)
 
 
 def _argmax(S, cand, cand_s, bound, v, labels, use_numba: bool) -> None:
+    """Labels at an exact argmax of ``S + v``, reading full rows only where the candidates
+    cannot tell (valid while no price ``-v`` has fallen since they were built)."""
     if use_numba:
         loops.argmax_labels(S, cand, cand_s, bound, v, labels)
-        return
-    for start in range(0, S.shape[0], ROWS_PER_BLOCK):
-        block = S[start:start + ROWS_PER_BLOCK].astype(np.float64) + v
-        best = block.argmax(axis=1)
+    else:
+        labels[:] = _best_labels(S, v, use_numba)[0]
+
+
+def _best_labels(
+    S: np.ndarray, v: np.ndarray, use_numba: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One pass: each row's first argmax of ``S + v`` (-1 where all are -inf), its lowest
+    score, and its margin (best value minus second best), computed in float64."""
+    N = S.shape[0]
+    labels = np.empty(N, np.int64)
+    low = np.empty(N, S.dtype)
+    margin = np.empty(N)
+    if use_numba:
+        loops.best_labels(S, v, labels, low, margin)
+        return labels, low, margin
+    for start in range(0, N, ROWS_PER_BLOCK):
+        block = S[start:start + ROWS_PER_BLOCK]
+        values = block.astype(np.float64) + v
         rows = np.arange(block.shape[0])
-        labels[start:start + block.shape[0]] = np.where(block[rows, best] > -np.inf, best, -1)
+        best = values.argmax(axis=1)
+        top = values[rows, best]
+        values[rows, best] = -np.inf
+        stop = start + block.shape[0]
+        labels[start:stop] = np.where(top > -np.inf, best, -1)
+        low[start:stop] = block.min(axis=1)
+        with np.errstate(invalid="ignore"):
+            margin[start:stop] = np.where(top > -np.inf, top - values.max(axis=1), np.inf)
+    return labels, low, margin
+
+
+def _label_margins(S: np.ndarray, v: np.ndarray, labels: np.ndarray, use_numba: bool) -> np.ndarray:
+    """Each point's value at its label minus its best value elsewhere (one pass)."""
+    margin = np.empty(S.shape[0])
+    if use_numba:
+        loops.label_margins(S, v, labels, margin)
+        return margin
+    for start in range(0, S.shape[0], ROWS_PER_BLOCK):
+        values = S[start:start + ROWS_PER_BLOCK].astype(np.float64) + v
+        rows = np.arange(values.shape[0])
+        own = values[rows, labels[start:start + values.shape[0]]]
+        values[rows, labels[start:start + values.shape[0]]] = -np.inf
+        margin[start:start + values.shape[0]] = own - values.max(axis=1)
+    return margin
+
+
+def _label_distances(
+    S: np.ndarray,
+    labels: np.ndarray,
+    points: np.ndarray,
+    head: np.ndarray,
+    nxt: np.ndarray,
+    use_numba: bool,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``D[a, b] = min over the given points i of label a of S[i, a] - S[i, b]`` (float64),
+    its arg-minima, and the (all false) stale flags that ``shortest_paths`` keeps."""
+    K = S.shape[1]
+    D = np.full((K, K), np.inf)
+    Darg = np.full((K, K), -1, np.int64)
+    stale = np.zeros((K, K), np.bool_)
+    if use_numba:
+        loops.label_distances(S, head, nxt, D, Darg, stale)
+        return D, Darg, stale
+    order = points[np.argsort(labels[points], kind="stable")]
+    sizes = np.bincount(labels[points], minlength=K)
+    ends = np.cumsum(sizes)
+    for a in range(K):
+        members = order[ends[a] - sizes[a]:ends[a]]
+        if members.size:
+            rows = S[members].astype(np.float64)
+            gaps = rows[:, a:a + 1] - rows
+            best = gaps.argmin(axis=0)
+            D[a] = gaps[best, np.arange(K)]
+            Darg[a] = members[best]
+    return D, Darg, stale

@@ -137,14 +137,15 @@ def _solve_exact(
 ) -> ExactResult:
     """The solve on checked inputs: host scores in, labels in the input's library out."""
     S = _host_scores(source)
-    check_reachable(lower, _finite_per_label(S))
     if method == "highs":
         from ._highs import solve_highs
 
+        check_reachable(lower, _finite_per_label(S))
         labels, v = solve_highs(S, lower, upper)
     else:
         from . import _transport, _transport_loops
 
+        # The solver checks that every label can reach its capacity in its first pass.
         solution = _transport.solve_transport(
             S, lower, upper, prices, use_numba=_transport_loops.HAVE_NUMBA
         )
@@ -207,7 +208,7 @@ def _host_block(block: Any) -> np.ndarray:
 
 
 def _finite_per_label(S: np.ndarray) -> np.ndarray:
-    """Rows with a finite score, per label (one pass in blocks)."""
+    """Rows with a finite score, per label (one pass in blocks; the auction fuses its own)."""
     counts = np.zeros(S.shape[1], dtype=np.int64)
     for start in range(0, S.shape[0], 16384):
         counts += np.count_nonzero(S[start:start + 16384] > -np.inf, axis=0)
