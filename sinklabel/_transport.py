@@ -114,17 +114,21 @@ def solve_transport(
     low = np.empty(N, S.dtype)
     _build_candidates(S, price, cand, cand_s, bound, low, use_numba)
 
-    labels = np.empty(N, np.int64)
-    _argmax(S, cand, cand_s, bound, -price, labels, use_numba)
+    labels, _ = _argmax(S, cand, cand_s, bound, -price, use_numba)
     if not checked:
         _check_points(S, labels, low, lower)
     count = np.bincount(labels, minlength=K)
     z, _ = _park_extras(-price, lower, upper, count)
     caps = lower + z
     bids = _auction(S, cand, cand_s, bound, price, caps, use_numba)
-    del cand, cand_s, bound
     v = np.where(active, -price, -np.inf)
-    labels, _, margin = _best_labels(S, v, use_numba)
+    if np.any(active & (caps == 0)):
+        # The auction reopened labels it had kept closed at a price that may lie below
+        # the one their candidates were listed at: read full rows.
+        labels, _, margin = _best_labels(S, v, use_numba)
+    else:
+        labels, margin = _argmax(S, cand, cand_s, bound, v, use_numba)
+    del cand, cand_s, bound
     _, vz, paths = _exact_finish(S, labels, v, margin, lower, upper, use_numba, np.inf)
     return _solution(S, labels, v, vz, lower, upper, bids, paths)
 
@@ -359,13 +363,17 @@ def _build_candidates(S, price, cand, cand_s, bound, low, use_numba: bool) -> No
         low[start:start + block.shape[0]] = block.min(axis=1)
 
 
-def _argmax(S, cand, cand_s, bound, v, labels, use_numba: bool) -> None:
-    """Labels at an exact argmax of ``S + v``, reading full rows only where the candidates
-    cannot tell (valid while no price ``-v`` has fallen since they were built)."""
-    if use_numba:
-        loops.argmax_labels(S, cand, cand_s, bound, v, labels)
-    else:
-        labels[:] = _best_labels(S, v, use_numba)[0]
+def _argmax(S, cand, cand_s, bound, v, use_numba: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Labels at an exact argmax of ``S + v`` and lower bounds on their margins, reading
+    full rows only where the candidates cannot tell (valid while no price ``-v`` has fallen
+    below its value when they were built)."""
+    if not use_numba:
+        labels, _, margin = _best_labels(S, v, use_numba)
+        return labels, margin
+    labels = np.empty(S.shape[0], np.int64)
+    margin = np.empty(S.shape[0])
+    loops.argmax_labels(S, cand, cand_s, bound, v, labels, margin)
+    return labels, margin
 
 
 def _best_labels(

@@ -192,26 +192,38 @@ def label_margins(S, v, labels, margin):
 
 
 @njit(cache=True, parallel=True)
-def argmax_labels(S, cand, cand_s, bound, v, labels):
-    """argmax_y S[i, y] + v[y] for every point; the full row only where candidates cannot tell."""
+def argmax_labels(S, cand, cand_s, bound, v, labels, margin):
+    """argmax_y S[i, y] + v[y] for every point, and a lower bound on its margin (best value
+    minus second best); the full row only where the candidates cannot tell."""
     m = cand.shape[1]
     K = S.shape[1]
     for i in prange(S.shape[0]):
         best = -INF
+        second = -INF
         arg = -1
         for k in range(m):
             w = cand_s[i, k] + v[cand[i, k]]
             if w > best:
+                second = best
                 best = w
                 arg = cand[i, k]
+            elif w > second:
+                second = w
         if arg < 0 or best < bound[i]:
             best = -INF
+            second = -INF
             for y in range(K):
                 w = S[i, y] + v[y]
                 if w > best:
+                    second = best
                     best = w
                     arg = y
+                elif w > second:
+                    second = w
+        else:
+            second = max(second, bound[i])
         labels[i] = arg
+        margin[i] = best - second if best > -INF else INF
 
 
 # --------------------------------------------------------------------------------------------
