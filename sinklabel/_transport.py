@@ -54,7 +54,8 @@ SETTLED_PER_LABEL = 16
 #: label), and widens it by BOUNDARY_GROWTH when that cannot prove a path shortest.
 BOUNDARY_SHARE = 1 / 32
 BOUNDARY_GROWTH = 4.0
-#: A boundary that proved fewer paths than this before it ran out is widened, not re-measured.
+#: A boundary that proved fewer paths than this before it ran out is widened, not only
+#: measured again.
 ROUND_PATHS = 16
 ROWS_PER_BLOCK = 8192
 
@@ -90,6 +91,9 @@ def solve_transport(
     upper = upper.astype(np.int64)
     active = upper > 0
     v0 = np.zeros(K) if prices is None else np.asarray(prices, dtype=np.float64).copy()
+    # Only price differences matter: centred prices keep the rounding of every price update
+    # at the scale of the scores.
+    v0 -= np.median(v0[active])
     checked = False
     if prices is not None:
         # Warm start: at good prices few points sit in over-full labels, and the exact finish
@@ -121,13 +125,20 @@ def solve_transport(
     z, _ = _park_extras(-price, lower, upper, count)
     caps = lower + z
     bids = _auction(S, cand, cand_s, bound, price, caps, use_numba)
-    v = np.where(active, -price, -np.inf)
-    if np.any(active & (caps == 0)):
-        # The auction reopened labels it had kept closed at a price that may lie below
-        # the one their candidates were listed at: read full rows.
+    # Bidding wars (points with few finite scores) can carry prices far from the others:
+    # centre them, and bring back any beyond twice the range of the candidates' scores, so
+    # that the exact finish computes at the scale of the scores. Any prices are a valid start.
+    shift = float(np.median(price[active]))
+    v = np.where(active, shift - price, -np.inf)
+    reach = 2.0 * _score_range(cand_s)
+    wild = active & (np.abs(v) > reach)
+    v[wild] = np.clip(v[wild], -reach, reach)
+    if np.any(active & (caps == 0)) or wild.any():
+        # Some label's price may lie below the one its candidates were listed at (reopened
+        # or brought back): read full rows.
         labels, _, margin = _best_labels(S, v, use_numba)
     else:
-        labels, margin = _argmax(S, cand, cand_s, bound, v, use_numba)
+        labels, margin = _argmax(S, cand, cand_s, bound + shift, v, use_numba)
     del cand, cand_s, bound
     _, vz, paths = _exact_finish(S, labels, v, margin, lower, upper, use_numba, np.inf)
     return _solution(S, labels, v, vz, lower, upper, bids, paths)
@@ -147,6 +158,13 @@ def _check_points(S: np.ndarray, labels: np.ndarray, low: np.ndarray, lower: np.
     for start in range(0, rows.size, ROWS_PER_BLOCK):
         finite -= np.count_nonzero(S[rows[start:start + ROWS_PER_BLOCK]] == -np.inf, axis=0)
     check_reachable(lower, finite)
+
+
+def _score_range(cand_s: np.ndarray) -> float:
+    """max - min of the finite candidate scores (1 when there are none)."""
+    finite = cand_s[np.isfinite(cand_s)]
+    width = float(finite.max() - finite.min()) if finite.size else 0.0
+    return width if width > 0 else 1.0
 
 
 def _excess(labels: np.ndarray, v: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> int:
@@ -181,9 +199,7 @@ def _exact_finish(
         return 0, vz, 0
     share = BOUNDARY_SHARE
     paths = 0
-    open_ = upper > 0
     while True:
-        start = v[open_].copy()
         rank = int(share * (N - 1))
         theta = float(np.partition(margin, rank)[rank]) if share <= 0.5 else np.inf
         points = np.flatnonzero(margin <= theta) if share <= 0.5 else np.arange(N)
@@ -194,7 +210,7 @@ def _exact_finish(
         _loop(loops.link_members, use_numba)(points, labels, head, nxt, prv)
         D, Darg, stale = _label_distances(S, labels, points, head, nxt, use_numba)
         budget = np.iinfo(np.int64).max if max_settled == np.inf else int(max_settled)
-        status, vz, done, settled = _loop(loops.shortest_paths, use_numba)(
+        status, vz, done, settled, needed = _loop(loops.shortest_paths, use_numba)(
             S, labels, v, vz, lower, upper, z, np.bincount(labels, minlength=K), head, nxt,
             prv, D, Darg, stale, margin, theta, budget,
         )
@@ -202,13 +218,15 @@ def _exact_finish(
         max_settled -= settled
         if status != 3:
             break
-        # The boundary could not prove the next path shortest. Where the prices have moved
-        # by much of theta since the margins were measured (over enough paths to be worth a
-        # pass), measuring them again restores the bound; otherwise widen the boundary.
-        moved = v[open_] - start
-        if done < ROUND_PATHS or moved.max() - moved.min() <= theta / 2:
+        # The boundary could not prove the next path (at least ``needed`` long) shortest.
+        # Margins measured again at the current prices restore the full theta; a boundary
+        # that did little, or theta short of twice the path, is widened as well.
+        if done:
+            margin = _label_margins(S, v, labels, use_numba)
+        if done < ROUND_PATHS or needed > theta / 2:
             share *= BOUNDARY_GROWTH
-        margin = _label_margins(S, v, labels, use_numba)
+        if needed < np.inf:
+            share = max(share, np.count_nonzero(margin <= 2 * needed) / N)
     if status == 1:
         raise InfeasibleError(
             "no labelling meets the capacities: some labels need more points than have "
@@ -278,7 +296,12 @@ def _normalise(v: np.ndarray, vz: float, lower: np.ndarray, upper: np.ndarray) -
 def _closed_label_prices(
     S: np.ndarray, labels: np.ndarray, v: np.ndarray, closed: np.ndarray
 ) -> np.ndarray:
-    """Finite prices for labels of capacity zero, low enough that no point prefers them."""
+    """Finite prices for labels of capacity zero, low enough that no point prefers them.
+
+    A closed label's price only enters the dual bound through the points' best values, so any
+    price below every point's slack is as good; one clearly below keeps rounding from making
+    a closed label a point's favourite (and the certified gap positive).
+    """
     rows = np.arange(S.shape[0])
     utility = S[rows, labels].astype(np.float64) + v[labels]
     out = np.empty(closed.size)
@@ -286,7 +309,8 @@ def _closed_label_prices(
         with np.errstate(invalid="ignore"):
             slack = utility - S[:, y].astype(np.float64)
         finite = slack[np.isfinite(slack)]
-        out[k] = float(finite.min()) if finite.size else 0.0
+        low = float(finite.min()) if finite.size else 0.0
+        out[k] = low - (1.0 + abs(low))
     return out
 
 

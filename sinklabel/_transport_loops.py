@@ -21,10 +21,13 @@ try:
     from .kernels.numba import _FAST, W, _block_find, _fmax, _fmin
 
     HAVE_NUMBA = True
+    #: Flags for loops without reductions: they vectorise without reassociation, and price
+    #: arithmetic is then rounded exactly as written.
+    _ELEMENTWISE = {"nnan", "nsz"}
 except ImportError:  # pragma: no cover - exercised in environments without numba
     HAVE_NUMBA = False
     prange = range
-    _FAST = set()
+    _FAST = _ELEMENTWISE = set()
     W = 8
     _fmax = max
     _fmin = min
@@ -178,17 +181,21 @@ def best_labels(S, v, labels, low, margin):
 
 @njit(cache=True, parallel=True, fastmath=_FAST)
 def label_margins(S, v, labels, margin):
-    """How far each point's value at its label lies above its best other value (one pass)."""
+    """How far each point's value at its label lies above its best value elsewhere (one
+    parallel pass, in float64 like :func:`best_labels`)."""
     N, K = S.shape
-    for i in prange(N):
-        a = labels[i]
-        own = -INF
-        second = -INF
-        for y in range(K):
-            w = S[i, y] + v[y]
-            own = _fmax(own, w if y == a else -INF)
-            second = _fmax(second, -INF if y == a else w)
-        margin[i] = own - second
+    for blk in prange((N + ROWS - 1) // ROWS):
+        z = np.empty(K)
+        for i in range(blk * ROWS, min(N, (blk + 1) * ROWS)):
+            a = labels[i]
+            for y in range(K):
+                z[y] = S[i, y] + v[y]
+            own = z[a]
+            z[a] = -INF
+            second = -INF
+            for y in range(K):
+                second = _fmax(second, z[y])
+            margin[i] = own - second
 
 
 @njit(cache=True, parallel=True)
@@ -379,7 +386,7 @@ def _link(i, y, head, nxt, prv):
     head[y] = i
 
 
-@njit(cache=True, fastmath=_FAST)
+@njit(cache=True, fastmath=_ELEMENTWISE)
 def _absorb_point(S, a, i, D, Darg, stale):
     """Point i (now) belongs to label a: row a can only get smaller, and exact where it does."""
     sa = np.float64(S[i, a])
@@ -480,7 +487,7 @@ def _nearest(key):
     return 0
 
 
-@njit(cache=True, fastmath=_FAST)
+@njit(cache=True, fastmath=_ELEMENTWISE)
 def _relax(row, va, v, best, a, dist, pred, key, closed):
     """Shorten the paths through node a. Settled nodes are never shortened (their distance
     is at most ``best`` and reduced costs are >= 0), and ``closed`` (0, or inf once
@@ -502,11 +509,12 @@ def shortest_paths(S, labels, v, vz, lower, upper, z, count, head, nxt, prv, D, 
     ``count`` holds every label's points; the linked lists and ``D``, ``Darg``, ``stale``
     (from :func:`label_distances`) the boundary points', each list in increasing ``mu``: the
     points' margins at the prices ``v`` on entry. ``labels``, ``v``, ``z``, ``mu`` and the
-    lists are updated in place. Returns ``(status, vz, paths, settled)``, status being 0 on
-    success, 1 when some excess cannot reach any deficit (infeasible; only with every point
-    in the boundary), 2 after ``max_settled`` Dijkstra nodes, 3 when the boundary is too
-    narrow to prove the next path shortest. In every case each point still sits at an argmax
-    of ``S[i, :] + v``, so the caller can go on from there.
+    lists are updated in place. Returns ``(status, vz, paths, settled, needed)``, status being
+    0 on success, 1 when some excess cannot reach any deficit (infeasible; only with every
+    point in the boundary), 2 after ``max_settled`` Dijkstra nodes, 3 when the boundary is too
+    narrow to prove the next path shortest, which is at least ``needed`` long (inf: no
+    deficit reachable through the boundary). In every case each point still sits at an
+    argmax of ``S[i, :] + v``, so the caller can go on from there.
     """
     K = S.shape[1]
     Z = K
@@ -537,9 +545,9 @@ def shortest_paths(S, labels, v, vz, lower, upper, z, count, head, nxt, prv, D, 
                 source = (source + k) % (K + 1)
                 break
         else:
-            return 0, vz, paths, settled
+            return 0, vz, paths, settled, 0.0
         if settled >= max_settled:
-            return 2, vz, paths, settled
+            return 2, vz, paths, settled, 0.0
         limit = INF if theta == INF else theta - _spread(v, v0) - slack
         for n in range(K + 1):
             dist[n] = INF
@@ -577,11 +585,15 @@ def shortest_paths(S, labels, v, vz, lower, upper, z, count, head, nxt, prv, D, 
                         key[b] = dist[b]
                         pred[b] = a
         if target < 0:
-            return (1 if theta == INF else 3), vz, paths, settled
+            return (1 if theta == INF else 3), vz, paths, settled, best
+        # The usual update v += min(dist, reach), less the constant reach: only the nodes
+        # closer than the target change, so the prices of the others gather no rounding.
         reach = dist[target]
         for y in range(K):
-            v[y] += min(dist[y], reach)
-        vz += min(dist[Z], reach)
+            if dist[y] < reach:
+                v[y] -= reach - dist[y]
+        if dist[Z] < reach:
+            vz -= reach - dist[Z]
         # Collect the moves first: each edge moves the arg-minimum of its row before any change.
         n_moves = 0
         b = target
