@@ -22,8 +22,9 @@ organised around them:
    each path shortest or asks for a wider boundary (``_transport_loops.py``).
 
 Only the second step is needed for exactness; the first makes it cheap (few paths remain).
-Passes over the scores: one for a warm start that goes straight to step 2 (plus one per
-widening of the boundary); the candidate lists, one argmax and one more for the auction.
+A warm start that goes straight to step 2 reads the scores once, plus the rows of the
+boundary (and once more whenever the boundary is measured again); the auction reads them for
+the candidate lists and again for every point whose list runs out.
 """
 
 from __future__ import annotations
@@ -130,9 +131,9 @@ def solve_transport(
     # that the exact finish computes at the scale of the scores. Any prices are a valid start.
     shift = float(np.median(price[active]))
     v = np.where(active, shift - price, -np.inf)
-    reach = 2.0 * _score_range(cand_s)
-    wild = active & (np.abs(v) > reach)
-    v[wild] = np.clip(v[wild], -reach, reach)
+    extent = 2.0 * _score_range(cand_s)
+    wild = active & (np.abs(v) > extent)
+    v[wild] = np.clip(v[wild], -extent, extent)
     if np.any(active & (caps == 0)) or wild.any():
         # Some label's price may lie below the one its candidates were listed at (reopened
         # or brought back): read full rows.
@@ -186,11 +187,12 @@ def _exact_finish(
 ) -> tuple[int, float, int]:
     """Shortest paths from labels at an exact argmax of ``S + v`` to capacities met.
 
-    ``margin``: each point's best value minus its second best at ``v``. The search starts on
-    the ``BOUNDARY_SHARE`` of points with the smallest margins and widens the boundary
-    (re-measuring margins in one pass) whenever it cannot prove a path shortest. Updates
-    ``labels`` and ``v`` in place; returns ``(status, vz, paths)``: status 0 when done, 2 when
-    ``max_settled`` Dijkstra nodes were spent first. Raises when infeasible.
+    ``margin``: each point's best value minus its second best at ``v`` (or a lower bound).
+    The search starts on the ``BOUNDARY_SHARE`` of points with the smallest margins; when it
+    cannot prove a path shortest, the margins are measured again at the current prices (one
+    pass) and the boundary widened if needed. Updates ``labels`` and ``v`` in place; returns
+    ``(status, vz, paths)``: status 0 when done, 2 when ``max_settled`` Dijkstra nodes were
+    spent first. Raises when infeasible.
     """
     N, K = S.shape
     count = np.bincount(labels, minlength=K)
