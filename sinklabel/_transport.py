@@ -1,21 +1,30 @@
-"""The scalable exact solver for eq. (6): an auction to find prices, shortest paths to finish.
+"""The scalable exact solver for eq. (6): good prices first, shortest paths to finish.
 
 The transportation problem has N points of demand one and K << N labels whose sizes must lie
 in ``[lower, upper]``. Its dual has only K free variables (one price per label), so the work is
 organised around them:
 
-1. **Auction with epsilon-scaling** (Bertsekas' auction for "similar objects": label y is
-   ``caps[y]`` identical copies). Points bid for their best label; each bid looks only at the
-   point's m best labels at the starting prices, because prices only rise and so the labels
-   outside that list can never overtake it (a stored bound says when to look again). Warm
-   started from Sinkhorn's potentials, it reaches epsilon-optimal prices in a few cheap rounds.
+1. **Prices.** Warm started (``prices`` given, e.g. Sinkhorn's potentials / lam), one pass puts
+   every point at its exact argmax of ``S[i, :] + v``; when few points then sit beyond their
+   label's capacity (at most ``DIRECT_EXCESS`` of them), the prices are good enough and step
+   2 starts at once. Otherwise (and cold) an **auction with epsilon-scaling** finds them
+   (Bertsekas' auction for "similar objects": label y is ``caps[y]`` identical copies).
+   Points bid for their best label; each bid looks only at the point's m best labels at the
+   starting prices, because prices only rise and so the labels outside that list can never
+   overtake it (a stored bound says when to look again).
 2. **Exact finish by successive shortest paths** on the K-node label graph. Every point is
    put at an exact argmax of ``S[i, :] + v``; then single points are moved along shortest
    paths between over- and under-full labels, with prices updated so that every point stays
    at an argmax. When all sizes are within range, complementary slackness holds exactly, and
    the labels are optimal (the certificate of ``certificate.py`` confirms it independently).
+   The label graph's edge costs come from the *boundary* points only (those whose best
+   label barely beats their second best), with a bound on every other point that proves
+   each path shortest or asks for a wider boundary (``_transport_loops.py``).
 
 Only the second step is needed for exactness; the first makes it cheap (few paths remain).
+A warm start that goes straight to step 2 reads the scores once, plus the rows of the
+boundary (and once more whenever the boundary is measured again); the auction reads them for
+the candidate lists and again for every point whose list runs out.
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import _transport_loops as loops
+from ._capacities import check_reachable
 
 #: Labels each point keeps as candidates for its bids.
 CANDIDATES = 16
@@ -34,6 +44,20 @@ EPS_FACTOR = 8.0
 EPS_FINAL = 1e-9
 #: Bids allowed per phase, in units of N; beyond, the exact finish takes over.
 BIDS_PER_POINT = 40
+#: A warm start skips the auction when at most this share of the points sits beyond its
+#: label's capacity at the starting prices ...
+DIRECT_EXCESS = 1 / 64
+#: ... and its exact finish may settle this many Dijkstra nodes per point, plus this many per
+#: label, before the auction takes over from the prices reached.
+SETTLED_PER_POINT = 0.5
+SETTLED_PER_LABEL = 16
+#: The exact finish first looks at this share of the points (those closest to another
+#: label), and widens it by BOUNDARY_GROWTH when that cannot prove a path shortest.
+BOUNDARY_SHARE = 1 / 32
+BOUNDARY_GROWTH = 4.0
+#: A boundary that proved fewer paths than this before it ran out is widened, not only
+#: measured again.
+ROUND_PATHS = 16
 ROWS_PER_BLOCK = 8192
 
 
@@ -57,48 +81,174 @@ def solve_transport(
     *,
     use_numba: bool,
 ) -> TransportSolution:
-    """Optimal labels and label prices ``v`` for checked scores ``S`` and capacity ranges."""
+    """Optimal labels and label prices ``v`` for checked scores ``S`` and capacity ranges.
+
+    Raises :class:`InfeasibleError` (a ValueError) when no labelling meets the capacities;
+    a label that needs more points than have a finite score for it is named before any work
+    beyond the first pass.
+    """
     N, K = S.shape
     lower = lower.astype(np.int64)
     upper = upper.astype(np.int64)
     active = upper > 0
     v0 = np.zeros(K) if prices is None else np.asarray(prices, dtype=np.float64).copy()
+    # Only price differences matter: centred prices keep the rounding of every price update
+    # at the scale of the scores.
+    v0 -= np.median(v0[active])
+    checked = False
+    if prices is not None:
+        # Warm start: at good prices few points sit in over-full labels, and the exact finish
+        # moves them directly, with no candidate lists and no auction.
+        v = np.where(active, v0, -np.inf)
+        labels, low, margin = _best_labels(S, v, use_numba)
+        _check_points(S, labels, low, lower)
+        checked = True
+        if _excess(labels, v, lower, upper) <= DIRECT_EXCESS * N:
+            status, vz, paths = _exact_finish(
+                S, labels, v, margin, lower, upper, use_numba,
+                SETTLED_PER_POINT * N + SETTLED_PER_LABEL * K,
+            )
+            if status == 0:
+                return _solution(S, labels, v, vz, lower, upper, 0, paths)
+            v0 = v  # the finish ran out of budget: bid on from its (better) prices
     price = np.where(active, -v0, np.inf)
     m = min(K, CANDIDATES)
     cand = np.empty((N, m), np.int64)
     cand_s = np.empty((N, m), S.dtype)
     bound = np.empty(N)
-    _build_candidates(S, price, cand, cand_s, bound, use_numba)
+    low = np.empty(N, S.dtype)
+    _build_candidates(S, price, cand, cand_s, bound, low, use_numba)
 
-    labels = np.empty(N, np.int64)
-    _argmax(S, cand, cand_s, bound, -price, labels, use_numba)
-    if labels.min() < 0:
-        raise InfeasibleError(
-            f"point {int(np.argmin(labels))} has finite scores only for labels of capacity 0"
-        )
+    labels, _ = _argmax(S, cand, cand_s, bound, -price, use_numba)
+    if not checked:
+        _check_points(S, labels, low, lower)
     count = np.bincount(labels, minlength=K)
     z, _ = _park_extras(-price, lower, upper, count)
     caps = lower + z
     bids = _auction(S, cand, cand_s, bound, price, caps, use_numba)
-    v = np.where(active, -price, -np.inf)
-    _argmax(S, cand, cand_s, bound, v, labels, use_numba)
+    # Bidding wars (points with few finite scores) can carry prices far from the others:
+    # centre them, and bring back any beyond twice the range of the candidates' scores, so
+    # that the exact finish computes at the scale of the scores. Any prices are a valid start.
+    shift = float(np.median(price[active]))
+    v = np.where(active, shift - price, -np.inf)
+    extent = 2.0 * _score_range(cand_s)
+    wild = active & (np.abs(v) > extent)
+    v[wild] = np.clip(v[wild], -extent, extent)
+    if np.any(active & (caps == 0)) or wild.any():
+        # Some label's price may lie below the one its candidates were listed at (reopened
+        # or brought back): read full rows.
+        labels, _, margin = _best_labels(S, v, use_numba)
+    else:
+        labels, margin = _argmax(S, cand, cand_s, bound + shift, v, use_numba)
+    del cand, cand_s, bound
+    _, vz, paths = _exact_finish(S, labels, v, margin, lower, upper, use_numba, np.inf)
+    return _solution(S, labels, v, vz, lower, upper, bids, paths)
+
+
+def _check_points(S: np.ndarray, labels: np.ndarray, low: np.ndarray, lower: np.ndarray) -> None:
+    """Every point can take an open label, and every label can get its lower bound of points.
+
+    ``low`` holds each row's lowest score: only rows where it is -inf can lack a label.
+    """
+    if labels.min() < 0:
+        raise InfeasibleError(
+            f"point {int(np.argmin(labels))} has finite scores only for labels of capacity 0"
+        )
+    rows = np.flatnonzero(low == -np.inf)
+    finite = np.full(S.shape[1], S.shape[0], np.int64)
+    for start in range(0, rows.size, ROWS_PER_BLOCK):
+        finite -= np.count_nonzero(S[rows[start:start + ROWS_PER_BLOCK]] == -np.inf, axis=0)
+    check_reachable(lower, finite)
+
+
+def _score_range(cand_s: np.ndarray) -> float:
+    """max - min of the finite candidate scores (1 when there are none)."""
+    finite = cand_s[np.isfinite(cand_s)]
+    width = float(finite.max() - finite.min()) if finite.size else 0.0
+    return width if width > 0 else 1.0
+
+
+def _excess(labels: np.ndarray, v: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> int:
+    """Points beyond their label's capacity, with the range's extras parked by ``v``."""
+    count = np.bincount(labels, minlength=lower.size)
+    z, _ = _park_extras(v, lower, upper, count)
+    return int(np.maximum(count - lower - z, 0).sum())
+
+
+def _exact_finish(
+    S: np.ndarray,
+    labels: np.ndarray,
+    v: np.ndarray,
+    margin: np.ndarray,
+    lower: np.ndarray,
+    upper: np.ndarray,
+    use_numba: bool,
+    max_settled: float,
+) -> tuple[int, float, int]:
+    """Shortest paths from labels at an exact argmax of ``S + v`` to capacities met.
+
+    ``margin``: each point's best value minus its second best at ``v`` (or a lower bound).
+    The search starts on the ``BOUNDARY_SHARE`` of points with the smallest margins; when it
+    cannot prove a path shortest, the margins are measured again at the current prices (one
+    pass) and the boundary widened if needed. Updates ``labels`` and ``v`` in place; returns
+    ``(status, vz, paths)``: status 0 when done, 2 when ``max_settled`` Dijkstra nodes were
+    spent first. Raises when infeasible.
+    """
+    N, K = S.shape
     count = np.bincount(labels, minlength=K)
     z, vz = _park_extras(v, lower, upper, count)
+    if np.all(count == lower + z):
+        return 0, vz, 0
+    share = BOUNDARY_SHARE
     paths = 0
-    if np.any(count != lower + z):
+    while True:
+        rank = int(share * (N - 1))
+        theta = float(np.partition(margin, rank)[rank]) if share <= 0.5 else np.inf
+        points = np.flatnonzero(margin <= theta) if share <= 0.5 else np.arange(N)
+        points = points[np.argsort(-margin[points], kind="stable")]  # lists by margin
         head = np.full(K, -1, np.int64)
         nxt = np.empty(N, np.int64)
         prv = np.empty(N, np.int64)
-        count = np.zeros(K, np.int64)
-        _loop(loops.link_members, use_numba)(labels, head, nxt, prv, count)
-        status, vz, paths = _loop(loops.shortest_paths, use_numba)(
-            S, labels, v, vz, lower, upper, z, head, nxt, prv, count, np.iinfo(np.int64).max
+        _loop(loops.link_members, use_numba)(points, labels, head, nxt, prv)
+        D, Darg, stale = _label_distances(S, labels, points, head, nxt, use_numba)
+        budget = np.iinfo(np.int64).max if max_settled == np.inf else int(max_settled)
+        status, vz, done, settled, needed = _loop(loops.shortest_paths, use_numba)(
+            S, labels, v, vz, lower, upper, z, np.bincount(labels, minlength=K), head, nxt,
+            prv, D, Darg, stale, margin, theta, budget,
         )
-        if status == 1:
-            raise InfeasibleError(
-                "no labelling meets the capacities: some labels need more points than have "
-                "finite scores for them (check -inf entries and the capacities)"
-            )
+        paths += done
+        max_settled -= settled
+        if status != 3:
+            break
+        # The boundary could not prove the next path (at least ``needed`` long) shortest.
+        # Margins measured again at the current prices restore the full theta; a boundary
+        # that did little, or theta short of twice the path, is widened as well.
+        if done:
+            margin = _label_margins(S, v, labels, use_numba)
+        if done < ROUND_PATHS or needed > theta / 2:
+            share *= BOUNDARY_GROWTH
+        if needed < np.inf:
+            share = max(share, np.count_nonzero(margin <= 2 * needed) / N)
+    if status == 1:
+        raise InfeasibleError(
+            "no labelling meets the capacities: some labels need more points than have "
+            "finite scores for them (check -inf entries and the capacities)"
+        )
+    return status, vz, paths
+
+
+def _solution(
+    S: np.ndarray,
+    labels: np.ndarray,
+    v: np.ndarray,
+    vz: float,
+    lower: np.ndarray,
+    upper: np.ndarray,
+    bids: int,
+    paths: int,
+) -> TransportSolution:
+    """Normalised prices, with finite ones for the labels of capacity zero."""
+    active = upper > 0
     v = _normalise(v, vz, lower, upper)
     if not active.all():
         v[~active] = _closed_label_prices(S, labels, v, np.flatnonzero(~active))
@@ -148,7 +298,12 @@ def _normalise(v: np.ndarray, vz: float, lower: np.ndarray, upper: np.ndarray) -
 def _closed_label_prices(
     S: np.ndarray, labels: np.ndarray, v: np.ndarray, closed: np.ndarray
 ) -> np.ndarray:
-    """Finite prices for labels of capacity zero, low enough that no point prefers them."""
+    """Finite prices for labels of capacity zero, low enough that no point prefers them.
+
+    A closed label's price only enters the dual bound through the points' best values, so any
+    price below every point's slack is as good; one clearly below keeps rounding from making
+    a closed label a point's favourite (and the certified gap positive).
+    """
     rows = np.arange(S.shape[0])
     utility = S[rows, labels].astype(np.float64) + v[labels]
     out = np.empty(closed.size)
@@ -156,7 +311,8 @@ def _closed_label_prices(
         with np.errstate(invalid="ignore"):
             slack = utility - S[:, y].astype(np.float64)
         finite = slack[np.isfinite(slack)]
-        out[k] = float(finite.min()) if finite.size else 0.0
+        low = float(finite.min()) if finite.size else 0.0
+        out[k] = low - (1.0 + abs(low))
     return out
 
 
@@ -214,9 +370,9 @@ def _spread(cand_s: np.ndarray, cand: np.ndarray, price: np.ndarray) -> float:
     return scale if scale > 0 else 1.0
 
 
-def _build_candidates(S, price, cand, cand_s, bound, use_numba: bool) -> None:
+def _build_candidates(S, price, cand, cand_s, bound, low, use_numba: bool) -> None:
     if use_numba:
-        loops.build_candidates(S, price, cand, cand_s, bound)
+        loops.build_candidates(S, price, cand, cand_s, bound, low)
         return
     m = cand.shape[1]
     K = S.shape[1]
@@ -230,14 +386,90 @@ def _build_candidates(S, price, cand, cand_s, bound, use_numba: bool) -> None:
         bound[start:start + block.shape[0]] = (
             values[rows[:, 0], order[:, m]] if m < K else -np.inf
         )
+        low[start:start + block.shape[0]] = block.min(axis=1)
 
 
-def _argmax(S, cand, cand_s, bound, v, labels, use_numba: bool) -> None:
+def _argmax(S, cand, cand_s, bound, v, use_numba: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Labels at an exact argmax of ``S + v`` and lower bounds on their margins, reading
+    full rows only where the candidates cannot tell (valid while no price ``-v`` has fallen
+    below its value when they were built)."""
+    if not use_numba:
+        labels, _, margin = _best_labels(S, v, use_numba)
+        return labels, margin
+    labels = np.empty(S.shape[0], np.int64)
+    margin = np.empty(S.shape[0])
+    loops.argmax_labels(S, cand, cand_s, bound, v, labels, margin)
+    return labels, margin
+
+
+def _best_labels(
+    S: np.ndarray, v: np.ndarray, use_numba: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One pass: each row's first argmax of ``S + v`` (-1 where all are -inf), its lowest
+    score, and its margin (best value minus second best), computed in float64."""
+    N = S.shape[0]
+    labels = np.empty(N, np.int64)
+    low = np.empty(N, S.dtype)
+    margin = np.empty(N)
     if use_numba:
-        loops.argmax_labels(S, cand, cand_s, bound, v, labels)
-        return
-    for start in range(0, S.shape[0], ROWS_PER_BLOCK):
-        block = S[start:start + ROWS_PER_BLOCK].astype(np.float64) + v
-        best = block.argmax(axis=1)
+        loops.best_labels(S, v, labels, low, margin)
+        return labels, low, margin
+    for start in range(0, N, ROWS_PER_BLOCK):
+        block = S[start:start + ROWS_PER_BLOCK]
+        values = block.astype(np.float64) + v
         rows = np.arange(block.shape[0])
-        labels[start:start + block.shape[0]] = np.where(block[rows, best] > -np.inf, best, -1)
+        best = values.argmax(axis=1)
+        top = values[rows, best]
+        values[rows, best] = -np.inf
+        stop = start + block.shape[0]
+        labels[start:stop] = np.where(top > -np.inf, best, -1)
+        low[start:stop] = block.min(axis=1)
+        with np.errstate(invalid="ignore"):
+            margin[start:stop] = np.where(top > -np.inf, top - values.max(axis=1), np.inf)
+    return labels, low, margin
+
+
+def _label_margins(S: np.ndarray, v: np.ndarray, labels: np.ndarray, use_numba: bool) -> np.ndarray:
+    """Each point's value at its label minus its best value elsewhere (one pass)."""
+    margin = np.empty(S.shape[0])
+    if use_numba:
+        loops.label_margins(S, v, labels, margin)
+        return margin
+    for start in range(0, S.shape[0], ROWS_PER_BLOCK):
+        values = S[start:start + ROWS_PER_BLOCK].astype(np.float64) + v
+        rows = np.arange(values.shape[0])
+        own = values[rows, labels[start:start + values.shape[0]]]
+        values[rows, labels[start:start + values.shape[0]]] = -np.inf
+        margin[start:start + values.shape[0]] = own - values.max(axis=1)
+    return margin
+
+
+def _label_distances(
+    S: np.ndarray,
+    labels: np.ndarray,
+    points: np.ndarray,
+    head: np.ndarray,
+    nxt: np.ndarray,
+    use_numba: bool,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``D[a, b] = min over the given points i of label a of S[i, a] - S[i, b]`` (float64),
+    its arg-minima, and the (all false) stale flags that ``shortest_paths`` keeps."""
+    K = S.shape[1]
+    D = np.full((K, K), np.inf)
+    Darg = np.full((K, K), -1, np.int64)
+    stale = np.zeros((K, K), np.bool_)
+    if use_numba:
+        loops.label_distances(S, head, nxt, D, Darg, stale)
+        return D, Darg, stale
+    order = points[np.argsort(labels[points], kind="stable")]
+    sizes = np.bincount(labels[points], minlength=K)
+    ends = np.cumsum(sizes)
+    for a in range(K):
+        members = order[ends[a] - sizes[a]:ends[a]]
+        if members.size:
+            rows = S[members].astype(np.float64)
+            gaps = rows[:, a:a + 1] - rows
+            best = gaps.argmin(axis=0)
+            D[a] = gaps[best, np.arange(K)]
+            Darg[a] = members[best]
+    return D, Darg, stale

@@ -2,7 +2,9 @@
 
 Without numba the same functions run as plain Python (correct, much slower); the driver in
 ``_transport.py`` then does the full passes over the scores in NumPy instead, and tests call
-``function.py_func`` to exercise the uncompiled code on purpose.
+``function.py_func`` to exercise the uncompiled code on purpose. The full passes vectorise
+their row maxima and minima with the Numba backend's ``llvm.maxnum``/``minnum`` intrinsics
+(Numba's own ``max`` leaves a serial scalar chain).
 
 Conventions shared with the driver: ``S`` is the (N, K) score matrix (float32 or float64),
 ``price`` the label prices of the auction (``price = -v``), ``v`` the label bonuses of the
@@ -16,10 +18,26 @@ import numpy as np
 try:
     from numba import njit, prange
 
+    from .kernels.numba import _FAST, W, _block_find, _fmax, _fmin
+
     HAVE_NUMBA = True
+    #: Flags for loops without reductions: they vectorise without reassociation, and price
+    #: arithmetic is then rounded exactly as written.
+    _ELEMENTWISE = {"nnan", "nsz"}
 except ImportError:  # pragma: no cover - exercised in environments without numba
     HAVE_NUMBA = False
     prange = range
+    _FAST = _ELEMENTWISE = set()
+    W = 8
+    _fmax = max
+    _fmin = min
+
+    def _block_find(z, j, value):
+        """Lane (0..W-1) of the first ``z[j:j+W] == value``, or W when none is equal."""
+        for lane in range(W):
+            if j + lane < z.shape[0] and z[j + lane] == value:
+                return lane
+        return W
 
     def njit(*args, **kwargs):
         """Identity decorator standing in for numba.njit; keeps ``py_func`` for symmetry."""
@@ -36,6 +54,8 @@ except ImportError:  # pragma: no cover - exercised in environments without numb
 INF = np.inf
 #: Blocks per row in the two-pass candidate scan.
 BLOCKS = 64
+#: Rows per parallel task of the full passes.
+ROWS = 256
 
 
 # --------------------------------------------------------------------------------------------
@@ -98,41 +118,119 @@ def row_top(S, i, price, cand, cand_s, vals, idx, bmax):
     return vals[m] if m < K else -INF
 
 
+@njit(cache=True, fastmath=_FAST)
+def _row_min(S, i):
+    low = S[i, 0]
+    for y in range(1, S.shape[1]):
+        low = _fmin(low, S[i, y])
+    return low
+
+
 @njit(cache=True, parallel=True)
-def build_candidates(S, price, cand, cand_s, bound):
-    """Candidates of every point: one parallel pass over the scores."""
+def build_candidates(S, price, cand, cand_s, bound, low):
+    """Candidates of every point, and each row's lowest score: one parallel pass."""
     m = cand.shape[1]
     N, K = S.shape
-    rows = 256
-    for blk in prange((N + rows - 1) // rows):
+    for blk in prange((N + ROWS - 1) // ROWS):
         vals = np.empty(m + 1)
         idx = np.empty(m + 1, np.int64)
         bmax = np.empty(BLOCKS)
-        for i in range(blk * rows, min(N, (blk + 1) * rows)):
+        for i in range(blk * ROWS, min(N, (blk + 1) * ROWS)):
             bound[i] = row_top(S, i, price, cand, cand_s, vals, idx, bmax)
+            low[i] = _row_min(S, i)
+
+
+@njit(cache=True, parallel=True, fastmath=_FAST)
+def best_labels(S, v, labels, low, margin):
+    """One parallel pass in float64 (as ``S.astype(float) + v``): every row's first argmax
+    of ``S[i, :] + v`` (-1 where all are -inf), its lowest score, and its margin: how far
+    its best value lies above its second best (inf with no finite second)."""
+    N, K = S.shape
+    full = K - K % W
+    for blk in prange((N + ROWS - 1) // ROWS):
+        z = np.empty(K)
+        for i in range(blk * ROWS, min(N, (blk + 1) * ROWS)):
+            top = -INF
+            lowest = S[i, 0]
+            for y in range(K):
+                s = S[i, y]
+                w = s + v[y]
+                z[y] = w
+                top = _fmax(top, w)
+                lowest = _fmin(lowest, s)
+            low[i] = lowest
+            if top == -INF:
+                labels[i] = -1
+                margin[i] = INF
+                continue
+            label = full
+            for b in range(0, full, W):
+                lane = _block_find(z, b, top)
+                if lane < W:
+                    label = b + lane
+                    break
+            while z[label] != top:
+                label += 1
+            labels[i] = label
+            z[label] = -INF
+            second = -INF
+            for y in range(K):
+                second = _fmax(second, z[y])
+            margin[i] = top - second
+
+
+@njit(cache=True, parallel=True, fastmath=_FAST)
+def label_margins(S, v, labels, margin):
+    """How far each point's value at its label lies above its best value elsewhere (one
+    parallel pass, in float64 like :func:`best_labels`)."""
+    N, K = S.shape
+    for blk in prange((N + ROWS - 1) // ROWS):
+        z = np.empty(K)
+        for i in range(blk * ROWS, min(N, (blk + 1) * ROWS)):
+            a = labels[i]
+            for y in range(K):
+                z[y] = S[i, y] + v[y]
+            own = z[a]
+            z[a] = -INF
+            second = -INF
+            for y in range(K):
+                second = _fmax(second, z[y])
+            margin[i] = own - second
 
 
 @njit(cache=True, parallel=True)
-def argmax_labels(S, cand, cand_s, bound, v, labels):
-    """argmax_y S[i, y] + v[y] for every point; the full row only where candidates cannot tell."""
+def argmax_labels(S, cand, cand_s, bound, v, labels, margin):
+    """argmax_y S[i, y] + v[y] for every point, and a lower bound on its margin (best value
+    minus second best); the full row only where the candidates cannot tell."""
     m = cand.shape[1]
     K = S.shape[1]
     for i in prange(S.shape[0]):
         best = -INF
+        second = -INF
         arg = -1
         for k in range(m):
             w = cand_s[i, k] + v[cand[i, k]]
             if w > best:
+                second = best
                 best = w
                 arg = cand[i, k]
+            elif w > second:
+                second = w
         if arg < 0 or best < bound[i]:
             best = -INF
+            second = -INF
             for y in range(K):
                 w = S[i, y] + v[y]
                 if w > best:
+                    second = best
                     best = w
                     arg = y
+                elif w > second:
+                    second = w
+        else:
+            second = max(second, bound[i])
         labels[i] = arg
+        margin[i] = best - second if best > -INF else INF
 
 
 # --------------------------------------------------------------------------------------------
@@ -245,111 +343,183 @@ def auction_phase(S, cand, cand_s, bound, price, reserve, caps, off, hbid, hpt, 
 # optional points of capacity ranges: label y parks z[y] in [0, upper[y] - lower[y]] of its
 # points there. Moving one point from label a to b costs, in reduced terms,
 #     D[a, b] + v[a] - v[b],   D[a, b] = min over points i in a of S[i, a] - S[i, b],
-# which is >= 0 as long as every point sits at an argmax of S[i, :] + v. Rows of D are
-# computed when Dijkstra first needs them and repaired after each move.
+# which is >= 0 as long as every point sits at an argmax of S[i, :] + v.
+#
+# Only the *boundary* points enter D: those whose margin (best value minus second best) was
+# at most theta at the prices v0 of the start. Prices only rise during the search, so any
+# other point's reduced cost to any label is still at least theta - spread, where spread is
+# the range of v - v0 over the labels; a path no longer than that bound is therefore a
+# shortest path of the full graph, and its price update is the full graph's too. A longer
+# one stops the search (status 3) and the caller widens the boundary. theta = inf takes
+# every point.
+#
+# D is computed for all labels at once, in parallel. When a point leaves label a, the
+# entries of row a it attained become *stale* and are recomputed from label a's members when
+# Dijkstra next settles a (a few entries, over the few boundary members: no full row).
 # --------------------------------------------------------------------------------------------
 
 
 @njit(cache=True)
-def link_members(labels, head, nxt, prv, count):
-    """Doubly linked member lists of every label."""
-    for i in range(labels.shape[0]):
-        _link(i, labels[i], head, nxt, prv, count)
+def link_members(points, labels, head, nxt, prv):
+    """Doubly linked lists of the given points by label, each in the reverse of their order
+    in ``points``."""
+    for i in points:
+        _link(i, labels[i], head, nxt, prv)
 
 
 @njit(cache=True)
-def _unlink(i, y, head, nxt, prv, count):
+def _unlink(i, y, head, nxt, prv):
     if prv[i] >= 0:
         nxt[prv[i]] = nxt[i]
     else:
         head[y] = nxt[i]
     if nxt[i] >= 0:
         prv[nxt[i]] = prv[i]
-    count[y] -= 1
 
 
 @njit(cache=True)
-def _link(i, y, head, nxt, prv, count):
+def _link(i, y, head, nxt, prv):
     nxt[i] = head[y]
     prv[i] = -1
     if head[y] >= 0:
         prv[head[y]] = i
     head[y] = i
-    count[y] += 1
 
 
-@njit(cache=True)
-def _compute_row(S, a, D, Darg, head, nxt):
-    """D[a, :] and its arg-minima from the current members of label a."""
-    K = S.shape[1]
-    for c in range(K):
-        D[a, c] = INF
-        Darg[a, c] = -1
-    j = head[a]
-    while j >= 0:
-        sa = S[j, a]
-        for c in range(K):
-            val = sa - S[j, c]
-            if val < D[a, c]:
-                D[a, c] = val
-                Darg[a, c] = j
-        j = nxt[j]
-
-
-@njit(cache=True)
-def _repair_row(S, a, lost, D, Darg, head, nxt, cols):
-    """Recompute the entries of row a whose arg-minimum was the point ``lost``."""
-    K = S.shape[1]
-    n = 0
-    for c in range(K):
-        if Darg[a, c] == lost:
-            cols[n] = c
-            n += 1
-    if n == 0:
-        return
-    if 4 * n > K:
-        _compute_row(S, a, D, Darg, head, nxt)
-        return
-    for k in range(n):
-        D[a, cols[k]] = INF
-        Darg[a, cols[k]] = -1
-    j = head[a]
-    while j >= 0:
-        sa = S[j, a]
-        for k in range(n):
-            c = cols[k]
-            val = sa - S[j, c]
-            if val < D[a, c]:
-                D[a, c] = val
-                Darg[a, c] = j
-        j = nxt[j]
-
-
-@njit(cache=True)
-def _absorb_point(S, b, i, D, Darg):
-    """Point i joined label b: row b can only get smaller."""
-    sb = S[i, b]
+@njit(cache=True, fastmath=_ELEMENTWISE)
+def _absorb_point(S, a, i, D, Darg, stale):
+    """Point i (now) belongs to label a: row a can only get smaller, and exact where it does."""
+    sa = np.float64(S[i, a])
+    row = D[a]
+    arg = Darg[a]
+    old = stale[a]
     for c in range(S.shape[1]):
-        val = sb - S[i, c]
-        if val < D[b, c]:
-            D[b, c] = val
-            Darg[b, c] = i
+        value = sa - np.float64(S[i, c])
+        d = row[c]
+        arg[c] = i if value <= d else arg[c]
+        old[c] = old[c] & (value > d)
+        row[c] = _fmin(value, d)
+
+
+@njit(cache=True, parallel=True)
+def label_distances(S, head, nxt, D, Darg, stale):
+    """Every row of D and its arg-minima from the linked members of each label."""
+    K = S.shape[1]
+    for a in prange(K):
+        for c in range(K):
+            D[a, c] = INF
+            Darg[a, c] = -1
+            stale[a, c] = False
+        j = head[a]
+        while j >= 0:
+            _absorb_point(S, a, j, D, Darg, stale)
+            j = nxt[j]
 
 
 @njit(cache=True)
-def shortest_paths(S, labels, v, vz, lower, upper, z, head, nxt, prv, count, max_paths):
+def _mark_stale(a, lost, Darg, stale, n_stale):
+    """Point ``lost`` left label a: the entries of row a it attained are now lower bounds."""
+    for c in range(Darg.shape[1]):
+        if Darg[a, c] == lost and not stale[a, c]:
+            stale[a, c] = True
+            n_stale[a] += 1
+
+
+@njit(cache=True)
+def _refresh_row(S, a, D, Darg, stale, head, nxt, mu, v0):
+    """Recompute the stale entries of row a from the members of label a.
+
+    Member j's gap to label c is at least ``mu[j] + v0[c] - v0[a]`` (``mu[j]``: its margin
+    at the prices ``v0``), and each list runs in increasing ``mu``, so every scan stops at
+    the first member that cannot beat the best found: usually after a few.
+    """
+    for c in range(S.shape[1]):
+        if not stale[a, c]:
+            continue
+        offset = v0[c] - v0[a]
+        best = INF
+        arg = -1
+        j = head[a]
+        while j >= 0 and not mu[j] + offset > best:
+            value = np.float64(S[j, a]) - np.float64(S[j, c])
+            if value < best:
+                best = value
+                arg = j
+            j = nxt[j]
+        D[a, c] = best
+        Darg[a, c] = arg
+        stale[a, c] = False
+
+
+@njit(cache=True)
+def _margin_at(S, i, b, v):
+    """How far ``S[i, b] + v[b]`` lies above point i's best value elsewhere (may be < 0)."""
+    other = -INF
+    for y in range(S.shape[1]):
+        if y != b:
+            other = max(other, S[i, y] + v[y])
+    return (S[i, b] + v[b]) - other
+
+
+@njit(cache=True)
+def _spread(v, v0):
+    """max - min of ``v - v0`` over the open labels (finite prices)."""
+    high = -INF
+    low = INF
+    for y in range(v.shape[0]):
+        if v0[y] > -INF:
+            change = v[y] - v0[y]
+            high = max(high, change)
+            low = min(low, change)
+    return high - low if high >= low else 0.0
+
+
+@njit(cache=True, fastmath=_FAST)
+def _nearest(key):
+    """The first node with the smallest key (``len(key)`` is a multiple of W)."""
+    best = INF
+    for n in range(key.shape[0]):
+        best = _fmin(best, key[n])
+    for b in range(0, key.shape[0], W):
+        lane = _block_find(key, b, best)
+        if lane < W:
+            return b + lane
+    return 0
+
+
+@njit(cache=True, fastmath=_ELEMENTWISE)
+def _relax(row, va, v, best, a, dist, pred, key, closed):
+    """Shorten the paths through node a. Settled nodes are never shortened (their distance
+    is at most ``best`` and reduced costs are >= 0), and ``closed`` (0, or inf once
+    settled) keeps them out of ``key``: branch-free, so that the loop vectorises."""
+    for b in range(v.shape[0]):
+        step = best + _fmax(row[b] + va - v[b], 0.0)
+        d = dist[b]
+        pred[b] = a if step < d else pred[b]
+        d = _fmin(step, d)
+        dist[b] = d
+        key[b] = d + closed[b]
+
+
+@njit(cache=True)
+def shortest_paths(S, labels, v, vz, lower, upper, z, count, head, nxt, prv, D, Darg, stale,
+                   mu, theta, max_settled):
     """Augment along shortest paths until every label is within its capacity range.
 
-    ``v`` (length K) and ``z`` are updated in place; returns ``(status, vz, paths)`` with
-    status 0 on success, 1 when some excess cannot reach any deficit (infeasible), 2 when
-    ``max_paths`` was reached.
+    ``count`` holds every label's points; the linked lists and ``D``, ``Darg``, ``stale``
+    (from :func:`label_distances`) the boundary points', each list in increasing ``mu``: the
+    points' margins at the prices ``v`` on entry. ``labels``, ``v``, ``z``, ``mu`` and the
+    lists are updated in place. Returns ``(status, vz, paths, settled, needed)``, status being
+    0 on success, 1 when some excess cannot reach any deficit (infeasible; only with every
+    point in the boundary), 2 after ``max_settled`` Dijkstra nodes, 3 when the boundary is too
+    narrow to prove the next path shortest, which is at least ``needed`` long (inf: no
+    deficit reachable through the boundary). In every case each point still sits at an
+    argmax of ``S[i, :] + v``, so the caller can go on from there.
     """
     K = S.shape[1]
     Z = K
-    D = np.empty((K, K))
-    Darg = np.empty((K, K), np.int64)
-    valid = np.zeros(K, np.bool_)
-    cols = np.empty(K, np.int64)
+    v0 = v.copy()
+    slack = 1e-9 * (1.0 + abs(theta)) if theta < INF else 0.0
     extra = S.shape[0] - lower.sum()
     excess = np.empty(K + 1, np.int64)
     for y in range(K):
@@ -357,11 +527,15 @@ def shortest_paths(S, labels, v, vz, lower, upper, z, head, nxt, prv, count, max
     excess[Z] = z.sum() - extra
     dist = np.empty(K + 1)
     pred = np.empty(K + 1, np.int64)
-    done = np.empty(K + 1, np.bool_)
+    # Tentative distances of the unsettled nodes (inf once settled), padded to whole blocks.
+    key = np.full((K + 1 + W - 1) // W * W, INF)
+    closed = np.zeros(K + 1)  # inf for the settled nodes
+    n_stale = np.zeros(K, np.int64)  # at least the stale entries of each row
     path_from = np.empty(K + 1, np.int64)
     path_to = np.empty(K + 1, np.int64)
     path_pt = np.empty(K + 1, np.int64)
     paths = 0
+    settled = 0
     source = 0
     while True:
         # One source at a time: the nearest deficit is usually a step or two away, so
@@ -371,65 +545,55 @@ def shortest_paths(S, labels, v, vz, lower, upper, z, head, nxt, prv, count, max
                 source = (source + k) % (K + 1)
                 break
         else:
-            return 0, vz, paths
-        if paths >= max_paths:
-            return 2, vz, paths
+            return 0, vz, paths, settled, 0.0
+        if settled >= max_settled:
+            return 2, vz, paths, settled, 0.0
+        limit = INF if theta == INF else theta - _spread(v, v0) - slack
         for n in range(K + 1):
             dist[n] = INF
             pred[n] = -1
-            done[n] = False
+            key[n] = INF
+            closed[n] = 0.0
         dist[source] = 0.0
+        key[source] = 0.0
         target = -1
         while True:
-            best = INF
-            a = -1
-            for n in range(K + 1):
-                if not done[n] and dist[n] < best:
-                    best = dist[n]
-                    a = n
-            if a < 0:
+            a = _nearest(key)
+            best = key[a]
+            if best == INF or best > limit:
                 break
-            done[a] = True
+            key[a] = INF
+            closed[a] = INF
+            settled += 1
             if excess[a] < 0:
                 target = a
                 break
             if a < K:
-                if count[a] > 0:
-                    if not valid[a]:
-                        _compute_row(S, a, D, Darg, head, nxt)
-                        valid[a] = True
-                    va = v[a]
-                    for b in range(K):
-                        if done[b]:
-                            continue
-                        r = D[a, b] + va - v[b]
-                        if r < 0.0:
-                            r = 0.0
-                        if best + r < dist[b]:
-                            dist[b] = best + r
-                            pred[b] = a
-                if z[a] < upper[a] - lower[a] and not done[Z]:
-                    r = v[a] - vz
-                    if r < 0.0:
-                        r = 0.0
-                    if best + r < dist[Z]:
-                        dist[Z] = best + r
-                        pred[Z] = a
+                if head[a] >= 0:
+                    if n_stale[a] > 0:
+                        _refresh_row(S, a, D, Darg, stale, head, nxt, mu, v0)
+                        n_stale[a] = 0
+                    _relax(D[a], v[a], v, best, a, dist, pred, key, closed)
+                if z[a] < upper[a] - lower[a] and best + max(v[a] - vz, 0.0) < dist[Z]:
+                    dist[Z] = best + max(v[a] - vz, 0.0)
+                    key[Z] = dist[Z]
+                    pred[Z] = a
             else:
                 for b in range(K):
-                    if z[b] > 0 and not done[b]:
-                        r = vz - v[b]
-                        if r < 0.0:
-                            r = 0.0
-                        if best + r < dist[b]:
-                            dist[b] = best + r
-                            pred[b] = a
+                    if z[b] > 0 and best + max(vz - v[b], 0.0) < dist[b]:
+                        dist[b] = best + max(vz - v[b], 0.0)
+                        key[b] = dist[b]
+                        pred[b] = a
         if target < 0:
-            return 1, vz, paths
+            return (1 if theta == INF else 3), vz, paths, settled, best
+        # The usual update v += min(dist, reach), less the constant reach: only the nodes
+        # closer than the target change, so the prices of the others gather no rounding.
         reach = dist[target]
         for y in range(K):
-            v[y] += min(dist[y], reach)
-        vz += min(dist[Z], reach)
+            if dist[y] < reach:
+                v[y] -= reach - dist[y]
+        if dist[Z] < reach:
+            vz -= reach - dist[Z]
         # Collect the moves first: each edge moves the arg-minimum of its row before any change.
         n_moves = 0
         b = target
@@ -449,14 +613,16 @@ def shortest_paths(S, labels, v, vz, lower, upper, z, head, nxt, prv, count, max
         excess[target] += 1
         for k in range(n_moves):
             i = path_pt[k]
-            _unlink(i, path_from[k], head, nxt, prv, count)
-            _link(i, path_to[k], head, nxt, prv, count)
-            labels[i] = path_to[k]
+            b = path_to[k]
+            _unlink(i, path_from[k], head, nxt, prv)
+            # At the head of its new list, its bound must not exceed the next member's.
+            mu[i] = _margin_at(S, i, b, v0)
+            if head[b] >= 0:
+                mu[i] = min(mu[i], mu[head[b]])
+            _link(i, b, head, nxt, prv)
+            labels[i] = b
         for k in range(n_moves):
-            if valid[path_to[k]]:
-                _absorb_point(S, path_to[k], path_pt[k], D, Darg)
+            _absorb_point(S, path_to[k], path_pt[k], D, Darg, stale)
         for k in range(n_moves):
-            a = path_from[k]
-            if valid[a]:
-                _repair_row(S, a, path_pt[k], D, Darg, head, nxt, cols)
+            _mark_stale(path_from[k], path_pt[k], Darg, stale, n_stale)
         paths += 1

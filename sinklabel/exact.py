@@ -4,10 +4,11 @@ Eq. (6) of the paper is a transportation problem: N points of demand one, K labe
 sizes are fixed (or lie in ranges), costs ``C = -logp``. Its optimum is integral, so it is a
 labelling. Two methods solve it:
 
-- ``"auction"`` (the default): an epsilon-scaling auction over label prices, then successive
-  shortest paths on the K-node label graph for an exact finish (``_transport.py``). It needs
-  the scores in host memory once (in their own dtype, never a float64 copy) and scales to
-  millions of points; numba compiles its loops when installed.
+- ``"auction"`` (the default): label prices from the warm start when they are good (as
+  Sinkhorn's are), else from an epsilon-scaling auction, then successive shortest paths on
+  the K-node label graph for an exact finish (``_transport.py``). It needs the scores in host
+  memory once (in their own dtype, never a float64 copy) and scales to millions of points;
+  numba compiles its loops when installed.
 - ``"highs"``: the same linear program handed to SciPy's HiGHS; a reference for small problems.
 
 Every result carries a :class:`~sinklabel.certificate.Certificate` computed independently of
@@ -97,7 +98,8 @@ def solve_exact(
         practical while N * K is at most a few million.
     prices : array of shape (K,), default=None
         Starting label prices, e.g. ``result.potentials / result.lam`` of a Sinkhorn solve;
-        good ones make the auction much shorter. Ignored by "highs".
+        good ones let the solver skip its auction (one pass, then shortest paths). Ignored by
+        "highs".
     backend, chunk_size
         Which kernels run the certificate pass, as in :func:`sinklabel.sinkhorn`.
 
@@ -137,14 +139,15 @@ def _solve_exact(
 ) -> ExactResult:
     """The solve on checked inputs: host scores in, labels in the input's library out."""
     S = _host_scores(source)
-    check_reachable(lower, _finite_per_label(S))
     if method == "highs":
         from ._highs import solve_highs
 
+        check_reachable(lower, _finite_per_label(S))
         labels, v = solve_highs(S, lower, upper)
     else:
         from . import _transport, _transport_loops
 
+        # The solver checks that every label can reach its capacity in its first pass.
         solution = _transport.solve_transport(
             S, lower, upper, prices, use_numba=_transport_loops.HAVE_NUMBA
         )
@@ -163,7 +166,8 @@ def balance_exact(
     """Sinkhorn's result with optimal, exactly balanced labels (``balance="exact"``).
 
     Sizes are ``floor`` or ``ceil`` of ``N * label_weights``; the exact solver starts from the
-    Sinkhorn prices ``potentials / lam``, which are already close to optimal.
+    Sinkhorn prices ``potentials / lam``, which are close enough to optimal that it goes
+    straight to its shortest paths. The scores were checked by the Sinkhorn solve.
     """
     lower, upper = balanced_range(source.shape[0], result.label_weights)
     exact = _solve_exact(
@@ -207,7 +211,7 @@ def _host_block(block: Any) -> np.ndarray:
 
 
 def _finite_per_label(S: np.ndarray) -> np.ndarray:
-    """Rows with a finite score, per label (one pass in blocks)."""
+    """Rows with a finite score, per label (one pass in blocks; the auction fuses its own)."""
     counts = np.zeros(S.shape[1], dtype=np.int64)
     for start in range(0, S.shape[0], 16384):
         counts += np.count_nonzero(S[start:start + 16384] > -np.inf, axis=0)

@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from conftest import to_backend, to_host
@@ -11,7 +14,7 @@ from hypothesis import strategies as st
 from scipy.optimize import LinearConstraint, milp
 
 import sinklabel
-from sinklabel import _transport_loops
+from sinklabel import _transport, _transport_loops
 from sinklabel._arrays import array_library
 from sinklabel.cli import main
 from sinklabel.datasets import make_scores
@@ -232,21 +235,43 @@ def test_bad_capacities_are_named(capacities, message):
         sinklabel.solve_exact(S, 3, capacities=capacities)
 
 
-def test_a_label_without_finite_scores_cannot_be_forced():
+@pytest.fixture(params=["cold", "warm"])
+def start(request, monkeypatch):
+    """Starting prices for the auction solver: none, or prices from which it goes straight
+    to the exact finish (every warm start does, here), skipping the auction."""
+    if request.param == "cold":
+        return None
+    monkeypatch.setattr(_transport, "DIRECT_EXCESS", 1.0)
+    monkeypatch.setattr(_transport, "_auction", _no_auction)
+    return np.array([0.5, -0.25, 0.0])
+
+
+def _no_auction(*args, **kwargs):
+    raise AssertionError("a warm start that goes straight to shortest paths ran the auction")
+
+
+def test_a_label_without_finite_scores_cannot_be_forced(start):
     S = np.zeros((6, 3))
     S[:, 2] = -np.inf
     with pytest.raises(ValueError, match="label 2 must take at least 2 points"):
-        sinklabel.solve_exact(S, 3)
-    result = sinklabel.solve_exact(S, 3, capacities=[3, 3, 0])
+        sinklabel.solve_exact(S, 3, prices=start)
+    result = sinklabel.solve_exact(S, 3, capacities=[3, 3, 0], prices=start)
     assert np.bincount(result.labels, minlength=3).tolist() == [3, 3, 0]
 
 
+def test_a_point_that_can_only_take_closed_labels_is_named(start):
+    S = np.zeros((6, 3))
+    S[4, :2] = -np.inf  # row 4 has a finite score for label 2 only, which takes no points
+    with pytest.raises(ValueError, match="point 4 has finite scores only for labels of capacity 0"):
+        sinklabel.solve_exact(S, 3, capacities=[3, 3, 0], prices=start)
+
+
 @pytest.mark.parametrize("method", ["auction", "highs"])
-def test_hall_violation_is_infeasible(method):
+def test_hall_violation_is_infeasible(method, start):
     S = np.zeros((6, 3))
     S[:4, :2] = -np.inf  # only rows 4 and 5 can take labels 0 and 1, which need 2 each
     with pytest.raises(ValueError, match="no labelling meets the capacities"):
-        sinklabel.solve_exact(S, 3, method=method)
+        sinklabel.solve_exact(S, 3, method=method, prices=start)
 
 
 def test_other_bad_input():
@@ -307,3 +332,131 @@ def test_certificate_holds_where_prices_cancel_the_scores(rng):
     assert np.all(result.label_counts == 50)
     assert abs(result.objective) < 1e-9
     assert result.certificate.optimal, result.certificate
+
+
+# ---------------------------------------------------------------------------------------------
+# Warm starts (balance="exact"): straight to shortest paths from the given prices, on a boundary
+# of points that widens when it cannot prove a path shortest, handing over to the auction when
+# over budget.
+# ---------------------------------------------------------------------------------------------
+
+
+@settings(max_examples=60, deadline=None)
+@given(problem=problems(), seed=st.integers(0, 2**32 - 1), scale=st.sampled_from([0.0, 0.3, 3.0]),
+       compiled=st.booleans())
+def test_warm_finish_matches_integer_program(problem, seed, scale, compiled):
+    S, capacities, lower, upper = problem
+    N, K = S.shape
+    prices = np.random.default_rng(seed).normal(scale=scale, size=K)
+    best = milp_optimum(S.astype(np.float64), lower, upper)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_transport, "DIRECT_EXCESS", 1.0)
+        patch.setattr(_transport, "SETTLED_PER_POINT", np.inf)
+        patch.setattr(_transport, "BOUNDARY_SHARE", 0.1)  # a point or two, then wider
+        patch.setattr(_transport, "ROUND_PATHS", 1)
+        patch.setattr(_transport, "_auction", _no_auction)
+        if best is None:
+            with pytest.raises(ValueError, match="capacit|-inf"):
+                _transport.solve_transport(S, lower, upper, prices, use_numba=compiled)
+            return
+        solution = _transport.solve_transport(S, lower, upper, prices, use_numba=compiled)
+    counts = np.bincount(solution.labels, minlength=K)
+    assert np.all(counts >= lower) and np.all(counts <= upper)
+    primal, dual = plain_certificate(S, solution.labels, solution.prices, lower, upper)
+    assert primal == pytest.approx(best, rel=1e-9, abs=1e-9)
+    certificate = sinklabel.duality_gap(S, solution.labels, solution.prices, (lower, upper))
+    slack = certificate.rounding if S.dtype == np.float32 else 0.0
+    assert dual == pytest.approx(best, rel=1e-9, abs=1e-9 + slack)
+    assert certificate.optimal and solution.bids == 0
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_warm_finish_widens_its_boundary(compiled, monkeypatch):
+    S = make_scores(600, 12, regime="peaked", seed=4).scores
+    S[::7, 3] = -np.inf
+    remeasured = []
+    measure = _transport._label_margins
+    monkeypatch.setattr(_transport, "_label_margins",
+                        lambda *args: remeasured.append(1) or measure(*args))
+    monkeypatch.setattr(_transport, "DIRECT_EXCESS", 1.0)
+    monkeypatch.setattr(_transport, "_auction", _no_auction)
+    lower = upper = np.full(12, 50)
+    # Zero prices are far from optimal here: the first boundary (19 points) cannot be enough.
+    solution = _transport.solve_transport(S, lower, upper, np.zeros(12), use_numba=compiled)
+    highs = sinklabel.solve_exact(S, 12, method="highs")
+    assert remeasured and solution.paths > 0
+    assert -S[np.arange(600), solution.labels].astype(float).sum() == pytest.approx(
+        highs.objective, rel=1e-9)
+    assert sinklabel.duality_gap(S, solution.labels, solution.prices).optimal
+
+
+def test_warm_finish_over_budget_hands_over_to_the_auction(monkeypatch):
+    S = make_scores(600, 12, regime="peaked", seed=4).scores
+    monkeypatch.setattr(_transport, "DIRECT_EXCESS", 1.0)
+    monkeypatch.setattr(_transport, "SETTLED_PER_POINT", 0.0)
+    monkeypatch.setattr(_transport, "SETTLED_PER_LABEL", 2)  # a path or two
+    prices = np.random.default_rng(3).normal(size=12)
+    solution = _transport.solve_transport(S, np.full(12, 50), np.full(12, 50), prices,
+                                          use_numba=True)
+    assert solution.bids > 0  # the auction ran, from the prices the finish had reached
+    highs = sinklabel.solve_exact(S, 12, method="highs")
+    assert -S[np.arange(600), solution.labels].astype(float).sum() == pytest.approx(
+        highs.objective, rel=1e-9)
+
+
+@pytest.mark.filterwarnings("ignore::sinklabel.ConvergenceWarning")
+def test_balance_exact_goes_straight_to_shortest_paths_on_flat_scores(monkeypatch):
+    S = make_scores(3000, 15, regime="flat", seed=11).scores
+    monkeypatch.setattr(_transport, "_auction", _no_auction)
+    result = sinklabel.sinkhorn(S, 15, balance="exact")
+    assert result.certificate.optimal
+    highs = sinklabel.solve_exact(S, 15, method="highs")
+    assert result.certificate.primal == pytest.approx(highs.objective, rel=1e-9)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("K", [1, 7, 8, 19])
+def test_compiled_passes_match_numpy(dtype, K):
+    rng = np.random.default_rng(K)
+    S = np.round(rng.normal(size=(300, K)), 1).astype(dtype)  # many ties
+    S[rng.random(S.shape) < 0.2] = -np.inf
+    S[5] = -np.inf  # a row with no finite score
+    v = np.round(rng.normal(size=K), 1)
+    v[0] = -np.inf  # a closed label
+    labels, low, margin = _transport._best_labels(S, v, False)
+    values = S.astype(np.float64) + v
+    assert np.array_equal(labels, np.where(values.max(axis=1) > -np.inf, values.argmax(axis=1), -1))
+    for got, want in zip(_transport._best_labels(S, v, True), (labels, low, margin), strict=True):
+        assert np.array_equal(got, want)
+    assert labels[5] == -1 and margin[5] == np.inf
+    rows = labels >= 0
+    # Margins at other labels than the best: the labels a point is moved to.
+    moved = np.where(rng.random(rows.sum()) < 0.5, labels[rows], rng.integers(0, K, rows.sum()))
+    moved = np.where(S[rows, moved] + v[moved] > -np.inf, moved, labels[rows])
+    assert np.array_equal(_transport._label_margins(S[rows], v, moved, True),
+                          _transport._label_margins(S[rows], v, moved, False))
+
+
+def test_exact_solver_runs_without_numba():
+    """Without numba installed the loops run as plain Python: the same optimum, warm or cold."""
+    code = (
+        "import sys; sys.modules['numba'] = None\n"
+        "import numpy as np, sinklabel\n"
+        "from sinklabel import _transport_loops\n"
+        "from sinklabel.datasets import make_scores\n"
+        "assert not _transport_loops.HAVE_NUMBA\n"
+        "S = make_scores(300, 6, regime='peaked', seed=1).scores\n"
+        "S[::5, 2] = -np.inf\n"
+        "for prices in (None, np.zeros(6)):\n"
+        "    result = sinklabel.solve_exact(S, 6, prices=prices, backend='numpy')\n"
+        "    assert result.certificate.optimal\n"
+        "    print(repr(result.objective))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=600, check=True)
+    S = make_scores(300, 6, regime="peaked", seed=1).scores
+    S[::5, 2] = -np.inf
+    highs = sinklabel.solve_exact(S, 6, method="highs")
+    for line in done.stdout.split():
+        assert float(line) == pytest.approx(highs.objective, rel=1e-9)
+    assert len(done.stdout.split()) == 2
