@@ -302,18 +302,18 @@ def pot_ms(x) -> float:
 
 
 def tuned_configs() -> dict:
-    """The launch configurations the kernels chose on this device."""
+    """The launch configurations the kernels chose on this device, and those ruled out."""
     out = {}
     try:
         from sinklabel.kernels import _triton
 
-        out["triton"] = {key: list(value) for key, value in _triton.tuned_configs().items()}
+        out["triton"] = _triton.tuned_configs()
     except ImportError:
         pass
     try:
         from sinklabel.kernels import cupy as cupy_kernel
 
-        out["cupy"] = {key: list(value) for key, value in cupy_kernel.tuned_configs().items()}
+        out["cupy"] = cupy_kernel.tuned_configs()
     except ImportError:
         pass
     return out

@@ -289,15 +289,15 @@ def test_every_tuning_candidate_matches_numpy_kernel(library, dtype, k):
         from sinklabel.kernels import cupy as module
         configs = module._sweep_plan(x)
     assert len(configs) > 1
-    saved = dict(module._TUNED)
+    saved = dict(module.TUNER.chosen)
     try:
         for config in configs:
-            module._TUNED[_tuning_key(library, x, k)] = config
+            module.TUNER.chosen[_tuning_key(library, x, k)] = config
             mass = get_kernel(library).sweep(x, f, 25.0)
             np.testing.assert_allclose(mass, expected, rtol=1e-5, atol=1e-7, err_msg=str(config))
     finally:
-        module._TUNED.clear()
-        module._TUNED.update(saved)
+        module.TUNER.chosen.clear()
+        module.TUNER.chosen.update(saved)
 
 
 def _tuning_key(library: str, x, k: int) -> tuple:
@@ -333,11 +333,11 @@ def test_cupy_sweep_lse_every_candidate_matches_float64_formula(dtype, n, k):
     lse_tol = (1e-12 if dtype == "float64" else 1e-6) * np.abs(lse_rows).sum()
     configs = module._sweep_plan(x) or [None]
     assert (len(configs) > 1) == (k < 20000)
-    kernel, saved = get_kernel("cupy"), dict(module._TUNED)
+    kernel, saved = get_kernel("cupy"), dict(module.TUNER.chosen)
     try:
         for config in configs:
             if config is not None:
-                module._TUNED[_tuning_key("cupy", x, k)] = config
+                module.TUNER.chosen[_tuning_key("cupy", x, k)] = config
             mass, lse = kernel.sweep_lse(x, f, 25.0)
             assert mass.dtype == np.float64 and mass.shape == (k,) and isinstance(lse, float)
             np.testing.assert_allclose(mass, mass_expected, rtol=mass_rtol, atol=1e-9,
@@ -348,5 +348,5 @@ def test_cupy_sweep_lse_every_candidate_matches_float64_formula(dtype, n, k):
             assert again[1] == lse
             np.testing.assert_array_equal(kernel.sweep(x, f, 25.0), mass)
     finally:
-        module._TUNED.clear()
-        module._TUNED.update(saved)
+        module.TUNER.chosen.clear()
+        module.TUNER.chosen.update(saved)

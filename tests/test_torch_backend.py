@@ -221,15 +221,18 @@ _INTERPRETER_SCRIPT = textwrap.dedent("""
                                                key=lambda c: c[0])]
     # Every tile's exponentials from the FMA polynomial (the tuner's ``poly`` candidates).
     polynomial = lambda width, tiles, x: [(*configs(width, tiles, x)[0][:3], tiles)]
+    # The software-pipelined loop (the interpreter runs it as a plain loop).
+    pipelined = lambda width, tiles, x: [_triton.FusedLaunch(1, 2, False, stages=3)]
+    chosen = dict(poly=polynomial, pipelined=pipelined)
     reference, rng, report = NumpyKernel(), np.random.default_rng(0), []
     for n, k, dtype, prefetch in [
         (37, 7, "float32", False), (20, 70, "bfloat16", False), (21, 70, "float32", False),
         (40, 33, "float64", False), (9, 24, "float16", False), (300, 20, "float32", True),
         (150, 24, "bfloat16", True), (130, 12, "float64", True), (90, 60, "float32", True),
         (80, 40, "bfloat16", "poly"), (70, 24, "float16", "poly"),
+        (90, 40, "bfloat16", "pipelined"), (75, 30, "float32", "pipelined"),
     ]:
-        _triton._fused_configs = (polynomial if prefetch == "poly" else
-                                  prefetching if prefetch else configs)
+        _triton._fused_configs = chosen.get(prefetch) or (prefetching if prefetch else configs)
         x = torch.from_numpy(3 * rng.standard_normal((n, k))).to(getattr(torch, dtype))
         x = x.t().contiguous().t() if n == 21 else x
         host = x.double().numpy() if dtype == "float64" else x.float().numpy()
@@ -265,6 +268,54 @@ def test_triton_kernels_in_the_interpreter_match_numpy():
         assert case["values"] == 0.0, case
         assert case["labels"] == 0, case
         assert case["label_dtype"] == "torch.int64", case
+
+
+def _compile_sweep_for_hopper(launch, dtype: str, n_cols: int):
+    """The one-pass sweep compiled for sm_90 as a CUDA launch specialises it (16-byte
+    aligned pointers and program count, unit column stride), without a GPU."""
+    triton = pytest.importorskip("triton")
+    from triton.backends.compiler import GPUTarget
+
+    from sinklabel.kernels import _triton
+
+    width, tiles = _triton.tile_width(n_cols)
+    signature = {"x_ptr": f"*{dtype}", "coef_ptr": "*fp32", "part_ptr": "*fp32",
+                 "lse_ptr": "*fp64", "n_programs": "i32", "n_rows": "i32", "stride_row": "i32"}
+    constants = dict(stride_col=1, N_COLS=n_cols, WIDTH=width, TILES=tiles, BLOCK_M=launch.rows,
+                     ROW_ALIGN=8, PREFETCH=launch.prefetch, POLY=launch.poly,
+                     STAGES=launch.stages)
+    signature.update(dict.fromkeys(constants, "constexpr"))
+    source = triton.compiler.ASTSource(
+        fn=_triton._sweep_fused, signature=signature, constexprs=constants,
+        attrs={(i,): [["tt.divisibility", 16]] for i in range(5)})
+    try:
+        return triton.compile(source, target=GPUTarget("cuda", 90, 32),
+                              options={"num_warps": launch.warps})
+    except RuntimeError as exc:  # no ptxas for this platform in the wheel
+        pytest.skip(f"cannot compile for sm_90 here: {exc}")
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "fp32"])
+def test_pipelined_sweep_compiles_to_asynchronous_copies_for_hopper(dtype):
+    """The tuner's pipelined candidates copy the next rows with cp.async into shared memory
+    (what keeps more bytes in flight than the register prefetch); one stage is the plain
+    loop, as the default configurations have always compiled."""
+    pytest.importorskip("triton")
+    from sinklabel.kernels import _triton
+
+    pipelined = [c for c in _triton._fused_configs(*_triton.tile_width(3000),
+                                                   _empty(dtype, 3000)) if c.stages > 1]
+    assert [c.warps for c in pipelined] == [2, 4, 8]
+    for launch in pipelined:
+        kernel = _compile_sweep_for_hopper(launch, dtype, 3000)
+        assert "cp.async" in kernel.asm["ptx"], launch
+        assert 0 < kernel.metadata.shared <= 48 * 1024, launch
+    plain = _compile_sweep_for_hopper(pipelined[0]._replace(stages=1), dtype, 3000)
+    assert "cp.async" not in plain.asm["ptx"]
+
+
+def _empty(dtype: str, n_cols: int):
+    return torch.empty((1, n_cols), dtype={"bf16": torch.bfloat16, "fp32": torch.float32}[dtype])
 
 
 def _nvrtc():

@@ -22,11 +22,15 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import NamedTuple
 
 import numpy as np
 import torch
 import triton
 import triton.language as tl
+from triton.runtime.errors import OutOfResources, PTXASError
+
+from ._tuning import Tuner
 
 LOG2E = math.log2(math.e)
 LN2 = math.log(2.0)
@@ -42,6 +46,10 @@ PROGRAMS_PER_SM = 32
 #: Inputs at least this large (elements) time a few launch configurations once per shape
 #: class and keep the fastest; smaller ones take the default at once.
 TUNE_ELEMENTS = 1 << 26
+#: Rows per program in flight in the pipelined sweep (the one being reduced and the copies).
+PIPELINE_STAGES = 3
+#: Widest row (bytes) the pipelined sweep stages in shared memory.
+PIPELINE_ROW_BYTES = 32768
 _FINITE_FLOOR = -3.0e38
 
 
@@ -106,11 +114,14 @@ def _exp2_tile(v, POLY: tl.constexpr):
 def _sweep_fused(x_ptr, coef_ptr, part_ptr, lse_ptr, n_programs, n_rows, stride_row, stride_col,
                  N_COLS: tl.constexpr, WIDTH: tl.constexpr, TILES: tl.constexpr,
                  BLOCK_M: tl.constexpr, ROW_ALIGN: tl.constexpr, PREFETCH: tl.constexpr,
-                 POLY: tl.constexpr = 0):
+                 POLY: tl.constexpr = 0, STAGES: tl.constexpr = 1):
     """A row is up to four column tiles of one width (so of one register layout): they are
     combined element-wise before the row max and row sum, which are then one cross-warp
     reduction each. With PREFETCH the next row tile's loads are issued before this tile's
-    reductions, so memory latency overlaps the arithmetic. The last POLY tiles (float32
+    reductions, so memory latency overlaps the arithmetic; STAGES > 1 instead lets the
+    compiler pipeline the loop (asynchronous copies of the next STAGES - 1 row tiles into
+    shared memory: more bytes in flight, fewer registers; STAGES = 1 compiles to the same
+    code as a plain loop). The last POLY tiles (float32
     compute only) take their exponentials from ``_exp2_poly``. Each row's log2-sum-exp2
     (its max plus the log2 of its sum) is added up in float64 per program, for the dual
     objective."""
@@ -133,7 +144,7 @@ def _sweep_fused(x_ptr, coef_ptr, part_ptr, lse_ptr, n_programs, n_rows, stride_
             next2 = _load(row_ptr, row_ok, cols2, ok2, stride_col)
         if TILES > 3:
             next3 = _load(row_ptr, row_ok, cols3, ok3, stride_col)
-    for tile in range(pid, tl.cdiv(n_rows, BLOCK_M), n_programs):
+    for tile in tl.range(pid, tl.cdiv(n_rows, BLOCK_M), n_programs, num_stages=STAGES):
         row_ptr, row_ok = _row_pointers(x_ptr, tile, n_rows, stride_row, BLOCK_M, ROW_ALIGN)
         if PREFETCH:
             x0 = next0
@@ -316,11 +327,14 @@ def sweep_lse(x: torch.Tensor, f: np.ndarray, lam: float) -> tuple[np.ndarray, f
         shape = dict(N_COLS=n_cols, WIDTH=width, TILES=tiles, ROW_ALIGN=_row_align(x))
 
         def launch(config: tuple) -> None:
-            block_m, warps, prefetch, poly = (*config, 0)[:4]
-            _sweep_fused[(programs,)](x, coef, part, lse_parts, programs, *strides, BLOCK_M=block_m,
-                                      PREFETCH=prefetch, POLY=poly, num_warps=warps, **shape)
+            c = FusedLaunch(*config)
+            _sweep_fused[(programs,)](x, coef, part, lse_parts, programs, *strides, BLOCK_M=c.rows,
+                                      PREFETCH=c.prefetch, POLY=c.poly, STAGES=c.stages,
+                                      num_warps=c.warps, **shape)
 
-        _run(launch, _fused_configs(width, tiles, x), ("sweep", x.dtype, n_cols), x)
+        TUNER.run(launch, _fused_configs(width, tiles, x), ("sweep", x.dtype, n_cols),
+                  lambda: (_sum_parts(part).cpu().numpy(), lse_parts.sum().cpu().numpy()),
+                  tune=x.is_cuda and x.numel() >= TUNE_ELEMENTS)
     else:
         tile = WIDE_TILE
         top = torch.empty(n_rows, dtype=coef.dtype, device=x.device)
@@ -385,9 +399,18 @@ def _row_align(x: torch.Tensor) -> int:
     return math.gcd(stride, 16) if stride else 16
 
 
-def _fused_configs(width: int, tiles: int, x: torch.Tensor) -> list[tuple]:
-    """(rows per tile, warps, prefetch[, poly tiles]) to try for the one-pass sweep, the
-    default first.
+class FusedLaunch(NamedTuple):
+    """One launch configuration of the one-pass sweep (see ``_sweep_fused``)."""
+
+    rows: int
+    warps: int
+    prefetch: bool
+    poly: int = 0
+    stages: int = 1
+
+
+def _fused_configs(width: int, tiles: int, x: torch.Tensor) -> list[FusedLaunch]:
+    """The one-pass sweep's launch configurations to try, the default first.
 
     Warps lie along the columns (at most one per 128 columns of a tile), so a row tile's max
     and sum cost one cross-warp reduction each; a thread holds 16 to 32 scores of a tile
@@ -396,63 +419,77 @@ def _fused_configs(width: int, tiles: int, x: torch.Tensor) -> list[tuple]:
     and the float32 one through shared memory (26 barriers per tile instead of 6).
     """
     cap = max(1, min(16, width // 128))
-    configs: list[tuple[int, int, bool]] = []
+    configs: list[FusedLaunch] = []
     for warps in (min(8, cap), min(16, cap), min(4, cap)):
         per_row = max(1, width * tiles // (32 * warps))
         for target, prefetch in ((16, True), (32, True), (16, False), (32, False)):
             rows = min(64, 1 << (max(1, target // per_row).bit_length() - 1))
             if x.element_size() == 2 and per_row >= 4:
                 rows = 1
-            if (rows, warps, prefetch) not in configs:
-                configs.append((rows, warps, prefetch))
+            if FusedLaunch(rows, warps, prefetch) not in configs:
+                configs.append(FusedLaunch(rows, warps, prefetch))
     configs = configs[:6]
     if x.element_size() <= 4:
         configs += _instruction_saving(configs, width, tiles, x.element_size() == 2)
+        configs += _pipelined(width, tiles, x.element_size())
     return configs
 
 
-def _instruction_saving(configs: list[tuple], width: int, tiles: int,
-                        half: bool) -> list[tuple]:
-    """Extra (rows, warps, prefetch, poly tiles) for float32 compute, most of all for 16-bit
-    scores, whose sweep is bound by instructions and barriers, not memory (unmeasured on a GPU
-    when added: the tuner keeps them only where they time faster). Two warps hold twice the
-    scores per thread of four, so the per-row reductions and barriers are spread over twice
-    the work (K=3000, sm_90: 9.0 SASS instructions per bfloat16 score against 10.4 with four
-    warps and 13.6 with eight, 8.1 per float32 one; no spills); ``poly`` (16-bit only)
-    computes the last tile's exponentials with FMAs, off the special-function unit."""
+def _instruction_saving(configs: list[FusedLaunch], width: int, tiles: int,
+                        half: bool) -> list[FusedLaunch]:
+    """Extra configurations for float32 compute, most of all for 16-bit scores, whose sweep
+    is bound by instructions and barriers, not memory (unmeasured on a GPU when added: the
+    tuner keeps them only where they time faster). Two warps hold twice the scores per
+    thread of four, so the per-row reductions and barriers are spread over twice the work
+    (K=3000, sm_90: 9.0 SASS instructions per bfloat16 score against 10.4 with four warps
+    and 13.6 with eight, 8.1 per float32 one; no spills); ``poly`` (16-bit only) computes
+    the last tile's exponentials with FMAs, off the special-function unit."""
     extra = []
     if width >= 512 and width * tiles // 64 <= 64:
-        extra += [(1, 2, True, 0), (1, 2, False, 0)]
+        extra += [FusedLaunch(1, 2, True), FusedLaunch(1, 2, False)]
     if half and tiles > 1:
-        extra += [(*configs[0][:3], 1)] + ([(*configs[0][:3], 2)] if tiles > 3 else [])
+        default = configs[0]
+        extra += [default._replace(poly=1)] + ([default._replace(poly=2)] if tiles > 3 else [])
     return extra
 
 
-_TUNED: dict[tuple, tuple] = {}
+def _pipelined(width: int, tiles: int, itemsize: int) -> list[FusedLaunch]:
+    """Software-pipelined configurations: one row per tile, the next PIPELINE_STAGES - 1 rows
+    copied asynchronously into shared memory while this one is reduced.
+
+    The register prefetch keeps one row per program in flight, and a multiprocessor holds
+    only so many programs: at K=3000 (sm_90, ptxas) the bfloat16 sweep the H200 tuner chose
+    (4 warps, 120 registers) runs 4 programs per multiprocessor, 24 KB of scores in flight
+    where float32's pick (8 warps, 64 registers, 12 KB rows) keeps 48 KB, and its time
+    (1.72x a read) is about the read plus the instruction issue, not the larger of the two.
+    Pipelined, the 4-warp and 2-warp bfloat16 sweeps take 95 and 173 registers, run 5
+    programs per multiprocessor and keep 60 KB in flight, and the 2-warp one issues 1006
+    warp instructions per row against the 4-warp register prefetch's 1208 (unmeasured on a
+    GPU when added: the tuner keeps them only where they agree with the default and time
+    faster). Rows of more than ``PIPELINE_ROW_BYTES`` are
+    left out: their stages would crowd the multiprocessor's shared memory.
+    """
+    if width * tiles * itemsize > PIPELINE_ROW_BYTES:
+        return []
+    cap = max(1, min(16, width // 128))
+    warps = sorted({min(w, cap) for w in (2, 4, 8)})
+    return [FusedLaunch(1, w, False, stages=PIPELINE_STAGES) for w in warps]
 
 
-def _run(launch, configs: list, key: tuple, x: torch.Tensor) -> None:
-    """Launch with the fastest config for ``key`` (timed once on a large input) or the default."""
-    if key in _TUNED:
-        launch(_TUNED[key])
-        return
-    if x.numel() < TUNE_ELEMENTS or not x.is_cuda or len(configs) == 1:
-        launch(configs[0])
-        return
-    times = []
-    for config in configs:
-        launch(config)
-        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(3):
-            launch(config)
-        stop.record()
-        stop.synchronize()
-        times.append(start.elapsed_time(stop))
-    _TUNED[key] = configs[int(np.argmin(times))]
-    launch(_TUNED[key])
+def _elapsed(run) -> float:
+    """Milliseconds for three calls of ``run`` on the current CUDA stream."""
+    start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(3):
+        run()
+    stop.record()
+    stop.synchronize()
+    return start.elapsed_time(stop)
 
 
-def tuned_configs() -> dict[str, tuple]:
-    """The launch configurations chosen so far, for benchmark reports."""
-    return {f"{name} {dtype} K={k}": cfg for (name, dtype, k), cfg in _TUNED.items()}
+TUNER = Tuner(_elapsed, lambda: (OutOfResources, PTXASError))
+
+
+def tuned_configs() -> dict[str, dict]:
+    """The launch configurations chosen so far and those ruled out, for benchmark reports."""
+    return TUNER.report(lambda key: "{} {} K={}".format(*key))

@@ -16,6 +16,7 @@ import numpy as np
 
 from ._base import Kernel
 from ._cuda import SOURCE
+from ._tuning import Tuner
 
 LOG2E = math.log2(math.e)
 #: Temporaries per block of the plain-CuPy operations.
@@ -62,14 +63,16 @@ class CupyKernel(Kernel):
         names = [sweep_name(x.dtype.name, config) for config in plan]
 
         def launch(config: tuple[int, ...]) -> None:
-            functions = _functions(tuple(names if key in _TUNED or tuning else names[:1]))
+            functions = _functions(tuple(names if key in TUNER.chosen or tuning else names[:1]))
             functions[sweep_name(x.dtype.name, config)]((programs,), (config[1],), args)
 
+        def totals():
+            return cp.concatenate([part.sum(axis=0, dtype=cp.float64), lse_part.sum().reshape(1)])
+
         key = (x.dtype.name, n_cols, plan[0][0])
-        tuning = key not in _TUNED and x.size >= TUNE_ELEMENTS and len(plan) > 1
-        _run(launch, plan, key, x)
-        totals = cp.concatenate([part.sum(axis=0, dtype=cp.float64), lse_part.sum().reshape(1)])
-        return _split(totals.get())
+        tuning = key not in TUNER.chosen and x.size >= TUNE_ELEMENTS and len(plan) > 1
+        TUNER.run(launch, plan, key, lambda: _split(totals().get()), tune=tuning)
+        return _split(totals().get())
 
     def best(self, chunk, f: np.ndarray, lam: float):
         import cupy as cp
@@ -252,34 +255,32 @@ def _instruction_saving(candidates: list[tuple[int, ...]], vec: int, n_cols: int
     return extra
 
 
-_TUNED: dict[tuple, tuple[int, ...]] = {}
-
-
-def _run(launch, candidates: list, key: tuple, x) -> None:
-    """Launch with the fastest candidate for ``key`` (timed once on a large input)."""
+def _elapsed(run) -> float:
+    """Milliseconds for three calls of ``run`` on the current CUDA stream."""
     import cupy as cp
 
-    if key not in _TUNED and (x.size < TUNE_ELEMENTS or len(candidates) == 1):
-        launch(candidates[0])
-        return
-    if key not in _TUNED:
-        times = []
-        for config in candidates:
-            launch(config)
-            start, stop = cp.cuda.Event(), cp.cuda.Event()
-            start.record()
-            for _ in range(3):
-                launch(config)
-            stop.record()
-            stop.synchronize()
-            times.append(cp.cuda.get_elapsed_time(start, stop))
-        _TUNED[key] = candidates[int(np.argmin(times))]
-    launch(_TUNED[key])
+    start, stop = cp.cuda.Event(), cp.cuda.Event()
+    start.record()
+    for _ in range(3):
+        run()
+    stop.record()
+    stop.synchronize()
+    return cp.cuda.get_elapsed_time(start, stop)
 
 
-def tuned_configs() -> dict[str, tuple[int, ...]]:
-    """The launch configurations chosen so far, for benchmark reports."""
-    return {f"sweep {dtype} K={k} vec={vec}": cfg for (dtype, k, vec), cfg in _TUNED.items()}
+def _launch_errors() -> tuple[type[BaseException], ...]:
+    """What a configuration that cannot run here raises (CuPy is imported by then)."""
+    import cupy as cp
+
+    return (cp.cuda.driver.CUDADriverError, cp.cuda.compiler.CompileException)
+
+
+TUNER = Tuner(_elapsed, _launch_errors)
+
+
+def tuned_configs() -> dict[str, dict]:
+    """The launch configurations chosen so far and those ruled out, for benchmark reports."""
+    return TUNER.report(lambda key: "sweep {} K={} vec={}".format(*key))
 
 
 def _blocks(x) -> Iterator[tuple[int, int]]:

@@ -1,0 +1,85 @@
+"""Choosing a fused kernel's launch configuration by timing, shared by the CUDA backends.
+
+A configuration is timed once per shape class, on an input large enough for the timing to
+mean something; smaller inputs take the default (the first candidate) at once. A candidate is
+only eligible when its result agrees with the default's: the candidate lists grow with
+variants added before a GPU could time them, and a faster wrong kernel must never be chosen.
+A candidate that cannot launch on this device (too much shared memory, say) is skipped.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Hashable, Sequence
+
+import numpy as np
+
+#: Relative agreement a candidate's result needs with the default's: float32 sums over a
+#: million rows in another order differ by ~1e-6; a wrong kernel differs by far more.
+AGREEMENT = 1e-4
+
+
+class Tuner:
+    """The fastest agreeing configuration per key, remembered for the process.
+
+    ``elapsed(run)`` times a few calls of ``run`` on the device (milliseconds); ``errors()``
+    gives the exceptions that mean "this configuration cannot launch here" (a function, so
+    that the GPU library is imported only when a kernel is tuned).
+    """
+
+    def __init__(self, elapsed: Callable[[Callable[[], None]], float],
+                 errors: Callable[[], tuple[type[BaseException], ...]]):
+        self.elapsed = elapsed
+        self.errors = errors
+        self.chosen: dict[Hashable, tuple] = {}
+        self.rejected: dict[Hashable, list[tuple[tuple, str]]] = {}
+
+    def run(self, launch: Callable[[tuple], None], candidates: Sequence[tuple], key: Hashable,
+            result: Callable[[], Sequence[np.ndarray]], tune: bool) -> None:
+        """Launch the configuration chosen for ``key``; with ``tune`` (a large input) and
+        none chosen yet, time every candidate first. ``result`` reads back what a launch
+        computed (host arrays, each compared on its own scale), for the agreement check."""
+        if key not in self.chosen and tune and len(candidates) > 1:
+            self.chosen[key] = self._fastest(launch, candidates, key, result)
+        launch(self.chosen.get(key, candidates[0]))
+
+    def _fastest(self, launch, candidates, key, result) -> tuple:
+        launch(candidates[0])
+        reference = result()
+        errors = self.errors()
+        times, rejected, wrong = [], [], []
+        for config in candidates:
+            times.append(np.inf)
+            try:
+                launch(config)
+            except errors as exc:
+                rejected.append((config, f"cannot launch: {exc}"))
+                continue
+            gap = max(map(_disagreement, result(), reference))
+            if gap > AGREEMENT:
+                rejected.append((config, f"disagrees with the default by {gap:.2g}"))
+                wrong.append(config)
+                continue
+            times[-1] = self.elapsed(lambda config=config: launch(config))
+        self.rejected[key] = rejected
+        if wrong:
+            warnings.warn(f"sinklabel: launch configurations {wrong} of a fused kernel gave "
+                          "results that disagree with the default one and were not used; "
+                          "please report this with your GPU model", RuntimeWarning, stacklevel=4)
+        return candidates[int(np.argmin(times))]
+
+    def report(self, name: Callable[[Hashable], str]) -> dict[str, dict]:
+        """The configurations chosen so far and those ruled out (with why), keyed by
+        ``name(key)``, for benchmark reports."""
+        return {name(key): {"chosen": list(config),
+                            "rejected": [[list(c), why] for c, why in self.rejected.get(key, [])]}
+                for key, config in self.chosen.items()}
+
+
+def _disagreement(value: np.ndarray, reference: np.ndarray) -> float:
+    """Largest difference relative to the reference's largest magnitude (NaN: infinite)."""
+    value, reference = np.asarray(value, np.float64), np.asarray(reference, np.float64)
+    if value.shape != reference.shape or not np.isfinite(value).all():
+        return np.inf
+    scale = max(float(np.abs(reference).max(initial=0.0)), np.finfo(np.float64).tiny)
+    return float(np.abs(value - reference).max(initial=0.0)) / scale

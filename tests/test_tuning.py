@@ -1,0 +1,97 @@
+"""The launch-configuration tuner shared by the CUDA backends, driven by fake kernels: it must
+choose the fastest configuration that agrees with the default, never a faster wrong one."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sinklabel.kernels._tuning import AGREEMENT, Tuner
+
+
+class CannotLaunch(Exception):
+    pass
+
+
+class FakeKernel:
+    """Configurations named by letter: ``speed`` gives each one's milliseconds, ``error`` the
+    relative error of its result, ``broken`` those that cannot launch."""
+
+    def __init__(self, speed: dict, error: dict | None = None, broken: tuple = ()):
+        self.speed, self.error, self.broken = speed, error or {}, broken
+        self.launched: list[str] = []
+        self.last = None
+
+    def launch(self, config: tuple) -> None:
+        (name,) = config
+        if name in self.broken:
+            raise CannotLaunch(name)
+        self.launched.append(name)
+        self.last = name
+
+    def result(self) -> tuple[np.ndarray, float]:
+        masses = np.linspace(1.0, 2.0, 5) * (1 + self.error.get(self.last, 0.0))
+        return masses, 1e6
+
+    def elapsed(self, run) -> float:
+        before = len(self.launched)
+        run()
+        assert len(self.launched) == before + 1
+        return self.speed[self.launched[-1]]
+
+    def tuner(self) -> Tuner:
+        return Tuner(self.elapsed, lambda: (CannotLaunch,))
+
+
+CANDIDATES = [("a",), ("b",), ("c",), ("d",)]
+
+
+def test_picks_the_fastest_candidate_once_per_key_and_reuses_it():
+    kernel = FakeKernel({"a": 3.0, "b": 2.0, "c": 1.0, "d": 4.0})
+    tuner = kernel.tuner()
+    tuner.run(kernel.launch, CANDIDATES, "key", kernel.result, tune=True)
+    assert tuner.chosen == {"key": ("c",)} and kernel.last == "c"
+    kernel.launched.clear()
+    tuner.run(kernel.launch, CANDIDATES, "key", kernel.result, tune=True)
+    assert kernel.launched == ["c"]                     # no second round of timing
+    assert tuner.report(str) == {"key": {"chosen": ["c"], "rejected": []}}
+
+
+def test_small_inputs_take_the_default_without_timing():
+    kernel = FakeKernel({"a": 3.0, "b": 1.0, "c": 1.0, "d": 1.0})
+    tuner = kernel.tuner()
+    tuner.run(kernel.launch, CANDIDATES, "key", kernel.result, tune=False)
+    assert kernel.launched == ["a"] and tuner.chosen == {}
+
+
+def test_a_faster_candidate_that_disagrees_is_never_chosen():
+    kernel = FakeKernel({"a": 3.0, "b": 2.0, "c": 1.0, "d": 0.5},
+                        error={"c": 10 * AGREEMENT, "d": np.nan})
+    tuner = kernel.tuner()
+    with pytest.warns(RuntimeWarning, match=r"\[\('c',\), \('d',\)\].*disagree with the default"):
+        tuner.run(kernel.launch, CANDIDATES, "key", kernel.result, tune=True)
+    assert tuner.chosen["key"] == ("b",)
+    assert [config for config, _ in tuner.rejected["key"]] == [("c",), ("d",)]
+
+
+def test_rounding_differences_are_agreement():
+    kernel = FakeKernel({"a": 3.0, "b": 2.0, "c": 1.0, "d": 4.0}, error={"c": AGREEMENT / 10})
+    tuner = kernel.tuner()
+    tuner.run(kernel.launch, CANDIDATES, "key", kernel.result, tune=True)
+    assert tuner.chosen["key"] == ("c",)
+
+
+def test_a_candidate_that_cannot_launch_is_skipped_without_a_warning(recwarn):
+    kernel = FakeKernel({"a": 3.0, "b": 2.0, "c": 1.0, "d": 4.0}, broken=("c",))
+    tuner = kernel.tuner()
+    tuner.run(kernel.launch, CANDIDATES, "key", kernel.result, tune=True)
+    assert tuner.chosen["key"] == ("b",)
+    assert tuner.rejected["key"] == [(("c",), "cannot launch: c")]
+    assert not recwarn.list
+
+
+def test_other_errors_propagate():
+    kernel = FakeKernel({"a": 3.0, "b": 2.0, "c": 1.0, "d": 4.0}, broken=("b",))
+    tuner = Tuner(kernel.elapsed, lambda: (KeyError,))
+    with pytest.raises(CannotLaunch):
+        tuner.run(kernel.launch, CANDIDATES, "key", kernel.result, tune=True)
