@@ -340,8 +340,10 @@ def _nvrtc():
     return None
 
 
-def test_cupy_cuda_source_compiles_for_hopper():
-    """NVRTC (what CuPy calls) compiles every kind of kernel instantiation for sm_90."""
+def _compile_with_nvrtc(names: list[str], arch: str) -> None:
+    """Compile the CuPy backend's CUDA source for ``names`` as CuPy would (NVRTC) and check
+    each instantiation got a symbol; ``sm_90`` also runs ptxas (register and shared-memory
+    limits), ``compute_90`` stops at PTX."""
     import ctypes
 
     from sinklabel.kernels._cuda import SOURCE
@@ -349,21 +351,12 @@ def test_cupy_cuda_source_compiles_for_hopper():
     lib = _nvrtc()
     if lib is None:
         pytest.skip("libnvrtc not found (pip install nvidia-cuda-nvrtc to run this check)")
-    names = ["sink_sweep<float, 4, 3, 5, 256, 0>", "sink_sweep<float, 4, 3, 2, 256, 1>",
-             "sink_sweep<half_bits, 8, 3, 1, 128, 1>", "sink_sweep<half_bits, 4, 3, 2, 256, 1>",
-             "sink_sweep<float, 1, 2, 8, 32, 1>", "sink_sweep<double, 1, 6, 1, 512, 0>",
-             "sink_sweep<double, 2, 3, 2, 512, 1>",
-             "sink_sweep<half_bits, 4, 3, 2, 256, 1, 1, 0>",
-             "sink_sweep<half_bits, 8, 3, 1, 128, 2, 1, 2>",
-             "sink_sweep<half_bits, 4, 1, 8, 32, 2>", "sink_sweep<half_bits, 8, 6, 1, 64, 2>",
-             "sink_sweep<float, 1, 2, 3, 32, 0, 1, 4>", "sink_sweep<double, 1, 6, 2, 512, 0, 1, 0>",
-             "sink_best<float>", "sink_best<half_bits>", "sink_best<double>"]
     program = ctypes.c_void_p()
     assert lib.nvrtcCreateProgram(ctypes.byref(program), SOURCE.encode(), b"sinklabel.cu", 0,
                                   None, None) == 0
     for name in names:
         assert lib.nvrtcAddNameExpression(program, name.encode()) == 0
-    options = [b"-std=c++17", b"-arch=compute_90"]
+    options = [b"-std=c++17", f"-arch={arch}".encode()]
     status = lib.nvrtcCompileProgram(program, len(options),
                                      (ctypes.c_char_p * len(options))(*options))
     size = ctypes.c_size_t()
@@ -376,6 +369,49 @@ def test_cupy_cuda_source_compiles_for_hopper():
         assert lib.nvrtcGetLoweredName(program, name.encode(), ctypes.byref(lowered)) == 0
         assert lowered.value.startswith(b"_Z")
     lib.nvrtcDestroyProgram(ctypes.byref(program))
+
+
+def test_cupy_cuda_source_compiles_for_hopper():
+    """NVRTC (what CuPy calls) compiles every kind of kernel instantiation for sm_90."""
+    _compile_with_nvrtc(
+        ["sink_sweep<float, 4, 3, 5, 256, 0>", "sink_sweep<float, 4, 3, 2, 256, 1>",
+         "sink_sweep<half_bits, 8, 3, 1, 128, 1>", "sink_sweep<half_bits, 4, 3, 2, 256, 1>",
+         "sink_sweep<float, 1, 2, 8, 32, 1>", "sink_sweep<double, 1, 6, 1, 512, 0>",
+         "sink_sweep<double, 2, 3, 2, 512, 1>",
+         "sink_sweep<half_bits, 4, 3, 2, 256, 1, 1, 0>",
+         "sink_sweep<half_bits, 8, 3, 1, 128, 2, 1, 2>",
+         "sink_sweep<half_bits, 4, 1, 8, 32, 2>", "sink_sweep<half_bits, 8, 6, 1, 64, 2>",
+         "sink_sweep<float, 1, 2, 3, 32, 0, 1, 4>", "sink_sweep<double, 1, 6, 2, 512, 0, 1, 0>",
+         "sink_sweep<half_bits, 8, 3, 1, 128, 0, 0, 0, 4>",
+         "sink_sweep<half_bits, 8, 3, 2, 128, 0, 1, 0, 2>",
+         "sink_sweep<float, 4, 3, 1, 256, 0, 0, 0, 3>",
+         "sink_sweep<double, 2, 1, 1, 512, 0, 0, 0, 4>",
+         "sink_best<float>", "sink_best<half_bits>", "sink_best<double>"], "compute_90")
+
+
+class _ArrayShape:
+    """What the CuPy backend's launch plan reads of an array, for planning without a GPU."""
+
+    def __init__(self, n_rows: int, n_cols: int, dtype: str):
+        self.shape, self.dtype = (n_rows, n_cols), np.dtype(dtype)
+        self.itemsize = self.dtype.itemsize
+        self.strides = (n_cols * self.itemsize, self.itemsize)
+        self.data = type("Pointer", (), {"ptr": 512})
+
+
+def test_every_cupy_tuning_candidate_fits_a_hopper_multiprocessor():
+    """Every instantiation the CuPy tuner may try compiles to sm_90 machine code (ptxas
+    checks registers and the ring's shared memory): one that did not would fail the whole
+    module's compile, the default included."""
+    from sinklabel.kernels import cupy as module
+
+    names = set()
+    for dtype in ("float16", "float32", "float64"):
+        for n_cols in (40, 1000, 3000, 10000):
+            plan = module._sweep_plan(_ArrayShape(1000, n_cols, dtype)) or []
+            names.update(module.sweep_name(dtype, config) for config in plan)
+    assert any(name.endswith(", 4>") for name in names)   # ringed candidates are planned
+    _compile_with_nvrtc(sorted(names), "sm_90")
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])

@@ -7,10 +7,12 @@ is read once, ``z = scale * x + coef`` in base-2 units, row max and row sum by w
 and one shared-memory exchange, then ``acc += exp2(z - max) / sum``. With ``PREFETCH`` the
 next tile's raw scores are loaded into registers before this tile's arithmetic, so loads stay
 in flight through the two barriers per tile (without it a block waits for memory once per
-tile). Each block writes its K sums to its own row of a partial-sum buffer, and the sum of
-its rows' log-sum-exps (``max + log2(sum)`` per row, one log2 per row, accumulated in float64
-by thread 0, converted to natural-log units at the end) to its own entry of a second buffer;
-both are reduced in a fixed order on the host side: no atomics, so results repeat exactly.
+tile); with ``STAGES`` instead, a ring of row tiles in shared memory is filled by
+asynchronous copies up to ``STAGES - 1`` tiles ahead (see ``Ring``). Each block writes its
+K sums to its own row of a partial-sum buffer, and the sum of its rows' log-sum-exps
+(``max + log2(sum)`` per row, one log2 per row, accumulated in float64 by thread 0,
+converted to natural-log units at the end) to its own entry of a second buffer; both are
+reduced in a fixed order on the host side: no atomics, so results repeat exactly.
 
 ``sink_best<S>``: one warp per row; row max of ``scale * x + coef`` rounded like NumPy (no
 fused multiply-add), its first arg-max, and NaN when the row holds one.
@@ -141,6 +143,84 @@ template <typename S, int VEC, int N> __device__ __forceinline__ bool load_pack(
     return true;
 }
 
+// STAGES > 0: a ring of STAGES row tiles in shared memory, filled by asynchronous copies
+// (cp.async) STAGES - 1 tiles ahead of the arithmetic, so more bytes are in flight than the
+// registers of a prefetch can hold. Each thread copies and later reads only its own packs,
+// so no barrier guards the ring: cp.async.wait_group makes a thread's own copies visible to
+// it. Slots hold 16-bit scores as 32-bit words (see HalfWords). Shared memory is addressed
+// directly (32-bit addresses), and packs past the matrix are zero-filled rather than
+// skipped (never read as scores), so the copies need no branches.
+template <typename S, int VEC, int NV, int ROWS, int THREADS, int STAGES> struct Ring {
+    typename RawPack<S, VEC, 2>::type slot[STAGES][ROWS][NV][THREADS];
+};
+template <typename S, int VEC, int NV, int ROWS, int THREADS>
+struct Ring<S, VEC, NV, ROWS, THREADS, 0> {
+    typename RawPack<S, VEC, 2>::type slot[1][1][1][1];
+};
+
+__device__ __forceinline__ unsigned shared_address(const void* p) {
+    unsigned address;
+    asm("{ .reg .u64 p; cvta.to.shared.u64 p, %1; cvt.u32.u64 %0, p; }"
+        : "=r"(address) : "l"(p));
+    return address;
+}
+
+// Copy BYTES (4, 8 or 16) from global memory; only the first ``valid`` bytes are read, the
+// rest of the slot is zero-filled.
+template <int BYTES> __device__ __forceinline__ void copy_async(unsigned dst, const void* src,
+                                                                 int valid) {
+    if (BYTES == 16) {
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;"
+                     :: "r"(dst), "l"(src), "r"(valid) : "memory");
+    } else {
+        asm volatile("cp.async.ca.shared.global [%0], [%1], %2, %3;"
+                     :: "r"(dst), "l"(src), "n"(BYTES), "r"(valid) : "memory");
+    }
+}
+
+// Start copying this thread's packs of row tile ``tile`` to the stage at shared address
+// ``stage`` (its pack (r, j) at offset ((r * NV + j) * THREADS) * sizeof(P)), as one commit
+// group.
+template <typename P, typename S, int VEC, int NV, int ROWS, int THREADS>
+__device__ __forceinline__ void copy_tile_async(unsigned stage, const S* __restrict__ x,
+                                                long long tile, long long n_rows,
+                                                long long stride_row, int n_cols, int t)
+{
+#pragma unroll
+    for (int r = 0; r < ROWS; ++r) {
+        const long long row = tile * ROWS + r;
+        const S* rp = x + (row < n_rows ? row : 0) * stride_row;
+#pragma unroll
+        for (int j = 0; j < NV; ++j) {
+            const int col0 = (j * THREADS + t) * VEC;
+            const bool here = row < n_rows && col0 < n_cols;
+            copy_async<sizeof(P)>(stage + (r * NV + j) * THREADS * sizeof(P),
+                                  rp + (col0 < n_cols ? col0 : 0), here ? sizeof(P) : 0);
+        }
+    }
+    asm volatile("cp.async.commit_group;" ::: "memory");
+}
+
+// Wait until at most ``PENDING`` of this thread's commit groups are still in flight.
+template <int PENDING> __device__ __forceinline__ void wait_async() {
+    asm volatile("cp.async.wait_group %0;" :: "n"(PENDING) : "memory");
+}
+
+// One pack from shared memory as one vector load (a plain struct copy became 32-bit loads).
+template <typename P> __device__ __forceinline__ P load_shared(unsigned address) {
+    P out;
+    unsigned* w = reinterpret_cast<unsigned*>(&out);
+    if (sizeof(P) == 16) {
+        asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];"
+                     : "=r"(w[0]), "=r"(w[1]), "=r"(w[2]), "=r"(w[3]) : "r"(address));
+    } else if (sizeof(P) == 8) {
+        asm volatile("ld.shared.v2.u32 {%0, %1}, [%2];" : "=r"(w[0]), "=r"(w[1]) : "r"(address));
+    } else {
+        asm volatile("ld.shared.u32 %0, [%1];" : "=r"(w[0]) : "r"(address));
+    }
+    return out;
+}
+
 // MERGE's one barrier per tile: each warp takes exp2 against its own row max and sums it,
 // lane 0 posts the warp's (max, sum), and after the barrier lane l merges warp l % WARPS's
 // pair (rescaled to the row max) in a log2(WARPS)-step butterfly, so every lane ends with the
@@ -194,7 +274,7 @@ __device__ __forceinline__ void merge_rows(A (&z)[ROWS][NV][VEC], A (&weight)[RO
 }
 
 template <typename S, int VEC, int NV, int ROWS, int THREADS, int PREFETCH, int MERGE = 0,
-          int POLY = 0>
+          int POLY = 0, int STAGES = 0>
 __global__ void __launch_bounds__(THREADS) sink_sweep(
     const S* __restrict__ x, const typename Acc<S>::type* __restrict__ coef,
     typename Acc<S>::type* __restrict__ part, double* __restrict__ lse_part, long long n_rows,
@@ -234,14 +314,41 @@ __global__ void __launch_bounds__(THREADS) sink_sweep(
     // memory: with a register held through the loop ptxas spilled more (checked for sm_90).
     __shared__ double lse_sum;
     if (t == 0) lse_sum = 0;
+    __shared__ Ring<S, VEC, NV, ROWS, THREADS, STAGES> ring;
+    typedef typename RawPack<S, VEC, 2>::type Slot;
+    const unsigned stage_bytes = ROWS * NV * THREADS * sizeof(Slot);
+    const unsigned ring_start = STAGES > 0 ? shared_address(&ring.slot[0][0][0][t]) : 0;
+    if constexpr (STAGES > 0) {
+#pragma unroll
+        for (int s = 0; s + 1 < STAGES; ++s)
+            copy_tile_async<Slot, S, VEC, NV, ROWS, THREADS>(
+                ring_start + s * stage_bytes, x, blockIdx.x + (long long)s * gridDim.x, n_rows,
+                stride_row, n_cols, t);
+    }
     int step = 0;
     for (long long tile = blockIdx.x; tile < n_tiles; tile += gridDim.x, ++step) {
         A z[ROWS][NV][VEC];
         A top[ROWS];
+        if constexpr (STAGES > 0) {
+            // The stage refilled here is the one read (into registers) in the previous step.
+            copy_tile_async<Slot, S, VEC, NV, ROWS, THREADS>(
+                ring_start + (step + STAGES - 1) % STAGES * stage_bytes, x,
+                tile + (STAGES - 1LL) * gridDim.x, n_rows, stride_row, n_cols, t);
+            wait_async<STAGES - 1>();
+        }
 #pragma unroll
         for (int r = 0; r < ROWS; ++r)
 #pragma unroll
             for (int j = 0; j < NV; ++j) {
+                if constexpr (STAGES > 0) {
+                    const bool here = tile * ROWS + r < n_rows && (j * THREADS + t) * VEC < n_cols;
+                    const Slot pk = load_shared<Slot>(ring_start + step % STAGES * stage_bytes
+                                                      + (r * NV + j) * THREADS * sizeof(Slot));
+#pragma unroll
+                    for (int v = 0; v < VEC; ++v)
+                        z[r][j][v] = here ? element(pk, v) * scale + cf[j][v] : neg_inf<A>();
+                    continue;
+                }
                 if (PREFETCH) {
 #pragma unroll
                     for (int v = 0; v < VEC; ++v)
