@@ -53,6 +53,7 @@ from .exp_cache import table_cap, with_exp_cache
 from .kernels import Kernel, resolve_kernel
 from .result import SinkhornResult
 from .sources import Array, ArraySource, Source, as_source
+from .sources._base import WrappingSource
 
 #: What every rank must pass identically, in fingerprint order.
 AGREED = ("K", "lam", "tol", "max_iter", "dtype", "label_weights", "init", "balance")
@@ -454,16 +455,13 @@ def _reduction_device(group: Any) -> Any:
     return torch.device("cpu")
 
 
-class _GuardedSource(Source):
+class _GuardedSource(WrappingSource):
     """A rank's rows; a read error is recorded and ends the pass early, so the rank still
-    reaches the reduction that follows the pass."""
+    reaches the reduction that follows the pass. Not ``in_memory``: a pass can end early."""
 
     def __init__(self, inner: Source, collective: TorchCollective):
-        self.inner = inner
+        super().__init__(inner)
         self.collective = collective
-        self.shape = inner.shape
-        self.dtype = inner.dtype
-        self.library = inner.library
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)

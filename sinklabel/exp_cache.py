@@ -49,6 +49,7 @@ import numpy as np
 
 from .kernels import Kernel, exp_tables
 from .sources import Array, Source, parse_memory
+from .sources._base import WrappingSource
 from .sources.memory import bytes_per_row, fixed_bytes
 
 #: A chunk whose table fails for at most this share of its rows is repaired row by row from
@@ -213,19 +214,14 @@ class _BlockReader:
         self._blocks = self._current = None
 
 
-class CachedSource(Source):
+class CachedSource(WrappingSource):
     """The inner source's row ranges as :class:`CachedChunk` handles (see the module notes)."""
 
     def __init__(self, inner: Source, cache: ExpCache):
-        self.inner = inner
+        super().__init__(inner)
         self.cache = cache
-        self.shape = inner.shape
-        self.dtype = inner.dtype
-        self.library = inner.library
+        # The cache reads nothing of its own: a handle reads the inner block, or nothing.
         self.in_memory = inner.in_memory
-
-    def bytes_per_row(self) -> int:
-        return self.inner.bytes_per_row()
 
     def chunks(self, rows: int) -> Iterator[tuple[int, int, CachedChunk]]:
         reader = _BlockReader(self.inner, rows)
