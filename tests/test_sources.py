@@ -17,6 +17,8 @@ from conftest import CPU_BACKENDS
 
 import sinklabel
 from sinklabel.datasets import make_scores
+from sinklabel.distributed import _GuardedSource
+from sinklabel.exp_cache import CachedSource
 from sinklabel.heads import sinkhorn_heads
 from sinklabel.kernels import get_kernel
 from sinklabel.progress import Progress, iterations_left
@@ -386,9 +388,6 @@ def test_a_wrapping_source_overrides_what_it_changes():
 def test_only_the_cache_passes_on_in_memory(scores32):
     """A check or a guard can stop a pass, so neither claims the scores are in memory; the
     cache reads nothing but the inner blocks. (Metadata only: no cache or collective.)"""
-    from sinklabel.distributed import _GuardedSource
-    from sinklabel.exp_cache import CachedSource
-
     in_memory = as_source(scores32)
     streamed = CallableSource(Recorder(scores32), scores32.shape)
     for inner in (in_memory, streamed):
