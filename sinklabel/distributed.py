@@ -51,6 +51,7 @@ from .certificate import (
 from .collective import Collective
 from .exp_cache import table_cap, with_exp_cache
 from .kernels import Kernel, resolve_kernel
+from .kernels._base import WrappingKernel
 from .result import SinkhornResult
 from .sources import Array, ArraySource, Source, as_source
 from .sources._base import WrappingSource
@@ -478,23 +479,18 @@ class _GuardedSource(WrappingSource):
             self.collective.fail(exc)
 
 
-class _GuardedKernel(Kernel):
+class _GuardedKernel(WrappingKernel):
     """A rank's kernel; an error is recorded and answered with a placeholder of the right
     kind, which the next reduction discards when it stops every rank."""
 
     def __init__(self, inner: Kernel, collective: TorchCollective, source: Source):
-        self.inner = inner
+        super().__init__(inner)
         self.collective = collective
         self.source = source
-        self.name = inner.name
-        self.libraries = inner.libraries
 
     def __getattr__(self, name: str) -> Any:
         # Operations added to the kernel contract later pass through unguarded.
         return getattr(self.inner, name)
-
-    def chunk_rows(self, n_labels: int, itemsize: int) -> int:
-        return self.inner.chunk_rows(n_labels, itemsize)
 
     def sweep(self, chunk: Array, f: np.ndarray, lam: float) -> np.ndarray:
         return self._guard(self.inner.sweep, np.zeros(f.size), chunk, f, lam)

@@ -48,6 +48,7 @@ from typing import Any
 import numpy as np
 
 from .kernels import Kernel, exp_tables
+from .kernels._base import WrappingKernel
 from .sources import Array, Source, parse_memory
 from .sources._base import WrappingSource
 from .sources.memory import bytes_per_row, fixed_bytes
@@ -234,19 +235,8 @@ class CachedSource(WrappingSource):
             reader.close()
 
 
-class CachedKernel(Kernel):
+class CachedKernel(WrappingKernel):
     """The inner kernel, answering from a :class:`CachedChunk`'s table where it can."""
-
-    def __init__(self, inner: Kernel):
-        self.inner = inner
-        self.name = inner.name
-        self.libraries = inner.libraries
-
-    def chunk_rows(self, n_labels: int, itemsize: int) -> int:
-        return self.inner.chunk_rows(n_labels, itemsize)
-
-    def workspace_bytes_per_row(self, n_labels: int, itemsize: int) -> int:
-        return self.inner.workspace_bytes_per_row(n_labels, itemsize)
 
     def sweep(self, chunk: Array, f: np.ndarray, lam: float) -> np.ndarray:
         return self.sweep_lse(chunk, f, lam)[0]
