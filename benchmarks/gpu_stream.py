@@ -36,6 +36,8 @@ import numpy as np
 
 #: Iterations of the timed solve (plus one labelling pass).
 SOLVE_ITERS = 5
+#: lam of the sweep consumer.
+LAM = 25.0
 
 
 def cuda_time(torch, fn) -> float:
@@ -51,8 +53,23 @@ def best_of(repeats: int, torch, fn) -> float:
     return min(cuda_time(torch, fn) for _ in range(repeats))
 
 
-def registered_stream(torch, host, k: int, device, rows: int, buffers: int,
-                      plain: float, repeats: int) -> dict:
+def one_pass(torch, source, rows: int, kernel=None) -> None:
+    """One pass over ``source``, the blocks ``rows`` at a time: without ``kernel`` only sums
+    each block on the GPU (the light consumer), with it runs its Sinkhorn sweep per block
+    (host result per block, as the solver does)."""
+    k = source.shape[1]
+    total = torch.zeros(k, device=source.device)
+    f = np.zeros(k)
+    for _, _, block in source.chunks(rows):
+        if kernel is None:
+            total += block.sum(dim=0)
+        else:
+            kernel.sweep(block, f, LAM)
+    total.cpu()
+
+
+def registered_stream(torch, host, device, rows: int, buffers: int, plain: float,
+                      repeats: int) -> dict:
     """``DeviceStreamSource(page_lock=True)``: the pageable memory page-locked in place
     (timed once) and streamed with direct copies, against the staging it saves per pass."""
     from sinklabel.sources.device import DeviceStreamSource
@@ -61,14 +78,8 @@ def registered_stream(torch, host, k: int, device, rows: int, buffers: int,
     source = DeviceStreamSource(host, device, buffers=buffers, page_lock=True)
     register_s = time.perf_counter() - begin
 
-    def light() -> None:
-        total = torch.zeros(k, device=device)
-        for _, _, block in source.chunks(rows):
-            total += block.sum(dim=0)
-        total.cpu()
-
     try:
-        seconds = best_of(repeats, torch, light)
+        seconds = best_of(repeats, torch, lambda: one_pass(torch, source, rows))
     finally:
         begin = time.perf_counter()
         source.close()
@@ -117,34 +128,24 @@ def main(argv: list[str]) -> int:
     if "torch" in available_backends():
         kernel = get_kernel("torch")
         consumers["sweep"] = kernel
-    f = np.zeros(k)
-
-    def one_pass(source, consumer) -> None:
-        total = torch.zeros(k, device=device)
-        for _, _, block in source.chunks(rows):
-            if consumer is None:
-                total += block.sum(dim=0)
-            else:
-                consumer.sweep(block, f, 25.0)
-        total.cpu()
-
     hosts = [("pinned", pinned, None)] + [(f"pageable_t{t}", pageable, t) for t in threads]
     for name, data, copy_threads in hosts:
         source = DeviceStreamSource(data, device, buffers=buffers, copy_threads=copy_threads)
         for consumer_name, consumer in consumers.items():
-            seconds = best_of(repeats, torch, lambda s=source, c=consumer: one_pass(s, c))
+            seconds = best_of(repeats, torch,
+                              lambda s=source, c=consumer: one_pass(torch, s, rows, c))
             report[f"stream_{name}_{consumer_name}"] = {
                 "s_per_pass": seconds, "gb_per_s": nbytes / seconds / 1e9,
                 "fraction": plain / seconds,
             }
 
-    report["registered"] = registered_stream(torch, pageable, k, device, rows, buffers, plain,
+    report["registered"] = registered_stream(torch, pageable, device, rows, buffers, plain,
                                              repeats)
     # The same scores as a memory-mapped .npy (page cache warm from the write), locked in place.
     path = os.path.join(os.environ.get("SINKLABEL_BENCH_DIR", "/tmp"), "gpu_stream_scores.npy")
     np.save(path, pageable)
     try:
-        report["registered_memmap"] = registered_stream(torch, path, k, device, rows, buffers,
+        report["registered_memmap"] = registered_stream(torch, path, device, rows, buffers,
                                                         plain, repeats)
     finally:
         os.remove(path)

@@ -51,8 +51,10 @@ from .certificate import (
 from .collective import Collective
 from .exp_cache import table_cap, with_exp_cache
 from .kernels import Kernel, resolve_kernel
+from .kernels._base import WrappingKernel
 from .result import SinkhornResult
 from .sources import Array, ArraySource, Source, as_source
+from .sources._base import WrappingSource
 
 #: What every rank must pass identically, in fingerprint order.
 AGREED = ("K", "lam", "tol", "max_iter", "dtype", "label_weights", "init", "balance")
@@ -454,16 +456,13 @@ def _reduction_device(group: Any) -> Any:
     return torch.device("cpu")
 
 
-class _GuardedSource(Source):
+class _GuardedSource(WrappingSource):
     """A rank's rows; a read error is recorded and ends the pass early, so the rank still
-    reaches the reduction that follows the pass."""
+    reaches the reduction that follows the pass. Not ``in_memory``: a pass can end early."""
 
     def __init__(self, inner: Source, collective: TorchCollective):
-        self.inner = inner
+        super().__init__(inner)
         self.collective = collective
-        self.shape = inner.shape
-        self.dtype = inner.dtype
-        self.library = inner.library
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
@@ -480,23 +479,18 @@ class _GuardedSource(Source):
             self.collective.fail(exc)
 
 
-class _GuardedKernel(Kernel):
+class _GuardedKernel(WrappingKernel):
     """A rank's kernel; an error is recorded and answered with a placeholder of the right
     kind, which the next reduction discards when it stops every rank."""
 
     def __init__(self, inner: Kernel, collective: TorchCollective, source: Source):
-        self.inner = inner
+        super().__init__(inner)
         self.collective = collective
         self.source = source
-        self.name = inner.name
-        self.libraries = inner.libraries
 
     def __getattr__(self, name: str) -> Any:
         # Operations added to the kernel contract later pass through unguarded.
         return getattr(self.inner, name)
-
-    def chunk_rows(self, n_labels: int, itemsize: int) -> int:
-        return self.inner.chunk_rows(n_labels, itemsize)
 
     def sweep(self, chunk: Array, f: np.ndarray, lam: float) -> np.ndarray:
         return self._guard(self.inner.sweep, np.zeros(f.size), chunk, f, lam)

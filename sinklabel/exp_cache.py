@@ -48,7 +48,9 @@ from typing import Any
 import numpy as np
 
 from .kernels import Kernel, exp_tables
+from .kernels._base import WrappingKernel
 from .sources import Array, Source, parse_memory
+from .sources._base import WrappingSource
 from .sources.memory import bytes_per_row, fixed_bytes
 
 #: A chunk whose table fails for at most this share of its rows is repaired row by row from
@@ -213,19 +215,14 @@ class _BlockReader:
         self._blocks = self._current = None
 
 
-class CachedSource(Source):
+class CachedSource(WrappingSource):
     """The inner source's row ranges as :class:`CachedChunk` handles (see the module notes)."""
 
     def __init__(self, inner: Source, cache: ExpCache):
-        self.inner = inner
+        super().__init__(inner)
         self.cache = cache
-        self.shape = inner.shape
-        self.dtype = inner.dtype
-        self.library = inner.library
+        # The cache reads nothing of its own: a handle reads the inner block, or nothing.
         self.in_memory = inner.in_memory
-
-    def bytes_per_row(self) -> int:
-        return self.inner.bytes_per_row()
 
     def chunks(self, rows: int) -> Iterator[tuple[int, int, CachedChunk]]:
         reader = _BlockReader(self.inner, rows)
@@ -238,19 +235,8 @@ class CachedSource(Source):
             reader.close()
 
 
-class CachedKernel(Kernel):
+class CachedKernel(WrappingKernel):
     """The inner kernel, answering from a :class:`CachedChunk`'s table where it can."""
-
-    def __init__(self, inner: Kernel):
-        self.inner = inner
-        self.name = inner.name
-        self.libraries = inner.libraries
-
-    def chunk_rows(self, n_labels: int, itemsize: int) -> int:
-        return self.inner.chunk_rows(n_labels, itemsize)
-
-    def workspace_bytes_per_row(self, n_labels: int, itemsize: int) -> int:
-        return self.inner.workspace_bytes_per_row(n_labels, itemsize)
 
     def sweep(self, chunk: Array, f: np.ndarray, lam: float) -> np.ndarray:
         return self.sweep_lse(chunk, f, lam)[0]

@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import importlib.util
 import warnings
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from conftest import to_backend, to_host
+from conftest import ForwardingKernel, to_backend, to_host
 
 from sinklabel import ConvergenceWarning, available_backends, sinkhorn
 from sinklabel.datasets import make_scores
+from sinklabel.distributed import _GuardedKernel
+from sinklabel.exp_cache import CachedKernel
 from sinklabel.kernels import get_kernel, resolve_kernel
+from sinklabel.kernels.numpy import NumpyKernel
 
 N, K = 240, 21  # K = 2 blocks of 8 plus a tail of 5: every code path of a blocked kernel
 LAMS = (1.0, 25.0)  # every exponential in range / most of them underflow
@@ -201,6 +205,42 @@ def test_slack_revives_labels_whose_mass_underflows(backend):
     revived = np.zeros(12)
     revived[4] -= slack[4]
     assert kernel.sweep(chunk, revived, 25.0)[4] > 0.0
+
+
+# --- kernels that wrap another one -------------------------------------------------------------
+
+
+class Distinct(NumpyKernel):
+    """The NumPy kernel with a name, libraries, sizes and fused pass unlike any default."""
+
+    name, libraries = "distinct", ("numpy", "other")
+
+    def chunk_rows(self, n_labels: int, itemsize: int) -> int:
+        return 7
+
+    def workspace_bytes_per_row(self, n_labels: int, itemsize: int) -> int:
+        return 11
+
+    def sweep_lse(self, chunk, f, lam):
+        return np.full(f.size, 3.0), 5.0
+
+
+def _guarded(inner):
+    return _GuardedKernel(inner, SimpleNamespace(failure=None), source=None)
+
+
+def _cached(inner):
+    return CachedKernel(inner)
+
+
+@pytest.mark.parametrize("wrap", [ForwardingKernel, _cached, _guarded])
+def test_a_wrapping_kernel_answers_as_its_inner_kernel_where_kernel_has_defaults(wrap):
+    kernel = wrap(Distinct())
+    assert (kernel.name, kernel.libraries) == ("distinct", ("numpy", "other"))
+    assert kernel.chunk_rows(K, 4) == 7
+    assert kernel.workspace_bytes_per_row(K, 4) == 11
+    mass, lse = kernel.sweep_lse(_scores(n=5), np.zeros(K), 25.0)
+    assert lse == 5.0 and np.all(mass == 3.0)
 
 
 # --- choosing a backend -----------------------------------------------------------------------

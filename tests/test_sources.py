@@ -17,18 +17,23 @@ from conftest import CPU_BACKENDS
 
 import sinklabel
 from sinklabel.datasets import make_scores
+from sinklabel.distributed import _GuardedSource
+from sinklabel.exp_cache import CachedSource
 from sinklabel.heads import sinkhorn_heads
 from sinklabel.kernels import get_kernel
 from sinklabel.progress import Progress, iterations_left
 from sinklabel.sources import (
     ArrayLikeSource,
     CallableSource,
+    CheckedSource,
     MemmapSource,
     Source,
     SourceError,
     as_source,
+    checked,
     parse_memory,
 )
+from sinklabel.sources._base import WrappingSource
 
 NUMPY_BACKENDS = [name for name in CPU_BACKENDS if "numpy" in get_kernel(name).libraries]
 N, K = 1003, 7
@@ -324,6 +329,72 @@ def test_parse_memory(text, expected):
 def test_parse_memory_rejects(bad, error):
     with pytest.raises(error, match="memory_limit"):
         parse_memory(bad)
+
+
+# --- sources that wrap another one ------------------------------------------------------------
+
+
+class Declared(Source):
+    """Metadata unlike any default: a wrapper that computed its own would differ."""
+
+    in_memory = True
+
+    def __init__(self):
+        self.shape, self.dtype, self.library = (10, 3), "float16", "torch"
+
+    def bytes_per_row(self) -> int:
+        return 123
+
+    def row_ranges(self, rows: int) -> Iterator[tuple[int, int]]:
+        return iter([(0, 10)])
+
+    def chunks(self, rows: int) -> Iterator:
+        yield 0, 10, np.zeros((10, 3), np.float16)
+
+
+class Passing(WrappingSource):
+    def chunks(self, rows: int) -> Iterator:
+        yield from self.inner.chunks(rows)
+
+
+class Narrowed(Passing):
+    """Overrides what it changes: one column, no memory of its own, in memory."""
+
+    def __init__(self, inner: Source):
+        super().__init__(inner)
+        self.shape = (inner.shape[0], 1)
+        self.in_memory = True
+
+    def bytes_per_row(self) -> int:
+        return 0
+
+
+def test_a_wrapping_source_reports_its_inner_sources_metadata():
+    wrapper = Passing(Declared())
+    assert (wrapper.shape, wrapper.dtype, wrapper.library) == ((10, 3), "float16", "torch")
+    assert wrapper.bytes_per_row() == 123
+    assert list(wrapper.row_ranges(4)) == [(0, 10)]
+    assert not wrapper.in_memory  # a promise about the wrapper itself: never inherited
+
+
+def test_a_wrapping_source_overrides_what_it_changes():
+    wrapper = Narrowed(Declared())
+    assert (wrapper.shape, wrapper.dtype, wrapper.library) == ((10, 1), "float16", "torch")
+    assert wrapper.bytes_per_row() == 0
+    assert wrapper.in_memory
+    assert list(wrapper.row_ranges(4)) == [(0, 10)]
+
+
+def test_only_the_cache_passes_on_in_memory(scores32):
+    """A check or a guard can stop a pass, so neither claims the scores are in memory; the
+    cache reads nothing but the inner blocks. (Metadata only: no cache or collective.)"""
+    in_memory = as_source(scores32)
+    streamed = CallableSource(Recorder(scores32), scores32.shape)
+    for inner in (in_memory, streamed):
+        assert CachedSource(inner, cache=None).in_memory == inner.in_memory
+        assert not CheckedSource(inner).in_memory
+        assert not _GuardedSource(inner, collective=None).in_memory
+    assert checked(CheckedSource(streamed)).inner is streamed
 
 
 class RowsSpy(Source):

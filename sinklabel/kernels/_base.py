@@ -93,3 +93,28 @@ class Kernel(ABC):
     @abstractmethod
     def concat(self, parts: list[Array]) -> Array:
         """Join per-chunk results (at least one) along rows into one array on their device."""
+
+
+class WrappingKernel(Kernel):
+    """A kernel that answers through another one, ``inner`` (caching, guarding).
+
+    It has the inner kernel's name and libraries, and the operations :class:`Kernel` gives a
+    default for go to the inner kernel: its own may differ (GPU kernels take all rows at
+    once, backends fuse ``sweep_lse``), and a wrapper inheriting :class:`Kernel` directly
+    would silently get the defaults instead. The abstract operations are left to the
+    subclass, so that each wrapper says what it does with each.
+    """
+
+    def __init__(self, inner: Kernel):
+        self.inner = inner
+        self.name = inner.name
+        self.libraries = inner.libraries
+
+    def chunk_rows(self, n_labels: int, itemsize: int) -> int:
+        return self.inner.chunk_rows(n_labels, itemsize)
+
+    def workspace_bytes_per_row(self, n_labels: int, itemsize: int) -> int:
+        return self.inner.workspace_bytes_per_row(n_labels, itemsize)
+
+    def sweep_lse(self, chunk: Array, f: np.ndarray, lam: float) -> tuple[np.ndarray, float]:
+        return self.inner.sweep_lse(chunk, f, lam)

@@ -43,6 +43,29 @@ class Source(ABC):
             yield start, min(n, start + rows)
 
 
+class WrappingSource(Source):
+    """A source that reads another one, ``inner``, and passes its rows on (checked, guarded,
+    cached): the inner source's shape, dtype, library, memory per row and row ranges are the
+    wrapper's too, so they are taken from it here, once. A subclass overrides what it changes.
+
+    ``in_memory`` is not taken: it promises that nothing can fail or change between passes
+    (the scores are then checked once, up front), which depends on what the wrapper does, so
+    it stays False unless the subclass sets it.
+    """
+
+    def __init__(self, inner: Source):
+        self.inner = inner
+        self.shape = inner.shape
+        self.dtype = inner.dtype
+        self.library = inner.library
+
+    def bytes_per_row(self) -> int:
+        return self.inner.bytes_per_row()
+
+    def row_ranges(self, rows: int) -> Iterator[tuple[int, int]]:
+        return self.inner.row_ranges(rows)
+
+
 def itemsize(dtype: str) -> int:
     """Bytes per score of a dtype name, for chunk sizing."""
     return {"bfloat16": 2, "float16": 2}.get(dtype) or np.dtype(dtype).itemsize

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 
 from .._arrays import array_library
-from ._base import Array, Source, dtype_name
+from ._base import Array, Source, WrappingSource, dtype_name
 
 #: Scores per row kept in a fingerprint besides the row's sum and sum of magnitudes.
 FINGERPRINT_SAMPLES = 16
@@ -44,7 +44,7 @@ class SourceError(RuntimeError):
         self.pass_index = pass_index
 
 
-class CheckedSource(Source):
+class CheckedSource(WrappingSource):
     """Wraps ``source`` and raises :class:`SourceError` on the first block that is wrong.
 
     ``check_block(start, block)`` (optional) runs once per row range, before the block
@@ -52,21 +52,15 @@ class CheckedSource(Source):
     """
 
     def __init__(self, source: Source, check_block: BlockCheck | None = None):
-        self.source = source
-        self.shape = source.shape
-        self.dtype = source.dtype
-        self.library = source.library
+        super().__init__(source)
         self.check_block = check_block
         self.passes = 0
         self._fingerprints: dict[tuple[int, int], np.ndarray] = {}
         self._seen: set[tuple[int, int]] = set()
 
-    def bytes_per_row(self) -> int:
-        return self.source.bytes_per_row()
-
     def chunks(self, rows: int) -> Iterator[tuple[int, int, Array]]:
         self.passes += 1
-        blocks = iter(self.source.chunks(rows))
+        blocks = iter(self.inner.chunks(rows))
         try:
             for start, stop in self.row_ranges(rows):
                 block = self._next(blocks, start, stop)
@@ -171,5 +165,5 @@ def checked(source: Source, check_block: BlockCheck | None = None) -> Source:
     if source.in_memory:
         return source
     if isinstance(source, CheckedSource):
-        source = source.source
+        source = source.inner
     return CheckedSource(source, check_block)
