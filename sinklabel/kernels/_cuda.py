@@ -441,6 +441,8 @@ __global__ void __launch_bounds__(THREADS) sink_sweep(
 #pragma unroll
                 for (int r = 0; r < ROWS; ++r) acc[j][v] += z[r][j][v] * weight[r];
     }
+    // The ring's last copies (rows past the end, zero-filled) land before the block exits.
+    if constexpr (STAGES > 0) wait_async<0>();
 #pragma unroll
     for (int j = 0; j < NV; ++j)
 #pragma unroll
