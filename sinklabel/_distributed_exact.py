@@ -64,24 +64,13 @@ import numpy as np
 
 from . import _transport, _transport_loops
 from ._capacities import balanced_range, check_reachable
+from ._simd import HAVE_NUMBA, njit, prange  # without numba, scans run in NumPy instead
 from .certificate import Certificate, _certificate_from_sums, _like, _partial_sums
 from .collective import Collective
 from .exact import _host_block
 from .kernels import Kernel
 from .result import SinkhornResult
 from .sources import Source
-
-try:
-    from numba import njit, prange
-
-    HAVE_NUMBA = True
-except ImportError:  # pragma: no cover - exercised in environments without numba
-    HAVE_NUMBA = False
-    prange = range
-
-    def njit(*args, **kwargs):
-        """Without numba, scans run in NumPy instead (``_scan_rows_numpy``)."""
-        return lambda func: func
 
 #: Contested rows of the first round: this many per label, and at least MIN_CONTESTED.
 CONTESTED_PER_LABEL = 16

@@ -1,10 +1,10 @@
 """Inner loops of the exact transport solver: compiled by numba when it is installed.
 
-Without numba the same functions run as plain Python (correct, much slower); the driver in
-``_transport.py`` then does the full passes over the scores in NumPy instead, and tests call
-``function.py_func`` to exercise the uncompiled code on purpose. The full passes vectorise
-their row maxima and minima with the Numba backend's ``llvm.maxnum``/``minnum`` intrinsics
-(Numba's own ``max`` leaves a serial scalar chain).
+Without numba the same functions run as plain Python (correct, much slower; ``sinklabel._simd``
+supplies the stand-ins); the driver in ``_transport.py`` then does the full passes over the
+scores in NumPy instead, and tests call ``function.py_func`` to exercise the uncompiled code on
+purpose. The full passes vectorise their row maxima and minima with the ``llvm.maxnum``/``minnum``
+intrinsics of ``sinklabel._simd`` (Numba's own ``max`` leaves a serial scalar chain).
 
 Conventions shared with the driver: ``S`` is the (N, K) score matrix (float32 or float64),
 ``price`` the label prices of the auction (``price = -v``), ``v`` the label bonuses of the
@@ -15,41 +15,12 @@ from __future__ import annotations
 
 import numpy as np
 
-try:
-    from numba import njit, prange
+from ._simd import FAST, W, first_equal, fmax, fmin, njit, prange
+from ._simd import HAVE_NUMBA as HAVE_NUMBA  # the drivers read it here; tests switch it off
 
-    from .kernels.numba import _FAST, W, _block_find, _fmax, _fmin
-
-    HAVE_NUMBA = True
-    #: Flags for loops without reductions: they vectorise without reassociation, and price
-    #: arithmetic is then rounded exactly as written.
-    _ELEMENTWISE = {"nnan", "nsz"}
-except ImportError:  # pragma: no cover - exercised in environments without numba
-    HAVE_NUMBA = False
-    prange = range
-    _FAST = _ELEMENTWISE = set()
-    W = 8
-    _fmax = max
-    _fmin = min
-
-    def _block_find(z, j, value):
-        """Lane (0..W-1) of the first ``z[j:j+W] == value``, or W when none is equal."""
-        for lane in range(W):
-            if j + lane < z.shape[0] and z[j + lane] == value:
-                return lane
-        return W
-
-    def njit(*args, **kwargs):
-        """Identity decorator standing in for numba.njit; keeps ``py_func`` for symmetry."""
-
-        def wrap(func):
-            func.py_func = func
-            return func
-
-        if args and callable(args[0]):
-            return wrap(args[0])
-        return wrap
-
+#: Flags for loops without reductions: they vectorise without reassociation, and price
+#: arithmetic is then rounded exactly as written.
+_ELEMENTWISE = {"nnan", "nsz"}
 
 INF = np.inf
 #: Blocks per row in the two-pass candidate scan.
@@ -118,11 +89,11 @@ def row_top(S, i, price, cand, cand_s, vals, idx, bmax):
     return vals[m] if m < K else -INF
 
 
-@njit(cache=True, fastmath=_FAST)
+@njit(cache=True, fastmath=FAST)
 def _row_min(S, i):
     low = S[i, 0]
     for y in range(1, S.shape[1]):
-        low = _fmin(low, S[i, y])
+        low = fmin(low, S[i, y])
     return low
 
 
@@ -140,13 +111,12 @@ def build_candidates(S, price, cand, cand_s, bound, low):
             low[i] = _row_min(S, i)
 
 
-@njit(cache=True, parallel=True, fastmath=_FAST)
+@njit(cache=True, parallel=True, fastmath=FAST)
 def best_labels(S, v, labels, low, margin):
     """One parallel pass in float64 (as ``S.astype(float) + v``): every row's first argmax
     of ``S[i, :] + v`` (-1 where all are -inf), its lowest score, and its margin: how far
     its best value lies above its second best (inf with no finite second)."""
     N, K = S.shape
-    full = K - K % W
     for blk in prange((N + ROWS - 1) // ROWS):
         z = np.empty(K)
         for i in range(blk * ROWS, min(N, (blk + 1) * ROWS)):
@@ -156,30 +126,23 @@ def best_labels(S, v, labels, low, margin):
                 s = S[i, y]
                 w = s + v[y]
                 z[y] = w
-                top = _fmax(top, w)
-                lowest = _fmin(lowest, s)
+                top = fmax(top, w)
+                lowest = fmin(lowest, s)
             low[i] = lowest
             if top == -INF:
                 labels[i] = -1
                 margin[i] = INF
                 continue
-            label = full
-            for b in range(0, full, W):
-                lane = _block_find(z, b, top)
-                if lane < W:
-                    label = b + lane
-                    break
-            while z[label] != top:
-                label += 1
+            label = first_equal(z, top, K)
             labels[i] = label
             z[label] = -INF
             second = -INF
             for y in range(K):
-                second = _fmax(second, z[y])
+                second = fmax(second, z[y])
             margin[i] = top - second
 
 
-@njit(cache=True, parallel=True, fastmath=_FAST)
+@njit(cache=True, parallel=True, fastmath=FAST)
 def label_margins(S, v, labels, margin):
     """How far each point's value at its label lies above its best value elsewhere (one
     parallel pass, in float64 like :func:`best_labels`)."""
@@ -194,7 +157,7 @@ def label_margins(S, v, labels, margin):
             z[a] = -INF
             second = -INF
             for y in range(K):
-                second = _fmax(second, z[y])
+                second = fmax(second, z[y])
             margin[i] = own - second
 
 
@@ -398,7 +361,7 @@ def _absorb_point(S, a, i, D, Darg, stale):
         d = row[c]
         arg[c] = i if value <= d else arg[c]
         old[c] = old[c] & (value > d)
-        row[c] = _fmin(value, d)
+        row[c] = fmin(value, d)
 
 
 @njit(cache=True, parallel=True)
@@ -474,17 +437,13 @@ def _spread(v, v0):
     return high - low if high >= low else 0.0
 
 
-@njit(cache=True, fastmath=_FAST)
+@njit(cache=True, fastmath=FAST)
 def _nearest(key):
-    """The first node with the smallest key (``len(key)`` is a multiple of W)."""
+    """The first node with the smallest key."""
     best = INF
     for n in range(key.shape[0]):
-        best = _fmin(best, key[n])
-    for b in range(0, key.shape[0], W):
-        lane = _block_find(key, b, best)
-        if lane < W:
-            return b + lane
-    return 0
+        best = fmin(best, key[n])
+    return first_equal(key, best, key.shape[0])
 
 
 @njit(cache=True, fastmath=_ELEMENTWISE)
@@ -493,10 +452,10 @@ def _relax(row, va, v, best, a, dist, pred, key, closed):
     is at most ``best`` and reduced costs are >= 0), and ``closed`` (0, or inf once
     settled) keeps them out of ``key``: branch-free, so that the loop vectorises."""
     for b in range(v.shape[0]):
-        step = best + _fmax(row[b] + va - v[b], 0.0)
+        step = best + fmax(row[b] + va - v[b], 0.0)
         d = dist[b]
         pred[b] = a if step < d else pred[b]
-        d = _fmin(step, d)
+        d = fmin(step, d)
         dist[b] = d
         key[b] = d + closed[b]
 

@@ -193,6 +193,17 @@ def test_best_finds_first_maximum_and_reports_bad_scores(backend):
     assert top[3] == np.inf and labels[3] == 20
 
 
+def test_best_takes_the_first_of_many_tied_maxima(backend):
+    """Small integers tie within and across blocks of 8 and in the tail: labels as np.argmax."""
+    rng = np.random.default_rng(5)
+    scores = rng.integers(0, 3, (N, K)).astype(np.float32)
+    f = rng.integers(0, 2, K).astype(np.float64)
+    top, labels = get_kernel(backend).best(to_backend(scores, backend), f, 2.0)
+    z = 2.0 * scores.astype(np.float64) + f  # exact in float32 too
+    assert np.array_equal(to_host(labels), z.argmax(axis=1))
+    assert np.array_equal(to_host(top), z.max(axis=1))
+
+
 def test_slack_revives_labels_whose_mass_underflows(backend):
     scores = _scores(np.float32, k=12)
     scores[:, 4] -= 50.0  # at lam=25 its exp underflows in every row

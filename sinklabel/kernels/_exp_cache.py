@@ -51,16 +51,8 @@ import numpy as np
 from numba import njit, types
 from numba.extending import overload
 
-from .numba import (
-    _UNDERFLOW,
-    NumbaKernel,
-    W,
-    _block_keep,
-    _exp,
-    _fmax,
-    _row_buffer,
-    _row_ranges,
-)
+from .._simd import FAST, W, block_keep, fmax
+from .numba import _UNDERFLOW, NumbaKernel, _exp, _row_buffer, _row_ranges
 from .numba import _best_rows as _raw_best_rows
 from .numba import _sweep_rows as _raw_sweep_rows
 
@@ -106,10 +98,9 @@ def tolerance(n_labels: int, dtype: np.dtype) -> float:
 # Loops
 # ---------------------------------------------------------------------------------------------
 
-# The build may reassociate (its reductions vectorise) but keeps -inf scores legal (no
-# ``ninf``); the gaps and the kept exponentials come from the same computed ``z``, which is
-# all the bound needs.
-_BUILD_FAST = {"nnan", "nsz", "reassoc", "contract", "arcp"}
+# The build runs with ``FAST``: it may reassociate (its reductions vectorise) but keeps -inf
+# scores legal (no ``ninf``); the gaps and the kept exponentials come from the same computed
+# ``z``, which is all the bound needs.
 #: A row whose window holds more than ``cap`` entries gets the window halved, this many times
 #: at most; a row still too full (near-constant scores) is stored empty and always repaired.
 _MAX_HALVINGS = 8
@@ -132,7 +123,7 @@ def _scaled_exp_overload(x, shift, scale):
     return lambda x, shift, scale: math.exp(x + shift)
 
 
-@njit(fastmath=_BUILD_FAST, nogil=True, cache=True)
+@njit(fastmath=FAST, nogil=True, cache=True)
 def _build_rows(buf, lo, hi, k, ld, f, lam, window, scale, tol, cap,
                 values, labels, offsets, top, floor):
     """Fill the table rows of raw rows lo..hi-1 (written from index 0); returns entries kept."""
@@ -149,7 +140,7 @@ def _build_rows(buf, lo, hi, k, ld, f, lam, window, scale, tol, cap,
         for j in range(k):
             value = lam64 * np.float64(row[j]) + f[j]
             z[j] = value
-            m = _fmax(m, value)
+            m = fmax(m, value)
         width = window
         count = _count_at_least(z, m - width)
         halvings = 0
@@ -166,13 +157,13 @@ def _build_rows(buf, lo, hi, k, ld, f, lam, window, scale, tol, cap,
         dropped = -np.inf
         for j in range(k):
             value = z[j]
-            dropped = _fmax(dropped, value - np.float64(value >= cut) * 1e300)
+            dropped = fmax(dropped, value - np.float64(value >= cut) * 1e300)
         floor[r] = math.exp(shift + tol - (m - dropped))
         # Blocks of W holding a kept entry, found without branches, then their entries.
         n_live = 0
         for b in range(0, full, W):
             live[n_live] = b
-            n_live += _block_keep(z, b, cut, scratch, 0)
+            n_live += block_keep(z, b, cut, scratch, 0)
         # Their entries, without branches either: every label is written, the kept ones
         # advance (``labels`` has W spare slots for the last writes).
         first = kept_total
@@ -195,7 +186,7 @@ def _build_rows(buf, lo, hi, k, ld, f, lam, window, scale, tol, cap,
     return kept_total
 
 
-@njit(fastmath=_BUILD_FAST, nogil=True, cache=True)
+@njit(fastmath=FAST, nogil=True, cache=True)
 def _count_at_least(z, cut):
     count = 0
     for j in range(z.size):

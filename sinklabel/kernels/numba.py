@@ -45,91 +45,18 @@ import numba
 import numpy as np
 from llvmlite import ir
 from numba import njit, types
-from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
+from .._simd import FAST, W, block_keep, block_pointer, first_equal, fmax, fmaximum, fmin, splat
 from ._base import Kernel
-
-#: Scores per vector block (8 float32 fill one AVX2 register).
-W = 8
 
 # Below these, exp(x) is 0 or subnormal, and its share of a row sum (which is >= 1) is below
 # the float's resolution: blocks whose maximum lies this far below the row maximum are skipped.
 _UNDERFLOW = {np.dtype(np.float32): -87.33654, np.dtype(np.float64): -708.3964}
 
-#: Flags for the sweep: no NaN reaches the kernels (the API rejects NaN scores), sums may be
-#: reassociated (vectorised), multiply-adds fused. No ``ninf``: -inf scores are legal.
-_FAST = {"nnan", "nsz", "reassoc", "contract", "arcp"}
-
-
 # ---------------------------------------------------------------------------------------------
-# LLVM helpers: what Numba's own operations do not vectorise.
+# Intrinsics of this backend only (the shared ones are in ``sinklabel._simd``)
 # ---------------------------------------------------------------------------------------------
-
-
-def _block_pointer(context, builder, arrty, arr, index, lanes):
-    """Pointer to ``lanes`` consecutive elements of a 1-D array, starting at ``index``."""
-    data = context.make_array(arrty)(context, builder, arr).data
-    element = context.get_data_type(arrty.dtype)
-    return builder.bitcast(builder.gep(data, [index]), ir.VectorType(element, lanes).as_pointer())
-
-
-def _splat(builder, value, lanes):
-    vector_type = ir.VectorType(value.type, lanes)
-    one = builder.insert_element(ir.Constant(vector_type, ir.Undefined), value,
-                                 ir.Constant(ir.IntType(32), 0))
-    mask = ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes)
-    return builder.shuffle_vector(one, ir.Constant(vector_type, ir.Undefined), mask)
-
-
-def _llvm_function(builder, name, result, arguments):
-    return cgutils.get_or_insert_function(builder.module, ir.FunctionType(result, arguments), name)
-
-
-def _suffix(llvm_type) -> str:
-    return "f32" if llvm_type == ir.FloatType() else "f64"
-
-
-@intrinsic
-def _fmax(typingctx, a, b):
-    """max(a, b) as ``llvm.maxnum`` without NaN: unlike ``max``, its reductions vectorise."""
-    if not isinstance(a, types.Float) or a != b:
-        return None
-
-    def codegen(context, builder, sig, args):
-        ty = args[0].type
-        fn = _llvm_function(builder, "llvm.maxnum." + _suffix(ty), ty, [ty, ty])
-        return builder.call(fn, args, fastmath=("nnan", "nsz"))
-
-    return a(a, b), codegen
-
-
-@intrinsic
-def _fmin(typingctx, a, b):
-    """min(a, b) as ``llvm.minnum`` without NaN, for vectorised reductions."""
-    if not isinstance(a, types.Float) or a != b:
-        return None
-
-    def codegen(context, builder, sig, args):
-        ty = args[0].type
-        fn = _llvm_function(builder, "llvm.minnum." + _suffix(ty), ty, [ty, ty])
-        return builder.call(fn, args, fastmath=("nnan", "nsz"))
-
-    return a(a, b), codegen
-
-
-@intrinsic
-def _fmaximum(typingctx, a, b):
-    """max(a, b) that propagates NaN (``llvm.maximum``), and still vectorises."""
-    if not isinstance(a, types.Float) or a != b:
-        return None
-
-    def codegen(context, builder, sig, args):
-        ty = args[0].type
-        fn = _llvm_function(builder, "llvm.maximum." + _suffix(ty), ty, [ty, ty])
-        return builder.call(fn, args)
-
-    return a(a, b), codegen
 
 
 @intrinsic
@@ -159,28 +86,6 @@ def _pow2(typingctx, n):
 
 
 @intrinsic
-def _block_keep(typingctx, z, j, threshold, dst, d):
-    """Copy ``z[j:j+W]`` to ``dst[d:d+W]``; 1 when any of them is >= threshold, else 0.
-
-    With ``d`` advanced by the result, this packs the blocks that matter without a branch.
-    """
-    if not isinstance(z, types.Array) or z.dtype != threshold:
-        return None
-
-    def codegen(context, builder, sig, args):
-        z_v, j_v, threshold_v, dst_v, d_v = args
-        block = builder.load(_block_pointer(context, builder, sig.args[0], z_v, j_v, W), align=1)
-        builder.store(block, _block_pointer(context, builder, sig.args[3], dst_v, d_v, W),
-                      align=1)
-        hits = builder.fcmp_ordered(">=", block, _splat(builder, threshold_v, W))
-        any_hit = builder.icmp_unsigned("!=", builder.bitcast(hits, ir.IntType(W)),
-                                        ir.Constant(ir.IntType(W), 0))
-        return builder.zext(any_hit, ir.IntType(64))
-
-    return types.int64(z, j, threshold, dst, d), codegen
-
-
-@intrinsic
 def _block_axpy(typingctx, acc, j, p, d, w):
     """``acc[j:j+W] += float64(p[d:d+W]) * w`` for a float64 accumulator."""
     if not isinstance(acc, types.Array) or acc.dtype != types.float64:
@@ -188,38 +93,18 @@ def _block_axpy(typingctx, acc, j, p, d, w):
 
     def codegen(context, builder, sig, args):
         acc_v, j_v, p_v, d_v, w_v = args
-        p_block = builder.load(_block_pointer(context, builder, sig.args[2], p_v, d_v, W), align=1)
+        p_block = builder.load(block_pointer(context, builder, sig.args[2], p_v, d_v, W), align=1)
         f64 = ir.VectorType(ir.DoubleType(), W)
         if p_block.type != f64:
             p_block = builder.fpext(p_block, f64)
-        pointer = _block_pointer(context, builder, sig.args[0], acc_v, j_v, W)
+        pointer = block_pointer(context, builder, sig.args[0], acc_v, j_v, W)
         total = builder.fadd(builder.load(pointer, align=1),
-                             builder.fmul(p_block, _splat(builder, w_v, W), flags=("contract",)),
+                             builder.fmul(p_block, splat(builder, w_v, W), flags=("contract",)),
                              flags=("contract",))
         builder.store(total, pointer, align=1)
         return context.get_dummy_value()
 
     return types.none(acc, j, p, d, w), codegen
-
-
-@intrinsic
-def _block_find(typingctx, z, j, value):
-    """Lane (0..W-1) of the first ``z[j:j+W] == value``, or W when none is equal."""
-    if not isinstance(z, types.Array) or z.dtype != value:
-        return None
-
-    def codegen(context, builder, sig, args):
-        block = builder.load(_block_pointer(context, builder, sig.args[0], args[0], args[1], W),
-                             align=1)
-        equal = builder.fcmp_ordered("==", block, _splat(builder, args[2], W))
-        mask = builder.zext(builder.bitcast(equal, ir.IntType(W)), ir.IntType(32))
-        mask = builder.or_(mask, ir.Constant(ir.IntType(32), 1 << W))
-        i32 = ir.IntType(32)
-        cttz = _llvm_function(builder, "llvm.cttz.i32", i32, [i32, ir.IntType(1)])
-        lane = builder.call(cttz, [mask, ir.Constant(ir.IntType(1), 1)])
-        return builder.sext(lane, ir.IntType(64))
-
-    return types.int64(z, j, value), codegen
 
 
 # ---------------------------------------------------------------------------------------------
@@ -244,7 +129,7 @@ _F32_UNDERFLOW = np.float32(_UNDERFLOW[np.dtype(np.float32)])
 @njit(fastmath={"nnan", "nsz", "contract"}, cache=True)
 def _exp_f32(x):
     """exp(x) for float32 x <= 0, vectorisable; exactly 0 below -87.3 and for -inf."""
-    xc = _fmax(x, np.float32(-87.5))
+    xc = fmax(x, np.float32(-87.5))
     n = _round_toward_zero(xc * _LOG2E - np.float32(0.5))  # round to nearest, as x <= 0
     r = xc - n * _LN2_HI
     r = r - n * _LN2_LO
@@ -277,7 +162,7 @@ def _exp_overload(x):
 # the time of ``parallel=True`` ones, which matters for the first call in a training job.
 
 
-@njit(fastmath=_FAST, nogil=True, cache=True)
+@njit(fastmath=FAST, nogil=True, cache=True)
 def _sweep_rows(buf, lo, hi, k, ld, f, lam, underflow, acc):
     """Add softmax(lam * row + f) of rows lo..hi-1 to ``acc[:k]`` and their log-sum-exp to
     ``acc[k]`` (``acc``: float64, length k + 1).
@@ -298,8 +183,8 @@ def _sweep_rows(buf, lo, hi, k, ld, f, lam, underflow, acc):
         for j in range(k):
             value = lam * row[j] + f[j]
             z[j] = value
-            top = _fmax(top, value)
-            bottom = _fmin(bottom, value)
+            top = fmax(top, value)
+            bottom = fmin(bottom, value)
         total = buf.dtype.type(0.0)
         if bottom - top >= underflow:
             # Every exponential is in range (small lam): screening would find nothing to skip.
@@ -318,7 +203,7 @@ def _sweep_rows(buf, lo, hi, k, ld, f, lam, underflow, acc):
             n_live = 0
             for b in range(0, full, W):
                 live[n_live] = b
-                n_live += _block_keep(z, b, threshold, packed, n_live * W)
+                n_live += block_keep(z, b, threshold, packed, n_live * W)
             for j in range(n_live * W):
                 p = _exp(packed[j] - top)
                 packed[j] = p
@@ -341,7 +226,6 @@ def _sweep_rows(buf, lo, hi, k, ld, f, lam, underflow, acc):
 @njit(nogil=True, cache=True)
 def _best_rows(buf, lo, hi, k, ld, f, lam, top, labels):
     """Per row, max of lam * row + f and the first label reaching it (as ``np.argmax``)."""
-    full = k - k % W
     z = np.empty(k, buf.dtype)
     for i in range(lo, hi):
         row = buf[i * ld:i * ld + k]
@@ -349,25 +233,18 @@ def _best_rows(buf, lo, hi, k, ld, f, lam, top, labels):
         for j in range(k):
             value = lam * row[j] + f[j]
             z[j] = value
-            m = _fmaximum(m, value)
-        label = 0
+            m = fmaximum(m, value)
         if m != m:
+            label = 0  # NaN equals nothing: the first NaN
             while z[label] == z[label]:
                 label += 1
         else:
-            label = full
-            for b in range(0, full, W):
-                lane = _block_find(z, b, m)
-                if lane < W:
-                    label = b + lane
-                    break
-            while label < k - 1 and z[label] != m:
-                label += 1
+            label = first_equal(z, m, k)  # m is one of the row's values: always found
         top[i] = m
         labels[i] = label
 
 
-@njit(fastmath=_FAST, nogil=True, cache=True)
+@njit(fastmath=FAST, nogil=True, cache=True)
 def _slack_rows(buf, lo, hi, k, ld, f, lam, slack):
     """``slack[y] = max(slack[y], z[i, y] - max z[i, :])`` over rows lo..hi-1."""
     z = np.empty(k, buf.dtype)
@@ -377,12 +254,12 @@ def _slack_rows(buf, lo, hi, k, ld, f, lam, slack):
         for j in range(k):
             value = lam * row[j] + f[j]
             z[j] = value
-            m = _fmax(m, value)
+            m = fmax(m, value)
         for j in range(k):
-            slack[j] = _fmax(slack[j], z[j] - m)
+            slack[j] = fmax(slack[j], z[j] - m)
 
 
-@njit(fastmath=_FAST, nogil=True, cache=True)
+@njit(fastmath=FAST, nogil=True, cache=True)
 def _soft_rows(buf, lo, hi, k, ld, f, lam, out):
     """Rows lo..hi-1 of the row-wise softmax of lam * rows + f, written to ``out``."""
     for i in range(lo, hi):
@@ -392,7 +269,7 @@ def _soft_rows(buf, lo, hi, k, ld, f, lam, out):
         for j in range(k):
             value = lam * scores[j] + f[j]
             row[j] = value
-            m = _fmax(m, value)
+            m = fmax(m, value)
         total = 0.0
         for j in range(k):
             p = _exp(row[j] - m)
