@@ -54,7 +54,9 @@ def test_picks_the_fastest_candidate_once_per_key_and_reuses_it():
     kernel.launched.clear()
     tuner.run(kernel.launch, CANDIDATES, "key", kernel.result, tune=True)
     assert kernel.launched == ["c"]                     # no second round of timing
-    assert tuner.report(str) == {"key": {"chosen": ["c"], "rejected": []}}
+    assert tuner.report(str) == {"key": {
+        "chosen": ["c"], "rejected": [],
+        "timed": [[["a"], 3.0], [["b"], 2.0], [["c"], 1.0], [["d"], 4.0]]}}
 
 
 def test_small_inputs_take_the_default_without_timing():

@@ -33,6 +33,7 @@ class Tuner:
         self.errors = errors
         self.chosen: dict[Hashable, tuple] = {}
         self.rejected: dict[Hashable, list[tuple[tuple, str]]] = {}
+        self.timings: dict[Hashable, list[tuple[tuple, float]]] = {}
 
     def run(self, launch: Callable[[tuple], None], candidates: Sequence[tuple], key: Hashable,
             result: Callable[[], Sequence[np.ndarray]], tune: bool) -> None:
@@ -62,6 +63,8 @@ class Tuner:
                 continue
             times[-1] = self.elapsed(lambda config=config: launch(config))
         self.rejected[key] = rejected
+        timed = zip(candidates, times, strict=True)
+        self.timings[key] = [(config, ms) for config, ms in timed if np.isfinite(ms)]
         if wrong:
             warnings.warn(f"sinklabel: launch configurations {wrong} of a fused kernel gave "
                           "results that disagree with the default one and were not used; "
@@ -69,9 +72,10 @@ class Tuner:
         return candidates[int(np.argmin(times))]
 
     def report(self, name: Callable[[Hashable], str]) -> dict[str, dict]:
-        """The configurations chosen so far and those ruled out (with why), keyed by
-        ``name(key)``, for benchmark reports."""
+        """Per key (named by ``name(key)``), for benchmark reports: the configuration chosen,
+        each timed one's milliseconds for three launches, and those ruled out, with why."""
         return {name(key): {"chosen": list(config),
+                            "timed": [[list(c), ms] for c, ms in self.timings.get(key, [])],
                             "rejected": [[list(c), why] for c, why in self.rejected.get(key, [])]}
                 for key, config in self.chosen.items()}
 
