@@ -50,6 +50,9 @@ TUNE_ELEMENTS = 1 << 26
 PIPELINE_STAGES = 3
 #: Widest row (bytes) the pipelined sweep stages in shared memory.
 PIPELINE_ROW_BYTES = 32768
+#: Most scores of a row one thread of the pipelined sweep holds (its accumulators and
+#: exponentials stay in registers: 48 took 173 registers in bfloat16 at K=3000).
+PIPELINE_SCORES_PER_THREAD = 48
 _FINITE_FLOOR = -3.0e38
 
 
@@ -467,12 +470,14 @@ def _pipelined(width: int, tiles: int, itemsize: int) -> list[FusedLaunch]:
     warp instructions per row against the 4-warp register prefetch's 1208 (unmeasured on a
     GPU when added: the tuner keeps them only where they agree with the default and time
     faster). Rows of more than ``PIPELINE_ROW_BYTES`` are
-    left out: their stages would crowd the multiprocessor's shared memory.
+    left out (their stages would crowd the multiprocessor's shared memory), and so are warp
+    counts that would give a thread more than ``PIPELINE_SCORES_PER_THREAD`` scores.
     """
     if width * tiles * itemsize > PIPELINE_ROW_BYTES:
         return []
     cap = max(1, min(16, width // 128))
-    warps = sorted({min(w, cap) for w in (2, 4, 8)})
+    fit = [w for w in (2, 4, 8, 16) if width * tiles <= 32 * w * PIPELINE_SCORES_PER_THREAD]
+    warps = sorted({min(w, cap) for w in fit[:3]})
     return [FusedLaunch(1, w, False, stages=PIPELINE_STAGES) for w in warps]
 
 
