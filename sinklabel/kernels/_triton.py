@@ -124,8 +124,8 @@ def _sweep_fused(x_ptr, coef_ptr, part_ptr, lse_ptr, n_programs, n_rows, stride_
     reductions, so memory latency overlaps the arithmetic; STAGES > 1 instead lets the
     compiler pipeline the loop (asynchronous copies of the next STAGES - 1 row tiles into
     shared memory: more bytes in flight, fewer registers; STAGES = 1 compiles to the same
-    code as a plain loop). The last POLY tiles (float32
-    compute only) take their exponentials from ``_exp2_poly``. Each row's log2-sum-exp2
+    code as a plain loop). The last POLY tiles (float32 compute only) take their
+    exponentials from ``_exp2_poly``. Each row's log2-sum-exp2
     (its max plus the log2 of its sum) is added up in float64 per program, for the dual
     objective."""
     pid = tl.program_id(0)
