@@ -300,6 +300,49 @@ def test_every_tuning_candidate_matches_numpy_kernel(library, dtype, k):
         module.TUNER.chosen.update(saved)
 
 
+@pytest.mark.parametrize("library, dtype", [c for c in CASES if c.values[1] != "float64"])
+def test_tuning_a_large_input_rules_out_no_candidate_for_disagreeing(library, dtype):
+    """A large input times every launch configuration (the pipelined ones included, added
+    before a GPU could run them): none may disagree with the default, and the one chosen
+    must match the NumPy kernel."""
+    from sinklabel.kernels import _tuning
+
+    k = 3000
+    n = _tuning_rows(library, k)
+    host = make_scores(n, k, regime="flat", seed=15).scores
+    x, exact = on_device(host, library, dtype)
+    f = np.random.default_rng(16).standard_normal(k)
+    module = _backend_module(library)
+    key = _tuning_key(library, x, k)
+    saved = dict(module.TUNER.chosen)
+    module.TUNER.chosen.pop(key, None)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RuntimeWarning)
+            mass = get_kernel(library).sweep(x, f, 25.0)
+        rejected = module.TUNER.rejected[key]
+        assert not [why for _, why in rejected if not why.startswith("cannot launch")], rejected
+        assert len(module.TUNER.timings[key]) >= 2
+        expected = get_kernel("numpy").sweep(exact, f, 25.0)
+        np.testing.assert_allclose(mass, expected, rtol=10 * _tuning.AGREEMENT, atol=1e-6)
+    finally:
+        module.TUNER.chosen.clear()
+        module.TUNER.chosen.update(saved)
+
+
+def _tuning_rows(library: str, k: int) -> int:
+    module = _backend_module(library)
+    return -(-module.TUNE_ELEMENTS // k)
+
+
+def _backend_module(library: str):
+    if library == "torch":
+        from sinklabel.kernels import _triton as module
+    else:
+        from sinklabel.kernels import cupy as module
+    return module
+
+
 def _tuning_key(library: str, x, k: int) -> tuple:
     if library == "torch":
         return ("sweep", x.dtype, k)
