@@ -347,7 +347,7 @@ def _tuning_key(library: str, x, k: int) -> tuple:
     if library == "torch":
         return ("sweep", x.dtype, k)
     from sinklabel.kernels import cupy as module
-    return (x.dtype.name, k, module._sweep_plan(x)[0][0])
+    return (x.dtype.name, k, tuple(module._sweep_plan(x)))
 
 
 def _sweep_lse_float64(exact: np.ndarray, f: np.ndarray, lam: float):

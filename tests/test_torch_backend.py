@@ -390,28 +390,48 @@ def test_cupy_cuda_source_compiles_for_hopper():
 
 
 class _ArrayShape:
-    """What the CuPy backend's launch plan reads of an array, for planning without a GPU."""
+    """What the CuPy backend's launch plan reads of an array, for planning without a GPU:
+    rows ``row_stride`` scores apart, columns ``col_stride`` apart, the data at ``pointer``."""
 
-    def __init__(self, n_rows: int, n_cols: int, dtype: str):
+    def __init__(self, n_rows: int, n_cols: int, dtype: str, row_stride: int | None = None,
+                 col_stride: int = 1, pointer: int = 512):
         self.shape, self.dtype = (n_rows, n_cols), np.dtype(dtype)
         self.itemsize = self.dtype.itemsize
-        self.strides = (n_cols * self.itemsize, self.itemsize)
-        self.data = type("Pointer", (), {"ptr": 512})
+        self.strides = ((row_stride or n_cols) * self.itemsize, col_stride * self.itemsize)
+        self.data = type("Pointer", (), {"ptr": pointer})
 
 
 def test_every_cupy_tuning_candidate_fits_a_hopper_multiprocessor():
     """Every instantiation the CuPy tuner may try compiles to sm_90 machine code (ptxas
     checks registers and the ring's shared memory): one that did not would fail the whole
-    module's compile, the default included."""
+    module's compile, the default included. Widths that are no multiple of the vector, and
+    strided or misaligned rows, plan scalar loads."""
     from sinklabel.kernels import cupy as module
 
-    names = set()
+    layouts = [dict(), dict(row_stride=3004), dict(col_stride=2), dict(pointer=514)]
+    names, scalar = set(), set()
     for dtype in ("float16", "float32", "float64"):
-        for n_cols in (40, 1000, 3000, 10000):
-            plan = module._sweep_plan(_ArrayShape(1000, n_cols, dtype)) or []
-            names.update(module.sweep_name(dtype, config) for config in plan)
+        for n_cols in (21, 40, 1000, 3000, 3001, 10000):
+            for layout in layouts:
+                shape = _ArrayShape(1000, n_cols, dtype, **layout)
+                for config in module._sweep_plan(shape, async_copies=True) or []:
+                    names.add(module.sweep_name(dtype, config))
+                    if config[0] == 1:
+                        scalar.add(dtype)
     assert any(name.endswith(", 4>") for name in names)   # ringed candidates are planned
+    assert scalar == {"float16", "float32", "float64"}
     _compile_with_nvrtc(sorted(names), "sm_90")
+
+
+def test_cupy_plans_no_asynchronous_copies_before_ampere():
+    """cp.async needs compute capability 8.0: older devices get no ringed candidates."""
+    from sinklabel.kernels import cupy as module
+
+    shape = _ArrayShape(1000, 3000, "float16")
+    with_ring = module._sweep_plan(shape, async_copies=True)
+    without = module._sweep_plan(shape, async_copies=False)
+    assert [c for c in with_ring if len(c) < 8 or not c[7]] == without
+    assert len(with_ring) > len(without)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])

@@ -29,9 +29,12 @@ class FakeKernel:
         self.launched.append(name)
         self.last = name
 
-    def result(self) -> tuple[np.ndarray, float]:
-        masses = np.linspace(1.0, 2.0, 5) * (1 + self.error.get(self.last, 0.0))
-        return masses, 1e6
+    def result(self) -> tuple[tuple[np.ndarray, float], tuple[float, float]]:
+        """Masses, and a log-sum-exp total over 1000 rows that cancels to about 0."""
+        error = self.error.get(self.last, 0.0)
+        masses = np.linspace(1.0, 2.0, 5) * (1 + error)
+        lse = 1e-6 * (1 + 1000 * abs(error)) if self.last != "a" else -1e-6
+        return (masses, 0.0), (lse, 1000.0)
 
     def elapsed(self, run) -> float:
         before = len(self.launched)
@@ -74,6 +77,15 @@ def test_a_faster_candidate_that_disagrees_is_never_chosen():
         tuner.run(kernel.launch, CANDIDATES, "key", kernel.result, tune=True)
     assert tuner.chosen["key"] == ("b",)
     assert [config for config, _ in tuner.rejected["key"]] == [("c",), ("d",)]
+
+
+def test_a_sum_that_cancels_to_zero_is_compared_on_its_floor():
+    """The log-sum-exp total of scores near 0 is rounding noise: candidates whose totals
+    differ by a large factor but tiny amounts still agree."""
+    kernel = FakeKernel({"a": 3.0, "b": 2.0, "c": 1.0, "d": 4.0})
+    tuner = kernel.tuner()
+    tuner.run(kernel.launch, CANDIDATES, "key", kernel.result, tune=True)
+    assert tuner.chosen["key"] == ("c",) and tuner.rejected["key"] == []
 
 
 def test_rounding_differences_are_agreement():

@@ -155,7 +155,7 @@ template <typename S, int VEC, int NV, int ROWS, int THREADS, int STAGES> struct
 };
 template <typename S, int VEC, int NV, int ROWS, int THREADS>
 struct Ring<S, VEC, NV, ROWS, THREADS, 0> {
-    typename RawPack<S, VEC, 2>::type slot[1][1][1][1];
+    unsigned slot[1][1][1][1];
 };
 
 __device__ __forceinline__ unsigned shared_address(const void* p) {
@@ -169,7 +169,7 @@ __device__ __forceinline__ unsigned shared_address(const void* p) {
 // rest of the slot is zero-filled.
 template <int BYTES> __device__ __forceinline__ void copy_async(unsigned dst, const void* src,
                                                                  int valid) {
-    if (BYTES == 16) {
+    if constexpr (BYTES == 16) {
         asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;"
                      :: "r"(dst), "l"(src), "r"(valid) : "memory");
     } else {
@@ -208,17 +208,18 @@ template <int PENDING> __device__ __forceinline__ void wait_async() {
 
 // One pack from shared memory as one vector load (a plain struct copy became 32-bit loads).
 template <typename P> __device__ __forceinline__ P load_shared(unsigned address) {
-    P out;
-    unsigned* w = reinterpret_cast<unsigned*>(&out);
-    if (sizeof(P) == 16) {
+    union { P pack; unsigned w[sizeof(P) / 4]; } out;
+    if constexpr (sizeof(P) == 16) {
         asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];"
-                     : "=r"(w[0]), "=r"(w[1]), "=r"(w[2]), "=r"(w[3]) : "r"(address));
-    } else if (sizeof(P) == 8) {
-        asm volatile("ld.shared.v2.u32 {%0, %1}, [%2];" : "=r"(w[0]), "=r"(w[1]) : "r"(address));
+                     : "=r"(out.w[0]), "=r"(out.w[1]), "=r"(out.w[2]), "=r"(out.w[3])
+                     : "r"(address));
+    } else if constexpr (sizeof(P) == 8) {
+        asm volatile("ld.shared.v2.u32 {%0, %1}, [%2];"
+                     : "=r"(out.w[0]), "=r"(out.w[1]) : "r"(address));
     } else {
-        asm volatile("ld.shared.u32 %0, [%1];" : "=r"(w[0]) : "r"(address));
+        asm volatile("ld.shared.u32 %0, [%1];" : "=r"(out.w[0]) : "r"(address));
     }
-    return out;
+    return out.pack;
 }
 
 // MERGE's one barrier per tile: each warp takes exp2 against its own row max and sums it,
@@ -315,10 +316,14 @@ __global__ void __launch_bounds__(THREADS) sink_sweep(
     __shared__ double lse_sum;
     if (t == 0) lse_sum = 0;
     __shared__ Ring<S, VEC, NV, ROWS, THREADS, STAGES> ring;
-    typedef typename RawPack<S, VEC, 2>::type Slot;
+    // Ring slots (only read with STAGES > 0, which needs VEC > 1: 16-bit words of a pack).
+    typedef typename RawPack<S, VEC, (STAGES > 0 ? 2 : 0)>::type Slot;
     const unsigned stage_bytes = ROWS * NV * THREADS * sizeof(Slot);
-    const unsigned ring_start = STAGES > 0 ? shared_address(&ring.slot[0][0][0][t]) : 0;
+    unsigned ring_start = 0, reading = 0, refilling = 0;
     if constexpr (STAGES > 0) {
+        ring_start = shared_address(&ring.slot[0][0][0][t]);
+        reading = ring_start;
+        refilling = ring_start + (STAGES - 1) * stage_bytes;
 #pragma unroll
         for (int s = 0; s + 1 < STAGES; ++s)
             copy_tile_async<Slot, S, VEC, NV, ROWS, THREADS>(
@@ -332,8 +337,7 @@ __global__ void __launch_bounds__(THREADS) sink_sweep(
         if constexpr (STAGES > 0) {
             // The stage refilled here is the one read (into registers) in the previous step.
             copy_tile_async<Slot, S, VEC, NV, ROWS, THREADS>(
-                ring_start + (step + STAGES - 1) % STAGES * stage_bytes, x,
-                tile + (STAGES - 1LL) * gridDim.x, n_rows, stride_row, n_cols, t);
+                refilling, x, tile + (STAGES - 1LL) * gridDim.x, n_rows, stride_row, n_cols, t);
             wait_async<STAGES - 1>();
         }
 #pragma unroll
@@ -342,7 +346,7 @@ __global__ void __launch_bounds__(THREADS) sink_sweep(
             for (int j = 0; j < NV; ++j) {
                 if constexpr (STAGES > 0) {
                     const bool here = tile * ROWS + r < n_rows && (j * THREADS + t) * VEC < n_cols;
-                    const Slot pk = load_shared<Slot>(ring_start + step % STAGES * stage_bytes
+                    const Slot pk = load_shared<Slot>(reading
                                                       + (r * NV + j) * THREADS * sizeof(Slot));
 #pragma unroll
                     for (int v = 0; v < VEC; ++v)
@@ -440,6 +444,12 @@ __global__ void __launch_bounds__(THREADS) sink_sweep(
             for (int v = 0; v < VEC; ++v)
 #pragma unroll
                 for (int r = 0; r < ROWS; ++r) acc[j][v] += z[r][j][v] * weight[r];
+        if constexpr (STAGES > 0) {
+            // The stage just read is refilled next step, and the one after it is read.
+            refilling = reading;
+            reading += stage_bytes;
+            if (reading == ring_start + STAGES * stage_bytes) reading = ring_start;
+        }
     }
     // The ring's last copies (rows past the end, zero-filled) land before the block exits.
     if constexpr (STAGES > 0) wait_async<0>();

@@ -336,7 +336,8 @@ def sweep_lse(x: torch.Tensor, f: np.ndarray, lam: float) -> tuple[np.ndarray, f
                                       num_warps=c.warps, **shape)
 
         TUNER.run(launch, _fused_configs(width, tiles, x), ("sweep", x.dtype, n_cols),
-                  lambda: (_sum_parts(part).cpu().numpy(), lse_parts.sum().cpu().numpy()),
+                  lambda: ((_sum_parts(part).cpu().numpy(), 0.0),
+                           (lse_parts.sum().cpu().numpy(), n_rows)),
                   tune=x.is_cuda and x.numel() >= TUNE_ELEMENTS)
     else:
         tile = WIDE_TILE
@@ -434,7 +435,7 @@ def _fused_configs(width: int, tiles: int, x: torch.Tensor) -> list[FusedLaunch]
     configs = configs[:6]
     if x.element_size() <= 4:
         configs += _instruction_saving(configs, width, tiles, x.element_size() == 2)
-        configs += _pipelined(width, tiles, x.element_size())
+        configs += _pipelined(width, tiles, x)
     return configs
 
 
@@ -456,7 +457,7 @@ def _instruction_saving(configs: list[FusedLaunch], width: int, tiles: int,
     return extra
 
 
-def _pipelined(width: int, tiles: int, itemsize: int) -> list[FusedLaunch]:
+def _pipelined(width: int, tiles: int, x: torch.Tensor) -> list[FusedLaunch]:
     """Software-pipelined configurations: one row per tile, the next PIPELINE_STAGES - 1 rows
     copied asynchronously into shared memory while this one is reduced.
 
@@ -471,9 +472,13 @@ def _pipelined(width: int, tiles: int, itemsize: int) -> list[FusedLaunch]:
     GPU when added: the tuner keeps them only where they agree with the default and time
     faster). Rows of more than ``PIPELINE_ROW_BYTES`` are
     left out (their stages would crowd the multiprocessor's shared memory), and so are warp
-    counts that would give a thread more than ``PIPELINE_SCORES_PER_THREAD`` scores.
+    counts that would give a thread more than ``PIPELINE_SCORES_PER_THREAD`` scores, and
+    layouts whose rows cannot be copied in aligned words of 4 bytes or more (the compiler
+    would not pipeline them).
     """
-    if width * tiles * itemsize > PIPELINE_ROW_BYTES:
+    itemsize = x.element_size()
+    if width * tiles * itemsize > PIPELINE_ROW_BYTES or (
+            x.stride(1) != 1 or _row_align(x) * itemsize < 4):
         return []
     cap = max(1, min(16, width // 128))
     fit = [w for w in (2, 4, 8, 16) if width * tiles <= 32 * w * PIPELINE_SCORES_PER_THREAD]

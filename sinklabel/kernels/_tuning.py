@@ -36,10 +36,12 @@ class Tuner:
         self.timings: dict[Hashable, list[tuple[tuple, float]]] = {}
 
     def run(self, launch: Callable[[tuple], None], candidates: Sequence[tuple], key: Hashable,
-            result: Callable[[], Sequence[np.ndarray]], tune: bool) -> None:
+            result: Callable[[], Sequence[tuple[np.ndarray, float]]], tune: bool) -> None:
         """Launch the configuration chosen for ``key``; with ``tune`` (a large input) and
         none chosen yet, time every candidate first. ``result`` reads back what a launch
-        computed (host arrays, each compared on its own scale), for the agreement check."""
+        computed, for the agreement check: host arrays, each with a floor for its scale (a
+        sum of terms that cancel to about 0 is compared on the terms' count, not on its
+        own rounding noise)."""
         if key not in self.chosen and tune and len(candidates) > 1:
             self.chosen[key] = self._fastest(launch, candidates, key, result)
         launch(self.chosen.get(key, candidates[0]))
@@ -56,7 +58,8 @@ class Tuner:
             except errors as exc:
                 rejected.append((config, f"cannot launch: {exc}"))
                 continue
-            gap = max(map(_disagreement, result(), reference))
+            gap = max(_disagreement(value, expected, floor)
+                      for (value, floor), (expected, _) in zip(result(), reference, strict=True))
             if gap > AGREEMENT:
                 rejected.append((config, f"disagrees with the default by {gap:.2g}"))
                 wrong.append(config)
@@ -80,10 +83,11 @@ class Tuner:
                 for key, config in self.chosen.items()}
 
 
-def _disagreement(value: np.ndarray, reference: np.ndarray) -> float:
-    """Largest difference relative to the reference's largest magnitude (NaN: infinite)."""
+def _disagreement(value: np.ndarray, reference: np.ndarray, floor: float) -> float:
+    """Largest difference relative to the reference's largest magnitude or ``floor``,
+    whichever is larger (NaN: infinite)."""
     value, reference = np.asarray(value, np.float64), np.asarray(reference, np.float64)
     if value.shape != reference.shape or not np.isfinite(value).all():
         return np.inf
-    scale = max(float(np.abs(reference).max(initial=0.0)), np.finfo(np.float64).tiny)
+    scale = max(float(np.abs(reference).max(initial=0.0)), floor, np.finfo(np.float64).tiny)
     return float(np.abs(value - reference).max(initial=0.0)) / scale

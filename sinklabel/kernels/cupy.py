@@ -71,9 +71,13 @@ class CupyKernel(Kernel):
         def totals():
             return cp.concatenate([part.sum(axis=0, dtype=cp.float64), lse_part.sum().reshape(1)])
 
-        key = (x.dtype.name, n_cols, plan[0][0])
+        def result():
+            masses, lse = _split(totals().get())
+            return (masses, 0.0), (lse, n_rows)
+
+        key = (x.dtype.name, n_cols, tuple(plan))
         tuning = key not in TUNER.chosen and x.size >= TUNE_ELEMENTS and len(plan) > 1
-        TUNER.run(launch, plan, key, lambda: _split(totals().get()), tune=tuning)
+        TUNER.run(launch, plan, key, result, tune=tuning)
         return _split(totals().get())
 
     def best(self, chunk, f: np.ndarray, lam: float):
@@ -162,6 +166,13 @@ def _processors() -> int:
     return int(cp.cuda.Device().attributes["MultiProcessorCount"])
 
 
+@cache
+def _compute_capability() -> int:
+    import cupy as cp
+
+    return int(cp.cuda.Device().compute_capability)
+
+
 def _programs(n_rows: int) -> int:
     return max(1, min(_processors() * PROGRAMS_PER_SM, -(-n_rows // MIN_ROWS_PER_PROGRAM)))
 
@@ -189,10 +200,13 @@ def _coefficients(x, coef: np.ndarray, scale: float):
     return cp.asarray(host.astype(_compute_dtype(x)))
 
 
-def _sweep_plan(x) -> list[tuple[int, ...]] | None:
-    """(vec, threads, packs per thread, rows per step, prefetch[, merge, poly]) to try, the
-    default first (prefetch 2 and merge/poly are described in ``_instruction_saving``);
-    None when a row does not fit in one block's registers.
+def _sweep_plan(x, async_copies: bool | None = None) -> list[tuple[int, ...]] | None:
+    """(vec, threads, packs per thread, rows per step, prefetch[, merge, poly, stages]) to
+    try, the default first (prefetch 2 and merge/poly are described in
+    ``_instruction_saving``, stages in ``_pipelined``); None when a row does not fit in one
+    block's registers. ``async_copies``: whether the device has ``cp.async`` (compute
+    capability 8.0 or later; asked of the current device when None), which the ringed
+    shapes need: one candidate that does not compile fails the whole module.
 
     Vectors are 16 bytes, and for 16-bit scores also 8 bytes (more threads per row, so more
     rows per barrier pair). Register use was checked with ptxas for sm_90 (NVRTC, with the
@@ -229,7 +243,9 @@ def _sweep_plan(x) -> list[tuple[int, ...]] | None:
     candidates = candidates[:8]
     if x.itemsize == 2:
         candidates += _instruction_saving(candidates, max(vectors), n_cols, limit)
-    return candidates + _pipelined(candidates, x.itemsize)
+    if async_copies is None:
+        async_copies = _compute_capability() >= 80
+    return candidates + (_pipelined(candidates, x.itemsize) if async_copies else [])
 
 
 def _instruction_saving(candidates: list[tuple[int, ...]], vec: int, n_cols: int,
@@ -302,7 +318,11 @@ TUNER = Tuner(_elapsed, _launch_errors)
 
 def tuned_configs() -> dict[str, dict]:
     """The launch configurations chosen so far and those ruled out, for benchmark reports."""
-    return TUNER.report(lambda key: "sweep {} K={} vec={}".format(*key))
+    def name(key: tuple) -> str:
+        dtype, n_cols, plan = key
+        return f"sweep {dtype} K={n_cols} vec={plan[0][0]} ({len(plan)} candidates)"
+
+    return TUNER.report(name)
 
 
 def _blocks(x) -> Iterator[tuple[int, int]]:
