@@ -42,16 +42,22 @@ class Tuner:
         computed, for the agreement check: host arrays, each with a floor for its scale (a
         sum of terms that cancel to about 0 is compared on the terms' count, not on its
         own rounding noise)."""
-        if key not in self.chosen and tune and len(candidates) > 1:
+        if self.will_time(key, candidates, tune):
             self.chosen[key] = self._fastest(launch, candidates, key, result)
         launch(self.chosen.get(key, candidates[0]))
 
+    def will_time(self, key: Hashable, candidates: Sequence[tuple], tune: bool) -> bool:
+        """Whether :meth:`run` with these arguments times the candidates (so launches every
+        one of them) before its own launch."""
+        return key not in self.chosen and tune and len(candidates) > 1
+
     def _fastest(self, launch, candidates, key, result) -> tuple:
-        launch(candidates[0])
+        launch(candidates[0])  # the default: an error here is the caller's
         reference = result()
         errors = self.errors()
-        times, rejected, wrong = [], [], []
-        for config in candidates:
+        times = [self.elapsed(lambda: launch(candidates[0]))]
+        rejected, wrong = [], []
+        for config in candidates[1:]:
             times.append(np.inf)
             try:
                 launch(config)

@@ -65,7 +65,7 @@ class CupyKernel(Kernel):
         names = [sweep_name(x.dtype.name, config) for config in plan]
 
         def launch(config: tuple[int, ...]) -> None:
-            functions = _functions(tuple(names if key in TUNER.chosen or tuning else names[:1]))
+            functions = _functions(tuple(names if every else names[:1]))
             functions[sweep_name(x.dtype.name, config)]((programs,), (config[1],), args)
 
         def totals():
@@ -76,8 +76,10 @@ class CupyKernel(Kernel):
             return (masses, 0.0), (lse, n_rows)
 
         key = (x.dtype.name, n_cols, tuple(plan))
-        tuning = key not in TUNER.chosen and x.size >= TUNE_ELEMENTS and len(plan) > 1
-        TUNER.run(launch, plan, key, result, tune=tuning)
+        tune = x.size >= TUNE_ELEMENTS
+        # One NVRTC call compiles every candidate once the plan is (or is about to be) tuned.
+        every = key in TUNER.chosen or TUNER.will_time(key, plan, tune)
+        TUNER.run(launch, plan, key, result, tune=tune)
         return _split(totals().get())
 
     def best(self, chunk, f: np.ndarray, lam: float):
