@@ -422,7 +422,7 @@ def _fused_configs(width: int, tiles: int, x: torch.Tensor) -> list[FusedLaunch]
     inputs keep one row per tile: with more, Triton converts between the 16-bit load layout
     and the float32 one through shared memory (26 barriers per tile instead of 6).
     """
-    cap = max(1, min(16, width // 128))
+    cap = _max_warps(width)
     configs: list[FusedLaunch] = []
     for warps in (min(8, cap), min(16, cap), min(4, cap)):
         per_row = max(1, width * tiles // (32 * warps))
@@ -437,6 +437,11 @@ def _fused_configs(width: int, tiles: int, x: torch.Tensor) -> list[FusedLaunch]
         configs += _instruction_saving(configs, width, tiles, x.element_size() == 2)
         configs += _pipelined(width, tiles, x)
     return configs
+
+
+def _max_warps(width: int) -> int:
+    """Warps lie along a tile's columns, at most one per 128 of them (and 16 in all)."""
+    return max(1, min(16, width // 128))
 
 
 def _instruction_saving(configs: list[FusedLaunch], width: int, tiles: int,
@@ -470,17 +475,16 @@ def _pipelined(width: int, tiles: int, x: torch.Tensor) -> list[FusedLaunch]:
     programs per multiprocessor and keep 60 KB in flight, and the 2-warp one issues 1006
     warp instructions per row against the 4-warp register prefetch's 1208 (unmeasured on a
     GPU when added: the tuner keeps them only where they agree with the default and time
-    faster). Rows of more than ``PIPELINE_ROW_BYTES`` are
-    left out (their stages would crowd the multiprocessor's shared memory), and so are warp
-    counts that would give a thread more than ``PIPELINE_SCORES_PER_THREAD`` scores, and
-    layouts whose rows cannot be copied in aligned words of 4 bytes or more (the compiler
-    would not pipeline them).
+    faster). Rows of more than ``PIPELINE_ROW_BYTES`` are left out (their stages would
+    crowd the multiprocessor's shared memory), and so are warp counts that would give a
+    thread more than ``PIPELINE_SCORES_PER_THREAD`` scores, and layouts whose rows cannot
+    be copied in aligned words of 4 bytes or more (the compiler would not pipeline them).
     """
     itemsize = x.element_size()
     if width * tiles * itemsize > PIPELINE_ROW_BYTES or (
             x.stride(1) != 1 or _row_align(x) * itemsize < 4):
         return []
-    cap = max(1, min(16, width // 128))
+    cap = _max_warps(width)
     fit = [w for w in (2, 4, 8, 16) if width * tiles <= 32 * w * PIPELINE_SCORES_PER_THREAD]
     warps = sorted({min(w, cap) for w in fit[:3]})
     return [FusedLaunch(1, w, False, stages=PIPELINE_STAGES) for w in warps]
