@@ -150,12 +150,11 @@ template <typename S, int VEC, int N> __device__ __forceinline__ bool load_pack(
 // it. Slots hold 16-bit scores as 32-bit words (see HalfWords). Shared memory is addressed
 // directly (32-bit addresses), and packs past the matrix are zero-filled rather than
 // skipped (never read as scores), so the copies need no branches.
-template <typename S, int VEC, int NV, int ROWS, int THREADS, int STAGES> struct Ring {
-    typename RawPack<S, VEC, 2>::type slot[STAGES][ROWS][NV][THREADS];
+template <typename Slot, int NV, int ROWS, int THREADS, int STAGES> struct Ring {
+    Slot slot[STAGES][ROWS][NV][THREADS];
 };
-template <typename S, int VEC, int NV, int ROWS, int THREADS>
-struct Ring<S, VEC, NV, ROWS, THREADS, 0> {
-    unsigned slot[1][1][1][1];
+template <typename Slot, int NV, int ROWS, int THREADS> struct Ring<Slot, NV, ROWS, THREADS, 0> {
+    Slot slot[1][1][1][1];
 };
 
 __device__ __forceinline__ unsigned shared_address(const void* p) {
@@ -315,9 +314,9 @@ __global__ void __launch_bounds__(THREADS) sink_sweep(
     // memory: with a register held through the loop ptxas spilled more (checked for sm_90).
     __shared__ double lse_sum;
     if (t == 0) lse_sum = 0;
-    __shared__ Ring<S, VEC, NV, ROWS, THREADS, STAGES> ring;
-    // Ring slots (only read with STAGES > 0, which needs VEC > 1: 16-bit words of a pack).
+    // Ring slots (only used with STAGES > 0, which needs VEC > 1: 16-bit words of a pack).
     typedef typename RawPack<S, VEC, (STAGES > 0 ? 2 : 0)>::type Slot;
+    __shared__ Ring<Slot, NV, ROWS, THREADS, STAGES> ring;
     const unsigned stage_bytes = ROWS * NV * THREADS * sizeof(Slot);
     unsigned ring_start = 0, reading = 0, refilling = 0;
     if constexpr (STAGES > 0) {
