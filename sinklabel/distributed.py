@@ -22,6 +22,7 @@ torch is imported only inside the functions that need it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections.abc import Iterator
 from typing import Any
@@ -135,12 +136,19 @@ class TorchCollective(Collective):
         counts = np.zeros(self.world_size)
         counts[self.rank] = block.shape[0]
         counts = self.sum(counts).astype(np.int64)
-        try:
+        with self._peers("sending rows to rank 0"):
             return self._rows_to_root(block, counts), counts
-        except RuntimeError as exc:  # gloo/NCCL: peer gone, timeout, aborted communicator
+
+    @contextlib.contextmanager
+    def _peers(self, step: str) -> Iterator[None]:
+        """Raise a communication failure of ``step`` as :class:`RankFailedError`: gloo and
+        NCCL raise RuntimeError when a peer is gone, timed out or aborted the communicator."""
+        try:
+            yield
+        except RuntimeError as exc:
             raise RankFailedError(
-                f"rank {self.rank}: sending rows to rank 0 failed ({exc}); another rank died, "
-                "timed out or left the solve"
+                f"rank {self.rank}: {step} failed ({exc}); another rank died, timed out or "
+                "left the solve"
             ) from exc
 
     def _rows_to_root(self, block: np.ndarray, counts: np.ndarray) -> np.ndarray | None:
@@ -193,13 +201,8 @@ class TorchCollective(Collective):
 
         tensor = torch.from_numpy(np.ascontiguousarray(buffer)).to(self.device)
         reduce_op = dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX
-        try:
+        with self._peers("all-reduce across the process group"):
             dist.all_reduce(tensor, op=reduce_op, group=self.group)
-        except RuntimeError as exc:  # gloo/NCCL: peer gone, timeout, aborted communicator
-            raise RankFailedError(
-                f"rank {self.rank}: all-reduce across the process group failed ({exc}); "
-                "another rank died, timed out or left the solve"
-            ) from exc
         return tensor.cpu().numpy()
 
 
