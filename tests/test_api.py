@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 from conftest import to_backend, to_host
@@ -134,6 +136,31 @@ def test_label_without_finite_score_is_named():
 def test_bad_options_are_named(options, error, match):
     with pytest.raises(error, match=match):
         sinkhorn(np.zeros((6, 3)), 3, **options)
+
+
+@pytest.mark.parametrize("balance", [None, "exact"])
+def test_identical_rows_never_empty_labels_silently(backend, balance):
+    """Constant rows (a zero-initialised head) tie in every label: the argmax puts them all
+    in one label. That must warn, and balance="exact" must split them evenly."""
+    scores = to_backend(np.zeros((100, 5), dtype=np.float32), backend)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = sinkhorn(scores, 5, backend=backend, balance=balance)
+    empty_warnings = [w for w in caught if "received no points" in str(w.message)]
+    if balance == "exact":
+        np.testing.assert_array_equal(result.label_counts, [20] * 5)
+        assert not empty_warnings
+    else:
+        assert (result.label_counts == 0).any()
+        assert len(empty_warnings) == 1 and "balance='exact'" in str(empty_warnings[0].message)
+
+
+def test_labels_with_less_than_one_point_of_target_may_be_empty_quietly(rng):
+    """N < K: some labels must stay empty; that is no reason to warn."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = sinkhorn(rng.standard_normal((3, 5)), 5)
+    assert result.label_counts.sum() == 3
 
 
 def test_unnormalised_label_weights_are_normalised(logp):
