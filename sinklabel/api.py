@@ -117,7 +117,8 @@ def sinkhorn(
     """
     if balance not in BALANCE:
         raise ValueError(f"balance must be one of {BALANCE}, got {balance!r}")
-    if distributed or process_group is not None:
+    progress = check_flag("progress", progress)
+    if check_flag("distributed", distributed) or process_group is not None:
         from .distributed import distributed_sinkhorn
 
         return _warn_empty_labels(distributed_sinkhorn(

@@ -131,6 +131,11 @@ def test_label_without_finite_score_is_named():
         ({"init": [0.0, 0.0]}, ValueError, r"init must have shape \(3,\)"),
         ({"init": [0.0, np.inf, 0.0]}, ValueError, "init must hold finite"),
         ({"backend": "fortran"}, ValueError, "backend must be"),
+        ({"label_weights": [1.0, 1j, 1.0]}, TypeError, "label_weights must hold real numbers"),
+        ({"label_weights": ["a", "b", "c"]}, TypeError, "label_weights must hold real numbers"),
+        ({"init": np.zeros(3, dtype=complex)}, TypeError, "init must hold real numbers"),
+        ({"progress": "yes"}, TypeError, "progress must be True or False"),
+        ({"distributed": "no"}, TypeError, "distributed must be True or False"),
     ],
 )
 def test_bad_options_are_named(options, error, match):
@@ -167,6 +172,22 @@ def test_unnormalised_label_weights_are_normalised(logp):
     a = sinkhorn(logp, 6, label_weights=np.arange(1.0, 7.0))
     b = sinkhorn(logp, 6, label_weights=np.arange(1.0, 7.0) / 21.0)
     np.testing.assert_allclose(a.potentials, b.potentials, atol=1e-9)
+
+
+def test_label_weights_whose_sum_overflows_are_normalised(logp):
+    huge = sinkhorn(logp, 6, label_weights=np.full(6, 1e308))
+    uniform = sinkhorn(logp, 6)
+    np.testing.assert_allclose(huge.label_weights, 1.0 / 6)
+    np.testing.assert_allclose(huge.potentials, uniform.potentials, atol=1e-9)
+
+
+def test_half_precision_tensors_as_weights_and_init(logp):
+    torch = pytest.importorskip("torch")
+    expected = sinkhorn(logp, 6, label_weights=np.arange(1.0, 7.0), init=np.full(6, 0.5))
+    for dtype in (torch.float16, torch.bfloat16):
+        got = sinkhorn(logp, 6, label_weights=torch.arange(1.0, 7.0, dtype=dtype),
+                       init=torch.full((6,), 0.5, dtype=dtype))
+        np.testing.assert_allclose(got.potentials, expected.potentials, atol=1e-9)
 
 
 def test_soft_assignments_rows_sum_to_one(logp):
