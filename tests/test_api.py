@@ -222,6 +222,21 @@ def test_estimator_params_and_unfitted_error(logp):
         labeler.fit(logp)
 
 
+def test_partial_fit_with_another_number_of_labels_says_so(logp, rng):
+    labeler = SinkhornLabeler().fit(logp)
+    with pytest.raises(ValueError, match="6 labels.*logp has 4.*call fit"):
+        labeler.partial_fit(rng.standard_normal((30, 4)))
+    labeler.fit(rng.standard_normal((30, 4)))  # fit starts over with the new K
+    assert labeler.potentials_.shape == (4,)
+
+
+def test_estimator_repr_shows_the_parameters_that_differ_from_the_defaults():
+    assert repr(SinkhornLabeler()) == "SinkhornLabeler()"
+    assert repr(SinkhornLabeler(10, lam=5.0, backend="numpy")) == (
+        "SinkhornLabeler(n_labels=10, lam=5.0, backend='numpy')"
+    )
+
+
 def test_estimator_is_cloneable_by_scikit_learn():
     sklearn_base = pytest.importorskip("sklearn.base")
     labeler = SinkhornLabeler(6, lam=3.0, tol=1e-4)
