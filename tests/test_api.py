@@ -244,6 +244,20 @@ def test_estimator_is_cloneable_by_scikit_learn():
     assert clone.get_params() == labeler.get_params() and clone is not labeler
 
 
+@pytest.mark.parametrize("option", [{"balance": "exact"}, {"cache": True}, {"lamda": 1.0}])
+def test_heads_name_the_options_they_do_not_take(logp, option):
+    with pytest.raises(TypeError, match=f"sinkhorn_heads.*{next(iter(option))}"):
+        sinklabel.sinkhorn_heads(logp, [2, 4], **option)
+
+
+def test_heads_take_numpy_label_counts(logp):
+    expected = sinklabel.sinkhorn_heads(logp, [2, 4])
+    for ks in ([np.int64(2), np.int64(4)], np.array([2, 4])):
+        got = sinklabel.sinkhorn_heads(logp, ks)
+        for a, b in zip(got, expected, strict=True):
+            np.testing.assert_array_equal(a.labels, b.labels)
+
+
 def test_import_touches_no_optional_library():
     import subprocess
     import sys
