@@ -116,3 +116,9 @@ def test_files_that_are_not_npy_arrays_are_named(tmp_path, capsys, command):
         np.save(scores, np.zeros((5, 3), dtype=np.float32))
         assert main(["check", str(scores), str(text)]) == 2
         assert f"labels: {str(text)!r} is not a .npy array file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("size", [["-k", "0"], ["-n", "-5"]])
+def test_demo_names_bad_sizes(capsys, size):
+    assert main(["demo", *size, "--no-progress"]) == 2
+    assert f"{size[0][1]} must be" in capsys.readouterr().err

@@ -1,6 +1,8 @@
 """Assign balanced labels to the scores in a .npy file and save them.
 
-The file is memory-mapped and read in chunks, so it may be larger than memory.
+The file is memory-mapped and read in chunks, so it may be larger than memory. The labels
+(int64) and potentials are saved to exactly the paths given. Exit code 0 when the solve
+converged, 1 when it stopped at --max-iter (the labels are still saved), 2 on bad input.
 """
 
 from __future__ import annotations
