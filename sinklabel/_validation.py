@@ -58,6 +58,7 @@ def check_label_weights(label_weights: Any, n_labels: int) -> np.ndarray:
     weights = _host_vector("label_weights", label_weights, n_labels)
     if not np.all(np.isfinite(weights)) or np.any(weights <= 0):
         raise ValueError("label_weights must be finite and > 0 for every label")
+    weights = weights / weights.max()  # so that the sum cannot overflow
     return weights / weights.sum()
 
 
@@ -99,11 +100,19 @@ def check_chunk_scores(start: int, chunk: Any, kernel: Kernel, lam: float) -> No
 
 
 def _host_vector(name: str, value: Any, n_labels: int) -> np.ndarray:
+    """A float64 NumPy copy of a real K-vector from any library (complex is not real)."""
     if hasattr(value, "detach"):
         value = value.detach().cpu()
+        if value.is_floating_point():  # NumPy has no bfloat16
+            value = value.double()
     if hasattr(value, "get") and type(value).__module__.startswith("cupy"):
         value = value.get()
-    vector = np.array(value, dtype=np.float64)
+    array = np.asarray(value)
+    if array.dtype == bool or not (
+        np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)
+    ):
+        raise TypeError(f"{name} must hold real numbers, got dtype {array.dtype}")
+    vector = array.astype(np.float64)
     if vector.shape != (n_labels,):
         raise ValueError(f"{name} must have shape ({n_labels},), got {vector.shape}")
     return vector

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -95,9 +96,11 @@ def sinkhorn(
         As ``process_group``, with torch.distributed's default group.
     balance : {None, "exact"}, default=None
         None: label each point by the argmax under the potentials (sizes close to the
-        target). "exact": the optimal labelling with sizes exactly ``floor`` or ``ceil`` of
-        ``N * label_weights``, found by the exact solver warm-started from the potentials,
-        with its certified gap in ``result.certificate`` (see :func:`sinklabel.solve_exact`).
+        target; rows that tie, such as identical rows, all take one label, and a label left
+        with no points although its target is at least one point warns). "exact": the
+        optimal labelling with sizes exactly ``floor`` or ``ceil`` of ``N * label_weights``,
+        found by the exact solver warm-started from the potentials, with its certified gap
+        in ``result.certificate`` (see :func:`sinklabel.solve_exact`).
         Across ranks only the rows whose label is in doubt travel, to rank 0
         (docs/distributed.md).
     cache : bool, default=False
@@ -114,15 +117,16 @@ def sinkhorn(
     """
     if balance not in BALANCE:
         raise ValueError(f"balance must be one of {BALANCE}, got {balance!r}")
-    if distributed or process_group is not None:
+    progress = check_flag("progress", progress)
+    if check_flag("distributed", distributed) or process_group is not None:
         from .distributed import distributed_sinkhorn
 
-        return distributed_sinkhorn(
+        return _warn_empty_labels(distributed_sinkhorn(
             logp, K, process_group=process_group, lam=lam, label_weights=label_weights,
             tol=tol, max_iter=max_iter, init=init, chunk_size=chunk_size,
             memory_limit=memory_limit, backend=backend, progress=progress, balance=balance,
             cache=cache,
-        )
+        ))
     source = as_source(logp)
     K = check_shape(source, K)
     lam = check_positive("lam", lam)
@@ -142,7 +146,7 @@ def sinkhorn(
         solve_source, solve_kernel, lam=lam, label_weights=weights, tol=tol,
         max_iter=max_iter, init=start, rows=rows, progress=progress,
     )
-    return balanced(result, source, kernel, rows, balance)
+    return _warn_empty_labels(balanced(result, source, kernel, rows, balance))
 
 
 def assign_labels(logp: Array, K: int, **options: Any) -> Array:
@@ -211,6 +215,27 @@ def balanced(
     from ._distributed_exact import balance_across_ranks
 
     return balance_across_ranks(source, kernel, result, rows, collective)
+
+
+def _warn_empty_labels(result: SinkhornResult) -> SinkhornResult:
+    """Warn when the hard labels leave empty a label meant for at least one point.
+
+    The plan may be balanced while its argmax is not: rows that tie in several labels
+    (identical or constant rows, as from a zero-initialised head) all take the same one.
+    """
+    counts = result.label_counts
+    target = counts.sum() * result.label_weights
+    empty = np.flatnonzero((counts == 0) & (target >= 1))
+    if empty.size:
+        warnings.warn(
+            f"{empty.size} labels received no points although each should take at least "
+            f"{target[empty].min():.3g} (labels {empty[:10].tolist()}"
+            f"{', ...' if empty.size > 10 else ''}): the argmax rounds rows that the plan "
+            "splits between labels (rows that tie, such as identical rows, all go to one "
+            "label). Pass balance='exact' for labels with the target sizes",
+            stacklevel=3,
+        )
+    return result
 
 
 def apply_potentials(

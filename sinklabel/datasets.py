@@ -39,6 +39,10 @@ def make_scores(
     ``size_spread`` (relative standard deviation), as for a network trained on its own
     pseudo-labels. Generated block by block in ``dtype``: no float64 N x K temporary.
     """
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
     if np.dtype(dtype) not in (np.float32, np.float64):
         raise TypeError(f"dtype must be float32 or float64, got {np.dtype(dtype)}")
     if regime not in REGIMES:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from os import PathLike
 from typing import Any
 
@@ -68,6 +69,15 @@ class SinkhornLabeler:
         self.distributed = distributed
         self.cache = cache
 
+    def __repr__(self) -> str:
+        defaults = inspect.signature(SinkhornLabeler.__init__).parameters
+        changed = [
+            f"{name}={value!r}" for name, value in self.get_params().items()
+            if value is not defaults[name].default
+            and not (isinstance(value, (str, float, int)) and value == defaults[name].default)
+        ]
+        return f"SinkhornLabeler({', '.join(changed)})"
+
     def get_params(self, deep: bool = True) -> dict[str, Any]:
         """The constructor's parameters, as scikit-learn's ``clone`` expects."""
         names = ("n_labels", "lam", "label_weights", "tol", "max_iter", "init", "chunk_size",
@@ -87,8 +97,15 @@ class SinkhornLabeler:
 
     def partial_fit(self, logp: Array, y: None = None) -> SinkhornLabeler:
         """Solve again, starting from the previous solve's potentials (as in training)."""
-        start = self.potentials_ if hasattr(self, "result_") else self.init
-        return self._fit(logp, start)
+        if not hasattr(self, "result_"):
+            return self._fit(logp, self.init)
+        n_labels = self.n_labels if self.n_labels is not None else _n_columns(logp)
+        if n_labels != self.potentials_.shape[0]:
+            raise ValueError(
+                f"partial_fit continues the previous fit, which had {self.potentials_.shape[0]} "
+                f"labels, but logp has {n_labels}: call fit to start over"
+            )
+        return self._fit(logp, self.potentials_)
 
     def fit_predict(self, logp: Array, y: None = None) -> Array:
         """Fit and return the labels of ``logp``."""

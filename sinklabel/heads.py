@@ -12,9 +12,12 @@ block once when every head still iterating has asked for it.
 
 from __future__ import annotations
 
+import numbers
 import threading
 from collections.abc import Sequence
 from typing import Any
+
+import numpy as np
 
 from .api import sinkhorn
 from .kernels import resolve_kernel
@@ -23,6 +26,10 @@ from .result import SinkhornResult
 from .sources import Array, as_source, checked, itemsize, parse_memory
 from .sources.memory import fixed_bytes, rows_for_budget
 from .sources.shared import SharedReader
+
+#: Options of :func:`sinklabel.sinkhorn` that every head shares; the others (balance, cache,
+#: distributed) read the scores in their own way, out of step with the shared reads.
+SHARED_OPTIONS = ("lam", "tol", "max_iter", "progress")
 
 
 def sinkhorn_heads(
@@ -62,6 +69,13 @@ def sinkhorn_heads(
         One per head, identical to solving that head's columns alone; each head stops at
         its own tolerance.
     """
+    unknown = sorted(set(options) - set(SHARED_OPTIONS))
+    if unknown:
+        raise TypeError(
+            f"sinkhorn_heads got unexpected keyword arguments {unknown}: besides its own it "
+            f"takes {', '.join(SHARED_OPTIONS)} (balance, cache and distributed are options "
+            "of sinklabel.sinkhorn, one head at a time)"
+        )
     source = as_source(logp)
     ks = _check_heads(Ks, source.shape)
     weights = _per_head("label_weights", label_weights, len(ks))
@@ -103,11 +117,13 @@ def sinkhorn_heads(
 
 
 def _check_heads(Ks: Sequence[int], shape: tuple[int, int]) -> list[int]:
+    if isinstance(Ks, np.ndarray) and Ks.ndim == 1:
+        Ks = Ks.tolist()
     if isinstance(Ks, (str, bytes)) or not isinstance(Ks, Sequence) or len(Ks) == 0:
         raise TypeError(f"Ks must be a non-empty sequence of label counts, got {Ks!r}")
     ks = []
     for k in Ks:
-        if isinstance(k, bool) or not isinstance(k, int) or k <= 0:
+        if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k <= 0:
             raise ValueError(f"every entry of Ks must be a positive int, got {Ks!r}")
         ks.append(int(k))
     if len(shape) != 2 or sum(ks) != shape[1]:

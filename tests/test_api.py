@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 from conftest import to_backend, to_host
@@ -129,6 +131,11 @@ def test_label_without_finite_score_is_named():
         ({"init": [0.0, 0.0]}, ValueError, r"init must have shape \(3,\)"),
         ({"init": [0.0, np.inf, 0.0]}, ValueError, "init must hold finite"),
         ({"backend": "fortran"}, ValueError, "backend must be"),
+        ({"label_weights": [1.0, 1j, 1.0]}, TypeError, "label_weights must hold real numbers"),
+        ({"label_weights": ["a", "b", "c"]}, TypeError, "label_weights must hold real numbers"),
+        ({"init": np.zeros(3, dtype=complex)}, TypeError, "init must hold real numbers"),
+        ({"progress": "yes"}, TypeError, "progress must be True or False"),
+        ({"distributed": "no"}, TypeError, "distributed must be True or False"),
     ],
 )
 def test_bad_options_are_named(options, error, match):
@@ -136,10 +143,51 @@ def test_bad_options_are_named(options, error, match):
         sinkhorn(np.zeros((6, 3)), 3, **options)
 
 
+@pytest.mark.parametrize("balance", [None, "exact"])
+def test_identical_rows_never_empty_labels_silently(backend, balance):
+    """Constant rows (a zero-initialised head) tie in every label: the argmax puts them all
+    in one label. That must warn, and balance="exact" must split them evenly."""
+    scores = to_backend(np.zeros((100, 5), dtype=np.float32), backend)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = sinkhorn(scores, 5, backend=backend, balance=balance)
+    empty_warnings = [w for w in caught if "received no points" in str(w.message)]
+    if balance == "exact":
+        np.testing.assert_array_equal(result.label_counts, [20] * 5)
+        assert not empty_warnings
+    else:
+        assert (result.label_counts == 0).any()
+        assert len(empty_warnings) == 1 and "balance='exact'" in str(empty_warnings[0].message)
+
+
+def test_labels_with_less_than_one_point_of_target_may_be_empty_quietly(rng):
+    """N < K: some labels must stay empty; that is no reason to warn."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = sinkhorn(rng.standard_normal((3, 5)), 5)
+    assert result.label_counts.sum() == 3
+
+
 def test_unnormalised_label_weights_are_normalised(logp):
     a = sinkhorn(logp, 6, label_weights=np.arange(1.0, 7.0))
     b = sinkhorn(logp, 6, label_weights=np.arange(1.0, 7.0) / 21.0)
     np.testing.assert_allclose(a.potentials, b.potentials, atol=1e-9)
+
+
+def test_label_weights_whose_sum_overflows_are_normalised(logp):
+    huge = sinkhorn(logp, 6, label_weights=np.full(6, 1e308))
+    uniform = sinkhorn(logp, 6)
+    np.testing.assert_allclose(huge.label_weights, 1.0 / 6)
+    np.testing.assert_allclose(huge.potentials, uniform.potentials, atol=1e-9)
+
+
+def test_half_precision_tensors_as_weights_and_init(logp):
+    torch = pytest.importorskip("torch")
+    expected = sinkhorn(logp, 6, label_weights=np.arange(1.0, 7.0), init=np.full(6, 0.5))
+    for dtype in (torch.float16, torch.bfloat16):
+        got = sinkhorn(logp, 6, label_weights=torch.arange(1.0, 7.0, dtype=dtype),
+                       init=torch.full((6,), 0.5, dtype=dtype))
+        np.testing.assert_allclose(got.potentials, expected.potentials, atol=1e-9)
 
 
 def test_soft_assignments_rows_sum_to_one(logp):
@@ -174,11 +222,40 @@ def test_estimator_params_and_unfitted_error(logp):
         labeler.fit(logp)
 
 
+def test_partial_fit_with_another_number_of_labels_says_so(logp, rng):
+    labeler = SinkhornLabeler().fit(logp)
+    with pytest.raises(ValueError, match="6 labels.*logp has 4.*call fit"):
+        labeler.partial_fit(rng.standard_normal((30, 4)))
+    labeler.fit(rng.standard_normal((30, 4)))  # fit starts over with the new K
+    assert labeler.potentials_.shape == (4,)
+
+
+def test_estimator_repr_shows_the_parameters_that_differ_from_the_defaults():
+    assert repr(SinkhornLabeler()) == "SinkhornLabeler()"
+    assert repr(SinkhornLabeler(10, lam=5.0, backend="numpy")) == (
+        "SinkhornLabeler(n_labels=10, lam=5.0, backend='numpy')"
+    )
+
+
 def test_estimator_is_cloneable_by_scikit_learn():
     sklearn_base = pytest.importorskip("sklearn.base")
     labeler = SinkhornLabeler(6, lam=3.0, tol=1e-4)
     clone = sklearn_base.clone(labeler)
     assert clone.get_params() == labeler.get_params() and clone is not labeler
+
+
+@pytest.mark.parametrize("option", [{"balance": "exact"}, {"cache": True}, {"lamda": 1.0}])
+def test_heads_name_the_options_they_do_not_take(logp, option):
+    with pytest.raises(TypeError, match=f"sinkhorn_heads.*{next(iter(option))}"):
+        sinklabel.sinkhorn_heads(logp, [2, 4], **option)
+
+
+def test_heads_take_numpy_label_counts(logp):
+    expected = sinklabel.sinkhorn_heads(logp, [2, 4])
+    for ks in ([np.int64(2), np.int64(4)], np.array([2, 4])):
+        got = sinklabel.sinkhorn_heads(logp, ks)
+        for a, b in zip(got, expected, strict=True):
+            np.testing.assert_array_equal(a.labels, b.labels)
 
 
 def test_import_touches_no_optional_library():

@@ -58,3 +58,67 @@ def test_module_entry_point():
     done = subprocess.run(command, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert "iterations" in done.stdout
+
+
+@pytest.fixture
+def scores_file(tmp_path):
+    path = tmp_path / "scores.npy"
+    np.save(path, make_scores(300, 6, regime="flat", seed=1).scores)
+    return path
+
+
+def test_assign_writes_exactly_the_output_path_it_names(scores_file, tmp_path, capsys):
+    out, potentials = tmp_path / "labels", tmp_path / "f.bin"
+    assert main(["assign", str(scores_file), "-k", "6", "-o", str(out),
+                 "--potentials", str(potentials), "--no-progress"]) == 0
+    assert np.load(out).shape == (300,) and np.load(potentials).shape == (6,)
+    assert not (tmp_path / "labels.npy").exists()
+    assert f"labels saved to {out}\n" in capsys.readouterr().err
+
+
+def _no_solve(*args, **kwargs):
+    raise AssertionError("the solve ran before the outputs were checked")
+
+
+@pytest.mark.parametrize("option", ["-o", "--potentials"])
+@pytest.mark.parametrize("bad, match", [("missing/out.npy", "no such folder"), (".", "a folder")])
+def test_assign_checks_its_outputs_before_solving(scores_file, tmp_path, capsys, monkeypatch,
+                                                  option, bad, match):
+    monkeypatch.setattr("sinklabel.commands.assign.sinkhorn", _no_solve)
+    paths = {"-o": str(tmp_path / "labels.npy"), "--potentials": str(tmp_path / "f.npy")}
+    paths[option] = str(tmp_path / bad)
+    argv = ["assign", str(scores_file), "-k", "6", "--no-progress"]
+    assert main(argv + [arg for pair in paths.items() for arg in pair]) == 2
+    assert match in capsys.readouterr().err
+
+
+def test_assign_never_overwrites_the_scores(scores_file, capsys, monkeypatch):
+    monkeypatch.setattr("sinklabel.commands.assign.sinkhorn", _no_solve)
+    before = np.load(scores_file)
+    assert main(["assign", str(scores_file), "-k", "6", "-o", str(scores_file)]) == 2
+    assert "is the scores file" in capsys.readouterr().err
+    np.testing.assert_array_equal(np.load(scores_file), before)
+
+
+@pytest.mark.parametrize("command", ["assign", "check"])
+def test_files_that_are_not_npy_arrays_are_named(tmp_path, capsys, command):
+    npz, text = tmp_path / "scores.npz", tmp_path / "text.npy"
+    np.savez(npz, scores=np.zeros((5, 3), dtype=np.float32))
+    text.write_text("not an array")
+    labels = tmp_path / "labels.npy"
+    np.save(labels, np.zeros(5, dtype=np.int64))
+    rest = ["-k", "3", "-o", str(tmp_path / "out.npy")] if command == "assign" else [str(labels)]
+    for path in (npz, text):
+        assert main([command, str(path)] + rest) == 2
+        assert f"{str(path)!r} is not a .npy array file" in capsys.readouterr().err
+    if command == "check":
+        scores = tmp_path / "scores.npy"
+        np.save(scores, np.zeros((5, 3), dtype=np.float32))
+        assert main(["check", str(scores), str(text)]) == 2
+        assert f"labels: {str(text)!r} is not a .npy array file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("size", [["-k", "0"], ["-n", "-5"]])
+def test_demo_names_bad_sizes(capsys, size):
+    assert main(["demo", *size, "--no-progress"]) == 2
+    assert f"{size[0][1]} must be" in capsys.readouterr().err

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any
+
+import numpy as np
 
 from ..api import DEFAULT_LAM, DEFAULT_MAX_ITER, DEFAULT_TOL
 
@@ -46,3 +49,30 @@ def summarize(result: Any, seconds: float) -> str:
         f"empty labels      {int((counts == 0).sum())}",
         f"time              {seconds:.2f} s",
     ])
+
+
+def load_npy(path: str, what: str) -> np.ndarray:
+    """A whole ``.npy`` array, with an error naming ``what`` it should hold when it is not
+    one (``np.load`` would return an ``.npz`` archive or call any file pickled data)."""
+    with open(path, "rb") as file:
+        try:
+            return np.lib.format.read_array(file, allow_pickle=False)
+        except ValueError as exc:
+            raise ValueError(f"{what}: {path!r} is not a .npy array file ({exc})") from exc
+
+
+def check_output(path: str, scores: str) -> None:
+    """Fail before any work when ``path`` cannot be written or would overwrite the scores."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"cannot write {path!r}: it is a folder; name a file in it")
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"cannot write {path!r}: no such folder {folder!r}")
+    if os.path.exists(path) and os.path.samefile(path, scores):
+        raise ValueError(f"{path!r} is the scores file; choose another output path")
+
+
+def save_npy(path: str, array: np.ndarray) -> None:
+    """Save to ``path`` exactly (``np.save`` would add ``.npy`` to a path without it)."""
+    with open(path, "wb") as file:
+        np.save(file, array)

@@ -1,6 +1,8 @@
 """Assign balanced labels to the scores in a .npy file and save them.
 
-The file is memory-mapped and read in chunks, so it may be larger than memory.
+The file is memory-mapped and read in chunks, so it may be larger than memory. The labels
+(int64) and potentials are saved to exactly the paths given. Exit code 0 when the solve
+converged, 1 when it stopped at --max-iter (the labels are still saved), 2 on bad input.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import time
 import numpy as np
 
 from ..api import sinkhorn
-from ._options import add_solver_options, solver_kwargs, summarize
+from ._options import add_solver_options, check_output, save_npy, solver_kwargs, summarize
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -24,13 +26,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    scores = np.load(args.scores, mmap_mode="r")
+    outputs = [args.output] + ([args.potentials] if args.potentials else [])
+    for path in outputs:
+        check_output(path, args.scores)
     start = time.perf_counter()
-    result = sinkhorn(scores, args.k, **solver_kwargs(args))
+    result = sinkhorn(args.scores, args.k, **solver_kwargs(args))  # the path: memory-mapped
     seconds = time.perf_counter() - start
-    np.save(args.output, np.asarray(result.labels))
+    save_npy(args.output, np.asarray(result.labels))
     if args.potentials:
-        np.save(args.potentials, result.potentials)
+        save_npy(args.potentials, result.potentials)
     print(summarize(result, seconds), file=sys.stderr)
     print(f"labels saved to {args.output}", file=sys.stderr)
     return 0 if result.converged else 1

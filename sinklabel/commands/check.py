@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import argparse
 
-import numpy as np
-
 from ..check import check
+from ..sources import as_source
+from ._options import load_npy
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -25,11 +25,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    scores = np.load(args.scores, mmap_mode="r")
-    labels = np.load(args.labels)
-    if args.k is not None and scores.ndim == 2 and args.k != scores.shape[1]:
+    scores = as_source(args.scores)  # memory-mapped, with errors naming the file
+    labels = load_npy(args.labels, "labels")
+    if args.k is not None and args.k != scores.shape[1]:
         raise ValueError(f"-k {args.k} but the scores have shape {scores.shape}")
-    capacities = None if args.capacities is None else np.load(args.capacities)
+    capacities = None if args.capacities is None else load_npy(args.capacities, "capacities")
     report = check(labels, scores, capacities=capacities, exact=not args.no_exact)
     print(report)
     return 0 if report.optimal else 1
