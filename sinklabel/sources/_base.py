@@ -72,5 +72,9 @@ def itemsize(dtype: str) -> int:
 
 
 def dtype_name(dtype: Any) -> str:
-    """A dtype's plain name: ``torch.float32`` and ``np.dtype('float32')`` both give "float32"."""
+    """A dtype's plain name: ``torch.float32`` and ``np.dtype('float32')`` both give "float32",
+    and so does big-endian ``np.dtype('>f4')`` (a file written elsewhere): kernels read any
+    byte order, converting a chunk at a time where they need native floats."""
+    if isinstance(dtype, np.dtype):
+        return dtype.name
     return str(dtype).removeprefix("torch.")
