@@ -271,6 +271,20 @@ def test_a_budget_too_small_for_the_cache_is_refused_before_any_work():
     assert calls == []
 
 
+def test_a_budget_too_small_for_the_chunks_names_the_limit_given():
+    """With the cache, the chunks get half of memory_limit: the error still names the limit
+    the caller passed, and the least that would let the chunks fit."""
+    scores = make_scores(1000, 7, regime="flat", seed=12).scores
+    limit = fixed_bytes(1000, 7) + 1000  # enough for chunks without the cache, not with it
+    sinkhorn(scores, 7, memory_limit=limit)
+    with pytest.raises(ValueError, match=f"memory_limit={limit} bytes") as error:
+        sinkhorn(scores, 7, memory_limit=limit, cache=True)
+    need = int(str(error.value).rsplit("at least ", 1)[1].split()[0])
+    per_row = bytes_per_row(ArraySource(scores), NUMBA)
+    assert need == 2 * (fixed_bytes(1000, 7) + per_row)
+    sinklabel.api._chunk_rows(None, NUMBA, ArraySource(scores), need, cache=True)
+
+
 @pytest.mark.parametrize("backend", ["numpy", "torch"])
 def test_other_backends_refuse_the_cache_before_any_work(backend):
     if backend == "torch":
