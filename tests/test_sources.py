@@ -528,6 +528,16 @@ def test_iterations_left_follows_a_geometric_error():
     assert iterations_left(history[:2], tol=1e-3) is None
 
 
+def test_a_solve_already_within_tol_has_no_iterations_left(monkeypatch, capsys):
+    """Met on the first pass (or an error of exactly 0): nothing is left, however short the
+    history; the plain line does not announce 1000 iterations and seconds still to go."""
+    assert iterations_left([5e-4], tol=1e-3) == 0
+    assert iterations_left([0.1, 0.0], tol=1e-3) == 0
+    monkeypatch.setitem(sys.modules, "tqdm.auto", None)
+    sinklabel.sinkhorn(np.zeros((10, 1), dtype=np.float32), 1, progress=True)
+    assert "sinkhorn: iteration 1/1, error 0.00e+00" in capsys.readouterr().err
+
+
 def test_progress_bar_total_tracks_the_estimate():
     bar = Progress(True, total=1000, tol=0.5**20)
     for i in range(1, 12):
