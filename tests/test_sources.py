@@ -182,6 +182,20 @@ def test_as_source_routes_each_input(tmp_path, scores32):
     assert not as_source(path).in_memory
 
 
+@pytest.mark.filterwarnings("ignore:the matrix subclass:PendingDeprecationWarning")
+def test_array_subclasses_are_read_as_plain_arrays_or_refused(scores64, numpy_backend):
+    """np.matrix (what scipy.sparse's todense returns) is read as the array it views; a masked
+    array is refused, since ignoring its mask would be silently wrong."""
+    reference = sinklabel.sinkhorn(scores64, K, backend=numpy_backend)
+    result = sinklabel.sinkhorn(np.asmatrix(scores64), K, backend=numpy_backend)
+    np.testing.assert_array_equal(result.labels, reference.labels)
+    assert type(result.labels) is np.ndarray and result.labels.shape == (N,)
+    masked = np.ma.masked_array(scores64, mask=np.zeros(scores64.shape, dtype=bool))
+    masked[:, 0] = np.ma.masked
+    with pytest.raises(TypeError, match=r"masked.*filled\(-np.inf\)"):
+        sinklabel.sinkhorn(masked, K, backend=numpy_backend)
+
+
 def test_memmap_source_reads_without_loading(tmp_path, scores32):
     path = tmp_path / "s.npy"
     np.save(path, scores32)
