@@ -277,9 +277,9 @@ def _chunk_rows(
         rows = min(rows, max(1, STREAM_BLOCK_BYTES // (source.shape[1] * itemsize(source.dtype))))
     if memory_limit is None:
         return rows
-    budget = parse_memory(memory_limit) // (2 if cache else 1)
     fixed = fixed_bytes(*source.shape)
-    return min(rows, rows_for_budget(budget, fixed, bytes_per_row(source, kernel)))
+    per_row = bytes_per_row(source, kernel)
+    return min(rows, rows_for_budget(parse_memory(memory_limit), fixed, per_row, cache=cache))
 
 
 def _checked_scores(source: Source, kernel: Kernel, lam: float, rows: int) -> Source:

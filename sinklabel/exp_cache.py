@@ -18,9 +18,9 @@ potentials (rows too flat for the cap, e.g. small lam) is left uncached.
 The design is a pair of wrappers, so the solver runs unchanged:
 
 - :class:`CachedSource` yields, for each row range of the inner source, a :class:`CachedChunk`
-  handle: the row range, the chunk's table slot, and the raw block on demand. The inner source
-  is only iterated when a handle asks for its block (and then only up to that block), so a pass
-  answered from tables reads nothing.
+  handle: the row range, the chunk's table slot, and the raw block on demand. Only the blocks
+  that handles ask for are read (a source without ``random_access`` is iterated up to them),
+  so a pass answered from tables reads nothing.
 - :class:`CachedKernel` answers ``sweep_lse`` (and ``sweep``) and ``best`` from a chunk's
   table, repairing bad rows from the raw block in place; ``slack``, ``soft`` and ``gather``
   need every entry and go to the inner kernel on the raw block. Plain arrays pass straight
@@ -188,7 +188,8 @@ class CachedChunk:
 
 
 class _BlockReader:
-    """Reads an inner source's blocks in order, starting it only when a block is asked for."""
+    """Reads the inner source's blocks that are asked for: each alone where the source has
+    random access, otherwise in order, starting the source only when a block is asked for."""
 
     def __init__(self, source: Source, rows: int):
         self.source, self.rows = source, rows
@@ -197,6 +198,9 @@ class _BlockReader:
 
     def read(self, start: int, stop: int) -> Array:
         if self._current is not None and self._current[0] == start:
+            return self._current[1]
+        if self.source.random_access:
+            self._current = (start, self.source.read(start, stop))
             return self._current[1]
         if self._blocks is None:
             self._blocks = iter(self.source.chunks(self.rows))

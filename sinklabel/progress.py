@@ -35,14 +35,16 @@ def progress_label(desc: str, position: int | None = None) -> Iterator[None]:
 
 def iterations_left(history: list[float], tol: float | None) -> float | None:
     """Iterations until ``tol`` if the error keeps falling at its recent geometric rate."""
-    if tol is None or len(history) < 3:
+    if tol is None or not history:
+        return None
+    if history[-1] <= tol:
+        return 0.0
+    if len(history) < 3:
         return None
     window = history[-RATE_WINDOW:]
     first, last = window[0], window[-1]
-    if not (first > 0 and last > 0 and math.isfinite(first) and math.isfinite(last)):
+    if not (first > 0 and math.isfinite(first) and math.isfinite(last)):
         return None
-    if last <= tol:
-        return 0.0
     slope = (math.log(last) - math.log(first)) / (len(window) - 1)
     if slope >= 0:
         return None

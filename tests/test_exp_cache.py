@@ -25,7 +25,7 @@ from sinklabel.exp_cache import (  # noqa: E402
     with_exp_cache,
 )
 from sinklabel.kernels import get_kernel  # noqa: E402
-from sinklabel.sources import ArraySource, CallableSource, checked  # noqa: E402
+from sinklabel.sources import ArrayLikeSource, ArraySource, CallableSource, checked  # noqa: E402
 from sinklabel.sources.memory import bytes_per_row, fixed_bytes  # noqa: E402
 
 NUMBA = get_kernel("numba")
@@ -240,6 +240,43 @@ def test_cached_source_reads_only_the_blocks_it_needs():
     assert soft.shape == (100, 10) and reads[-1] == 0
 
 
+@pytest.mark.parametrize("kind", ["callable", "h5py"])
+def test_a_block_the_tables_cannot_answer_is_read_alone(kind, tmp_path):
+    """Only the last block is too flat to cache: later passes read that block, and not the
+    blocks before it, which the tables answer (a function call each, or an HDF5 read)."""
+    import h5py
+
+    scores = make_scores(500, 200, regime="peaked", seed=13).scores
+    scores[400:] = 0.0  # constant rows: every label ties, more than the cap can keep
+    reads = []
+    if kind == "callable":
+        inner = CallableSource(lambda a, b: reads.append(a) or scores[a:b], scores.shape)
+    else:
+        with h5py.File(tmp_path / "s.h5", "w") as h5:
+            h5["x"] = scores
+
+        class LoggedDataset:
+            def __init__(self, dataset):
+                self.dataset, self.shape, self.dtype = dataset, dataset.shape, dataset.dtype
+
+            def __getitem__(self, rows):
+                reads.append(rows.start)
+                return self.dataset[rows]
+
+        inner = ArrayLikeSource(LoggedDataset(h5py.File(tmp_path / "s.h5", "r")["x"]))
+    source, kernel = with_exp_cache(checked(inner), NUMBA, 100, default_cap(200))
+    f = np.zeros(200)
+    first = solver.dual_terms(source, kernel, f, 25.0, 100)
+    assert reads == [0, 100, 200, 300, 400]
+    del reads[:]
+    second = solver.dual_terms(source, kernel, f, 25.0, 100)
+    assert reads == [400]
+    np.testing.assert_allclose(second[0], first[0], rtol=1e-12)
+    labels = solver.assign(source, kernel, f, 25.0, 100)
+    assert reads == [400, 400]
+    np.testing.assert_array_equal(labels, NUMBA.best(scores, f, 25.0)[1])
+
+
 # --- options, memory, errors ------------------------------------------------------------------
 
 
@@ -269,6 +306,20 @@ def test_a_budget_too_small_for_the_cache_is_refused_before_any_work():
     with pytest.raises(ValueError, match="cache=True"):
         sinkhorn(source, 100, memory_limit=limit, cache=True)
     assert calls == []
+
+
+def test_a_budget_too_small_for_the_chunks_names_the_limit_given():
+    """With the cache, the chunks get half of memory_limit: the error still names the limit
+    the caller passed, and the least that would let the chunks fit."""
+    scores = make_scores(1000, 7, regime="flat", seed=12).scores
+    limit = fixed_bytes(1000, 7) + 1000  # enough for chunks without the cache, not with it
+    sinkhorn(scores, 7, memory_limit=limit)
+    with pytest.raises(ValueError, match=f"memory_limit={limit} bytes") as error:
+        sinkhorn(scores, 7, memory_limit=limit, cache=True)
+    need = int(str(error.value).rsplit("at least ", 1)[1].split()[0])
+    per_row = bytes_per_row(ArraySource(scores), NUMBA)
+    assert need == 2 * (fixed_bytes(1000, 7) + per_row)
+    sinklabel.api._chunk_rows(None, NUMBA, ArraySource(scores), need, cache=True)
 
 
 @pytest.mark.parametrize("backend", ["numpy", "torch"])

@@ -115,6 +115,19 @@ def test_float32_streams_match_in_memory(scores32, tmp_path, numpy_backend):
         np.testing.assert_allclose(result.potentials, other.potentials, rtol=1e-5, atol=1e-5)
 
 
+def test_big_endian_scores_solve_like_native_ones(scores64, tmp_path, numpy_backend):
+    """HDF5 and .npy files written elsewhere may hold big-endian floats: they are the same
+    float64 scores, not an unsupported dtype."""
+    reference = sinklabel.sinkhorn(scores64, K, chunk_size=400, backend=numpy_backend)
+    swapped = scores64.astype(">f8")
+    inputs = {"in memory": swapped, **streamed_inputs(swapped, tmp_path)}
+    for kind, logp in inputs.items():
+        result = sinklabel.sinkhorn(logp, K, chunk_size=400, backend=numpy_backend)
+        np.testing.assert_array_equal(result.labels, reference.labels, err_msg=kind)
+        np.testing.assert_allclose(result.potentials, reference.potentials, rtol=0, atol=1e-10,
+                                   err_msg=kind)
+
+
 def test_streamed_plan_meets_the_label_marginal(scores64, tmp_path):
     """Independent oracle: the plan rebuilt here from the potentials has the target marginal."""
     path = tmp_path / "x.npy"
@@ -167,6 +180,20 @@ def test_as_source_routes_each_input(tmp_path, scores32):
         assert isinstance(as_source(h5["x"]), ArrayLikeSource)
     assert as_source(scores32).in_memory
     assert not as_source(path).in_memory
+
+
+@pytest.mark.filterwarnings("ignore:the matrix subclass:PendingDeprecationWarning")
+def test_array_subclasses_are_read_as_plain_arrays_or_refused(scores64, numpy_backend):
+    """np.matrix (what scipy.sparse's todense returns) is read as the array it views; a masked
+    array is refused, since ignoring its mask would be silently wrong."""
+    reference = sinklabel.sinkhorn(scores64, K, backend=numpy_backend)
+    result = sinklabel.sinkhorn(np.asmatrix(scores64), K, backend=numpy_backend)
+    np.testing.assert_array_equal(result.labels, reference.labels)
+    assert type(result.labels) is np.ndarray and result.labels.shape == (N,)
+    masked = np.ma.masked_array(scores64, mask=np.zeros(scores64.shape, dtype=bool))
+    masked[:, 0] = np.ma.masked
+    with pytest.raises(TypeError, match=r"masked.*filled\(-np.inf\)"):
+        sinklabel.sinkhorn(masked, K, backend=numpy_backend)
 
 
 def test_memmap_source_reads_without_loading(tmp_path, scores32):
@@ -513,6 +540,16 @@ def test_iterations_left_follows_a_geometric_error():
     assert iterations_left(history, tol=0.5**20) == pytest.approx(9)
     assert iterations_left([1.0, 1.0, 1.0], tol=1e-3) is None
     assert iterations_left(history[:2], tol=1e-3) is None
+
+
+def test_a_solve_already_within_tol_has_no_iterations_left(monkeypatch, capsys):
+    """Met on the first pass (or an error of exactly 0): nothing is left, however short the
+    history; the plain line does not announce 1000 iterations and seconds still to go."""
+    assert iterations_left([5e-4], tol=1e-3) == 0
+    assert iterations_left([0.1, 0.0], tol=1e-3) == 0
+    monkeypatch.setitem(sys.modules, "tqdm.auto", None)
+    sinklabel.sinkhorn(np.zeros((10, 1), dtype=np.float32), 1, progress=True)
+    assert "sinkhorn: iteration 1/1, error 0.00e+00" in capsys.readouterr().err
 
 
 def test_progress_bar_total_tracks_the_estimate():

@@ -341,8 +341,9 @@ class _RowThreads:
 
 
 def _compute_dtype(dtype: np.dtype) -> np.dtype:
-    """float64 stays float64; every narrower float is computed in float32."""
-    return np.dtype(np.float64) if dtype == np.float64 else np.dtype(np.float32)
+    """float64 (of either byte order: a big-endian chunk is copied) stays float64; every
+    narrower float is computed in float32."""
+    return np.dtype(np.float64) if dtype.name == "float64" else np.dtype(np.float32)
 
 
 def _rows_in_place(chunk: np.ndarray) -> bool:

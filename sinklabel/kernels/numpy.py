@@ -8,8 +8,9 @@ from ._base import Array, Kernel
 
 
 def _compute_dtype(chunk: np.ndarray) -> np.dtype:
-    """float64 stays float64; every narrower float is computed in float32."""
-    return np.dtype(np.float64) if chunk.dtype == np.float64 else np.dtype(np.float32)
+    """float64 (of either byte order) stays float64; every narrower float is computed in
+    float32."""
+    return np.dtype(np.float64) if chunk.dtype.name == "float64" else np.dtype(np.float32)
 
 
 def _shifted_logits(chunk: np.ndarray, f: np.ndarray, lam: float) -> tuple[np.ndarray, np.ndarray]:

@@ -31,9 +31,10 @@ def as_source(logp: Any) -> Source:
     """Wrap what the caller passed as a Source.
 
     A Source is returned as is; a path (str or PathLike) opens a ``.npy`` file memory-mapped;
-    an ``np.memmap`` is read through its mapping; an array-like with ``shape`` and ``dtype``
-    that is not a NumPy, torch or CuPy array (h5py, zarr) is read slice by slice; anything
-    else becomes a NumPy array (no copy when it already is one).
+    an ``np.memmap`` is read through its mapping; other ndarray subclasses (``np.matrix``) as
+    the plain array they view, except masked arrays, refused; an array-like with ``shape``
+    and ``dtype`` that is not a NumPy, torch or CuPy array (h5py, zarr) is read slice by
+    slice; anything else becomes a NumPy array (no copy when it already is one).
     """
     if isinstance(logp, Source):
         return logp
@@ -41,6 +42,13 @@ def as_source(logp: Any) -> Source:
         return MemmapSource(logp)
     if isinstance(logp, np.memmap):
         return MemmapSource(logp)
+    if isinstance(logp, np.ma.MaskedArray):
+        raise TypeError(
+            "logp is a masked array, and its mask would be ignored: fill the masked scores "
+            "first, e.g. logp.filled(-np.inf) to keep those rows from those labels"
+        )
+    if isinstance(logp, np.ndarray):
+        logp = np.asarray(logp)  # np.matrix and other subclasses: a plain view, no copy
     if array_library(logp) is None:
         if is_array_like(logp):
             return ArrayLikeSource(logp)

@@ -27,10 +27,18 @@ class Source(ABC):
     #: True when every block is a view of an array already in memory: nothing can change or
     #: fail between passes, so the scores are checked up front and blocks are not re-checked.
     in_memory: bool = False
+    #: True when ``read(start, stop)`` produces one block on its own (a function call, a
+    #: dataset slice): a consumer that needs only some blocks (the exponential cache) reads
+    #: just those, instead of every block before them through ``chunks``.
+    random_access: bool = False
 
     @abstractmethod
     def chunks(self, rows: int) -> Iterator[tuple[int, int, Array]]:
         """Yield ``(start, stop, block)`` covering all rows in order, ``rows`` at a time."""
+
+    def read(self, start: int, stop: int) -> Array:
+        """Rows ``[start, stop)`` alone, as ``chunks`` would yield them (``random_access``)."""
+        raise NotImplementedError(f"{type(self).__name__} is read in order, through chunks()")
 
     def bytes_per_row(self) -> int:
         """Memory the source allocates per row of a block it yields (0 for views)."""
@@ -72,5 +80,9 @@ def itemsize(dtype: str) -> int:
 
 
 def dtype_name(dtype: Any) -> str:
-    """A dtype's plain name: ``torch.float32`` and ``np.dtype('float32')`` both give "float32"."""
+    """A dtype's plain name: ``torch.float32`` and ``np.dtype('float32')`` both give "float32",
+    and so does big-endian ``np.dtype('>f4')`` (a file written elsewhere): kernels read any
+    byte order, converting a chunk at a time where they need native floats."""
+    if isinstance(dtype, np.dtype):
+        return dtype.name
     return str(dtype).removeprefix("torch.")

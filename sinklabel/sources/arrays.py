@@ -66,6 +66,8 @@ class ArrayLikeSource(Source):
     """Anything with ``shape`` and ``dtype`` whose row slices are arrays: h5py datasets,
     zarr arrays, xarray, dask. Each block is read with ``obj[start:stop]``."""
 
+    random_access = True
+
     def __init__(self, obj: Any):
         shape = tuple(obj.shape)
         if len(shape) != 2:
@@ -77,7 +79,10 @@ class ArrayLikeSource(Source):
 
     def chunks(self, rows: int) -> Iterator[tuple[int, int, np.ndarray]]:
         for start, stop in self.row_ranges(rows):
-            yield start, stop, np.asarray(self.obj[start:stop])
+            yield start, stop, self.read(start, stop)
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        return np.asarray(self.obj[start:stop])
 
 
 def _open_npy(path: str) -> np.memmap:

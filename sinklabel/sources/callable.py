@@ -40,6 +40,8 @@ class CallableSource(Source):
     [4, 8, 10]
     """
 
+    random_access = True
+
     def __init__(
         self,
         fn: Callable[[int, int], Array],
@@ -62,3 +64,6 @@ class CallableSource(Source):
     def chunks(self, rows: int) -> Iterator[tuple[int, int, Array]]:
         for start, stop in self.row_ranges(rows):
             yield start, stop, self.fn(start, stop)
+
+    def read(self, start: int, stop: int) -> Array:
+        return self.fn(start, stop)

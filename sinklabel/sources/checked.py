@@ -54,12 +54,15 @@ class CheckedSource(WrappingSource):
     def __init__(self, source: Source, check_block: BlockCheck | None = None):
         super().__init__(source)
         self.check_block = check_block
+        self.random_access = source.random_access
         self.passes = 0
+        self._last_read: int | None = None
         self._fingerprints: dict[tuple[int, int], np.ndarray] = {}
         self._seen: set[tuple[int, int]] = set()
 
     def chunks(self, rows: int) -> Iterator[tuple[int, int, Array]]:
         self.passes += 1
+        self._last_read = None
         blocks = iter(self.inner.chunks(rows))
         try:
             for start, stop in self.row_ranges(rows):
@@ -89,6 +92,23 @@ class CheckedSource(WrappingSource):
             raise SourceError(
                 f"the source yielded rows [{got_start}, {got_stop}) instead", start, stop, p
             )
+        return self._checked(block, start, stop)
+
+    def read(self, start: int, stop: int) -> Array:
+        """One block, checked as ``chunks`` checks it. Reads go in row order within a pass:
+        one that does not follow the previous read starts a new pass."""
+        if self._last_read is None or start <= self._last_read:
+            self.passes += 1
+        self._last_read = start
+        try:
+            block = self.inner.read(start, stop)
+        except Exception as exc:
+            raise SourceError(
+                f"the source raised {type(exc).__name__}: {exc}", start, stop, self.passes
+            ) from exc
+        return self._checked(block, start, stop)
+
+    def _checked(self, block: Array, start: int, stop: int) -> Array:
         self._check_structure(block, start, stop)
         key = (start, stop)
         if key not in self._seen:

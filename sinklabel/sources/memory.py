@@ -64,13 +64,16 @@ def fixed_bytes(n_points: int, n_labels: int) -> int:
     return BYTES_PER_POINT * n_points + BYTES_PER_LABEL * n_labels
 
 
-def rows_for_budget(budget: int, fixed: int, per_row: int) -> int:
-    """The most rows per block that keep ``fixed + rows * per_row`` within ``budget``."""
-    rows = (budget - fixed) // max(1, per_row)
+def rows_for_budget(budget: int, fixed: int, per_row: int, *, cache: bool = False) -> int:
+    """The most rows per block that keep ``fixed + rows * per_row`` within ``budget``, or
+    within half of it with ``cache`` (the cached exponentials take the other half)."""
+    share = 2 if cache else 1
+    rows = (budget // share - fixed) // max(1, per_row)
     if rows < 1:
+        needs = " with cache=True: the blocks get half of it and need" if cache else ": it needs"
         raise ValueError(
-            f"memory_limit={budget} bytes is too small for this problem: it needs "
+            f"memory_limit={budget} bytes is too small for this problem{needs} "
             f"{fixed} bytes for per-point and per-label state plus {per_row} bytes per row "
-            f"of a block, so at least {fixed + per_row} bytes"
+            f"of a block, so at least {share * (fixed + per_row)} bytes"
         )
     return int(rows)
