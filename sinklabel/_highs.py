@@ -3,6 +3,10 @@
 Variables are the finite entries of the plan (a point cannot take a label whose score is
 -inf). The constraint matrix is totally unimodular, so the simplex vertex HiGHS returns is
 integral: every point's row holds a single one. Practical up to a few million variables.
+
+HiGHS's optimality tolerances are absolute (1e-7), so the costs are posed at unit scale: each
+row shifted to its best score (every labelling's cost moves by the same amount) and all of
+them divided by the largest remaining cost (which divides the prices by it too).
 """
 
 from __future__ import annotations
@@ -21,7 +25,12 @@ def solve_highs(
     N, K = S.shape
     rows, cols = np.nonzero(np.isfinite(S))
     n_vars = rows.size
-    cost = -S[rows, cols].astype(np.float64)
+    values = S[rows, cols].astype(np.float64)
+    size = float(np.abs(values).max()) or 1.0  # divided first, the shift cannot overflow
+    cost = (np.max(S, axis=1).astype(np.float64) / size)[rows] - values / size
+    spread = float(cost.max()) or 1.0
+    cost /= spread
+    scale = size * spread
     ones = np.ones(n_vars)
     var = np.arange(n_vars)
     per_point = sparse.csr_matrix((ones, (rows, var)), shape=(N, n_vars))
@@ -55,4 +64,4 @@ def solve_highs(
     else:
         marg = np.asarray(res.ineqlin.marginals, dtype=np.float64)
         prices = marg[:K] - marg[K:]
-    return labels, prices
+    return labels, scale * prices

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 import sys
 
@@ -137,6 +138,22 @@ def test_larger_problem_matches_highs(regime, engine):
     primal, dual = plain_certificate(S, auction.labels, auction.prices, auction.lower,
                                      auction.upper)
     assert primal - dual == pytest.approx(0.0, abs=1e-9 * abs(primal))
+
+
+@pytest.mark.parametrize("scale", [1e-6, 1e6, 1e25])
+@pytest.mark.parametrize("method", ["auction", "highs"])
+def test_optimum_at_any_scale_of_the_scores(method, scale):
+    """Small differences between scores still decide the optimum (HiGHS's tolerances are
+    absolute, 1e-7, and it takes costs beyond 1e20 for infinite: it must see them at unit
+    scale). Oracle: every labelling of 9 points with 3 per label, enumerated."""
+    S = scale * (np.random.default_rng(8).normal(size=(9, 3)) + 1000.0)
+    every = np.array(list(itertools.product(range(3), repeat=9)))
+    sizes = np.stack([np.count_nonzero(every == y, axis=1) for y in range(3)], axis=1)
+    balanced = every[np.all(sizes == 3, axis=1)]
+    best = (-S[np.arange(9), balanced]).sum(axis=1).min()
+    result = sinklabel.solve_exact(S, 3, method=method)
+    assert result.objective == pytest.approx(best, rel=1e-12)
+    assert result.certificate.optimal, result.certificate
 
 
 def test_default_capacities_let_the_solution_choose_the_extra_points():
