@@ -305,6 +305,21 @@ def test_other_bad_input():
         sinklabel.duality_gap(S.T, np.array([0, 1, 2, 4, 0, 1]), np.zeros(4))
 
 
+@pytest.mark.parametrize(
+    "row, message",
+    [([np.nan, 0.0, 0.0], "NaN"), ([0.0, np.inf, 0.0], r"\+inf"),
+     ([-np.inf, -np.inf, -np.inf], "no finite score")],
+)
+def test_duality_gap_rejects_bad_scores(backend, row, message):
+    """A certificate of NaN or infinite scores would be NaN or inf: the input is named."""
+    S = np.zeros((6, 3))
+    S[4] = row
+    with pytest.raises(ValueError, match=message) as error:
+        sinklabel.duality_gap(to_backend(S, backend), np.arange(6) % 3, np.zeros(3),
+                              chunk_size=4)
+    assert "row 4" in str(error.value)
+
+
 def test_check_reports_against_the_optimum(capsys):
     S = make_scores(900, 9, regime="flat", seed=9).scores
     soft = sinklabel.sinkhorn(S, 9)
