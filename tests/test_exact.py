@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import importlib
 import itertools
 import subprocess
 import sys
@@ -335,6 +336,21 @@ def test_check_reports_against_the_optimum(capsys):
     assert good.optimal and good.agreement == 1.0 and good.gap == pytest.approx(0, abs=1e-6)
     bound_only = sinklabel.check(soft, S, exact=False)
     assert bound_only.optimum is None and bound_only.bound <= exact.objective + 1e-9
+
+
+def _no_solve(*args, **kwargs):
+    raise AssertionError("the exact problem was solved before the labels were checked")
+
+
+def test_check_names_labels_that_do_not_fit_before_solving(monkeypatch):
+    monkeypatch.setattr(importlib.import_module("sinklabel.check"), "solve_exact", _no_solve)
+    S = np.zeros((12, 4))
+    with pytest.raises(ValueError, match="labels must be 12 integers, got shape \\(5,\\)"):
+        sinklabel.check(np.arange(5) % 4, S)
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 4\)"):
+        sinklabel.check(np.arange(12), S)
+    with pytest.raises(TypeError, match="dtype float64"):
+        sinklabel.check(np.zeros(12), S)
 
 
 def test_cli_check(tmp_path, capsys):
