@@ -141,13 +141,14 @@ def test_larger_problem_matches_highs(regime, engine):
     assert primal - dual == pytest.approx(0.0, abs=1e-9 * abs(primal))
 
 
-@pytest.mark.parametrize("scale", [1e-6, 1e6, 1e25])
+@pytest.mark.parametrize("scale", [1e-6, 1e6, 1e25, (1e-6, 1e-6, 1.0)])
 @pytest.mark.parametrize("method", ["auction", "highs"])
 def test_optimum_at_any_scale_of_the_scores(method, scale):
     """Small differences between scores still decide the optimum (HiGHS's tolerances are
-    absolute, 1e-7, and it takes costs beyond 1e20 for infinite: it must see them at unit
-    scale). Oracle: every labelling of 9 points with 3 per label, enumerated."""
-    S = scale * (np.random.default_rng(8).normal(size=(9, 3)) + 1000.0)
+    absolute, 1e-7 by default, and it takes costs beyond 1e20 for infinite: it must see them
+    at unit scale, and with tight tolerances where two labels' scores differ by 1e-6 and the
+    third's by 1). Oracle: every labelling of 9 points with 3 per label, enumerated."""
+    S = np.asarray(scale) * np.random.default_rng(10).normal(size=(9, 3)) + 1000.0 * np.max(scale)
     every = np.array(list(itertools.product(range(3), repeat=9)))
     sizes = np.stack([np.count_nonzero(every == y, axis=1) for y in range(3)], axis=1)
     balanced = every[np.all(sizes == 3, axis=1)]
