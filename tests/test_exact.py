@@ -463,6 +463,34 @@ def test_balance_exact_goes_straight_to_shortest_paths_on_flat_scores(monkeypatc
     assert result.certificate.primal == pytest.approx(highs.objective, rel=1e-9)
 
 
+def test_refreshing_a_row_stops_at_the_first_member_that_cannot_beat_it():
+    """Members whose bound equals the best found cannot beat it: with tied scores (all equal,
+    as from a collapsed network) scanning them all made every shortest path O(N) and the
+    exact finish O(N^2) (14 s instead of 1.4 s at N=20000, K=50)."""
+    N, K = 1000, 3
+    S = np.zeros((N, K))
+    reads = []
+
+    class CountingScores:
+        shape = S.shape
+
+        def __getitem__(self, index):
+            reads.append(index)
+            return S[index]
+
+    head = np.full(K, -1, np.int64)
+    nxt, prv = np.empty(N, np.int64), np.empty(N, np.int64)
+    _transport_loops.link_members.py_func(np.arange(N), np.zeros(N, np.int64), head, nxt, prv)
+    D = np.full((K, K), np.inf)
+    Darg = np.full((K, K), -1, np.int64)
+    stale = np.zeros((K, K), np.bool_)
+    stale[0, 1:] = True
+    _transport_loops._refresh_row.py_func(CountingScores(), 0, D, Darg, stale, head, nxt,
+                                          np.zeros(N), np.zeros(K))
+    assert np.all(D[0, 1:] == 0.0) and np.all(Darg[0, 1:] >= 0) and not stale.any()
+    assert len(reads) == 2 * 2  # one member per stale entry, two scores each
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("K", [1, 7, 8, 19])
 def test_compiled_passes_match_numpy(dtype, K):
