@@ -103,6 +103,12 @@ def duality_gap(
     Returns
     -------
     Certificate
+
+    Raises
+    ------
+    ValueError
+        On bad labels, prices or capacities, and, during the pass, on scores that are NaN,
+        +inf or -inf for every label of a row (the certificate would be NaN or inf).
     """
     if distributed or process_group is not None:
         from .distributed import distributed_duality_gap
