@@ -254,6 +254,16 @@ def test_bad_capacities_are_named(capacities, message):
         sinklabel.solve_exact(S, 3, capacities=capacities)
 
 
+@pytest.mark.parametrize("sizes", [(3, 7), [3, 7], np.array([3, 7])])
+def test_two_sizes_in_a_tuple_are_sizes(sizes):
+    """With K=2 a tuple of two numbers is two sizes; a (lower, upper) pair holds vectors."""
+    S = np.random.default_rng(0).normal(size=(10, 2))
+    result = sinklabel.solve_exact(S, 2, capacities=sizes)
+    assert result.label_counts.tolist() == [3, 7]
+    pair = sinklabel.solve_exact(S, 2, capacities=((3, 3), (7, 7)))
+    assert pair.label_counts.sum() == 10 and np.all(pair.label_counts >= 3)
+
+
 @pytest.fixture(params=["cold", "warm"])
 def start(request, monkeypatch):
     """Starting prices for the auction solver: none, or prices from which it goes straight
