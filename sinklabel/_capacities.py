@@ -43,7 +43,9 @@ def check_capacities(
     """``(lower, upper)`` from what the caller passed: None, K integers or a pair of them."""
     if capacities is None:
         return default_capacities(n_points, n_labels)
-    if isinstance(capacities, tuple) and len(capacities) == 2:
+    # A pair holds two vectors; a tuple of two numbers is the sizes of two labels.
+    pair = isinstance(capacities, tuple) and len(capacities) == 2
+    if pair and any(np.ndim(bound) > 0 for bound in capacities):
         lower = _integer_vector("capacities[0] (lower)", capacities[0], n_labels)
         upper = _integer_vector("capacities[1] (upper)", capacities[1], n_labels)
         if np.any(lower > upper):

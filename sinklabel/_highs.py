@@ -3,6 +3,12 @@
 Variables are the finite entries of the plan (a point cannot take a label whose score is
 -inf). The constraint matrix is totally unimodular, so the simplex vertex HiGHS returns is
 integral: every point's row holds a single one. Practical up to a few million variables.
+
+HiGHS's tolerances are absolute (1e-7 by default), so the costs are posed at unit scale: each
+row shifted to its best score (every labelling's cost moves by the same amount) and all of
+them divided by the largest remaining cost (which divides the prices by it too); the
+tolerances are HiGHS's smallest, 1e-10, so score differences down to about 1e-9 of the
+largest one still decide the optimum.
 """
 
 from __future__ import annotations
@@ -13,6 +19,8 @@ from scipy.optimize import linprog
 
 from ._transport import InfeasibleError
 
+TOLERANCES = {"primal_feasibility_tolerance": 1e-10, "dual_feasibility_tolerance": 1e-10}
+
 
 def solve_highs(
     S: np.ndarray, lower: np.ndarray, upper: np.ndarray
@@ -21,7 +29,12 @@ def solve_highs(
     N, K = S.shape
     rows, cols = np.nonzero(np.isfinite(S))
     n_vars = rows.size
-    cost = -S[rows, cols].astype(np.float64)
+    values = S[rows, cols].astype(np.float64)
+    size = float(np.abs(values).max()) or 1.0  # divided first, the shift cannot overflow
+    cost = (np.max(S, axis=1).astype(np.float64) / size)[rows] - values / size
+    spread = float(cost.max()) or 1.0
+    cost /= spread
+    scale = size * spread
     ones = np.ones(n_vars)
     var = np.arange(n_vars)
     per_point = sparse.csr_matrix((ones, (rows, var)), shape=(N, n_vars))
@@ -36,7 +49,7 @@ def solve_highs(
         a_ub = sparse.vstack([per_label, -per_label]).tocsr()
         b_ub = np.concatenate([upper, -lower]).astype(np.float64)
     res = linprog(cost, A_ub=a_ub, b_ub=b_ub, A_eq=a_eq, b_eq=b_eq, bounds=(0, None),
-                  method="highs")
+                  method="highs", options=TOLERANCES)
     if res.status == 2:
         raise InfeasibleError(
             "no labelling meets the capacities: some labels need more points than have "
@@ -55,4 +68,4 @@ def solve_highs(
     else:
         marg = np.asarray(res.ineqlin.marginals, dtype=np.float64)
         prices = marg[:K] - marg[K:]
-    return labels, prices
+    return labels, scale * prices

@@ -394,7 +394,8 @@ def _refresh_row(S, a, D, Darg, stale, head, nxt, mu, v0):
 
     Member j's gap to label c is at least ``mu[j] + v0[c] - v0[a]`` (``mu[j]``: its margin
     at the prices ``v0``), and each list runs in increasing ``mu``, so every scan stops at
-    the first member that cannot beat the best found: usually after a few.
+    the first member that cannot beat the best found (a bound equal to it cannot: tied
+    scores would otherwise be scanned in full): usually after a few.
     """
     for c in range(S.shape[1]):
         if not stale[a, c]:
@@ -403,7 +404,7 @@ def _refresh_row(S, a, D, Darg, stale, head, nxt, mu, v0):
         best = INF
         arg = -1
         j = head[a]
-        while j >= 0 and not mu[j] + offset > best:
+        while j >= 0 and not mu[j] + offset >= best:
             value = np.float64(S[j, a]) - np.float64(S[j, c])
             if value < best:
                 best = value

@@ -20,7 +20,7 @@ import numpy as np
 
 from ._arrays import array_library
 from ._capacities import check_capacities
-from ._validation import check_positive, check_shape
+from ._validation import check_chunk_scores, check_positive, check_shape
 from .kernels import Kernel, resolve_kernel
 from .sources import Array, Source, as_source, itemsize
 
@@ -103,6 +103,12 @@ def duality_gap(
     Returns
     -------
     Certificate
+
+    Raises
+    ------
+    ValueError
+        On bad labels, prices or capacities, and, during the pass, on scores that are NaN,
+        +inf or -inf for every label of a row (the certificate would be NaN or inf).
     """
     if distributed or process_group is not None:
         from .distributed import distributed_duality_gap
@@ -163,7 +169,11 @@ def _partial_sums(
     unit = _ROUND64 if source.dtype == "float64" else _ROUND32
     primal = dual_rows = rounding = 0.0
     for start, stop, chunk in source.chunks(rows):
-        _, best = kernel.best(chunk, v, 1.0)
+        top, best = kernel.best(chunk, v, 1.0)
+        if not np.all(np.isfinite(kernel.to_numpy(top))):
+            # NaN, +inf or a row of -inf would make the certificate NaN or inf: name it.
+            check_chunk_scores(start, chunk, kernel, 1.0)
+            raise ValueError(f"logp + prices overflows in rows [{start}, {stop})")
         # Re-read the winners' scores exactly, so the sum is float64 whatever the backend.
         winner = kernel.gather(chunk, best)
         price = v[kernel.to_numpy(best)]

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from ._capacities import check_capacities
-from .certificate import Certificate, _host, duality_gap
+from .certificate import Certificate, _checked_labels, _host, duality_gap
 from .exact import ExactResult, solve_exact
 from .result import SinkhornResult
 from .sources import Array, as_source
@@ -133,6 +133,7 @@ def check(
     source = as_source(logp)
     N, K = source.shape
     labels, prices = _labels_and_prices(result_or_labels, K)
+    _checked_labels(labels, N, K)  # before the exact solve, which may take minutes
     if capacities is None and isinstance(result_or_labels, SinkhornResult):
         from ._capacities import balanced_range
 
@@ -178,6 +179,6 @@ def _labels_and_prices(what: Any, n_labels: int) -> tuple[np.ndarray, np.ndarray
     if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
         raise TypeError(
             f"expected a result or a 1-D integer label array, got {type(what).__name__} "
-            f"with shape {getattr(labels, 'shape', None)}"
+            f"with shape {labels.shape} and dtype {labels.dtype}"
         )
     return labels, None
