@@ -51,6 +51,17 @@ def check_shape(source: Source, n_labels: Any, *, allow_empty_rows: bool = False
     return n_labels
 
 
+def check_exact_balance(balance: str | None, n_rows: int, n_labels: int) -> None:
+    """Exact balancing gives every label floor or ceil of its share: with fewer points than
+    labels that share rounds to none, so K > N is refused as for ``solve_exact``'s sizes."""
+    if balance == "exact" and n_rows < n_labels:
+        raise ValueError(
+            f"balance='exact' needs at least as many points as labels, got N={n_rows} < "
+            f"K={n_labels}: some labels would be empty (solve_exact with capacities allows "
+            "empty labels)"
+        )
+
+
 def check_label_weights(label_weights: Any, n_labels: int) -> np.ndarray:
     """Positive finite label proportions of length K, normalised to sum to one."""
     if label_weights is None:

@@ -10,6 +10,7 @@ import numpy as np
 from . import solver
 from ._validation import (
     check_chunk_scores,
+    check_exact_balance,
     check_flag,
     check_init,
     check_label_weights,
@@ -100,8 +101,8 @@ def sinkhorn(
         with no points although its target is at least one point warns). "exact": the
         optimal labelling with sizes exactly ``floor`` or ``ceil`` of ``N * label_weights``,
         found by the exact solver warm-started from the potentials, with its certified gap
-        in ``result.certificate`` (see :func:`sinklabel.solve_exact`).
-        Across ranks only the rows whose label is in doubt travel, to rank 0
+        in ``result.certificate`` (see :func:`sinklabel.solve_exact`); it needs N >= K
+        (N counted over every rank). Across ranks only the rows whose label is in doubt travel, to rank 0
         (docs/distributed.md).
     cache : bool, default=False
         Numba backend only. Keep, between passes, the exponentials that can matter (a sparse,
@@ -129,6 +130,7 @@ def sinkhorn(
         ))
     source = as_source(logp)
     K = check_shape(source, K)
+    check_exact_balance(balance, source.shape[0], K)
     lam = check_positive("lam", lam)
     tol = check_positive("tol", tol)
     max_iter = check_positive("max_iter", max_iter, integer=True)

@@ -34,6 +34,7 @@ from ._arrays import array_library, is_cuda
 from ._capacities import check_capacities
 from ._validation import (
     FLOAT_DTYPES,
+    check_exact_balance,
     check_flag,
     check_init,
     check_label_weights,
@@ -243,6 +244,7 @@ def distributed_sinkhorn(
     _check_agreement(table)
     source, kernel, settings = checked
     balance, cap = settings.pop("balance"), settings.pop("cache_cap")
+    check_exact_balance(balance, int(table[:, 1].sum()), source.shape[1])
     # The guards wrap the cache, so a failure inside it reaches the other ranks like any other.
     solve_source, solve_kernel = (
         with_exp_cache(source, kernel, settings["rows"], cap) if cap else (source, kernel)

@@ -160,6 +160,14 @@ def test_identical_rows_never_empty_labels_silently(backend, balance):
         assert len(empty_warnings) == 1 and "balance='exact'" in str(empty_warnings[0].message)
 
 
+def test_exact_balance_with_fewer_points_than_labels_is_refused_before_solving(rng, monkeypatch):
+    """floor(N / K) = 0 points per label would leave labels empty: refused, as solve_exact's
+    default sizes are, and before the Sinkhorn solve runs."""
+    monkeypatch.setattr(sinklabel.api, "_sinkhorn", lambda *a, **k: pytest.fail("solved"))
+    with pytest.raises(ValueError, match="N=3 < K=5"):
+        sinkhorn(rng.standard_normal((3, 5)), 5, balance="exact")
+
+
 def test_labels_with_less_than_one_point_of_target_may_be_empty_quietly(rng):
     """N < K: some labels must stay empty; that is no reason to warn."""
     with warnings.catch_warnings():

@@ -235,6 +235,9 @@ def _disagreement_cases(rank: int, world: int) -> list[tuple]:
         _caught(sinklabel.sinkhorn, nan if rank == 1 else scores, 5, distributed=True),
         _caught(sinklabel.sinkhorn, empty, 5, distributed=True),
         _caught(lambda: sinklabel.sinkhorn(scores, 5, distributed=True).label_counts.sum()),
+        _caught(sinklabel.sinkhorn, scores[:2], 5, balance="exact", distributed=True),
+        _caught(lambda: sinklabel.sinkhorn(scores[:3], 5, balance="exact", distributed=True)
+                .label_counts.tolist()),
     ]
 
 
@@ -260,6 +263,11 @@ def test_disagreeing_ranks_raise_the_same_error_without_hanging(tmp_path):
     assert first[5][1] == "ValueError" and "every rank passed 0 rows" in first[5][2]
     # and the group is still in step: a good solve afterwards sees all 60 rows
     assert first[6] == second[6] == ("ok", 60)
+    # exact balancing counts the points of every rank: 4 rows for 5 labels is too few, 6 not
+    assert first[7] == second[7]
+    assert first[7][1] == "ValueError" and "N=4 < K=5" in first[7][2]
+    assert first[8] == second[8] and first[8][0] == "ok"
+    assert sorted(first[8][1]) == [1, 1, 1, 1, 2]
 
 
 # ---- a rank failing mid-solve stops every rank ---------------------------------------------
