@@ -115,18 +115,18 @@ def sinkhorn(
     -------
     SinkhornResult
     """
-    if balance not in BALANCE:
-        raise ValueError(f"balance must be one of {BALANCE}, got {balance!r}")
-    progress = check_flag("progress", progress)
     if check_flag("distributed", distributed) or process_group is not None:
         from .distributed import distributed_sinkhorn
 
+        # It checks the other arguments, so that a rank's bad one reaches every rank.
         return _warn_empty_labels(distributed_sinkhorn(
             logp, K, process_group=process_group, lam=lam, label_weights=label_weights,
             tol=tol, max_iter=max_iter, init=init, chunk_size=chunk_size,
             memory_limit=memory_limit, backend=backend, progress=progress, balance=balance,
             cache=cache,
         ))
+    balance = check_balance(balance)
+    progress = check_flag("progress", progress)
     source = as_source(logp)
     K = check_shape(source, K)
     lam = check_positive("lam", lam)
@@ -147,6 +147,13 @@ def sinkhorn(
         max_iter=max_iter, init=start, rows=rows, progress=progress,
     )
     return _warn_empty_labels(balanced(result, source, kernel, rows, balance))
+
+
+def check_balance(balance: Any) -> str | None:
+    """One of :data:`BALANCE`."""
+    if balance not in BALANCE:
+        raise ValueError(f"balance must be one of {BALANCE}, got {balance!r}")
+    return balance
 
 
 def assign_labels(logp: Array, K: int, **options: Any) -> Array:
