@@ -15,6 +15,7 @@ is not counted as the solve's.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -144,9 +145,22 @@ def overhead(n: int, k: int, iters: int, repeats: int = 3) -> dict:
                                    for name, t in best.items()}}
 
 
-def main(argv: list[str]) -> int:
-    kind = argv[0] if argv else "memory"
-    n, k = (int(argv[1]), int(argv[2])) if len(argv) >= 3 else DEFAULTS[kind]
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("kind", nargs="?", default="memory", choices=list(DEFAULTS))
+    parser.add_argument("size", nargs="*", type=int, metavar="N K",
+                        help="rows and labels (default: the kind's size, listed below)")
+    args = parser.parse_args(argv)
+    # A lone N must not fall back to the default size: that writes gigabytes.
+    if len(args.size) not in (0, 2):
+        parser.error(f"give both N and K, or neither (got {args.size})")
+    if any(size < 1 for size in args.size):
+        parser.error("N and K must be positive")
+    kind = args.kind
+    n, k = args.size or DEFAULTS[kind]
     iters = int(os.environ.get("SINKLABEL_BENCH_ITERS", "3"))
     report: dict = {"kind": kind, "N": n, "K": k, "gb_float32": round(n * k * 4 / 1e9, 2)}
     if kind == "overhead":
@@ -169,4 +183,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main())

@@ -112,6 +112,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, list[float]]]:
     parser.add_argument("--fast", action="store_true", help="one seed, few iterations")
     parser.add_argument("--seeds", type=int, default=3, help="number of seeds (0, 1, ...)")
     args = parser.parse_args(argv)
+    if args.seeds < 1:
+        parser.error("--seeds must be at least 1")
     seeds = [0] if args.fast else list(range(args.seeds))
     table = compare(seeds, n_init=1 if args.fast else 10, max_iter=20 if args.fast else 100)
     columns = list(next(iter(table.values())))

@@ -284,6 +284,10 @@ def main(argv: list[str] | None = None) -> Report:
     parser.add_argument("--epochs", type=int, help="training epochs (default: 20, fast: 4)")
     parser.add_argument("--out", help="where to save the PNG plot (default: no plot)")
     args = parser.parse_args(argv)
+    if args.seeds < 1:
+        parser.error("--seeds must be at least 1")
+    if args.epochs is not None and args.epochs < 0:
+        parser.error("--epochs must be at least 0")
     cfg = FAST if args.fast else Config()
     if args.epochs is not None:
         cfg = replace(cfg, epochs=args.epochs)

@@ -225,7 +225,9 @@ def _scan(source: Source, v: np.ndarray, labels: np.ndarray | None = None) -> _S
     out = _Scan.empty(n, K)
     out.finite += n
     for start, stop, block in source.chunks(max(1, SCAN_BYTES // (8 * K))):
-        scores = np.ascontiguousarray(_host_block(block))
+        scores = _host_block(block)
+        # numba has no float16; the scan works in float64 anyway
+        scores = np.ascontiguousarray(scores, np.float32 if scores.dtype == np.float16 else None)
         part = slice(start, stop)
         # Without labels, each row is checked against its own best label: never off.
         given = out.best[part] if labels is None else labels[part]

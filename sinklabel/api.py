@@ -102,8 +102,8 @@ def sinkhorn(
         optimal labelling with sizes exactly ``floor`` or ``ceil`` of ``N * label_weights``,
         found by the exact solver warm-started from the potentials, with its certified gap
         in ``result.certificate`` (see :func:`sinklabel.solve_exact`); it needs N >= K
-        (N counted over every rank). Across ranks only the rows whose label is in doubt travel, to rank 0
-        (docs/distributed.md).
+        (N counted over every rank). Across ranks only the rows whose label is in doubt
+        travel, to rank 0 (docs/distributed.md).
     cache : bool, default=False
         Numba backend only. Keep, between passes, the exponentials that can matter (a sparse,
         row-shifted ``exp`` of each chunk, built in the first pass): later passes cost
@@ -116,18 +116,18 @@ def sinkhorn(
     -------
     SinkhornResult
     """
-    if balance not in BALANCE:
-        raise ValueError(f"balance must be one of {BALANCE}, got {balance!r}")
-    progress = check_flag("progress", progress)
     if check_flag("distributed", distributed) or process_group is not None:
         from .distributed import distributed_sinkhorn
 
+        # It checks the other arguments, so that a rank's bad one reaches every rank.
         return _warn_empty_labels(distributed_sinkhorn(
             logp, K, process_group=process_group, lam=lam, label_weights=label_weights,
             tol=tol, max_iter=max_iter, init=init, chunk_size=chunk_size,
             memory_limit=memory_limit, backend=backend, progress=progress, balance=balance,
             cache=cache,
         ))
+    balance = check_balance(balance)
+    progress = check_flag("progress", progress)
     source = as_source(logp)
     K = check_shape(source, K)
     check_exact_balance(balance, source.shape[0], K)
@@ -149,6 +149,13 @@ def sinkhorn(
         max_iter=max_iter, init=start, rows=rows, progress=progress,
     )
     return _warn_empty_labels(balanced(result, source, kernel, rows, balance))
+
+
+def check_balance(balance: Any) -> str | None:
+    """One of :data:`BALANCE`."""
+    if balance not in BALANCE:
+        raise ValueError(f"balance must be one of {BALANCE}, got {balance!r}")
+    return balance
 
 
 def assign_labels(logp: Array, K: int, **options: Any) -> Array:

@@ -234,7 +234,7 @@ def distributed_sinkhorn(
     collective = _collective_for(logp, process_group)
     try:
         checked = _check_local(logp, K, lam, label_weights, tol, max_iter, init, chunk_size,
-                               memory_limit, backend, balance, cache)
+                               memory_limit, backend, balance, cache, progress)
         error = None
     except Exception as exc:  # shared with the other ranks below, then re-raised here
         checked, error = None, exc
@@ -244,6 +244,7 @@ def distributed_sinkhorn(
     _check_agreement(table)
     source, kernel, settings = checked
     balance, cap = settings.pop("balance"), settings.pop("cache_cap")
+    progress = settings.pop("progress")
     check_exact_balance(balance, int(table[:, 1].sum()), source.shape[1])
     # The guards wrap the cache, so a failure inside it reaches the other ranks like any other.
     solve_source, solve_kernel = (
@@ -336,8 +337,8 @@ def _capacities_digest(capacities: Any) -> float:
 
 def _check_local(
     logp: Array, K: Any, lam: Any, label_weights: Any, tol: Any, max_iter: Any, init: Any,
-    chunk_size: Any, memory_limit: Any, backend: str, balance: str | None,
-    cache: Any = False,
+    chunk_size: Any, memory_limit: Any, backend: str, balance: Any, cache: Any = False,
+    progress: Any = False,
 ) -> tuple[Source, Kernel, dict[str, Any]]:
     """This rank's input checks: those of :func:`sinklabel.sinkhorn`, but N may be 0.
 
@@ -351,7 +352,8 @@ def _check_local(
         "max_iter": check_positive("max_iter", max_iter, integer=True),
         "label_weights": check_label_weights(label_weights, K),
         "init": check_init(init, K),
-        "balance": balance,
+        "balance": api.check_balance(balance),
+        "progress": check_flag("progress", progress),
     }
     cache = check_flag("cache", cache)
     kernel = resolve_kernel(backend, source.library)

@@ -234,6 +234,11 @@ def _disagreement_cases(rank: int, world: int) -> list[tuple]:
                 distributed=True),
         _caught(sinklabel.sinkhorn, nan if rank == 1 else scores, 5, distributed=True),
         _caught(sinklabel.sinkhorn, empty, 5, distributed=True),
+        # arguments checked before the solve starts, bad on one rank only
+        _caught(sinklabel.sinkhorn, scores, 5, balance="exakt" if rank == 1 else None,
+                distributed=True),
+        _caught(sinklabel.sinkhorn, scores, 5, progress="no" if rank == 1 else False,
+                distributed=True),
         _caught(lambda: sinklabel.sinkhorn(scores, 5, distributed=True).label_counts.sum()),
         _caught(sinklabel.sinkhorn, scores[:2], 5, balance="exact", distributed=True),
         _caught(lambda: sinklabel.sinkhorn(scores[:3], 5, balance="exact", distributed=True)
@@ -261,13 +266,18 @@ def test_disagreeing_ranks_raise_the_same_error_without_hanging(tmp_path):
     assert "rank 1 (ValueError) failed checking its input" in first[4][2]
     assert first[5] == second[5]
     assert first[5][1] == "ValueError" and "every rank passed 0 rows" in first[5][2]
+    for case, kind, text in ((6, "ValueError", "balance must be one of"),
+                             (7, "TypeError", "progress must be True or False")):
+        assert second[case][:2] == ("error", kind) and text in second[case][2], second[case]
+        assert first[case][:2] == ("error", RankFailedError.__name__), first[case]
+        assert f"rank 1 ({kind}) failed checking its input" in first[case][2]
     # and the group is still in step: a good solve afterwards sees all 60 rows
-    assert first[6] == second[6] == ("ok", 60)
+    assert first[8] == second[8] == ("ok", 60)
     # exact balancing counts the points of every rank: 4 rows for 5 labels is too few, 6 not
-    assert first[7] == second[7]
-    assert first[7][1] == "ValueError" and "N=4 < K=5" in first[7][2]
-    assert first[8] == second[8] and first[8][0] == "ok"
-    assert sorted(first[8][1]) == [1, 1, 1, 1, 2]
+    assert first[9] == second[9]
+    assert first[9][1] == "ValueError" and "N=4 < K=5" in first[9][2]
+    assert first[10] == second[10] and first[10][0] == "ok"
+    assert sorted(first[10][1]) == [1, 1, 1, 1, 2]
 
 
 # ---- a rank failing mid-solve stops every rank ---------------------------------------------

@@ -127,7 +127,7 @@ def test_default_first_set_settles_most_rows_in_one_round(rounds):
     np.testing.assert_array_equal(result.label_counts, np.full(200, 100))
 
 
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
 def test_torch_scores_give_torch_labels(dtype):
     torch = pytest.importorskip("torch")
     S = make_scores(300, 7, regime="peaked", seed=3).scores  # N not divisible by K
@@ -135,6 +135,15 @@ def test_torch_scores_give_torch_labels(dtype):
     _, result = _balance(scores, 7, first_contested=5, backend="torch")
     assert isinstance(result.labels, torch.Tensor) and result.labels.dtype == torch.int64
     _assert_optimal(scores.float().numpy(), np.full(7, 1 / 7), result)
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_float16_scores_reach_the_optimum(compiled, monkeypatch):
+    """numba has no float16: the scans must widen the blocks, with or without it."""
+    monkeypatch.setattr(_distributed_exact, "HAVE_NUMBA", compiled)
+    S = make_scores(300, 7, regime="peaked", seed=3).scores.astype(np.float16)
+    _, result = _balance(S, 7, first_contested=5)
+    _assert_optimal(S.astype(np.float32), np.full(7, 1 / 7), result)
 
 
 def test_contested_set_beyond_its_limit_raises(monkeypatch):

@@ -208,3 +208,21 @@ def test_torchrun_example_on_two_gloo_ranks():
     sizes = re.search(r"exactly balanced: rows per label (\d+)\.\.(\d+), optimal True", run.stdout)
     assert sizes, run.stdout
     assert (int(sizes[1]), int(sizes[2])) == (150, 151)  # 3001 rows over 20 labels
+
+
+@pytest.mark.parametrize("argv", [["--seeds", "0"], ["--seeds", "-1"], ["--epochs", "-1"]])
+def test_self_label_bad_options_stop_before_training(self_label, argv, capsys, monkeypatch):
+    monkeypatch.setattr(self_label, "run_all", lambda *args: pytest.fail("trained"))
+    with pytest.raises(SystemExit) as stopped:
+        self_label.main(["--fast", *argv])
+    assert stopped.value.code == 2
+    assert argv[0] in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["--seeds", "0"], ["--seeds", "-2"]])
+def test_balanced_kmeans_bad_options_stop_before_clustering(kmeans, argv, capsys, monkeypatch):
+    monkeypatch.setattr(kmeans, "compare", lambda *args: pytest.fail("clustered"))
+    with pytest.raises(SystemExit) as stopped:
+        kmeans.main(argv)
+    assert stopped.value.code == 2
+    assert "--seeds" in capsys.readouterr().err
