@@ -317,8 +317,9 @@ def auction_phase(S, cand, cand_s, bound, price, reserve, caps, off, hbid, hpt, 
 # every point.
 #
 # D is computed for all labels at once, in parallel. When a point leaves label a, the
-# entries of row a it attained become *stale* and are recomputed from label a's members when
-# Dijkstra next settles a (a few entries, over the few boundary members: no full row).
+# entries of row a it attained become *stale* (lower bounds) and are recomputed from label
+# a's members when Dijkstra next settles a (a few entries, over the few boundary members: no
+# full row).
 # --------------------------------------------------------------------------------------------
 
 
@@ -394,17 +395,22 @@ def _refresh_row(S, a, D, Darg, stale, head, nxt, mu, v0):
 
     Member j's gap to label c is at least ``mu[j] + v0[c] - v0[a]`` (``mu[j]``: its margin
     at the prices ``v0``), and each list runs in increasing ``mu``, so every scan stops at
-    the first member that cannot beat the best found (a bound equal to it cannot: tied
-    scores would otherwise be scanned in full): usually after a few.
+    the first member that cannot beat the best found (a bound equal to it cannot): usually
+    after a few. A stale entry keeps its old minimum, a lower bound on every member's gap
+    (since then members only left, or joined above it), so a member that attains it ends
+    the scan too: with tied rows (identical points, which all start at one label and leave
+    it one per path) the first member does, and a path costs O(K), not a scan of the label
+    per entry.
     """
     for c in range(S.shape[1]):
         if not stale[a, c]:
             continue
         offset = v0[c] - v0[a]
+        low = D[a, c]
         best = INF
         arg = -1
         j = head[a]
-        while j >= 0 and not mu[j] + offset >= best:
+        while j >= 0 and best > low and not mu[j] + offset >= best:
             value = np.float64(S[j, a]) - np.float64(S[j, c])
             if value < best:
                 best = value
