@@ -114,7 +114,7 @@ def solve(logp, k: int, iters: int) -> dict:
         "iterations": result.n_iter,
         "passes": result.n_iter + 1,
         "total_s": round(total, 2),
-        "s_per_pass": round(total / (result.n_iter + 1), 3),
+        "s_per_pass": float(f"{total / (result.n_iter + 1):.3g}"),  # never 0 at small sizes
         "error": result.error,
         "rss_anon_growth_mb": round((sampler.peak - base) / 1e6, 1),
         "label_counts_min_max": [int(counts.min()), int(counts.max())],
