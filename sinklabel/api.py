@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import numpy as np
@@ -18,6 +17,7 @@ from ._validation import (
     check_scores,
     check_shape,
 )
+from ._warnings import warn
 from .collective import LOCAL, Collective
 from .exp_cache import table_cap, with_exp_cache
 from .kernels import Kernel, resolve_kernel
@@ -236,13 +236,12 @@ def _warn_empty_labels(result: SinkhornResult) -> SinkhornResult:
     target = counts.sum() * result.label_weights
     empty = np.flatnonzero((counts == 0) & (target >= 1))
     if empty.size:
-        warnings.warn(
+        warn(
             f"{empty.size} labels received no points although each should take at least "
             f"{target[empty].min():.3g} (labels {empty[:10].tolist()}"
             f"{', ...' if empty.size > 10 else ''}): the argmax rounds rows that the plan "
             "splits between labels (rows that tie, such as identical rows, all go to one "
             "label). Pass balance='exact' for labels with the target sizes",
-            stacklevel=3,
         )
     return result
 

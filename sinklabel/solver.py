@@ -24,12 +24,12 @@ so all processes of a distributed solve take identical steps.
 
 from __future__ import annotations
 
-import warnings
 from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
 
+from ._warnings import warn
 from .collective import LOCAL, Collective
 from .kernels import Kernel
 from .progress import Progress
@@ -307,11 +307,10 @@ def solve(
     best = evaluate.best
     converged = best.error <= tol
     if not converged:
-        warnings.warn(
+        warn(
             f"Sinkhorn did not reach tol={tol:g} in max_iter={max_iter} iterations "
             f"(label-marginal error {best.error:.3g}); raise max_iter or tol",
             ConvergenceWarning,
-            stacklevel=3,
         )
     return SolverOutput(
         best.f, len(evaluate.history), converged, best.error, np.asarray(evaluate.history)

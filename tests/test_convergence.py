@@ -10,6 +10,7 @@ from conftest import ForwardingKernel
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import sinklabel
 from sinklabel import ConvergenceWarning, sinkhorn
 from sinklabel.datasets import make_scores
 from sinklabel.kernels import Kernel, get_kernel
@@ -102,6 +103,23 @@ def test_max_iter_warns_and_returns_the_best_point():
     assert result.error == pytest.approx(result.error_history.min())
     assert result.error == pytest.approx(marginal_error(scores, result.potentials, 25.0),
                                          rel=1e-3)
+
+
+@pytest.mark.parametrize("entry", [
+    lambda scores: sinkhorn(scores, 30, tol=1e-9, max_iter=2),
+    lambda scores: sinklabel.assign_labels(scores, 30, tol=1e-9, max_iter=2),
+    lambda scores: sinklabel.SinkhornLabeler(30, tol=1e-9, max_iter=2).fit(scores),
+], ids=["sinkhorn", "assign_labels", "labeler"])
+def test_warnings_name_the_callers_line(entry):
+    """Whatever the entry point, the warning names the line that called sinklabel (here, the
+    lambda), not one inside it, so that the default filter shows it per call site."""
+    scores = make_scores(500, 30, regime="peaked", seed=5).scores
+    with pytest.warns(ConvergenceWarning) as record:
+        entry(scores)
+    assert [w.filename for w in record] == [__file__]
+    with pytest.warns(UserWarning, match="received no points") as record:
+        entry(np.zeros((300, 30), np.float32))
+    assert {w.filename for w in record} == {__file__}
 
 
 def test_dead_label_at_huge_lam_stays_finite():

@@ -9,10 +9,11 @@ A candidate that cannot launch on this device (too much shared memory, say) is s
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Hashable, Sequence
 
 import numpy as np
+
+from .._warnings import warn
 
 #: Relative agreement a candidate's result needs with the default's: float32 sums over a
 #: million rows in another order differ by ~1e-6; a wrong kernel differs by far more.
@@ -75,9 +76,9 @@ class Tuner:
         timed = zip(candidates, times, strict=True)
         self.timings[key] = [(config, ms) for config, ms in timed if np.isfinite(ms)]
         if wrong:
-            warnings.warn(f"sinklabel: launch configurations {wrong} of a fused kernel gave "
-                          "results that disagree with the default one and were not used; "
-                          "please report this with your GPU model", RuntimeWarning, stacklevel=4)
+            warn(f"sinklabel: launch configurations {wrong} of a fused kernel gave results "
+                 "that disagree with the default one and were not used; please report this "
+                 "with your GPU model", RuntimeWarning)
         return candidates[int(np.argmin(times))]
 
     def report(self, name: Callable[[Hashable], str]) -> dict[str, dict]:
