@@ -93,6 +93,15 @@ def _run_ranks(tmp_path, world: int, worker, *args) -> dict[int, tuple]:
     return outcomes
 
 
+def _values_of_every_rank(tmp_path, world: int, worker, *args) -> list:
+    """``_run_ranks``, asserting that every rank reported and none failed: values by rank."""
+    outcomes = _run_ranks(tmp_path, world, worker, *args)
+    assert sorted(outcomes) == list(range(world))
+    for outcome in outcomes.values():
+        assert outcome[0] == "ok", outcome
+    return [outcomes[rank][1] for rank in range(world)]
+
+
 def _rank_main(rank, world, init, worker, args, results) -> None:
     os.environ["GLOO_SOCKET_IFNAME"] = "lo"
     dist.init_process_group(
@@ -170,11 +179,7 @@ def _equivalence_cases(rank: int, world: int) -> dict:
 
 @pytest.mark.parametrize("world", [1, 2, 3])
 def test_ranks_match_one_process_on_the_concatenated_rows(tmp_path, world):
-    outcomes = _run_ranks(tmp_path, world, _equivalence_cases)
-    assert sorted(outcomes) == list(range(world))
-    for outcome in outcomes.values():
-        assert outcome[0] == "ok", outcome
-    per_rank = [outcomes[rank][1] for rank in range(world)]
+    per_rank = _values_of_every_rank(tmp_path, world, _equivalence_cases)
 
     flat_sizes, peaked_sizes = SPLITS[world]
     references = {
@@ -247,10 +252,7 @@ def _disagreement_cases(rank: int, world: int) -> list[tuple]:
 
 
 def test_disagreeing_ranks_raise_the_same_error_without_hanging(tmp_path):
-    outcomes = _run_ranks(tmp_path, 2, _disagreement_cases)
-    assert sorted(outcomes) == [0, 1]
-    assert outcomes[0][0] == outcomes[1][0] == "ok"
-    first, second = outcomes[0][1], outcomes[1][1]
+    first, second = _values_of_every_rank(tmp_path, 2, _disagreement_cases)
     expected = [
         "ranks disagree on K: K=5 on rank 0, K=4 on rank 1",
         "ranks disagree on lam: lam=25.0 on rank 0, lam=20.0 on rank 1",
@@ -323,19 +325,17 @@ def _failure_cases(rank: int, world: int, how: str) -> list[tuple]:
 @pytest.mark.filterwarnings("ignore::sinklabel.ConvergenceWarning")
 @pytest.mark.parametrize("how", ["raise", "bad block"])
 def test_a_rank_failing_mid_solve_stops_every_rank(tmp_path, how):
-    outcomes = _run_ranks(tmp_path, 3, _failure_cases, how)
-    assert sorted(outcomes) == [0, 1, 2]
-    assert all(outcome[0] == "ok" for outcome in outcomes.values()), outcomes
+    per_rank = _values_of_every_rank(tmp_path, 3, _failure_cases, how)
     failing = "OSError" if how == "raise" else "ValueError"
     for case in range(2):
-        own = outcomes[1][1][case]
+        own = per_rank[1][case]
         assert own[:2] == ("error", failing), own
         for rank in (0, 2):
-            other = outcomes[rank][1][case]
+            other = per_rank[rank][case]
             assert other[:2] == ("error", RankFailedError.__name__), other
             assert f"rank 1 ({failing}) failed during the solve" in other[2]
             assert other[3] < GROUP_TIMEOUT_S / 2  # stopped by the flag, not by a timeout
-    finals = [outcomes[rank][1][2] for rank in range(3)]
+    finals = [cases[2] for cases in per_rank]
     assert finals[0][0] == "ok" and finals.count(finals[0]) == 3
 
 
@@ -384,10 +384,7 @@ def _cached_cases(rank: int, world: int) -> dict:
 
 
 def test_cached_ranks_match_one_uncached_process_and_fail_together(tmp_path):
-    outcomes = _run_ranks(tmp_path, 2, _cached_cases)
-    assert sorted(outcomes) == [0, 1]
-    assert all(outcome[0] == "ok" for outcome in outcomes.values()), outcomes
-    per_rank = [outcomes[rank][1] for rank in range(2)]
+    per_rank = _values_of_every_rank(tmp_path, 2, _cached_cases)
     references = {
         "flat": sinklabel.sinkhorn(FLAT, 6),
         "peaked": sinklabel.sinkhorn(PEAKED, 6, lam=10.0, label_weights=WEIGHTS, init=INIT),
@@ -470,11 +467,7 @@ def _assert_same_certificate(got, want) -> None:
 @pytest.mark.parametrize("world", [1, 2, 3])
 def test_certificate_across_ranks_matches_one_process_on_the_concatenated_rows(tmp_path, world):
     labellings, prices = _certificate_labellings()
-    outcomes = _run_ranks(tmp_path, world, _certificate_cases, labellings, prices)
-    assert sorted(outcomes) == list(range(world))
-    for outcome in outcomes.values():
-        assert outcome[0] == "ok", outcome
-    per_rank = [outcomes[rank][1] for rank in range(world)]
+    per_rank = _values_of_every_rank(tmp_path, world, _certificate_cases, labellings, prices)
     for case, certificate in per_rank[0].items():
         # every rank holds the very same global certificate
         assert all(ranked[case] == certificate for ranked in per_rank), case
@@ -529,10 +522,8 @@ def _certificate_failure_cases(rank: int, world: int) -> list[tuple]:
 
 
 def test_certificate_ranks_that_disagree_or_fail_raise_on_every_rank(tmp_path):
-    outcomes = _run_ranks(tmp_path, 3, _certificate_failure_cases)
-    assert sorted(outcomes) == [0, 1, 2]
-    assert all(outcome[0] == "ok" for outcome in outcomes.values()), outcomes
-    cases = list(zip(*(outcomes[rank][1] for rank in range(3)), strict=True))
+    cases = list(zip(*_values_of_every_rank(tmp_path, 3, _certificate_failure_cases),
+                     strict=True))
     same_everywhere = [
         "ranks disagree on prices: prices=<vector A> on ranks 0, 2, prices=<vector B> on rank 1",
         "ranks disagree on K: K=5 on rank 0, K=6 on ranks 1, 2",
@@ -622,11 +613,7 @@ def _exact_cases(rank: int, world: int) -> dict:
 
 @pytest.mark.parametrize("world", [1, 2, 3])
 def test_exact_balance_across_ranks_is_the_optimum_of_all_rows(tmp_path, world):
-    outcomes = _run_ranks(tmp_path, world, _exact_cases)
-    assert sorted(outcomes) == list(range(world))
-    for outcome in outcomes.values():
-        assert outcome[0] == "ok", outcome
-    per_rank = [outcomes[rank][1] for rank in range(world)]
+    per_rank = _values_of_every_rank(tmp_path, world, _exact_cases)
     for name, (scores, splits, options, first) in EXACT_CASES.items():
         runs = [ranked[name] for ranked in per_rank]
         for run, size in zip(runs, splits[world], strict=True):
