@@ -92,6 +92,20 @@ def _suffix(llvm_type) -> str:
     return "f32" if llvm_type == ir.FloatType() else "f64"
 
 
+def _float_binary(a, b, name: str, fastmath: tuple[str, ...]):
+    """Typing and code of ``llvm.<name>`` on two floats of one type (None for other types,
+    so that Numba reports no match)."""
+    if not isinstance(a, types.Float) or a != b:
+        return None
+
+    def codegen(context, builder, sig, args):
+        ty = args[0].type
+        fn = llvm_function(builder, f"llvm.{name}." + _suffix(ty), ty, [ty, ty])
+        return builder.call(fn, args, fastmath=fastmath)
+
+    return a(a, b), codegen
+
+
 # ---------------------------------------------------------------------------------------------
 # Intrinsics
 # ---------------------------------------------------------------------------------------------
@@ -100,43 +114,19 @@ def _suffix(llvm_type) -> str:
 @_intrinsic(python=max)
 def fmax(typingctx, a, b):
     """max(a, b) as ``llvm.maxnum`` without NaN: unlike ``max``, its reductions vectorise."""
-    if not isinstance(a, types.Float) or a != b:
-        return None
-
-    def codegen(context, builder, sig, args):
-        ty = args[0].type
-        fn = llvm_function(builder, "llvm.maxnum." + _suffix(ty), ty, [ty, ty])
-        return builder.call(fn, args, fastmath=("nnan", "nsz"))
-
-    return a(a, b), codegen
+    return _float_binary(a, b, "maxnum", ("nnan", "nsz"))
 
 
 @_intrinsic(python=min)
 def fmin(typingctx, a, b):
     """min(a, b) as ``llvm.minnum`` without NaN, for vectorised reductions."""
-    if not isinstance(a, types.Float) or a != b:
-        return None
-
-    def codegen(context, builder, sig, args):
-        ty = args[0].type
-        fn = llvm_function(builder, "llvm.minnum." + _suffix(ty), ty, [ty, ty])
-        return builder.call(fn, args, fastmath=("nnan", "nsz"))
-
-    return a(a, b), codegen
+    return _float_binary(a, b, "minnum", ("nnan", "nsz"))
 
 
 @_intrinsic()
 def fmaximum(typingctx, a, b):
     """max(a, b) that propagates NaN (``llvm.maximum``), and still vectorises."""
-    if not isinstance(a, types.Float) or a != b:
-        return None
-
-    def codegen(context, builder, sig, args):
-        ty = args[0].type
-        fn = llvm_function(builder, "llvm.maximum." + _suffix(ty), ty, [ty, ty])
-        return builder.call(fn, args)
-
-    return a(a, b), codegen
+    return _float_binary(a, b, "maximum", ())
 
 
 @_intrinsic()
