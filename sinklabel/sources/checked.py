@@ -84,9 +84,7 @@ class CheckedSource(WrappingSource):
                 f"{self.shape[0]}", start, stop, p,
             ) from None
         except Exception as exc:
-            raise SourceError(
-                f"the source raised {type(exc).__name__}: {exc}", start, stop, p
-            ) from exc
+            raise self._raised(exc, start, stop) from exc
         got_start, got_stop, block = item
         if (got_start, got_stop) != (start, stop):
             raise SourceError(
@@ -103,10 +101,13 @@ class CheckedSource(WrappingSource):
         try:
             block = self.inner.read(start, stop)
         except Exception as exc:
-            raise SourceError(
-                f"the source raised {type(exc).__name__}: {exc}", start, stop, self.passes
-            ) from exc
+            raise self._raised(exc, start, stop) from exc
         return self._checked(block, start, stop)
+
+    def _raised(self, exc: Exception, start: int, stop: int) -> SourceError:
+        """The inner source's own error, named with the rows and pass it was reading."""
+        return SourceError(f"the source raised {type(exc).__name__}: {exc}", start, stop,
+                           self.passes)
 
     def _checked(self, block: Array, start: int, stop: int) -> Array:
         self._check_structure(block, start, stop)
