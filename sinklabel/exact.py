@@ -26,6 +26,7 @@ from ._capacities import balanced_range, check_capacities, check_reachable
 from ._validation import check_positive, check_scores, check_shape
 from .certificate import Certificate, _host, _like, duality_gap
 from .kernels import Kernel, resolve_kernel
+from .kernels._base import compute_dtype
 from .result import SinkhornResult
 from .sources import Array, ArraySource, MemmapSource, Source, as_source, itemsize
 
@@ -200,8 +201,7 @@ def _host_scores(source: Source) -> np.ndarray:
             array = source.array.float().cpu().numpy()
     else:
         array = np.concatenate([_host_block(block) for _, _, block in source.chunks(65536)])
-    dtype = np.float64 if array.dtype == np.float64 else np.float32
-    return np.ascontiguousarray(array, dtype=dtype)
+    return np.ascontiguousarray(array, dtype=compute_dtype(array.dtype))
 
 
 def _host_block(block: Any) -> np.ndarray:

@@ -602,3 +602,13 @@ def test_exact_solver_runs_without_numba():
     for line in done.stdout.split():
         assert float(line) == pytest.approx(highs.objective, rel=1e-9)
     assert len(done.stdout.split()) == 2
+
+
+def test_big_endian_float64_scores_are_solved_in_float64():
+    """Scores from a file written on a big-endian machine ('>f8') keep float64: differences
+    of 1e-9, which float32 rounds away, still decide the optimum."""
+    S = 1.0 + np.random.default_rng(0).uniform(0, 1e-9, (40, 4))
+    native = sinklabel.solve_exact(S, 4)
+    big = sinklabel.solve_exact(S.astype(">f8"), 4)
+    assert big.certificate.optimal
+    np.testing.assert_array_equal(big.labels, native.labels)

@@ -31,6 +31,14 @@ import numpy as np
 Array = Any
 
 
+def compute_dtype(dtype: np.dtype | str) -> np.dtype:
+    """The float type host scores of ``dtype`` (a NumPy dtype or a name) are computed and
+    kept in: float64 (of either byte order: a big-endian file's chunk is converted) stays
+    float64; every narrower float is float32."""
+    name = dtype if isinstance(dtype, str) else dtype.name
+    return np.dtype(np.float64) if name == "float64" else np.dtype(np.float32)
+
+
 class Kernel(ABC):
     """One backend's implementation of the per-chunk operations."""
 

@@ -52,6 +52,7 @@ from numba import njit, types
 from numba.extending import overload
 
 from .._simd import FAST, W, block_keep, fmax
+from ._base import compute_dtype
 from .numba import _UNDERFLOW, NumbaKernel, _exp, _row_buffer, _row_ranges
 from .numba import _best_rows as _raw_best_rows
 from .numba import _sweep_rows as _raw_sweep_rows
@@ -71,11 +72,6 @@ ROW_BYTES = 24
 #: Kept entries per pass task; rows weigh this many entries more (the row's logarithm).
 _TASK_ENTRIES = 1 << 18
 _ROW_WEIGHT = 16
-
-
-def compute_dtype(dtype: str) -> np.dtype:
-    """The dtype a table stores: float64 for float64 scores, float32 for every other."""
-    return np.dtype(np.float64) if dtype == "float64" else np.dtype(np.float32)
 
 
 def label_dtype(n_labels: int) -> np.dtype:

@@ -14,7 +14,7 @@ from functools import cache
 
 import numpy as np
 
-from ._base import Kernel
+from ._base import Kernel, compute_dtype
 from ._cuda import SOURCE
 from ._tuning import Tuner
 
@@ -111,7 +111,7 @@ class CupyKernel(Kernel):
         import cupy as cp
 
         x = _floating(chunk)
-        out = cp.empty(x.shape, dtype=_compute_dtype(x))
+        out = cp.empty(x.shape, dtype=compute_dtype(x.dtype))
         for start, z, _ in _shifted_blocks(x, f, lam):
             cp.exp(z, out=z)
             z /= z.sum(axis=1, keepdims=True)
@@ -186,10 +186,6 @@ def _floating(chunk):
     return chunk
 
 
-def _compute_dtype(x) -> np.dtype:
-    return np.dtype(np.float64) if x.dtype == np.float64 else np.dtype(np.float32)
-
-
 def _strides(x) -> tuple[np.int64, np.int64]:
     return np.int64(x.strides[0] // x.itemsize), np.int64(x.strides[1] // x.itemsize)
 
@@ -199,7 +195,7 @@ def _coefficients(x, coef: np.ndarray, scale: float):
     import cupy as cp
 
     host = np.append(np.asarray(coef, dtype=np.float64), scale)
-    return cp.asarray(host.astype(_compute_dtype(x)))
+    return cp.asarray(host.astype(compute_dtype(x.dtype)))
 
 
 def _sweep_plan(x, async_copies: bool | None = None) -> list[tuple[int, ...]] | None:
@@ -220,7 +216,7 @@ def _sweep_plan(x, async_copies: bool | None = None) -> list[tuple[int, ...]] | 
     vectors = [16 // x.itemsize] + ([8 // x.itemsize] if x.itemsize == 2 else [])
     vectors = [v for v in vectors if col_stride == 1 and (row_stride * x.itemsize) % (
         v * x.itemsize) == 0 and n_cols % v == 0 and x.data.ptr % (v * x.itemsize) == 0] or [1]
-    limit = MAX_PER_THREAD[_compute_dtype(x).name]
+    limit = MAX_PER_THREAD[compute_dtype(x.dtype).name]
     shapes = []
     for vec in vectors:
         packs_total = -(-n_cols // vec)
@@ -341,7 +337,7 @@ def _shifted_blocks(x, f: np.ndarray, lam: float,
     if xp is None:
         import cupy as xp
 
-    dtype = _compute_dtype(x)
+    dtype = compute_dtype(x.dtype)
     offsets = xp.asarray(f.astype(dtype))
     for start, stop in _blocks(x):
         z = x[start:stop].astype(dtype) * dtype.type(lam)

@@ -48,7 +48,7 @@ from numba import njit, types
 from numba.extending import intrinsic, overload
 
 from .._simd import FAST, W, block_keep, block_pointer, first_equal, fmax, fmaximum, fmin, splat
-from ._base import Kernel
+from ._base import Kernel, compute_dtype
 
 # Below these, exp(x) is 0 or subnormal, and its share of a row sum (which is >= 1) is below
 # the float's resolution: blocks whose maximum lies this far below the row maximum are skipped.
@@ -340,12 +340,6 @@ class _RowThreads:
             return self._pool
 
 
-def _compute_dtype(dtype: np.dtype) -> np.dtype:
-    """float64 (of either byte order: a big-endian chunk is copied) stays float64; every
-    narrower float is computed in float32."""
-    return np.dtype(np.float64) if dtype.name == "float64" else np.dtype(np.float32)
-
-
 def _rows_in_place(chunk: np.ndarray) -> bool:
     """True when each row is contiguous and rows follow at a fixed positive stride."""
     n, k = chunk.shape
@@ -361,7 +355,7 @@ def _row_buffer(chunk: np.ndarray) -> tuple[np.ndarray, int]:
     Rows already laid out that way are viewed in place; anything else (Fortran order, strided
     columns, float16) is first copied into a C-ordered chunk of the compute dtype.
     """
-    dtype = _compute_dtype(chunk.dtype)
+    dtype = compute_dtype(chunk.dtype)
     if chunk.dtype != dtype or not _rows_in_place(chunk):
         chunk = np.ascontiguousarray(chunk, dtype=dtype)
     n, k = chunk.shape

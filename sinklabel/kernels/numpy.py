@@ -4,18 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._base import Array, Kernel
-
-
-def _compute_dtype(chunk: np.ndarray) -> np.dtype:
-    """float64 (of either byte order) stays float64; every narrower float is computed in
-    float32."""
-    return np.dtype(np.float64) if chunk.dtype.name == "float64" else np.dtype(np.float32)
+from ._base import Array, Kernel, compute_dtype
 
 
 def _shifted_logits(chunk: np.ndarray, f: np.ndarray, lam: float) -> tuple[np.ndarray, np.ndarray]:
     """z - max(z) per row (a fresh array) and the row maxima, with z = lam * chunk + f."""
-    dtype = _compute_dtype(chunk)
+    dtype = compute_dtype(chunk.dtype)
     z = np.multiply(chunk, dtype.type(lam), dtype=dtype)
     z += f.astype(dtype)
     zmax = z.max(axis=1)
@@ -41,7 +35,7 @@ class NumpyKernel(Kernel):
         return mass, float((zmax.astype(np.float64) + np.log(row_sums)).sum())
 
     def best(self, chunk: np.ndarray, f: np.ndarray, lam: float) -> tuple[np.ndarray, np.ndarray]:
-        dtype = _compute_dtype(chunk)
+        dtype = compute_dtype(chunk.dtype)
         z = np.multiply(chunk, dtype.type(lam), dtype=dtype)
         z += f.astype(dtype)
         labels = z.argmax(axis=1)
