@@ -69,6 +69,7 @@ from .certificate import Certificate, _certificate_from_sums, _like, _partial_su
 from .collective import Collective
 from .exact import _host_block
 from .kernels import Kernel
+from .kernels._base import compute_dtype
 from .result import SinkhornResult
 from .sources import Source
 
@@ -226,8 +227,8 @@ def _scan(source: Source, v: np.ndarray, labels: np.ndarray | None = None) -> _S
     out.finite += n
     for start, stop, block in source.chunks(max(1, SCAN_BYTES // (8 * K))):
         scores = _host_block(block)
-        # numba has no float16; the scan works in float64 anyway
-        scores = np.ascontiguousarray(scores, np.float32 if scores.dtype == np.float16 else None)
+        # native float32/64 for numba (no float16, no other byte order); the scan sums in float64
+        scores = np.ascontiguousarray(scores, compute_dtype(scores.dtype))
         part = slice(start, stop)
         # Without labels, each row is checked against its own best label: never off.
         given = out.best[part] if labels is None else labels[part]

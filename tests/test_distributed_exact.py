@@ -137,13 +137,15 @@ def test_torch_scores_give_torch_labels(dtype):
     _assert_optimal(scores.float().numpy(), np.full(7, 1 / 7), result)
 
 
+@pytest.mark.parametrize("dtype", ["float16", ">f8"])
 @pytest.mark.parametrize("compiled", [True, False])
-def test_float16_scores_reach_the_optimum(compiled, monkeypatch):
-    """numba has no float16: the scans must widen the blocks, with or without it."""
+def test_float16_and_big_endian_scores_reach_the_optimum(compiled, dtype, monkeypatch):
+    """numba has neither float16 nor another byte order: the scans must convert the blocks,
+    with or without it."""
     monkeypatch.setattr(_distributed_exact, "HAVE_NUMBA", compiled)
-    S = make_scores(300, 7, regime="peaked", seed=3).scores.astype(np.float16)
+    S = make_scores(300, 7, regime="peaked", seed=3).scores.astype(dtype)
     _, result = _balance(S, 7, first_contested=5)
-    _assert_optimal(S.astype(np.float32), np.full(7, 1 / 7), result)
+    _assert_optimal(S.astype(np.float64), np.full(7, 1 / 7), result)
 
 
 def test_contested_set_beyond_its_limit_raises(monkeypatch):
