@@ -118,7 +118,66 @@ def test_files_that_are_not_npy_arrays_are_named(tmp_path, capsys, command):
         assert f"labels: {str(text)!r} is not a .npy array file" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("size", [["-k", "0"], ["-n", "-5"]])
-def test_demo_names_bad_sizes(capsys, size):
-    assert main(["demo", *size, "--no-progress"]) == 2
-    assert f"{size[0][1]} must be" in capsys.readouterr().err
+def _rejected_before_work(argv, capsys, monkeypatch) -> str:
+    """Exit code 2 from the argument parser, nothing generated or solved; the message."""
+    monkeypatch.setattr("sinklabel.commands.demo.make_scores", _no_solve)
+    monkeypatch.setattr("sinklabel.commands.demo.sinkhorn", _no_solve)
+    monkeypatch.setattr("sinklabel.commands.assign.sinkhorn", _no_solve)
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    return capsys.readouterr().err
+
+
+@pytest.mark.parametrize("option, value", [
+    ("-k", "0"), ("-n", "-5"), ("--lam", "-1"), ("--lam", "nan"), ("--tol", "0"),
+    ("--tol", "inf"), ("--max-iter", "0"), ("--chunk-size", "-3"), ("--max-iter", "1.5"),
+])
+def test_demo_rejects_bad_numbers_by_option_name_before_any_work(capsys, monkeypatch, option,
+                                                                 value):
+    """A bad value names the option a user typed (not the Python parameter) and stops before
+    200,000 x 1000 scores are generated."""
+    err = _rejected_before_work(["demo", option, value], capsys, monkeypatch)
+    assert f"argument {option}" in err and "must be a positive" in err and repr(value) in err
+
+
+@pytest.mark.parametrize("backend", ["torch", "cupy", "nope"])
+def test_backends_that_cannot_take_npy_scores_are_refused(scores_file, tmp_path, capsys,
+                                                         monkeypatch, backend):
+    """The commands hold NumPy arrays, so only auto, numba and numpy can run them; the help
+    lists those instead of a free-form name that fails after the file is opened."""
+    argv = ["assign", str(scores_file), "-k", "6", "-o", str(tmp_path / "l.npy"),
+            "--backend", backend]
+    err = _rejected_before_work(argv, capsys, monkeypatch)
+    assert "argument --backend: invalid choice" in err and "'numba'" in err
+
+
+def test_assign_refuses_one_path_for_labels_and_potentials(scores_file, tmp_path, capsys,
+                                                           monkeypatch):
+    """Saving both to one file left the potentials where "labels saved to" pointed."""
+    monkeypatch.setattr("sinklabel.commands.assign.sinkhorn", _no_solve)
+    out = tmp_path / "out.npy"
+    alias = tmp_path / "sub" / ".." / "out.npy"
+    (tmp_path / "sub").mkdir()
+    for potentials in (out, alias):
+        assert main(["assign", str(scores_file), "-k", "6", "-o", str(out),
+                     "--potentials", str(potentials)]) == 2
+        assert "named for two outputs" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_progress_bar_shows_the_error_of_the_pass_it_counts(capsys):
+    """The bar the commands show by default drew pass i with pass i-1's error."""
+    pytest.importorskip("tqdm")
+    from sinklabel.progress import Progress
+
+    bar = Progress(True, total=100, tol=1e-9)
+    bar._bar.mininterval = 0  # draw every update
+    for iteration, error in enumerate([0.5, 0.25, 0.125], 1):
+        bar.update(iteration, error)
+    bar.close()
+    drawn = [line for line in capsys.readouterr().err.split("\r") if "error=" in line]
+    assert drawn
+    for line in drawn:
+        iteration = int(line.split("/")[0].split()[-1])
+        assert f"error={0.5 ** iteration:.2e}" in line, line
