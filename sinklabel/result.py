@@ -78,14 +78,19 @@ class SinkhornResult:
         """Rows of the transport plan, ``softmax(lam * logp[i] + potentials)``, for any rows.
 
         Each row sums to one; scaled by ``1 / N`` they are the plan of the solved problem.
-        Works on the solved rows or on new ones, in the input's array library.
+        Works on the solved rows or on new ones, in the input's array library, ``chunk_size``
+        rows at a time (default: the backend's).
         """
         from .api import apply_potentials
 
         return apply_potentials(logp, self, "soft", chunk_size)
 
     def predict(self, logp: Array, *, chunk_size: int | None = None) -> Array:
-        """Label new rows from the saved potentials, with no further Sinkhorn work."""
+        """Label new rows from the saved potentials, with no further Sinkhorn work.
+
+        Each row takes ``argmax_y lam * logp[i, y] + potentials[y]``, ``chunk_size`` rows at a
+        time (default: the backend's); int64 labels in the input's array library.
+        """
         from .api import apply_potentials
 
         return apply_potentials(logp, self, "labels", chunk_size)
