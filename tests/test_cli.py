@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import pytest
 
+import sinklabel
 from sinklabel.cli import main
 from sinklabel.datasets import make_scores
 
@@ -181,3 +182,19 @@ def test_progress_bar_shows_the_error_of_the_pass_it_counts(capsys):
     for line in drawn:
         iteration = int(line.split("/")[0].split()[-1])
         assert f"error={0.5 ** iteration:.2e}" in line, line
+
+
+def test_assign_exact_gives_labels_that_check_certifies(scores_file, tmp_path, capsys):
+    """The README's pipeline, assign then check: --exact labels have the exact sizes and are
+    certified optimal (exit 0), with the exact solver's objective."""
+    labels = tmp_path / "labels.npy"
+    assert main(["assign", str(scores_file), "-k", "6", "-o", str(labels), "--exact",
+                 "--no-progress"]) == 0
+    assert "certified optimal" in capsys.readouterr().err
+    assert sorted(np.bincount(np.load(labels), minlength=6)) == [50] * 6
+    assert main(["check", str(scores_file), str(labels)]) == 0
+    assert "-> optimal" in capsys.readouterr().out
+    exact = sinklabel.solve_exact(np.load(scores_file), 6)
+    np.testing.assert_allclose(
+        -np.load(scores_file)[np.arange(300), np.load(labels)].sum(), exact.objective,
+        rtol=1e-6)

@@ -70,6 +70,9 @@ def summarize(result: Any, seconds: float) -> str:
         f"target {target.min():.1f}..{target.max():.1f}",
         f"size / target     {spread.min():.3f} .. {spread.max():.3f}",
         f"empty labels      {int((counts == 0).sum())}",
+        *([] if result.certificate is None else [
+            f"exact labels      gap {result.certificate.gap:.3g} "
+            f"({'certified optimal' if result.certificate.optimal else 'NOT certified'})"]),
         f"time              {seconds:.2f} s",
     ])
 

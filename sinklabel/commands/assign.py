@@ -29,13 +29,19 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-k", "--k", type=positive(int), required=True, help="number of labels K")
     parser.add_argument("-o", "--output", required=True, help="where to save the labels (.npy)")
     parser.add_argument("--potentials", help="also save the label potentials (.npy) here")
+    parser.add_argument("--exact", action="store_true",
+                        help="exactly balanced labels (sizes floor or ceil of N/K): the "
+                        "certified optimum of the exact problem, which 'sinklabel check' "
+                        "accepts; needs N >= K")
     add_solver_options(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     check_outputs([args.output] + ([args.potentials] if args.potentials else []), args.scores)
     start = time.perf_counter()
-    result = sinkhorn(args.scores, args.k, **solver_kwargs(args))  # the path: memory-mapped
+    balance = "exact" if args.exact else None
+    # The path, not an array: the file is memory-mapped.
+    result = sinkhorn(args.scores, args.k, balance=balance, **solver_kwargs(args))
     seconds = time.perf_counter() - start
     save_npy(args.output, np.asarray(result.labels))
     if args.potentials:
