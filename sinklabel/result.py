@@ -29,7 +29,9 @@ class SinkhornResult:
     converged : bool
         Whether the label-marginal error reached ``tol``.
     error : float
-        Final L1 distance between the plan's label marginal and ``label_weights``.
+        L1 distance between the plan's label marginal and ``label_weights``, at the returned
+        potentials: the last pass's when converged; at ``max_iter`` the solver returns the
+        best potentials it met, so this is the smallest error in ``error_history``.
     error_history : ndarray of shape (n_iter,)
         The error after each iteration.
     lam : float

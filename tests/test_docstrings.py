@@ -110,3 +110,22 @@ def test_docstring_matches_signature(dotted):
             assert _stated_default(text) == parameter.default, (
                 f"{dotted}: {name} documented as {text!r}, signature default "
                 f"{parameter.default!r}")
+
+
+@pytest.mark.filterwarnings("ignore::sinklabel.ConvergenceWarning")
+def test_error_is_that_of_the_returned_potentials():
+    """As SinkhornResult.error and docs/method.md say: stopped at max_iter on peaked scores
+    (where L-BFGS steps can raise the error), the solver returns the best potentials it met;
+    ``error`` is theirs, recomputed here in float64, and the smallest of the history."""
+    import sinklabel
+    from sinklabel.datasets import make_scores
+
+    scores = make_scores(3000, 30, regime="peaked", seed=0).scores
+    result = sinklabel.sinkhorn(scores, 30, max_iter=7, backend="numpy")
+    assert not result.converged and result.n_iter == len(result.error_history) == 7
+    z = result.lam * scores.astype(np.float64) + result.potentials
+    plan = np.exp(z - z.max(axis=1, keepdims=True))
+    plan /= plan.sum(axis=1, keepdims=True)
+    error = np.abs(plan.mean(axis=0) - 1 / 30).sum()
+    assert result.error == pytest.approx(error, rel=1e-3)
+    assert result.error == min(result.error_history) < result.error_history[-1]
