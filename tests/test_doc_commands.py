@@ -122,10 +122,13 @@ def _check_script(script: str, args: list[str], env: list[str], command: str,
 
 
 def _check_pip(words: list[str], command: str) -> None:
+    """The requirement files exist, and the extras asked of sinklabel (in the command or a
+    requirement file) are in pyproject.toml."""
     assert words[0] == "install", command
     for index, word in enumerate(words[1:], 1):
         if words[index - 1] == "-r":
             assert (ROOT / word).is_file(), f"{command!r}: no file {word}"
+            _check_pip(["install", *(ROOT / word).read_text().split()], f"{command} ({word})")
         requirement = re.fullmatch(r"(\.|sinklabel)(?:\[([\w,]+)\])?", word)
         if requirement and requirement.group(2):
             unknown = set(requirement.group(2).split(",")) - EXTRAS
