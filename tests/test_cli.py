@@ -45,6 +45,20 @@ def test_missing_file_is_an_error(tmp_path, capsys):
     assert "error" in capsys.readouterr().err
 
 
+def test_a_file_failing_during_the_solve_is_an_error_not_a_traceback(scores_file, tmp_path,
+                                                                    capsys, monkeypatch):
+    """A scores file that cannot be read (or changes) mid-solve stops it with SourceError."""
+    from sinklabel.sources import SourceError
+
+    def failing(*args, **kwargs):
+        raise SourceError("the source raised OSError: Input/output error", 0, 300, 2)
+
+    monkeypatch.setattr("sinklabel.commands.assign.sinkhorn", failing)
+    argv = ["assign", str(scores_file), "-k", "6", "-o", str(tmp_path / "l.npy")]
+    assert main(argv) == 2
+    assert "sinklabel assign: error: rows [0, 300) on pass 2" in capsys.readouterr().err
+
+
 def test_help_lists_commands(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--help"])
