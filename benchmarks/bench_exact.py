@@ -5,7 +5,7 @@ ratios taken in the same run):
 
     python benchmarks/bench_exact.py            # N=1e5 and 1e6 at K=1000, plus HiGHS
     python benchmarks/bench_exact.py --balance  # balance="exact" at N=1e6, K=1000 only
-    python benchmarks/bench_exact.py --quick    # small sizes, for a smoke run
+    python benchmarks/bench_exact.py --quick    # small sizes; ~2 minutes, nearly all HiGHS
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@
 Counts passes, not seconds, so the numbers do not depend on the (shared) machine. Every method
 reads the scores through the same one-pass evaluations the solver uses.
 
-    python benchmarks/convergence.py              # small sizes, a few minutes on 2 cores
+    python benchmarks/convergence.py              # small sizes; over 15 minutes on 2 cores
+    python benchmarks/convergence.py --max-iter 500   # the same, plain Sinkhorn capped sooner
     python benchmarks/convergence.py --large      # adds N up to 1e6 and K up to 3000 (hours)
     python benchmarks/convergence.py --tol-study  # hard-label quality against the tolerance
 """

@@ -161,8 +161,19 @@ def check_balance(balance: Any) -> str | None:
 def assign_labels(logp: Array, K: int, **options: Any) -> Array:
     """Hard labels that agree with ``logp`` while splitting the data by ``label_weights``.
 
-    Takes the same arguments as :func:`sinkhorn` and returns its ``labels``: an int64 array
-    of shape (N,) in the input's array library and on its device.
+    Parameters
+    ----------
+    logp, K
+        As in :func:`sinkhorn`.
+    **options
+        Any other argument of :func:`sinkhorn` (``lam``, ``label_weights``, ``tol``,
+        ``balance``, ...), with the same defaults.
+
+    Returns
+    -------
+    array of shape (N,), int64
+        ``sinkhorn(logp, K, **options).labels``, in the input's array library and on its
+        device.
     """
     return sinkhorn(logp, K, **options).labels
 

@@ -88,7 +88,7 @@ def duality_gap(
     prices : array of shape (K,)
         Label prices ``v`` in the units of ``logp``: ``ExactResult.prices``, or Sinkhorn's
         ``potentials / lam``. Any finite prices give a valid bound; optimal ones a tight one.
-    capacities : None, array of shape (K,), or (lower, upper)
+    capacities : None, array of shape (K,), or (lower, upper), default=None
         Label sizes, as in :func:`sinklabel.solve_exact` (default: floor or ceil of N/K).
     backend, chunk_size
         As in :func:`sinklabel.sinkhorn`.

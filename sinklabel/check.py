@@ -47,6 +47,9 @@ class CheckReport:
         Whether every label's size is within ``[lower, upper]``.
     label_counts, lower, upper : ndarray of shape (K,)
         The sizes, and the capacities they are measured against.
+    certificate : Certificate
+        The one-pass certificate of the labelling, at the optimum's prices when solved
+        (otherwise at the result's prices, or zero prices for bare labels).
     """
 
     objective: float
@@ -117,7 +120,7 @@ def check(
         What to check. A result also provides prices (``potentials / lam``) for the bound.
     logp : array of shape (N, K)
         The scores the labels were made from.
-    capacities : None, array of shape (K,), or (lower, upper)
+    capacities : None, array of shape (K,), or (lower, upper), default=None
         Sizes to measure against (default: floor or ceil of N/K; for a Sinkhorn result,
         floor or ceil of ``N * label_weights``).
     exact : bool, default=None

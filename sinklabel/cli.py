@@ -9,6 +9,8 @@ import argparse
 import importlib
 import sys
 
+from .sources import SourceError
+
 #: command name -> module in sinklabel.commands defining ``configure(parser)`` and ``run(args)``
 COMMANDS = {
     "demo": "sinklabel.commands.demo",
@@ -37,6 +39,6 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (ValueError, TypeError, ImportError, OSError) as exc:
+    except (ValueError, TypeError, ImportError, OSError, SourceError) as exc:
         print(f"sinklabel {args.command}: error: {exc}", file=sys.stderr)
         return 2

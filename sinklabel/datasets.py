@@ -33,11 +33,39 @@ def make_scores(
 ) -> GeneratedScores:
     """Log-softmax scores resembling a classifier's output.
 
-    ``flat``: Gaussian logits of scale 3, as from an untrained network.
-    ``peaked``: each row belongs to a cluster; its logit there exceeds the others by about
-    ``margin`` nats (unit Gaussian noise on every logit), and cluster sizes differ by
-    ``size_spread`` (relative standard deviation), as for a network trained on its own
-    pseudo-labels. Generated block by block in ``dtype``: no float64 N x K temporary.
+    Parameters
+    ----------
+    n, k : int
+        Rows (points, ``n >= 0``) and labels (``k >= 1``).
+    regime : {"flat", "peaked"}, default="peaked"
+        ``flat``: Gaussian logits of scale 3, as from an untrained network. ``peaked``: each
+        row belongs to a cluster; its logit there exceeds the others by about ``margin`` nats
+        (unit Gaussian noise on every logit), as for a network trained on its own
+        pseudo-labels.
+    seed : int, default=0
+        Seed of the generator: the same arguments give the same scores.
+    dtype : {np.float32, np.float64}, default=np.float32
+        Dtype of the scores, which are generated in it block by block: no float64 N x K
+        temporary.
+    margin : float, default=10.0
+        ``peaked`` only: how far, in nats, a row's own cluster stands out.
+    size_spread : float, default=0.05
+        Relative standard deviation of the clusters' sizes (``truth`` is drawn with them).
+    chunk_rows : int, default=65536
+        Rows generated at once.
+
+    Returns
+    -------
+    GeneratedScores
+        A named tuple ``(scores, truth)``: float scores of shape (n, k), and the int64
+        cluster of each row (the generator's ground truth; uninformative for ``flat``).
+
+    Raises
+    ------
+    ValueError
+        On ``n < 0``, ``k < 1`` or an unknown regime.
+    TypeError
+        On a dtype other than float32 and float64.
     """
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")

@@ -89,8 +89,9 @@ class Progress:
         if self._bar is not None:
             if total != self._bar.total:
                 self._bar.total = total
-            self._bar.update(iteration - self._bar.n)
+            # The postfix first: update() redraws, so the bar shows this pass's error.
             self._bar.set_postfix(error=f"{error:.2e}", refresh=False)
+            self._bar.update(iteration - self._bar.n)
             return
         now = time.perf_counter()
         if now - self._last >= 1.0:

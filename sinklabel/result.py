@@ -29,7 +29,9 @@ class SinkhornResult:
     converged : bool
         Whether the label-marginal error reached ``tol``.
     error : float
-        Final L1 distance between the plan's label marginal and ``label_weights``.
+        L1 distance between the plan's label marginal and ``label_weights``, at the returned
+        potentials: the last pass's when converged; at ``max_iter`` the solver returns the
+        best potentials it met, so this is the smallest error in ``error_history``.
     error_history : ndarray of shape (n_iter,)
         The error after each iteration.
     lam : float
@@ -78,14 +80,19 @@ class SinkhornResult:
         """Rows of the transport plan, ``softmax(lam * logp[i] + potentials)``, for any rows.
 
         Each row sums to one; scaled by ``1 / N`` they are the plan of the solved problem.
-        Works on the solved rows or on new ones, in the input's array library.
+        Works on the solved rows or on new ones, in the input's array library, ``chunk_size``
+        rows at a time (default: the backend's).
         """
         from .api import apply_potentials
 
         return apply_potentials(logp, self, "soft", chunk_size)
 
     def predict(self, logp: Array, *, chunk_size: int | None = None) -> Array:
-        """Label new rows from the saved potentials, with no further Sinkhorn work."""
+        """Label new rows from the saved potentials, with no further Sinkhorn work.
+
+        Each row takes ``argmax_y lam * logp[i, y] + potentials[y]``, ``chunk_size`` rows at a
+        time (default: the backend's); int64 labels in the input's array library.
+        """
         from .api import apply_potentials
 
         return apply_potentials(logp, self, "labels", chunk_size)

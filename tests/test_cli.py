@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import pytest
 
+import sinklabel
 from sinklabel.cli import main
 from sinklabel.datasets import make_scores
 
@@ -42,6 +43,20 @@ def test_assign_reports_bad_input_without_a_traceback(tmp_path, capsys):
 def test_missing_file_is_an_error(tmp_path, capsys):
     assert main(["assign", str(tmp_path / "nope.npy"), "-k", "3", "-o", "x.npy"]) == 2
     assert "error" in capsys.readouterr().err
+
+
+def test_a_file_failing_during_the_solve_is_an_error_not_a_traceback(scores_file, tmp_path,
+                                                                    capsys, monkeypatch):
+    """A scores file that cannot be read (or changes) mid-solve stops it with SourceError."""
+    from sinklabel.sources import SourceError
+
+    def failing(*args, **kwargs):
+        raise SourceError("the source raised OSError: Input/output error", 0, 300, 2)
+
+    monkeypatch.setattr("sinklabel.commands.assign.sinkhorn", failing)
+    argv = ["assign", str(scores_file), "-k", "6", "-o", str(tmp_path / "l.npy")]
+    assert main(argv) == 2
+    assert "sinklabel assign: error: rows [0, 300) on pass 2" in capsys.readouterr().err
 
 
 def test_help_lists_commands(capsys):
@@ -118,7 +133,82 @@ def test_files_that_are_not_npy_arrays_are_named(tmp_path, capsys, command):
         assert f"labels: {str(text)!r} is not a .npy array file" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("size", [["-k", "0"], ["-n", "-5"]])
-def test_demo_names_bad_sizes(capsys, size):
-    assert main(["demo", *size, "--no-progress"]) == 2
-    assert f"{size[0][1]} must be" in capsys.readouterr().err
+def _rejected_before_work(argv, capsys, monkeypatch) -> str:
+    """Exit code 2 from the argument parser, nothing generated or solved; the message."""
+    monkeypatch.setattr("sinklabel.commands.demo.make_scores", _no_solve)
+    monkeypatch.setattr("sinklabel.commands.demo.sinkhorn", _no_solve)
+    monkeypatch.setattr("sinklabel.commands.assign.sinkhorn", _no_solve)
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    return capsys.readouterr().err
+
+
+@pytest.mark.parametrize("option, value", [
+    ("-k", "0"), ("-n", "-5"), ("--lam", "-1"), ("--lam", "nan"), ("--tol", "0"),
+    ("--tol", "inf"), ("--max-iter", "0"), ("--chunk-size", "-3"), ("--max-iter", "1.5"),
+])
+def test_demo_rejects_bad_numbers_by_option_name_before_any_work(capsys, monkeypatch, option,
+                                                                 value):
+    """A bad value names the option a user typed (not the Python parameter) and stops before
+    200,000 x 1000 scores are generated."""
+    err = _rejected_before_work(["demo", option, value], capsys, monkeypatch)
+    assert f"argument {option}" in err and "must be a positive" in err and repr(value) in err
+
+
+@pytest.mark.parametrize("backend", ["torch", "cupy", "nope"])
+def test_backends_that_cannot_take_npy_scores_are_refused(scores_file, tmp_path, capsys,
+                                                         monkeypatch, backend):
+    """The commands hold NumPy arrays, so only auto, numba and numpy can run them; the help
+    lists those instead of a free-form name that fails after the file is opened."""
+    argv = ["assign", str(scores_file), "-k", "6", "-o", str(tmp_path / "l.npy"),
+            "--backend", backend]
+    err = _rejected_before_work(argv, capsys, monkeypatch)
+    assert "argument --backend: invalid choice" in err and "'numba'" in err
+
+
+def test_assign_refuses_one_path_for_labels_and_potentials(scores_file, tmp_path, capsys,
+                                                           monkeypatch):
+    """Saving both to one file left the potentials where "labels saved to" pointed."""
+    monkeypatch.setattr("sinklabel.commands.assign.sinkhorn", _no_solve)
+    out = tmp_path / "out.npy"
+    alias = tmp_path / "sub" / ".." / "out.npy"
+    (tmp_path / "sub").mkdir()
+    for potentials in (out, alias):
+        assert main(["assign", str(scores_file), "-k", "6", "-o", str(out),
+                     "--potentials", str(potentials)]) == 2
+        assert "named for two outputs" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_progress_bar_shows_the_error_of_the_pass_it_counts(capsys):
+    """The bar the commands show by default drew pass i with pass i-1's error."""
+    pytest.importorskip("tqdm")
+    from sinklabel.progress import Progress
+
+    bar = Progress(True, total=100, tol=1e-9)
+    bar._bar.mininterval = 0  # draw every update
+    for iteration, error in enumerate([0.5, 0.25, 0.125], 1):
+        bar.update(iteration, error)
+    bar.close()
+    drawn = [line for line in capsys.readouterr().err.split("\r") if "error=" in line]
+    assert drawn
+    for line in drawn:
+        iteration = int(line.split("/")[0].split()[-1])
+        assert f"error={0.5 ** iteration:.2e}" in line, line
+
+
+def test_assign_exact_gives_labels_that_check_certifies(scores_file, tmp_path, capsys):
+    """The README's pipeline, assign then check: --exact labels have the exact sizes and are
+    certified optimal (exit 0), with the exact solver's objective."""
+    labels = tmp_path / "labels.npy"
+    assert main(["assign", str(scores_file), "-k", "6", "-o", str(labels), "--exact",
+                 "--no-progress"]) == 0
+    assert "certified optimal" in capsys.readouterr().err
+    assert sorted(np.bincount(np.load(labels), minlength=6)) == [50] * 6
+    assert main(["check", str(scores_file), str(labels)]) == 0
+    assert "-> optimal" in capsys.readouterr().out
+    exact = sinklabel.solve_exact(np.load(scores_file), 6)
+    np.testing.assert_allclose(
+        -np.load(scores_file)[np.arange(300), np.load(labels)].sum(), exact.objective,
+        rtol=1e-6)

@@ -3,23 +3,46 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from ..api import DEFAULT_LAM, DEFAULT_MAX_ITER, DEFAULT_TOL
 
+#: The commands read scores into NumPy arrays, which only these backends take.
+BACKENDS = ("auto", "numba", "numpy")
+
+
+def positive(kind: type) -> Callable[[str], Any]:
+    """An argparse ``type`` for a finite number > 0, so that a bad value is an argparse error
+    naming the option, before any scores are generated or read."""
+    noun = "integer" if kind is int else "number"
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a positive {noun}, got {text!r}") from None
+        if not (math.isfinite(value) and value > 0):
+            raise argparse.ArgumentTypeError(f"must be a positive {noun}, got {text!r}")
+        return value
+
+    return parse
+
 
 def add_solver_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--lam", type=float, default=DEFAULT_LAM,
+    parser.add_argument("--lam", type=positive(float), default=DEFAULT_LAM,
                         help="inverse temperature (default: %(default)s)")
-    parser.add_argument("--tol", type=float, default=DEFAULT_TOL,
+    parser.add_argument("--tol", type=positive(float), default=DEFAULT_TOL,
                         help="L1 label-marginal error to stop at (default: %(default)s)")
-    parser.add_argument("--max-iter", type=int, default=DEFAULT_MAX_ITER,
+    parser.add_argument("--max-iter", type=positive(int), default=DEFAULT_MAX_ITER,
                         help="most passes over the scores (default: %(default)s)")
-    parser.add_argument("--backend", default="auto", help="backend (default: %(default)s)")
-    parser.add_argument("--chunk-size", type=int, default=None,
+    parser.add_argument("--backend", choices=BACKENDS, default="auto",
+                        help="auto: numba when installed, else numpy (default: %(default)s)")
+    parser.add_argument("--chunk-size", type=positive(int), default=None,
                         help="rows per chunk (default: the backend's)")
     parser.add_argument("--no-progress", dest="progress", action="store_false",
                         help="hide the progress bar")
@@ -47,6 +70,9 @@ def summarize(result: Any, seconds: float) -> str:
         f"target {target.min():.1f}..{target.max():.1f}",
         f"size / target     {spread.min():.3f} .. {spread.max():.3f}",
         f"empty labels      {int((counts == 0).sum())}",
+        *([] if result.certificate is None else [
+            f"exact labels      gap {result.certificate.gap:.3g} "
+            f"({'certified optimal' if result.certificate.optimal else 'NOT certified'})"]),
         f"time              {seconds:.2f} s",
     ])
 
@@ -61,15 +87,21 @@ def load_npy(path: str, what: str) -> np.ndarray:
             raise ValueError(f"{what}: {path!r} is not a .npy array file ({exc})") from exc
 
 
-def check_output(path: str, scores: str) -> None:
-    """Fail before any work when ``path`` cannot be written or would overwrite the scores."""
-    folder = os.path.dirname(os.path.abspath(path))
-    if os.path.isdir(path):
-        raise IsADirectoryError(f"cannot write {path!r}: it is a folder; name a file in it")
-    if not os.path.isdir(folder):
-        raise FileNotFoundError(f"cannot write {path!r}: no such folder {folder!r}")
-    if os.path.exists(path) and os.path.samefile(path, scores):
-        raise ValueError(f"{path!r} is the scores file; choose another output path")
+def check_outputs(paths: list[str], scores: str) -> None:
+    """Fail before any work when a path cannot be written, would overwrite the scores, or
+    is named twice (the second save would silently replace the first)."""
+    for path in paths:
+        folder = os.path.dirname(os.path.abspath(path))
+        if os.path.isdir(path):
+            raise IsADirectoryError(f"cannot write {path!r}: it is a folder; name a file in it")
+        if not os.path.isdir(folder):
+            raise FileNotFoundError(f"cannot write {path!r}: no such folder {folder!r}")
+        if os.path.exists(path) and os.path.samefile(path, scores):
+            raise ValueError(f"{path!r} is the scores file; choose another output path")
+    real = [os.path.realpath(path) for path in paths]
+    for index, path in enumerate(paths):
+        if real[index] in real[:index]:
+            raise ValueError(f"{path!r} is named for two outputs; give each its own path")
 
 
 def save_npy(path: str, array: np.ndarray) -> None:

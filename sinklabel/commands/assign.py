@@ -14,23 +14,34 @@ import time
 import numpy as np
 
 from ..api import sinkhorn
-from ._options import add_solver_options, check_output, save_npy, solver_kwargs, summarize
+from ._options import (
+    add_solver_options,
+    check_outputs,
+    positive,
+    save_npy,
+    solver_kwargs,
+    summarize,
+)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("scores", help="(N, K) float .npy file of log-probabilities or logits")
-    parser.add_argument("-k", "--k", type=int, required=True, help="number of labels K")
+    parser.add_argument("-k", "--k", type=positive(int), required=True, help="number of labels K")
     parser.add_argument("-o", "--output", required=True, help="where to save the labels (.npy)")
     parser.add_argument("--potentials", help="also save the label potentials (.npy) here")
+    parser.add_argument("--exact", action="store_true",
+                        help="exactly balanced labels (sizes floor or ceil of N/K): the "
+                        "certified optimum of the exact problem, which 'sinklabel check' "
+                        "accepts; needs N >= K")
     add_solver_options(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    outputs = [args.output] + ([args.potentials] if args.potentials else [])
-    for path in outputs:
-        check_output(path, args.scores)
+    check_outputs([args.output] + ([args.potentials] if args.potentials else []), args.scores)
     start = time.perf_counter()
-    result = sinkhorn(args.scores, args.k, **solver_kwargs(args))  # the path: memory-mapped
+    balance = "exact" if args.exact else None
+    # The path, not an array: the file is memory-mapped.
+    result = sinkhorn(args.scores, args.k, balance=balance, **solver_kwargs(args))
     seconds = time.perf_counter() - start
     save_npy(args.output, np.asarray(result.labels))
     if args.potentials:

@@ -11,13 +11,14 @@ import argparse
 
 from ..check import check
 from ..sources import as_source
-from ._options import load_npy
+from ._options import load_npy, positive
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("scores", help="(N, K) float .npy file of log-probabilities or logits")
     parser.add_argument("labels", help="(N,) integer .npy file of labels to check")
-    parser.add_argument("-k", "--k", type=int, help="number of labels K (default: from scores)")
+    parser.add_argument("-k", "--k", type=positive(int),
+                        help="number of labels K (default: from scores)")
     parser.add_argument("--capacities", help="(K,) integer .npy file of exact label sizes "
                         "(default: floor or ceil of N/K each)")
     parser.add_argument("--no-exact", action="store_true",

@@ -2,7 +2,8 @@
 
 Generates log-probabilities like a trained classifier's (each point peaked on one of K
 clusters of slightly different sizes, or flat like an untrained network's), assigns balanced
-labels and prints a summary.
+labels and prints a summary. Exit code 0 when the solve converged, 1 when it stopped at
+--max-iter, 2 on bad options.
 """
 
 from __future__ import annotations
@@ -14,13 +15,13 @@ import numpy as np
 
 from ..api import sinkhorn
 from ..datasets import REGIMES, make_scores
-from ._options import add_solver_options, solver_kwargs, summarize
+from ._options import add_solver_options, positive, solver_kwargs, summarize
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-n", "--n", type=int, default=200_000,
+    parser.add_argument("-n", "--n", type=positive(int), default=200_000,
                         help="points (default: %(default)s)")
-    parser.add_argument("-k", "--k", type=int, default=1000,
+    parser.add_argument("-k", "--k", type=positive(int), default=1000,
                         help="labels (default: %(default)s)")
     parser.add_argument("--regime", choices=REGIMES, default="peaked",
                         help="score regime (default: %(default)s)")
