@@ -25,7 +25,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -261,6 +261,19 @@ def distributed_sinkhorn(
         result, _GuardedSource(source, collective), _GuardedKernel(kernel, collective, source),
         settings["rows"], balance, collective,
     )
+
+
+def fail_with_peers(error: BaseException, process_group: Any = None) -> NoReturn:
+    """Raise ``error`` here and :class:`RankFailedError` on the other ranks of the group.
+
+    For a check that failed on this rank before it reached :func:`distributed_sinkhorn`
+    (``SinkhornLabeler``'s own, on the number of labels): the other ranks are then in that
+    function's exchange of fingerprints, and this rank's failing fingerprint stops them there,
+    as a failed input check of its own would. Raising alone would leave them waiting, or pair
+    their exchange with this rank's next call.
+    """
+    TorchCollective(process_group).gather(_fingerprint(None, error))
+    raise error
 
 
 def distributed_duality_gap(
