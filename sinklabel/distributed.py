@@ -560,11 +560,18 @@ class _GuardedKernel(WrappingKernel):
 
 
 def _no_labels(source: Source, kernel: Kernel) -> Array:
-    """The labels of a rank with no rows: empty int64, in the input's library and device."""
+    """The labels of a rank with no rows: empty int64 in the input's library, on the device
+    its blocks would have been on. The source may be behind a checking or caching layer: the
+    device is read from the source underneath (an in-memory array's, a DeviceStreamSource's),
+    otherwise the library's default."""
+    while isinstance(source, WrappingSource):
+        source = source.inner
     if isinstance(source, ArraySource):
         return kernel.empty_labels(0, source.array)
-    if source.library == "torch":
+    from .sources.device import DeviceStreamSource
+
+    if isinstance(source, DeviceStreamSource):
         import torch
 
-        return torch.empty(0, dtype=torch.int64)
-    return np.empty(0, dtype=np.int64)
+        return kernel.empty_labels(0, torch.empty(0, device=source.device))
+    return kernel.empty_labels(0, None)

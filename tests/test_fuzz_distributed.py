@@ -18,8 +18,9 @@ from test_distributed import GROUP_TIMEOUT_S, _caught, _shard, _summary, _values
 
 import sinklabel
 from sinklabel.datasets import make_scores
-from sinklabel.distributed import RankFailedError
-from sinklabel.sources import CallableSource
+from sinklabel.distributed import RankFailedError, _no_labels
+from sinklabel.kernels import resolve_kernel
+from sinklabel.sources import CallableSource, checked
 
 h5py = pytest.importorskip("h5py")
 
@@ -159,3 +160,18 @@ def test_a_rank_with_bad_input_stops_every_rank(tmp_path):
         assert other[:2] == ("error", RankFailedError.__name__) and named in other[2], other
         assert other[3] < GROUP_TIMEOUT_S / 2  # told by the bad rank, not by a timeout
     assert per_rank[0][4] == per_rank[1][4] == ("ok", 100)
+
+
+def test_a_rank_without_rows_labels_on_its_streams_device():
+    """A rank with no rows never sees a block, so its empty labels take the device of the
+    source underneath the checking layer (here the meta device stands in for a GPU)."""
+    torch = pytest.importorskip("torch")
+    from sinklabel.sources.device import DeviceStreamSource
+
+    stream = DeviceStreamSource(np.zeros((0, K), np.float32), "meta")
+    labels = _no_labels(checked(stream), resolve_kernel("auto", "torch"))
+    assert labels.dtype == torch.int64 and labels.shape == (0,)
+    assert labels.device.type == "meta"
+    function = CallableSource(lambda a, b: None, (0, K), "float32", library="torch")
+    assert isinstance(_no_labels(checked(function), resolve_kernel("auto", "torch")),
+                      torch.Tensor)
