@@ -55,7 +55,7 @@ from .exp_cache import table_cap, with_exp_cache
 from .kernels import Kernel, resolve_kernel
 from .kernels._base import WrappingKernel
 from .result import SinkhornResult
-from .sources import Array, ArraySource, Source, as_source
+from .sources import Array, ArraySource, Source, as_source, checked
 from .sources._base import WrappingSource
 
 #: What every rank must pass identically, in fingerprint order.
@@ -326,7 +326,7 @@ def _check_certificate_local(
     """This rank's checks of :func:`sinklabel.duality_gap`'s input, N may be 0, and its
     fingerprint ``[0, rows, *CERTIFIED]``. Capacities are checked after the exchange,
     against the global N."""
-    source = as_source(logp)
+    source = checked(as_source(logp))
     K = check_shape(source, source.shape[1] if len(source.shape) == 2 else 0,
                     allow_empty_rows=True)
     v = _checked_prices(prices, K)

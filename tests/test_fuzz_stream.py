@@ -205,3 +205,102 @@ def test_a_masked_hdf5_like_slice_is_refused(tmp_path):
 
     with pytest.raises(SourceError, match="masked array"):
         _solve(Masked(), 5, chunk_size=8)
+
+
+# --- the exact solver and the certificate read streams behind the same checks ------------------
+
+
+def _certify(what: str, source):
+    """One public entry point that reads the scores of ``source`` for the exact problem."""
+    labels = sinklabel.solve_exact(SCORES, 5).labels
+    if what == "solve_exact":
+        return sinklabel.solve_exact(source, 5, chunk_size=8)
+    if what == "duality_gap":
+        return sinklabel.duality_gap(source, labels, np.zeros(5), chunk_size=8)
+    if what == "check":
+        return sinklabel.check(labels, source, chunk_size=8)
+    return _solve(source, 5, chunk_size=8, balance="exact")
+
+
+EXACT_READERS = ["solve_exact", "duality_gap", "check", "balance='exact'"]
+
+
+@pytest.mark.parametrize("what", EXACT_READERS)
+@pytest.mark.parametrize("make, message", [
+    (lambda block: block[:-1], "wrong row count: expected (8, 5), got (7, 5)"),
+    (lambda block: block[:, :4], "wrong shape: expected (8, 5), got (8, 4)"),
+    (lambda block: block.astype(np.float16), "wrong dtype: expected float32, got float16"),
+], ids=["rows", "columns", "float16"])
+def test_exact_readers_name_a_wrong_block(what, make, message):
+    """A short block once corrupted the heap: the exact solver sized its loops by N and read
+    the rows the function returned."""
+    source = CallableSource(lambda a, b: make(SCORES[a:b]) if a >= 16 else SCORES[a:b],
+                            SCORES.shape, "float32")
+    with pytest.raises(SourceError, match="rows \\[16, 24\\)") as caught:
+        _certify(what, source)
+    assert message in str(caught.value)
+
+
+@pytest.mark.parametrize("what", EXACT_READERS)
+def test_exact_readers_name_a_failing_source(what):
+    def fn(start, stop):
+        if start >= 24:
+            raise OSError("network file system went away")
+        return SCORES[start:stop]
+
+    with pytest.raises(SourceError, match="rows \\[24, 32\\) on pass 1: the source raised"):
+        _certify(what, CallableSource(fn, SCORES.shape, "float32"))
+
+
+@pytest.mark.parametrize("what", ["solve_exact", "check", "balance='exact'"])
+def test_exact_readers_notice_scores_that_change_between_passes(what):
+    """The exact solver reads the scores once more for its certificate: a source returning
+    other scores then would certify labels against scores they were not solved for."""
+    passes = []
+
+    def drifting(start, stop):
+        passes.append(start == 0)
+        return SCORES[start:stop] + np.float32(0.1 * sum(passes)) * np.arange(5, dtype="f4")
+
+    with pytest.raises(SourceError, match="changed since the first pass"):
+        _certify(what, CallableSource(drifting, SCORES.shape, "float32"))
+
+
+@pytest.mark.parametrize("balance", [None, "exact"])
+def test_labels_of_a_torch_function_are_torch_with_or_without_exact_balance(balance):
+    torch = pytest.importorskip("torch")
+    source = CallableSource(lambda a, b: torch.from_numpy(SCORES[a:b]), SCORES.shape,
+                            "float32", library="torch")
+    result = _solve(source, 5, chunk_size=8, balance=balance)
+    reference = _solve(SCORES, 5, chunk_size=8, balance=balance)
+    assert isinstance(result.labels, torch.Tensor)
+    np.testing.assert_array_equal(result.labels.numpy(), reference.labels)
+    exact = sinklabel.solve_exact(source, 5, chunk_size=8)
+    assert isinstance(exact.labels, torch.Tensor)
+    assert exact.objective == pytest.approx(sinklabel.solve_exact(SCORES, 5).objective)
+
+
+def _reusing(scores: np.ndarray) -> CallableSource:
+    """A function writing every block into one buffer, as a model's output buffer: a block is
+    valid only until the next is requested."""
+    buffer = np.empty_like(scores)
+
+    def fn(start, stop):
+        out = buffer[:stop - start]
+        out[:] = scores[start:stop]
+        return out
+
+    return CallableSource(fn, scores.shape, scores.dtype)
+
+
+@pytest.mark.parametrize("n, rows", [(70_000, None), (40, 8)])
+def test_exact_solver_copies_the_blocks_of_a_source_that_reuses_its_buffer(n, rows):
+    """The exact solver read blocks of 65,536 rows and kept views of them: past that size it
+    solved for the last block's scores repeated and returned non-optimal labels."""
+    scores = make_scores(n, 3, seed=2).scores
+    optimum = sinklabel.solve_exact(scores, 3).objective
+    exact = sinklabel.solve_exact(_reusing(scores), 3, chunk_size=rows)
+    assert exact.objective == pytest.approx(optimum, rel=1e-12)
+    result = _solve(_reusing(scores), 3, chunk_size=rows, balance="exact")
+    assert result.certificate.optimal
+    assert result.certificate.primal == pytest.approx(optimum, rel=1e-12)

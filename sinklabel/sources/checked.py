@@ -195,9 +195,15 @@ def _fingerprint(block: np.ndarray) -> np.ndarray:
 
 
 def checked(source: Source, check_block: BlockCheck | None = None) -> Source:
-    """``source`` behind a checking layer, unless it is an in-memory array."""
+    """``source`` behind a checking layer, unless it is an in-memory array.
+
+    A source already behind one stays there when no new value check is asked for, so that
+    readers passing it on (the exact solver to its certificate) share its fingerprints.
+    """
     if source.in_memory:
         return source
     if isinstance(source, CheckedSource):
+        if check_block is None:
+            return source
         source = source.inner
     return CheckedSource(source, check_block)
