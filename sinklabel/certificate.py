@@ -22,7 +22,7 @@ from ._arrays import array_library
 from ._capacities import check_capacities
 from ._validation import check_chunk_scores, check_positive, check_shape
 from .kernels import Kernel, resolve_kernel
-from .sources import Array, Source, as_source, itemsize
+from .sources import Array, Source, as_source, checked, itemsize
 
 #: Relative rounding of one maximum computed in the kernel's float32 arithmetic (2 ulps).
 _ROUND32 = 2.0**-22
@@ -117,7 +117,7 @@ def duality_gap(
             logp, labels, prices, capacities, process_group=process_group, backend=backend,
             chunk_size=chunk_size,
         )
-    source = as_source(logp)
+    source = checked(as_source(logp))  # a stream's blocks are checked as they are read
     N, K = source.shape
     check_shape(source, K)
     lower, upper = check_capacities(capacities, N, K)

@@ -17,7 +17,7 @@ from ._capacities import check_capacities
 from .certificate import Certificate, _checked_labels, _host, duality_gap
 from .exact import ExactResult, solve_exact
 from .result import SinkhornResult
-from .sources import Array, as_source
+from .sources import Array, as_source, checked
 
 #: Largest N * K that ``check`` solves exactly by default (about a minute on 2 cores).
 EXACT_LIMIT = 10**9
@@ -133,7 +133,7 @@ def check(
     -------
     CheckReport
     """
-    source = as_source(logp)
+    source = checked(as_source(logp))  # one checking layer for both readers below
     N, K = source.shape
     labels, prices = _labels_and_prices(result_or_labels, K)
     _checked_labels(labels, N, K)  # before the exact solve, which may take minutes

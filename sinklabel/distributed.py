@@ -25,7 +25,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -55,7 +55,7 @@ from .exp_cache import table_cap, with_exp_cache
 from .kernels import Kernel, resolve_kernel
 from .kernels._base import WrappingKernel
 from .result import SinkhornResult
-from .sources import Array, ArraySource, Source, as_source
+from .sources import Array, ArraySource, Source, as_source, checked
 from .sources._base import WrappingSource
 
 #: What every rank must pass identically, in fingerprint order.
@@ -263,6 +263,19 @@ def distributed_sinkhorn(
     )
 
 
+def fail_with_peers(error: BaseException, process_group: Any = None) -> NoReturn:
+    """Raise ``error`` here and :class:`RankFailedError` on the other ranks of the group.
+
+    For a check that failed on this rank before it reached :func:`distributed_sinkhorn`
+    (``SinkhornLabeler``'s own, on the number of labels): the other ranks are then in that
+    function's exchange of fingerprints, and this rank's failing fingerprint stops them there,
+    as a failed input check of its own would. Raising alone would leave them waiting, or pair
+    their exchange with this rank's next call.
+    """
+    TorchCollective(process_group).gather(_fingerprint(None, error))
+    raise error
+
+
 def distributed_duality_gap(
     logp: Array,
     labels: Array,
@@ -313,7 +326,7 @@ def _check_certificate_local(
     """This rank's checks of :func:`sinklabel.duality_gap`'s input, N may be 0, and its
     fingerprint ``[0, rows, *CERTIFIED]``. Capacities are checked after the exchange,
     against the global N."""
-    source = as_source(logp)
+    source = checked(as_source(logp))
     K = check_shape(source, source.shape[1] if len(source.shape) == 2 else 0,
                     allow_empty_rows=True)
     v = _checked_prices(prices, K)
@@ -547,11 +560,18 @@ class _GuardedKernel(WrappingKernel):
 
 
 def _no_labels(source: Source, kernel: Kernel) -> Array:
-    """The labels of a rank with no rows: empty int64, in the input's library and device."""
+    """The labels of a rank with no rows: empty int64 in the input's library, on the device
+    its blocks would have been on. The source may be behind a checking or caching layer: the
+    device is read from the source underneath (an in-memory array's, a DeviceStreamSource's),
+    otherwise the library's default."""
+    while isinstance(source, WrappingSource):
+        source = source.inner
     if isinstance(source, ArraySource):
         return kernel.empty_labels(0, source.array)
-    if source.library == "torch":
+    from .sources.device import DeviceStreamSource
+
+    if isinstance(source, DeviceStreamSource):
         import torch
 
-        return torch.empty(0, dtype=torch.int64)
-    return np.empty(0, dtype=np.int64)
+        return kernel.empty_labels(0, torch.empty(0, device=source.device))
+    return kernel.empty_labels(0, None)

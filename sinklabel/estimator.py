@@ -6,6 +6,7 @@ import inspect
 from os import PathLike
 from typing import Any
 
+from ._validation import check_flag
 from .api import DEFAULT_LAM, DEFAULT_MAX_ITER, DEFAULT_TOL, sinkhorn
 from .result import SinkhornResult
 from .sources import Array, as_source
@@ -99,13 +100,7 @@ class SinkhornLabeler:
         """Solve again, starting from the previous solve's potentials (as in training)."""
         if not hasattr(self, "result_"):
             return self._fit(logp, self.init)
-        n_labels = self.n_labels if self.n_labels is not None else _n_columns(logp)
-        if n_labels != self.potentials_.shape[0]:
-            raise ValueError(
-                f"partial_fit continues the previous fit, which had {self.potentials_.shape[0]} "
-                f"labels, but logp has {n_labels}: call fit to start over"
-            )
-        return self._fit(logp, self.potentials_)
+        return self._fit(logp, self.potentials_, continuing=True)
 
     def fit_predict(self, logp: Array, y: None = None) -> Array:
         """Fit and return the labels of ``logp``."""
@@ -119,8 +114,15 @@ class SinkhornLabeler:
         """Soft assignments of rows under the fitted potentials (rows sum to one)."""
         return self._fitted().soft_assignments(logp, chunk_size=self.chunk_size)
 
-    def _fit(self, logp: Array, init: Array | None) -> SinkhornLabeler:
-        n_labels = self.n_labels if self.n_labels is not None else _n_columns(logp)
+    def _fit(self, logp: Array, init: Array | None, continuing: bool = False) -> SinkhornLabeler:
+        try:
+            n_labels = self._labels_for(logp, continuing)
+        except Exception as error:  # a path that cannot be opened, too
+            if check_flag("distributed", self.distributed) or self.process_group is not None:
+                from .distributed import fail_with_peers
+
+                fail_with_peers(error, self.process_group)  # the other ranks stop too
+            raise
         result = sinkhorn(
             logp, n_labels, lam=self.lam, label_weights=self.label_weights, tol=self.tol,
             max_iter=self.max_iter, init=init, chunk_size=self.chunk_size,
@@ -133,6 +135,16 @@ class SinkhornLabeler:
         self.n_iter_ = result.n_iter
         self.converged_ = result.converged
         return self
+
+    def _labels_for(self, logp: Array, continuing: bool) -> int:
+        """K for this fit: ``n_labels``, else logp's columns; a continued fit keeps its K."""
+        n_labels = self.n_labels if self.n_labels is not None else _n_columns(logp)
+        if continuing and n_labels != self.potentials_.shape[0]:
+            raise ValueError(
+                f"partial_fit continues the previous fit, which had {self.potentials_.shape[0]} "
+                f"labels, but logp has {n_labels}: call fit to start over"
+            )
+        return n_labels
 
     def _fitted(self) -> SinkhornResult:
         if not hasattr(self, "result_"):

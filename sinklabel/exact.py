@@ -28,7 +28,16 @@ from .certificate import Certificate, _host, _like, duality_gap
 from .kernels import Kernel, resolve_kernel
 from .kernels._base import compute_dtype
 from .result import SinkhornResult
-from .sources import Array, ArraySource, MemmapSource, Source, as_source, itemsize
+from .sources import (
+    Array,
+    ArraySource,
+    CheckedSource,
+    MemmapSource,
+    Source,
+    as_source,
+    checked,
+    itemsize,
+)
 
 METHODS = ("auto", "auction", "highs")
 
@@ -114,7 +123,7 @@ def solve_exact(
     ValueError
         On bad capacities, or when no labelling can meet them because of -inf scores.
     """
-    source = as_source(logp)
+    source = checked(as_source(logp))  # a stream's blocks are checked whenever read
     K = check_shape(source, K)
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -140,7 +149,7 @@ def _solve_exact(
     rows: int,
 ) -> ExactResult:
     """The solve on checked inputs: host scores in, labels in the input's library out."""
-    S = _host_scores(source)
+    S, like = _host_scores(source, rows)
     if method == "highs":
         from ._highs import solve_highs
 
@@ -158,8 +167,8 @@ def _solve_exact(
     certificate = duality_gap(source, labels, v, (lower, upper), backend=backend,
                               chunk_size=rows)
     counts = np.bincount(labels, minlength=source.shape[1]).astype(np.int64)
-    out = _like(source.array, labels) if isinstance(source, ArraySource) else labels
-    return ExactResult(out, v, certificate.primal, certificate, lower, upper, counts, method)
+    return ExactResult(_like(like, labels), v, certificate.primal, certificate, lower, upper,
+                       counts, method)
 
 
 def balance_exact(
@@ -192,17 +201,29 @@ def _check_prices(prices: Any, n_labels: int) -> np.ndarray | None:
     return v
 
 
-def _host_scores(source: Source) -> np.ndarray:
-    """The scores as one C-contiguous host array of float32 or float64 (no copy if they are)."""
-    if isinstance(source, MemmapSource):
-        array = np.asarray(source.array)  # rows are paged in from the file as needed
+def _host_scores(source: Source, rows: int) -> tuple[np.ndarray, Array]:
+    """The scores as one C-contiguous host array of float32 or float64 (no copy if they are),
+    and an array of the input's library on its device, for the labels.
+
+    A stream is read in blocks of ``rows`` through its checking layer, so its blocks are
+    compared with those of the other passes; a memory map is viewed through its mapping.
+    """
+    mapped = source.inner if isinstance(source, CheckedSource) else source
+    if isinstance(mapped, MemmapSource):
+        array, like = np.asarray(mapped.array), None  # paged in from the file as needed
     elif isinstance(source, ArraySource):
-        array = _host(source.array) if source.dtype != "bfloat16" else None
-        if array is None:
-            array = source.array.float().cpu().numpy()
+        like = source.array
+        array = like.float().cpu().numpy() if source.dtype == "bfloat16" else _host(like)
     else:
-        array = np.concatenate([_host_block(block) for _, _, block in source.chunks(65536)])
-    return np.ascontiguousarray(array, dtype=compute_dtype(array.dtype))
+        # Each block is copied out before the next is read: a stream may reuse its buffer.
+        array = like = None
+        for start, stop, block in source.chunks(rows):
+            host = _host_block(block)
+            if array is None:
+                array = np.empty(source.shape, dtype=compute_dtype(host.dtype))
+                like = _like(block, np.empty(0, dtype=np.int64))  # the labels' library
+            array[start:stop] = host
+    return np.ascontiguousarray(array, dtype=compute_dtype(array.dtype)), like
 
 
 def _host_block(block: Any) -> np.ndarray:

@@ -82,7 +82,9 @@ class ArrayLikeSource(Source):
             yield start, stop, self.read(start, stop)
 
     def read(self, start: int, stop: int) -> np.ndarray:
-        return np.asarray(self.obj[start:stop])
+        # asanyarray: a masked slice (netCDF fill values) keeps its mask, which the checking
+        # layer refuses instead of reading the fill values as scores.
+        return np.asanyarray(self.obj[start:stop])
 
 
 def _open_npy(path: str) -> np.memmap:

@@ -111,6 +111,7 @@ class CheckedSource(WrappingSource):
 
     def _checked(self, block: Array, start: int, stop: int) -> Array:
         self._check_structure(block, start, stop)
+        block = self._plain(block, start, stop)
         key = (start, stop)
         if key not in self._seen:
             if self.check_block is not None:
@@ -135,6 +136,18 @@ class CheckedSource(WrappingSource):
         dtype = dtype_name(block.dtype)
         if dtype != self.dtype:
             raise SourceError(f"wrong dtype: expected {self.dtype}, got {dtype}", start, stop, p)
+
+    def _plain(self, block: Array, start: int, stop: int) -> Array:
+        """An ndarray subclass as the plain array it views, as ``as_source`` reads in-memory
+        scores: ``np.matrix`` changes what indexing means in the kernels. A masked array is
+        refused: its mask would be ignored, and the masked scores read as scores."""
+        if isinstance(block, np.ma.MaskedArray):
+            raise SourceError(
+                "the source returned a masked array, and its mask would be ignored: fill the "
+                "masked scores first, e.g. block.filled(-np.inf) to keep those rows from those "
+                "labels", start, stop, self.passes,
+            )
+        return np.asarray(block) if isinstance(block, np.ndarray) else block
 
     def _check_unchanged(self, block: Array, key: tuple[int, int]) -> None:
         """Compare the block's first and last rows with the first pass (host blocks only:
@@ -182,9 +195,15 @@ def _fingerprint(block: np.ndarray) -> np.ndarray:
 
 
 def checked(source: Source, check_block: BlockCheck | None = None) -> Source:
-    """``source`` behind a checking layer, unless it is an in-memory array."""
+    """``source`` behind a checking layer, unless it is an in-memory array.
+
+    A source already behind one stays there when no new value check is asked for, so that
+    readers passing it on (the exact solver to its certificate) share its fingerprints.
+    """
     if source.in_memory:
         return source
     if isinstance(source, CheckedSource):
+        if check_block is None:
+            return source
         source = source.inner
     return CheckedSource(source, check_block)
