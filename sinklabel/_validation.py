@@ -107,6 +107,13 @@ def check_chunk_scores(start: int, chunk: Any, kernel: Kernel, lam: float) -> No
             f"logp contains +inf, or a score that overflows when multiplied by lam={lam:g} "
             f"(row {row})"
         )
+    # -inf: the row holds only -inf, or lam times its finite scores overflows to -inf.
+    unscaled = kernel.to_numpy(kernel.best(chunk[first:first + 1], zero, 1.0)[0])
+    if np.isfinite(unscaled).all():
+        raise ValueError(
+            f"row {row} of logp overflows to -inf when multiplied by lam={lam:g} (its best "
+            f"score is {float(unscaled[0]):.3g}): subtract the row maximum, or lower lam"
+        )
     raise ValueError(f"row {row} of logp has no finite score (-inf for every label)")
 
 

@@ -65,3 +65,23 @@ def test_rows_far_below_zero_give_finite_results_on_every_backend(backend, probl
     # The hard labels are arg-maxima of the plan the potentials define.
     z = np.float64(lam) * scores.astype(np.float64) + result.potentials
     assert np.all(z[np.arange(n), labels] >= z.max(axis=1) - 1e-6 * np.abs(z).max(axis=1))
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@FUZZ
+@given(st.integers(1, 8), st.integers(1, 5), st.floats(2.5, 1e4), st.integers(0, 2**32 - 1))
+def test_a_row_that_overflows_to_minus_inf_is_not_called_all_minus_inf(backend, n, k, lam,
+                                                                      seed):
+    """lam * logp below float32's range rounds a finite float32 row to -inf: the check said
+    the row "has no finite score (-inf for every label)", which its scores contradict."""
+    rng = np.random.default_rng(seed)
+    scores = rng.standard_normal((n, k)).astype(np.float32)
+    row = int(seed % n)
+    scores[row] = -3.5e38 / lam * (1.0 + 0.5 * rng.random(k))  # lam * row < -3.4e38
+    assert np.all(np.isfinite(scores))
+    with pytest.raises(ValueError, match=rf"row {row} of logp overflows to -inf .*lam="):
+        sinklabel.sinkhorn(to_backend(scores, backend), k, lam=lam, backend=backend)
+    # A row of true -inf keeps its own message.
+    scores[row] = -np.inf
+    with pytest.raises(ValueError, match=rf"row {row} of logp has no finite score"):
+        sinklabel.sinkhorn(to_backend(scores, backend), k, lam=lam, backend=backend)
