@@ -85,3 +85,58 @@ def test_a_row_that_overflows_to_minus_inf_is_not_called_all_minus_inf(backend, 
     scores[row] = -np.inf
     with pytest.raises(ValueError, match=rf"row {row} of logp has no finite score"):
         sinklabel.sinkhorn(to_backend(scores, backend), k, lam=lam, backend=backend)
+
+
+def _highs_optimum(scores: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> float:
+    """The optimal cost of eq. (6) with label sizes in [lower, upper], by SciPy's HiGHS on the
+    dense LP (x[i, y] in [0, 1], one label per row; -inf scores fix x[i, y] = 0)."""
+    from scipy.optimize import linprog
+
+    n, k = scores.shape
+    finite = np.isfinite(scores)
+    cost = np.where(finite, -scores, 0.0).ravel()
+    rows = np.kron(np.eye(n), np.ones((1, k)))
+    columns = np.kron(np.ones((1, n)), np.eye(k))
+    bounds = [(0.0, 1.0 if ok else 0.0) for ok in finite.ravel()]
+    res = linprog(cost, A_ub=np.vstack([columns, -columns]),
+                  b_ub=np.concatenate([upper, -lower]), A_eq=rows, b_eq=np.ones(n),
+                  bounds=bounds, method="highs")
+    assert res.status == 0, res.message
+    return float(res.fun)
+
+
+@st.composite
+def huge_upper_bounds(draw):
+    """(N x K scores, lower, upper) with upper bounds far beyond N, in int64, uint64, float64."""
+    n = draw(st.integers(1, 7))
+    k = draw(st.integers(1, 4))
+    scores = np.random.default_rng(draw(st.integers(0, 2**32 - 1))).standard_normal((n, k))
+    lower = np.array(draw(st.lists(st.integers(0, n // k), min_size=k, max_size=k)))
+    kind = draw(st.sampled_from(["int64", "uint64", "float64"]))
+    huge = {"int64": st.integers(2**62, 2**63 - 1), "uint64": st.integers(2**63, 2**64 - 1),
+            "float64": st.floats(1e19, 1e300)}[kind]
+    upper = draw(st.lists(huge, min_size=k, max_size=k))
+    return scores, lower, np.array(upper, dtype=kind)
+
+
+@FUZZ
+@given(huge_upper_bounds())
+def test_upper_bounds_beyond_int64_mean_no_bound(problem):
+    """Capacities were cast to int64 and summed there: huge upper bounds (a plain "no limit")
+    wrapped to negative numbers and were refused as below their lower bounds or summing below
+    N, or wrapped around into a sum that passed by chance."""
+    scores, lower, upper = problem
+    n, k = scores.shape
+    before = upper.copy()
+    result = sinklabel.solve_exact(scores, k, capacities=(lower, upper))
+    np.testing.assert_array_equal(upper, before)
+    counts = np.bincount(to_host(result.labels), minlength=k)
+    assert np.all(counts >= lower) and counts.sum() == n
+    expected = _highs_optimum(scores, lower.astype(float), np.full(k, float(n)))
+    assert result.objective == pytest.approx(expected, rel=1e-9, abs=1e-9)
+    assert result.certificate.optimal
+    # Fixed sizes beyond int64 are named with their true sum, not a wrapped one.
+    sizes = np.zeros(k, dtype=upper.dtype)
+    sizes[0] = upper[0]
+    with pytest.raises(ValueError, match=f"must sum to N={n}, got {int(upper[0])}"):
+        sinklabel.solve_exact(scores, k, capacities=sizes)
