@@ -20,7 +20,7 @@ import numpy as np
 
 from ._arrays import array_library
 from ._capacities import check_capacities
-from ._validation import check_chunk_scores, check_positive, check_shape
+from ._validation import _host_vector, check_chunk_scores, check_positive, check_shape
 from .kernels import Kernel, resolve_kernel
 from .sources import Array, Source, as_source, itemsize
 
@@ -129,10 +129,10 @@ def duality_gap(
 
 
 def _checked_prices(prices: Array, n_labels: int) -> np.ndarray:
-    """The prices as a float64 host vector of K finite numbers."""
-    v = _host(prices).astype(np.float64)
-    if v.shape != (n_labels,) or not np.all(np.isfinite(v)):
-        raise ValueError(f"prices must be {n_labels} finite numbers, got shape {v.shape}")
+    """The prices as a float64 host vector of K finite real numbers."""
+    v = _host_vector("prices", prices, n_labels)
+    if not np.all(np.isfinite(v)):
+        raise ValueError("prices must be finite")
     return v
 
 
@@ -202,10 +202,14 @@ def _certificate_from_sums(
 
 
 def _host(x: Any) -> np.ndarray:
-    """A host NumPy copy of a NumPy, torch or CuPy vector."""
+    """A host NumPy copy of a NumPy, torch or CuPy array (bfloat16, which NumPy lacks, as
+    float32)."""
     library = array_library(x)
     if library == "torch":
-        return x.detach().cpu().numpy()
+        import torch
+
+        x = x.detach().cpu()
+        return (x.float() if x.dtype == torch.bfloat16 else x).numpy()
     if library == "cupy":
         return x.get()
     return np.asarray(x)

@@ -24,7 +24,7 @@ import numpy as np
 
 from ._capacities import balanced_range, check_capacities, check_reachable
 from ._validation import check_positive, check_scores, check_shape
-from .certificate import Certificate, _host, _like, duality_gap
+from .certificate import Certificate, _checked_prices, _host, _like, duality_gap
 from .kernels import Kernel, resolve_kernel
 from .kernels._base import compute_dtype
 from .result import SinkhornResult
@@ -119,7 +119,7 @@ def solve_exact(
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     N = source.shape[0]
     lower, upper = check_capacities(capacities, N, K)
-    start = _check_prices(prices, K)
+    start = None if prices is None else _checked_prices(prices, K)
     kernel = resolve_kernel(backend, source.library)
     rows = (
         kernel.chunk_rows(K, itemsize(source.dtype)) if chunk_size is None
@@ -180,34 +180,15 @@ def balance_exact(
     )
 
 
-def _check_prices(prices: Any, n_labels: int) -> np.ndarray | None:
-    if prices is None:
-        return None
-    v = _host(prices).astype(np.float64)
-    if v.shape != (n_labels,):
-        raise ValueError(f"prices must have shape ({n_labels},), got {v.shape}")
-    if not np.all(np.isfinite(v)):
-        raise ValueError("prices must be finite")
-    return v
-
-
 def _host_scores(source: Source) -> np.ndarray:
     """The scores as one C-contiguous host array of float32 or float64 (no copy if they are)."""
     if isinstance(source, MemmapSource):
         array = np.asarray(source.array)  # rows are paged in from the file as needed
     elif isinstance(source, ArraySource):
-        array = _host(source.array) if source.dtype != "bfloat16" else None
-        if array is None:
-            array = source.array.float().cpu().numpy()
+        array = _host(source.array)
     else:
-        array = np.concatenate([_host_block(block) for _, _, block in source.chunks(65536)])
+        array = np.concatenate([_host(block) for _, _, block in source.chunks(65536)])
     return np.ascontiguousarray(array, dtype=compute_dtype(array.dtype))
-
-
-def _host_block(block: Any) -> np.ndarray:
-    if str(getattr(block, "dtype", "")).endswith("bfloat16"):
-        block = block.float()
-    return _host(block)
 
 
 def _finite_per_label(S: np.ndarray) -> np.ndarray:

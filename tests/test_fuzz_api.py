@@ -140,3 +140,48 @@ def test_upper_bounds_beyond_int64_mean_no_bound(problem):
     sizes[0] = upper[0]
     with pytest.raises(ValueError, match=f"must sum to N={n}, got {int(upper[0])}"):
         sinklabel.solve_exact(scores, k, capacities=sizes)
+
+
+def _forms_of_prices(prices: np.ndarray) -> list:
+    """The same K prices (exact in bfloat16) in every form the docs' "array of shape (K,)"
+    covers: lists, NumPy of several dtypes, torch tensors incl. bfloat16 and requires_grad."""
+    import torch
+
+    forms = [prices.tolist(), prices.astype(np.float32), prices.astype(np.float16)]
+    for dtype in (torch.bfloat16, torch.float16, torch.float32, torch.float64):
+        forms.append(torch.tensor(prices, dtype=dtype))
+    forms.append(torch.tensor(prices, dtype=torch.float32, requires_grad=True))
+    return forms
+
+
+@FUZZ
+@given(st.integers(2, 8), st.integers(1, 4), st.integers(0, 2**32 - 1))
+def test_prices_in_any_real_form_give_the_same_certificate(n, k, seed):
+    """Prices went through a bare ``.numpy()``: a bfloat16 tensor died in torch's "Got
+    unsupported ScalarType BFloat16"; complex prices lost their imaginary part silently and a
+    string died in NumPy's float conversion."""
+    rng = np.random.default_rng(seed)
+    scores = rng.standard_normal((n, k))
+    labels = rng.integers(0, k, n)
+    caps = (np.zeros(k, dtype=int), np.full(k, n))
+    prices = rng.integers(-8, 8, k) / 4.0  # exact in every float format
+    # The oracle: the weak-duality bound written out in NumPy.
+    dual = (scores + prices).max(axis=1).sum() * -1 + np.minimum(0.0, n * prices).sum()
+    primal = -scores[np.arange(n), labels].sum()
+    for form in _forms_of_prices(prices):
+        cert = sinklabel.duality_gap(scores, labels, form, caps)
+        assert cert.primal == pytest.approx(primal, abs=1e-12)
+        assert cert.dual == pytest.approx(dual, abs=1e-12)
+        exact = sinklabel.solve_exact(scores, k, capacities=caps, prices=form)
+        assert exact.certificate.optimal
+    for bad, error in [(prices + 1j, TypeError), (np.array(["a"] * k), TypeError),
+                       (np.array([None] * k), TypeError), (np.ones(k, dtype=bool), TypeError),
+                       (prices[:-1], ValueError), (np.full(k, np.nan), ValueError)]:
+        with pytest.raises(error, match="prices"):
+            sinklabel.duality_gap(scores, labels, bad, caps)
+        with pytest.raises(error, match="prices"):
+            sinklabel.solve_exact(scores, k, capacities=caps, prices=bad)
+    import torch
+
+    with pytest.raises(ValueError, match="labels must be"):  # bfloat16 labels: not integers
+        sinklabel.duality_gap(scores, torch.tensor(labels, dtype=torch.bfloat16), prices, caps)
