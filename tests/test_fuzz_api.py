@@ -185,3 +185,41 @@ def test_prices_in_any_real_form_give_the_same_certificate(n, k, seed):
 
     with pytest.raises(ValueError, match="labels must be"):  # bfloat16 labels: not integers
         sinklabel.duality_gap(scores, torch.tensor(labels, dtype=torch.bfloat16), prices, caps)
+
+
+@FUZZ
+@given(st.integers(1, 12), st.integers(1, 5), st.integers(0, 2**32 - 1))
+def test_labeler_takes_every_form_sinkhorn_takes(n, k, seed):
+    """``sinkhorn`` takes nested lists (anything ``np.asarray`` takes), but the labeler read
+    K from a ``shape`` attribute and called a 2-D list "not 2-D (N, K)"."""
+    scores = np.random.default_rng(seed).standard_normal((n, k))
+    shifted = scores + np.random.default_rng(seed + 1).standard_normal((n, k))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        labeler = sinklabel.SinkhornLabeler().fit(scores.tolist())
+        first = sinklabel.sinkhorn(scores, k)
+        np.testing.assert_array_equal(labeler.labels_, first.labels)
+        labeler.partial_fit(shifted.tolist())
+        second = sinklabel.sinkhorn(shifted, k, init=first.potentials)
+    np.testing.assert_array_equal(labeler.labels_, second.labels)
+    np.testing.assert_array_equal(labeler.potentials_, second.potentials)
+    with pytest.raises(ValueError, match=r"2-D \(N, K\).*got shape \(3,\)"):
+        sinklabel.SinkhornLabeler().fit([0.0, 1.0, 2.0])
+
+
+_BAD_MATRICES = [
+    np.zeros((0, 5)), np.zeros((4, 5), dtype=np.int64), np.zeros((4, 5), dtype=bool),
+    np.zeros((4, 5), dtype=np.complex128), np.zeros((4, 5), dtype=object), np.zeros(5),
+    np.zeros((4, 5, 1)),
+]
+
+
+@pytest.mark.parametrize("bad", _BAD_MATRICES, ids=lambda a: f"{a.dtype}{a.shape}")
+def test_heads_name_bad_scores_as_sinkhorn_does(bad):
+    """sinkhorn_heads checked only the column count up front: an empty matrix was named by the
+    first head's view ("got shape (0, 2)"), a shape the caller never passed."""
+    with pytest.raises((TypeError, ValueError)) as direct:
+        sinklabel.sinkhorn(bad, 5)
+    with pytest.raises(direct.type) as heads:
+        sinklabel.sinkhorn_heads(bad, [2, 3])
+    assert str(heads.value) == str(direct.value)
