@@ -71,7 +71,7 @@ class CheckReport:
     @property
     def optimal(self) -> bool:
         """Feasible and within rounding of the optimum."""
-        return self.feasible and self.gap <= self.certificate.rounding
+        return self.feasible and self.gap <= self.certificate.rounding < np.inf
 
     def __str__(self) -> str:
         counts = self.label_counts
