@@ -223,3 +223,42 @@ def test_heads_name_bad_scores_as_sinkhorn_does(bad):
     with pytest.raises(direct.type) as heads:
         sinklabel.sinkhorn_heads(bad, [2, 3])
     assert str(heads.value) == str(direct.value)
+
+
+@FUZZ
+@given(st.integers(4, 8), st.integers(1, 4), st.sampled_from([np.float32, np.float64]),
+       st.sampled_from([0.0, 1e4, -1e6, 1e8, -1e12, 1e300]), st.integers(0, 2**32 - 1))
+def test_certificates_do_not_depend_on_a_constant_added_to_the_prices(n, k, dtype, shift, seed):
+    """Any constant added to optimal prices gives optimal prices (the sizes sum to N), but the
+    pass added the prices to float32 scores as they were: at +1e8 the scores vanished in the
+    sum, the bound moved by hundreds and a random labelling was certified optimal; at 1e300
+    the two sums of the bound cancelled to NaN or to a false 0."""
+    rng = np.random.default_rng(seed)
+    scores = rng.standard_normal((n, k)).astype(dtype)
+    optimal = sinklabel.solve_exact(scores, k)
+    # Fixed sizes (those the optimum took): only then is a constant shift of prices a no-op.
+    sizes = optimal.label_counts
+    optimum = _highs_optimum(scores.astype(np.float64), sizes.astype(float), sizes.astype(float))
+    other = rng.permutation(to_host(optimal.labels))  # the same sizes, most likely worse
+    cost = -scores.astype(np.float64)[np.arange(n), other].sum()
+    prices = optimal.prices + shift
+    # The shifted prices are the optimal ones rounded at the shift's scale: the bound they
+    # prove can be that much below the optimum, and no more.
+    slack = 1e-6 + 4 * n * float(np.spacing(abs(shift)))
+    for labels, primal in [(optimal.labels, optimal.objective), (other, cost)]:
+        cert = sinklabel.duality_gap(scores, labels, prices, sizes)
+        assert cert.feasible and np.isfinite(cert.dual)
+        assert cert.dual <= optimum + 1e-9 * max(1.0, abs(optimum)) + cert.rounding
+        assert cert.dual >= optimum - slack
+        if primal > optimum + 1e-6:
+            assert not cert.optimal
+    # Prices whose bound overflows prove nothing, and say so: never NaN, never "optimal".
+    huge = np.where(np.arange(k) % 2 == 0, 1e308, -1e308)
+    try:
+        cert = sinklabel.duality_gap(scores, optimal.labels, huge, (optimal.lower, optimal.upper))
+    except ValueError as error:  # float32 scores: the kernel names the overflow
+        assert dtype == np.float32 and "overflows" in str(error)
+    else:
+        assert not np.isnan(cert.dual) and not np.isnan(cert.gap)
+        assert k == 1 or not cert.optimal
+
