@@ -262,3 +262,26 @@ def test_certificates_do_not_depend_on_a_constant_added_to_the_prices(n, k, dtyp
         assert not np.isnan(cert.dual) and not np.isnan(cert.gap)
         assert k == 1 or not cert.optimal
 
+
+@FUZZ
+@given(st.integers(6, 10), st.integers(2, 4), st.integers(0, 2**32 - 1),
+       st.sampled_from(["sinkhorn", "exact"]))
+def test_check_names_a_result_solved_for_other_labels(n, k, seed, kind):
+    """A result checked against scores with another number of labels was refused only as
+    "labels must lie in [0, K')" (or, when its labels happened to fit, checked with prices
+    of the wrong length), never as a result of K labels meeting K' columns."""
+    scores = np.random.default_rng(seed).standard_normal((n, k + 1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = (sinklabel.sinkhorn(scores, k + 1) if kind == "sinkhorn"
+                  else sinklabel.solve_exact(scores, k + 1))
+    with pytest.raises(ValueError, match=rf"{k + 1} labels.*{k} columns"):
+        sinklabel.check(result, scores[:, :k])
+
+
+@pytest.mark.parametrize("flag", ["yes", 1, np.array([True, False])])
+def test_check_takes_exact_as_a_flag_only(flag):
+    """``exact`` was read by truthiness: "yes" or 1 passed as a request to solve."""
+    scores = np.random.default_rng(0).standard_normal((6, 3))
+    with pytest.raises(TypeError, match="exact must be True or False"):
+        sinklabel.check(np.arange(6) % 3, scores, exact=flag)
