@@ -70,7 +70,17 @@ def check_label_weights(label_weights: Any, n_labels: int) -> np.ndarray:
     if not np.all(np.isfinite(weights)) or np.any(weights <= 0):
         raise ValueError("label_weights must be finite and > 0 for every label")
     weights = weights / weights.max()  # so that the sum cannot overflow
-    return weights / weights.sum()
+    weights = weights / weights.sum()
+    # A share below float64's smallest normal number is rounded to a subnormal or to 0, and
+    # the solver would aim at log(0): refuse it, as a weight of 0 is refused.
+    lost = np.flatnonzero(weights < np.finfo(np.float64).tiny)
+    if lost.size:
+        raise ValueError(
+            f"label_weights of labels {lost[:10].tolist()} are below "
+            f"{np.finfo(np.float64).tiny:.3g} of their sum, which float64 cannot hold: "
+            "raise them, or drop those labels from the scores"
+        )
+    return weights
 
 
 def check_init(init: Any, n_labels: int) -> np.ndarray | None:

@@ -285,3 +285,32 @@ def test_check_takes_exact_as_a_flag_only(flag):
     scores = np.random.default_rng(0).standard_normal((6, 3))
     with pytest.raises(TypeError, match="exact must be True or False"):
         sinklabel.check(np.arange(6) % 3, scores, exact=flag)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@FUZZ
+@given(st.integers(2, 6), st.floats(1e-300, 1e300), st.floats(1e-300, 1e300),
+       st.integers(0, 2**32 - 1))
+def test_label_weights_are_used_or_refused_never_rounded_to_zero(backend, k, a, b, seed):
+    """Positive weights whose ratio underflowed in the normalisation became shares of exactly
+    0 (or subnormal): the solver aimed at log(0) and spent max_iter passes without moving
+    (error 1.67 from [1e308, 1e-308, 1]), where another backend converged or also stalled."""
+    small, big = min(a, b), max(a, b)
+    rng = np.random.default_rng(seed)
+    scores = rng.standard_normal((4 * k, k))
+    weights = np.where(rng.random(k) < 0.5, big, small)
+    weights[0], weights[-1] = big, small
+    share = (weights / big) / (weights / big).sum()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            result = sinklabel.sinkhorn(to_backend(scores, backend), k, label_weights=weights,
+                                        backend=backend)
+        except ValueError as error:
+            assert "label_weights" in str(error)
+            assert small / big < 1e-300  # refused only where float64 cannot hold the share
+            return
+    assert np.all(result.label_weights > 0) and result.converged
+    np.testing.assert_allclose(result.label_weights, share, rtol=1e-12, atol=0)
+    plan = _plan(scores, result.potentials, result.lam)
+    assert np.abs(plan.mean(axis=0) - result.label_weights).sum() <= result.error + 1e-9
