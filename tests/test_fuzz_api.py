@@ -7,6 +7,7 @@ or another backend, never the package's own helpers. Runs are small and derandom
 
 from __future__ import annotations
 
+import re
 import warnings
 
 import numpy as np
@@ -314,3 +315,208 @@ def test_label_weights_are_used_or_refused_never_rounded_to_zero(backend, k, a, 
     np.testing.assert_allclose(result.label_weights, share, rtol=1e-12, atol=0)
     plan = _plan(scores, result.potentials, result.lam)
     assert np.abs(plan.mean(axis=0) - result.label_weights).sum() <= result.error + 1e-9
+
+
+# ---------------------------------------------------------------------------------------------
+# Properties the fuzzing checked on every backend, input form and layout (no defect left)
+# ---------------------------------------------------------------------------------------------
+
+
+def _input_form(scores: np.ndarray, form: str):
+    """The scores as one of the forms the docs promise; returns (input, host float64 copy of
+    what the library sees)."""
+    import torch
+
+    if form.startswith("torch"):
+        dtype = {"torch16": torch.float16, "torchbf16": torch.bfloat16,
+                 "torch32grad": torch.float32, "torch64t": torch.float64}[form]
+        tensor = torch.tensor(scores.T.copy(), dtype=dtype).T if form == "torch64t" else \
+            torch.tensor(scores, dtype=dtype)
+        if form == "torch32grad":
+            tensor.requires_grad_(True)
+        return tensor, tensor.detach().double().numpy()
+    dtype = {"np16": np.float16, "np32F": np.float32, "np64ro": np.float64,
+             "np32cols": np.float32}[form]
+    array = scores.astype(dtype)
+    if form == "np32F":
+        array = np.asfortranarray(array)
+    elif form == "np64ro":
+        array.flags.writeable = False
+    elif form == "np32cols":
+        wide = np.zeros((array.shape[0], 2 * array.shape[1]), dtype=dtype)
+        wide[:, ::2] = array
+        array = wide[:, ::2]
+    return array, array.astype(np.float64)
+
+
+_FORMS = ["np16", "np32F", "np64ro", "np32cols", "torch16", "torchbf16", "torch32grad",
+          "torch64t"]
+
+
+@FUZZ
+@given(st.integers(1, 16), st.integers(1, 5), st.sampled_from(_FORMS),
+       st.sampled_from([0.5, 25.0, 300.0]), st.booleans(), st.integers(0, 2**32 - 1))
+def test_every_form_gives_honest_labels_and_leaves_the_input_alone(n, k, form, lam, uneven,
+                                                                   seed):
+    rng = np.random.default_rng(seed)
+    scores = rng.standard_normal((n, k)) * rng.choice([0.1, 3.0])
+    if k > 1:
+        scores[rng.random((n, k)) < 0.2] = -np.inf
+        scores[np.arange(n), rng.integers(0, k, n)] = 0.5  # a finite score in every row
+    logp, seen = _input_form(scores, form)
+    before = logp.clone() if hasattr(logp, "clone") else logp.copy()
+    weights = rng.random(k) + 0.1 if uneven else None
+    backend = "torch" if form.startswith("torch") else str(rng.choice(["numpy", "numba"]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            result = sinklabel.sinkhorn(logp, k, lam=lam, label_weights=weights, max_iter=200,
+                                        backend=backend)
+        except ValueError as error:  # a label that -inf closes in every row
+            assert "no finite score in any row" in str(error)
+            assert np.any(np.all(np.isinf(seen), axis=0))
+            return
+    if hasattr(logp, "clone"):
+        import torch
+
+        assert torch.equal(logp.detach(), before.detach()) and isinstance(result.labels,
+                                                                          torch.Tensor)
+    else:
+        assert logp.tobytes() == before.tobytes() and isinstance(result.labels, np.ndarray)
+    labels = to_host(result.labels)
+    assert labels.dtype == np.int64 and labels.shape == (n,)
+    assert np.all((labels >= 0) & (labels < k)) and np.all(np.isfinite(seen[np.arange(n),
+                                                                             labels]))
+    assert np.all(np.isfinite(result.potentials)) and np.all(np.isfinite(result.error_history))
+    np.testing.assert_array_equal(np.bincount(labels, minlength=k), result.label_counts)
+    # The marginal of the plan the potentials define, computed here in float64 from the
+    # scores the library saw, meets the target as closely as the result says (rounding of
+    # float32 computation aside).
+    plan = _plan(seen, result.potentials, result.lam)
+    assert np.all(np.isfinite(plan))
+    error = np.abs(plan.mean(axis=0) - result.label_weights).sum()
+    exact_dtype = form in ("np64ro", "torch64t")
+    assert error <= result.error + (1e-9 if exact_dtype else 2e-3)
+    if result.converged:
+        assert error <= 1e-3 + (1e-9 if exact_dtype else 2e-3)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@FUZZ
+@given(st.integers(2, 6), st.integers(0, 2**32 - 1), st.sampled_from([1.0, 10.0, 50.0]))
+def test_backends_agree_on_potentials_and_labels(dtype, k, seed, lam):
+    """Issue #3: potentials within 1e-4 (float32) / 1e-10 (float64) of NumPy's, labels equal
+    except on rows whose top two labels tie under the potentials."""
+    rng = np.random.default_rng(seed)
+    scores = rng.standard_normal((8 * k, k)).astype(dtype)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        results = {name: sinklabel.sinkhorn(to_backend(scores, name), k, lam=lam,
+                                            backend=name, max_iter=200)
+                   for name in CPU_BACKENDS}
+    reference = results["numpy"]
+    z = lam * scores.astype(np.float64) + reference.potentials
+    top_two = -np.sort(-z, axis=1)[:, :2] if k > 1 else np.zeros((len(z), 2))
+    tied = np.abs(top_two[:, 0] - top_two[:, 1]) <= 1e-3 * np.maximum(1.0, np.abs(z).max(1))
+    tolerance = 1e-4 if dtype == np.float32 else 1e-10
+    for name, result in results.items():
+        scale = max(1.0, float(np.abs(reference.potentials).max()))
+        assert np.abs(result.potentials - reference.potentials).max() <= tolerance * scale, name
+        differ = to_host(result.labels) != to_host(reference.labels)
+        assert not np.any(differ & ~tied), name
+
+
+@FUZZ
+@given(st.integers(1, 4), st.integers(0, 3), st.sampled_from(_FORMS), st.booleans(),
+       st.integers(0, 2**32 - 1))
+def test_exact_balance_meets_the_sizes_at_the_highs_optimum(k, extra, form, uneven, seed):
+    n = 2 * k + extra
+    rng = np.random.default_rng(seed)
+    scores = rng.standard_normal((n, k))
+    logp, seen = _input_form(scores, form)
+    weights = rng.integers(1, 4, k) if uneven else None  # integer weights, too
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = sinklabel.sinkhorn(logp, k, label_weights=weights, balance="exact",
+                                    max_iter=200)
+    counts = np.bincount(to_host(result.labels), minlength=k)
+    target = n * result.label_weights
+    lower, upper = np.floor(target + 1e-9), np.ceil(target - 1e-9)
+    assert np.all(counts >= lower) and np.all(counts <= upper) and counts.sum() == n
+    optimum = _highs_optimum(seen, lower, upper)
+    cost = -seen[np.arange(n), to_host(result.labels)].sum()
+    assert cost <= optimum + 1e-7 * max(1.0, abs(optimum))
+    assert result.certificate.optimal
+    report = sinklabel.check(result, logp)
+    assert report.optimal and report.optimum == pytest.approx(optimum, abs=1e-6)
+
+
+def _bad_inputs():
+    """(name, scores, K, options, error type, words the message must hold)."""
+    good = np.random.default_rng(7).standard_normal((6, 3))
+    nan, pos_inf, row_inf = good.copy(), good.copy(), good.copy()
+    nan[4, 1], pos_inf[2, 0], row_inf[5] = np.nan, np.inf, -np.inf
+    return [
+        ("nan", nan, 3, {}, ValueError, "NaN (row 4)"),
+        ("+inf", pos_inf, 3, {}, ValueError, "+inf"),
+        ("row of -inf", row_inf, 3, {}, ValueError, "row 5"),
+        ("1-D", good[0], 3, {}, ValueError, "2-D"),
+        ("3-D", good[None], 3, {}, ValueError, "2-D"),
+        ("K mismatch", good, 4, {}, ValueError, "K=4"),
+        ("empty", good[:0], 3, {}, ValueError, "non-empty"),
+        ("int", good.astype(np.int64), 3, {}, TypeError, "floating-point"),
+        ("bool", good > 0, 3, {}, TypeError, "floating-point"),
+        ("complex", good.astype(complex), 3, {}, TypeError, "floating-point"),
+        ("object", good.astype(object), 3, {}, TypeError, "floating-point"),
+        ("negative weights", good, 3, {"label_weights": [1, -1, 1]}, ValueError,
+         "label_weights"),
+        ("init NaN", good, 3, {"init": [0, np.nan, 0]}, ValueError, "init"),
+    ]
+
+
+@pytest.mark.parametrize("case", _bad_inputs(), ids=lambda case: case[0])
+@pytest.mark.parametrize("entry", ["numpy", "numba", "torch", "labeler", "heads", "predict"])
+def test_bad_input_is_named_before_any_solving(case, entry, monkeypatch):
+    name, scores, k, options, error, words = case
+    if entry == "heads" and name in ("nan", "+inf", "row of -inf"):
+        # Documented: the heads' shared reads check each block as the first pass reads it.
+        pass
+    else:
+        monkeypatch.setattr(sinklabel.solver, "solve", lambda *a, **kw: pytest.fail("solved"))
+    if entry == "heads" and name == "K mismatch":
+        words = "must be sum(Ks)"
+    if entry == "predict" and name == "K mismatch":
+        pytest.skip("predict takes K from the potentials")
+    logp = scores
+    if entry == "torch":
+        import torch
+
+        if scores.dtype in (np.complex128, object):
+            pytest.skip("torch has no such tensor to pass")
+        logp = torch.from_numpy(scores)
+    with pytest.raises(error, match=re.escape(words)):
+        if entry in ("numpy", "numba", "torch"):
+            sinklabel.sinkhorn(logp, k, backend=entry, **options)
+        elif entry == "labeler":
+            sinklabel.SinkhornLabeler(n_labels=k, **options).fit(logp)
+        elif entry == "heads":
+            if options:
+                pytest.skip("per-head options are checked by sinkhorn, tested above")
+            sinklabel.sinkhorn_heads(logp, [1, k - 1] if k == 3 else [k])
+        else:
+            if options:
+                pytest.skip("predict takes no options")
+            fitted = sinklabel.SinkhornResult(
+                labels=np.zeros(1, dtype=np.int64), potentials=np.zeros(3),
+                label_counts=np.ones(3, dtype=np.int64), n_iter=1, converged=True, error=0.0,
+                error_history=np.zeros(1), lam=25.0, label_weights=np.full(3, 1 / 3),
+                backend="numpy")
+            fitted.predict(logp)
+
+
+@pytest.mark.parametrize("case", _bad_inputs()[:11], ids=lambda case: case[0])
+def test_bad_scores_are_named_before_the_exact_solve(case, monkeypatch):
+    _, scores, k, _, error, words = case
+    monkeypatch.setattr(sinklabel.exact, "_solve_exact", lambda *a, **kw: pytest.fail("solved"))
+    with pytest.raises(error, match=re.escape(words)):
+        sinklabel.solve_exact(scores, k)
