@@ -49,7 +49,8 @@ class ExactResult:
     certificate : Certificate
         Primal cost, dual bound and their gap, from an independent pass over the scores.
     lower, upper : ndarray of shape (K,), int64
-        The capacities solved for: label y took between ``lower[y]`` and ``upper[y]`` points.
+        The capacities solved for: label y took between ``lower[y]`` and ``upper[y]`` points
+        (an upper bound above N is stored as N, which says the same).
     label_counts : ndarray of shape (K,), int64
         How many points each label took.
     method : str
