@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Any
 
@@ -18,9 +19,18 @@ def check_positive(name: str, value: Any, *, integer: bool = False) -> Any:
     kind = numbers.Integral if integer else numbers.Real
     if isinstance(value, bool) or not isinstance(value, kind):
         raise TypeError(f"{name} must be {'an integer' if integer else 'a number'}, got {value!r}")
-    if not np.isfinite(value) or value <= 0:
+    # Python's own conversions: NumPy's isfinite takes neither a Fraction nor an int beyond
+    # int64, and a float overflows only where the number is too large for float64.
+    if integer:
+        number = int(value)
+    else:
+        try:
+            number = float(value)
+        except OverflowError:
+            number = math.inf
+    if (not integer and not math.isfinite(number)) or number <= 0:
         raise ValueError(f"{name} must be finite and > 0, got {value!r}")
-    return int(value) if integer else float(value)
+    return number
 
 
 def check_flag(name: str, value: Any) -> bool:

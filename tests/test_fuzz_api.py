@@ -520,3 +520,44 @@ def test_bad_scores_are_named_before_the_exact_solve(case, monkeypatch):
     monkeypatch.setattr(sinklabel.exact, "_solve_exact", lambda *a, **kw: pytest.fail("solved"))
     with pytest.raises(error, match=re.escape(words)):
         sinklabel.solve_exact(scores, k)
+
+
+_NUMBERS = st.one_of(
+    st.integers(-2, 10**400), st.fractions(max_denominator=50), st.floats(allow_nan=True),
+    st.sampled_from([np.float16(3.0), np.float32(0.5), np.int64(4), np.uint64(7), True]),
+)
+
+
+@FUZZ
+@given(st.sampled_from(["lam", "tol", "max_iter", "chunk_size"]), _NUMBERS)
+def test_numeric_options_of_any_number_type_work_or_are_named(option, value):
+    """``lam=Fraction(1, 3)``, an int beyond int64 (``max_iter=10**30``, ``lam=10**400``)
+    reached ``np.isfinite``, which raised its own "ufunc 'isfinite' not supported" TypeError."""
+    scores = np.random.default_rng(3).standard_normal((6, 3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            result = sinklabel.sinkhorn(scores, 3, backend="numpy", **{option: value})
+        except (TypeError, ValueError) as error:
+            assert str(error).startswith(f"{option} must be"), error
+            return
+        expected = sinklabel.sinkhorn(scores, 3, backend="numpy",
+                                      **{option: int(value) if option in ("max_iter",
+                                         "chunk_size") else float(value)})
+    np.testing.assert_array_equal(result.potentials, expected.potentials)
+
+
+@pytest.mark.parametrize("backend", [["numpy"], {"numpy": 1}, None, 3])
+def test_a_backend_that_is_not_a_name_is_named(backend):
+    """An unhashable backend died in the registry's lookup: "unhashable type: 'list'"."""
+    with pytest.raises((TypeError, ValueError), match="backend must be 'auto' or one of"):
+        sinklabel.sinkhorn(np.zeros((4, 2)), 2, backend=backend)
+
+
+@pytest.mark.parametrize("limit", ["1e400GB", "1e309", "9" * 400 + "KB"],
+                         ids=["1e400GB", "1e309", "400 digits KB"])
+def test_a_memory_limit_beyond_float_range_is_named(limit):
+    """"1e400GB" parsed to float infinity and died in int(): "cannot convert float infinity
+    to integer" (an OverflowError)."""
+    with pytest.raises(ValueError, match="memory_limit"):
+        sinklabel.sinkhorn(np.zeros((4, 2)), 2, memory_limit=limit)
