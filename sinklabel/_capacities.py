@@ -51,15 +51,18 @@ def check_capacities(
         if np.any(lower > upper):
             y = int(np.flatnonzero(lower > upper)[0])
             raise ValueError(f"capacities: lower[{y}]={lower[y]} exceeds upper[{y}]={upper[y]}")
-        if lower.sum() > n_points or upper.sum() < n_points:
+        if _exact_sum(lower) > n_points or _exact_sum(upper) < n_points:
             raise ValueError(
                 f"capacities must admit N={n_points} points in all: the lower bounds sum to "
-                f"{lower.sum()} and the upper bounds to {upper.sum()}"
+                f"{_exact_sum(lower)} and the upper bounds to {_exact_sum(upper)}"
             )
-        return lower, upper
+        # No label can take more than N points: a larger bound says the same as N, and
+        # stored as N its sums cannot overflow int64.
+        return lower.astype(np.int64), np.minimum(upper, n_points).astype(np.int64)
     sizes = _integer_vector("capacities", capacities, n_labels)
-    if sizes.sum() != n_points:
-        raise ValueError(f"capacities must sum to N={n_points}, got {sizes.sum()}")
+    if _exact_sum(sizes) != n_points:
+        raise ValueError(f"capacities must sum to N={n_points}, got {_exact_sum(sizes)}")
+    sizes = sizes.astype(np.int64)  # each at most N now: none wraps around
     return sizes, sizes.copy()
 
 
@@ -75,8 +78,11 @@ def check_reachable(lower: np.ndarray, finite_per_label: np.ndarray) -> None:
 
 
 def _integer_vector(name: str, value: Any, n_labels: int) -> np.ndarray:
+    """Non-negative whole numbers of shape (K,), in the caller's dtype (a float or uint64 one
+    may hold values beyond int64)."""
     if hasattr(value, "detach"):
-        value = value.detach().cpu().numpy()
+        value = value.detach().cpu()
+        value = (value.double() if value.is_floating_point() else value).numpy()  # bfloat16
     array = np.asarray(value)
     if array.shape != (n_labels,):
         raise ValueError(f"{name} must have shape ({n_labels},), got {array.shape}")
@@ -88,7 +94,13 @@ def _integer_vector(name: str, value: Any, n_labels: int) -> np.ndarray:
         raise ValueError(f"{name} must hold whole numbers")
     if np.any(array < 0):
         raise ValueError(f"{name} must be non-negative")
-    return array.astype(np.int64)
+    return array
+
+
+def _exact_sum(array: np.ndarray) -> int:
+    """The sum of whole numbers as a Python int: int64 (or uint64) sums of huge bounds wrap
+    around, and float ones round."""
+    return sum(int(value) for value in array.tolist())
 
 
 __all__ = ["balanced_range", "check_capacities", "check_reachable", "default_capacities"]

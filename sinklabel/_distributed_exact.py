@@ -65,9 +65,8 @@ import numpy as np
 from . import _transport, _transport_loops
 from ._capacities import balanced_range, check_reachable
 from ._simd import HAVE_NUMBA, njit, prange  # without numba, scans run in NumPy instead
-from .certificate import Certificate, _certificate_from_sums, _like, _partial_sums
+from .certificate import Certificate, _certificate_from_sums, _host, _like, _partial_sums
 from .collective import Collective
-from .exact import _host_block
 from .kernels import Kernel
 from .kernels._base import compute_dtype
 from .result import SinkhornResult
@@ -226,7 +225,7 @@ def _scan(source: Source, v: np.ndarray, labels: np.ndarray | None = None) -> _S
     out = _Scan.empty(n, K)
     out.finite += n
     for start, stop, block in source.chunks(max(1, SCAN_BYTES // (8 * K))):
-        scores = _host_block(block)
+        scores = _host(block)
         # native float32/64 for numba (no float16, no other byte order); the scan sums in float64
         scores = np.ascontiguousarray(scores, compute_dtype(scores.dtype))
         part = slice(start, stop)
@@ -335,7 +334,7 @@ def _read_rows(source: Source, rows: np.ndarray, itemsize: int) -> np.ndarray:
     for start, stop, block in source.chunks(max(1, SCAN_BYTES // (8 * source.shape[1]))):
         mine = rows[taken:np.searchsorted(rows, stop)]
         if mine.size:
-            out[taken:taken + mine.size] = _host_block(block)[mine - start]
+            out[taken:taken + mine.size] = _host(block)[mine - start]
             taken += mine.size
     return out
 

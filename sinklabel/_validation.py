@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Any
 
@@ -18,9 +19,18 @@ def check_positive(name: str, value: Any, *, integer: bool = False) -> Any:
     kind = numbers.Integral if integer else numbers.Real
     if isinstance(value, bool) or not isinstance(value, kind):
         raise TypeError(f"{name} must be {'an integer' if integer else 'a number'}, got {value!r}")
-    if not np.isfinite(value) or value <= 0:
+    # Python's own conversions: NumPy's isfinite takes neither a Fraction nor an int beyond
+    # int64, and a float overflows only where the number is too large for float64.
+    if integer:
+        number = int(value)
+    else:
+        try:
+            number = float(value)
+        except OverflowError:
+            number = math.inf
+    if (not integer and not math.isfinite(number)) or number <= 0:
         raise ValueError(f"{name} must be finite and > 0, got {value!r}")
-    return int(value) if integer else float(value)
+    return number
 
 
 def check_flag(name: str, value: Any) -> bool:
@@ -70,7 +80,17 @@ def check_label_weights(label_weights: Any, n_labels: int) -> np.ndarray:
     if not np.all(np.isfinite(weights)) or np.any(weights <= 0):
         raise ValueError("label_weights must be finite and > 0 for every label")
     weights = weights / weights.max()  # so that the sum cannot overflow
-    return weights / weights.sum()
+    weights = weights / weights.sum()
+    # A share below float64's smallest normal number is rounded to a subnormal or to 0, and
+    # the solver would aim at log(0): refuse it, as a weight of 0 is refused.
+    lost = np.flatnonzero(weights < np.finfo(np.float64).tiny)
+    if lost.size:
+        raise ValueError(
+            f"label_weights of labels {lost[:10].tolist()} are below "
+            f"{np.finfo(np.float64).tiny:.3g} of their sum, which float64 cannot hold: "
+            "raise them, or drop those labels from the scores"
+        )
+    return weights
 
 
 def check_init(init: Any, n_labels: int) -> np.ndarray | None:
@@ -106,6 +126,13 @@ def check_chunk_scores(start: int, chunk: Any, kernel: Kernel, lam: float) -> No
         raise ValueError(
             f"logp contains +inf, or a score that overflows when multiplied by lam={lam:g} "
             f"(row {row})"
+        )
+    # -inf: the row holds only -inf, or lam times its finite scores overflows to -inf.
+    unscaled = kernel.to_numpy(kernel.best(chunk[first:first + 1], zero, 1.0)[0])
+    if np.isfinite(unscaled).all():
+        raise ValueError(
+            f"row {row} of logp overflows to -inf when multiplied by lam={lam:g} (its best "
+            f"score is {float(unscaled[0]):.3g}): subtract the row maximum, or lower lam"
         )
     raise ValueError(f"row {row} of logp has no finite score (-inf for every label)")
 

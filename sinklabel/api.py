@@ -70,7 +70,8 @@ def sinkhorn(
         Inverse temperature (the paper's lambda). Larger is closer to the exact linear program
         and slower to converge.
     label_weights : array of shape (K,), default=None
-        Target label proportions (positive; normalised here). Default: uniform, ``1 / K``.
+        Target label proportions (positive; normalised here, where each share must stay at
+        least float64's smallest normal number, 2.2e-308). Default: uniform, ``1 / K``.
     tol : float, default=1e-3
         Stop when the L1 distance between the plan's label marginal and ``label_weights``
         is at most ``tol``.

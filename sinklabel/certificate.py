@@ -9,6 +9,15 @@ duality gives a lower bound on every feasible labelling's cost:
 therefore >= 0 for every labelling within the capacities, and 0 exactly when the labelling is
 optimal and the prices prove it. Both sums need one streaming pass over the scores, through
 the kernel contract, so the check runs on every backend and every source at full scale.
+
+The pass sees the prices less their centre ``c`` (``v = c + d``), and the centre is added back
+exactly: with ``m[y]`` the size that attains the minimum of label y's term,
+
+    dual(v) = sum_i min_y (C[i, y] - d[y]) + c * (sum_y m[y] - N) + sum_y m[y] * d[y],
+
+where ``sum_y m[y] - N`` is an exact integer (0 for fixed sizes). Prices far from zero (any
+constant added to optimal ones is optimal too) would otherwise swamp the scores in the
+kernel's float32 and cancel between the two sums.
 """
 
 from __future__ import annotations
@@ -20,7 +29,7 @@ import numpy as np
 
 from ._arrays import array_library
 from ._capacities import check_capacities
-from ._validation import check_chunk_scores, check_positive, check_shape
+from ._validation import _host_vector, check_chunk_scores, check_positive, check_shape
 from .kernels import Kernel, resolve_kernel
 from .sources import Array, Source, as_source, checked, itemsize
 
@@ -62,8 +71,9 @@ class Certificate:
 
     @property
     def optimal(self) -> bool:
-        """True when the labelling is feasible and provably optimal up to rounding."""
-        return self.feasible and self.gap <= self.rounding
+        """True when the labelling is feasible and provably optimal up to rounding (a finite
+        one: an overflowed pass proves nothing)."""
+        return self.feasible and self.gap <= self.rounding < np.inf
 
 
 def duality_gap(
@@ -129,10 +139,10 @@ def duality_gap(
 
 
 def _checked_prices(prices: Array, n_labels: int) -> np.ndarray:
-    """The prices as a float64 host vector of K finite numbers."""
-    v = _host(prices).astype(np.float64)
-    if v.shape != (n_labels,) or not np.all(np.isfinite(v)):
-        raise ValueError(f"prices must be {n_labels} finite numbers, got shape {v.shape}")
+    """The prices as a float64 host vector of K finite real numbers."""
+    v = _host_vector("prices", prices, n_labels)
+    if not np.all(np.isfinite(v)):
+        raise ValueError("prices must be finite")
     return v
 
 
@@ -167,16 +177,17 @@ def _partial_sums(
     """
     K = source.shape[1]
     unit = _ROUND64 if source.dtype == "float64" else _ROUND32
+    d = v - _price_centre(v)
     primal = dual_rows = rounding = 0.0
     for start, stop, chunk in source.chunks(rows):
-        top, best = kernel.best(chunk, v, 1.0)
+        top, best = kernel.best(chunk, d, 1.0)
         if not np.all(np.isfinite(kernel.to_numpy(top))):
             # NaN, +inf or a row of -inf would make the certificate NaN or inf: name it.
             check_chunk_scores(start, chunk, kernel, 1.0)
             raise ValueError(f"logp + prices overflows in rows [{start}, {stop})")
         # Re-read the winners' scores exactly, so the sum is float64 whatever the backend.
         winner = kernel.gather(chunk, best)
-        price = v[kernel.to_numpy(best)]
+        price = d[kernel.to_numpy(best)]
         own = kernel.gather(chunk, _like(chunk, y[start:stop]))
         dual_rows -= float((winner + price).sum())
         primal -= float(own.sum())
@@ -193,19 +204,33 @@ def _certificate_from_sums(
     """The certificate of all the rows whose :func:`_partial_sums` add up to ``sums``."""
     primal, dual_rows, rounding, n_points = (float(value) for value in sums[:4])
     counts = sums[4:]
-    sized = np.minimum(lower * v, upper * v)
-    dual = dual_rows + float(sized.sum())
+    centre = _price_centre(v)
+    sizes = np.where(v >= 0, lower, upper)  # the size minimising lower * v, upper * v
+    surplus = int(sizes.sum()) - int(n_points)
+    sized = sizes * (v - centre)
+    dual = dual_rows + centre * surplus + float(sized.sum())
+    if np.isnan(dual):  # terms of opposite infinite sign: the prices prove nothing
+        dual = -np.inf
     rounding += 4 * n_points * 2.0**-53 * (abs(primal) + abs(dual_rows))
-    rounding += 4 * v.size * 2.0**-53 * float(np.abs(sized).sum())
+    rounding += 4 * v.size * 2.0**-53 * (float(np.abs(sized).sum()) + abs(centre * surplus))
     feasible = bool(np.all((counts >= lower) & (counts <= upper)))
     return Certificate(primal, dual, primal - dual, rounding, feasible)
 
 
+def _price_centre(v: np.ndarray) -> float:
+    """The middle of the prices' range (computed without overflow)."""
+    return 0.5 * float(v.max()) + 0.5 * float(v.min())
+
+
 def _host(x: Any) -> np.ndarray:
-    """A host NumPy copy of a NumPy, torch or CuPy vector."""
+    """A host NumPy copy of a NumPy, torch or CuPy array (bfloat16, which NumPy lacks, as
+    float32)."""
     library = array_library(x)
     if library == "torch":
-        return x.detach().cpu().numpy()
+        import torch
+
+        x = x.detach().cpu()
+        return (x.float() if x.dtype == torch.bfloat16 else x).numpy()
     if library == "cupy":
         return x.get()
     return np.asarray(x)

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from ._capacities import check_capacities
+from ._validation import check_flag
 from .certificate import Certificate, _checked_labels, _host, duality_gap
 from .exact import ExactResult, solve_exact
 from .result import SinkhornResult
@@ -74,7 +75,7 @@ class CheckReport:
     @property
     def optimal(self) -> bool:
         """Feasible and within rounding of the optimum."""
-        return self.feasible and self.gap <= self.certificate.rounding
+        return self.feasible and self.gap <= self.certificate.rounding < np.inf
 
     def __str__(self) -> str:
         counts = self.label_counts
@@ -144,8 +145,7 @@ def check(
     elif capacities is None and isinstance(result_or_labels, ExactResult):
         capacities = (result_or_labels.lower, result_or_labels.upper)
     lower, upper = check_capacities(capacities, N, K)
-    if exact is None:
-        exact = N * K <= EXACT_LIMIT
+    exact = N * K <= EXACT_LIMIT if exact is None else check_flag("exact", exact)
     optimum = agreement = None
     if exact:
         solved = solve_exact(source, K, capacities=(lower, upper), prices=prices,
@@ -173,11 +173,19 @@ def check(
 
 
 def _labels_and_prices(what: Any, n_labels: int) -> tuple[np.ndarray, np.ndarray | None]:
-    if isinstance(what, SinkhornResult):
-        prices = what.prices if what.prices is not None else what.potentials / what.lam
+    if isinstance(what, (SinkhornResult, ExactResult)) and what.prices is not None:
+        prices = what.prices
+    elif isinstance(what, SinkhornResult):
+        prices = what.potentials / what.lam
+    else:
+        prices = None
+    if prices is not None:
+        if prices.shape != (n_labels,):
+            raise ValueError(
+                f"the result was solved for {prices.shape[0]} labels, but logp has "
+                f"{n_labels} columns: check it against the scores it was solved from"
+            )
         return _host(what.labels), prices
-    if isinstance(what, ExactResult):
-        return _host(what.labels), what.prices
     labels = _host(what)
     if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
         raise TypeError(

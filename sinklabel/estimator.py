@@ -153,9 +153,11 @@ class SinkhornLabeler:
 
 
 def _n_columns(logp: Array) -> int:
-    if isinstance(logp, (str, PathLike)):
-        logp = as_source(logp)
+    """K of scores in any form :func:`sinklabel.sinkhorn` takes: a path or anything without a
+    ``shape`` (nested lists) is read as it would read it."""
     shape = getattr(logp, "shape", None)
-    if shape is None or len(shape) != 2:
-        raise ValueError("logp must be 2-D (N, K) to infer n_labels")
+    if shape is None or isinstance(logp, (str, PathLike)):
+        shape = as_source(logp).shape
+    if len(shape) != 2:
+        raise ValueError(f"logp must be 2-D (N, K) to infer n_labels, got shape {tuple(shape)}")
     return int(shape[1])

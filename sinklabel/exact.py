@@ -24,7 +24,7 @@ import numpy as np
 
 from ._capacities import balanced_range, check_capacities, check_reachable
 from ._validation import check_positive, check_scores, check_shape
-from .certificate import Certificate, _host, _like, duality_gap
+from .certificate import Certificate, _checked_prices, _host, _like, duality_gap
 from .kernels import Kernel, resolve_kernel
 from .kernels._base import compute_dtype
 from .result import SinkhornResult
@@ -58,7 +58,8 @@ class ExactResult:
     certificate : Certificate
         Primal cost, dual bound and their gap, from an independent pass over the scores.
     lower, upper : ndarray of shape (K,), int64
-        The capacities solved for: label y took between ``lower[y]`` and ``upper[y]`` points.
+        The capacities solved for: label y took between ``lower[y]`` and ``upper[y]`` points
+        (an upper bound above N is stored as N, which says the same).
     label_counts : ndarray of shape (K,), int64
         How many points each label took.
     method : str
@@ -129,7 +130,7 @@ def solve_exact(
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     N = source.shape[0]
     lower, upper = check_capacities(capacities, N, K)
-    start = _check_prices(prices, K)
+    start = None if prices is None else _checked_prices(prices, K)
     kernel = resolve_kernel(backend, source.library)
     rows = (
         kernel.chunk_rows(K, itemsize(source.dtype)) if chunk_size is None
@@ -190,17 +191,6 @@ def balance_exact(
     )
 
 
-def _check_prices(prices: Any, n_labels: int) -> np.ndarray | None:
-    if prices is None:
-        return None
-    v = _host(prices).astype(np.float64)
-    if v.shape != (n_labels,):
-        raise ValueError(f"prices must have shape ({n_labels},), got {v.shape}")
-    if not np.all(np.isfinite(v)):
-        raise ValueError("prices must be finite")
-    return v
-
-
 def _host_scores(source: Source, rows: int) -> tuple[np.ndarray, Array]:
     """The scores as one C-contiguous host array of float32 or float64 (no copy if they are),
     and an array of the input's library on its device, for the labels.
@@ -213,23 +203,17 @@ def _host_scores(source: Source, rows: int) -> tuple[np.ndarray, Array]:
         array, like = np.asarray(mapped.array), None  # paged in from the file as needed
     elif isinstance(source, ArraySource):
         like = source.array
-        array = like.float().cpu().numpy() if source.dtype == "bfloat16" else _host(like)
+        array = _host(like)
     else:
         # Each block is copied out before the next is read: a stream may reuse its buffer.
         array = like = None
         for start, stop, block in source.chunks(rows):
-            host = _host_block(block)
+            host = _host(block)
             if array is None:
                 array = np.empty(source.shape, dtype=compute_dtype(host.dtype))
                 like = _like(block, np.empty(0, dtype=np.int64))  # the labels' library
             array[start:stop] = host
     return np.ascontiguousarray(array, dtype=compute_dtype(array.dtype)), like
-
-
-def _host_block(block: Any) -> np.ndarray:
-    if str(getattr(block, "dtype", "")).endswith("bfloat16"):
-        block = block.float()
-    return _host(block)
 
 
 def _finite_per_label(S: np.ndarray) -> np.ndarray:

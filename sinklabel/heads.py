@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from ._validation import check_shape
 from .api import sinkhorn
 from .kernels import resolve_kernel
 from .progress import progress_label
@@ -78,6 +79,7 @@ def sinkhorn_heads(
         )
     source = as_source(logp)
     ks = _check_heads(Ks, source.shape)
+    check_shape(source, sum(ks))  # the whole matrix, not one head's view, named in errors
     weights = _per_head("label_weights", label_weights, len(ks))
     inits = _per_head("init", init, len(ks))
     rows = _shared_rows(source, ks, chunk_size, memory_limit, backend)

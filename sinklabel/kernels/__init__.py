@@ -58,6 +58,8 @@ def get_kernel(name: str) -> Kernel:
 
 def resolve_kernel(backend: str, library: str) -> Kernel:
     """The kernel for ``backend`` on arrays of ``library``, checking they fit together."""
+    if not isinstance(backend, str):  # the registry's lookups would fail on unhashable ones
+        raise TypeError(f"backend must be 'auto' or one of {sorted(_KERNELS)}, got {backend!r}")
     if backend == "auto":
         for name in _AUTO.get(library, ()):
             try:

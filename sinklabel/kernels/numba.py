@@ -178,8 +178,9 @@ def _sweep_rows(buf, lo, hi, k, ld, f, lam, underflow, acc):
     for i in range(lo, hi):
         row = buf[i * ld:i * ld + k]  # a slice: non-negative indices, no wraparound checks
         # Finite bounds, not -inf: (-inf) - (-inf) would be NaN, which these flags exclude.
-        top = buf.dtype.type(-3.0e38)
-        bottom = buf.dtype.type(3.0e38)
+        # The dtype's own extremes, so that every finite z of a row lies between them.
+        top = -np.finfo(buf.dtype).max
+        bottom = np.finfo(buf.dtype).max
         for j in range(k):
             value = lam * row[j] + f[j]
             z[j] = value
@@ -250,7 +251,7 @@ def _slack_rows(buf, lo, hi, k, ld, f, lam, slack):
     z = np.empty(k, buf.dtype)
     for i in range(lo, hi):
         row = buf[i * ld:i * ld + k]
-        m = buf.dtype.type(-3.0e38)
+        m = -np.finfo(buf.dtype).max
         for j in range(k):
             value = lam * row[j] + f[j]
             z[j] = value
@@ -265,7 +266,7 @@ def _soft_rows(buf, lo, hi, k, ld, f, lam, out):
     for i in range(lo, hi):
         scores = buf[i * ld:i * ld + k]
         row = out[i]
-        m = buf.dtype.type(-3.0e38)
+        m = -np.finfo(buf.dtype).max
         for j in range(k):
             value = lam * scores[j] + f[j]
             row[j] = value

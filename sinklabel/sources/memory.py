@@ -8,6 +8,7 @@ counting the scores themselves when they are already in memory or memory-mapped.
 
 from __future__ import annotations
 
+import math
 import numbers
 import re
 
@@ -44,7 +45,10 @@ def parse_memory(limit: int | str) -> int:
                 f"memory_limit must be bytes (int) or a size such as '1GB' or '512MiB', "
                 f"got {limit!r}"
             )
-        value = int(float(match.group(1)) * _UNITS[unit])
+        size = float(match.group(1)) * _UNITS[unit]
+        if not math.isfinite(size):  # "1e400GB"
+            raise ValueError(f"memory_limit must be a finite size, got {limit!r}")
+        value = int(size)
     else:
         raise TypeError(f"memory_limit must be an int or a str such as '1GB', got {limit!r}")
     if value <= 0:
