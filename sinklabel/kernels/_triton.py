@@ -53,7 +53,6 @@ PIPELINE_ROW_BYTES = 32768
 #: Most scores of a row one thread of the pipelined sweep holds (its accumulators and
 #: exponentials stay in registers: 48 took 173 registers in bfloat16 at K=3000).
 PIPELINE_SCORES_PER_THREAD = 48
-_FINITE_FLOOR = -3.0e38
 
 
 @triton.jit
@@ -237,7 +236,12 @@ def _column_sums(part_ptr, out_ptr, n_parts, N_COLS: tl.constexpr, BLOCK_P: tl.c
 def _row_stats(x_ptr, coef_ptr, top_ptr, inv_ptr, n_rows, stride_row, stride_col,
                N_COLS: tl.constexpr, TILE: tl.constexpr, BLOCK_M: tl.constexpr,
                ROW_ALIGN: tl.constexpr, FLOOR: tl.constexpr):
-    """Each row's max of z and 1 / sum(exp2(z - max)), streaming over column tiles."""
+    """Each row's max of z and 1 / sum(exp2(z - max)), streaming over column tiles.
+
+    The running max starts at FLOOR, the compute dtype's lowest finite value: -inf would
+    make the first rescale exp2(-inf - -inf) NaN, and any higher start would sit above a
+    row lying wholly below it and underflow all its exponentials.
+    """
     scale = tl.load(coef_ptr + N_COLS)
     row_ptr, row_ok = _row_pointers(x_ptr, tl.program_id(0), n_rows, stride_row, BLOCK_M,
                                     ROW_ALIGN)
@@ -344,8 +348,9 @@ def sweep_lse(x: torch.Tensor, f: np.ndarray, lam: float) -> tuple[np.ndarray, f
         top = torch.empty(n_rows, dtype=coef.dtype, device=x.device)
         inv = torch.empty_like(top)
         meta = dict(N_COLS=n_cols, TILE=tile, ROW_ALIGN=_row_align(x))
+        floor = torch.finfo(coef.dtype).min
         _row_stats[(triton.cdiv(n_rows, 4),)](x, coef, top, inv, *strides, BLOCK_M=4,
-                                              FLOOR=_FINITE_FLOOR, num_warps=4, **meta)
+                                              FLOOR=floor, num_warps=4, **meta)
         grid = (programs, triton.cdiv(n_cols, tile))
         _sweep_tiles[grid](x, coef, top, inv, part, programs, *strides, BLOCK_M=4, num_warps=4,
                            **meta)
