@@ -15,7 +15,7 @@ import numpy as np
 
 from ._capacities import check_capacities
 from ._validation import check_flag
-from .certificate import Certificate, _checked_labels, _host, duality_gap
+from .certificate import Certificate, _checked_labels, _checked_prices, _host, duality_gap
 from .exact import ExactResult, solve_exact
 from .result import SinkhornResult
 from .sources import Array, as_source, checked
@@ -110,6 +110,7 @@ def check(
     *,
     capacities: Any = None,
     exact: bool | None = None,
+    prices: Array | None = None,
     backend: str = "auto",
     chunk_size: int | None = None,
 ) -> CheckReport:
@@ -127,6 +128,10 @@ def check(
     exact : bool, default=None
         Solve the exact problem (for the optimum and agreement). None: when N * K is at most
         ``EXACT_LIMIT``; otherwise only the certified bound from the result's prices.
+    prices : array of shape (K,), default=None
+        Label prices for the bound, in the units of ``logp`` (e.g. ``result.prices`` saved
+        from an earlier run), in place of the result's. Without them, bare labels are
+        bounded with zero prices, which is valid but weak.
     backend, chunk_size
         As in :func:`sinklabel.sinkhorn`.
 
@@ -136,8 +141,9 @@ def check(
     """
     source = checked(as_source(logp))  # one checking layer for both readers below
     N, K = source.shape
-    labels, prices = _labels_and_prices(result_or_labels, K)
+    labels, result_prices = _labels_and_prices(result_or_labels, K)
     _checked_labels(labels, N, K)  # before the exact solve, which may take minutes
+    prices = result_prices if prices is None else _checked_prices(prices, K)
     if capacities is None and isinstance(result_or_labels, SinkhornResult):
         from ._capacities import balanced_range
 
@@ -172,14 +178,17 @@ def check(
     )
 
 
+def result_prices(result: SinkhornResult | ExactResult) -> np.ndarray:
+    """A result's label prices in the units of the scores: the exact problem's when it was
+    solved (``balance="exact"``, ``solve_exact``), else ``potentials / lam``."""
+    if result.prices is not None:
+        return result.prices
+    return result.potentials / result.lam
+
+
 def _labels_and_prices(what: Any, n_labels: int) -> tuple[np.ndarray, np.ndarray | None]:
-    if isinstance(what, (SinkhornResult, ExactResult)) and what.prices is not None:
-        prices = what.prices
-    elif isinstance(what, SinkhornResult):
-        prices = what.potentials / what.lam
-    else:
-        prices = None
-    if prices is not None:
+    if isinstance(what, (SinkhornResult, ExactResult)):
+        prices = result_prices(what)
         if prices.shape != (n_labels,):
             raise ValueError(
                 f"the result was solved for {prices.shape[0]} labels, but logp has "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import subprocess
 import sys
 
@@ -212,3 +213,57 @@ def test_assign_exact_gives_labels_that_check_certifies(scores_file, tmp_path, c
     np.testing.assert_allclose(
         -np.load(scores_file)[np.arange(300), np.load(labels)].sum(), exact.objective,
         rtol=1e-6)
+
+
+def test_prices_saved_by_assign_certify_its_labels_without_the_exact_solve(
+        scores_file, tmp_path, capsys, monkeypatch):
+    """For inputs too large for the exact solve: ``assign --exact --prices`` then ``check
+    --no-exact --prices`` certifies the labels from the saved prices alone; the same check
+    without prices only has zero prices' weak bound and cannot."""
+    labels, prices = tmp_path / "labels.npy", tmp_path / "prices.npy"
+    assert main(["assign", str(scores_file), "-k", "6", "-o", str(labels), "--exact",
+                 "--prices", str(prices), "--no-progress"]) == 0
+    scores = np.load(scores_file)
+    exact = sinklabel.solve_exact(scores, 6)
+    # The saved prices bound the optimum by the LP dual, computed here directly, and the
+    # bound meets the saved labels' score: for every balanced labelling (n_y points per label)
+    # sum_i S[i, y_i] <= sum_i max_y (S[i, y] + v[y]) - sum_y n_y v[y].
+    v = np.load(prices)
+    sizes = np.bincount(np.load(labels), minlength=6)
+    dual = (scores + v).max(axis=1).sum() - (sizes * v).sum()
+    score = scores[np.arange(300), np.load(labels)].sum()
+    np.testing.assert_allclose([dual, score], -exact.objective, rtol=1e-6)
+    capsys.readouterr()
+    monkeypatch.setattr(importlib.import_module("sinklabel.check"), "solve_exact", _no_solve)
+    assert main(["check", str(scores_file), str(labels), "--no-exact",
+                 "--prices", str(prices)]) == 0
+    assert "-> optimal" in capsys.readouterr().out
+    assert main(["check", str(scores_file), str(labels), "--no-exact"]) == 1
+
+
+def test_assign_saves_sinkhorn_prices_as_potentials_over_lam(scores_file, tmp_path):
+    prices, potentials = tmp_path / "prices.npy", tmp_path / "potentials.npy"
+    main(["assign", str(scores_file), "-k", "6", "-o", str(tmp_path / "labels.npy"),
+          "--lam", "10", "--prices", str(prices), "--potentials", str(potentials),
+          "--no-progress"])
+    np.testing.assert_allclose(np.load(prices), np.load(potentials) / 10.0, rtol=1e-15)
+
+
+def test_check_names_prices_of_the_wrong_length(scores_file, tmp_path, capsys):
+    labels, prices = tmp_path / "labels.npy", tmp_path / "prices.npy"
+    np.save(labels, np.arange(300) % 6)
+    np.save(prices, np.zeros(5))
+    assert main(["check", str(scores_file), str(labels), "--prices", str(prices)]) == 2
+    assert "prices" in capsys.readouterr().err
+
+
+def test_check_skips_the_exact_solve_beyond_the_library_limit(scores_file, tmp_path, capsys,
+                                                              monkeypatch):
+    """The command follows the library's default: no exact solve beyond EXACT_LIMIT."""
+    check_module = importlib.import_module("sinklabel.check")
+    monkeypatch.setattr(check_module, "EXACT_LIMIT", 300 * 6 - 1)
+    monkeypatch.setattr(check_module, "solve_exact", _no_solve)
+    labels = tmp_path / "labels.npy"
+    np.save(labels, np.arange(300) % 6)
+    assert main(["check", str(scores_file), str(labels)]) == 1
+    assert "bound" in capsys.readouterr().out

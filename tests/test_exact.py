@@ -349,6 +349,25 @@ def test_check_reports_against_the_optimum(capsys):
     assert bound_only.optimum is None and bound_only.bound <= exact.objective + 1e-9
 
 
+def test_check_bounds_bare_labels_with_the_prices_it_is_given():
+    """prices= gives bare labels the bound a result would carry, and takes the place of a
+    result's own: the bound is sum_i max_y (S[i, y] + v[y]) - sum_y n_y v[y] (cost form)."""
+    S = make_scores(600, 6, regime="peaked", seed=3).scores
+    exact = sinklabel.solve_exact(S, 6)
+
+    def bound(v):
+        return -((S.astype(float) + v).max(axis=1).sum() - 100 * v.sum())
+
+    with_prices = sinklabel.check(exact.labels, S, prices=exact.prices, exact=False)
+    assert with_prices.optimal and with_prices.optimum is None
+    assert with_prices.bound == pytest.approx(bound(exact.prices), rel=1e-9)
+    assert with_prices.bound == pytest.approx(exact.objective, rel=1e-9)
+    zero = sinklabel.check(exact, S, prices=np.zeros(6), exact=False)
+    assert zero.bound == pytest.approx(bound(np.zeros(6)), rel=1e-9) and not zero.optimal
+    with pytest.raises(ValueError, match=r"prices must have shape \(6,\)"):
+        sinklabel.check(exact.labels, S, prices=np.zeros(5), exact=False)
+
+
 def _no_solve(*args, **kwargs):
     raise AssertionError("the exact problem was solved before the labels were checked")
 

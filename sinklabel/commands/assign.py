@@ -1,7 +1,7 @@
 """Assign balanced labels to the scores in a .npy file and save them.
 
 The file is memory-mapped and read in chunks, so it may be larger than memory. The labels
-(int64) and potentials are saved to exactly the paths given. Exit code 0 when the solve
+(int64), potentials and prices are saved to exactly the paths given. Exit code 0 when the solve
 converged, 1 when it stopped at --max-iter (the labels are still saved), 2 on bad input.
 """
 
@@ -14,6 +14,7 @@ import time
 import numpy as np
 
 from ..api import sinkhorn
+from ..check import result_prices
 from ._options import (
     add_solver_options,
     check_outputs,
@@ -29,6 +30,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-k", "--k", type=positive(int), required=True, help="number of labels K")
     parser.add_argument("-o", "--output", required=True, help="where to save the labels (.npy)")
     parser.add_argument("--potentials", help="also save the label potentials (.npy) here")
+    parser.add_argument("--prices", help="also save the label prices (.npy, in the units of "
+                        "the scores) here: 'sinklabel check --prices' bounds the optimum "
+                        "with them without solving the exact problem")
     parser.add_argument("--exact", action="store_true",
                         help="exactly balanced labels (sizes floor or ceil of N/K): the "
                         "certified optimum of the exact problem, which 'sinklabel check' "
@@ -37,7 +41,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    check_outputs([args.output] + ([args.potentials] if args.potentials else []), args.scores)
+    extras = [path for path in (args.potentials, args.prices) if path]
+    check_outputs([args.output, *extras], args.scores)
     start = time.perf_counter()
     balance = "exact" if args.exact else None
     # The path, not an array: the file is memory-mapped.
@@ -46,6 +51,8 @@ def run(args: argparse.Namespace) -> int:
     save_npy(args.output, np.asarray(result.labels))
     if args.potentials:
         save_npy(args.potentials, result.potentials)
+    if args.prices:
+        save_npy(args.prices, result_prices(result))
     print(summarize(result, seconds), file=sys.stderr)
     print(f"labels saved to {args.output}", file=sys.stderr)
     return 0 if result.converged else 1

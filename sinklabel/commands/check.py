@@ -21,8 +21,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="number of labels K (default: from scores)")
     parser.add_argument("--capacities", help="(K,) integer .npy file of exact label sizes "
                         "(default: floor or ceil of N/K each)")
+    parser.add_argument("--prices", help="(K,) float .npy file of label prices, as saved by "
+                        "'sinklabel assign --prices', for the certified bound (default: zero "
+                        "prices, a weak bound)")
     parser.add_argument("--no-exact", action="store_true",
-                        help="skip the exact solve; report only the bound (weak without prices)")
+                        help="skip the exact solve, which runs by default up to N * K = 1e9; "
+                        "report only the bound (weak without --prices)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -31,6 +35,8 @@ def run(args: argparse.Namespace) -> int:
     if args.k is not None and args.k != scores.shape[1]:
         raise ValueError(f"-k {args.k} but the scores have shape {scores.shape}")
     capacities = None if args.capacities is None else load_npy(args.capacities, "capacities")
-    report = check(labels, scores, capacities=capacities, exact=not args.no_exact)
+    prices = None if args.prices is None else load_npy(args.prices, "prices")
+    report = check(labels, scores, capacities=capacities, prices=prices,
+                   exact=False if args.no_exact else None)
     print(report)
     return 0 if report.optimal else 1
