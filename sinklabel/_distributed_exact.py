@@ -78,9 +78,6 @@ MIN_CONTESTED = 4096
 #: The contested set may grow to this fraction of all rows, or to SMALL_BYTES of scores.
 MAX_CONTESTED_FRACTION = 0.5
 SMALL_BYTES = 256 << 20
-#: Size of the blocks a scan reads, counted as float64 (CUDA and bfloat16 blocks are copied
-#: to the host).
-SCAN_BYTES = 32 << 20
 #: A settled row counts as moved off its arg-max only beyond this relative rounding (the
 #: reduced solve shifts its prices by a constant, which may round a tie either way).
 TIE_ROUNDING = 2.0**-48
@@ -118,11 +115,11 @@ def balance_across_ranks(
     target = min(first_contested or max(MIN_CONTESTED, CONTESTED_PER_LABEL * K), limit)
 
     # Margins under the Sinkhorn prices decide which rows may settle, in every round.
-    reference = _guarded(collective, _Scan.empty(source.shape[0], K), _scan, source, v)
+    reference = _guarded(collective, _Scan.empty(source.shape[0], K), _scan, source, rows, v)
     check_reachable(lower, collective.sum(reference.finite.astype(np.float64)).astype(np.int64))
     labels = np.empty(source.shape[0], dtype=np.int64)
     contested_before = np.zeros(source.shape[0], dtype=bool)  # contested once, or moved
-    on_root = _RowsOnRoot(source.shape[0])
+    on_root = _RowsOnRoot(source.shape[0], rows)
     for rounds in itertools.count(1):
         settled = ~contested_before & (
             reference.margin > _thresholds(reference, caps, n_points - target, collective)
@@ -148,8 +145,8 @@ def balance_across_ranks(
         if status == _SOLVED:
             labels[settled] = reference.best[settled]
             on_root.place(contested_labels, labels, collective.rank)
-            check = _guarded(collective, _Scan.empty(source.shape[0], K), _scan, source, v_new,
-                             labels)
+            check = _guarded(collective, _Scan.empty(source.shape[0], K), _scan, source, rows,
+                             v_new, labels)
             moved = check.off & settled
             v = v_new
             if collective.sum(np.array([np.count_nonzero(moved)], dtype=np.float64))[0] == 0:
@@ -179,8 +176,9 @@ class _RowsOnRoot:
     not sent before (the contested set only grows); the labels that come back follow the
     same order: round by round, rank by rank, each rank's rows in their order."""
 
-    def __init__(self, n_rows: int):
+    def __init__(self, n_rows: int, chunk_rows: int):
         self.sent = np.zeros(n_rows, dtype=bool)
+        self.chunk_rows = chunk_rows
         self.rounds: list[tuple[np.ndarray, np.ndarray]] = []  # this rank's rows, all counts
         self.table: np.ndarray | None = None  # on rank 0: every row sent so far
 
@@ -189,7 +187,7 @@ class _RowsOnRoot:
         new = contested[~self.sent[contested]]
         self.sent[new] = True
         block = _guarded(collective, np.zeros((new.size, source.shape[1]), _dtype(itemsize)),
-                         _read_rows, source, new, itemsize)
+                         _read_rows, source, self.chunk_rows, new, itemsize)
         part, counts = collective.gather_rows(block)
         self.rounds.append((new, counts))
         if part is not None:
@@ -220,11 +218,15 @@ class _Scan:
                    np.zeros(n_labels, np.int64))
 
 
-def _scan(source: Source, v: np.ndarray, labels: np.ndarray | None = None) -> _Scan:
+def _scan(source: Source, chunk_rows: int, v: np.ndarray,
+          labels: np.ndarray | None = None) -> _Scan:
+    """Each row's best label under prices ``v``, its margin, and whether ``labels`` moved it
+    off that label. Read in the solve's chunks, so the checking layer of a streamed source
+    compares these blocks with the solve's and notices scores that changed since."""
     n, K = source.shape
     out = _Scan.empty(n, K)
     out.finite += n
-    for start, stop, block in source.chunks(max(1, SCAN_BYTES // (8 * K))):
+    for start, stop, block in source.chunks(chunk_rows):
         scores = _host(block)
         # native float32/64 for numba (no float16, no other byte order); the scan sums in float64
         scores = np.ascontiguousarray(scores, compute_dtype(scores.dtype))
@@ -326,12 +328,12 @@ def _thresholds(scan: _Scan, caps: np.ndarray, keep: int, collective: Collective
     return np.maximum(t[:K], t[K])
 
 
-def _read_rows(source: Source, rows: np.ndarray, itemsize: int) -> np.ndarray:
+def _read_rows(source: Source, chunk_rows: int, rows: np.ndarray, itemsize: int) -> np.ndarray:
     """The given rows (sorted indices) of this rank's scores, as float32 or float64 on the
     host."""
     out = np.empty((rows.size, source.shape[1]), dtype=_dtype(itemsize))
     taken = 0
-    for start, stop, block in source.chunks(max(1, SCAN_BYTES // (8 * source.shape[1]))):
+    for start, stop, block in source.chunks(chunk_rows):
         mine = rows[taken:np.searchsorted(rows, stop)]
         if mine.size:
             out[taken:taken + mine.size] = _host(block)[mine - start]

@@ -16,12 +16,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import sinklabel
-from sinklabel import _distributed_exact
+from sinklabel import _distributed_exact, api
 from sinklabel._capacities import balanced_range
 from sinklabel.collective import LOCAL
 from sinklabel.datasets import make_scores
 from sinklabel.kernels import resolve_kernel
-from sinklabel.sources import as_source
+from sinklabel.sources import CallableSource, SourceError, as_source, checked
 
 
 def _balance(scores, K, *, first_contested=None, backend="numpy", **options):
@@ -195,7 +195,7 @@ def test_scan_finds_best_label_margin_and_moved_rows(compiled, monkeypatch):
     labels = rng.integers(0, 7, 500)
     z = S.astype(np.float64) + v
     labels[:50] = z[:50].argmax(axis=1)
-    scan = _distributed_exact._scan(as_source(S), v, labels)
+    scan = _distributed_exact._scan(as_source(S), 7, v, labels)
 
     ordered = np.sort(z, axis=1)
     np.testing.assert_array_equal(scan.best, z.argmax(axis=1))
@@ -208,7 +208,7 @@ def test_scan_finds_best_label_margin_and_moved_rows(compiled, monkeypatch):
     assert np.any(own == -np.inf)
     np.testing.assert_array_equal(scan.finite, np.isfinite(S).sum(axis=0))
     # without labels, nothing is off
-    assert not _distributed_exact._scan(as_source(S), v).off.any()
+    assert not _distributed_exact._scan(as_source(S), 7, v).off.any()
 
 
 def test_reduction_without_numba_matches(monkeypatch, rounds):
@@ -217,3 +217,25 @@ def test_reduction_without_numba_matches(monkeypatch, rounds):
     _, result = _balance(S, 6, first_contested=1)
     assert len(rounds) >= 2
     _assert_optimal(S, np.full(6, 1 / 6), result)
+
+
+def test_scores_that_change_after_the_solve_are_noticed_by_the_reduction(rounds):
+    """The reduction reads a stream in the solve's chunks, behind its checking layer: scores
+    that changed between the Sinkhorn solve and the exact stage stop its first scan, before
+    any rows are gathered and solved for scores other than the solve's (reads in blocks of
+    their own went unchecked until the final certificate's pass)."""
+    scores = make_scores(300, 5, regime="peaked", seed=4).scores
+    drift = np.zeros(1, dtype=np.float32)
+
+    def drifting(start, stop):
+        return scores[start:stop] + drift * np.arange(5, dtype=np.float32)
+
+    # One checked source for the solve and the reduction, as distributed_sinkhorn has it.
+    source = checked(CallableSource(drifting, scores.shape, "float32"))
+    kernel = resolve_kernel("numpy", "numpy")
+    result = api._sinkhorn(source, kernel, lam=25.0, label_weights=np.full(5, 0.2), tol=1e-6,
+                           max_iter=1000, init=None, rows=64, progress=False)
+    drift[0] = 0.5
+    with pytest.raises(SourceError, match="changed since the first pass"):
+        _distributed_exact.balance_across_ranks(source, kernel, result, 64, LOCAL)
+    assert rounds == []
