@@ -78,6 +78,9 @@ MIN_CONTESTED = 4096
 #: The contested set may grow to this fraction of all rows, or to SMALL_BYTES of scores.
 MAX_CONTESTED_FRACTION = 0.5
 SMALL_BYTES = 256 << 20
+#: Most bytes of a block a scan reads, counted as float64 (CUDA and bfloat16 blocks are
+#: copied to the host): the GPU kernels' chunks are all the rows.
+SCAN_BYTES = 32 << 20
 #: A settled row counts as moved off its arg-max only beyond this relative rounding (the
 #: reduced solve shifts its prices by a constant, which may round a tie either way).
 TIE_ROUNDING = 2.0**-48
@@ -115,11 +118,15 @@ def balance_across_ranks(
     target = min(first_contested or max(MIN_CONTESTED, CONTESTED_PER_LABEL * K), limit)
 
     # Margins under the Sinkhorn prices decide which rows may settle, in every round.
-    reference = _guarded(collective, _Scan.empty(source.shape[0], K), _scan, source, rows, v)
+    # The solve's chunks where they fit a scan block: a streamed source's checking layer
+    # then compares the scans' blocks with the solve's (larger chunks: the certificate's pass).
+    scan_rows = min(rows, max(1, SCAN_BYTES // (8 * K)))
+    reference = _guarded(collective, _Scan.empty(source.shape[0], K), _scan, source, scan_rows,
+                         v)
     check_reachable(lower, collective.sum(reference.finite.astype(np.float64)).astype(np.int64))
     labels = np.empty(source.shape[0], dtype=np.int64)
     contested_before = np.zeros(source.shape[0], dtype=bool)  # contested once, or moved
-    on_root = _RowsOnRoot(source.shape[0], rows)
+    on_root = _RowsOnRoot(source.shape[0], scan_rows)
     for rounds in itertools.count(1):
         settled = ~contested_before & (
             reference.margin > _thresholds(reference, caps, n_points - target, collective)
@@ -145,8 +152,8 @@ def balance_across_ranks(
         if status == _SOLVED:
             labels[settled] = reference.best[settled]
             on_root.place(contested_labels, labels, collective.rank)
-            check = _guarded(collective, _Scan.empty(source.shape[0], K), _scan, source, rows,
-                             v_new, labels)
+            check = _guarded(collective, _Scan.empty(source.shape[0], K), _scan, source,
+                             scan_rows, v_new, labels)
             moved = check.off & settled
             v = v_new
             if collective.sum(np.array([np.count_nonzero(moved)], dtype=np.float64))[0] == 0:

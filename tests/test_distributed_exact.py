@@ -239,3 +239,23 @@ def test_scores_that_change_after_the_solve_are_noticed_by_the_reduction(rounds)
     with pytest.raises(SourceError, match="changed since the first pass"):
         _distributed_exact.balance_across_ranks(source, kernel, result, 64, LOCAL)
     assert rounds == []
+
+
+def test_scans_read_bounded_blocks_when_the_solve_takes_all_rows_at_once(monkeypatch):
+    """GPU kernels solve in one chunk of all rows; the scans copy blocks to the host, so they
+    read at most SCAN_BYTES (as float64) at a time, while the certificate keeps the solve's
+    chunk (one block)."""
+    monkeypatch.setattr(_distributed_exact, "SCAN_BYTES", 50 * 5 * 8)
+    scores = make_scores(300, 5, regime="peaked", seed=5).scores
+    sizes = []
+
+    def recorded(start, stop):
+        sizes.append(stop - start)
+        return scores[start:stop]
+
+    source = CallableSource(recorded, scores.shape, "float32")
+    kernel = resolve_kernel("numpy", "numpy")
+    result = sinklabel.sinkhorn(scores, 5, backend="numpy")
+    balanced = _distributed_exact.balance_across_ranks(source, kernel, result, 1 << 62, LOCAL)
+    assert set(sizes) == {50, 300}
+    assert balanced.certificate.optimal
