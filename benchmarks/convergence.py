@@ -32,12 +32,13 @@ def _mass(scores: np.ndarray, f: np.ndarray) -> np.ndarray:
     return label_mass(ArraySource(scores), KERNEL, f, LAM, ROWS)
 
 
-def plain(scores: np.ndarray, max_iter: int) -> int:
-    """Passes of plain Sinkhorn, ``f += log r - log t``."""
+def plain(scores: np.ndarray, max_iter: int) -> int | None:
+    """Passes of plain Sinkhorn, ``f += log r - log t`` (each method: None when it did not
+    reach TOL within ``max_iter`` passes)."""
     return relaxed(scores, max_iter, omega=1.0)
 
 
-def relaxed(scores: np.ndarray, max_iter: int, omega: float = 1.8) -> int:
+def relaxed(scores: np.ndarray, max_iter: int, omega: float = 1.8) -> int | None:
     """Over-relaxed Sinkhorn, ``f += omega * (log r - log t)``, falling back to omega = 1
     for one step whenever the error grew."""
     k = scores.shape[1]
@@ -50,10 +51,10 @@ def relaxed(scores: np.ndarray, max_iter: int, omega: float = 1.8) -> int:
         step = -np.log(k * t)
         f += (omega if error < previous else 1.0) * step
         previous = error
-    return max_iter
+    return None
 
 
-def anderson(scores: np.ndarray, max_iter: int, depth: int = 5) -> int:
+def anderson(scores: np.ndarray, max_iter: int, depth: int = 5) -> int | None:
     """Anderson acceleration of the Sinkhorn map on ``f``, kept only when it lowers the error."""
     k = scores.shape[1]
     f = np.zeros(k)
@@ -84,14 +85,15 @@ def anderson(scores: np.ndarray, max_iter: int, depth: int = 5) -> int:
             passes += 1
             new_error = np.abs(t_new - 1.0 / k).sum()
         f, t, error = candidate, t_new, new_error
-    return passes
+    return passes if error <= TOL else None
 
 
-def lbfgs(scores: np.ndarray, max_iter: int) -> int:
+def lbfgs(scores: np.ndarray, max_iter: int) -> int | None:
     """The package's solver (L-BFGS on the dual)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        return sinkhorn(scores, scores.shape[1], lam=LAM, tol=TOL, max_iter=max_iter).n_iter
+        result = sinkhorn(scores, scores.shape[1], lam=LAM, tol=TOL, max_iter=max_iter)
+    return result.n_iter if result.converged else None
 
 
 METHODS = {"plain": plain, "relaxed 1.8": relaxed, "anderson 5": anderson, "lbfgs": lbfgs}
@@ -178,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
                 if big and name != "lbfgs" and regime == "peaked":
                     cells.append("-")
                     continue
-                cells.append(str(METHODS[name](scores, args.max_iter)))
+                passes = METHODS[name](scores, args.max_iter)
+                cells.append(f"> {args.max_iter}" if passes is None else str(passes))
             print(f"| {regime} | {n} | {k} | {seed} | " + " | ".join(cells) + " |", flush=True)
     print("\nwarm start over 5 drifting steps (logit noise sigma), mean passes")
     print("| regime | N | K | seed | sigma | cold | warm | warm/cold |")
