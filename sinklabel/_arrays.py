@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 LIBRARIES = ("numpy", "torch", "cupy")
 
 
@@ -26,3 +28,17 @@ def is_cuda(x: Any) -> bool:
     if library == "cupy":
         return True
     return library == "torch" and x.device.type == "cuda"
+
+
+def to_host(x: Any) -> np.ndarray:
+    """A host NumPy copy of a NumPy, torch or CuPy array (bfloat16, which NumPy lacks, as
+    float32); NumPy input and anything NumPy can read are returned as ``np.asarray`` gives."""
+    library = array_library(x)
+    if library == "torch":
+        import torch
+
+        x = x.detach().cpu()
+        return (x.float() if x.dtype == torch.bfloat16 else x).numpy()
+    if library == "cupy":
+        return x.get()
+    return np.asarray(x)

@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from ._arrays import to_host
+
 
 def balanced_range(n_points: int, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Sizes ``floor(N * w)`` to ``ceil(N * w)`` for label proportions ``w`` (summing to one)."""
@@ -80,10 +82,7 @@ def check_reachable(lower: np.ndarray, finite_per_label: np.ndarray) -> None:
 def _integer_vector(name: str, value: Any, n_labels: int) -> np.ndarray:
     """Non-negative whole numbers of shape (K,), in the caller's dtype (a float or uint64 one
     may hold values beyond int64)."""
-    if hasattr(value, "detach"):
-        value = value.detach().cpu()
-        value = (value.double() if value.is_floating_point() else value).numpy()  # bfloat16
-    array = np.asarray(value)
+    array = to_host(value)
     if array.shape != (n_labels,):
         raise ValueError(f"{name} must have shape ({n_labels},), got {array.shape}")
     if array.dtype == bool or not (

@@ -63,9 +63,10 @@ from typing import Any
 import numpy as np
 
 from . import _transport, _transport_loops
+from ._arrays import to_host
 from ._capacities import balanced_range, check_reachable
 from ._simd import HAVE_NUMBA, njit, prange  # without numba, scans run in NumPy instead
-from .certificate import Certificate, _certificate_from_sums, _host, _like, _partial_sums
+from .certificate import Certificate, _certificate_from_sums, _like, _partial_sums
 from .collective import Collective
 from .kernels import Kernel
 from .kernels._base import compute_dtype
@@ -228,13 +229,14 @@ class _Scan:
 def _scan(source: Source, chunk_rows: int, v: np.ndarray,
           labels: np.ndarray | None = None) -> _Scan:
     """Each row's best label under prices ``v``, its margin, and whether ``labels`` moved it
-    off that label. Read in the solve's chunks, so the checking layer of a streamed source
-    compares these blocks with the solve's and notices scores that changed since."""
+    off that label. Read in ``chunk_rows`` blocks (the solve's, where they fit SCAN_BYTES), so
+    the checking layer of a streamed source compares them with the solve's and notices
+    scores that changed since."""
     n, K = source.shape
     out = _Scan.empty(n, K)
     out.finite += n
     for start, stop, block in source.chunks(chunk_rows):
-        scores = _host(block)
+        scores = to_host(block)
         # native float32/64 for numba (no float16, no other byte order); the scan sums in float64
         scores = np.ascontiguousarray(scores, compute_dtype(scores.dtype))
         part = slice(start, stop)
@@ -343,7 +345,7 @@ def _read_rows(source: Source, chunk_rows: int, rows: np.ndarray, itemsize: int)
     for start, stop, block in source.chunks(chunk_rows):
         mine = rows[taken:np.searchsorted(rows, stop)]
         if mine.size:
-            out[taken:taken + mine.size] = _host(block)[mine - start]
+            out[taken:taken + mine.size] = to_host(block)[mine - start]
             taken += mine.size
     return out
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from ._arrays import to_host
 from .kernels import Kernel
 from .sources import Source
 
@@ -139,13 +140,7 @@ def check_chunk_scores(start: int, chunk: Any, kernel: Kernel, lam: float) -> No
 
 def _host_vector(name: str, value: Any, n_labels: int) -> np.ndarray:
     """A float64 NumPy copy of a real K-vector from any library (complex is not real)."""
-    if hasattr(value, "detach"):
-        value = value.detach().cpu()
-        if value.is_floating_point():  # NumPy has no bfloat16
-            value = value.double()
-    if hasattr(value, "get") and type(value).__module__.startswith("cupy"):
-        value = value.get()
-    array = np.asarray(value)
+    array = to_host(value)
     if array.dtype == bool or not (
         np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)
     ):

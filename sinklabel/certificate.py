@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from ._arrays import array_library
+from ._arrays import array_library, to_host
 from ._capacities import check_capacities
 from ._validation import _host_vector, check_chunk_scores, check_positive, check_shape
 from .kernels import Kernel, resolve_kernel
@@ -148,7 +148,7 @@ def _checked_prices(prices: Array, n_labels: int) -> np.ndarray:
 
 def _checked_labels(labels: Array, n_points: int, n_labels: int) -> np.ndarray:
     """The labels as a host integer vector of N values in ``[0, K)``."""
-    y = _host(labels)
+    y = to_host(labels)
     if y.shape != (n_points,) or not np.issubdtype(y.dtype, np.integer):
         raise ValueError(
             f"labels must be {n_points} integers, got shape {y.shape} and dtype {y.dtype}"
@@ -220,20 +220,6 @@ def _certificate_from_sums(
 def _price_centre(v: np.ndarray) -> float:
     """The middle of the prices' range (computed without overflow)."""
     return 0.5 * float(v.max()) + 0.5 * float(v.min())
-
-
-def _host(x: Any) -> np.ndarray:
-    """A host NumPy copy of a NumPy, torch or CuPy array (bfloat16, which NumPy lacks, as
-    float32)."""
-    library = array_library(x)
-    if library == "torch":
-        import torch
-
-        x = x.detach().cpu()
-        return (x.float() if x.dtype == torch.bfloat16 else x).numpy()
-    if library == "cupy":
-        return x.get()
-    return np.asarray(x)
 
 
 def _like(chunk: Any, values: np.ndarray) -> Any:

@@ -13,9 +13,10 @@ from typing import Any
 
 import numpy as np
 
+from ._arrays import to_host
 from ._capacities import check_capacities
 from ._validation import check_flag
-from .certificate import Certificate, _checked_labels, _checked_prices, _host, duality_gap
+from .certificate import Certificate, _checked_labels, _checked_prices, duality_gap
 from .exact import ExactResult, solve_exact
 from .result import SinkhornResult
 from .sources import Array, as_source, checked
@@ -158,7 +159,7 @@ def check(
                              backend=backend, chunk_size=chunk_size)
         prices = solved.prices
         optimum = solved.objective
-        agreement = float(np.mean(_host(solved.labels) == labels))
+        agreement = float(np.mean(to_host(solved.labels) == labels))
     certificate = duality_gap(source, labels, np.zeros(K) if prices is None else prices,
                               (lower, upper), backend=backend, chunk_size=chunk_size)
     bound = optimum if optimum is not None else certificate.dual
@@ -194,8 +195,8 @@ def _labels_and_prices(what: Any, n_labels: int) -> tuple[np.ndarray, np.ndarray
                 f"the result was solved for {prices.shape[0]} labels, but logp has "
                 f"{n_labels} columns: check it against the scores it was solved from"
             )
-        return _host(what.labels), prices
-    labels = _host(what)
+        return to_host(what.labels), prices
+    labels = to_host(what)
     if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
         raise TypeError(
             f"expected a result or a 1-D integer label array, got {type(what).__name__} "

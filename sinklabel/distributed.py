@@ -30,7 +30,7 @@ from typing import Any, NoReturn
 import numpy as np
 
 from . import api
-from ._arrays import array_library, is_cuda
+from ._arrays import array_library, is_cuda, to_host
 from ._capacities import check_capacities
 from ._validation import (
     FLOAT_DTYPES,
@@ -47,7 +47,6 @@ from .certificate import (
     _certificate_rows,
     _checked_labels,
     _checked_prices,
-    _host,
     _partial_sums,
 )
 from .collective import Collective
@@ -344,7 +343,7 @@ def _capacities_digest(capacities: Any) -> float:
     if capacities is None:
         return -1.0
     parts = list(capacities) if isinstance(capacities, tuple) else [capacities]
-    vectors = [np.ravel(_host(part)).astype(np.float64) for part in parts]
+    vectors = [np.ravel(to_host(part)).astype(np.float64) for part in parts]
     return _digest(np.concatenate([[len(parts)], *[[v.size] for v in vectors], *vectors]))
 
 

@@ -22,9 +22,10 @@ from typing import Any
 
 import numpy as np
 
+from ._arrays import to_host
 from ._capacities import balanced_range, check_capacities, check_reachable
 from ._validation import check_positive, check_scores, check_shape
-from .certificate import Certificate, _checked_prices, _host, _like, duality_gap
+from .certificate import Certificate, _checked_prices, _like, duality_gap
 from .kernels import Kernel, resolve_kernel
 from .kernels._base import compute_dtype
 from .result import SinkhornResult
@@ -203,12 +204,12 @@ def _host_scores(source: Source, rows: int) -> tuple[np.ndarray, Array]:
         array, like = np.asarray(mapped.array), None  # paged in from the file as needed
     elif isinstance(source, ArraySource):
         like = source.array
-        array = _host(like)
+        array = to_host(like)
     else:
         # Each block is copied out before the next is read: a stream may reuse its buffer.
         array = like = None
         for start, stop, block in source.chunks(rows):
-            host = _host(block)
+            host = to_host(block)
             if array is None:
                 array = np.empty(source.shape, dtype=compute_dtype(host.dtype))
                 like = _like(block, np.empty(0, dtype=np.int64))  # the labels' library
