@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import math
 import os
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
+from .._validation import check_positive
 from ..api import DEFAULT_LAM, DEFAULT_MAX_ITER, DEFAULT_TOL
 
 #: The commands read scores into NumPy arrays, which only these backends take.
@@ -22,13 +22,10 @@ def positive(kind: type) -> Callable[[str], Any]:
     noun = "integer" if kind is int else "number"
 
     def parse(text: str) -> Any:
-        try:
-            value = kind(text)
+        try:  # the library's own rule for lam, tol, max_iter and chunk_size
+            return check_positive("value", kind(text), integer=kind is int)
         except ValueError:
             raise argparse.ArgumentTypeError(f"must be a positive {noun}, got {text!r}") from None
-        if not (math.isfinite(value) and value > 0):
-            raise argparse.ArgumentTypeError(f"must be a positive {noun}, got {text!r}")
-        return value
 
     return parse
 
