@@ -10,7 +10,11 @@ One iteration is one pass over all chunks of the scores. Rows of the table:
 - ``sela``: the original SeLa loop on a precomputed ``P = exp(lam * (S - rowmax))``,
   ``r = 1 / (K * (c @ P)); c = 1 / (N * (P @ r))`` (two matrix-vector products, BLAS threads);
 - ``read (numba)``: one read of the scores on the same threads (a sum, the memory floor);
-- ``read (S.sum)``: NumPy's own single-threaded sum of the scores.
+- ``read (S.sum)``: NumPy's own single-threaded sum of the scores;
+- with ``--torch``, on a float32 CPU tensor sharing the scores' memory: ``torch``, the torch
+  backend's pass (the Numba kernels on a view of the tensor), ``torch ops``, the same backend
+  made to use torch's own blocked operations (its route without Numba, and for other dtypes),
+  and ``sela (torch)``, the SeLa loop with torch's matrix-vector products on the same ``P``.
 
 Timings are taken in rounds (every method once per round) and ratios to ``numba`` are
 computed within a round, so a noisy shared machine disturbs them less; the medians are printed.
@@ -18,6 +22,7 @@ computed within a round, so a noisy shared machine disturbs them less; the media
     python benchmarks/cpu_iteration.py                 # 1e6 x 1000 float32, needs ~9 GB
     python benchmarks/cpu_iteration.py --n 100000      # a quick look
     python benchmarks/cpu_iteration.py --regime peaked
+    python benchmarks/cpu_iteration.py --n 200000 --torch --no-cache
 """
 
 from __future__ import annotations
@@ -73,6 +78,41 @@ def _warm_potentials(source, kernel, lam: float, iterations: int) -> np.ndarray:
     return f
 
 
+def _add_torch_methods(methods: dict, scores: np.ndarray, f: np.ndarray, lam: float,
+                       exp_cache: np.ndarray | None) -> None:
+    """The torch backend's pass on a tensor viewing ``scores``, by both of its CPU routes, and
+    the SeLa loop in torch on the same ``exp_cache``."""
+    import torch
+
+    from sinklabel.kernels.torch import TorchKernel
+
+    x = torch.from_numpy(scores)
+    kernel, ops_kernel = TorchKernel(), TorchKernel()
+    ops_kernel._numba = None  # its route without Numba
+    methods["torch"] = lambda: kernel.sweep(x, f, lam)
+    methods["torch ops"] = lambda: ops_kernel.sweep(x, f, lam)
+    if exp_cache is None:
+        return
+    n, k = scores.shape
+    p = torch.from_numpy(exp_cache)
+    c = torch.full((n,), 1.0 / n)
+
+    def sela_torch() -> None:
+        nonlocal c
+        r = (1.0 / k) / (c @ p)
+        c = (1.0 / n) / (p @ r)
+
+    methods["sela (torch)"] = sela_torch
+
+
+def _torch_threads(used: bool) -> str:
+    if not used:
+        return ""
+    import torch
+
+    return f"torch {torch.__version__} threads={torch.get_num_threads()}, "
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=1_000_000)
@@ -84,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="rounds for the (much slower) NumPy backend")
     parser.add_argument("--no-sela", action="store_true", help="skip the N x K exp cache")
     parser.add_argument("--no-cache", action="store_true", help="skip the cached numba pass")
+    parser.add_argument("--torch", action="store_true", help="add the torch backend's passes")
     args = parser.parse_args(argv)
 
     from concurrent.futures import ThreadPoolExecutor
@@ -127,6 +168,8 @@ def main(argv: list[str] | None = None) -> int:
             c = np.float32(1.0 / args.n) / (exp_cache @ r)
 
         methods["sela"] = sela
+    if args.torch:
+        _add_torch_methods(methods, scores, f, lam, None if args.no_sela else exp_cache)
     pool = ThreadPoolExecutor()
     methods["read (numba)"] = lambda: _read(scores, pool)
     methods["read (S.sum)"] = lambda: scores.sum()
@@ -149,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"N={args.n:,} K={args.k} float32 lam={lam:g} regime={args.regime}, "
           f"{args.rounds} rounds, numba threads={numba.get_num_threads()}, "
+          f"{_torch_threads(args.torch)}"
           f"cpu={platform.processor() or platform.machine()} ({os.cpu_count()} logical)")
     print(f"exp inputs above the float32 underflow threshold: {100 * live:.1f}%; "
           f"first numba call in this process: {first_call:.2f} s")

@@ -50,9 +50,20 @@ def assert_same_solution(result, reference, scores: np.ndarray, atol: float) -> 
     assert not np.any(differ & ~near_tie_rows(scores, reference.potentials, reference.lam))
 
 
+@pytest.fixture(params=["numba", "torch ops"])
+def cpu_path(request, monkeypatch) -> str:
+    """Which route float32 CPU tensors take: the Numba kernels (when installed), or torch's
+    own blocked operations (as without Numba; float64 and 16-bit tensors always take them)."""
+    if request.param == "numba":
+        pytest.importorskip("numba")
+    else:
+        monkeypatch.setattr(get_kernel("torch"), "_numba", None)
+    return request.param
+
+
 @pytest.mark.parametrize("regime", ["flat", "peaked"])
 @pytest.mark.parametrize("dtype, atol", [(np.float32, 1e-4), (np.float64, 1e-10)])
-def test_full_solve_agrees_with_numpy(regime, dtype, atol):
+def test_full_solve_agrees_with_numpy(regime, dtype, atol, cpu_path):
     scores = make_scores(3000, 40, regime=regime, seed=3, dtype=dtype).scores
     options = dict(lam=25.0, max_iter=150)
     with warnings.catch_warnings():
@@ -140,10 +151,15 @@ def test_non_contiguous_inputs_match_contiguous(layout, rng):
     assert torch.equal(result.labels, reference.labels)
 
 
-def test_kernel_operations_match_numpy_kernel(rng):
-    """Each operation of the contract, on a bfloat16 tensor the NumPy kernel sees as float32."""
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32", "float32 transposed"])
+def test_kernel_operations_match_numpy_kernel(dtype, cpu_path, rng):
+    """Each operation of the contract, on tensors the NumPy kernel sees as float32 (bfloat16
+    ones rounded first)."""
     x = torch.from_numpy((3 * rng.standard_normal((700, 30))).astype(np.float32))
-    x = x.to(torch.bfloat16)
+    if dtype == "bfloat16":
+        x = x.to(torch.bfloat16)
+    elif dtype == "float32 transposed":
+        x = x.t().contiguous().t()  # Numba cannot read these rows in place: torch's ops do
     host = x.float().numpy()
     f = rng.standard_normal(30)
     kernel, reference = get_kernel("torch"), get_kernel("numpy")
@@ -155,9 +171,69 @@ def test_kernel_operations_match_numpy_kernel(rng):
     np.testing.assert_array_equal(labels.numpy(), ref_labels)
     np.testing.assert_allclose(kernel.slack(x, f, 25.0), reference.slack(host, f, 25.0),
                                rtol=1e-6, atol=1e-4)
+    # rtol: z = 25 * s + f reaches ~200, where float32 rounding (Numba's fused multiply-add
+    # against NumPy's two roundings) moves exp(z - max) by up to ~3e-5 of itself.
     np.testing.assert_allclose(kernel.soft(x, f, 25.0).numpy(), reference.soft(host, f, 25.0),
-                               rtol=1e-5, atol=1e-7)
+                               rtol=1e-4, atol=1e-7)
     np.testing.assert_array_equal(kernel.gather(x, labels), reference.gather(host, ref_labels))
+
+
+@pytest.mark.parametrize("regime", ["flat", "peaked"])
+def test_float32_cpu_tensors_solve_bit_for_bit_like_the_numba_backend(regime, monkeypatch):
+    """float32 CPU tensors go through the Numba kernels on a view of their memory, in the
+    Numba backend's own blocks (here 700 rows, so the last block is partial): every figure of
+    the solve is the same bits as for the NumPy array."""
+    from sinklabel.kernels.numba import NumbaKernel
+
+    monkeypatch.setattr(NumbaKernel, "chunk_rows", lambda self, n_labels, itemsize: 700)
+    scores = make_scores(3000, 40, regime=regime, seed=5).scores
+    x = torch.from_numpy(scores)
+    reference = sinklabel.sinkhorn(scores, 40, backend="numba")
+    result = sinklabel.sinkhorn(x, 40)
+    assert result.backend == "torch" and isinstance(result.labels, torch.Tensor)
+    assert result.n_iter == reference.n_iter
+    np.testing.assert_array_equal(result.error_history, reference.error_history)
+    np.testing.assert_array_equal(result.potentials, reference.potentials)
+    np.testing.assert_array_equal(result.labels.numpy(), reference.labels)
+    soft = result.soft_assignments(x)
+    assert soft.dtype == torch.float32
+    np.testing.assert_array_equal(soft.numpy(), reference.soft_assignments(scores))
+    kernel, numba_kernel = get_kernel("torch"), get_kernel("numba")
+    f = reference.potentials
+    np.testing.assert_array_equal(kernel.slack(x, f, 25.0), numba_kernel.slack(scores, f, 25.0))
+
+
+_THREADS_SCRIPT = textwrap.dedent("""
+    import threading, numpy as np, torch, sinklabel
+    x = torch.from_numpy(np.random.default_rng(0).standard_normal((20000, 100), np.float32))
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        sinklabel.sinkhorn(x, 100, max_iter=2)
+        names = [t.name for t in threading.enumerate()]
+        print(threads, sum(name.startswith("sinklabel-numba") for name in names))
+""")
+
+
+def test_numba_kernels_run_on_torchs_thread_count():
+    """A CPU job that gives torch one thread per process (say, one per rank) gets one Numba
+    thread too: no worker threads until torch is allowed two."""
+    pytest.importorskip("numba")
+    out = subprocess.run([sys.executable, "-c", _THREADS_SCRIPT], capture_output=True,
+                         text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["1", "0", "2", "1"]
+
+
+def test_tensors_numpy_cannot_view_take_torch_ops(rng):
+    """A tensor with its negative bit set has no NumPy view; it is solved through torch's own
+    operations, like its resolved copy."""
+    base = torch.from_numpy(rng.standard_normal((300, 7)).astype(np.float32))
+    negated = torch._neg_view(base)
+    assert negated.is_neg()
+    result = sinklabel.sinkhorn(negated, 7)
+    reference = sinklabel.sinkhorn(negated.resolve_neg(), 7)
+    np.testing.assert_allclose(result.potentials, reference.potentials, rtol=0, atol=1e-4)
+    assert torch.equal(result.labels, reference.labels)
 
 
 def test_exp_of_underflowing_inputs_is_exactly_zero():

@@ -39,6 +39,7 @@ from __future__ import annotations
 import math
 import os
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import numba
@@ -304,20 +305,21 @@ def _row_ranges(n_rows: int, n_labels: int) -> list[tuple[int, int]]:
 
 
 class _RowThreads:
-    """Runs row-range kernel calls on ``numba.get_num_threads()`` threads, the caller's included.
+    """Runs row-range kernel calls on ``count()`` threads, the caller's included.
 
     The pool is created on first use and again after a fork (a forked child inherits the pool
     object but not its threads, and would wait forever).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, count: Callable[[], int]) -> None:
+        self._count = count
         self._pool: ThreadPoolExecutor | None = None
         self._pid = 0
         self._lock = threading.Lock()
 
     def run(self, kernel, calls: list[tuple]) -> None:
         """``kernel(*args)`` for every ``args`` in ``calls``, in parallel, in any order."""
-        threads = min(numba.get_num_threads(), len(calls))
+        threads = min(self._count(), len(calls))
         if threads <= 1:
             for args in calls:
                 kernel(*args)
@@ -375,16 +377,16 @@ def _row_buffer(chunk: np.ndarray) -> tuple[np.ndarray, int]:
 class NumbaKernel(Kernel):
     """Fused, multi-threaded kernels for NumPy arrays (float16, float32, float64).
 
-    Threads: ``numba.get_num_threads()`` of them (``NUMBA_NUM_THREADS``, or
-    ``numba.set_num_threads``). Compiled code is cached on disk, so only the first call on a
+    Threads: ``threads()`` of them, by default ``numba.get_num_threads()`` (``NUMBA_NUM_THREADS``,
+    or ``numba.set_num_threads``). Compiled code is cached on disk, so only the first call on a
     machine pays the compile time.
     """
 
     name = "numba"
     libraries = ("numpy",)
 
-    def __init__(self) -> None:
-        self._threads = _RowThreads()
+    def __init__(self, threads: Callable[[], int] = numba.get_num_threads) -> None:
+        self._threads = _RowThreads(threads)
 
     def chunk_rows(self, n_labels: int, itemsize: int) -> int:
         """About 64 MiB of scores per chunk: 32 tasks to share among the threads. A C-ordered
