@@ -18,7 +18,7 @@ from .kernels import available_backends
 from .result import SinkhornResult
 from .solver import ConvergenceWarning
 
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # the only place the version is written: pyproject.toml reads it
 
 __all__ = [
     "Certificate",
