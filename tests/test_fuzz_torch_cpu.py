@@ -1,0 +1,118 @@
+"""Property tests of the torch backend's two CPU routes over tensor layouts.
+
+float32 CPU tensors whose rows lie at a fixed positive stride go through the Numba kernels on
+a view of their memory; every other layout goes through torch's own operations. The oracle
+is the Numba backend on a contiguous NumPy copy of the same values: the same bits for the
+first route, the same solution within float32 rounding for the second.
+"""
+
+from __future__ import annotations
+
+import warnings
+from unittest import mock
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import sinklabel
+
+torch = pytest.importorskip("torch")
+NumbaKernel = pytest.importorskip("sinklabel.kernels.numba").NumbaKernel
+
+FUZZ = settings(max_examples=30, deadline=None, derandomize=True)
+#: Layouts whose rows Numba reads in place, and those it cannot.
+IN_PLACE = ("C", "every other row", "padded rows", "storage offset")
+OTHER = ("transposed", "every other column", "one row repeated")
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Small inputs on a shared 2-core machine: torch's pool would wait for itself."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _tensor(values: np.ndarray, layout: str) -> torch.Tensor:
+    """A float32 tensor holding ``values`` (n x k) in ``layout``, built from a wider buffer."""
+    n, k = values.shape
+    x = torch.from_numpy(values)
+    if layout == "C":
+        return x.clone()
+    if layout == "every other row":
+        wide = torch.zeros(2 * n, k)
+        wide[::2] = x
+        return wide[::2]
+    if layout == "padded rows":
+        wide = torch.full((n, k + 3), np.nan)  # the padding is never read
+        wide[:, :k] = x
+        return wide[:, :k]
+    if layout == "storage offset":
+        flat = torch.full((n * k + 5,), np.nan)
+        flat[5:] = x.reshape(-1)
+        return flat[5:].view(n, k)
+    if layout == "transposed":
+        return x.t().contiguous().t()
+    if layout == "every other column":
+        wide = torch.zeros(n, 2 * k)
+        wide[:, ::2] = x
+        return wide[:, ::2]
+    return x[:1].clone().expand(n, k)  # "one row repeated": rows at stride 0
+
+
+@st.composite
+def problems(draw):
+    n = draw(st.integers(1, 120))
+    k = draw(st.integers(1, 12))
+    scale = draw(st.sampled_from([0.05, 1.0, 4.0]))
+    seed = draw(st.integers(0, 2**32 - 1))
+    values = (scale * np.random.default_rng(seed).standard_normal((n, k))).astype(np.float32)
+    layout = draw(st.sampled_from(IN_PLACE + OTHER))
+    if layout == "one row repeated":
+        values[:] = values[:1]
+    return values, layout, draw(st.booleans())
+
+
+def _solve(scores, k: int, **options):
+    # Chunks of 16 rows: the Numba route's blocks, and the reference's chunks, end mid-input.
+    with warnings.catch_warnings(), mock.patch.object(NumbaKernel, "chunk_rows",
+                                                      lambda self, n_labels, itemsize: 16):
+        warnings.simplefilter("ignore")  # empty labels and slow convergence: both sides alike
+        return sinklabel.sinkhorn(scores, k, max_iter=300, **options)
+
+
+@FUZZ
+@given(problems())
+def test_every_float32_layout_solves_like_numba_on_a_contiguous_copy(problem):
+    values, layout, requires_grad = problem
+    n, k = values.shape
+    x = _tensor(values, layout).requires_grad_(requires_grad)
+    before = x.detach().clone()
+    result = _solve(x, k)
+    reference = _solve(np.ascontiguousarray(values), k, backend="numba")
+
+    assert torch.equal(x.detach(), before), "the input was modified"
+    assert isinstance(result.labels, torch.Tensor) and result.labels.grad_fn is None
+    labels = result.labels.numpy()
+    if layout in IN_PLACE:
+        assert result.n_iter == reference.n_iter
+        np.testing.assert_array_equal(result.potentials, reference.potentials)
+        np.testing.assert_array_equal(labels, reference.labels)
+        return
+    assert result.converged == reference.converged
+    # Same problem, other rounding: the plans agree to float32 precision, and so do the labels
+    # except on rows whose two best labels the reference's potentials leave within 1e-3.
+    z = 25.0 * values.astype(np.float64)
+    plan = _softmax(z + result.potentials)
+    np.testing.assert_allclose(plan, _softmax(z + reference.potentials), rtol=0, atol=2e-3)
+    top2 = np.sort(z + reference.potentials, axis=1)[:, -2:]
+    near_tie = (top2[:, 1] - top2[:, 0] < 1e-3) if k > 1 else np.zeros(n, bool)
+    assert not np.any((labels != reference.labels) & ~near_tie)
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    p = np.exp(z - z.max(axis=1, keepdims=True))
+    return p / p.sum(axis=1, keepdims=True)
