@@ -84,9 +84,10 @@ def exp_tables(kernel: Kernel) -> Any:
     ValueError naming the backends that have one when this one does not."""
     if kernel.name not in _EXP_TABLES:
         names = " or ".join(repr(name) for name in _EXP_TABLES)
+        view = " (a CPU tensor's .numpy() is one, without a copy)" if kernel.name == "torch" else ""
         raise ValueError(
             f"cache=True is an option of the {names} backend; this solve runs on "
-            f"backend {kernel.name!r}. Pass cache=False, or backend={names} for NumPy input"
+            f"backend {kernel.name!r}. Pass cache=False, or backend={names} for NumPy input{view}"
         )
     module, cls = _EXP_TABLES[kernel.name]
     return getattr(importlib.import_module(module), cls)(kernel)
