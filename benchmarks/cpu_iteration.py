@@ -11,10 +11,16 @@ One iteration is one pass over all chunks of the scores. Rows of the table:
   ``r = 1 / (K * (c @ P)); c = 1 / (N * (P @ r))`` (two matrix-vector products, BLAS threads);
 - ``read (numba)``: one read of the scores on the same threads (a sum, the memory floor);
 - ``read (S.sum)``: NumPy's own single-threaded sum of the scores;
-- with ``--torch``, on a float32 CPU tensor sharing the scores' memory: ``torch``, the torch
+- with ``--torch``, on a CPU tensor sharing the scores' memory: ``torch``, the torch
   backend's pass (the Numba kernels on a view of the tensor), ``torch ops``, the same backend
-  made to use torch's own blocked operations (its route without Numba, and for other dtypes),
-  and ``sela (torch)``, the SeLa loop with torch's matrix-vector products on the same ``P``.
+  made to use torch's own blocked operations (its route without Numba, and for float64),
+  and ``sela (torch)``, the SeLa loop with torch's matrix-vector products on the same ``P``;
+- with ``--dtype float16`` or ``bfloat16`` the scores are stored in that type (bfloat16 as its
+  bits, rounded to nearest from the float32 scores) and ``numba`` reads them in place; two
+  more rows: ``numba (copy)``, each chunk first copied to float32 by NumPy and then the float32
+  pass (how float16 chunks were read before), and ``numba (float32)``, the float32 pass on a
+  float32 array of the same values. The reads then read the scores' 16 bits; ``numpy`` takes
+  no bfloat16 and is left out for it.
 
 Timings are taken in rounds (every method once per round) and ratios to ``numba`` are
 computed within a round, so a noisy shared machine disturbs them less; the medians are printed.
@@ -23,6 +29,7 @@ computed within a round, so a noisy shared machine disturbs them less; the media
     python benchmarks/cpu_iteration.py --n 100000      # a quick look
     python benchmarks/cpu_iteration.py --regime peaked
     python benchmarks/cpu_iteration.py --n 200000 --torch --no-cache
+    python benchmarks/cpu_iteration.py --n 200000 --dtype float16 --no-sela --numpy-rounds 0
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ import numpy as np
 from sinklabel.datasets import make_scores
 from sinklabel.exp_cache import table_cap, with_exp_cache
 from sinklabel.kernels import get_kernel
+from sinklabel.kernels.numba import bfloat16_rows
 from sinklabel.solver import label_mass, normalize_potentials
 from sinklabel.sources import ArraySource
 
@@ -64,6 +72,26 @@ def _read(scores: np.ndarray, pool) -> float:
     return work() + sum(future.result() for future in futures)
 
 
+def _stored(scores: np.ndarray, dtype: str) -> tuple[np.ndarray, np.ndarray]:
+    """The scores as stored for ``--dtype`` (bfloat16: its bits, for the Numba kernels), and
+    a float32 array of the same values."""
+    if dtype == "float32":
+        return scores, scores
+    if dtype == "float16":
+        half = scores.astype(np.float16)
+        return half, half.astype(np.float32)
+    bits = scores.view(np.uint32).astype(np.uint64)
+    bits = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)  # round to nearest
+    return bfloat16_rows(bits), _float32(bfloat16_rows(bits))
+
+
+def _float32(chunk: np.ndarray) -> np.ndarray:
+    """A C-ordered float32 copy of a 16-bit chunk, by NumPy on one thread."""
+    if chunk.dtype.names == ("bfloat16",):
+        return (chunk["bfloat16"].astype(np.uint32) << 16).view(np.float32)
+    return np.ascontiguousarray(chunk, np.float32)
+
+
 def _warm_potentials(source, kernel, lam: float, iterations: int) -> np.ndarray:
     """Potentials after a few Sinkhorn steps, so the timed pass sees realistic ``f``."""
     k = source.shape[1]
@@ -86,7 +114,10 @@ def _add_torch_methods(methods: dict, scores: np.ndarray, f: np.ndarray, lam: fl
 
     from sinklabel.kernels.torch import TorchKernel
 
-    x = torch.from_numpy(scores)
+    if scores.dtype.names == ("bfloat16",):
+        x = torch.from_numpy(scores["bfloat16"]).view(torch.bfloat16)
+    else:
+        x = torch.from_numpy(scores)
     kernel, ops_kernel = TorchKernel(), TorchKernel()
     ops_kernel._numba = None  # its route without Numba
     methods["torch"] = lambda: kernel.sweep(x, f, lam)
@@ -119,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--k", type=int, default=1000)
     parser.add_argument("--lam", type=float, default=25.0)
     parser.add_argument("--regime", default="flat", choices=("flat", "peaked"))
+    parser.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"),
+                        help="how the scores are stored (computed in float32 either way)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--numpy-rounds", type=int, default=1,
                         help="rounds for the (much slower) NumPy backend")
@@ -129,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from concurrent.futures import ThreadPoolExecutor
 
-    scores = make_scores(args.n, args.k, regime=args.regime, seed=0).scores
+    scores, values = _stored(make_scores(args.n, args.k, regime=args.regime, seed=0).scores,
+                             args.dtype)
     source = ArraySource(scores)
     numba_kernel, numpy_kernel = get_kernel("numba"), get_kernel("numpy")
     t0 = time.perf_counter()
@@ -143,6 +177,19 @@ def main(argv: list[str] | None = None) -> int:
         "numpy": lambda: label_mass(source, numpy_kernel, f, lam,
                                     numpy_kernel.chunk_rows(args.k, scores.itemsize)),
     }
+    if args.dtype == "bfloat16":
+        del methods["numpy"]
+    if args.dtype != "float32":
+        copies = ArraySource(scores)
+        float32 = ArraySource(values)
+
+        def copy_pass() -> None:
+            for _, _, chunk in copies.chunks(rows):
+                numba_kernel.sweep_lse(_float32(chunk), f, lam)
+
+        methods["numba (copy)"] = copy_pass
+        methods["numba (float32)"] = lambda: label_mass(float32, numba_kernel, f, lam,
+                                                        numba_kernel.chunk_rows(args.k, 4))
     if not args.no_cache:
         small = ArraySource(scores[:64])  # load the table kernels before timing a build
         label_mass(*with_exp_cache(small, numba_kernel, 64, 1), f, lam, 64)
@@ -154,9 +201,9 @@ def main(argv: list[str] | None = None) -> int:
         build_time = time.perf_counter() - t0
         methods["numba (cached)"] = lambda: label_mass(cached_source, cached_kernel, f, lam, rows)
     if not args.no_sela:
-        exp_cache = np.empty_like(scores)
+        exp_cache = np.empty(values.shape, np.float32)
         for start in range(0, args.n, 65536):
-            block = scores[start:start + 65536]
+            block = values[start:start + 65536]
             np.multiply(block - block.max(axis=1, keepdims=True), np.float32(lam),
                         out=exp_cache[start:start + 65536])
             np.exp(exp_cache[start:start + 65536], out=exp_cache[start:start + 65536])
@@ -171,8 +218,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.torch:
         _add_torch_methods(methods, scores, f, lam, None if args.no_sela else exp_cache)
     pool = ThreadPoolExecutor()
-    methods["read (numba)"] = lambda: _read(scores, pool)
-    methods["read (S.sum)"] = lambda: scores.sum()
+    stored = scores if args.dtype == "float32" else scores.view(np.uint16)  # 16-bit: the bits
+    methods["read (numba)"] = lambda: _read(stored, pool)
+    methods["read (S.sum)"] = lambda: stored.sum()
     for name, call in methods.items():
         if name != "numpy":
             call()
@@ -187,10 +235,10 @@ def main(argv: list[str] | None = None) -> int:
             call()
             times[name].append(time.perf_counter() - t0)
         base.append(times["numba"][-1])
-    z = lam * scores[:2000].astype(np.float64) + f
+    z = lam * values[:2000].astype(np.float64) + f
     live = float(((z - z.max(axis=1, keepdims=True)) > -87.33654).mean())
 
-    print(f"N={args.n:,} K={args.k} float32 lam={lam:g} regime={args.regime}, "
+    print(f"N={args.n:,} K={args.k} {args.dtype} lam={lam:g} regime={args.regime}, "
           f"{args.rounds} rounds, numba threads={numba.get_num_threads()}, "
           f"{_torch_threads(args.torch)}"
           f"cpu={platform.processor() or platform.machine()} ({os.cpu_count()} logical)")
@@ -203,6 +251,11 @@ def main(argv: list[str] | None = None) -> int:
         ratios = np.array(values) / np.array(base[:len(values)])
         print(f"{name:<16}{1e3 * np.median(values):>11.1f}{1e3 * min(values):>9.1f}"
               f"{np.median(ratios):>10.2f}{np.median(1 / ratios):>12.2f}")
+    if "numba (copy)" in times:
+        copy = np.median(np.array(times["numba (copy)"]) / np.array(base))
+        float32 = np.median(np.array(base) / np.array(times["numba (float32)"]))
+        print(f"medians over rounds: numba (copy) / numba = {copy:.2f}, "
+              f"numba / numba (float32) = {float32:.2f}")
     if "sela" in times and "numba (cached)" in times:
         ratios = np.array(times["numba (cached)"]) / np.array(times["sela"])
         print(f"numba (cached) / sela, median over rounds: {np.median(ratios):.3f}")

@@ -337,7 +337,7 @@ def _hard_scores() -> np.ndarray:
     ("flat", 1.0), ("flat", 25.0), ("peaked", 1.0), ("peaked", 25.0), ("hard", 25.0),
     ("hard", 1e3),
 ])
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
 def test_sweep_lse_matches_float64_reference(backend, case, lam, dtype):
     scores = (_hard_scores() if case == "hard" else _scores(np.float32, case)).astype(dtype)
     f = _potentials()

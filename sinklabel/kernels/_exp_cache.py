@@ -53,7 +53,7 @@ from numba.extending import overload
 
 from .._simd import FAST, W, block_keep, fmax
 from ._base import compute_dtype
-from .numba import _UNDERFLOW, NumbaKernel, _exp, _row_buffer, _row_ranges
+from .numba import _UNDERFLOW, NumbaKernel, _exp, _row_buffer, _row_ranges, _widen
 from .numba import _best_rows as _raw_best_rows
 from .numba import _sweep_rows as _raw_sweep_rows
 
@@ -134,7 +134,7 @@ def _build_rows(buf, lo, hi, k, ld, f, lam, window, scale, tol, cap,
         row = buf[(lo + r) * ld:(lo + r) * ld + k]
         m = -np.inf
         for j in range(k):
-            value = lam64 * np.float64(row[j]) + f[j]
+            value = lam64 * np.float64(_widen(row[j])) + f[j]
             z[j] = value
             m = fmax(m, value)
         width = window
@@ -369,10 +369,10 @@ class NumbaExpTables:
                    lam: float) -> tuple[np.ndarray, float]:
         """The uncached ``sweep_lse`` of the rows ``rows`` of a raw chunk, without copying
         them out: the rows a table could not answer."""
-        buf, ld = _row_buffer(block)
+        buf, ld, dtype = _row_buffer(block)
         k = block.shape[1]
-        f_typed, lam_typed = np.ascontiguousarray(f, dtype=buf.dtype), buf.dtype.type(lam)
-        underflow = buf.dtype.type(_UNDERFLOW[buf.dtype])
+        f_typed, lam_typed = np.ascontiguousarray(f, dtype=dtype), dtype.type(lam)
+        underflow = dtype.type(_UNDERFLOW[dtype])
         tasks = _listed_tasks(rows, k)
         acc = np.zeros((len(tasks), k + 1))
         self.run(_sweep_listed, [(buf, part, k, ld, f_typed, lam_typed, underflow, acc[t])
@@ -384,9 +384,9 @@ class NumbaExpTables:
                   top: np.ndarray, labels: np.ndarray) -> None:
         """The uncached ``best`` of the rows ``rows`` of a raw chunk, written into ``top`` and
         ``labels`` at those rows."""
-        buf, ld = _row_buffer(block)
+        buf, ld, dtype = _row_buffer(block)
         k = block.shape[1]
-        f_typed, lam_typed = np.ascontiguousarray(f, dtype=buf.dtype), buf.dtype.type(lam)
+        f_typed, lam_typed = np.ascontiguousarray(f, dtype=dtype), dtype.type(lam)
         self.run(_best_listed, [(buf, part, k, ld, f_typed, lam_typed, top, labels)
                                 for part in _listed_tasks(rows, k)])
 
@@ -394,9 +394,8 @@ class NumbaExpTables:
               cap: int) -> ExpTable:
         """The table of a raw chunk at potentials ``f``, with a window for potentials that move
         ``need`` (0 for a first build), at most ``cap`` entries per row."""
-        buf, ld = _row_buffer(block)
+        buf, ld, dtype = _row_buffer(block)
         n, k = block.shape
-        dtype = buf.dtype
         tol = tolerance(k, dtype)
         window = min(_MAX_WINDOW[dtype], tol + max(tol, 2.0 * need))
         scale = _SCALE[dtype]

@@ -13,8 +13,8 @@ A sweep reads each row of scores from memory once; everything after that stays i
 
 Rows are split into tasks of ~2 MiB taken by ``numba.get_num_threads()`` threads (the kernels
 release the GIL). Each task has its own accumulator and they are added in task order, so the
-result does not depend on the thread count or on scheduling. float32 scores are computed in
-float32 and accumulated in float64.
+result does not depend on the thread count or on scheduling. float32 scores (and 16-bit ones,
+below) are computed in float32 and accumulated in float64.
 
 The exponential. Numba's ``math.exp`` on float32 is a scalar libm call; it vectorises only
 with Intel SVML, and the llvmlite that Numba 0.68 uses (0.50) is built without the SVML patch,
@@ -30,8 +30,19 @@ use ``math.exp`` (libm), as float64 exponentials rarely underflow at useful lam.
 
 Layouts. Kernels read a 1-D view holding row ``i`` at ``[i * ld, i * ld + K)``, so C-ordered
 arrays and row slices of wider arrays are read in place; Fortran-ordered, column-strided and
-float16 chunks are first copied (one chunk at a time; float16 to float32). Inputs are never
-written.
+non-native byte order chunks are first copied (one chunk at a time, to the compute dtype).
+Inputs are never written.
+
+16-bit scores. float16 and bfloat16 (given as its bits, :func:`bfloat16_rows`: the torch
+backend's route for CPU tensors) are read in place too and widened to float32 as each score is
+loaded (:func:`_widen`: ``fpext half`` for float16, one F16C ``vcvtph2ps`` per 8 scores; the
+bits shifted into the top of a float32 for bfloat16). Both widenings are exact and the kernels
+are the same after the load, so the results are the bits of the float32 pass on the widened
+scores. Numba 0.68's CPU target has no float16 arrays at all (no data model), so both formats
+travel as their raw bits in a one-field record named after the format (:data:`HALF_BITS`,
+:data:`BFLOAT16_BITS`): the element type says how to widen, and no integer array can be read as
+16-bit floats. Before, float16 chunks were copied to float32 by NumPy on one thread, which took
+several times the pass itself and doubled the chunk's memory.
 """
 
 from __future__ import annotations
@@ -109,6 +120,69 @@ def _block_axpy(typingctx, acc, j, p, d, w):
 
 
 # ---------------------------------------------------------------------------------------------
+# 16-bit scores: read as their bits, widened to float32 on load
+# ---------------------------------------------------------------------------------------------
+
+#: The storage the kernels read 16-bit scores as. Numba's CPU target has no float16 (0.68 has
+#: no data model for it: a float16 array cannot even be passed) and NumPy no bfloat16, so both
+#: are read as their raw bits, held in a one-field record named after the format: a record,
+#: not an integer, so no integer array can be read as 16-bit floats.
+HALF_BITS = np.dtype([("float16", np.uint16)])
+BFLOAT16_BITS = np.dtype([("bfloat16", np.uint16)])
+
+
+def bfloat16_rows(bits: np.ndarray) -> np.ndarray:
+    """bfloat16 scores given as their bits (e.g. ``tensor.view(torch.int16).numpy()``), as a
+    view that :class:`NumbaKernel` takes and reads as bfloat16 (computed in float32)."""
+    dtype = bits.dtype
+    if dtype.kind not in "iu" or dtype.itemsize != 2 or not dtype.isnative or bits.ndim != 2:
+        raise TypeError(f"bfloat16 bits must be a 2-D native 16-bit integer array, got "
+                        f"{dtype.str} with {bits.ndim} dimensions")
+    return bits.view(BFLOAT16_BITS)
+
+
+@intrinsic
+def _half_to_float(typingctx, bits):
+    """float16 bits -> float32 (exact): ``fpext half``, which F16C does 8 at a time."""
+    if bits != types.uint16:
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.fpext(builder.bitcast(args[0], ir.HalfType()), ir.FloatType())
+
+    return types.float32(bits), codegen
+
+
+@intrinsic
+def _bfloat16_to_float(typingctx, bits):
+    """bfloat16 bits -> float32 (exact): they are the top half of the float32."""
+    if bits != types.uint16:
+        return None
+
+    def codegen(context, builder, sig, args):
+        i32 = ir.IntType(32)
+        word = builder.shl(builder.zext(args[0], i32), ir.Constant(i32, 16))
+        return builder.bitcast(word, ir.FloatType())
+
+    return types.float32(bits), codegen
+
+
+def _widen(x):
+    """A score as the compute dtype: float32 and float64 as they are, 16-bit bits to float32."""
+
+
+@overload(_widen)
+def _widen_overload(x):
+    if isinstance(x, types.Float):
+        return lambda x: x
+    if isinstance(x, types.Record) and list(x.fields) == ["float16"]:
+        return lambda x: _half_to_float(x.float16)
+    if isinstance(x, types.Record) and list(x.fields) == ["bfloat16"]:
+        return lambda x: _bfloat16_to_float(x.bfloat16)
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
 # The exponential
 # ---------------------------------------------------------------------------------------------
 
@@ -158,6 +232,9 @@ def _exp_overload(x):
 # Kernels on a row-contiguous 1-D buffer: row i is buf[i * ld : i * ld + k].
 # ---------------------------------------------------------------------------------------------
 
+# Scores are read through ``_widen``; everything after the load is in the compute dtype, which
+# is ``f``'s (float32 for 16-bit storage), so a 16-bit chunk gives the bits of its float32 copy.
+
 # Each kernel handles the rows [lo, hi) and releases the GIL, so the kernel object can run one
 # row range per thread (see ``_RowThreads``). Plain ``nogil`` functions compile in about half
 # the time of ``parallel=True`` ones, which matters for the first call in a training job.
@@ -172,22 +249,22 @@ def _sweep_rows(buf, lo, hi, k, ld, f, lam, underflow, acc):
     it counts exactly the blocks the screening kept (the rest add below float resolution).
     """
     full = k - k % W
-    z = np.empty(k, buf.dtype)
-    packed = np.empty(k, buf.dtype)
+    z = np.empty(k, f.dtype)
+    packed = np.empty(k, f.dtype)
     live = np.empty(k // W + 1, np.int64)
     lse = 0.0
     for i in range(lo, hi):
         row = buf[i * ld:i * ld + k]  # a slice: non-negative indices, no wraparound checks
         # Finite bounds, not -inf: (-inf) - (-inf) would be NaN, which these flags exclude.
         # The dtype's own extremes, so that every finite z of a row lies between them.
-        top = -np.finfo(buf.dtype).max
-        bottom = np.finfo(buf.dtype).max
+        top = -np.finfo(f.dtype).max
+        bottom = np.finfo(f.dtype).max
         for j in range(k):
-            value = lam * row[j] + f[j]
+            value = lam * _widen(row[j]) + f[j]
             z[j] = value
             top = fmax(top, value)
             bottom = fmin(bottom, value)
-        total = buf.dtype.type(0.0)
+        total = f.dtype.type(0.0)
         if bottom - top >= underflow:
             # Every exponential is in range (small lam): screening would find nothing to skip.
             for j in range(k):
@@ -201,7 +278,7 @@ def _sweep_rows(buf, lo, hi, k, ld, f, lam, underflow, acc):
             # Pack the blocks holding any z >= top + underflow. The threshold is rounded down,
             # never up: near |top| = 1e8 a float32 sum would round to top and drop live blocks.
             exact = np.float64(top) + np.float64(underflow)
-            threshold = buf.dtype.type(exact - abs(exact) * 2.5e-7)
+            threshold = f.dtype.type(exact - abs(exact) * 2.5e-7)
             n_live = 0
             for b in range(0, full, W):
                 live[n_live] = b
@@ -228,12 +305,12 @@ def _sweep_rows(buf, lo, hi, k, ld, f, lam, underflow, acc):
 @njit(nogil=True, cache=True)
 def _best_rows(buf, lo, hi, k, ld, f, lam, top, labels):
     """Per row, max of lam * row + f and the first label reaching it (as ``np.argmax``)."""
-    z = np.empty(k, buf.dtype)
+    z = np.empty(k, f.dtype)
     for i in range(lo, hi):
         row = buf[i * ld:i * ld + k]
-        m = buf.dtype.type(-np.inf)
+        m = f.dtype.type(-np.inf)
         for j in range(k):
-            value = lam * row[j] + f[j]
+            value = lam * _widen(row[j]) + f[j]
             z[j] = value
             m = fmaximum(m, value)
         if m != m:
@@ -249,12 +326,12 @@ def _best_rows(buf, lo, hi, k, ld, f, lam, top, labels):
 @njit(fastmath=FAST, nogil=True, cache=True)
 def _slack_rows(buf, lo, hi, k, ld, f, lam, slack):
     """``slack[y] = max(slack[y], z[i, y] - max z[i, :])`` over rows lo..hi-1."""
-    z = np.empty(k, buf.dtype)
+    z = np.empty(k, f.dtype)
     for i in range(lo, hi):
         row = buf[i * ld:i * ld + k]
-        m = -np.finfo(buf.dtype).max
+        m = -np.finfo(f.dtype).max
         for j in range(k):
-            value = lam * row[j] + f[j]
+            value = lam * _widen(row[j]) + f[j]
             z[j] = value
             m = fmax(m, value)
         for j in range(k):
@@ -267,9 +344,9 @@ def _soft_rows(buf, lo, hi, k, ld, f, lam, out):
     for i in range(lo, hi):
         scores = buf[i * ld:i * ld + k]
         row = out[i]
-        m = -np.finfo(buf.dtype).max
+        m = -np.finfo(f.dtype).max
         for j in range(k):
-            value = lam * scores[j] + f[j]
+            value = lam * _widen(scores[j]) + f[j]
             row[j] = value
             m = fmax(m, value)
         total = 0.0
@@ -277,7 +354,7 @@ def _soft_rows(buf, lo, hi, k, ld, f, lam, out):
             p = _exp(row[j] - m)
             row[j] = p
             total += p
-        weight = buf.dtype.type(1.0 / total)
+        weight = f.dtype.type(1.0 / total)
         for j in range(k):
             row[j] *= weight
 
@@ -285,7 +362,7 @@ def _soft_rows(buf, lo, hi, k, ld, f, lam, out):
 @njit(nogil=True, cache=True)
 def _gather_rows(buf, lo, hi, ld, labels, out):
     for i in range(lo, hi):
-        out[i] = buf[i * ld + labels[i]]
+        out[i] = _widen(buf[i * ld + labels[i]])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -352,21 +429,47 @@ def _rows_in_place(chunk: np.ndarray) -> bool:
     return n == 1 or (chunk.strides[0] >= k * size and chunk.strides[0] % size == 0)
 
 
-def _row_buffer(chunk: np.ndarray) -> tuple[np.ndarray, int]:
-    """A read-only 1-D view holding row i at ``[i * ld, i * ld + k)``, and ``ld``.
+#: What the kernels read each dtype they take in place as (native byte order only).
+_STORAGE = {
+    np.dtype(np.float32): np.dtype(np.float32),
+    np.dtype(np.float64): np.dtype(np.float64),
+    np.dtype(np.float16): HALF_BITS,
+    BFLOAT16_BITS: BFLOAT16_BITS,
+}
 
-    Rows already laid out that way are viewed in place; anything else (Fortran order, strided
-    columns, float16) is first copied into a C-ordered chunk of the compute dtype.
+
+def _reads_in_place(chunk: np.ndarray) -> bool:
+    """True when the kernels read the chunk's own memory: a dtype they load (float16, bfloat16
+    bits, float32, float64, native byte order) in rows they can walk (:func:`_rows_in_place`)."""
+    return chunk.dtype in _STORAGE and _rows_in_place(chunk)
+
+
+def _float_values(array: np.ndarray) -> np.ndarray:
+    """The scores as a NumPy float array: bfloat16 bits widened to float32 (exact), any other
+    dtype as it is."""
+    if array.dtype == BFLOAT16_BITS:
+        return (array["bfloat16"].astype(np.uint32) << 16).view(np.float32)
+    return array
+
+
+def _row_buffer(chunk: np.ndarray) -> tuple[np.ndarray, int, np.dtype]:
+    """A read-only 1-D view holding row i at ``[i * ld, i * ld + k)``, ``ld``, and the dtype
+    the scores are computed in (float32 for 16-bit scores, which are read as their bits).
+
+    Chunks the kernels read in place are viewed; anything else (Fortran order, strided columns,
+    other byte orders) is first copied into a C-ordered chunk of the compute dtype.
     """
     dtype = compute_dtype(chunk.dtype)
-    if chunk.dtype != dtype or not _rows_in_place(chunk):
-        chunk = np.ascontiguousarray(chunk, dtype=dtype)
+    if _reads_in_place(chunk):
+        chunk = chunk.view(_STORAGE[chunk.dtype])
+    else:
+        chunk = np.ascontiguousarray(_float_values(chunk), dtype=dtype)
     n, k = chunk.shape
     ld = chunk.strides[0] // chunk.itemsize if n > 1 else k
     flat = np.lib.stride_tricks.as_strided(
         chunk, shape=(max(0, (n - 1) * ld + k),), strides=(chunk.itemsize,), writeable=False
     )
-    return flat, ld
+    return flat, ld, dtype
 
 
 # ---------------------------------------------------------------------------------------------
@@ -375,7 +478,8 @@ def _row_buffer(chunk: np.ndarray) -> tuple[np.ndarray, int]:
 
 
 class NumbaKernel(Kernel):
-    """Fused, multi-threaded kernels for NumPy arrays (float16, float32, float64).
+    """Fused, multi-threaded kernels for NumPy arrays (float16, float32, float64, and
+    bfloat16 given as bits through :func:`bfloat16_rows`).
 
     Threads: ``threads()`` of them, by default ``numba.get_num_threads()`` (``NUMBA_NUM_THREADS``,
     or ``numba.set_num_threads``). Compiled code is cached on disk, so only the first call on a
@@ -389,8 +493,9 @@ class NumbaKernel(Kernel):
         self._threads = _RowThreads(threads)
 
     def chunk_rows(self, n_labels: int, itemsize: int) -> int:
-        """About 64 MiB of scores per chunk: 32 tasks to share among the threads. A C-ordered
-        chunk is a view and costs no memory; other layouts copy one chunk at a time."""
+        """About 64 MiB of scores per chunk: 32 tasks to share among the threads. A chunk read
+        in place (C order, row slices, any dtype taken) costs no memory; other layouts copy one
+        chunk at a time."""
         return max(1, (64 << 20) // max(1, n_labels * itemsize))
 
     def sweep(self, chunk: np.ndarray, f: np.ndarray, lam: float) -> np.ndarray:
@@ -401,7 +506,7 @@ class NumbaKernel(Kernel):
         of the per-task sums, so both add up in the same fixed task order)."""
         buf, ld, f_typed, lam_typed = self._inputs(chunk, f, lam)
         n, k = chunk.shape
-        underflow = buf.dtype.type(_UNDERFLOW[buf.dtype])
+        underflow = f_typed.dtype.type(_UNDERFLOW[f_typed.dtype])
         ranges = _row_ranges(n, k)
         acc = np.zeros((len(ranges), k + 1))
         self._threads.run(_sweep_rows, [
@@ -414,7 +519,7 @@ class NumbaKernel(Kernel):
     def best(self, chunk: np.ndarray, f: np.ndarray, lam: float) -> tuple[np.ndarray, np.ndarray]:
         buf, ld, f_typed, lam_typed = self._inputs(chunk, f, lam)
         n, k = chunk.shape
-        top = np.empty(n, buf.dtype)
+        top = np.empty(n, f_typed.dtype)
         labels = np.empty(n, np.int64)
         self._threads.run(_best_rows, [
             (buf, lo, hi, k, ld, f_typed, lam_typed, top, labels) for lo, hi in _row_ranges(n, k)
@@ -425,7 +530,7 @@ class NumbaKernel(Kernel):
         buf, ld, f_typed, lam_typed = self._inputs(chunk, f, lam)
         n, k = chunk.shape
         ranges = _row_ranges(n, k)
-        slack = np.full((len(ranges), k), -np.inf, dtype=buf.dtype)
+        slack = np.full((len(ranges), k), -np.inf, dtype=f_typed.dtype)
         self._threads.run(_slack_rows, [
             (buf, lo, hi, k, ld, f_typed, lam_typed, slack[t])
             for t, (lo, hi) in enumerate(ranges)
@@ -435,7 +540,7 @@ class NumbaKernel(Kernel):
     def soft(self, chunk: np.ndarray, f: np.ndarray, lam: float) -> np.ndarray:
         buf, ld, f_typed, lam_typed = self._inputs(chunk, f, lam)
         n, k = chunk.shape
-        out = np.empty((n, k), buf.dtype)
+        out = np.empty((n, k), f_typed.dtype)
         self._threads.run(_soft_rows, [
             (buf, lo, hi, k, ld, f_typed, lam_typed, out) for lo, hi in _row_ranges(n, k)
         ])
@@ -448,10 +553,10 @@ class NumbaKernel(Kernel):
             raise ValueError(f"labels must have shape ({n},), got {labels.shape}")
         if n and (labels.min() < 0 or labels.max() >= k):
             raise ValueError(f"labels must lie in [0, {k}), got [{labels.min()}, {labels.max()}]")
-        if chunk.dtype not in (np.float32, np.float64) or not _rows_in_place(chunk):
+        if not _reads_in_place(chunk):
             # Copying the chunk to read n of its n * k values would cost more than this.
-            return chunk[np.arange(n), labels].astype(np.float64)
-        buf, ld = _row_buffer(chunk)
+            return _float_values(chunk[np.arange(n), labels]).astype(np.float64)
+        buf, ld, _ = _row_buffer(chunk)
         labels = labels.astype(np.int64, copy=False)
         out = np.empty(n)
         _gather_rows(buf, 0, n, ld, labels, out)
@@ -469,5 +574,5 @@ class NumbaKernel(Kernel):
     @staticmethod
     def _inputs(chunk: np.ndarray, f: np.ndarray, lam: float):
         """The chunk as a row buffer, with ``f`` and ``lam`` in its compute dtype."""
-        buf, ld = _row_buffer(chunk)
-        return buf, ld, np.ascontiguousarray(f, dtype=buf.dtype), buf.dtype.type(lam)
+        buf, ld, dtype = _row_buffer(chunk)
+        return buf, ld, np.ascontiguousarray(f, dtype=dtype), dtype.type(lam)
