@@ -285,6 +285,21 @@ def test_tensors_numpy_cannot_view_take_torch_ops(rng):
     assert torch.equal(result.labels, reference.labels)
 
 
+def test_tensors_on_other_devices_are_refused_clearly():
+    """Meta tensors (no data) and MPS ones (no float64 for the accumulators) gave torch's own
+    errors from inside a pass; now a TypeError naming the device, from every operation."""
+    x = torch.zeros((10, 3), device="meta")
+    with pytest.raises(TypeError, match=r"CPU and CUDA tensors, got one on meta: pass logp\.cpu"):
+        sinklabel.sinkhorn(x, 3)
+    kernel = get_kernel("torch")
+    f = np.zeros(3)
+    for operation in (kernel.sweep_lse, kernel.best, kernel.slack, kernel.soft):
+        with pytest.raises(TypeError, match="got one on meta"):
+            operation(x, f, 25.0)
+    with pytest.raises(TypeError, match="got one on meta"):
+        kernel.gather(x, torch.zeros(10, dtype=torch.int64))
+
+
 def test_exp_of_underflowing_inputs_is_exactly_zero():
     from sinklabel.kernels.torch import _exp_nonpositive
 

@@ -60,7 +60,7 @@ class TorchKernel(Kernel):
         return self.sweep_lse(chunk, f, lam)[0]
 
     def sweep_lse(self, chunk: torch.Tensor, f: np.ndarray, lam: float) -> tuple[np.ndarray, float]:
-        x = chunk.detach()
+        x = _readable(chunk)
         fused = _fused(x)
         if fused is not None:
             return fused.sweep_lse(x, f, lam)
@@ -87,7 +87,7 @@ class TorchKernel(Kernel):
         return mass.cpu().numpy(), float(lse)
 
     def best(self, chunk: torch.Tensor, f: np.ndarray, lam: float):
-        x = chunk.detach()
+        x = _readable(chunk)
         fused = _fused(x)
         if fused is not None:
             return fused.best(x, f, lam)
@@ -104,12 +104,13 @@ class TorchKernel(Kernel):
     def slack(self, chunk: torch.Tensor, f: np.ndarray, lam: float) -> np.ndarray:
         import torch
 
-        view = self._numba_view(chunk.detach())
+        x = _readable(chunk)
+        view = self._numba_view(x)
         if view is not None:
             blocks = self._numba_blocks(view)
             return np.max([self._numba.slack(block, f, lam) for _, block in blocks], axis=0)
         result = None
-        for _, z in _shifted_blocks(chunk.detach(), f, lam):
+        for _, z in _shifted_blocks(x, f, lam):
             top = z.amax(dim=0)
             result = top if result is None else torch.maximum(result, top)
         return result.double().cpu().numpy()
@@ -117,7 +118,7 @@ class TorchKernel(Kernel):
     def soft(self, chunk: torch.Tensor, f: np.ndarray, lam: float) -> torch.Tensor:
         import torch
 
-        x = chunk.detach()
+        x = _readable(chunk)
         view = self._numba_view(x)
         if view is not None:
             out = np.empty(view.shape, np.float32)
@@ -133,7 +134,7 @@ class TorchKernel(Kernel):
     def gather(self, chunk: torch.Tensor, labels) -> np.ndarray:
         import torch
 
-        x = chunk.detach()
+        x = _readable(chunk)
         index = torch.as_tensor(labels, device=x.device).long()[:, None]
         return x.gather(1, index)[:, 0].double().cpu().numpy()
 
@@ -181,6 +182,17 @@ class TorchKernel(Kernel):
         rows = self._numba.chunk_rows(n_labels, view.itemsize)
         for start in range(0, max(n_rows, 1), rows):
             yield start, view[start:start + rows]
+
+
+def _readable(chunk: torch.Tensor) -> torch.Tensor:
+    """The chunk detached from autograd; TypeError for devices other than the CPU and CUDA
+    (MPS has no float64 for the accumulators, meta tensors no data), before any work."""
+    if chunk.device.type not in ("cpu", "cuda"):
+        raise TypeError(
+            f"the torch backend computes on CPU and CUDA tensors, got one on {chunk.device}: "
+            f"pass logp.cpu() or a CUDA tensor"
+        )
+    return chunk.detach()
 
 
 def _from_numpy(array: np.ndarray) -> torch.Tensor:
