@@ -20,7 +20,11 @@ One iteration is one pass over all chunks of the scores. Rows of the table:
   more rows: ``numba (copy)``, each chunk first copied to float32 by NumPy and then the float32
   pass (how float16 chunks were read before), and ``numba (float32)``, the float32 pass on a
   float32 array of the same values. The reads then read the scores' 16 bits; ``numpy`` takes
-  no bfloat16 and is left out for it.
+  no bfloat16 and is left out for it;
+- with ``--dtype float64`` the scores are float64 (``make_scores(..., dtype=np.float64)``)
+  and one more row, ``numba (libm exp)``: the same pass with the exponential that float64
+  used before :func:`sinklabel.kernels.numba._exp_f64`, Numba's scalar ``math.exp`` (the
+  sweep recompiled here with it, for this benchmark only).
 
 Timings are taken in rounds (every method once per round) and ratios to ``numba`` are
 computed within a round, so a noisy shared machine disturbs them less; the medians are printed.
@@ -30,14 +34,17 @@ computed within a round, so a noisy shared machine disturbs them less; the media
     python benchmarks/cpu_iteration.py --regime peaked
     python benchmarks/cpu_iteration.py --n 200000 --torch --no-cache
     python benchmarks/cpu_iteration.py --n 200000 --dtype float16 --no-sela --numpy-rounds 0
+    python benchmarks/cpu_iteration.py --n 200000 --dtype float64 --no-sela --torch
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import platform
 import time
+import types
 
 import numba
 import numpy as np
@@ -45,7 +52,8 @@ import numpy as np
 from sinklabel.datasets import make_scores
 from sinklabel.exp_cache import table_cap, with_exp_cache
 from sinklabel.kernels import get_kernel
-from sinklabel.kernels.numba import bfloat16_rows
+from sinklabel.kernels import numba as numba_backend
+from sinklabel.kernels.numba import _UNDERFLOW, bfloat16_rows
 from sinklabel.solver import label_mass, normalize_potentials
 from sinklabel.sources import ArraySource
 
@@ -83,6 +91,33 @@ def _stored(scores: np.ndarray, dtype: str) -> tuple[np.ndarray, np.ndarray]:
     bits = scores.view(np.uint32).astype(np.uint64)
     bits = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)  # round to nearest
     return bfloat16_rows(bits), _float32(bfloat16_rows(bits))
+
+
+@numba.njit(cache=False)
+def _libm_exp(x):
+    return math.exp(x)
+
+
+def _libm_sweep():
+    """The backend's ``_sweep_rows`` compiled with Numba's scalar ``math.exp`` (libm) in place
+    of the backend's exponential: the float64 pass as it was before ``_exp_f64``."""
+    python = numba_backend._sweep_rows.py_func
+    scope = dict(python.__globals__, _exp=_libm_exp)
+    copy = types.FunctionType(python.__code__, scope, python.__name__)
+    return numba.njit(fastmath=numba_backend.FAST, nogil=True)(copy)
+
+
+def _with_libm_exp(call, sweep):
+    """``call()`` with the Numba backend's sweep swapped for ``sweep`` while it runs."""
+    def swapped() -> None:
+        original = numba_backend._sweep_rows
+        numba_backend._sweep_rows = sweep
+        try:
+            call()
+        finally:
+            numba_backend._sweep_rows = original
+
+    return swapped
 
 
 def _float32(chunk: np.ndarray) -> np.ndarray:
@@ -150,8 +185,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--k", type=int, default=1000)
     parser.add_argument("--lam", type=float, default=25.0)
     parser.add_argument("--regime", default="flat", choices=("flat", "peaked"))
-    parser.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"),
-                        help="how the scores are stored (computed in float32 either way)")
+    parser.add_argument("--dtype", default="float32",
+                        choices=("float32", "float16", "bfloat16", "float64"),
+                        help="how the scores are stored (16-bit ones are computed in float32)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--numpy-rounds", type=int, default=1,
                         help="rounds for the (much slower) NumPy backend")
@@ -162,8 +198,12 @@ def main(argv: list[str] | None = None) -> int:
 
     from concurrent.futures import ThreadPoolExecutor
 
-    scores, values = _stored(make_scores(args.n, args.k, regime=args.regime, seed=0).scores,
-                             args.dtype)
+    if args.dtype == "float64":
+        scores = values = make_scores(args.n, args.k, regime=args.regime, seed=0,
+                                      dtype=np.float64).scores
+    else:
+        scores, values = _stored(make_scores(args.n, args.k, regime=args.regime, seed=0).scores,
+                                 args.dtype)
     source = ArraySource(scores)
     numba_kernel, numpy_kernel = get_kernel("numba"), get_kernel("numpy")
     t0 = time.perf_counter()
@@ -179,7 +219,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     if args.dtype == "bfloat16":
         del methods["numpy"]
-    if args.dtype != "float32":
+    if args.dtype == "float64":
+        methods["numba (libm exp)"] = _with_libm_exp(methods["numba"], _libm_sweep())
+    elif args.dtype != "float32":
         copies = ArraySource(scores)
         float32 = ArraySource(values)
 
@@ -218,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.torch:
         _add_torch_methods(methods, scores, f, lam, None if args.no_sela else exp_cache)
     pool = ThreadPoolExecutor()
-    stored = scores if args.dtype == "float32" else scores.view(np.uint16)  # 16-bit: the bits
+    stored = scores if scores.itemsize >= 4 else scores.view(np.uint16)  # 16-bit: the bits
     methods["read (numba)"] = lambda: _read(stored, pool)
     methods["read (S.sum)"] = lambda: stored.sum()
     for name, call in methods.items():
@@ -236,13 +278,15 @@ def main(argv: list[str] | None = None) -> int:
             times[name].append(time.perf_counter() - t0)
         base.append(times["numba"][-1])
     z = lam * values[:2000].astype(np.float64) + f
-    live = float(((z - z.max(axis=1, keepdims=True)) > -87.33654).mean())
+    underflow = _UNDERFLOW[np.dtype(np.float64 if args.dtype == "float64" else np.float32)]
+    live = float(((z - z.max(axis=1, keepdims=True)) > underflow).mean())
 
     print(f"N={args.n:,} K={args.k} {args.dtype} lam={lam:g} regime={args.regime}, "
           f"{args.rounds} rounds, numba threads={numba.get_num_threads()}, "
           f"{_torch_threads(args.torch)}"
           f"cpu={platform.processor() or platform.machine()} ({os.cpu_count()} logical)")
-    print(f"exp inputs above the float32 underflow threshold: {100 * live:.1f}%; "
+    print(f"exp inputs above the {'float64' if args.dtype == 'float64' else 'float32'} "
+          f"underflow threshold: {100 * live:.1f}%; "
           f"first numba call in this process: {first_call:.2f} s")
     print(f"{'method':<16}{'median ms':>11}{'min ms':>9}{'x numba':>10}{'numba / it':>12}")
     for name, values in times.items():

@@ -1,9 +1,9 @@
 """Property tests of the torch backend's two CPU routes over tensor layouts.
 
-float32 CPU tensors whose rows lie at a fixed positive stride go through the Numba kernels on
-a view of their memory; every other layout goes through torch's own operations. The oracle
-is the Numba backend on a contiguous NumPy copy of the same values: the same bits for the
-first route, the same solution within float32 rounding for the second.
+float32 and float64 CPU tensors whose rows lie at a fixed positive stride go through the Numba
+kernels on a view of their memory; every other layout goes through torch's own operations. The
+oracle is the Numba backend on a contiguous NumPy copy of the same values: the same bits for
+the first route, the same solution within float32 rounding for the second.
 """
 
 from __future__ import annotations
@@ -37,27 +37,29 @@ def one_torch_thread():
 
 
 def _tensor(values: np.ndarray, layout: str) -> torch.Tensor:
-    """A float32 tensor holding ``values`` (n x k) in ``layout``, built from a wider buffer."""
+    """A tensor holding ``values`` (n x k, their dtype) in ``layout``, built from a wider
+    buffer."""
     n, k = values.shape
     x = torch.from_numpy(values)
+    dtype = x.dtype
     if layout == "C":
         return x.clone()
     if layout == "every other row":
-        wide = torch.zeros(2 * n, k)
+        wide = torch.zeros(2 * n, k, dtype=dtype)
         wide[::2] = x
         return wide[::2]
     if layout == "padded rows":
-        wide = torch.full((n, k + 3), np.nan)  # the padding is never read
+        wide = torch.full((n, k + 3), np.nan, dtype=dtype)  # the padding is never read
         wide[:, :k] = x
         return wide[:, :k]
     if layout == "storage offset":
-        flat = torch.full((n * k + 5,), np.nan)
+        flat = torch.full((n * k + 5,), np.nan, dtype=dtype)
         flat[5:] = x.reshape(-1)
         return flat[5:].view(n, k)
     if layout == "transposed":
         return x.t().contiguous().t()
     if layout == "every other column":
-        wide = torch.zeros(n, 2 * k)
+        wide = torch.zeros(n, 2 * k, dtype=dtype)
         wide[:, ::2] = x
         return wide[:, ::2]
     return x[:1].clone().expand(n, k)  # "one row repeated": rows at stride 0
@@ -69,7 +71,8 @@ def problems(draw):
     k = draw(st.integers(1, 12))
     scale = draw(st.sampled_from([0.05, 1.0, 4.0]))
     seed = draw(st.integers(0, 2**32 - 1))
-    values = (scale * np.random.default_rng(seed).standard_normal((n, k))).astype(np.float32)
+    dtype = draw(st.sampled_from([np.float32, np.float64]))
+    values = (scale * np.random.default_rng(seed).standard_normal((n, k))).astype(dtype)
     layout = draw(st.sampled_from(IN_PLACE + OTHER))
     if layout == "one row repeated":
         values[:] = values[:1]
@@ -86,7 +89,7 @@ def _solve(scores, k: int, **options):
 
 @FUZZ
 @given(problems())
-def test_every_float32_layout_solves_like_numba_on_a_contiguous_copy(problem):
+def test_every_layout_solves_like_numba_on_a_contiguous_copy(problem):
     values, layout, requires_grad = problem
     n, k = values.shape
     x = _tensor(values, layout).requires_grad_(requires_grad)

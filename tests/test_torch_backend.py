@@ -52,8 +52,8 @@ def assert_same_solution(result, reference, scores: np.ndarray, atol: float) -> 
 
 @pytest.fixture(params=["numba", "torch ops"])
 def cpu_path(request, monkeypatch) -> str:
-    """Which route float32 and 16-bit CPU tensors take: the Numba kernels (when installed), or
-    torch's own blocked operations (as without Numba; float64 tensors always take them)."""
+    """Which route CPU tensors take: the Numba kernels (when installed), or torch's own
+    blocked operations (as without Numba)."""
     if request.param == "numba":
         pytest.importorskip("numba")
     else:
@@ -151,16 +151,17 @@ def test_non_contiguous_inputs_match_contiguous(layout, rng):
     assert torch.equal(result.labels, reference.labels)
 
 
-@pytest.mark.parametrize("dtype", ["bfloat16", "float16", "float32", "float32 transposed"])
+@pytest.mark.parametrize("dtype",
+                         ["bfloat16", "float16", "float32", "float32 transposed", "float64"])
 def test_kernel_operations_match_numpy_kernel(dtype, cpu_path, rng):
     """Each operation of the contract, on tensors the NumPy kernel sees as float32 (16-bit
-    ones rounded first)."""
+    ones rounded first) or float64."""
     x = torch.from_numpy((3 * rng.standard_normal((700, 30))).astype(np.float32))
-    if dtype in ("bfloat16", "float16"):
+    if dtype in ("bfloat16", "float16", "float64"):
         x = x.to(getattr(torch, dtype))
     elif dtype == "float32 transposed":
         x = x.t().contiguous().t()  # Numba cannot read these rows in place: torch's ops do
-    host = x.float().numpy()
+    host = x.numpy() if dtype == "float64" else x.float().numpy()
     f = rng.standard_normal(30)
     kernel, reference = get_kernel("torch"), get_kernel("numpy")
     np.testing.assert_allclose(kernel.sweep(x, f, 25.0), reference.sweep(host, f, 25.0),
@@ -178,15 +179,18 @@ def test_kernel_operations_match_numpy_kernel(dtype, cpu_path, rng):
     np.testing.assert_array_equal(kernel.gather(x, labels), reference.gather(host, ref_labels))
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("regime", ["flat", "peaked"])
-def test_float32_cpu_tensors_solve_bit_for_bit_like_the_numba_backend(regime, monkeypatch):
-    """float32 CPU tensors go through the Numba kernels on a view of their memory, in the
-    Numba backend's own blocks (here 700 rows, so the last block is partial): every figure of
-    the solve is the same bits as for the NumPy array."""
+def test_float32_and_float64_cpu_tensors_solve_bit_for_bit_like_the_numba_backend(
+    regime, dtype, monkeypatch
+):
+    """float32 and float64 CPU tensors go through the Numba kernels on a view of their memory,
+    in the Numba backend's own blocks (here 700 rows, so the last block is partial): every
+    figure of the solve is the same bits as for the NumPy array."""
     from sinklabel.kernels.numba import NumbaKernel
 
     monkeypatch.setattr(NumbaKernel, "chunk_rows", lambda self, n_labels, itemsize: 700)
-    scores = make_scores(3000, 40, regime=regime, seed=5).scores
+    scores = make_scores(3000, 40, regime=regime, seed=5, dtype=getattr(np, dtype)).scores
     x = torch.from_numpy(scores)
     reference = sinklabel.sinkhorn(scores, 40, backend="numba")
     result = sinklabel.sinkhorn(x, 40)
@@ -196,11 +200,16 @@ def test_float32_cpu_tensors_solve_bit_for_bit_like_the_numba_backend(regime, mo
     np.testing.assert_array_equal(result.potentials, reference.potentials)
     np.testing.assert_array_equal(result.labels.numpy(), reference.labels)
     soft = result.soft_assignments(x)
-    assert soft.dtype == torch.float32
+    assert soft.dtype == getattr(torch, dtype)
     np.testing.assert_array_equal(soft.numpy(), reference.soft_assignments(scores))
     kernel, numba_kernel = get_kernel("torch"), get_kernel("numba")
     f = reference.potentials
     np.testing.assert_array_equal(kernel.slack(x, f, 25.0), numba_kernel.slack(scores, f, 25.0))
+    values, labels = kernel.best(x, f, 25.0)
+    ref_values, ref_labels = numba_kernel.best(scores, f, 25.0)
+    assert values.dtype == getattr(torch, dtype)
+    np.testing.assert_array_equal(values.numpy(), ref_values)
+    np.testing.assert_array_equal(labels.numpy(), ref_labels)
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
@@ -237,15 +246,12 @@ def test_16_bit_cpu_tensors_solve_bit_for_bit_like_the_numba_backend(dtype, monk
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16", "float64"])
 def test_numba_reads_cpu_tensors_in_place_or_not_at_all(dtype):
     """The Numba route takes a view of the tensor's own memory (rows in place, also a row
-    slice of a wider tensor), never a copy; float64 and transposed tensors take torch's ops."""
+    slice of a wider tensor), never a copy; transposed tensors take torch's ops."""
     pytest.importorskip("numba")
     kernel = get_kernel("torch")
     wide = torch.zeros((50, 12), dtype=getattr(torch, dtype))
     for x in (wide, wide[:, 2:9], wide[::3]):
         view = kernel._numba_view(x)
-        if dtype == "float64":
-            assert view is None
-            continue
         assert view.shape == x.shape
         assert view.__array_interface__["data"][0] == x.data_ptr()
         assert view.strides == tuple(s * x.element_size() for s in x.stride())

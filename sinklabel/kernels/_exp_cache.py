@@ -116,7 +116,9 @@ def _scaled_exp_overload(x, shift, scale):
             high = _exp(x) * np.float32(scale)
             return low if shifted <= np.float32(0.0) else high
         return f32
-    return lambda x, shift, scale: math.exp(x + shift)
+    # float64 tables have shift = 0 (scale 1): the argument is x <= 0, which the vectorised
+    # float64 exp takes.
+    return lambda x, shift, scale: _exp(x + shift)
 
 
 @njit(fastmath=FAST, nogil=True, cache=True)
