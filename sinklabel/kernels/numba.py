@@ -550,10 +550,11 @@ class NumbaKernel(Kernel):
         self._threads = _RowThreads(threads)
 
     def chunk_rows(self, n_labels: int, itemsize: int) -> int:
-        """About 64 MiB of scores per chunk: 32 tasks to share among the threads. A chunk read
-        in place (C order, row slices, any dtype taken) costs no memory; other layouts copy one
-        chunk at a time."""
-        return max(1, (64 << 20) // max(1, n_labels * itemsize))
+        """About 64 MiB of scores in the compute dtype per chunk: 32 tasks to share among the
+        threads. A chunk read in place (C order, row slices, any dtype taken) costs no memory;
+        other layouts copy one chunk at a time. 16-bit chunks hold as many rows as float32
+        ones, so their per-chunk sums add up like their float32 copy's (the same bits)."""
+        return max(1, (64 << 20) // max(1, n_labels * max(4, itemsize)))
 
     def sweep(self, chunk: np.ndarray, f: np.ndarray, lam: float) -> np.ndarray:
         return self.sweep_lse(chunk, f, lam)[0]
