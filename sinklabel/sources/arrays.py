@@ -18,6 +18,12 @@ class ArraySource(Source):
     in_memory = True
 
     def __init__(self, array: Array):
+        layout = getattr(array, "layout", None)  # torch's; sparse ones have no rows to view
+        if layout is not None and str(layout) != "torch.strided":
+            raise TypeError(
+                f"logp is a tensor of layout {layout}, and only dense ones are read: pass "
+                f"logp.to_dense() (scores a sparse tensor leaves out count as 0, not -inf)"
+            )
         self.array = array
         self.shape = (int(array.shape[0]), int(array.shape[1]))
         self.dtype = dtype_name(array.dtype)
