@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .._arrays import to_host
 from ._base import Kernel, compute_dtype
 
 if TYPE_CHECKING:
@@ -140,14 +141,7 @@ class TorchKernel(Kernel):
         return x.gather(1, index)[:, 0].double().cpu().numpy()
 
     def to_numpy(self, x) -> np.ndarray:
-        import torch
-
-        if not isinstance(x, torch.Tensor):
-            return np.asarray(x)
-        x = x.detach()
-        if x.dtype == torch.bfloat16:
-            x = x.float()
-        return x.cpu().numpy()
+        return to_host(x)
 
     def empty_labels(self, n: int, like) -> torch.Tensor:
         import torch
