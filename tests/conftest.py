@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import numpy as np
 import pytest
 
@@ -28,6 +32,28 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def backend(request: pytest.FixtureRequest) -> str:
     """Name of a backend that takes NumPy arrays or CPU tensors on this machine."""
     return request.param
+
+
+@contextmanager
+def threads(library: str, count: int) -> Iterator[None]:
+    """``count`` threads of ``library`` ("torch" or "numba") inside the block, the caller's
+    number again after it."""
+    module = importlib.import_module(library)
+    previous = module.get_num_threads()
+    module.set_num_threads(count)
+    try:
+        yield
+    finally:
+        module.set_num_threads(previous)
+
+
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """The development machines run many jobs on two cores; torch's thread pool then spends
+    its time waiting for itself (30x slower on small inputs). Results do not depend on the
+    thread count."""
+    with threads("torch", 1):
+        yield
 
 
 @pytest.fixture

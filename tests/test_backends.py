@@ -13,7 +13,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from conftest import ForwardingKernel, to_backend, to_host
+from conftest import ForwardingKernel, threads, to_backend, to_host
 
 from sinklabel import ConvergenceWarning, available_backends, sinkhorn
 from sinklabel.datasets import make_scores
@@ -299,18 +299,12 @@ def test_numba_float32_exp_is_accurate_and_underflows_to_zero():
 
 @requires_numba
 def test_numba_sweep_is_deterministic_across_thread_counts():
-    import numba
-
     scores = _scores(np.float32, n=20000, k=40)  # two tasks of rows
     kernel = get_kernel("numba")
     f = _potentials(40)
     first = kernel.sweep(scores, f, 25.0)
-    previous = numba.get_num_threads()
-    try:
-        numba.set_num_threads(1)
+    with threads("numba", 1):
         single = kernel.sweep(scores, f, 25.0)
-    finally:
-        numba.set_num_threads(previous)
     assert np.array_equal(first, single)
     assert np.array_equal(first, kernel.sweep(scores, f, 25.0))
 
@@ -383,17 +377,11 @@ def test_sweep_is_the_mass_of_sweep_lse(backend):
 
 @requires_numba
 def test_numba_sweep_lse_is_deterministic_across_thread_counts():
-    import numba
-
     scores = _scores(np.float32, n=20000, k=40)  # two tasks of rows
     kernel = get_kernel("numba")
     f = _potentials(40)
     first = kernel.sweep_lse(scores, f, 25.0)
-    previous = numba.get_num_threads()
-    try:
-        numba.set_num_threads(1)
+    with threads("numba", 1):
         single = kernel.sweep_lse(scores, f, 25.0)
-    finally:
-        numba.set_num_threads(previous)
     assert np.array_equal(first[0], single[0]) and first[1] == single[1]
     assert np.array_equal(first[0], kernel.sweep(scores, f, 25.0))

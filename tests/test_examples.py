@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import threads
 
 sklearn_metrics = pytest.importorskip("sklearn.metrics")
 normalized_mutual_info_score = sklearn_metrics.normalized_mutual_info_score
@@ -37,15 +38,9 @@ def self_label():
 def fast_report(self_label, tmp_path_factory):
     """One fast run shared by the tests below, on one torch thread: convolutions this small
     gain nothing from a second thread, and on a busy machine its spin-waits cost 3x."""
-    import torch
-
     out = tmp_path_factory.mktemp("plots") / "self_label.png"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with threads("torch", 1):
         report = self_label.main(["--fast", "--seeds", "1", "--out", str(out)])
-    finally:
-        torch.set_num_threads(threads)
     return report, out
 
 

@@ -27,13 +27,7 @@ IN_PLACE = ("C", "every other row", "padded rows", "storage offset")
 OTHER = ("transposed", "every other column", "one row repeated")
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Small inputs on a shared 2-core machine: torch's pool would wait for itself."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _tensor(values: np.ndarray, layout: str) -> torch.Tensor:

@@ -15,6 +15,8 @@ import pytest
 
 pytest.importorskip("numba")
 
+from conftest import threads  # noqa: E402
+
 from sinklabel import sinkhorn  # noqa: E402
 from sinklabel.datasets import make_scores  # noqa: E402
 from sinklabel.kernels._exp_cache import NumbaExpTables  # noqa: E402
@@ -225,17 +227,11 @@ def test_bfloat16_rows_takes_only_native_16_bit_integer_matrices():
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 def test_sweep_is_deterministic_across_thread_counts(dtype):
-    import numba
-
     chunk, reference = _pair(_scores(n=20000, k=40), dtype)  # two tasks of rows
     f = _potentials(40)
     first = KERNEL.sweep_lse(chunk, f, 25.0)
-    previous = numba.get_num_threads()
-    try:
-        numba.set_num_threads(1)
+    with threads("numba", 1):
         single = KERNEL.sweep_lse(chunk, f, 25.0)
-    finally:
-        numba.set_num_threads(previous)
     assert np.array_equal(first[0], single[0]) and first[1] == single[1]
     again = KERNEL.sweep_lse(chunk, f, 25.0)
     assert np.array_equal(first[0], again[0]) and first[1] == again[1]

@@ -23,15 +23,7 @@ torch = pytest.importorskip("torch")
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """The development machines run many jobs on two cores; torch's thread pool then spends
-    its time waiting for itself (30x slower on these small inputs). Results do not depend
-    on the thread count."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def near_tie_rows(scores: np.ndarray, potentials: np.ndarray, lam: float, gap: float = 1e-3):
@@ -278,6 +270,7 @@ def test_tensors_on_other_devices_are_refused_clearly():
         kernel.gather(x, torch.zeros(10, dtype=torch.int64))
 
 
+@pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta")
 def test_sparse_tensors_are_refused_clearly():
     """Sparse tensors failed inside torch (as_strided, or "CSR tensors do not have strides");
     missing entries would be scores of 0, not -inf, so the caller must densify on purpose."""
