@@ -96,11 +96,13 @@ def _like(result, exact: np.ndarray):
 @pytest.mark.parametrize("n, k, regime", [(4000, 40, "flat"), (4000, 40, "peaked"),
                                           (6000, 3000, "flat")])
 def test_full_solve_agrees_with_numpy_on_host(library, dtype, n, k, regime):
-    """In float64 the GPU and NumPy backends take the same steps: 60 passes give the same
-    potentials to 1e-10. In float32 the steps part ways at rounding level and the dual is
-    too flat along some potentials for them to agree closely (two CPU backends at K=3000 and
-    tol=1e-4 differ by 0.03 in potentials and 2e-3 in a plan entry), so both are solved to
-    tol=1e-4 and the plans and labels they define are compared, to that precision."""
+    """In float64 the GPU and NumPy backends take the same steps and reach the same
+    potentials to 1e-10; the step that crosses tol=1e-13 may differ by one, as the sums'
+    orders differ and the gradient is at rounding level there. In float32 the steps part
+    ways at rounding level and the dual is too flat along some potentials for them to agree
+    closely (two CPU backends at K=3000 and tol=1e-4 differ by 0.03 in potentials and 2e-3
+    in a plan entry), so both are solved to tol=1e-4 and the plans and labels they define
+    are compared, to that precision."""
     host = make_scores(n, k, regime=regime, seed=5).scores
     x, exact = on_device(host, library, dtype)
     wide = dtype == "float64"
@@ -110,7 +112,8 @@ def test_full_solve_agrees_with_numpy_on_host(library, dtype, n, k, regime):
     reference = solve_quietly(exact, k, backend="numpy", **options)
     assert result.backend == library
     if wide:
-        assert result.n_iter == reference.n_iter
+        assert abs(result.n_iter - reference.n_iter) <= 1
+        assert result.converged == reference.converged
         np.testing.assert_allclose(result.potentials, reference.potentials, rtol=0, atol=1e-10)
     else:
         assert result.converged and reference.converged

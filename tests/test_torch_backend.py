@@ -336,6 +336,7 @@ _INTERPRETER_SCRIPT = textwrap.dedent("""
     from sinklabel.kernels.numpy import NumpyKernel
     _triton.MAX_FUSED_COLS, _triton.WIDE_TILE = 64, 32    # K=70 takes the two-pass path
     _triton.MIN_ROWS_PER_PROGRAM = 64                      # several programs, several tiles
+    _triton.SUM_PARTS, _triton.SUM_COLS = 2, 16            # partials summed over several loads
     configs = _triton._fused_configs
     prefetching = lambda width, tiles, x: [min((c for c in configs(width, tiles, x) if c[2]),
                                                key=lambda c: c[0])]
@@ -545,6 +546,7 @@ def test_every_cupy_tuning_candidate_fits_a_hopper_multiprocessor():
                         scalar.add(dtype)
     assert any(name.endswith(", 4>") for name in names)   # ringed candidates are planned
     assert scalar == {"float16", "float32", "float64"}
+    names.update(f"sink_column_sums<{acc}>" for acc in ("float", "double"))
     _compile_with_nvrtc(sorted(names), "sm_90")
 
 

@@ -17,6 +17,9 @@ reduced in a fixed order on the host side: no atomics, so results repeat exactly
 ``sink_best<S>``: one warp per row; row max of ``scale * x + coef`` rounded like NumPy (no
 fused multiply-add), its first arg-max, and NaN when the row holds one.
 
+``sink_column_sums<A>``: the float64 column sums of the (blocks, K) partial sums, in a fixed
+order (CuPy's ``sum(axis=0)`` took 0.11 ms for 4224 x 3000 on an H200).
+
 ``S`` is the storage type: float, double, or ``half_bits`` (float16 as raw bits, converted
 by one PTX instruction, so no CUDA headers are needed).
 """
@@ -500,6 +503,32 @@ __global__ void sink_best(
             value[row] = nan ? A(0) / A(0) : best;
             label[row] = arg == n_cols ? 0 : arg;
         }
+    }
+}
+
+template <typename A>
+__global__ void __launch_bounds__(1024) sink_column_sums(
+    const A* __restrict__ part, double* __restrict__ out, int n_parts, int n_cols)
+{
+    // A 32 x 32 block sums 32 columns: warp ty adds rows ty, ty + 32, ... (one 128-byte load
+    // per row, eight in flight), then one thread per column adds the 32 warp sums in order.
+    __shared__ double sums[32][33];
+    const int col = blockIdx.x * 32 + threadIdx.x;
+    double acc = 0.0;
+    if (col < n_cols) {
+#pragma unroll 8
+        for (int p = threadIdx.y; p < n_parts; p += 32) {
+            acc += (double)part[(long long)p * n_cols + col];
+        }
+    }
+    sums[threadIdx.y][threadIdx.x] = acc;
+    __syncthreads();
+    if (threadIdx.y == 0 && col < n_cols) {
+        double total = 0.0;
+        for (int w = 0; w < 32; ++w) {
+            total += sums[w][threadIdx.x];
+        }
+        out[col] = total;
     }
 }
 """

@@ -30,6 +30,7 @@ TUNE_ELEMENTS = 1 << 26
 #: Shared memory of the ringed sweep's row copies per block (the static limit is 48 KB).
 RING_BYTES = 40 << 10
 _STORAGE = {"float16": "half_bits", "float32": "float", "float64": "double"}
+_ACC = {"float32": "float", "float64": "double"}
 
 
 class CupyKernel(Kernel):
@@ -63,13 +64,20 @@ class CupyKernel(Kernel):
         lse_part = cp.empty(programs, dtype=cp.float64)
         args = (x, coef, part, lse_part, np.int64(n_rows), *_strides(x), np.int32(n_cols))
         names = [sweep_name(x.dtype.name, config) for config in plan]
+        sums = f"sink_column_sums<{_ACC[coef.dtype.name]}>"
+
+        def functions() -> dict:
+            return _functions(tuple(names if every else names[:1]) + (sums,))
 
         def launch(config: tuple[int, ...]) -> None:
-            functions = _functions(tuple(names if every else names[:1]))
-            functions[sweep_name(x.dtype.name, config)]((programs,), (config[1],), args)
+            functions()[sweep_name(x.dtype.name, config)]((programs,), (config[1],), args)
 
         def totals():
-            return cp.concatenate([part.sum(axis=0, dtype=cp.float64), lse_part.sum().reshape(1)])
+            out = cp.empty(n_cols + 1, dtype=cp.float64)
+            functions()[sums]((-(-n_cols // 32),), (32, 32),
+                              (part, out, np.int32(programs), np.int32(n_cols)))
+            out[n_cols] = lse_part.sum()
+            return out
 
         def result():
             masses, lse = _split(totals().get())
