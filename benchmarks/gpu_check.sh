@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# The GPU check: the per-pass benchmark at ImageNet scale, full solves in both regimes, the
-# host-to-device streaming benchmark, then the CUDA tests, in under 5 minutes on one H100/H200
-# (about 2.5 in the last run, before the pipelined candidates; tuning compiles up to 13 Triton
-# and 20 CUDA C launch configurations per kernel and dtype once, about a second each).
+# The GPU check: the per-pass benchmark at ImageNet scale and where a pass's time goes, full
+# solves in both regimes, the host-to-device streaming benchmark, then the CUDA tests, in
+# about 7 minutes on one H100/H200 (the CUDA tests alone took over 150 s in the last run:
+# they compile every tuning candidate, up to 13 Triton and 20 CUDA C per kernel and dtype).
 # Logs and the benchmark's JSON go to $OUT (default: bench-results/).
 # The benchmark runs first: a test run cut short still leaves the figures.
 set -u
@@ -19,6 +19,10 @@ cat "$out/device.txt"
 timeout -k 5 150 python3 benchmarks/gpu_bench.py "$out/gpu_bench.json" --reps 10 2>&1 | tee "$out/bench.log"
 bench=${PIPESTATUS[0]}
 
+timeout -k 5 90 python3 benchmarks/gpu_sweep_breakdown.py "$out/gpu_breakdown.json" 2>&1 \
+    | grep -v '^{' | tee "$out/breakdown.log"
+breakdown=${PIPESTATUS[0]}
+
 timeout -k 5 90 python3 benchmarks/gpu_solve.py "$out/gpu_solve.json" 2>&1 | tee "$out/solve.log"
 solve=${PIPESTATUS[0]}
 
@@ -30,11 +34,12 @@ timeout -k 5 60 torchrun --standalone --nproc_per_node=1 examples/distributed_to
     2>&1 | tee "$out/distributed.log"
 dist=${PIPESTATUS[0]}
 
-timeout -k 5 150 python3 -m pytest -q -m gpu -rs --durations=15 -p no:cacheprovider \
+timeout -k 5 300 python3 -m pytest -q -m gpu -rs --durations=15 -p no:cacheprovider \
     -p benchmarks.pytest_progress tests/test_gpu.py tests/test_torch_backend.py \
     tests/test_device_stream.py 2>&1 | tee "$out/tests.log"
 tests=${PIPESTATUS[0]}
 
-echo "benchmark $bench, solve $solve, stream $stream, distributed $dist, tests $tests (exit codes)"
-[ "$bench" -eq 0 ] && [ "$solve" -eq 0 ] && [ "$stream" -eq 0 ] && [ "$dist" -eq 0 ] \
-    && [ "$tests" -eq 0 ]
+echo "benchmark $bench, breakdown $breakdown, solve $solve, stream $stream," \
+    "distributed $dist, tests $tests (exit codes)"
+[ "$bench" -eq 0 ] && [ "$breakdown" -eq 0 ] && [ "$solve" -eq 0 ] && [ "$stream" -eq 0 ] \
+    && [ "$dist" -eq 0 ] && [ "$tests" -eq 0 ]
