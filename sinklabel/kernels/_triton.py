@@ -337,6 +337,7 @@ def sweep_lse(x: torch.Tensor, f: np.ndarray, lam: float) -> tuple[np.ndarray, f
     programs = _programs(x, n_rows)
     part = torch.empty((programs, n_cols), dtype=coef.dtype, device=x.device)
     lse_parts = torch.empty(programs, dtype=torch.float64, device=x.device)
+    totals = torch.empty(n_cols + 1, dtype=torch.float64, device=x.device)
     strides = (n_rows, x.stride(0), x.stride(1))
     if n_cols <= MAX_FUSED_COLS // coef.element_size() * 4:
         width, tiles = tile_width(n_cols)
@@ -349,7 +350,7 @@ def sweep_lse(x: torch.Tensor, f: np.ndarray, lam: float) -> tuple[np.ndarray, f
                                       num_warps=c.warps, **shape)
 
         TUNER.run(launch, _fused_configs(width, tiles, x), ("sweep", x.dtype, n_cols),
-                  lambda: ((_sum_parts(part).cpu().numpy(), 0.0),
+                  lambda: ((_sum_parts(part, totals).cpu().numpy(), 0.0),
                            (lse_parts.sum().cpu().numpy(), n_rows)),
                   tune=x.is_cuda and x.numel() >= TUNE_ELEMENTS)
     else:
@@ -364,9 +365,10 @@ def sweep_lse(x: torch.Tensor, f: np.ndarray, lam: float) -> tuple[np.ndarray, f
         _sweep_tiles[grid](x, coef, top, inv, part, programs, *strides, BLOCK_M=4, num_warps=4,
                            **meta)
         lse_parts = top.double() - torch.log2(inv.double())
-    both = torch.cat([_sum_parts(part), lse_parts.sum().reshape(1) * LN2])
-    host = both.cpu().numpy()
-    return host[:-1], float(host[-1])
+    _sum_parts(part, totals)
+    torch.sum(lse_parts, dim=0, out=totals[n_cols])
+    host = totals.cpu().numpy()
+    return host[:-1], float(host[-1]) * LN2
 
 
 def best(x: torch.Tensor, f: np.ndarray, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -384,11 +386,11 @@ def best(x: torch.Tensor, f: np.ndarray, lam: float) -> tuple[torch.Tensor, torc
     return values, labels
 
 
-def _sum_parts(part: torch.Tensor) -> torch.Tensor:
-    """Column sums of the partial sums in float64, allocating only the K-vector (torch's
-    ``sum(dtype=float64)`` would first copy the whole buffer to float64)."""
+def _sum_parts(part: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """Column sums of the partial sums in float64 into the first K entries of ``out``
+    (torch's ``sum(dtype=float64)`` would first copy the whole buffer to float64)."""
     n_parts, n_cols = part.shape
-    out = torch.empty(n_cols, dtype=torch.float64, device=part.device)
+    out = out[:n_cols]
     _column_sums[(triton.cdiv(n_cols, SUM_COLS),)](part, out, n_parts, N_COLS=n_cols,
                                                    BLOCK_P=SUM_PARTS, BLOCK_K=SUM_COLS,
                                                    num_warps=8)
@@ -436,21 +438,29 @@ def _fused_configs(width: int, tiles: int, x: torch.Tensor) -> list[FusedLaunch]
     inputs keep one row per tile: with more, Triton converts between the 16-bit load layout
     and the float32 one through shared memory (26 barriers per tile instead of 6).
     """
+    return list(_configs(width, tiles, x.element_size(), x.stride(1), _row_align(x)))
+
+
+@functools.cache
+def _configs(width: int, tiles: int, itemsize: int, col_stride: int,
+             row_align: int) -> tuple[FusedLaunch, ...]:
+    """:func:`_fused_configs` for one shape class (building the list took 25-30 us of host
+    time per sweep)."""
     cap = _max_warps(width)
     configs: list[FusedLaunch] = []
     for warps in (min(8, cap), min(16, cap), min(4, cap)):
         per_row = max(1, width * tiles // (32 * warps))
         for target, prefetch in ((16, True), (32, True), (16, False), (32, False)):
             rows = min(64, 1 << (max(1, target // per_row).bit_length() - 1))
-            if x.element_size() == 2 and per_row >= 4:
+            if itemsize == 2 and per_row >= 4:
                 rows = 1
             if FusedLaunch(rows, warps, prefetch) not in configs:
                 configs.append(FusedLaunch(rows, warps, prefetch))
     configs = configs[:6]
-    if x.element_size() <= 4:
-        configs += _instruction_saving(configs, width, tiles, x.element_size() == 2)
-        configs += _pipelined(width, tiles, x)
-    return configs
+    if itemsize <= 4:
+        configs += _instruction_saving(configs, width, tiles, itemsize == 2)
+        configs += _pipelined(width, tiles, itemsize, col_stride, row_align)
+    return tuple(configs)
 
 
 def _max_warps(width: int) -> int:
@@ -476,7 +486,8 @@ def _instruction_saving(configs: list[FusedLaunch], width: int, tiles: int,
     return extra
 
 
-def _pipelined(width: int, tiles: int, x: torch.Tensor) -> list[FusedLaunch]:
+def _pipelined(width: int, tiles: int, itemsize: int, col_stride: int,
+               row_align: int) -> list[FusedLaunch]:
     """Software-pipelined configurations: one row per tile, the next PIPELINE_STAGES - 1 rows
     copied asynchronously into shared memory while this one is reduced.
 
@@ -494,9 +505,8 @@ def _pipelined(width: int, tiles: int, x: torch.Tensor) -> list[FusedLaunch]:
     thread more than ``PIPELINE_SCORES_PER_THREAD`` scores, and layouts whose rows cannot
     be copied in aligned words of 4 bytes or more (the compiler would not pipeline them).
     """
-    itemsize = x.element_size()
     if width * tiles * itemsize > PIPELINE_ROW_BYTES or (
-            x.stride(1) != 1 or _row_align(x) * itemsize < 4):
+            col_stride != 1 or row_align * itemsize < 4):
         return []
     cap = _max_warps(width)
     fit = [w for w in (2, 4, 8, 16) if width * tiles <= 32 * w * PIPELINE_SCORES_PER_THREAD]

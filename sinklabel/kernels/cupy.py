@@ -63,19 +63,20 @@ class CupyKernel(Kernel):
         part = cp.empty((programs, n_cols), dtype=coef.dtype)
         lse_part = cp.empty(programs, dtype=cp.float64)
         args = (x, coef, part, lse_part, np.int64(n_rows), *_strides(x), np.int32(n_cols))
-        names = [sweep_name(x.dtype.name, config) for config in plan]
-        sums = f"sink_column_sums<{_ACC[coef.dtype.name]}>"
+        dtype = x.dtype.name
+        key = (dtype, n_cols, tuple(plan))
+        names = _kernel_names(*key)
 
         def functions() -> dict:
-            return _functions(tuple(names if every else names[:1]) + (sums,))
+            return _functions(names if every else (names[0], names[-1]))
 
         def launch(config: tuple[int, ...]) -> None:
-            functions()[sweep_name(x.dtype.name, config)]((programs,), (config[1],), args)
+            functions()[sweep_name(dtype, config)]((programs,), (config[1],), args)
 
         def totals():
             out = cp.empty(n_cols + 1, dtype=cp.float64)
-            functions()[sums]((-(-n_cols // 32),), (32, 32),
-                              (part, out, np.int32(programs), np.int32(n_cols)))
+            functions()[names[-1]]((-(-n_cols // 32),), (32, 32),
+                                   (part, out, np.int32(programs), np.int32(n_cols)))
             out[n_cols] = lse_part.sum()
             return out
 
@@ -83,7 +84,6 @@ class CupyKernel(Kernel):
             masses, lse = _split(totals().get())
             return (masses, 0.0), (lse, n_rows)
 
-        key = (x.dtype.name, n_cols, tuple(plan))
         tune = x.size >= TUNE_ELEMENTS
         # One NVRTC call compiles every candidate once the plan is (or is about to be) tuned.
         every = key in TUNER.chosen or TUNER.will_time(key, plan, tune)
@@ -160,6 +160,14 @@ def _functions(names: tuple[str, ...]) -> dict:
     return {name: module.get_function(name) for name in names}
 
 
+@cache
+def _kernel_names(dtype: str, n_cols: int, plan: tuple[tuple[int, ...], ...]) -> tuple[str, ...]:
+    """The sweep instantiations of ``plan``, then the column sums of their partials (built
+    once per shape class: NumPy's ``dtype.name`` and the f-strings took 86 us per sweep)."""
+    return (*(sweep_name(dtype, config) for config in plan),
+            f"sink_column_sums<{_ACC[compute_dtype(dtype).name]}>")
+
+
 def sweep_name(dtype: str, config: tuple[int, ...]) -> str:
     """The template instantiation of ``sink_sweep`` for (vec, threads, packs, rows, prefetch,
     merge, poly, stages); the last three default to 0 (two barriers per tile, every exp on
@@ -219,12 +227,24 @@ def _sweep_plan(x, async_copies: bool | None = None) -> list[tuple[int, ...]] | 
     log-sum-exp): at K=3000 the two-row prefetching shapes take 103 (float16) and 123
     (float32) registers, still two blocks per multiprocessor.
     """
-    n_cols = x.shape[1]
+    if async_copies is None:
+        async_copies = _compute_capability() >= 80
     row_stride, col_stride = (int(s) for s in _strides(x))
-    vectors = [16 // x.itemsize] + ([8 // x.itemsize] if x.itemsize == 2 else [])
-    vectors = [v for v in vectors if col_stride == 1 and (row_stride * x.itemsize) % (
-        v * x.itemsize) == 0 and n_cols % v == 0 and x.data.ptr % (v * x.itemsize) == 0] or [1]
-    limit = MAX_PER_THREAD[compute_dtype(x.dtype).name]
+    plan = _plan(x.shape[1], x.dtype.name, row_stride, col_stride, x.data.ptr % 16,
+                 async_copies)
+    return None if plan is None else list(plan)
+
+
+@cache
+def _plan(n_cols: int, dtype: str, row_stride: int, col_stride: int, misalignment: int,
+          async_copies: bool) -> tuple[tuple[int, ...], ...] | None:
+    """:func:`_sweep_plan` for one shape class (planning took 40 us of host time per sweep);
+    ``misalignment``: the data pointer modulo 16 bytes."""
+    itemsize = np.dtype(dtype).itemsize
+    vectors = [16 // itemsize] + ([8 // itemsize] if itemsize == 2 else [])
+    vectors = [v for v in vectors if col_stride == 1 and row_stride % v == 0
+               and n_cols % v == 0 and misalignment % (v * itemsize) == 0] or [1]
+    limit = MAX_PER_THREAD[compute_dtype(dtype).name]
     shapes = []
     for vec in vectors:
         packs_total = -(-n_cols // vec)
@@ -247,11 +267,9 @@ def _sweep_plan(x, async_copies: bool | None = None) -> list[tuple[int, ...]] | 
             if (vec, threads, packs, rows, prefetch) not in candidates:
                 candidates.append((vec, threads, packs, rows, prefetch))
     candidates = candidates[:8]
-    if x.itemsize == 2:
+    if itemsize == 2:
         candidates += _instruction_saving(candidates, max(vectors), n_cols, limit)
-    if async_copies is None:
-        async_copies = _compute_capability() >= 80
-    return candidates + (_pipelined(candidates, x.itemsize) if async_copies else [])
+    return tuple(candidates + (_pipelined(candidates, itemsize) if async_copies else []))
 
 
 def _instruction_saving(candidates: list[tuple[int, ...]], vec: int, n_cols: int,
