@@ -185,10 +185,11 @@ class _Evaluations:
 
 
 class _Memory:
-    """The last curvature pairs (step, change of label mass) of L-BFGS."""
+    """The last curvature pairs (step, change of label mass) of L-BFGS, each with its
+    curvature ``step . change`` (computed once, not twice per direction)."""
 
     def __init__(self, size: int):
-        self.pairs: deque[tuple[np.ndarray, np.ndarray]] = deque(maxlen=size)
+        self.pairs: deque[tuple[np.ndarray, np.ndarray, float]] = deque(maxlen=size)
 
     def clear(self) -> None:
         self.pairs.clear()
@@ -200,7 +201,7 @@ class _Memory:
         """
         curvature = float(step @ change)
         if curvature > 1e-8 * float(np.linalg.norm(step) * np.linalg.norm(change)):
-            self.pairs.append((step, change))
+            self.pairs.append((step, change, curvature))
 
     def direction(self, gradient: np.ndarray) -> np.ndarray | None:
         """The L-BFGS ascent direction (two-loop recursion), or None with no pairs yet."""
@@ -208,15 +209,14 @@ class _Memory:
             return None
         q = gradient.copy()
         coefficients = []
-        for step, change in reversed(self.pairs):
-            a = float(step @ q) / float(step @ change)
+        for step, change, curvature in reversed(self.pairs):
+            a = float(step @ q) / curvature
             coefficients.append(a)
             q -= a * change
-        step, change = self.pairs[-1]
-        q *= float(step @ change) / float(change @ change)
-        for (step, change), a in zip(self.pairs, reversed(coefficients), strict=True):
-            b = float(change @ q) / float(step @ change)
-            q += (a - b) * step
+        _, change, curvature = self.pairs[-1]
+        q *= curvature / float(change @ change)
+        for (step, change, curvature), a in zip(self.pairs, reversed(coefficients), strict=True):
+            q += (a - float(change @ q) / curvature) * step
         return q
 
 

@@ -158,3 +158,53 @@ def test_potentials_normalisation(backend, rng):
     result = solve(s, backend, label_weights=weights)
     assert abs(result.label_weights @ result.potentials) < 1e-12
     np.testing.assert_allclose(result.label_weights, weights / weights.sum())
+
+
+def _two_loop(pairs: list[tuple[np.ndarray, np.ndarray]], gradient: np.ndarray) -> np.ndarray:
+    """The textbook L-BFGS two-loop recursion (Nocedal and Wright, algorithm 7.4), oldest
+    pair first, with the initial scaling of the newest pair."""
+    q = gradient.copy()
+    a = []
+    for step, change in reversed(pairs):
+        a.append(step @ q / (step @ change))
+        q = q - a[-1] * change
+    step, change = pairs[-1]
+    r = q * (step @ change) / (change @ change)
+    for (step, change), alpha in zip(pairs, reversed(a), strict=True):
+        r = r + (alpha - change @ r / (step @ change)) * step
+    return r
+
+
+@pytest.mark.parametrize("k", [1, 7, 300])
+def test_lbfgs_direction_matches_the_two_loop_recursion(k):
+    """The solver's memory (which keeps each pair's curvature) gives the plain recursion's
+    direction over its last pairs, through pairs dropped for age, pairs refused for no
+    curvature or NaN, and a reset."""
+    from sinklabel.solver import MEMORY, _Memory
+
+    rng = np.random.default_rng(k)
+    memory, kept = _Memory(MEMORY), []
+    assert memory.direction(rng.standard_normal(k)) is None
+    for count in range(3 * MEMORY + 4):
+        step = rng.standard_normal(k)
+        # The dual is concave: a pair's change has a positive component along its step.
+        change = rng.uniform(0.1, 2.0) * step + 0.3 * rng.standard_normal(k)
+        if count % 7 == 3:
+            change = -step  # no curvature: refused
+        elif count % 11 == 10:
+            change = np.full(k, np.nan)  # rounding gone wrong: refused
+        else:
+            curved = step @ change > 1e-8 * np.linalg.norm(step) * np.linalg.norm(change)
+            kept = (kept + [(step, change)])[-MEMORY:] if curved else kept
+        if count == 2 * MEMORY:
+            memory.clear()
+            kept = kept[-1:]
+            memory.add(*kept[0])
+        else:
+            memory.add(step, change)
+        gradient = rng.standard_normal(k)
+        if not kept:
+            assert memory.direction(gradient) is None
+            continue
+        np.testing.assert_allclose(memory.direction(gradient), _two_loop(kept, gradient),
+                                   rtol=1e-9, atol=1e-12)
