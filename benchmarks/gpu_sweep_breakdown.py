@@ -161,7 +161,8 @@ def kernel_times(run: Callable[[], object], sweeps: int = 5) -> dict[str, float]
         if micros is None:
             micros = getattr(event, "self_cuda_time_total", 0.0)
         if micros > 0:
-            out[event.key[:60]] = micros / sweeps / 1e3
+            name = event.key[:60]
+            out[name] = out.get(name, 0.0) + micros / sweeps / 1e3
     return out
 
 
