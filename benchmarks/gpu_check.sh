@@ -45,5 +45,5 @@ tests=${PIPESTATUS[0]}
 
 echo "benchmark $bench, breakdown $breakdown, host $host, solve $solve, stream $stream," \
     "distributed $dist, tests $tests (exit codes)"
-[ "$bench" -eq 0 ] && [ "$breakdown" -eq 0 ] && [ "$host" -eq 0 ] && [ "$solve" -eq 0 ] && [ "$stream" -eq 0 ] \
-    && [ "$dist" -eq 0 ] && [ "$tests" -eq 0 ]
+[ "$bench" -eq 0 ] && [ "$breakdown" -eq 0 ] && [ "$host" -eq 0 ] && [ "$solve" -eq 0 ] \
+    && [ "$stream" -eq 0 ] && [ "$dist" -eq 0 ] && [ "$tests" -eq 0 ]
