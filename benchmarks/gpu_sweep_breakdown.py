@@ -13,7 +13,8 @@ the Triton, NVRTC and CuPy kernels alike) to split the time by kernel.
 
 ``--host`` times sweeps of a 2048-row input, whose kernels take microseconds, so the wall
 clock per sweep is the host's work around them (argument checks, launches, the sync and
-the copy back), and prints where a profile of those sweeps spends it.
+the copy back), then solver passes over it (the L-BFGS step on K-vectors on top), and
+prints where a profile of each spends it.
 """
 
 from __future__ import annotations
@@ -125,23 +126,42 @@ def _key(library: str, data, module) -> tuple:
 
 
 def host_overhead(library: str, x, sweeps: int = 300) -> None:
-    """Wall clock per sweep of a small input, and the functions that take it."""
-    import cProfile
-    import pstats
+    """Wall clock per sweep of a small input, then per pass of whole solves of it (the
+    solver's own host work on top), and the functions that take each."""
+    import warnings
 
+    import sinklabel
     from sinklabel.kernels import get_kernel
 
     _, data, _ = _backend(library, x)
     kernel, f = get_kernel(library), np.zeros(x.shape[1])
-    for _ in range(10):
-        kernel.sweep(data, f, LAM)
-    start = time.perf_counter()
-    for _ in range(sweeps):
-        kernel.sweep(data, f, LAM)
-    micros = (time.perf_counter() - start) / sweeps * 1e6
-    print(f"\n{library} {x.dtype}: {micros:.0f} us of wall clock per sweep of {x.shape}")
+
+    def solve():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", sinklabel.ConvergenceWarning)
+            return sinklabel.sinkhorn(data, x.shape[1], lam=LAM, tol=1e-30, max_iter=100)
+
+    for what, run, passes in (("sweep", lambda: kernel.sweep(data, f, LAM), 1),
+                              ("solver pass", solve, 100)):
+        run()
+        start = time.perf_counter()
+        for _ in range(sweeps // passes):
+            run()
+        micros = (time.perf_counter() - start) / (sweeps // passes * passes) * 1e6
+        print(f"\n{library} {x.dtype}: {micros:.0f} us of wall clock per {what} of {x.shape}")
+        _profile(run, sweeps // passes)
+
+
+def _profile(run: Callable[[], object], times: int) -> None:
+    """Where ``times`` calls of ``run`` spend the host's time."""
+    import cProfile
+    import pstats
+
     profiler = cProfile.Profile()
-    profiler.runcall(lambda: [kernel.sweep(data, f, LAM) for _ in range(sweeps)])
+    profiler.enable()
+    for _ in range(times):
+        run()
+    profiler.disable()
     pstats.Stats(profiler).sort_stats("tottime").print_stats(14)
 
 
