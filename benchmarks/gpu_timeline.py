@@ -1,0 +1,135 @@
+"""Where the wall clock of a fused GPU sweep goes at ImageNet scale, on one clock for the host
+and the device: a profile of a few sweeps (the host's Python calls, its CUDA API calls and the
+device's kernels), written as a Chrome trace, and per sweep the time the device waits for the
+host before the main kernel starts and after the last kernel ends.
+
+``gpu_sweep_breakdown.py`` splits a sweep's time into kernels and "idle"; this script shows
+what the host does during that idle time.
+
+    python benchmarks/gpu_timeline.py OUT_DIR                  # traces and a summary
+    python benchmarks/gpu_timeline.py --ncu torch bfloat16     # a few sweeps for Nsight Compute
+
+``--ncu`` runs six sweeps of one backend and dtype with the configuration of ``CONFIGS``, for
+``ncu -k regex:sweep --launch-skip 3 --launch-count 1``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.gpu_bench import LAM, cupy_ms, flat_scores, torch_ms
+from benchmarks.gpu_sweep_breakdown import CONFIGS, _backend, _key
+
+#: The backends and dtypes profiled, each with the first configuration of its ``CONFIGS`` row.
+CASES = (("torch", "float32"), ("torch", "bfloat16"), ("cupy", "float16"), ("cupy", "float32"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", nargs="?", default="bench-results")
+    parser.add_argument("--n", type=int, default=1_281_167)
+    parser.add_argument("--k", type=int, default=3000)
+    parser.add_argument("--sweeps", type=int, default=5)
+    parser.add_argument("--ncu", nargs=2, metavar=("LIBRARY", "DTYPE"))
+    args = parser.parse_args(argv)
+
+    import torch
+
+    if not torch.cuda.is_available():
+        print("no CUDA device: nothing to measure")
+        return 0
+    x32 = flat_scores(args.n, args.k)
+    if args.ncu:
+        library, dtype = args.ncu
+        sweep = forced_sweep(library, x32.to(getattr(torch, dtype)))
+        for _ in range(6):
+            sweep()
+        torch.cuda.synchronize()
+        return 0
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = []
+    for library, dtype in CASES:
+        x = x32.to(getattr(torch, dtype))
+        sweep = forced_sweep(library, x)
+        timer = torch_ms if library == "torch" else cupy_ms
+        row = {"library": library, "dtype": dtype, "config": list(CONFIGS[(library, dtype)][0]),
+               "read_ms": torch_ms(lambda x=x: torch.sum(x), 10), "sweep_ms": timer(sweep, 10)}
+        trace = out / f"trace_{library}_{dtype}.json.gz"
+        row["sweeps"] = profile(sweep, args.sweeps, trace)
+        summary.append(row)
+        print(json.dumps(row), flush=True)
+        (out / "timeline.json").write_text(json.dumps(summary, indent=1))
+        del x
+    return 0
+
+
+def forced_sweep(library: str, x):
+    """A sweep of ``x`` by ``library`` with the first configuration of its ``CONFIGS`` row
+    (no tuning: the timeline is about the host's share, not the choice of kernel)."""
+    from sinklabel.kernels import get_kernel
+
+    module, data, _ = _backend(library, x)
+    dtype = str(x.dtype).removeprefix("torch.")
+    module.TUNER.chosen[_key(library, data, module)] = CONFIGS[(library, dtype)][0]
+    kernel, f = get_kernel(library), np.zeros(x.shape[1])
+    kernel.sweep(data, f, LAM)
+    return lambda: kernel.sweep(data, f, LAM)
+
+
+def profile(sweep, sweeps: int, trace: Path) -> list[dict]:
+    """Profile ``sweeps`` sweeps (each in its own ``record_function`` range), write the Chrome
+    trace to ``trace`` (gzipped) and return, per sweep, the device's waits and the host's
+    CUDA calls (microseconds)."""
+    import torch
+    from torch.profiler import ProfilerActivity, record_function
+    from torch.profiler import profile as torch_profile
+
+    torch.cuda.synchronize()
+    with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA],
+                       with_stack=True) as prof:
+        for _ in range(sweeps):
+            with record_function("sinklabel_sweep"):
+                sweep()
+        torch.cuda.synchronize()
+    plain = trace.with_suffix("")
+    prof.export_chrome_trace(str(plain))
+    events = json.loads(plain.read_text())["traceEvents"]
+    with gzip.open(trace, "wt") as handle:
+        json.dump(events, handle)
+    plain.unlink()
+    return [split(span, events) for span in events
+            if span.get("name") == "sinklabel_sweep" and span.get("cat") == "user_annotation"]
+
+
+def split(span: dict, events: list[dict]) -> dict:
+    """One sweep's wall clock: the device's wait before its longest kernel, the kernels, the
+    wait after the last one, and the host's CUDA runtime and driver calls by name."""
+    start, stop = span["ts"], span["ts"] + span["dur"]
+    inside = [e for e in events if e.get("ph") == "X" and start <= e["ts"] < stop]
+    device = sorted((e for e in inside if e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset")),
+                    key=lambda e: e["ts"])
+    api: dict[str, float] = {}
+    for e in inside:
+        if e.get("cat") in ("cuda_runtime", "cuda_driver"):
+            api[e["name"]] = api.get(e["name"], 0.0) + e["dur"]
+    if not device:
+        return {"wall_us": span["dur"], "api_us": api}
+    main = max(device, key=lambda e: e["dur"])
+    return {"wall_us": span["dur"],
+            "before_main_us": main["ts"] - start,
+            "main_us": main["dur"],
+            "after_main_us": stop - (main["ts"] + main["dur"]),
+            "after_last_us": stop - max(e["ts"] + e["dur"] for e in device),
+            "device": [[e["name"][:40], round(e["ts"] - start, 1), e["dur"]] for e in device],
+            "api_us": api}
+
+
+if __name__ == "__main__":
+    sys.exit(main())
