@@ -59,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.cuda.empty_cache()
     report.measure("POT ot.sinkhorn, float32", lambda: pot_ms(x32))
     report.extra["tuned"] = tuned_configs()
+    report.extra["graph_errors"] = graph_errors()
     report.write()
     report.table()
     print("launch configurations chosen:", json.dumps(report.extra["tuned"]))
@@ -299,6 +300,13 @@ def pot_ms(x) -> float:
 
     run(10)
     return (run(30) - run(10)) / 20 * 1e3
+
+
+def graph_errors() -> list[str]:
+    """Why the torch backend stopped recording CUDA graphs, if it did (empty: it did not)."""
+    from sinklabel.kernels import _buffers
+
+    return list(_buffers.GRAPH_ERRORS)
 
 
 def tuned_configs() -> dict:

@@ -24,7 +24,7 @@ bench=${PIPESTATUS[0]}
 timeout -k 5 90 python3 benchmarks/gpu_sweep_breakdown.py "$out/gpu_breakdown.json" 2>&1 \
     | grep -v '^{' | tee "$out/breakdown.log"
 breakdown=${PIPESTATUS[0]}
-timeout -k 5 60 python3 benchmarks/gpu_sweep_breakdown.py --host 2>&1 | tee "$out/host.log"
+timeout -k 5 60 python3 benchmarks/gpu_timeline.py "$out" --sweeps 3 2>&1 | tee "$out/timeline.log"
 host=${PIPESTATUS[0]}
 
 timeout -k 5 90 python3 benchmarks/gpu_solve.py "$out/gpu_solve.json" 2>&1 | tee "$out/solve.log"
@@ -43,7 +43,7 @@ timeout -k 5 300 python3 -m pytest -q -m gpu -rs --durations=15 -p no:cacheprovi
     tests/test_device_stream.py 2>&1 | tee "$out/tests.log"
 tests=${PIPESTATUS[0]}
 
-echo "benchmark $bench, breakdown $breakdown, host $host, solve $solve, stream $stream," \
+echo "benchmark $bench, breakdown $breakdown, timeline $host, solve $solve, stream $stream," \
     "distributed $dist, tests $tests (exit codes)"
 [ "$bench" -eq 0 ] && [ "$breakdown" -eq 0 ] && [ "$host" -eq 0 ] && [ "$solve" -eq 0 ] \
     && [ "$stream" -eq 0 ] && [ "$dist" -eq 0 ] && [ "$tests" -eq 0 ]

@@ -1,6 +1,7 @@
 """Where a fused GPU sweep's time goes: the main kernel, the reduction of its partial sums,
-and the device's idle gaps between them, for several launch configurations and programs per
-multiprocessor, at ImageNet scale.
+and the device's idle gaps between them, for several launch configurations (the torch
+backend with and without its CUDA graph; ``--per-sm`` also varies the programs per
+multiprocessor), at ImageNet scale.
 
 The tuners time the main kernel alone; the issue's target is the whole sweep against one read.
 This script shows the difference: per configuration it times the sweep (median of ``--reps``,
@@ -9,6 +10,7 @@ the Triton, NVRTC and CuPy kernels alike) to split the time by kernel.
 
     python benchmarks/gpu_sweep_breakdown.py out.json
     python benchmarks/gpu_sweep_breakdown.py out.json --n 200000   # a quick run
+    python benchmarks/gpu_sweep_breakdown.py out.json --per-sm 32 16 8 4
     python benchmarks/gpu_sweep_breakdown.py --host                # the host's share only
 
 ``--host`` times sweeps of a 2048-row input, whose kernels take microseconds, so the wall
@@ -40,7 +42,8 @@ CONFIGS = {
     ("cupy", "float16"): [(8, 128, 3, 1, 0, 0, 0, 4), (8, 64, 6, 1, 0, 0, 0, 4),
                           (8, 128, 3, 1, 2, 0, 0)],
 }
-PROGRAMS_PER_SM = (32, 16, 8, 4)
+#: Programs per multiprocessor measured by default (``--per-sm 32 16 8 4`` compares them).
+PROGRAMS_PER_SM = (32,)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=1_281_167)
     parser.add_argument("--k", type=int, default=3000)
     parser.add_argument("--reps", type=int, default=10)
+    parser.add_argument("--per-sm", type=int, nargs="+", default=list(PROGRAMS_PER_SM))
     parser.add_argument("--host", action="store_true", help="only the host's share")
     args = parser.parse_args(argv)
 
@@ -69,28 +73,32 @@ def main(argv: list[str] | None = None) -> int:
                        ("torch", x32.to(torch.bfloat16))):
         read = torch_ms(lambda x=x: torch.sum(x), args.reps)
         dtype = str(x.dtype).removeprefix("torch.")
-        for config in CONFIGS[(library, dtype)]:
-            for per_sm in PROGRAMS_PER_SM:
-                row = measure(library, x, config, per_sm, args.reps)
-                row.update(library=library, dtype=dtype, read_ms=read,
-                           x_read=row["sweep_ms"] / read if "sweep_ms" in row else None)
-                rows.append(row)
-                print(json.dumps(row), flush=True)
-                if args.json:
-                    Path(args.json).write_text(json.dumps(report, indent=1))
+        # The torch backend also without its CUDA graph (kernels launched one by one).
+        for graphs in (True, False) if library == "torch" else (True,):
+            for config in CONFIGS[(library, dtype)]:
+                for per_sm in args.per_sm:
+                    row = measure(library, x, config, per_sm, args.reps, graphs)
+                    row.update(library=library, dtype=dtype, read_ms=read,
+                               x_read=row["sweep_ms"] / read if "sweep_ms" in row else None)
+                    rows.append(row)
+                    print(json.dumps(row), flush=True)
+                    if args.json:
+                        Path(args.json).write_text(json.dumps(report, indent=1))
     table(rows)
     return 0
 
 
-def measure(library: str, x, config: tuple, per_sm: int, reps: int) -> dict:
-    """The sweep's time with ``config`` forced and ``per_sm`` programs per multiprocessor, and
-    the device time of each kernel it launches (milliseconds per sweep)."""
+def measure(library: str, x, config: tuple, per_sm: int, reps: int, graphs: bool = True) -> dict:
+    """The sweep's time with ``config`` forced and ``per_sm`` programs per multiprocessor (and
+    the torch backend's CUDA graph or not), and the device time of each kernel it launches
+    (milliseconds per sweep)."""
     import torch
 
-    from sinklabel.kernels import get_kernel
+    from sinklabel.kernels import _buffers, get_kernel
 
     f = np.zeros(x.shape[1])
-    row = {"config": list(config), "programs_per_sm": per_sm}
+    row = {"config": list(config), "programs_per_sm": per_sm, "graphs": graphs}
+    _buffers.RECORD_GRAPHS = graphs
     try:
         module, data, timer = _backend(library, x)
         module.PROGRAMS_PER_SM = per_sm
@@ -102,6 +110,9 @@ def measure(library: str, x, config: tuple, per_sm: int, reps: int) -> dict:
         row["idle_ms"] = row["sweep_ms"] - sum(row["kernels_ms"].values())
     except Exception as exc:  # one failing configuration must not lose the others
         row["failed"] = f"{type(exc).__name__}: {exc}"[:300]
+    finally:
+        _buffers.RECORD_GRAPHS = True
+    row["graph_errors"] = list(_buffers.GRAPH_ERRORS)
     torch.cuda.synchronize()
     return row
 
@@ -187,8 +198,8 @@ def kernel_times(run: Callable[[], object], sweeps: int = 5) -> dict[str, float]
 
 
 def table(rows: list[dict]) -> None:
-    print(f"\n{'backend':7s} {'dtype':9s} {'config':28s} {'/SM':>4s} {'sweep':>7s} {'x read':>7s} "
-          f"{'main':>7s} {'rest':>7s} {'idle':>7s}")
+    print(f"\n{'backend':7s} {'dtype':9s} {'config':28s} {'/SM':>4s} {'graph':>5s} {'sweep':>7s} "
+          f"{'x read':>7s} {'main':>7s} {'rest':>7s} {'idle':>7s}")
     for row in rows:
         if "failed" in row:
             print(row["library"], row["dtype"], row["config"], row["programs_per_sm"],
@@ -198,7 +209,8 @@ def table(rows: list[dict]) -> None:
         main_ms = max(kernels.values(), default=float("nan"))
         rest = sum(kernels.values()) - main_ms
         print(f"{row['library']:7s} {row['dtype']:9s} {str(row['config']):28s} "
-              f"{row['programs_per_sm']:4d} {row['sweep_ms']:7.3f} {row['x_read']:7.3f} "
+              f"{row['programs_per_sm']:4d} {str(row['graphs']):>5s} {row['sweep_ms']:7.3f} "
+              f"{row['x_read']:7.3f} "
               f"{main_ms:7.3f} {rest:7.3f} {row['idle_ms']:7.3f}")
     medians = [r["x_read"] for r in rows if r.get("x_read")]
     if medians:

@@ -226,6 +226,55 @@ def test_sweep_repeats_exactly(library, dtype):
     np.testing.assert_array_equal(kernel.sweep(x, f, 25.0), kernel.sweep(x, f, 25.0))
 
 
+@pytest.mark.parametrize("library, dtype", CASES)
+def test_sweeps_follow_new_potentials_and_scores(library, dtype):
+    """The buffers kept between sweeps (and the torch backend's CUDA graph, recorded on the
+    second sweep of one tensor) must pick up new potentials and new scores written into the
+    same array: each sweep matches the NumPy kernel on what the array holds then."""
+    first = make_scores(3000, 500, regime="flat", seed=13).scores
+    second = make_scores(3000, 500, regime="peaked", seed=14).scores
+    x, exact_first = on_device(first, library, dtype)
+    replacement, exact_second = on_device(second, library, dtype)
+    f1, f2 = np.random.default_rng(15).standard_normal((2, 500))
+    kernel, reference = get_kernel(library), get_kernel("numpy")
+    steps = [(exact_first, f1), (exact_first, f2), (exact_first, f1), (exact_second, f2),
+             (exact_second, f1)]
+    for step, (exact, f) in enumerate(steps):
+        if step == 3:
+            x[...] = replacement
+        mass, lse = kernel.sweep_lse(x, f, 25.0)
+        expected_mass, expected_lse = reference.sweep_lse(exact, f, 25.0)
+        np.testing.assert_allclose(mass, expected_mass, rtol=1e-4, atol=1e-6, err_msg=str(step))
+        assert abs(lse - expected_lse) <= 1e-6 * abs(expected_lse), step
+
+
+@needs_torch
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float64"])
+def test_torch_graph_replays_give_the_launches_results(dtype, monkeypatch):
+    """From the second sweep of one tensor on, the torch backend replays a CUDA graph: it
+    gives bit for bit what launching the kernels one by one gives, and it is recorded."""
+    from sinklabel.kernels import _buffers
+
+    host = make_scores(3000, 500, regime="flat", seed=16).scores
+    x, _ = on_device(host, "torch", dtype)
+    f1, f2 = np.random.default_rng(17).standard_normal((2, 500))
+    kernel = get_kernel("torch")
+
+    def sweeps():
+        return [kernel.sweep_lse(x, f, 25.0) for f in (f1, f1, f2, f1)]
+
+    monkeypatch.setattr(_buffers, "RECORD_GRAPHS", False)
+    launched = sweeps()
+    monkeypatch.setattr(_buffers, "RECORD_GRAPHS", True)
+    replayed = sweeps()
+    assert _buffers.GRAPH_ERRORS == []
+    kept = _buffers._local.kept
+    assert any(getattr(b, "_graph", None) is not None for b in kept.values())
+    for (mass, lse), (expected_mass, expected_lse) in zip(replayed, launched, strict=True):
+        np.testing.assert_array_equal(mass, expected_mass)
+        assert lse == expected_lse
+
+
 @needs_torch
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_torch_sweep_and_labels_allocate_nothing_of_size_n_by_k(dtype):

@@ -17,8 +17,9 @@ reduced in a fixed order on the host side: no atomics, so results repeat exactly
 ``sink_best<S>``: one warp per row; row max of ``scale * x + coef`` rounded like NumPy (no
 fused multiply-add), its first arg-max, and NaN when the row holds one.
 
-``sink_column_sums<A>``: the float64 column sums of the (blocks, K) partial sums, in a fixed
-order (CuPy's ``sum(axis=0)`` took 0.11 ms for 4224 x 3000 on an H200).
+``sink_column_sums<A>``: the float64 column sums of the (blocks, K) partial sums and the sum of
+the blocks' log-sum-exps, in a fixed order (CuPy's ``sum(axis=0)`` took 0.11 ms for
+4224 x 3000 on an H200, and the log-sum-exps' ``sum()`` two more launches).
 
 ``S`` is the storage type: float, double, or ``half_bits`` (float16 as raw bits, converted
 by one PTX instruction, so no CUDA headers are needed).
@@ -76,6 +77,10 @@ __device__ __forceinline__ double exp2_poly(double v) { return exp2(v); }
 template <int POLY, typename A> __device__ __forceinline__ A exp2_mixed(A v, int e) {
     return POLY > 0 && e % POLY == POLY - 1 ? exp2_poly(v) : exp2_fast(v);
 }
+
+// 1 / v correctly rounded, as the division gives, without its call to a slow path.
+__device__ __forceinline__ float reciprocal(float v) { return __frcp_rn(v); }
+__device__ __forceinline__ double reciprocal(double v) { return __drcp_rn(v); }
 
 __device__ __forceinline__ float mul_rn(float a, float b) { return __fmul_rn(a, b); }
 __device__ __forceinline__ double mul_rn(double a, double b) { return __dmul_rn(a, b); }
@@ -271,7 +276,7 @@ __device__ __forceinline__ void merge_rows(A (&z)[ROWS][NV][VEC], A (&weight)[RO
         A s = exchange[1][r][lane % WARPS] * exp2_fast(warp_top - top);
 #pragma unroll
         for (int d = WARPS / 2; d > 0; d >>= 1) s += __shfl_xor_sync(0xffffffffu, s, d);
-        weight[r] = s > 0 ? exp2_fast(own[r] - top) * (A(1) / s) : A(0);
+        weight[r] = s > 0 ? exp2_fast(own[r] - top) * reciprocal(s) : A(0);
         lse[r] = top + log2_fast(s);
     }
 }
@@ -347,12 +352,12 @@ __global__ void __launch_bounds__(THREADS) sink_sweep(
 #pragma unroll
             for (int j = 0; j < NV; ++j) {
                 if constexpr (STAGES > 0) {
-                    const bool here = tile * ROWS + r < n_rows && (j * THREADS + t) * VEC < n_cols;
+                    // Packs past the matrix were zero-filled: past the last column z is
+                    // 0 * scale - inf = -inf, and rows past the last get weight 0 below.
                     const Slot pk = load_shared<Slot>(reading
                                                       + (r * NV + j) * THREADS * sizeof(Slot));
 #pragma unroll
-                    for (int v = 0; v < VEC; ++v)
-                        z[r][j][v] = here ? element(pk, v) * scale + cf[j][v] : neg_inf<A>();
+                    for (int v = 0; v < VEC; ++v) z[r][j][v] = element(pk, v) * scale + cf[j][v];
                     continue;
                 }
                 if (PREFETCH) {
@@ -435,10 +440,15 @@ __global__ void __launch_bounds__(THREADS) sink_sweep(
                 A s = 0;
 #pragma unroll
                 for (int w = 0; w < WARPS; ++w) s += exchange[1][r][w];
-                weight[r] = s > 0 ? A(1) / s : A(0);
+                weight[r] = s > 0 ? reciprocal(s) : A(0);
                 if (t == 0 && tile * ROWS + r < n_rows)
                     lse_sum += (double)top[r] + (double)log2_fast(s);
             }
+        }
+        if constexpr (STAGES > 0) {
+#pragma unroll
+            for (int r = 0; r < ROWS; ++r)
+                if (tile * ROWS + r >= n_rows) weight[r] = 0;
         }
 #pragma unroll
         for (int j = 0; j < NV; ++j)
@@ -508,14 +518,21 @@ __global__ void sink_best(
 
 template <typename A>
 __global__ void __launch_bounds__(1024) sink_column_sums(
-    const A* __restrict__ part, double* __restrict__ out, int n_parts, int n_cols)
+    const A* __restrict__ part, const double* __restrict__ lse_part, double* __restrict__ out,
+    int n_parts, int n_lse, int n_cols)
 {
     // A 32 x 32 block sums 32 columns: warp ty adds rows ty, ty + 32, ... (one 128-byte load
     // per row, eight in flight), then one thread per column adds the 32 warp sums in order.
+    // The last block instead sums the n_lse log-sum-exp partials into out[n_cols]: thread
+    // (ty, tx) adds entries 32 * ty + tx + 1024 i, then thread (0, 0) adds the 1024 sums in
+    // order.
     __shared__ double sums[32][33];
     const int col = blockIdx.x * 32 + threadIdx.x;
+    const bool lse = blockIdx.x * 32 >= n_cols;
     double acc = 0.0;
-    if (col < n_cols) {
+    if (lse) {
+        for (int p = threadIdx.y * 32 + threadIdx.x; p < n_lse; p += 1024) acc += lse_part[p];
+    } else if (col < n_cols) {
 #pragma unroll 8
         for (int p = threadIdx.y; p < n_parts; p += 32) {
             acc += (double)part[(long long)p * n_cols + col];
@@ -523,7 +540,14 @@ __global__ void __launch_bounds__(1024) sink_column_sums(
     }
     sums[threadIdx.y][threadIdx.x] = acc;
     __syncthreads();
-    if (threadIdx.y == 0 && col < n_cols) {
+    if (lse) {
+        if (threadIdx.y == 0 && threadIdx.x == 0) {
+            double total = 0.0;
+            for (int w = 0; w < 32; ++w)
+                for (int t = 0; t < 32; ++t) total += sums[w][t];
+            out[n_cols] = total;
+        }
+    } else if (threadIdx.y == 0 && col < n_cols) {
         double total = 0.0;
         for (int w = 0; w < 32; ++w) {
             total += sums[w][threadIdx.x];

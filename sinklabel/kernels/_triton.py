@@ -30,6 +30,7 @@ import triton
 import triton.language as tl
 from triton.runtime.errors import OutOfResources, PTXASError
 
+from ._buffers import TorchSweepBuffers, cached
 from ._tuning import Tuner
 
 LOG2E = math.log2(math.e)
@@ -92,6 +93,29 @@ def _column_tile(coef_ptr, first, WIDTH: tl.constexpr, N_COLS: tl.constexpr):
 
 
 @triton.jit
+def _widen(x, dtype, BF16_BITS: tl.constexpr):
+    """``x`` in the compute dtype. With BF16_BITS (bfloat16 scores, two or more per thread)
+    each 32-bit word of two scores becomes two float32 by one shift and one mask, where the
+    compiler's conversion spent a byte permute and a shift on every second score."""
+    if BF16_BITS:
+        words = tl.inline_asm_elementwise("{ shl.b32 $0, $2, 16; and.b32 $1, $2, 0xffff0000; }",
+                                          "=r,=r,r", [x], dtype=tl.int32, is_pure=True, pack=2)
+        return words.to(tl.float32, bitcast=True)
+    return x.to(dtype)
+
+
+@triton.jit
+def _log2(v, PTX: tl.constexpr):
+    """log2 of a float32 row sum (>= 1, the row max's own term) by one ``lg2.approx``
+    instruction on CUDA (absolute error below 2^-21, far under the float32 row max it is
+    added to); ``tl.log2`` is an accurate software routine of about 30 instructions per row."""
+    if PTX:
+        return tl.inline_asm_elementwise("lg2.approx.ftz.f32 $0, $1;", "=f,f", [v],
+                                         dtype=tl.float32, is_pure=True, pack=1)
+    return tl.log2(v)
+
+
+@triton.jit
 def _exp2_poly(v):
     """2^v (float32) by FMAs alone, to move some exponentials off the special-function unit:
     v splits into a rounded integer (the 1.5 * 2^23 trick) and f in [-0.5, 0.5], 2^f is a
@@ -120,7 +144,8 @@ def _exp2_tile(v, POLY: tl.constexpr):
 def _sweep_fused(x_ptr, coef_ptr, part_ptr, lse_ptr, n_programs, n_rows, stride_row, stride_col,
                  N_COLS: tl.constexpr, WIDTH: tl.constexpr, TILES: tl.constexpr,
                  BLOCK_M: tl.constexpr, ROW_ALIGN: tl.constexpr, PREFETCH: tl.constexpr,
-                 POLY: tl.constexpr = 0, STAGES: tl.constexpr = 1):
+                 POLY: tl.constexpr = 0, STAGES: tl.constexpr = 1, BF16_BITS: tl.constexpr = 0,
+                 PTX: tl.constexpr = 0):
     """A row is up to four column tiles of one width (so of one register layout): they are
     combined element-wise before the row max and row sum, which are then one cross-warp
     reduction each. With PREFETCH the next row tile's loads are issued before this tile's
@@ -130,7 +155,9 @@ def _sweep_fused(x_ptr, coef_ptr, part_ptr, lse_ptr, n_programs, n_rows, stride_
     code as a plain loop). The last POLY tiles (float32 compute only) take their
     exponentials from ``_exp2_poly``. Each row's log2-sum-exp2
     (its max plus the log2 of its sum) is added up in float64 per program, for the dual
-    objective."""
+    objective. BF16_BITS and PTX (on CUDA only: the interpreter runs no PTX) widen bfloat16
+    scores a word at a time (``_widen``) and take each row's log2 in one instruction
+    (``_log2``)."""
     pid = tl.program_id(0)
     scale = tl.load(coef_ptr + N_COLS)
     lse_acc = tl.zeros([BLOCK_M], dtype=tl.float64)
@@ -177,16 +204,16 @@ def _sweep_fused(x_ptr, coef_ptr, part_ptr, lse_ptr, n_programs, n_rows, stride_
                 x2 = _load(row_ptr, row_ok, cols2, ok2, stride_col)
             if TILES > 3:
                 x3 = _load(row_ptr, row_ok, cols3, ok3, stride_col)
-        z0 = x0.to(coef0.dtype) * scale + coef0[None, :]
+        z0 = _widen(x0, coef0.dtype, BF16_BITS) * scale + coef0[None, :]
         top = z0
         if TILES > 1:
-            z1 = x1.to(coef1.dtype) * scale + coef1[None, :]
+            z1 = _widen(x1, coef1.dtype, BF16_BITS) * scale + coef1[None, :]
             top = tl.maximum(top, z1)
         if TILES > 2:
-            z2 = x2.to(coef2.dtype) * scale + coef2[None, :]
+            z2 = _widen(x2, coef2.dtype, BF16_BITS) * scale + coef2[None, :]
             top = tl.maximum(top, z2)
         if TILES > 3:
-            z3 = x3.to(coef3.dtype) * scale + coef3[None, :]
+            z3 = _widen(x3, coef3.dtype, BF16_BITS) * scale + coef3[None, :]
             top = tl.maximum(top, z3)
         top = tl.max(top, axis=1)
         p0 = _exp2_tile(z0 - top[:, None], POLY >= TILES)
@@ -202,7 +229,8 @@ def _sweep_fused(x_ptr, coef_ptr, part_ptr, lse_ptr, n_programs, n_rows, stride_
             total += p3
         row_sum = tl.sum(total, axis=1)
         weight = tl.where(row_ok, 1.0 / row_sum, 0.0)
-        lse_acc += tl.where(row_ok, top.to(tl.float64) + tl.log2(row_sum).to(tl.float64), 0.0)
+        lse_acc += tl.where(row_ok, top.to(tl.float64) + _log2(row_sum, PTX).to(tl.float64),
+                            0.0)
         acc0 += tl.sum(p0 * weight[:, None], axis=0)
         if TILES > 1:
             acc1 += tl.sum(p1 * weight[:, None], axis=0)
@@ -222,23 +250,32 @@ def _sweep_fused(x_ptr, coef_ptr, part_ptr, lse_ptr, n_programs, n_rows, stride_
 
 
 @triton.jit
-def _column_sums(part_ptr, out_ptr, n_parts, N_COLS: tl.constexpr, BLOCK_P: tl.constexpr,
-                 BLOCK_K: tl.constexpr):
-    """float64 column sums of the (parts, K) partial sums, in a fixed order.
+def _column_sums(part_ptr, lse_ptr, out_ptr, n_parts, n_lse, N_COLS: tl.constexpr,
+                 BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr):
+    """float64 column sums of the (parts, K) partial sums into ``out[:K]``, and the sum of the
+    ``n_lse`` log-sum-exp partials into ``out[K]`` (by the last program), in a fixed order.
 
     Each thread adds its own elements of a (BLOCK_P, BLOCK_K) tile over the loop and the tile
     is reduced once at the end: a reduction per iteration put two barriers between every
     load and the next, and summing 4224 x 3000 partials took 0.26 ms on an H200.
     """
-    cols = tl.program_id(0) * BLOCK_K + tl.arange(0, BLOCK_K)
-    col_ok = cols < N_COLS
-    acc = tl.zeros([BLOCK_P, BLOCK_K], dtype=tl.float64)
-    for first in range(0, n_parts, BLOCK_P):
-        parts = first + tl.arange(0, BLOCK_P)
-        block = tl.load(part_ptr + parts[:, None].to(tl.int64) * N_COLS + cols[None, :],
-                        mask=(parts < n_parts)[:, None] & col_ok[None, :], other=0.0)
-        acc += block.to(tl.float64)
-    tl.store(out_ptr + cols, tl.sum(acc, axis=0), mask=col_ok)
+    first_col = tl.program_id(0) * BLOCK_K
+    if first_col >= N_COLS:
+        total = tl.zeros([BLOCK_P], dtype=tl.float64)
+        for first in range(0, n_lse, BLOCK_P):
+            parts = first + tl.arange(0, BLOCK_P)
+            total += tl.load(lse_ptr + parts, mask=parts < n_lse, other=0.0)
+        tl.store(out_ptr + N_COLS, tl.sum(total, axis=0))
+    else:
+        cols = first_col + tl.arange(0, BLOCK_K)
+        col_ok = cols < N_COLS
+        acc = tl.zeros([BLOCK_P, BLOCK_K], dtype=tl.float64)
+        for first in range(0, n_parts, BLOCK_P):
+            parts = first + tl.arange(0, BLOCK_P)
+            block = tl.load(part_ptr + parts[:, None].to(tl.int64) * N_COLS + cols[None, :],
+                            mask=(parts < n_parts)[:, None] & col_ok[None, :], other=0.0)
+            acc += block.to(tl.float64)
+        tl.store(out_ptr + cols, tl.sum(acc, axis=0), mask=col_ok)
 
 
 @triton.jit
@@ -322,6 +359,13 @@ def compute_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
+def bf16_bits(x: torch.Tensor, launch: FusedLaunch, width: int) -> bool:
+    """Whether the sweep widens bfloat16 scores a word at a time (see ``_widen``): on CUDA
+    (the interpreter runs no PTX), with at least two scores of a tile per thread."""
+    return (x.dtype == torch.bfloat16 and x.is_cuda
+            and launch.rows * width >= 2 * 32 * launch.warps)
+
+
 def tile_width(n_cols: int) -> tuple[int, int]:
     """Width and count (at most four) of equal power-of-two column tiles covering ``n_cols``:
     3000 = 3 x 1024 leaves 2% of the lanes idle, where one 4096 tile would leave 27%."""
@@ -333,26 +377,37 @@ def sweep_lse(x: torch.Tensor, f: np.ndarray, lam: float) -> tuple[np.ndarray, f
     """Column sums of softmax(lam * x + f) over the rows of ``x`` (float64 NumPy) and the sum
     of the rows' logsumexp(lam * x + f), from one read of ``x`` and one host sync."""
     n_rows, n_cols = x.shape
-    coef = _coefficients(x, f * LOG2E, lam * LOG2E)
     programs = _programs(x, n_rows)
-    part = torch.empty((programs, n_cols), dtype=coef.dtype, device=x.device)
-    lse_parts = torch.empty(programs, dtype=torch.float64, device=x.device)
-    totals = torch.empty(n_cols + 1, dtype=torch.float64, device=x.device)
+    buffers = _buffers(x.device, compute_dtype(x), programs, n_cols)
+    coef = buffers.coefficients(f, LOG2E, lam * LOG2E)
     strides = (n_rows, x.stride(0), x.stride(1))
     if n_cols <= MAX_FUSED_COLS // coef.element_size() * 4:
         width, tiles = tile_width(n_cols)
         shape = dict(N_COLS=n_cols, WIDTH=width, TILES=tiles, ROW_ALIGN=_row_align(x))
+        key = ("sweep", x.dtype, n_cols)
 
         def launch(config: tuple) -> None:
             c = FusedLaunch(*config)
-            _sweep_fused[(programs,)](x, coef, part, lse_parts, programs, *strides, BLOCK_M=c.rows,
-                                      PREFETCH=c.prefetch, POLY=c.poly, STAGES=c.stages,
+            _sweep_fused[(programs,)](x, coef, buffers.part, buffers.lse_parts, programs,
+                                      *strides, BLOCK_M=c.rows, PREFETCH=c.prefetch, POLY=c.poly,
+                                      STAGES=c.stages, BF16_BITS=bf16_bits(x, c, width),
+                                      PTX=x.is_cuda and coef.dtype == torch.float32,
                                       num_warps=c.warps, **shape)
 
-        TUNER.run(launch, _fused_configs(width, tiles, x), ("sweep", x.dtype, n_cols),
-                  lambda: ((_sum_parts(part, totals).cpu().numpy(), 0.0),
-                           (lse_parts.sum().cpu().numpy(), n_rows)),
-                  tune=x.is_cuda and x.numel() >= TUNE_ELEMENTS)
+        def result() -> tuple[tuple[np.ndarray, float], ...]:
+            host = _sum_parts(buffers, programs).cpu().numpy()
+            return (host[:-1], 0.0), (host[-1:], n_rows)
+
+        candidates = _fused_configs(width, tiles, x)
+        tune = x.is_cuda and x.numel() >= TUNE_ELEMENTS
+        graph = None if TUNER.will_time(key, candidates, tune) else buffers.graph(
+            x, TUNER.chosen.get(key, candidates[0]),
+            lambda config: (launch(config), _sum_parts(buffers, programs)))
+        if graph is not None:
+            graph.replay()
+        else:
+            TUNER.run(launch, candidates, key, result, tune=tune)
+            _sum_parts(buffers, programs)
     else:
         tile = WIDE_TILE
         top = torch.empty(n_rows, dtype=coef.dtype, device=x.device)
@@ -362,13 +417,11 @@ def sweep_lse(x: torch.Tensor, f: np.ndarray, lam: float) -> tuple[np.ndarray, f
         _row_stats[(triton.cdiv(n_rows, 4),)](x, coef, top, inv, *strides, BLOCK_M=4,
                                               FLOOR=floor, num_warps=4, **meta)
         grid = (programs, triton.cdiv(n_cols, tile))
-        _sweep_tiles[grid](x, coef, top, inv, part, programs, *strides, BLOCK_M=4, num_warps=4,
-                           **meta)
-        lse_parts = top.double() - torch.log2(inv.double())
-    _sum_parts(part, totals)
-    torch.sum(lse_parts, dim=0, out=totals[n_cols])
-    host = totals.cpu().numpy()
-    return host[:-1], float(host[-1]) * LN2
+        _sweep_tiles[grid](x, coef, top, inv, buffers.part, programs, *strides, BLOCK_M=4,
+                           num_warps=4, **meta)
+        _sum_parts(buffers, programs, lse_parts=top.double() - torch.log2(inv.double()))
+    masses, lse = buffers.totals_on_host()
+    return masses, lse * LN2
 
 
 def best(x: torch.Tensor, f: np.ndarray, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -386,15 +439,23 @@ def best(x: torch.Tensor, f: np.ndarray, lam: float) -> tuple[torch.Tensor, torc
     return values, labels
 
 
-def _sum_parts(part: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """Column sums of the partial sums in float64 into the first K entries of ``out``
-    (torch's ``sum(dtype=float64)`` would first copy the whole buffer to float64)."""
-    n_parts, n_cols = part.shape
-    out = out[:n_cols]
-    _column_sums[(triton.cdiv(n_cols, SUM_COLS),)](part, out, n_parts, N_COLS=n_cols,
-                                                   BLOCK_P=SUM_PARTS, BLOCK_K=SUM_COLS,
-                                                   num_warps=8)
-    return out
+def _sum_parts(buffers: TorchSweepBuffers, programs: int,
+               lse_parts: torch.Tensor | None = None) -> torch.Tensor:
+    """Column sums of the partial sums in float64 into the first K entries of the totals and
+    the log-sum-exp partials' sum into the last (torch's ``sum(dtype=float64)`` would first
+    copy the whole buffer to float64)."""
+    lse = buffers.lse_parts if lse_parts is None else lse_parts
+    n_cols = buffers.part.shape[1]
+    _column_sums[(triton.cdiv(n_cols, SUM_COLS) + 1,)](
+        buffers.part, lse, buffers.totals, programs, lse.shape[0], N_COLS=n_cols,
+        BLOCK_P=SUM_PARTS, BLOCK_K=SUM_COLS, num_warps=8)
+    return buffers.totals
+
+
+def _buffers(device: torch.device, dtype: torch.dtype, programs: int,
+             n_cols: int) -> TorchSweepBuffers:
+    return cached(("triton", device, dtype, programs, n_cols),
+                  lambda: TorchSweepBuffers(device, dtype, programs, n_cols))
 
 
 def _coefficients(x: torch.Tensor, coef: np.ndarray, scale: float) -> torch.Tensor:

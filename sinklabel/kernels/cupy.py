@@ -15,6 +15,7 @@ from functools import cache
 import numpy as np
 
 from ._base import Kernel, compute_dtype
+from ._buffers import CupySweepBuffers, cached
 from ._cuda import SOURCE
 from ._tuning import Tuner
 
@@ -30,6 +31,8 @@ TUNE_ELEMENTS = 1 << 26
 #: Shared memory of the ringed sweep's row copies per block (the static limit is 48 KB).
 RING_BYTES = 40 << 10
 _STORAGE = {"float16": "half_bits", "float32": "float", "float64": "double"}
+#: dtype names by character code (NumPy's ``dtype.name`` takes microseconds).
+_NAMES = {"e": "float16", "f": "float32", "d": "float64"}
 _ACC = {"float32": "float", "float64": "double"}
 
 
@@ -58,14 +61,16 @@ class CupyKernel(Kernel):
         if plan is None:
             return _split(_blocked_sweep_lse(x, f, lam, cp).get())
         n_rows, n_cols = x.shape
-        coef = _coefficients(x, f * LOG2E, lam * LOG2E)
         programs = _programs(n_rows)
-        part = cp.empty((programs, n_cols), dtype=coef.dtype)
-        lse_part = cp.empty(programs, dtype=cp.float64)
-        args = (x, coef, part, lse_part, np.int64(n_rows), *_strides(x), np.int32(n_cols))
-        dtype = x.dtype.name
-        key = (dtype, n_cols, tuple(plan))
+        buffers = _buffers(x, programs, n_cols)
+        coef = buffers.coefficients(f, LOG2E, lam * LOG2E)
+        args = (x, coef, buffers.part, buffers.lse_parts, np.int64(n_rows), *_strides(x),
+                np.int32(n_cols))
+        dtype = _NAMES[x.dtype.char]
+        key = (dtype, n_cols, plan)
         names = _kernel_names(*key)
+        sums_args = (buffers.part, buffers.lse_parts, buffers.totals, np.int32(programs),
+                     np.int32(programs), np.int32(n_cols))
 
         def functions() -> dict:
             return _functions(names if every else (names[0], names[-1]))
@@ -73,22 +78,19 @@ class CupyKernel(Kernel):
         def launch(config: tuple[int, ...]) -> None:
             functions()[sweep_name(dtype, config)]((programs,), (config[1],), args)
 
-        def totals():
-            out = cp.empty(n_cols + 1, dtype=cp.float64)
-            functions()[names[-1]]((-(-n_cols // 32),), (32, 32),
-                                   (part, out, np.int32(programs), np.int32(n_cols)))
-            out[n_cols] = lse_part.sum()
-            return out
+        def totals() -> tuple[np.ndarray, float]:
+            functions()[names[-1]]((-(-n_cols // 32) + 1,), (32, 32), sums_args)
+            return buffers.totals_on_host()
 
         def result():
-            masses, lse = _split(totals().get())
+            masses, lse = totals()
             return (masses, 0.0), (lse, n_rows)
 
         tune = x.size >= TUNE_ELEMENTS
         # One NVRTC call compiles every candidate once the plan is (or is about to be) tuned.
         every = key in TUNER.chosen or TUNER.will_time(key, plan, tune)
         TUNER.run(launch, plan, key, result, tune=tune)
-        return _split(totals().get())
+        return totals()
 
     def best(self, chunk, f: np.ndarray, lam: float):
         import cupy as cp
@@ -197,9 +199,18 @@ def _programs(n_rows: int) -> int:
 
 def _floating(chunk):
     """CuPy has no bfloat16, and the kernels take only its three float types."""
-    if chunk.dtype.name not in _STORAGE:
+    if chunk.dtype.char not in _NAMES:
         raise TypeError(f"the cupy backend takes float16/32/64 arrays, got {chunk.dtype}")
     return chunk
+
+
+def _buffers(x, programs: int, n_cols: int) -> CupySweepBuffers:
+    """This thread's sweep buffers for the shape class, on ``x``'s device."""
+    def make() -> CupySweepBuffers:
+        with x.device:
+            return CupySweepBuffers(compute_dtype(x.dtype), programs, n_cols)
+
+    return cached(("cupy", x.device.id, x.dtype.char, programs, n_cols), make)
 
 
 def _strides(x) -> tuple[np.int64, np.int64]:
@@ -214,7 +225,7 @@ def _coefficients(x, coef: np.ndarray, scale: float):
     return cp.asarray(host.astype(compute_dtype(x.dtype)))
 
 
-def _sweep_plan(x, async_copies: bool | None = None) -> list[tuple[int, ...]] | None:
+def _sweep_plan(x, async_copies: bool | None = None) -> tuple[tuple[int, ...], ...] | None:
     """(vec, threads, packs per thread, rows per step, prefetch[, merge, poly, stages]) to
     try, the default first (prefetch 2 and merge/poly are described in
     ``_instruction_saving``, stages in ``_pipelined``); None when a row does not fit in one
@@ -230,9 +241,8 @@ def _sweep_plan(x, async_copies: bool | None = None) -> list[tuple[int, ...]] | 
     if async_copies is None:
         async_copies = _compute_capability() >= 80
     row_stride, col_stride = (int(s) for s in _strides(x))
-    plan = _plan(x.shape[1], x.dtype.name, row_stride, col_stride, x.data.ptr % 16,
+    return _plan(x.shape[1], _NAMES[x.dtype.char], row_stride, col_stride, x.data.ptr % 16,
                  async_copies)
-    return None if plan is None else list(plan)
 
 
 @cache
