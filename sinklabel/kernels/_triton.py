@@ -369,8 +369,8 @@ def bf16_bits(x: torch.Tensor, launch: FusedLaunch, width: int) -> bool:
 def tile_width(n_cols: int) -> tuple[int, int]:
     """Width and count (at most four) of equal power-of-two column tiles covering ``n_cols``:
     3000 = 3 x 1024 leaves 2% of the lanes idle, where one 4096 tile would leave 27%."""
-    width = max(16, triton.next_power_of_2(triton.cdiv(n_cols, 4)))
-    return width, triton.cdiv(n_cols, width)
+    width = max(16, _next_power_of_2(_cdiv(n_cols, 4)))
+    return width, _cdiv(n_cols, width)
 
 
 def sweep_lse(x: torch.Tensor, f: np.ndarray, lam: float) -> tuple[np.ndarray, float]:
@@ -414,9 +414,9 @@ def sweep_lse(x: torch.Tensor, f: np.ndarray, lam: float) -> tuple[np.ndarray, f
         inv = torch.empty_like(top)
         meta = dict(N_COLS=n_cols, TILE=tile, ROW_ALIGN=_row_align(x))
         floor = torch.finfo(coef.dtype).min
-        _row_stats[(triton.cdiv(n_rows, 4),)](x, coef, top, inv, *strides, BLOCK_M=4,
+        _row_stats[(_cdiv(n_rows, 4),)](x, coef, top, inv, *strides, BLOCK_M=4,
                                               FLOOR=floor, num_warps=4, **meta)
-        grid = (programs, triton.cdiv(n_cols, tile))
+        grid = (programs, _cdiv(n_cols, tile))
         _sweep_tiles[grid](x, coef, top, inv, buffers.part, programs, *strides, BLOCK_M=4,
                            num_warps=4, **meta)
         _sum_parts(buffers, programs, lse_parts=top.double() - torch.log2(inv.double()))
@@ -431,9 +431,9 @@ def best(x: torch.Tensor, f: np.ndarray, lam: float) -> tuple[torch.Tensor, torc
     values = torch.empty(n_rows, dtype=coef.dtype, device=x.device)
     labels = torch.empty(n_rows, dtype=torch.int64, device=x.device)
     block_m = 4
-    _best[(triton.cdiv(n_rows, block_m),)](
+    _best[(_cdiv(n_rows, block_m),)](
         x, coef, values, labels, n_rows, x.stride(0), x.stride(1), N_COLS=n_cols,
-        TILE=min(WIDE_TILE, triton.next_power_of_2(n_cols)), BLOCK_M=block_m,
+        TILE=min(WIDE_TILE, _next_power_of_2(n_cols)), BLOCK_M=block_m,
         ROW_ALIGN=_row_align(x), num_warps=4, enable_fp_fusion=False,
     )
     return values, labels
@@ -446,7 +446,7 @@ def _sum_parts(buffers: TorchSweepBuffers, programs: int,
     copy the whole buffer to float64)."""
     lse = buffers.lse_parts if lse_parts is None else lse_parts
     n_cols = buffers.part.shape[1]
-    _column_sums[(triton.cdiv(n_cols, SUM_COLS) + 1,)](
+    _column_sums[(_cdiv(n_cols, SUM_COLS) + 1,)](
         buffers.part, lse, buffers.totals, programs, lse.shape[0], N_COLS=n_cols,
         BLOCK_P=SUM_PARTS, BLOCK_K=SUM_COLS, num_warps=8)
     return buffers.totals
@@ -466,7 +466,17 @@ def _coefficients(x: torch.Tensor, coef: np.ndarray, scale: float) -> torch.Tens
 
 def _programs(x: torch.Tensor, n_rows: int) -> int:
     processors = _processors(x.device) if x.is_cuda else 4
-    return max(1, min(processors * PROGRAMS_PER_SM, triton.cdiv(n_rows, MIN_ROWS_PER_PROGRAM)))
+    return max(1, min(processors * PROGRAMS_PER_SM, _cdiv(n_rows, MIN_ROWS_PER_PROGRAM)))
+
+
+def _cdiv(a: int, b: int) -> int:
+    """Plain Python on the host: ``triton.cdiv`` and ``triton.next_power_of_2`` go through
+    Triton's JIT wrapper, 2-4 us a call, several calls per sweep."""
+    return -(-a // b)
+
+
+def _next_power_of_2(n: int) -> int:
+    return 1 << max(0, n - 1).bit_length()
 
 
 @functools.cache
