@@ -219,11 +219,17 @@ def test_wide_rows_match_numpy_kernel(library, dtype, k):
 
 @pytest.mark.parametrize("library, dtype", CASES)
 def test_sweep_repeats_exactly(library, dtype):
+    """Each solve has its own kernel object, so a solve repeated gives the same bits; one
+    kernel's second sweep of an input (shifted by the stored row log-sum-exps) gives the
+    same sums to rounding."""
     host = make_scores(5000, 3000, regime="flat", seed=10).scores
     x, _ = on_device(host, library, dtype)
-    kernel = get_kernel(library)
     f = np.zeros(3000)
-    np.testing.assert_array_equal(kernel.sweep(x, f, 25.0), kernel.sweep(x, f, 25.0))
+    first = get_kernel(library).sweep(x, f, 25.0)
+    np.testing.assert_array_equal(first, get_kernel(library).sweep(x, f, 25.0))
+    kernel = get_kernel(library)
+    kernel.sweep(x, f, 25.0)
+    np.testing.assert_allclose(kernel.sweep(x, f, 25.0), first, rtol=1e-5)
 
 
 @pytest.mark.parametrize("library, dtype", CASES)
@@ -234,14 +240,16 @@ def test_sweeps_follow_new_potentials_and_scores(library, dtype):
     first = make_scores(3000, 500, regime="flat", seed=13).scores
     second = make_scores(3000, 500, regime="peaked", seed=14).scores
     x, exact_first = on_device(first, library, dtype)
-    replacement, exact_second = on_device(second, library, dtype)
+    second, exact_second = on_device(second, library, dtype)
+    # Scores far above those the stored log-sum-exps were taken on: the shift cannot fit.
+    third, exact_third = on_device(-8 * first, library, dtype)
     f1, f2 = np.random.default_rng(15).standard_normal((2, 500))
     kernel, reference = get_kernel(library), get_kernel("numpy")
     steps = [(exact_first, f1), (exact_first, f2), (exact_first, f1), (exact_second, f2),
-             (exact_second, f1)]
+             (exact_second, f1), (exact_third, f1), (exact_third, f2)]
     for step, (exact, f) in enumerate(steps):
-        if step == 3:
-            x[...] = replacement
+        if step in (3, 5):
+            x[...] = second if step == 3 else third
         mass, lse = kernel.sweep_lse(x, f, 25.0)
         expected_mass, expected_lse = reference.sweep_lse(exact, f, 25.0)
         np.testing.assert_allclose(mass, expected_mass, rtol=1e-4, atol=1e-6, err_msg=str(step))
@@ -252,15 +260,16 @@ def test_sweeps_follow_new_potentials_and_scores(library, dtype):
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float64"])
 def test_torch_graph_replays_give_the_launches_results(dtype, monkeypatch):
     """From the second sweep of one tensor on, the torch backend replays a CUDA graph: it
-    gives bit for bit what launching the kernels one by one gives, and it is recorded."""
+    gives bit for bit what launching the kernels one by one gives (each row shifted by its
+    maximum in the first sweep, by its stored log-sum-exp after), and it is recorded."""
     from sinklabel.kernels import _buffers
 
     host = make_scores(3000, 500, regime="flat", seed=16).scores
     x, _ = on_device(host, "torch", dtype)
     f1, f2 = np.random.default_rng(17).standard_normal((2, 500))
-    kernel = get_kernel("torch")
-
     def sweeps():
+        _buffers._local.__dict__.clear()  # no buffers or graphs yet
+        kernel = get_kernel("torch")      # nor stored row log-sum-exps
         return [kernel.sweep_lse(x, f, 25.0) for f in (f1, f1, f2, f1)]
 
     monkeypatch.setattr(_buffers, "RECORD_GRAPHS", False)
@@ -345,8 +354,14 @@ def test_every_tuning_candidate_matches_numpy_kernel(library, dtype, k):
     try:
         for config in configs:
             module.TUNER.chosen[_tuning_key(library, x, k)] = config
-            mass = get_kernel(library).sweep(x, f, 25.0)
-            np.testing.assert_allclose(mass, expected, rtol=1e-5, atol=1e-7, err_msg=str(config))
+            kernel = get_kernel(library)
+            # A kernel's second sweep shifts rows by the stored log-sum-exps: checked for
+            # the default and the last (pipelined or ringed) candidate, each mode a compile.
+            stored = config in (configs[0], configs[-1])
+            for shift in ("row max", "stored row log-sum-exps")[:1 + stored]:
+                mass = kernel.sweep(x, f, 25.0)
+                np.testing.assert_allclose(mass, expected, rtol=1e-5, atol=1e-7,
+                                           err_msg=f"{config} {shift}")
     finally:
         module.TUNER.chosen.clear()
         module.TUNER.chosen.update(saved)
@@ -417,7 +432,8 @@ def _sweep_lse_float64(exact: np.ndarray, f: np.ndarray, lam: float):
 def test_cupy_sweep_lse_every_candidate_matches_float64_formula(dtype, n, k):
     """The fused log-sum-exp of every launch configuration the tuner may pick (and of the
     blocked ops for rows too wide for one block), against float64 from the definition; it
-    repeats exactly and ``sweep`` is its first half."""
+    repeats exactly and ``sweep`` is its first half; a kernel's second sweep of the input,
+    each row shifted by its stored log-sum-exp, matches too."""
     from sinklabel.kernels import cupy as module
 
     host = make_scores(n, k, regime="flat", seed=13).scores
@@ -428,20 +444,29 @@ def test_cupy_sweep_lse_every_candidate_matches_float64_formula(dtype, n, k):
     lse_tol = (1e-12 if dtype == "float64" else 1e-6) * np.abs(lse_rows).sum()
     configs = module._sweep_plan(x) or [None]
     assert (len(configs) > 1) == (k < 20000)
-    kernel, saved = get_kernel("cupy"), dict(module.TUNER.chosen)
+    saved = dict(module.TUNER.chosen)
     try:
         for config in configs:
             if config is not None:
                 module.TUNER.chosen[_tuning_key("cupy", x, k)] = config
+            kernel = get_kernel("cupy")
             mass, lse = kernel.sweep_lse(x, f, 25.0)
             assert mass.dtype == np.float64 and mass.shape == (k,) and isinstance(lse, float)
             np.testing.assert_allclose(mass, mass_expected, rtol=mass_rtol, atol=1e-9,
                                        err_msg=str(config))
             assert abs(lse - lse_rows.sum()) <= lse_tol, (config, lse, lse_rows.sum())
-            again = kernel.sweep_lse(x, f, 25.0)
+            again = get_kernel("cupy").sweep_lse(x, f, 25.0)
             np.testing.assert_array_equal(again[0], mass)
             assert again[1] == lse
-            np.testing.assert_array_equal(kernel.sweep(x, f, 25.0), mass)
+            np.testing.assert_array_equal(get_kernel("cupy").sweep(x, f, 25.0), mass)
+            if config not in (configs[0], configs[-1]):
+                continue
+            # The same kernel again: each row shifted by its stored log-sum-exp (checked for
+            # the default and the last candidate: each is one more compile).
+            stored_mass, stored_lse = kernel.sweep_lse(x, f, 25.0)
+            np.testing.assert_allclose(stored_mass, mass_expected, rtol=mass_rtol, atol=1e-9,
+                                       err_msg=str(config))
+            assert abs(stored_lse - lse_rows.sum()) <= lse_tol, (config, stored_lse)
     finally:
         module.TUNER.chosen.clear()
         module.TUNER.chosen.update(saved)

@@ -345,6 +345,12 @@ _INTERPRETER_SCRIPT = textwrap.dedent("""
     # The software-pipelined loop (the interpreter runs it as a plain loop).
     pipelined = lambda width, tiles, x: [_triton.FusedLaunch(1, 2, False, stages=3)]
     chosen = dict(poly=polynomial, pipelined=pipelined)
+    # Which shift each one-pass sweep used: each row's maximum, or the stored log-sum-exps.
+    modes, one_pass = [], _triton._fused_sweep
+    def logged(x, f, lam, buffers, programs, rows, rise):
+        modes.append("max" if rise is None else "stored")
+        return one_pass(x, f, lam, buffers, programs, rows, rise)
+    _triton._fused_sweep = logged
     reference, rng, report = NumpyKernel(), np.random.default_rng(0), []
     # shift: every score moved far below float32's range (float64 only), where a row
     # maximum started at float32's lowest value would stay above the whole row.
@@ -363,19 +369,34 @@ _INTERPRETER_SCRIPT = textwrap.dedent("""
         x = x.t().contiguous().t() if n == 21 else x
         host = x.double().numpy() if dtype == "float64" else x.float().numpy()
         f = rng.standard_normal(k)
-        mass, lse = _triton.sweep_lse(x, f, 25.0)
         values, labels = _triton.best(x, f, 25.0)
         ref_values, ref_labels = reference.best(host, f, 25.0)
-        z = 25.0 * host.astype(np.float64) + f
-        top = z.max(axis=1)
-        ref_lse = float((top + np.log(np.exp(z - top[:, None]).sum(axis=1))).sum())
+        # Sweeps in a row: each row's maximum (the first), the stored log-sum-exps shifted by
+        # a small step (the second), a step too uneven for them (the third), then the scores
+        # changed in place so the stored values no longer fit (the fourth repeats the sweep).
+        mass_gap, lse_gap = 0.0, 0.0
+        modes.clear()
+        rows = _triton.RowShifts("torch")  # what a kernel object keeps between its sweeps
+        uneven = f + 50.0 * rng.standard_normal(k)
+        for step, g in enumerate((f, f + 0.3 * rng.standard_normal(k), uneven, uneven)):
+            if step == 3:
+                x.mul_(-8)
+                host = x.double().numpy() if dtype == "float64" else x.float().numpy()
+            mass, lse = _triton.sweep_lse(x, g, 25.0, rows)
+            z = 25.0 * host.astype(np.float64) + g
+            top = z.max(axis=1)
+            ref_lse = float((top + np.log(np.exp(z - top[:, None]).sum(axis=1))).sum())
+            expected = reference.sweep(host, g, 25.0)
+            mass_gap = max(mass_gap, float(np.abs(mass - expected).max() / expected.max()))
+            lse_gap = max(lse_gap, abs(lse - ref_lse) / abs(ref_lse))
         report.append(dict(
             case=f"{n}x{k} {dtype} prefetch={prefetch} shift={shift}",
-            mass=float(np.abs(mass - reference.sweep(host, f, 25.0)).max()),
-            lse=abs(lse - ref_lse) / abs(ref_lse),
+            mass=mass_gap,
+            lse=lse_gap,
             values=float(np.abs(values.numpy() - ref_values).max()),
             labels=int((labels.numpy() != ref_labels).sum()),
             label_dtype=str(labels.dtype),
+            modes=list(modes),
         ))
     print(json.dumps(report))
 """)
@@ -394,9 +415,11 @@ def test_triton_kernels_in_the_interpreter_match_numpy():
         assert case["values"] == 0.0, case
         assert case["labels"] == 0, case
         assert case["label_dtype"] == "torch.int64", case
+        if case["modes"]:  # the one-pass kernel (not the wide rows' two passes)
+            assert case["modes"] == ["max", "stored", "max", "stored", "max"], case
 
 
-def _compile_sweep_for_hopper(launch, dtype: str, n_cols: int):
+def _compile_sweep_for_hopper(launch, dtype: str, n_cols: int, row_lse: int = 2):
     """The one-pass sweep compiled for sm_90 as a CUDA launch specialises it (16-byte
     aligned pointers and program count, unit column stride), without a GPU."""
     triton = pytest.importorskip("triton")
@@ -406,14 +429,16 @@ def _compile_sweep_for_hopper(launch, dtype: str, n_cols: int):
 
     width, tiles = _triton.tile_width(n_cols)
     signature = {"x_ptr": f"*{dtype}", "coef_ptr": "*fp32", "part_ptr": "*fp32",
-                 "lse_ptr": "*fp64", "n_programs": "i32", "n_rows": "i32", "stride_row": "i32"}
+                 "lse_ptr": "*fp64", "shift_ptr": "*fp32", "n_programs": "i32", "n_rows": "i32",
+                 "stride_row": "i32"}
     constants = dict(stride_col=1, N_COLS=n_cols, WIDTH=width, TILES=tiles, BLOCK_M=launch.rows,
                      ROW_ALIGN=8, PREFETCH=launch.prefetch, POLY=launch.poly,
-                     STAGES=launch.stages)
+                     STAGES=launch.stages, BF16_BITS=int(dtype == "bf16"), PTX=1,
+                     ROW_LSE=row_lse)
     signature.update(dict.fromkeys(constants, "constexpr"))
     source = triton.compiler.ASTSource(
         fn=_triton._sweep_fused, signature=signature, constexprs=constants,
-        attrs={(i,): [["tt.divisibility", 16]] for i in range(5)})
+        attrs={(i,): [["tt.divisibility", 16]] for i in range(6)})
     try:
         return triton.compile(source, target=GPUTarget("cuda", 90, 32),
                               options={"num_warps": launch.warps})
@@ -438,6 +463,21 @@ def test_pipelined_sweep_compiles_to_asynchronous_copies_for_hopper(dtype):
         assert 0 < kernel.metadata.shared <= 48 * 1024, launch
     plain = _compile_sweep_for_hopper(pipelined[0]._replace(stages=1), dtype, 3000)
     assert "cp.async" not in plain.asm["ptx"]
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "fp32"])
+def test_sweep_shifted_by_stored_row_values_drops_the_row_max(dtype):
+    """Shifted by the stored log-sum-exps (the sweeps after the first of an input), the
+    one-pass sweep has no row max: no max instructions and half the barriers per row tile
+    of the sweep that takes each row's maximum."""
+    pytest.importorskip("triton")
+    from sinklabel.kernels import _triton
+
+    launch = _triton._fused_configs(*_triton.tile_width(3000), _empty(dtype, 3000))[0]
+    ptx = {mode: _compile_sweep_for_hopper(launch, dtype, 3000, mode).asm["ptx"]
+           for mode in (1, 2)}
+    assert ptx[1].count("max.f32") > 0 == ptx[2].count("max.f32")
+    assert 2 * ptx[2].count("bar.sync") <= ptx[1].count("bar.sync")
 
 
 def _empty(dtype: str, n_cols: int):
@@ -541,10 +581,10 @@ def test_every_cupy_tuning_candidate_fits_a_hopper_multiprocessor():
             for layout in layouts:
                 shape = _ArrayShape(1000, n_cols, dtype, **layout)
                 for config in module._sweep_plan(shape, async_copies=True) or []:
-                    names.add(module.sweep_name(dtype, config))
+                    names.update(module.sweep_name(dtype, config, mode) for mode in (1, 2))
                     if config[0] == 1:
                         scalar.add(dtype)
-    assert any(name.endswith(", 4>") for name in names)   # ringed candidates are planned
+    assert any(name.endswith(", 4, 1>") for name in names)   # ringed candidates are planned
     assert scalar == {"float16", "float32", "float64"}
     names.update(f"sink_column_sums<{acc}>" for acc in ("float", "double"))
     _compile_with_nvrtc(sorted(names), "sm_90")

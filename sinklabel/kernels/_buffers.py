@@ -56,21 +56,21 @@ class TorchSweepBuffers:
 
         pinned = device.type == "cuda"
         self.device = device
-        self.coef = torch.empty(n_cols + 1, dtype=dtype, device=device)
+        self.coef = torch.empty(n_cols + 2, dtype=dtype, device=device)
         self.part = torch.empty((programs, n_cols), dtype=dtype, device=device)
         self.lse_parts = torch.empty(programs, dtype=torch.float64, device=device)
         self.totals = torch.empty(n_cols + 1, dtype=torch.float64, device=device)
-        self._coef_host = torch.empty(n_cols + 1, dtype=dtype, pin_memory=pinned)
+        self._coef_host = torch.empty(n_cols + 2, dtype=dtype, pin_memory=pinned)
         self._totals_host = torch.empty(n_cols + 1, dtype=torch.float64, pin_memory=pinned)
         self._graph: tuple[Hashable, object] | None = None
         self._last: Hashable = None
 
-    def coefficients(self, f: np.ndarray, factor: float, scale: float):
-        """``f * factor`` followed by ``scale`` on the device in the compute dtype (rounded
-        once, from float64, as before)."""
+    def coefficients(self, f: np.ndarray, factor: float, scale: float, rise: float = 0.0):
+        """``f * factor``, ``scale`` and ``rise`` on the device in the compute dtype (each
+        rounded once, from float64)."""
         view = self._coef_host.numpy()
-        np.multiply(f, factor, out=view[:-1])
-        view[-1] = scale
+        np.multiply(f, factor, out=view[:-2])
+        view[-2:] = scale, rise
         return self.coef.copy_(self._coef_host, non_blocking=True)
 
     def totals_on_host(self) -> tuple[np.ndarray, float]:
@@ -89,7 +89,7 @@ class TorchSweepBuffers:
         if not (RECORD_GRAPHS and x.is_cuda) or GRAPH_ERRORS or (
                 x.device.index != torch.cuda.current_device()):
             return None
-        key = (x.data_ptr(), tuple(x.shape), x.stride(), x.dtype, config)
+        key = (*_tensor_key(x), config)
         if self._graph is not None and self._graph[0] == key:
             return self._graph[1]
         if self._last != key:
@@ -102,6 +102,77 @@ class TorchSweepBuffers:
             return None
         self._graph = (key, graph)
         return graph
+
+
+class RowShifts:
+    """Each row's log-sum-exp from the last sweep of one input, and the potentials it was
+    taken at, so the next sweep of the same input can shift each row by it instead of by its
+    maximum. A kernel object keeps one (one per solve: a solve repeated gives the same bits).
+
+    A row's log-sum-exp is at least its maximum, so with the potentials moved by ``step``
+    it stays an upper bound on the new maximum once ``step.max()`` is added: no exponential
+    can overflow. It is also at most log2(K) above the old maximum, so the new maximum's
+    own term is at least 2^-(log2(K) + spread) for a ``step`` spread of ``spread`` (log2
+    units): kept below ``MAX_SPREAD``, every term within 2^-24 of it stays a normal float.
+    Scores changed in place since (same memory) are caught by the kernels' check on each
+    row's sum, and the sweep is repeated with each row's maximum.
+    """
+
+    #: Largest spread (max - min) of a potentials' step, in log2 units, a stored shift takes.
+    MAX_SPREAD = 60.0
+
+    def __init__(self, library: str):
+        self.values = None
+        self._library = library
+        self._layout: tuple | None = None
+        self._key: Hashable = None
+        self._f: np.ndarray | None = None
+
+    def rise(self, x, f: np.ndarray, factor: float) -> float | None:
+        """How far (times ``factor``) a row's maximum can have risen since the values were
+        taken, or None when they cannot be used: another input, none taken yet, or a step
+        too uneven."""
+        if self._f is None or self._key != self._input_key(x):
+            return None
+        step = (np.asarray(f, dtype=np.float64) - self._f) * factor
+        top, bottom = float(step.max(initial=0.0)), float(step.min(initial=0.0))
+        if not (np.isfinite(top) and np.isfinite(bottom)) or top - bottom > self.MAX_SPREAD:
+            return None
+        return top
+
+    def storage(self, x, dtype):
+        """The vector (on ``x``'s device, in ``dtype``) the next sweep of ``x`` writes its
+        rows' log-sum-exps into."""
+        self._f = None
+        device = x.device if self._library == "torch" else x.device.id
+        layout = (x.shape[0], dtype, device)
+        if self._layout != layout:
+            if self._library == "torch":
+                import torch
+
+                self.values = torch.empty(x.shape[0], dtype=dtype, device=x.device)
+            else:
+                import cupy as cp
+
+                with x.device:
+                    self.values = cp.empty(x.shape[0], dtype=dtype)
+            self._layout = layout
+        return self.values
+
+    def taken(self, x, f: np.ndarray) -> None:
+        """The values now hold ``x``'s rows at potentials ``f``."""
+        self._key, self._f = self._input_key(x), np.array(f, dtype=np.float64)
+
+    def _input_key(self, x) -> tuple:
+        """The input's memory and layout (its device too, through the address)."""
+        if self._library == "torch":
+            return _tensor_key(x)
+        return (x.data.ptr, x.shape, x.strides, x.dtype.char)
+
+
+def _tensor_key(x) -> tuple:
+    """A torch tensor's memory and layout."""
+    return (x.data_ptr(), tuple(x.shape), x.stride(), x.dtype)
 
 
 def _record(run: Callable[[], object], device):
@@ -130,20 +201,20 @@ class CupySweepBuffers:
     def __init__(self, dtype: np.dtype, programs: int, n_cols: int):
         import cupy as cp
 
-        self.coef = cp.empty(n_cols + 1, dtype=dtype)
+        self.coef = cp.empty(n_cols + 2, dtype=dtype)
         self.part = cp.empty((programs, n_cols), dtype=dtype)
         self.lse_parts = cp.empty(programs, dtype=np.float64)
         self.totals = cp.empty(n_cols + 1, dtype=np.float64)
-        self._coef_host = _pinned(n_cols + 1, dtype)
+        self._coef_host = _pinned(n_cols + 2, dtype)
         self._totals_host = _pinned(n_cols + 1, np.float64)
 
-    def coefficients(self, f: np.ndarray, factor: float, scale: float):
-        """``f * factor`` followed by ``scale`` on the device in the compute dtype."""
+    def coefficients(self, f: np.ndarray, factor: float, scale: float, rise: float = 0.0):
+        """``f * factor``, ``scale`` and ``rise`` on the device in the compute dtype."""
         import cupy as cp
 
         view = self._coef_host
-        np.multiply(f, factor, out=view[:-1])
-        view[-1] = scale
+        np.multiply(f, factor, out=view[:-2])
+        view[-2:] = scale, rise
         cp.cuda.runtime.memcpyAsync(self.coef.data.ptr, view.ctypes.data, view.nbytes,
                                     cp.cuda.runtime.memcpyHostToDevice,
                                     cp.cuda.get_current_stream().ptr)
