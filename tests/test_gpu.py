@@ -268,9 +268,10 @@ def test_torch_graph_replays_give_the_launches_results(dtype, monkeypatch):
     x, _ = on_device(host, "torch", dtype)
     f1, f2 = np.random.default_rng(17).standard_normal((2, 500))
     def sweeps():
-        _buffers._local.__dict__.clear()  # no buffers or graphs yet
-        kernel = get_kernel("torch")      # nor stored row log-sum-exps
-        return [kernel.sweep_lse(x, f, 25.0) for f in (f1, f1, f2, f1)]
+        _buffers._local.__dict__.clear()  # no buffers or graphs yet,
+        kernel = get_kernel("torch")      # no stored row log-sum-exps and no checked kernel
+        monkeypatch.setattr(_buffers, "STORED_SHIFT_VERDICTS", {})
+        return [kernel.sweep_lse(x, f, 25.0) for f in (f1, f1, f2, f1, f2)]
 
     monkeypatch.setattr(_buffers, "RECORD_GRAPHS", False)
     launched = sweeps()
@@ -343,6 +344,7 @@ def test_every_tuning_candidate_matches_numpy_kernel(library, dtype, k):
     x, exact = on_device(host, library, dtype)
     f = np.random.default_rng(12).standard_normal(k)
     expected = get_kernel("numpy").sweep(exact, f, 25.0)
+    from sinklabel.kernels import _buffers
     if library == "torch":
         from sinklabel.kernels import _triton as module
         configs = module._fused_configs(*module.tile_width(k), x)
@@ -355,13 +357,15 @@ def test_every_tuning_candidate_matches_numpy_kernel(library, dtype, k):
         for config in configs:
             module.TUNER.chosen[_tuning_key(library, x, k)] = config
             kernel = get_kernel(library)
-            # A kernel's second sweep shifts rows by the stored log-sum-exps: checked for
-            # the default and the last (pipelined or ringed) candidate, each mode a compile.
+            # A kernel's later sweeps shift rows by the stored log-sum-exps (the first such
+            # sweep of a kernel is checked against a row-max one, which it returns): tried
+            # for the default and the last (pipelined or ringed) candidate, each a compile.
             stored = config in (configs[0], configs[-1])
-            for shift in ("row max", "stored row log-sum-exps")[:1 + stored]:
+            for shift in ("row max", "checked", "stored")[:1 + 2 * stored]:
                 mass = kernel.sweep(x, f, 25.0)
                 np.testing.assert_allclose(mass, expected, rtol=1e-5, atol=1e-7,
                                            err_msg=f"{config} {shift}")
+        assert False not in _buffers.STORED_SHIFT_VERDICTS.values()
     finally:
         module.TUNER.chosen.clear()
         module.TUNER.chosen.update(saved)
@@ -434,6 +438,7 @@ def test_cupy_sweep_lse_every_candidate_matches_float64_formula(dtype, n, k):
     blocked ops for rows too wide for one block), against float64 from the definition; it
     repeats exactly and ``sweep`` is its first half; a kernel's second sweep of the input,
     each row shifted by its stored log-sum-exp, matches too."""
+    from sinklabel.kernels import _buffers
     from sinklabel.kernels import cupy as module
 
     host = make_scores(n, k, regime="flat", seed=13).scores
@@ -461,9 +466,12 @@ def test_cupy_sweep_lse_every_candidate_matches_float64_formula(dtype, n, k):
             np.testing.assert_array_equal(get_kernel("cupy").sweep(x, f, 25.0), mass)
             if config not in (configs[0], configs[-1]):
                 continue
-            # The same kernel again: each row shifted by its stored log-sum-exp (checked for
-            # the default and the last candidate: each is one more compile).
+            # The same kernel again: each row shifted by its stored log-sum-exp (tried for
+            # the default and the last candidate: each is one more compile). Its first such
+            # sweep is checked against a row-max one and returns that; the next is its own.
+            kernel.sweep_lse(x, f, 25.0)
             stored_mass, stored_lse = kernel.sweep_lse(x, f, 25.0)
+            assert False not in _buffers.STORED_SHIFT_VERDICTS.values()
             np.testing.assert_allclose(stored_mass, mass_expected, rtol=mass_rtol, atol=1e-9,
                                        err_msg=str(config))
             assert abs(stored_lse - lse_rows.sum()) <= lse_tol, (config, stored_lse)

@@ -332,7 +332,7 @@ _INTERPRETER_SCRIPT = textwrap.dedent("""
         scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
     interpreter._patch_lang_tensor = _patch_with_index
 
-    from sinklabel.kernels import _triton
+    from sinklabel.kernels import _buffers, _triton
     from sinklabel.kernels.numpy import NumpyKernel
     _triton.MAX_FUSED_COLS, _triton.WIDE_TILE = 64, 32    # K=70 takes the two-pass path
     _triton.MIN_ROWS_PER_PROGRAM = 64                      # several programs, several tiles
@@ -397,6 +397,8 @@ _INTERPRETER_SCRIPT = textwrap.dedent("""
             labels=int((labels.numpy() != ref_labels).sum()),
             label_dtype=str(labels.dtype),
             modes=list(modes),
+            verdicts=[v for key, v in _buffers.STORED_SHIFT_VERDICTS.items()
+                      if key[1:3] == (x.dtype, k)],
         ))
     print(json.dumps(report))
 """)
@@ -416,7 +418,56 @@ def test_triton_kernels_in_the_interpreter_match_numpy():
         assert case["labels"] == 0, case
         assert case["label_dtype"] == "torch.int64", case
         if case["modes"]:  # the one-pass kernel (not the wide rows' two passes)
-            assert case["modes"] == ["max", "stored", "max", "stored", "max"], case
+            # The first stored-shift sweep of each kernel (dtype, K) is checked against a
+            # row-max one (a case sharing an earlier case's kernel skips the check).
+            checked = ["max", "stored", "max", "max", "stored", "max"]
+            assert case["modes"] in (checked, checked[:2] + checked[3:]), case
+            assert case["verdicts"] == [True], case
+
+
+def test_stored_shift_sweeps_are_checked_once_and_dropped_when_they_disagree(monkeypatch):
+    """``RowShifts.sweep`` (both GPU backends): the first sweep of an input takes each row's
+    maximum; the first stored-shift sweep of a kernel is checked against a row-max sweep, and
+    trusted after; one that disagrees or cannot launch is dropped with a warning; a NaN
+    log-sum-exp (a row that did not fit) repeats the sweep with row maxima."""
+    from sinklabel.kernels import _buffers
+
+    monkeypatch.setattr(_buffers, "STORED_SHIFT_VERDICTS", {})
+    x, f = torch.zeros(10, 3), np.zeros(3)
+    calls = []
+
+    def kernel(stored_masses=1.0, stored_lse=5.0, fails=False):
+        def run(rise):
+            calls.append("max" if rise is None else "stored")
+            if rise is None:
+                return np.ones(3), 5.0
+            if fails:
+                raise ArithmeticError("no such kernel here")
+            return np.full(3, stored_masses), stored_lse
+        return run
+
+    def sweeps(name, run, count=3):
+        calls.clear()
+        rows = _buffers.RowShifts("torch")
+        results = [rows.sweep(x, f, 1.0, name, run, (ArithmeticError,)) for _ in range(count)]
+        return calls.copy(), results
+
+    assert sweeps("good", kernel())[0] == ["max", "stored", "max", "stored"]
+    assert _buffers.STORED_SHIFT_VERDICTS["good"] is True
+    assert sweeps("good", kernel())[0] == ["max", "stored", "stored"]   # trusted from now on
+
+    with pytest.warns(RuntimeWarning, match="disagrees with the row-maximum sweep"):
+        seen, results = sweeps("wrong", kernel(stored_masses=1.1))
+    assert seen == ["max", "stored", "max", "max"]
+    assert all(np.array_equal(masses, np.ones(3)) for masses, _ in results)
+
+    with pytest.warns(RuntimeWarning, match="cannot launch: no such kernel here"):
+        assert sweeps("missing", kernel(fails=True))[0] == ["max", "stored", "max", "max"]
+
+    seen, results = sweeps("good", kernel(stored_lse=float("nan")))
+    assert seen == ["max", "stored", "max", "stored", "max"]
+    assert [lse for _, lse in results] == [5.0, 5.0, 5.0]
+    assert _buffers.STORED_SHIFT_VERDICTS["good"] is True   # a row that did not fit is no fault
 
 
 def _compile_sweep_for_hopper(launch, dtype: str, n_cols: int, row_lse: int = 2):

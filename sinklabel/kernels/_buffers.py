@@ -15,11 +15,15 @@ never in use twice at once), on the device the scores are on.
 
 from __future__ import annotations
 
+import math
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 
 import numpy as np
+
+from .._warnings import warn
+from ._tuning import AGREEMENT, disagreement
 
 #: Shape classes whose buffers a thread keeps (the oldest is freed first).
 KEPT_PER_THREAD = 4
@@ -28,6 +32,11 @@ RECORD_GRAPHS = True
 #: Why the torch backend stopped recording CUDA graphs in this process (one entry per failed
 #: capture; it then launches kernels one by one, which gives the same results, slower).
 GRAPH_ERRORS: list[str] = []
+
+#: Per kernel (backend, dtype, K, launch configuration): whether its sweep shifted by stored
+#: row log-sum-exps agreed with the one shifted by row maxima, checked on its first use in
+#: the process (like the tuners' candidates: a faster wrong kernel must never be used).
+STORED_SHIFT_VERDICTS: dict[Hashable, bool] = {}
 
 _local = threading.local()
 
@@ -127,6 +136,44 @@ class RowShifts:
         self._layout: tuple | None = None
         self._key: Hashable = None
         self._f: np.ndarray | None = None
+
+    def sweep(self, x, f: np.ndarray, factor: float, kernel: Hashable,
+              run: Callable[[float | None], tuple[np.ndarray, float]],
+              errors: tuple[type[BaseException], ...]) -> tuple[np.ndarray, float]:
+        """``run(rise)`` (masses, log-sum-exp sum) for ``x`` at potentials ``f``: with the
+        stored values and their ``rise`` when they fit and ``kernel`` has not been found to
+        disagree, else (and again when a row did not fit) ``run(None)``, each row shifted by
+        its maximum. The first stored-shift sweep of each ``kernel`` in the process is
+        checked against ``run(None)``; one that disagrees, or cannot launch (``errors``), is
+        not used again and a warning asks for a report."""
+        rise = self.rise(x, f, factor)
+        verdict = STORED_SHIFT_VERDICTS.get(kernel)
+        result = None
+        if rise is not None and verdict is not False:
+            try:
+                result = run(rise)
+            except errors as exc:
+                self._reject(kernel, f"cannot launch: {exc}")
+                verdict = False
+        if result is None or verdict is None or not math.isfinite(result[1]):
+            exact = run(None)
+            if result is not None and verdict is None and math.isfinite(result[1]):
+                gap = max(disagreement(result[0], exact[0], 0.0),
+                          disagreement(np.array([result[1]]), np.array([exact[1]]), x.shape[0]))
+                if gap > AGREEMENT:
+                    self._reject(kernel, f"disagrees with the row-maximum sweep by {gap:.2g}")
+                else:
+                    STORED_SHIFT_VERDICTS[kernel] = True
+            result = exact
+        self.taken(x, f)
+        return result
+
+    @staticmethod
+    def _reject(kernel: Hashable, why: str) -> None:
+        STORED_SHIFT_VERDICTS[kernel] = False
+        warn(f"sinklabel: the fused sweep {kernel} shifted by stored row log-sum-exps {why}; "
+             "it is not used again in this process (sweeps take each row's maximum). Please "
+             "report this with your GPU model", RuntimeWarning)
 
     def rise(self, x, f: np.ndarray, factor: float) -> float | None:
         """How far (times ``factor``) a row's maximum can have risen since the values were

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 import triton
 import triton.language as tl
+from triton.compiler.errors import CompilationError
 from triton.runtime.errors import OutOfResources, PTXASError
 
 from ._buffers import RowShifts, TorchSweepBuffers, cached
@@ -398,8 +399,8 @@ def sweep_lse(x: torch.Tensor, f: np.ndarray, lam: float,
 
     With ``rows`` (the caller's, kept between its sweeps), sweeping the same input again
     shifts each row by its log-sum-exp from the last sweep instead of by its maximum (see
-    ``RowShifts``); should a row not fit that shift (the scores changed in place), the
-    sweep is repeated with each row's maximum."""
+    ``RowShifts.sweep``: checked once per kernel against the row-maximum sweep, and repeated
+    with each row's maximum should a row not fit)."""
     n_rows, n_cols = x.shape
     programs = _programs(x, n_rows)
     buffers = _buffers(x.device, compute_dtype(x), programs, n_cols)
@@ -408,11 +409,10 @@ def sweep_lse(x: torch.Tensor, f: np.ndarray, lam: float,
         masses, lse = buffers.totals_on_host()
         return masses, lse * LN2
     rows = RowShifts("torch") if rows is None else rows
-    rise = rows.rise(x, f, LOG2E)
-    masses, lse = _fused_sweep(x, f, lam, buffers, programs, rows, rise)
-    if rise is not None and not math.isfinite(lse):
-        masses, lse = _fused_sweep(x, f, lam, buffers, programs, rows, None)
-    rows.taken(x, f)
+    kernel = ("triton", x.dtype, n_cols, TUNER.chosen.get(("sweep", x.dtype, n_cols)))
+    masses, lse = rows.sweep(
+        x, f, LOG2E, kernel, lambda rise: _fused_sweep(x, f, lam, buffers, programs, rows, rise),
+        (OutOfResources, PTXASError, CompilationError))
     return masses, lse * LN2
 
 

@@ -58,7 +58,7 @@ class CupyKernel(Kernel):
         """One fused pass: the block partials of the masses and of the rows' log-sum-exps are
         reduced on the device and copied to the host together (one sync). Sweeping the same
         input again shifts each row by its log-sum-exp from this kernel's last sweep (see
-        ``RowShifts``), and repeats the sweep with each row's maximum should one not fit."""
+        ``RowShifts.sweep``)."""
         import cupy as cp
 
         x = _floating(chunk)
@@ -68,12 +68,12 @@ class CupyKernel(Kernel):
         n_rows, n_cols = x.shape
         programs = _programs(n_rows)
         buffers = _buffers(x, programs, n_cols)
-        rise = self._rows.rise(x, f, LOG2E)
-        masses, lse = _fused_sweep(x, f, lam, plan, buffers, programs, self._rows, rise)
-        if rise is not None and not math.isfinite(lse):
-            masses, lse = _fused_sweep(x, f, lam, plan, buffers, programs, self._rows, None)
-        self._rows.taken(x, f)
-        return masses, lse
+        kernel = ("cupy", x.dtype.char, n_cols, TUNER.chosen.get((_NAMES[x.dtype.char],
+                                                                   n_cols, plan)))
+        return self._rows.sweep(
+            x, f, LOG2E, kernel,
+            lambda rise: _fused_sweep(x, f, lam, plan, buffers, programs, self._rows, rise),
+            _launch_errors())
 
     def best(self, chunk, f: np.ndarray, lam: float):
         import cupy as cp
