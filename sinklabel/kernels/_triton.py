@@ -220,7 +220,9 @@ def _sweep_fused(x_ptr, coef_ptr, part_ptr, lse_ptr, shift_ptr, n_programs, n_ro
             z3 = _widen(x3, coef3.dtype, BF16_BITS) * scale + coef3[None, :]
         rows = tile * BLOCK_M + tl.arange(0, BLOCK_M)
         if ROW_LSE == 2:
-            top = tl.load(shift_ptr + rows, mask=row_ok, other=0.0) + rise
+            # Rows past the end by +inf: their (zero-filled, so finite) terms all become 0.
+            top = tl.where(row_ok, tl.load(shift_ptr + rows, mask=row_ok, other=0.0) + rise,
+                           float("inf"))
         else:
             top = z0
             if TILES > 1:
@@ -339,7 +341,9 @@ def _sweep_tiles(x_ptr, coef_ptr, top_ptr, inv_ptr, part_ptr, n_programs, n_rows
     for tile in range(pid, tl.cdiv(n_rows, BLOCK_M), n_programs):
         row_ptr, row_ok = _row_pointers(x_ptr, tile, n_rows, stride_row, BLOCK_M, ROW_ALIGN)
         rows = tile * BLOCK_M + tl.arange(0, BLOCK_M)
-        top = tl.load(top_ptr + rows, mask=row_ok, other=0.0)
+        # Rows past the end: +inf, so their terms (zero-filled scores: z = coef, which can
+        # exceed float32's range) are 0, not inf * 0 = NaN.
+        top = tl.load(top_ptr + rows, mask=row_ok, other=float("inf"))
         inv = tl.load(inv_ptr + rows, mask=row_ok, other=0.0)
         z = _logits(row_ptr, row_ok, cols, col_ok, stride_col, coef, scale)
         acc += tl.sum(tl.exp2(z - top[:, None]) * inv[:, None], axis=0)
