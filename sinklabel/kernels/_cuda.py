@@ -239,6 +239,20 @@ template <typename P> __device__ __forceinline__ P load_shared(unsigned address)
 // row's max and sum; ``lse`` gets each row's log-sum-exp in base-2 units. ``exchange`` is
 // this tile's half of a buffer alternating by tile: a warp writes the next tile's pairs only
 // after the barrier that every warp reaches after reading.
+// exp2(z - top) in place over this thread's scores of one row, and their sum over the warp.
+template <int POLY, typename A, int NV, int VEC>
+__device__ __forceinline__ A exp2_row(A (&z)[NV][VEC], A top) {
+    A s = 0;
+#pragma unroll
+    for (int j = 0; j < NV; ++j)
+#pragma unroll
+        for (int v = 0; v < VEC; ++v) {
+            z[j][v] = exp2_mixed<POLY>(z[j][v] - top, j * VEC + v);
+            s += z[j][v];
+        }
+    return warp_sum(s);
+}
+
 template <typename A, int VEC, int NV, int ROWS, int WARPS, int POLY>
 __device__ __forceinline__ void merge_rows(A (&z)[ROWS][NV][VEC], A (&weight)[ROWS],
                                            A (&lse)[ROWS], A (*exchange)[ROWS][WARPS],
@@ -254,16 +268,7 @@ __device__ __forceinline__ void merge_rows(A (&z)[ROWS][NV][VEC], A (&weight)[RO
             for (int v = 0; v < VEC; ++v) m = larger(m, z[r][j][v]);
         m = warp_max(m);
         own[r] = m;
-        const A shift = m == neg_inf<A>() ? A(0) : m;
-        A s = 0;
-#pragma unroll
-        for (int j = 0; j < NV; ++j)
-#pragma unroll
-            for (int v = 0; v < VEC; ++v) {
-                z[r][j][v] = exp2_mixed<POLY>(z[r][j][v] - shift, j * VEC + v);
-                s += z[r][j][v];
-            }
-        s = warp_sum(s);
+        const A s = exp2_row<POLY>(z[r], m == neg_inf<A>() ? A(0) : m);
         if (lane == 0) {
             exchange[0][r][warp] = m;
             exchange[1][r][warp] = s;
@@ -412,15 +417,7 @@ __global__ void __launch_bounds__(THREADS) sink_sweep(
             for (int r = 0; r < ROWS; ++r) {
                 const long long row = tile * ROWS + r;
                 top[r] = row < n_rows ? shift[row] + rise : __int_as_float(0x7f800000);
-                A s = 0;
-#pragma unroll
-                for (int j = 0; j < NV; ++j)
-#pragma unroll
-                    for (int v = 0; v < VEC; ++v) {
-                        z[r][j][v] = exp2_mixed<POLY>(z[r][j][v] - top[r], j * VEC + v);
-                        s += z[r][j][v];
-                    }
-                s = warp_sum(s);
+                const A s = exp2_row<POLY>(z[r], top[r]);
                 if (lane == 0) sums[r][warp] = s;
             }
             __syncthreads();
@@ -471,15 +468,7 @@ __global__ void __launch_bounds__(THREADS) sink_sweep(
 #pragma unroll
                 for (int w = 1; w < WARPS; ++w) m = larger(m, exchange[0][r][w]);
                 top[r] = m == neg_inf<A>() ? A(0) : m;
-                A s = 0;
-#pragma unroll
-                for (int j = 0; j < NV; ++j)
-#pragma unroll
-                    for (int v = 0; v < VEC; ++v) {
-                        z[r][j][v] = exp2_mixed<POLY>(z[r][j][v] - top[r], j * VEC + v);
-                        s += z[r][j][v];
-                    }
-                s = warp_sum(s);
+                const A s = exp2_row<POLY>(z[r], top[r]);
                 if (lane == 0) exchange[1][r][warp] = s;
             }
             __syncthreads();
