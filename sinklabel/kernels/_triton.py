@@ -16,6 +16,10 @@ Rows wider than that do not fit in registers; there one pass finds each row's lo
 and a second pass accumulates column tiles (two reads of the scores instead of one).
 
 ``best`` fuses the row maximum and its first arg-maximum, walking column tiles.
+
+Between sweeps the buffers, a CUDA graph of the launches and (per kernel object) each row's
+log-sum-exp are kept (``_buffers``): a solve's later sweeps shift each row by its stored
+log-sum-exp instead of by its maximum, which spares the row max and its cross-warp reduction.
 """
 
 from __future__ import annotations
@@ -107,9 +111,10 @@ def _widen(x, dtype, BF16_BITS: tl.constexpr):
 
 @triton.jit
 def _log2(v, PTX: tl.constexpr):
-    """log2 of a float32 row sum (>= 1, the row max's own term) by one ``lg2.approx``
-    instruction on CUDA (absolute error below 2^-21, far under the float32 row max it is
-    added to); ``tl.log2`` is an accurate software routine of about 30 instructions per row."""
+    """log2 of a float32 row sum by one ``lg2.approx`` instruction on CUDA: its error comes
+    from the mantissa alone (absolute, below 2^-22 whatever the exponent), far under the
+    float32 shift it is added to; ``tl.log2`` is an accurate software routine of about 30
+    instructions per row."""
     if PTX:
         return tl.inline_asm_elementwise("lg2.approx.ftz.f32 $0, $1;", "=f,f", [v],
                                          dtype=tl.float32, is_pure=True, pack=1)
