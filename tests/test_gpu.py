@@ -289,13 +289,19 @@ def test_torch_graph_replays_give_the_launches_results(dtype, monkeypatch):
 @needs_torch
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_torch_sweep_and_labels_allocate_nothing_of_size_n_by_k(dtype):
+    from sinklabel.kernels import _buffers
+
     x = torch.randn(20_000, 3000, device="cuda").to(getattr(torch, dtype))
     kernel, f = get_kernel("torch"), np.zeros(3000)
     kernel.sweep(x, f, 25.0)  # compile outside the measurement
+    kernel.sweep(x, f, 25.0)
     kernel.best(x, f, 25.0)
+    _buffers._local.__dict__.clear()  # the kept buffers count too: from none, a new kernel
+    kernel = get_kernel("torch")
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     before = torch.cuda.memory_allocated()
+    kernel.sweep(x, f, 25.0)
     kernel.sweep(x, f, 25.0)
     kernel.best(x, f, 25.0)
     extra = torch.cuda.max_memory_allocated() - before
@@ -304,11 +310,16 @@ def test_torch_sweep_and_labels_allocate_nothing_of_size_n_by_k(dtype):
 
 @needs_cupy
 def test_cupy_sweep_and_labels_allocate_nothing_of_size_n_by_k():
+    from sinklabel.kernels import _buffers
+
     x = torch.randn(20_000, 3000, device="cuda")
     y = cp.from_dlpack(x)
     kernel, f = get_kernel("cupy"), np.zeros(3000)
+    kernel.sweep(y, f, 25.0)  # compile outside the measurement
     kernel.sweep(y, f, 25.0)
     kernel.best(y, f, 25.0)
+    _buffers._local.__dict__.clear()  # the kept buffers count too: from none, a new kernel
+    kernel = get_kernel("cupy")
     pool, peak = cp.cuda.MemoryPool(), [0]
 
     def tracking_malloc(size):
@@ -318,6 +329,7 @@ def test_cupy_sweep_and_labels_allocate_nothing_of_size_n_by_k():
 
     cp.cuda.set_allocator(tracking_malloc)
     try:
+        kernel.sweep(y, f, 25.0)
         kernel.sweep(y, f, 25.0)
         kernel.best(y, f, 25.0)
     finally:
