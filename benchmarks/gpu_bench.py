@@ -261,7 +261,7 @@ def _fresh_kernel(name: str):
     dropped, so that a measurement of memory counts everything a solve allocates."""
     from sinklabel.kernels import _buffers, get_kernel
 
-    _buffers._local.__dict__.clear()
+    _buffers.release()
     return get_kernel(name)
 
 

@@ -269,7 +269,7 @@ def test_torch_graph_replays_give_the_launches_results(dtype, monkeypatch):
     x, _ = on_device(host, "torch", dtype)
     f1, f2 = np.random.default_rng(17).standard_normal((2, 500))
     def sweeps():
-        _buffers._local.__dict__.clear()  # no buffers or graphs yet,
+        _buffers.release()                # no buffers or graphs yet,
         kernel = get_kernel("torch")      # no stored row log-sum-exps and no checked kernel
         monkeypatch.setattr(_buffers, "STORED_SHIFT_VERDICTS", {})
         return [kernel.sweep_lse(x, f, 25.0) for f in (f1, f1, f2, f1, f2)]
@@ -296,7 +296,7 @@ def test_torch_sweep_and_labels_allocate_nothing_of_size_n_by_k(dtype):
     kernel.sweep(x, f, 25.0)  # compile outside the measurement
     kernel.sweep(x, f, 25.0)
     kernel.best(x, f, 25.0)
-    _buffers._local.__dict__.clear()  # the kept buffers count too: from none, a new kernel
+    _buffers.release()  # the kept buffers count too: from none, with a new kernel
     kernel = get_kernel("torch")
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
@@ -318,7 +318,7 @@ def test_cupy_sweep_and_labels_allocate_nothing_of_size_n_by_k():
     kernel.sweep(y, f, 25.0)  # compile outside the measurement
     kernel.sweep(y, f, 25.0)
     kernel.best(y, f, 25.0)
-    _buffers._local.__dict__.clear()  # the kept buffers count too: from none, a new kernel
+    _buffers.release()  # the kept buffers count too: from none, with a new kernel
     kernel = get_kernel("cupy")
     pool, peak = cp.cuda.MemoryPool(), [0]
 

@@ -58,6 +58,12 @@ def cached(key: Hashable, make: Callable[[], object]) -> object:
     return value
 
 
+def release() -> None:
+    """Drop this thread's kept buffers and CUDA graphs (their memory goes back to the array
+    library's pool): the next sweep starts from none, as a fresh process would."""
+    _local.__dict__.pop("kept", None)
+
+
 class TorchSweepBuffers:
     """Device buffers of one (device, compute dtype, programs, K), pinned host copies of the
     coefficients and totals, and the CUDA graph of the last input swept twice in a row."""
@@ -66,7 +72,6 @@ class TorchSweepBuffers:
         import torch
 
         pinned = device.type == "cuda"
-        self.device = device
         self.coef = torch.empty(n_cols + 2, dtype=dtype, device=device)
         self.part = torch.empty((programs, n_cols), dtype=dtype, device=device)
         self.lse_parts = torch.empty(programs, dtype=torch.float64, device=device)

@@ -416,7 +416,7 @@ __global__ void __launch_bounds__(THREADS) sink_sweep(
 #pragma unroll
             for (int r = 0; r < ROWS; ++r) {
                 const long long row = tile * ROWS + r;
-                top[r] = row < n_rows ? shift[row] + rise : __int_as_float(0x7f800000);
+                top[r] = row < n_rows ? shift[row] + rise : -neg_inf<A>();
                 const A s = exp2_row<POLY>(z[r], top[r]);
                 if (lane == 0) sums[r][warp] = s;
             }

@@ -151,7 +151,8 @@ def _fused_sweep(x, f: np.ndarray, lam: float, plan: tuple[tuple[int, ...], ...]
     key = (dtype, n_cols, plan)
     sums_args = (buffers.part, buffers.lse_parts, buffers.totals, np.int32(programs),
                  np.int32(programs), np.int32(n_cols))
-    sums = _kernel_names(*key)[-1]
+    names = _kernel_names(*key)
+    sums = names[-1]
 
     def totals(functions: dict) -> tuple[np.ndarray, float]:
         functions[sums]((-(-n_cols // 32) + 1,), (32, 32), sums_args)
@@ -163,7 +164,6 @@ def _fused_sweep(x, f: np.ndarray, lam: float, plan: tuple[tuple[int, ...], ...]
         functions = _functions((name, sums))
         functions[name]((programs,), (config[1],), args)
         return totals(functions)
-    names = _kernel_names(*key)
 
     def compiled() -> dict:
         return _functions(names if every else (names[0], names[-1]))
