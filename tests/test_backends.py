@@ -266,6 +266,33 @@ def test_auto_prefers_numba_for_numpy_input():
     assert sinkhorn(_scores(), K).backend == "numba"
 
 
+def test_each_solve_gets_a_kernel_of_its_own(backend):
+    """The GPU kernels keep state between the sweeps of a solve (the rows' log-sum-exps): a
+    kernel shared by every solve made a repeated solve differ in the last bits, and solves in
+    two threads would have raced on it."""
+    first, second = get_kernel(backend), get_kernel(backend)
+    assert first is not second and type(first) is type(second)
+    assert resolve_kernel("auto", "numpy") is not resolve_kernel("auto", "numpy")
+
+
+@requires_numba
+def test_numba_kernels_share_one_thread_pool():
+    """Kernels are made per solve; their helper threads must not be (a training loop solves
+    thousands of times)."""
+    import threading
+
+    from sinklabel.kernels.numba import NumbaKernel
+
+    def helpers() -> int:
+        return sum(t.name.startswith("sinklabel-numba") for t in threading.enumerate())
+
+    before = helpers()
+    kernels = [NumbaKernel(threads=lambda: 2) for _ in range(6)]
+    for kernel in kernels:
+        kernel._threads.run(lambda i: None, [(i,) for i in range(8)])
+    assert 1 <= helpers() <= max(before, 1)
+
+
 @requires_numba
 def test_numba_refuses_torch_tensors_clearly():
     # The input's library is what the API resolves against (a real tensor costs seconds of

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib
-from functools import cache
 from typing import Any
 
 from ._base import Kernel
@@ -42,9 +41,10 @@ def available_backends() -> list[str]:
     return names
 
 
-@cache
 def get_kernel(name: str) -> Kernel:
-    """The kernel object of backend ``name``; ImportError says what to install."""
+    """A new kernel object of backend ``name``; ImportError says what to install. Each solve
+    takes its own: the GPU kernels keep state between the sweeps of one solve (the rows'
+    log-sum-exps), so a solve repeated gives the same bits and threads share nothing."""
     if name not in _KERNELS:
         raise ValueError(f"backend must be 'auto' or one of {sorted(_KERNELS)}, got {name!r}")
     module, cls, requirement = _KERNELS[name]

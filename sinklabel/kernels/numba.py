@@ -439,17 +439,11 @@ def _row_ranges(n_rows: int, n_labels: int) -> list[tuple[int, int]]:
 
 
 class _RowThreads:
-    """Runs row-range kernel calls on ``count()`` threads, the caller's included.
-
-    The pool is created on first use and again after a fork (a forked child inherits the pool
-    object but not its threads, and would wait forever).
-    """
+    """Runs row-range kernel calls on ``count()`` threads, the caller's included, the others
+    from one pool per process (kernel objects are made per solve; their threads are not)."""
 
     def __init__(self, count: Callable[[], int]) -> None:
         self._count = count
-        self._pool: ThreadPoolExecutor | None = None
-        self._pid = 0
-        self._lock = threading.Lock()
 
     def run(self, kernel, calls: list[tuple]) -> None:
         """``kernel(*args)`` for every ``args`` in ``calls``, in parallel, in any order."""
@@ -464,17 +458,27 @@ class _RowThreads:
             for args in pending:
                 kernel(*args)
 
-        futures = [self._executor().submit(work) for _ in range(threads - 1)]
+        futures = [_executor().submit(work) for _ in range(threads - 1)]
         work()
         for future in futures:
             future.result()
 
-    def _executor(self) -> ThreadPoolExecutor:
-        with self._lock:
-            if self._pool is None or self._pid != os.getpid():
-                self._pool = ThreadPoolExecutor(thread_name_prefix="sinklabel-numba")
-                self._pid = os.getpid()
-            return self._pool
+
+_pool: ThreadPoolExecutor | None = None
+_pool_pid = 0
+_pool_lock = threading.Lock()
+
+
+def _executor() -> ThreadPoolExecutor:
+    """The process's helper threads, created on first use and again after a fork (a forked
+    child inherits the pool object but not its threads, and would wait forever). Its tasks
+    never wait on one another, so solves in several threads can share it."""
+    global _pool, _pool_pid
+    with _pool_lock:
+        if _pool is None or _pool_pid != os.getpid():
+            _pool = ThreadPoolExecutor(thread_name_prefix="sinklabel-numba")
+            _pool_pid = os.getpid()
+        return _pool
 
 
 def _rows_in_place(chunk: np.ndarray) -> bool:
