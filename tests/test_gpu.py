@@ -220,17 +220,16 @@ def test_wide_rows_match_numpy_kernel(library, dtype, k):
 
 @pytest.mark.parametrize("library, dtype", CASES)
 def test_sweep_repeats_exactly(library, dtype):
-    """Each solve has its own kernel object, so a solve repeated gives the same bits; one
-    kernel's second sweep of an input (shifted by the stored row log-sum-exps) gives the
-    same sums to rounding."""
+    """The same bits from a kernel's sweeps (the torch backend's second on is a CUDA graph's
+    replay) and from another kernel object's: a solve repeated gives the same result."""
     host = make_scores(5000, 3000, regime="flat", seed=10).scores
     x, _ = on_device(host, library, dtype)
     f = np.zeros(3000)
-    first = get_kernel(library).sweep(x, f, 25.0)
-    np.testing.assert_array_equal(first, get_kernel(library).sweep(x, f, 25.0))
     kernel = get_kernel(library)
-    kernel.sweep(x, f, 25.0)
-    np.testing.assert_allclose(kernel.sweep(x, f, 25.0), first, rtol=1e-5)
+    first = kernel.sweep(x, f, 25.0)
+    for again in (kernel.sweep(x, f, 25.0), kernel.sweep(x, f, 25.0),
+                  get_kernel(library).sweep(x, f, 25.0)):
+        np.testing.assert_array_equal(first, again)
 
 
 @pytest.mark.parametrize("library, dtype", CASES)
@@ -242,8 +241,7 @@ def test_sweeps_follow_new_potentials_and_scores(library, dtype):
     second = make_scores(3000, 500, regime="peaked", seed=14).scores
     x, exact_first = on_device(first, library, dtype)
     second, exact_second = on_device(second, library, dtype)
-    # Scores far above those the stored log-sum-exps were taken on: the shift cannot fit.
-    third, exact_third = on_device(-8 * first, library, dtype)
+    third, exact_third = on_device(-8 * first, library, dtype)  # another scale altogether
     f1, f2 = np.random.default_rng(15).standard_normal((2, 500))
     kernel, reference = get_kernel(library), get_kernel("numpy")
     steps = [(exact_first, f1), (exact_first, f2), (exact_first, f1), (exact_second, f2),
@@ -253,7 +251,10 @@ def test_sweeps_follow_new_potentials_and_scores(library, dtype):
             x[...] = second if step == 3 else third
         mass, lse = kernel.sweep_lse(x, f, 25.0)
         expected_mass, expected_lse = reference.sweep_lse(exact, f, 25.0)
-        np.testing.assert_allclose(mass, expected_mass, rtol=1e-4, atol=1e-6, err_msg=str(step))
+        # Eight times the scores: float32 rounds lam * x (up to 7754 in base 2) to 5e-4, and
+        # the masses of both kernels move by 1.2e-4 of float64's (bfloat16's values, on the CPU).
+        rtol = 1e-3 if step >= 5 else 1e-4
+        np.testing.assert_allclose(mass, expected_mass, rtol=rtol, atol=1e-6, err_msg=str(step))
         assert abs(lse - expected_lse) <= 1e-6 * abs(expected_lse), step
 
 
@@ -261,17 +262,16 @@ def test_sweeps_follow_new_potentials_and_scores(library, dtype):
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float64"])
 def test_torch_graph_replays_give_the_launches_results(dtype, monkeypatch):
     """From the second sweep of one tensor on, the torch backend replays a CUDA graph: it
-    gives bit for bit what launching the kernels one by one gives (each row shifted by its
-    maximum in the first sweep, by its stored log-sum-exp after), and it is recorded."""
+    gives bit for bit what launching the kernels one by one gives, and it is recorded."""
     from sinklabel.kernels import _buffers
 
     host = make_scores(3000, 500, regime="flat", seed=16).scores
     x, _ = on_device(host, "torch", dtype)
     f1, f2 = np.random.default_rng(17).standard_normal((2, 500))
+    kernel = get_kernel("torch")
+
     def sweeps():
-        _buffers.release()                # no buffers or graphs yet,
-        kernel = get_kernel("torch")      # no stored row log-sum-exps and no checked kernel
-        monkeypatch.setattr(_buffers, "STORED_SHIFT_VERDICTS", {})
+        _buffers.release()  # no buffers or graphs yet
         return [kernel.sweep_lse(x, f, 25.0) for f in (f1, f1, f2, f1, f2)]
 
     monkeypatch.setattr(_buffers, "RECORD_GRAPHS", False)
@@ -294,15 +294,13 @@ def test_torch_sweep_and_labels_allocate_nothing_of_size_n_by_k(dtype):
     x = torch.randn(20_000, 3000, device="cuda").to(getattr(torch, dtype))
     kernel, f = get_kernel("torch"), np.zeros(3000)
     kernel.sweep(x, f, 25.0)  # compile outside the measurement
-    kernel.sweep(x, f, 25.0)
     kernel.best(x, f, 25.0)
-    _buffers.release()  # the kept buffers count too: from none, with a new kernel
-    kernel = get_kernel("torch")
+    _buffers.release()  # the kept buffers count too: measured from none
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     before = torch.cuda.memory_allocated()
-    kernel.sweep(x, f, 25.0)
-    kernel.sweep(x, f, 25.0)
+    for _ in range(3):  # the second records a CUDA graph, the third replays it
+        kernel.sweep(x, f, 25.0)
     kernel.best(x, f, 25.0)
     extra = torch.cuda.max_memory_allocated() - before
     assert extra <= 0.02 * x.numel() * x.element_size(), extra
@@ -316,10 +314,8 @@ def test_cupy_sweep_and_labels_allocate_nothing_of_size_n_by_k():
     y = cp.from_dlpack(x)
     kernel, f = get_kernel("cupy"), np.zeros(3000)
     kernel.sweep(y, f, 25.0)  # compile outside the measurement
-    kernel.sweep(y, f, 25.0)
     kernel.best(y, f, 25.0)
-    _buffers.release()  # the kept buffers count too: from none, with a new kernel
-    kernel = get_kernel("cupy")
+    _buffers.release()  # the kept buffers count too: measured from none
     pool, peak = cp.cuda.MemoryPool(), [0]
 
     def tracking_malloc(size):
@@ -329,7 +325,6 @@ def test_cupy_sweep_and_labels_allocate_nothing_of_size_n_by_k():
 
     cp.cuda.set_allocator(tracking_malloc)
     try:
-        kernel.sweep(y, f, 25.0)
         kernel.sweep(y, f, 25.0)
         kernel.best(y, f, 25.0)
     finally:
@@ -357,7 +352,6 @@ def test_every_tuning_candidate_matches_numpy_kernel(library, dtype, k):
     x, exact = on_device(host, library, dtype)
     f = np.random.default_rng(12).standard_normal(k)
     expected = get_kernel("numpy").sweep(exact, f, 25.0)
-    from sinklabel.kernels import _buffers
     if library == "torch":
         from sinklabel.kernels import _triton as module
         configs = module._fused_configs(*module.tile_width(k), x)
@@ -369,16 +363,8 @@ def test_every_tuning_candidate_matches_numpy_kernel(library, dtype, k):
     try:
         for config in configs:
             module.TUNER.chosen[_tuning_key(library, x, k)] = config
-            kernel = get_kernel(library)
-            # A kernel's later sweeps shift rows by the stored log-sum-exps (the first such
-            # sweep of a kernel is checked against a row-max one, which it returns): tried
-            # for the default and the last (pipelined or ringed) candidate, each a compile.
-            stored = config in (configs[0], configs[-1])
-            for shift in ("row max", "checked", "stored")[:1 + 2 * stored]:
-                mass = kernel.sweep(x, f, 25.0)
-                np.testing.assert_allclose(mass, expected, rtol=1e-5, atol=1e-7,
-                                           err_msg=f"{config} {shift}")
-        assert False not in _buffers.STORED_SHIFT_VERDICTS.values()
+            mass = get_kernel(library).sweep(x, f, 25.0)
+            np.testing.assert_allclose(mass, expected, rtol=1e-5, atol=1e-7, err_msg=str(config))
     finally:
         module.TUNER.chosen.clear()
         module.TUNER.chosen.update(saved)
@@ -449,9 +435,7 @@ def _sweep_lse_float64(exact: np.ndarray, f: np.ndarray, lam: float):
 def test_cupy_sweep_lse_every_candidate_matches_float64_formula(dtype, n, k):
     """The fused log-sum-exp of every launch configuration the tuner may pick (and of the
     blocked ops for rows too wide for one block), against float64 from the definition; it
-    repeats exactly and ``sweep`` is its first half; a kernel's second sweep of the input,
-    each row shifted by its stored log-sum-exp, matches too."""
-    from sinklabel.kernels import _buffers
+    repeats exactly and ``sweep`` is its first half."""
     from sinklabel.kernels import cupy as module
 
     host = make_scores(n, k, regime="flat", seed=13).scores
@@ -462,12 +446,11 @@ def test_cupy_sweep_lse_every_candidate_matches_float64_formula(dtype, n, k):
     lse_tol = (1e-12 if dtype == "float64" else 1e-6) * np.abs(lse_rows).sum()
     configs = module._sweep_plan(x) or [None]
     assert (len(configs) > 1) == (k < 20000)
-    saved = dict(module.TUNER.chosen)
+    kernel, saved = get_kernel("cupy"), dict(module.TUNER.chosen)
     try:
         for config in configs:
             if config is not None:
                 module.TUNER.chosen[_tuning_key("cupy", x, k)] = config
-            kernel = get_kernel("cupy")
             mass, lse = kernel.sweep_lse(x, f, 25.0)
             assert mass.dtype == np.float64 and mass.shape == (k,) and isinstance(lse, float)
             np.testing.assert_allclose(mass, mass_expected, rtol=mass_rtol, atol=1e-9,
@@ -476,18 +459,7 @@ def test_cupy_sweep_lse_every_candidate_matches_float64_formula(dtype, n, k):
             again = get_kernel("cupy").sweep_lse(x, f, 25.0)
             np.testing.assert_array_equal(again[0], mass)
             assert again[1] == lse
-            np.testing.assert_array_equal(get_kernel("cupy").sweep(x, f, 25.0), mass)
-            if config not in (configs[0], configs[-1]):
-                continue
-            # The same kernel again: each row shifted by its stored log-sum-exp (tried for
-            # the default and the last candidate: each is one more compile). Its first such
-            # sweep is checked against a row-max one and returns that; the next is its own.
-            kernel.sweep_lse(x, f, 25.0)
-            stored_mass, stored_lse = kernel.sweep_lse(x, f, 25.0)
-            assert False not in _buffers.STORED_SHIFT_VERDICTS.values()
-            np.testing.assert_allclose(stored_mass, mass_expected, rtol=mass_rtol, atol=1e-9,
-                                       err_msg=str(config))
-            assert abs(stored_lse - lse_rows.sum()) <= lse_tol, (config, stored_lse)
+            np.testing.assert_array_equal(kernel.sweep(x, f, 25.0), mass)
     finally:
         module.TUNER.chosen.clear()
         module.TUNER.chosen.update(saved)

@@ -332,7 +332,7 @@ _INTERPRETER_SCRIPT = textwrap.dedent("""
         scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
     interpreter._patch_lang_tensor = _patch_with_index
 
-    from sinklabel.kernels import _buffers, _triton
+    from sinklabel.kernels import _triton
     from sinklabel.kernels.numpy import NumpyKernel
     _triton.MAX_FUSED_COLS, _triton.WIDE_TILE = 64, 32    # K=70 takes the two-pass path
     _triton.MIN_ROWS_PER_PROGRAM = 64                      # several programs, several tiles
@@ -347,12 +347,6 @@ _INTERPRETER_SCRIPT = textwrap.dedent("""
     # Sixteen rows per tile, so the last tile of 301 or 299 rows runs past the end.
     tall = lambda width, tiles, x: [_triton.FusedLaunch(16, 1, True)]
     chosen = dict(poly=polynomial, pipelined=pipelined, tall=tall)
-    # Which shift each one-pass sweep used: each row's maximum, or the stored log-sum-exps.
-    modes, one_pass = [], _triton._fused_sweep
-    def logged(x, f, lam, buffers, programs, rows, rise):
-        modes.append("max" if rise is None else "stored")
-        return one_pass(x, f, lam, buffers, programs, rows, rise)
-    _triton._fused_sweep = logged
     reference, rng, report = NumpyKernel(), np.random.default_rng(0), []
     # shift: every score moved far below float32's range (float64 only), where a row
     # maximum started at float32's lowest value would stay above the whole row.
@@ -367,42 +361,27 @@ _INTERPRETER_SCRIPT = textwrap.dedent("""
         (30, 40, "float64", False, -1e40),
         # Potentials far from 0 (2^144 overflows float32) and a last row tile past the end.
         (301, 20, "float32", "tall", 0), (299, 24, "bfloat16", "tall", 0),
+        (301, 70, "float32", False, 0),  # the two-pass sweep's last row tile, too
     ]:
         _triton._fused_configs = chosen.get(prefetch) or (prefetching if prefetch else configs)
         x = torch.from_numpy(3 * rng.standard_normal((n, k)) + shift).to(getattr(torch, dtype))
         x = x.t().contiguous().t() if n == 21 else x
         host = x.double().numpy() if dtype == "float64" else x.float().numpy()
         f = rng.standard_normal(k) * (100.0 if n in (301, 299) else 1.0)
+        mass, lse = _triton.sweep_lse(x, f, 25.0)
         values, labels = _triton.best(x, f, 25.0)
         ref_values, ref_labels = reference.best(host, f, 25.0)
-        # Sweeps in a row: each row's maximum (the first), the stored log-sum-exps shifted by
-        # a small step (the second), a step too uneven for them (the third), then the scores
-        # changed in place so the stored values no longer fit (the fourth repeats the sweep).
-        mass_gaps, lse_gaps = [], []
-        modes.clear()
-        rows = _triton.RowShifts("torch")  # what a kernel object keeps between its sweeps
-        uneven = f + 50.0 * rng.standard_normal(k)
-        for step, g in enumerate((f, f + 0.3 * rng.standard_normal(k), uneven, uneven)):
-            if step == 3:
-                x.mul_(-8)
-                host = x.double().numpy() if dtype == "float64" else x.float().numpy()
-            mass, lse = _triton.sweep_lse(x, g, 25.0, rows)
-            z = 25.0 * host.astype(np.float64) + g
-            top = z.max(axis=1)
-            ref_lse = float((top + np.log(np.exp(z - top[:, None]).sum(axis=1))).sum())
-            expected = reference.sweep(host, g, 25.0)
-            mass_gaps.append(np.abs(mass - expected).max() / expected.max())  # NaN stays NaN
-            lse_gaps.append(abs(lse - ref_lse) / abs(ref_lse))
+        z = 25.0 * host.astype(np.float64) + f
+        top = z.max(axis=1)
+        ref_lse = float((top + np.log(np.exp(z - top[:, None]).sum(axis=1))).sum())
+        expected = reference.sweep(host, f, 25.0)
         report.append(dict(
             case=f"{n}x{k} {dtype} prefetch={prefetch} shift={shift}",
-            mass=float(np.max(mass_gaps)),
-            lse=float(np.max(lse_gaps)),
+            mass=float(np.abs(mass - expected).max() / expected.max()),  # NaN stays NaN
+            lse=abs(lse - ref_lse) / abs(ref_lse),
             values=float(np.abs(values.numpy() - ref_values).max()),
             labels=int((labels.numpy() != ref_labels).sum()),
             label_dtype=str(labels.dtype),
-            modes=list(modes),
-            verdicts=[v for key, v in _buffers.STORED_SHIFT_VERDICTS.items()
-                      if key[1:3] == (x.dtype, k)],
         ))
     print(json.dumps(report))
 """)
@@ -421,60 +400,9 @@ def test_triton_kernels_in_the_interpreter_match_numpy():
         assert case["values"] == 0.0, case
         assert case["labels"] == 0, case
         assert case["label_dtype"] == "torch.int64", case
-        if case["modes"]:  # the one-pass kernel (not the wide rows' two passes)
-            # The first stored-shift sweep of each kernel (dtype, K) is checked against a
-            # row-max one (a case sharing an earlier case's kernel skips the check).
-            checked = ["max", "stored", "max", "max", "stored", "max"]
-            assert case["modes"] in (checked, checked[:2] + checked[3:]), case
-            assert case["verdicts"] == [True], case
 
 
-def test_stored_shift_sweeps_are_checked_once_and_dropped_when_they_disagree(monkeypatch):
-    """``RowShifts.sweep`` (both GPU backends): the first sweep of an input takes each row's
-    maximum; the first stored-shift sweep of a kernel is checked against a row-max sweep, and
-    trusted after; one that disagrees or cannot launch is dropped with a warning; a NaN
-    log-sum-exp (a row that did not fit) repeats the sweep with row maxima."""
-    from sinklabel.kernels import _buffers
-
-    monkeypatch.setattr(_buffers, "STORED_SHIFT_VERDICTS", {})
-    x, f = torch.zeros(10, 3), np.zeros(3)
-    calls = []
-
-    def kernel(stored_masses=1.0, stored_lse=5.0, fails=False):
-        def run(rise):
-            calls.append("max" if rise is None else "stored")
-            if rise is None:
-                return np.ones(3), 5.0
-            if fails:
-                raise ArithmeticError("no such kernel here")
-            return np.full(3, stored_masses), stored_lse
-        return run
-
-    def sweeps(name, run, count=3):
-        calls.clear()
-        rows = _buffers.RowShifts("torch")
-        results = [rows.sweep(x, f, 1.0, name, run, (ArithmeticError,)) for _ in range(count)]
-        return calls.copy(), results
-
-    assert sweeps("good", kernel())[0] == ["max", "stored", "max", "stored"]
-    assert _buffers.STORED_SHIFT_VERDICTS["good"] is True
-    assert sweeps("good", kernel())[0] == ["max", "stored", "stored"]   # trusted from now on
-
-    with pytest.warns(RuntimeWarning, match="disagrees with the row-maximum sweep"):
-        seen, results = sweeps("wrong", kernel(stored_masses=1.1))
-    assert seen == ["max", "stored", "max", "max"]
-    assert all(np.array_equal(masses, np.ones(3)) for masses, _ in results)
-
-    with pytest.warns(RuntimeWarning, match="cannot launch: no such kernel here"):
-        assert sweeps("missing", kernel(fails=True))[0] == ["max", "stored", "max", "max"]
-
-    seen, results = sweeps("good", kernel(stored_lse=float("nan")))
-    assert seen == ["max", "stored", "max", "stored", "max"]
-    assert [lse for _, lse in results] == [5.0, 5.0, 5.0]
-    assert _buffers.STORED_SHIFT_VERDICTS["good"] is True   # a row that did not fit is no fault
-
-
-def _compile_sweep_for_hopper(launch, dtype: str, n_cols: int, row_lse: int = 2):
+def _compile_sweep_for_hopper(launch, dtype: str, n_cols: int):
     """The one-pass sweep compiled for sm_90 as a CUDA launch specialises it (16-byte
     aligned pointers and program count, unit column stride), without a GPU."""
     triton = pytest.importorskip("triton")
@@ -484,16 +412,14 @@ def _compile_sweep_for_hopper(launch, dtype: str, n_cols: int, row_lse: int = 2)
 
     width, tiles = _triton.tile_width(n_cols)
     signature = {"x_ptr": f"*{dtype}", "coef_ptr": "*fp32", "part_ptr": "*fp32",
-                 "lse_ptr": "*fp64", "shift_ptr": "*fp32", "n_programs": "i32", "n_rows": "i32",
-                 "stride_row": "i32"}
+                 "lse_ptr": "*fp64", "n_programs": "i32", "n_rows": "i32", "stride_row": "i32"}
     constants = dict(stride_col=1, N_COLS=n_cols, WIDTH=width, TILES=tiles, BLOCK_M=launch.rows,
                      ROW_ALIGN=8, PREFETCH=launch.prefetch, POLY=launch.poly,
-                     STAGES=launch.stages, BF16_BITS=int(dtype == "bf16"), PTX=1,
-                     ROW_LSE=row_lse)
+                     STAGES=launch.stages, BF16_BITS=int(dtype == "bf16"), PTX=1)
     signature.update(dict.fromkeys(constants, "constexpr"))
     source = triton.compiler.ASTSource(
         fn=_triton._sweep_fused, signature=signature, constexprs=constants,
-        attrs={(i,): [["tt.divisibility", 16]] for i in range(6)})
+        attrs={(i,): [["tt.divisibility", 16]] for i in range(5)})
     try:
         return triton.compile(source, target=GPUTarget("cuda", 90, 32),
                               options={"num_warps": launch.warps})
@@ -518,21 +444,6 @@ def test_pipelined_sweep_compiles_to_asynchronous_copies_for_hopper(dtype):
         assert 0 < kernel.metadata.shared <= 48 * 1024, launch
     plain = _compile_sweep_for_hopper(pipelined[0]._replace(stages=1), dtype, 3000)
     assert "cp.async" not in plain.asm["ptx"]
-
-
-@pytest.mark.parametrize("dtype", ["bf16", "fp32"])
-def test_sweep_shifted_by_stored_row_values_drops_the_row_max(dtype):
-    """Shifted by the stored log-sum-exps (the sweeps after the first of an input), the
-    one-pass sweep has no row max: no max instructions and half the barriers per row tile
-    of the sweep that takes each row's maximum."""
-    pytest.importorskip("triton")
-    from sinklabel.kernels import _triton
-
-    launch = _triton._fused_configs(*_triton.tile_width(3000), _empty(dtype, 3000))[0]
-    ptx = {mode: _compile_sweep_for_hopper(launch, dtype, 3000, mode).asm["ptx"]
-           for mode in (1, 2)}
-    assert ptx[1].count("max.f32") > 0 == ptx[2].count("max.f32")
-    assert 2 * ptx[2].count("bar.sync") <= ptx[1].count("bar.sync")
 
 
 def _empty(dtype: str, n_cols: int):
@@ -636,10 +547,10 @@ def test_every_cupy_tuning_candidate_fits_a_hopper_multiprocessor():
             for layout in layouts:
                 shape = _ArrayShape(1000, n_cols, dtype, **layout)
                 for config in module._sweep_plan(shape, async_copies=True) or []:
-                    names.update(module.sweep_name(dtype, config, mode) for mode in (1, 2))
+                    names.add(module.sweep_name(dtype, config))
                     if config[0] == 1:
                         scalar.add(dtype)
-    assert any(name.endswith(", 4, 1>") for name in names)   # ringed candidates are planned
+    assert any(name.endswith(", 4>") for name in names)   # ringed candidates are planned
     assert scalar == {"float16", "float32", "float64"}
     names.update(f"sink_column_sums<{acc}>" for acc in ("float", "double"))
     _compile_with_nvrtc(sorted(names), "sm_90")

@@ -12,11 +12,7 @@ asynchronous copies up to ``STAGES - 1`` tiles ahead (see ``Ring``). Each block 
 K sums to its own row of a partial-sum buffer, and the sum of its rows' log-sum-exps
 (``max + log2(sum)`` per row, one log2 per row, accumulated in float64 by thread 0,
 converted to natural-log units at the end) to its own entry of a second buffer; both are
-reduced in a fixed order on the host side: no atomics, so results repeat exactly. With
-``ROW_LSE`` 1 each row's log-sum-exp (base 2) is also stored in ``shift``; with 2 each row is
-shifted by that stored value plus ``coef[K + 1]`` instead of by its maximum (no row max, one
-barrier per tile), and a row whose sum leaves [2^-60, 2^60) gets a NaN log-sum-exp so that
-the caller sweeps again with 1 (see ``RowShifts`` in ``_buffers``).
+reduced in a fixed order on the host side: no atomics, so results repeat exactly.
 
 ``sink_best<S>``: one warp per row; row max of ``scale * x + coef`` rounded like NumPy (no
 fused multiply-add), its first arg-max, and NaN when the row holds one.
@@ -233,12 +229,6 @@ template <typename P> __device__ __forceinline__ P load_shared(unsigned address)
     return out.pack;
 }
 
-// MERGE's one barrier per tile: each warp takes exp2 against its own row max and sums it,
-// lane 0 posts the warp's (max, sum), and after the barrier lane l merges warp l % WARPS's
-// pair (rescaled to the row max) in a log2(WARPS)-step butterfly, so every lane ends with the
-// row's max and sum; ``lse`` gets each row's log-sum-exp in base-2 units. ``exchange`` is
-// this tile's half of a buffer alternating by tile: a warp writes the next tile's pairs only
-// after the barrier that every warp reaches after reading.
 // exp2(z - top) in place over this thread's scores of one row, and their sum over the warp.
 template <int POLY, typename A, int NV, int VEC>
 __device__ __forceinline__ A exp2_row(A (&z)[NV][VEC], A top) {
@@ -253,6 +243,12 @@ __device__ __forceinline__ A exp2_row(A (&z)[NV][VEC], A top) {
     return warp_sum(s);
 }
 
+// MERGE's one barrier per tile: each warp takes exp2 against its own row max and sums it,
+// lane 0 posts the warp's (max, sum), and after the barrier lane l merges warp l % WARPS's
+// pair (rescaled to the row max) in a log2(WARPS)-step butterfly, so every lane ends with the
+// row's max and sum; ``lse`` gets each row's log-sum-exp in base-2 units. ``exchange`` is
+// this tile's half of a buffer alternating by tile: a warp writes the next tile's pairs only
+// after the barrier that every warp reaches after reading.
 template <typename A, int VEC, int NV, int ROWS, int WARPS, int POLY>
 __device__ __forceinline__ void merge_rows(A (&z)[ROWS][NV][VEC], A (&weight)[ROWS],
                                            A (&lse)[ROWS], A (*exchange)[ROWS][WARPS],
@@ -291,12 +287,11 @@ __device__ __forceinline__ void merge_rows(A (&z)[ROWS][NV][VEC], A (&weight)[RO
 }
 
 template <typename S, int VEC, int NV, int ROWS, int THREADS, int PREFETCH, int MERGE = 0,
-          int POLY = 0, int STAGES = 0, int ROW_LSE = 0>
+          int POLY = 0, int STAGES = 0>
 __global__ void __launch_bounds__(THREADS) sink_sweep(
     const S* __restrict__ x, const typename Acc<S>::type* __restrict__ coef,
-    typename Acc<S>::type* __restrict__ part, double* __restrict__ lse_part,
-    typename Acc<S>::type* __restrict__ shift, long long n_rows, long long stride_row,
-    long long stride_col, int n_cols)
+    typename Acc<S>::type* __restrict__ part, double* __restrict__ lse_part, long long n_rows,
+    long long stride_row, long long stride_col, int n_cols)
 {
     typedef typename Acc<S>::type A;
     const int WARPS = THREADS / 32;
@@ -305,7 +300,6 @@ __global__ void __launch_bounds__(THREADS) sink_sweep(
     const int warp = t / 32;
     const int lane = t % 32;
     const A scale = coef[n_cols];
-    const A rise = coef[n_cols + 1];
     A cf[NV][VEC];
     A acc[NV][VEC];
 #pragma unroll
@@ -407,48 +401,14 @@ __global__ void __launch_bounds__(THREADS) sink_sweep(
                                                  n_rows, stride_row, stride_col, n_cols);
         }
         A weight[ROWS];
-        if constexpr (ROW_LSE == 2) {
-            // Each row shifted by its stored log-sum-exp plus the rise (rows past the end by
-            // +inf: all their terms 0): no row max, one barrier per tile. The sums alternate
-            // between two halves of the exchange by tile (a warp writes the next tile's
-            // sums only after the barrier every warp reaches after reading these).
-            A (*sums)[WARPS] = exchange[step & 1];
-#pragma unroll
-            for (int r = 0; r < ROWS; ++r) {
-                const long long row = tile * ROWS + r;
-                top[r] = row < n_rows ? shift[row] + rise : -neg_inf<A>();
-                const A s = exp2_row<POLY>(z[r], top[r]);
-                if (lane == 0) sums[r][warp] = s;
-            }
-            __syncthreads();
-#pragma unroll
-            for (int r = 0; r < ROWS; ++r) {
-                A s = 0;
-#pragma unroll
-                for (int w = 0; w < WARPS; ++w) s += sums[r][w];
-                weight[r] = s > 0 ? reciprocal(s) : A(0);
-                const long long row = tile * ROWS + r;
-                if (t == 0 && row < n_rows) {
-                    // A sum outside [2^-60, 2^60): the stored value did not fit this row.
-                    const bool fits = s >= A(8.673617379884035e-19) && s < A(1.152921504606847e18);
-                    const double lse = fits ? (double)top[r] + (double)log2_fast(s)
-                                            : __longlong_as_double(0x7ff8000000000000LL);
-                    shift[row] = (A)lse;
-                    lse_sum += lse;
-                }
-            }
-        } else if (MERGE) {
+        if (MERGE) {
             A lse[ROWS];
             merge_rows<A, VEC, NV, ROWS, WARPS, POLY>(z, weight, lse, exchange + 2 * (step & 1),
                                                       warp, lane);
             if (t == 0) {
 #pragma unroll
-                for (int r = 0; r < ROWS; ++r) {
-                    if (tile * ROWS + r < n_rows) {
-                        lse_sum += (double)lse[r];
-                        if (ROW_LSE == 1) shift[tile * ROWS + r] = lse[r];
-                    }
-                }
+                for (int r = 0; r < ROWS; ++r)
+                    if (tile * ROWS + r < n_rows) lse_sum += (double)lse[r];
             }
         } else {
 #pragma unroll
@@ -478,11 +438,8 @@ __global__ void __launch_bounds__(THREADS) sink_sweep(
 #pragma unroll
                 for (int w = 0; w < WARPS; ++w) s += exchange[1][r][w];
                 weight[r] = s > 0 ? reciprocal(s) : A(0);
-                if (t == 0 && tile * ROWS + r < n_rows) {
-                    const double lse = (double)top[r] + (double)log2_fast(s);
-                    if (ROW_LSE == 1) shift[tile * ROWS + r] = (A)lse;
-                    lse_sum += lse;
-                }
+                if (t == 0 && tile * ROWS + r < n_rows)
+                    lse_sum += (double)top[r] + (double)log2_fast(s);
             }
         }
         if constexpr (STAGES > 0) {

@@ -17,9 +17,7 @@ and a second pass accumulates column tiles (two reads of the scores instead of o
 
 ``best`` fuses the row maximum and its first arg-maximum, walking column tiles.
 
-Between sweeps the buffers, a CUDA graph of the launches and (per kernel object) each row's
-log-sum-exp are kept (``_buffers``): a solve's later sweeps shift each row by its stored
-log-sum-exp instead of by its maximum, which spares the row max and its cross-warp reduction.
+Between sweeps the buffers and a CUDA graph of the launches are kept (``_buffers``).
 """
 
 from __future__ import annotations
@@ -32,10 +30,9 @@ import numpy as np
 import torch
 import triton
 import triton.language as tl
-from triton.compiler.errors import CompilationError
 from triton.runtime.errors import OutOfResources, PTXASError
 
-from ._buffers import RowShifts, TorchSweepBuffers, cached
+from ._buffers import TorchSweepBuffers, cached
 from ._tuning import Tuner
 
 LOG2E = math.log2(math.e)
@@ -111,10 +108,9 @@ def _widen(x, dtype, BF16_BITS: tl.constexpr):
 
 @triton.jit
 def _log2(v, PTX: tl.constexpr):
-    """log2 of a float32 row sum by one ``lg2.approx`` instruction on CUDA: its error comes
-    from the mantissa alone (absolute, below 2^-22 whatever the exponent), far under the
-    float32 shift it is added to; ``tl.log2`` is an accurate software routine of about 30
-    instructions per row."""
+    """log2 of a float32 row sum (>= 1, the row max's own term) by one ``lg2.approx``
+    instruction on CUDA (absolute error below 2^-22, far under the float32 row max it is
+    added to); ``tl.log2`` is an accurate software routine of about 30 instructions per row."""
     if PTX:
         return tl.inline_asm_elementwise("lg2.approx.ftz.f32 $0, $1;", "=f,f", [v],
                                          dtype=tl.float32, is_pure=True, pack=1)
@@ -147,11 +143,11 @@ def _exp2_tile(v, POLY: tl.constexpr):
 
 
 @triton.jit
-def _sweep_fused(x_ptr, coef_ptr, part_ptr, lse_ptr, shift_ptr, n_programs, n_rows, stride_row,
-                 stride_col, N_COLS: tl.constexpr, WIDTH: tl.constexpr, TILES: tl.constexpr,
+def _sweep_fused(x_ptr, coef_ptr, part_ptr, lse_ptr, n_programs, n_rows, stride_row, stride_col,
+                 N_COLS: tl.constexpr, WIDTH: tl.constexpr, TILES: tl.constexpr,
                  BLOCK_M: tl.constexpr, ROW_ALIGN: tl.constexpr, PREFETCH: tl.constexpr,
                  POLY: tl.constexpr = 0, STAGES: tl.constexpr = 1, BF16_BITS: tl.constexpr = 0,
-                 PTX: tl.constexpr = 0, ROW_LSE: tl.constexpr = 0):
+                 PTX: tl.constexpr = 0):
     """A row is up to four column tiles of one width (so of one register layout): they are
     combined element-wise before the row max and row sum, which are then one cross-warp
     reduction each. With PREFETCH the next row tile's loads are issued before this tile's
@@ -163,15 +159,9 @@ def _sweep_fused(x_ptr, coef_ptr, part_ptr, lse_ptr, shift_ptr, n_programs, n_ro
     (its max plus the log2 of its sum) is added up in float64 per program, for the dual
     objective. BF16_BITS and PTX (on CUDA only: the interpreter runs no PTX) widen bfloat16
     scores a word at a time (``_widen``) and take each row's log2 in one instruction
-    (``_log2``). ROW_LSE = 1 also stores each row's log2-sum-exp2 at ``shift_ptr``; with
-    ROW_LSE = 2 a row is shifted by that stored value plus ``coef[K + 1]`` (an upper bound on
-    how far its maximum can have risen since) instead of by its maximum: no max and no
-    cross-warp max per row. A row whose sum then leaves [2^-60, 2^60) (the stored value did
-    not fit the scores: they changed) gets a NaN log-sum-exp, and the caller sweeps again
-    with ROW_LSE = 1."""
+    (``_log2``)."""
     pid = tl.program_id(0)
     scale = tl.load(coef_ptr + N_COLS)
-    rise = tl.load(coef_ptr + N_COLS + 1)
     lse_acc = tl.zeros([BLOCK_M], dtype=tl.float64)
     cols0, ok0, coef0, acc0 = _column_tile(coef_ptr, 0, WIDTH, N_COLS)
     if TILES > 1:
@@ -217,26 +207,17 @@ def _sweep_fused(x_ptr, coef_ptr, part_ptr, lse_ptr, shift_ptr, n_programs, n_ro
             if TILES > 3:
                 x3 = _load(row_ptr, row_ok, cols3, ok3, stride_col)
         z0 = _widen(x0, coef0.dtype, BF16_BITS) * scale + coef0[None, :]
+        top = z0
         if TILES > 1:
             z1 = _widen(x1, coef1.dtype, BF16_BITS) * scale + coef1[None, :]
+            top = tl.maximum(top, z1)
         if TILES > 2:
             z2 = _widen(x2, coef2.dtype, BF16_BITS) * scale + coef2[None, :]
+            top = tl.maximum(top, z2)
         if TILES > 3:
             z3 = _widen(x3, coef3.dtype, BF16_BITS) * scale + coef3[None, :]
-        rows = tile * BLOCK_M + tl.arange(0, BLOCK_M)
-        if ROW_LSE == 2:
-            # Rows past the end by +inf: their (zero-filled, so finite) terms all become 0.
-            top = tl.where(row_ok, tl.load(shift_ptr + rows, mask=row_ok, other=0.0) + rise,
-                           float("inf"))
-        else:
-            top = z0
-            if TILES > 1:
-                top = tl.maximum(top, z1)
-            if TILES > 2:
-                top = tl.maximum(top, z2)
-            if TILES > 3:
-                top = tl.maximum(top, z3)
-            top = tl.max(top, axis=1)
+            top = tl.maximum(top, z3)
+        top = tl.max(top, axis=1)
         p0 = _exp2_tile(z0 - top[:, None], POLY >= TILES)
         total = p0
         if TILES > 1:
@@ -250,13 +231,8 @@ def _sweep_fused(x_ptr, coef_ptr, part_ptr, lse_ptr, shift_ptr, n_programs, n_ro
             total += p3
         row_sum = tl.sum(total, axis=1)
         weight = tl.where(row_ok, 1.0 / row_sum, 0.0)
-        row_lse = top.to(tl.float64) + _log2(row_sum, PTX).to(tl.float64)
-        if ROW_LSE == 2:
-            fits = (row_sum >= 8.673617379884035e-19) & (row_sum < 1.152921504606847e18)
-            row_lse = tl.where(fits, row_lse, float("nan"))
-        if ROW_LSE > 0:
-            tl.store(shift_ptr + rows, row_lse.to(top.dtype), mask=row_ok)
-        lse_acc += tl.where(row_ok, row_lse, 0.0)
+        lse_acc += tl.where(row_ok, top.to(tl.float64) + _log2(row_sum, PTX).to(tl.float64),
+                            0.0)
         acc0 += tl.sum(p0 * weight[:, None], axis=0)
         if TILES > 1:
             acc1 += tl.sum(p1 * weight[:, None], axis=0)
@@ -401,49 +377,36 @@ def tile_width(n_cols: int) -> tuple[int, int]:
     return width, _cdiv(n_cols, width)
 
 
-def sweep_lse(x: torch.Tensor, f: np.ndarray, lam: float,
-              rows: RowShifts | None = None) -> tuple[np.ndarray, float]:
+def sweep_lse(x: torch.Tensor, f: np.ndarray, lam: float) -> tuple[np.ndarray, float]:
     """Column sums of softmax(lam * x + f) over the rows of ``x`` (float64 NumPy) and the sum
-    of the rows' logsumexp(lam * x + f), from one read of ``x`` and one host sync.
-
-    With ``rows`` (the caller's, kept between its sweeps), sweeping the same input again
-    shifts each row by its log-sum-exp from the last sweep instead of by its maximum (see
-    ``RowShifts.sweep``: checked once per kernel against the row-maximum sweep, and repeated
-    with each row's maximum should a row not fit)."""
+    of the rows' logsumexp(lam * x + f), from one read of ``x`` and one host sync."""
     n_rows, n_cols = x.shape
     programs = _programs(x, n_rows)
     buffers = _buffers(x.device, compute_dtype(x), programs, n_cols)
-    if n_cols > MAX_FUSED_COLS // buffers.coef.element_size() * 4:
-        _wide_sweep(x, buffers.coefficients(f, LOG2E, lam * LOG2E), buffers, programs)
-        masses, lse = buffers.totals_on_host()
-        return masses, lse * LN2
-    rows = RowShifts("torch") if rows is None else rows
-    kernel = ("triton", x.dtype, n_cols, TUNER.chosen.get(("sweep", x.dtype, n_cols)))
-    masses, lse = rows.sweep(
-        x, f, LOG2E, kernel, lambda rise: _fused_sweep(x, f, lam, buffers, programs, rows, rise),
-        (OutOfResources, PTXASError, CompilationError))
+    coef = buffers.coefficients(f, LOG2E, lam * LOG2E)
+    if n_cols > MAX_FUSED_COLS // coef.element_size() * 4:
+        _wide_sweep(x, coef, buffers, programs)
+    else:
+        _fused_sweep(x, coef, buffers, programs)
+    masses, lse = buffers.totals_on_host()
     return masses, lse * LN2
 
 
-def _fused_sweep(x: torch.Tensor, f: np.ndarray, lam: float, buffers: TorchSweepBuffers,
-                 programs: int, rows: RowShifts,
-                 rise: float | None) -> tuple[np.ndarray, float]:
-    """The one-pass sweep: rows shifted by their maxima (``rise`` None; their log-sum-exps
-    are stored in ``rows`` for the next sweep) or by the stored values plus ``rise``."""
+def _fused_sweep(x: torch.Tensor, coef: torch.Tensor, buffers: TorchSweepBuffers,
+                 programs: int) -> None:
+    """The one-pass sweep (tuned on large inputs, replayed as a CUDA graph once its input
+    repeats), then the totals into ``buffers``."""
     n_rows, n_cols = x.shape
-    coef = buffers.coefficients(f, LOG2E, lam * LOG2E, 0.0 if rise is None else rise)
-    shifts = rows.storage(x, coef.dtype) if rise is None else rows.values
-    row_lse = 1 if rise is None else 2
     width, tiles = tile_width(n_cols)
     shape = dict(N_COLS=n_cols, WIDTH=width, TILES=tiles, ROW_ALIGN=_row_align(x),
-                 PTX=x.is_cuda and coef.dtype == torch.float32, ROW_LSE=row_lse)
+                 PTX=x.is_cuda and coef.dtype == torch.float32)
     strides = (n_rows, x.stride(0), x.stride(1))
     key = ("sweep", x.dtype, n_cols)
 
     def launch(config: tuple) -> None:
         c = FusedLaunch(*config)
-        _sweep_fused[(programs,)](x, coef, buffers.part, buffers.lse_parts, shifts, programs,
-                                  *strides, BLOCK_M=c.rows, PREFETCH=c.prefetch, POLY=c.poly,
+        _sweep_fused[(programs,)](x, coef, buffers.part, buffers.lse_parts, programs, *strides,
+                                  BLOCK_M=c.rows, PREFETCH=c.prefetch, POLY=c.poly,
                                   STAGES=c.stages, BF16_BITS=bf16_bits(x, c, width),
                                   num_warps=c.warps, **shape)
 
@@ -455,14 +418,12 @@ def _fused_sweep(x: torch.Tensor, f: np.ndarray, lam: float, buffers: TorchSweep
     tune = x.is_cuda and x.numel() >= TUNE_ELEMENTS
     chosen = TUNER.chosen.get(key, candidates[0])
     graph = None if TUNER.will_time(key, candidates, tune) else buffers.graph(
-        x, (chosen, row_lse, shifts.data_ptr()),
-        lambda _: (launch(chosen), _sum_parts(buffers, programs)))
+        x, chosen, lambda config: (launch(config), _sum_parts(buffers, programs)))
     if graph is not None:
         graph.replay()
     else:
         TUNER.run(launch, candidates, key, result, tune=tune)
         _sum_parts(buffers, programs)
-    return buffers.totals_on_host()
 
 
 def _wide_sweep(x: torch.Tensor, coef: torch.Tensor, buffers: TorchSweepBuffers,

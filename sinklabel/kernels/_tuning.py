@@ -65,7 +65,7 @@ class Tuner:
             except errors as exc:
                 rejected.append((config, f"cannot launch: {exc}"))
                 continue
-            gap = max(disagreement(value, expected, floor)
+            gap = max(_disagreement(value, expected, floor)
                       for (value, floor), (expected, _) in zip(result(), reference, strict=True))
             if gap > AGREEMENT:
                 rejected.append((config, f"disagrees with the default by {gap:.2g}"))
@@ -90,7 +90,7 @@ class Tuner:
                 for key, config in self.chosen.items()}
 
 
-def disagreement(value: np.ndarray, reference: np.ndarray, floor: float) -> float:
+def _disagreement(value: np.ndarray, reference: np.ndarray, floor: float) -> float:
     """Largest difference relative to the reference's largest magnitude or ``floor``,
     whichever is larger (NaN: infinite)."""
     value, reference = np.asarray(value, np.float64), np.asarray(reference, np.float64)

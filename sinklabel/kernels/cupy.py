@@ -15,7 +15,7 @@ from functools import cache
 import numpy as np
 
 from ._base import Kernel, compute_dtype
-from ._buffers import CupySweepBuffers, RowShifts, cached
+from ._buffers import CupySweepBuffers, cached
 from ._cuda import SOURCE
 from ._tuning import Tuner
 
@@ -43,9 +43,6 @@ class CupyKernel(Kernel):
     def __init__(self) -> None:
         import cupy  # noqa: F401  (fails here, with an install hint, when CuPy is missing)
 
-        #: Row log-sum-exps of this kernel's last sweep, for the next one.
-        self._rows = RowShifts("cupy")
-
     def chunk_rows(self, n_labels: int, itemsize: int) -> int:
         """All rows: the fused kernels allocate nothing of size N x K, so one chunk means one
         host sync per iteration."""
@@ -56,9 +53,7 @@ class CupyKernel(Kernel):
 
     def sweep_lse(self, chunk, f: np.ndarray, lam: float) -> tuple[np.ndarray, float]:
         """One fused pass: the block partials of the masses and of the rows' log-sum-exps are
-        reduced on the device and copied to the host together (one sync). Sweeping the same
-        input again shifts each row by its log-sum-exp from this kernel's last sweep (see
-        ``RowShifts.sweep``)."""
+        reduced on the device and copied to the host together (one sync)."""
         import cupy as cp
 
         x = _floating(chunk)
@@ -68,12 +63,34 @@ class CupyKernel(Kernel):
         n_rows, n_cols = x.shape
         programs = _programs(n_rows)
         buffers = _buffers(x, programs, n_cols)
-        kernel = ("cupy", x.dtype.char, n_cols, TUNER.chosen.get((_NAMES[x.dtype.char],
-                                                                   n_cols, plan)))
-        return self._rows.sweep(
-            x, f, LOG2E, kernel,
-            lambda rise: _fused_sweep(x, f, lam, plan, buffers, programs, self._rows, rise),
-            _launch_errors())
+        coef = buffers.coefficients(f, LOG2E, lam * LOG2E)
+        args = (x, coef, buffers.part, buffers.lse_parts, np.int64(n_rows), *_strides(x),
+                np.int32(n_cols))
+        dtype = _NAMES[x.dtype.char]
+        key = (dtype, n_cols, plan)
+        names = _kernel_names(*key)
+        sums_args = (buffers.part, buffers.lse_parts, buffers.totals, np.int32(programs),
+                     np.int32(programs), np.int32(n_cols))
+
+        def functions() -> dict:
+            return _functions(names if every else (names[0], names[-1]))
+
+        def launch(config: tuple[int, ...]) -> None:
+            functions()[sweep_name(dtype, config)]((programs,), (config[1],), args)
+
+        def totals() -> tuple[np.ndarray, float]:
+            functions()[names[-1]]((-(-n_cols // 32) + 1,), (32, 32), sums_args)
+            return buffers.totals_on_host()
+
+        def result():
+            masses, lse = totals()
+            return (masses, 0.0), (lse, n_rows)
+
+        tune = x.size >= TUNE_ELEMENTS
+        # One NVRTC call compiles every candidate once the plan is (or is about to be) tuned.
+        every = key in TUNER.chosen or TUNER.will_time(key, plan, tune)
+        TUNER.run(launch, plan, key, result, tune=tune)
+        return totals()
 
     def best(self, chunk, f: np.ndarray, lam: float):
         import cupy as cp
@@ -136,52 +153,6 @@ class CupyKernel(Kernel):
         return parts[0] if len(parts) == 1 else cp.concatenate(parts)
 
 
-def _fused_sweep(x, f: np.ndarray, lam: float, plan: tuple[tuple[int, ...], ...],
-                 buffers: CupySweepBuffers, programs: int, rows: RowShifts,
-                 rise: float | None) -> tuple[np.ndarray, float]:
-    """The fused sweep: rows shifted by their maxima (``rise`` None: every candidate of the
-    plan may be tuned, and the rows' log-sum-exps are stored in ``rows``) or by the stored
-    values plus ``rise`` (the chosen configuration only)."""
-    n_rows, n_cols = x.shape
-    coef = buffers.coefficients(f, LOG2E, lam * LOG2E, 0.0 if rise is None else rise)
-    shifts = rows.storage(x, coef.dtype) if rise is None else rows.values
-    args = (x, coef, buffers.part, buffers.lse_parts, shifts, np.int64(n_rows), *_strides(x),
-            np.int32(n_cols))
-    dtype = _NAMES[x.dtype.char]
-    key = (dtype, n_cols, plan)
-    sums_args = (buffers.part, buffers.lse_parts, buffers.totals, np.int32(programs),
-                 np.int32(programs), np.int32(n_cols))
-    names = _kernel_names(*key)
-    sums = names[-1]
-
-    def totals(functions: dict) -> tuple[np.ndarray, float]:
-        functions[sums]((-(-n_cols // 32) + 1,), (32, 32), sums_args)
-        return buffers.totals_on_host()
-
-    if rise is not None:
-        config = TUNER.chosen.get(key, plan[0])
-        name = sweep_name(dtype, config, row_lse=2)
-        functions = _functions((name, sums))
-        functions[name]((programs,), (config[1],), args)
-        return totals(functions)
-
-    def compiled() -> dict:
-        return _functions(names if every else (names[0], names[-1]))
-
-    def launch(config: tuple[int, ...]) -> None:
-        compiled()[sweep_name(dtype, config)]((programs,), (config[1],), args)
-
-    def result():
-        masses, lse = totals(compiled())
-        return (masses, 0.0), (lse, n_rows)
-
-    tune = x.size >= TUNE_ELEMENTS
-    # One NVRTC call compiles every candidate once the plan is (or is about to be) tuned.
-    every = key in TUNER.chosen or TUNER.will_time(key, plan, tune)
-    TUNER.run(launch, plan, key, result, tune=tune)
-    return totals(compiled())
-
-
 @cache
 def _functions(names: tuple[str, ...]) -> dict:
     """Kernel instantiations compiled together by one NVRTC call (cached by CuPy on disk)."""
@@ -199,14 +170,13 @@ def _kernel_names(dtype: str, n_cols: int, plan: tuple[tuple[int, ...], ...]) ->
             f"sink_column_sums<{_ACC[compute_dtype(dtype).name]}>")
 
 
-def sweep_name(dtype: str, config: tuple[int, ...], row_lse: int = 1) -> str:
+def sweep_name(dtype: str, config: tuple[int, ...]) -> str:
     """The template instantiation of ``sink_sweep`` for (vec, threads, packs, rows, prefetch,
     merge, poly, stages); the last three default to 0 (two barriers per tile, every exp on
-    the SFU, no shared-memory ring). ``row_lse``: 1 stores each row's log-sum-exp, 2 also
-    shifts each row by the stored one (see ``_cuda``)."""
+    the SFU, no shared-memory ring)."""
     vec, threads, packs, rows, prefetch, merge, poly, stages = (*config, 0, 0, 0)[:8]
     return (f"sink_sweep<{_STORAGE[dtype]}, {vec}, {packs}, {rows}, {threads}, {prefetch}, "
-            f"{merge}, {poly}, {stages}, {row_lse}>")
+            f"{merge}, {poly}, {stages}>")
 
 
 @cache

@@ -40,11 +40,6 @@ class TorchKernel(Kernel):
     def __init__(self) -> None:
         import torch  # noqa: F401  (fails here, with an install hint, when torch is missing)
 
-        from ._buffers import RowShifts
-
-        #: Row log-sum-exps of this kernel's last CUDA sweep, for the next (see ``_triton``).
-        self._rows = RowShifts("torch")
-
     @cached_property
     def _numba(self):
         """The Numba kernel for CPU tensors, or None when Numba is missing; imported on the
@@ -69,7 +64,7 @@ class TorchKernel(Kernel):
         x = _readable(chunk)
         fused = _fused(x)
         if fused is not None:
-            return fused.sweep_lse(x, f, lam, self._rows)
+            return fused.sweep_lse(x, f, lam)
         view = self._numba_view(x)
         if view is not None:
             mass, lse = np.zeros(x.shape[1]), 0.0
