@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # The GPU check: the per-pass benchmark at ImageNet scale, where a pass's time goes (kernels,
 # idle time, and a timeline of the host's calls), full solves in both regimes, the
-# host-to-device streaming benchmark, then the CUDA tests: 293 s on one H200 in the last full
-# run (2026-11-26), 13.5 min at most under its timeouts (the CUDA tests took 168 s of it:
-# they compile every tuning candidate, up to 13 Triton and 20 CUDA C per kernel and dtype).
-# Logs, the benchmarks' JSON and the timeline's traces go to $OUT (default: bench-results/),
-# seventeen files; a runner that brings back fewer can point OUT elsewhere and pack it.
+# host-to-device streaming benchmark, then the CUDA tests: 293-314 s on one H200 in the last
+# full runs (2026-11-26), 13.5 min at most under its timeouts (the CUDA tests took 156-195 s
+# of it: they compile every tuning candidate, up to 13 Triton and 20 CUDA C per kernel and
+# dtype). Logs, the benchmarks' JSON and the timeline's traces go to $OUT (default:
+# bench-results/), seventeen files; a runner that brings back fewer (the device runner here
+# brings back eight) can point OUT elsewhere and pack it.
 # The benchmarks run first: a test run cut short still leaves the figures.
 set -u
 cd "$(dirname "$0")/.."
