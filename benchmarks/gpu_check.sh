@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # The GPU check: the per-pass benchmark at ImageNet scale, where a pass's time goes (kernels,
-# idle time, and a timeline of the host's calls), full solves in both regimes, the
-# host-to-device streaming benchmark, then the CUDA tests: 293-314 s on one H200 in the last
-# full runs (2026-11-26), 13.5 min at most under its timeouts (the CUDA tests took 156-195 s
-# of it: they compile every tuning candidate, up to 13 Triton and 20 CUDA C per kernel and
-# dtype). Logs, the benchmarks' JSON and the timeline's traces go to $OUT (default:
-# bench-results/), seventeen files; a runner that brings back fewer (the device runner here
-# brings back eight) can point OUT elsewhere and pack it.
+# idle time, and a timeline of the host's calls in sweeps and in two short solves), full
+# solves in both regimes, the host-to-device streaming benchmark, then the CUDA tests:
+# 293-314 s on one H200 in the last full runs (2026-11-26), 13.5 min at most under its
+# timeouts (the CUDA tests took 156-195 s of it: they compile every tuning candidate, up to
+# 13 Triton and 20 CUDA C per kernel and dtype). Logs, the benchmarks' JSON and the
+# timeline's traces go to $OUT (default: bench-results/), nineteen files; a runner that
+# brings back fewer (the device runner here brings back eight) can point OUT elsewhere and
+# pack it.
 # The benchmarks run first: a test run cut short still leaves the figures.
 set -u
 cd "$(dirname "$0")/.."
@@ -25,7 +26,8 @@ bench=${PIPESTATUS[0]}
 timeout -k 5 90 python3 benchmarks/gpu_sweep_breakdown.py "$out/gpu_breakdown.json" 2>&1 \
     | grep -v '^{' | tee "$out/breakdown.log"
 breakdown=${PIPESTATUS[0]}
-timeout -k 5 60 python3 benchmarks/gpu_timeline.py "$out" --sweeps 3 2>&1 | tee "$out/timeline.log"
+timeout -k 5 60 python3 benchmarks/gpu_timeline.py "$out" --sweeps 3 --solve 12 2>&1 \
+    | tee "$out/timeline.log"
 host=${PIPESTATUS[0]}
 
 timeout -k 5 90 python3 benchmarks/gpu_solve.py "$out/gpu_solve.json" 2>&1 | tee "$out/solve.log"

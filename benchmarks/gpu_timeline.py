@@ -4,9 +4,13 @@ device's kernels), written as a Chrome trace, and per sweep the time the device 
 host before the main kernel starts and after the last kernel ends.
 
 ``gpu_sweep_breakdown.py`` splits a sweep's time into kernels and "idle"; this script shows
-what the host does during that idle time.
+what the host does during that idle time. With ``--solve PASSES`` it also profiles a torch
+solve of that many passes per dtype: the device's idle time between one pass's main kernel and
+the next is the sweep's host work plus the solver's own (L-BFGS direction, line search), which
+is what a solver iteration costs beyond a sweep.
 
     python benchmarks/gpu_timeline.py OUT_DIR                  # traces and a summary
+    python benchmarks/gpu_timeline.py OUT_DIR --solve 12       # ... and two profiled solves
     python benchmarks/gpu_timeline.py --ncu torch bfloat16     # a few sweeps for Nsight Compute
 
 ``--ncu`` runs six sweeps of one backend and dtype with the configuration of ``CONFIGS``, for
@@ -19,6 +23,7 @@ import argparse
 import gzip
 import json
 import sys
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--k", type=int, default=3000)
     parser.add_argument("--sweeps", type=int, default=5)
     parser.add_argument("--ncu", nargs=2, metavar=("LIBRARY", "DTYPE"))
+    parser.add_argument("--solve", type=int, default=0, metavar="PASSES",
+                        help="also profile a torch solve of PASSES passes per dtype")
     args = parser.parse_args(argv)
 
     import torch
@@ -65,6 +72,14 @@ def main(argv: list[str] | None = None) -> int:
         row["sweeps"] = profile(sweep, args.sweeps, trace)
         summary.append(row)
         print(json.dumps(row), flush=True)
+        (out / "timeline.json").write_text(json.dumps(summary, indent=1))
+        del x
+    for dtype in ("float32", "bfloat16") if args.solve else ():
+        x = x32.to(getattr(torch, dtype))
+        row = {"library": "torch", "dtype": dtype, "solve_passes": args.solve,
+               **profile_solve(x, args.solve, out / f"trace_solve_torch_{dtype}.json.gz")}
+        summary.append(row)
+        print(json.dumps({k: v for k, v in row.items() if k != "between_all_us"}), flush=True)
         (out / "timeline.json").write_text(json.dumps(summary, indent=1))
         del x
     return 0
@@ -98,14 +113,62 @@ def profile(sweep, sweeps: int, trace: Path) -> list[dict]:
             with record_function("sinklabel_sweep"):
                 sweep()
         torch.cuda.synchronize()
+    events = _exported(prof, trace)
+    return [split(span, events) for span in events
+            if span.get("name") == "sinklabel_sweep" and span.get("cat") == "user_annotation"]
+
+
+def profile_solve(x, passes: int, trace: Path) -> dict:
+    """One torch solve of ``passes`` passes of ``x`` (a first one outside the profile tunes,
+    compiles and records the CUDA graph), profiled; its trace goes to ``trace`` and
+    :func:`between_passes` summarises it."""
+    import warnings
+
+    import torch
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    import sinklabel
+
+    def solve() -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", sinklabel.ConvergenceWarning)
+            sinklabel.sinkhorn(x, x.shape[1], lam=LAM, tol=1e-12, max_iter=passes)
+
+    solve()
+    torch.cuda.synchronize()
+    with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA],
+                       with_stack=True) as prof:
+        solve()
+        torch.cuda.synchronize()
+    return between_passes(_exported(prof, trace))
+
+
+def between_passes(events: list[dict]) -> dict:
+    """The main kernels of a profiled solve (every sweep kernel at least half as long as the
+    longest: one per pass; the labels' kernel after the last pass is not one) and the
+    device's idle time from the end of one to the start of the next (microseconds; the
+    median, and every gap in order)."""
+    kernels = [e for e in events if e.get("ph") == "X" and e.get("cat") == "kernel"
+               and "sweep" in e.get("name", "")]
+    longest = max((e["dur"] for e in kernels), default=0.0)
+    main = sorted((e for e in kernels if e["dur"] >= longest / 2), key=lambda e: e["ts"])
+    gaps = [b["ts"] - (a["ts"] + a["dur"]) for a, b in pairwise(main)]
+    return {"passes_seen": len(main),
+            "main_us": float(np.median([e["dur"] for e in main])) if main else None,
+            "between_us": float(np.median(gaps)) if gaps else None,
+            "between_all_us": [round(g, 1) for g in gaps]}
+
+
+def _exported(prof, trace: Path) -> list[dict]:
+    """The profile's Chrome-trace events, also written to ``trace`` (gzipped)."""
     plain = trace.with_suffix("")
     prof.export_chrome_trace(str(plain))
     events = json.loads(plain.read_text())["traceEvents"]
     with gzip.open(trace, "wt") as handle:
         json.dump(events, handle)
     plain.unlink()
-    return [split(span, events) for span in events
-            if span.get("name") == "sinklabel_sweep" and span.get("cat") == "user_annotation"]
+    return events
 
 
 def split(span: dict, events: list[dict]) -> dict:
