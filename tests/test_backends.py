@@ -267,9 +267,9 @@ def test_auto_prefers_numba_for_numpy_input():
 
 
 def test_each_solve_gets_a_kernel_of_its_own(backend):
-    """The GPU kernels keep state between the sweeps of a solve (the rows' log-sum-exps): a
-    kernel shared by every solve made a repeated solve differ in the last bits, and solves in
-    two threads would have raced on it."""
+    """Nothing a kernel keeps may pass from one solve to the next, or be raced on by solves in
+    two threads: a kernel shared by every solve once carried one solve's stored row shifts
+    into the next, and a repeated solve differed in the last bits."""
     first, second = get_kernel(backend), get_kernel(backend)
     assert first is not second and type(first) is type(second)
     assert resolve_kernel("auto", "numpy") is not resolve_kernel("auto", "numpy")

@@ -43,8 +43,8 @@ def available_backends() -> list[str]:
 
 def get_kernel(name: str) -> Kernel:
     """A new kernel object of backend ``name``; ImportError says what to install. Each solve
-    takes its own: the GPU kernels keep state between the sweeps of one solve (the rows'
-    log-sum-exps), so a solve repeated gives the same bits and threads share nothing."""
+    takes its own, so that nothing a kernel keeps is shared between solves or threads (a
+    cached one once carried a solve's stored row shifts into the next solve)."""
     if name not in _KERNELS:
         raise ValueError(f"backend must be 'auto' or one of {sorted(_KERNELS)}, got {name!r}")
     module, cls, requirement = _KERNELS[name]
