@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.gpu_bench import LAM, cupy_ms, flat_scores, torch_ms
+from benchmarks.gpu_bench import LAM, cupy_ms, flat_scores, solve_passes, torch_ms
 from benchmarks.gpu_sweep_breakdown import CONFIGS, _backend, _key
 
 #: The backends and dtypes profiled, each with the first configuration of its ``CONFIGS`` row.
@@ -102,18 +102,14 @@ def profile(sweep, sweeps: int, trace: Path) -> list[dict]:
     """Profile ``sweeps`` sweeps (each in its own ``record_function`` range), write the Chrome
     trace to ``trace`` (gzipped) and return, per sweep, the device's waits and the host's
     CUDA calls (microseconds)."""
-    import torch
-    from torch.profiler import ProfilerActivity, record_function
-    from torch.profiler import profile as torch_profile
+    from torch.profiler import record_function
 
-    torch.cuda.synchronize()
-    with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA],
-                       with_stack=True) as prof:
+    def sweeps_in_ranges() -> None:
         for _ in range(sweeps):
             with record_function("sinklabel_sweep"):
                 sweep()
-        torch.cuda.synchronize()
-    events = _exported(prof, trace)
+
+    events = _traced(sweeps_in_ranges, trace)
     return [split(span, events) for span in events
             if span.get("name") == "sinklabel_sweep" and span.get("cat") == "user_annotation"]
 
@@ -122,26 +118,8 @@ def profile_solve(x, passes: int, trace: Path) -> dict:
     """One torch solve of ``passes`` passes of ``x`` (a first one outside the profile tunes,
     compiles and records the CUDA graph), profiled; its trace goes to ``trace`` and
     :func:`between_passes` summarises it."""
-    import warnings
-
-    import torch
-    from torch.profiler import ProfilerActivity
-    from torch.profiler import profile as torch_profile
-
-    import sinklabel
-
-    def solve() -> None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", sinklabel.ConvergenceWarning)
-            sinklabel.sinkhorn(x, x.shape[1], lam=LAM, tol=1e-12, max_iter=passes)
-
-    solve()
-    torch.cuda.synchronize()
-    with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA],
-                       with_stack=True) as prof:
-        solve()
-        torch.cuda.synchronize()
-    return between_passes(_exported(prof, trace))
+    solve_passes(x, passes)
+    return between_passes(_traced(lambda: solve_passes(x, passes), trace))
 
 
 def between_passes(events: list[dict]) -> dict:
@@ -160,8 +138,19 @@ def between_passes(events: list[dict]) -> dict:
             "between_all_us": [round(g, 1) for g in gaps]}
 
 
-def _exported(prof, trace: Path) -> list[dict]:
-    """The profile's Chrome-trace events, also written to ``trace`` (gzipped)."""
+def _traced(run, trace: Path) -> list[dict]:
+    """The Chrome-trace events of ``run()`` profiled on the host (with Python stacks) and the
+    device, from a synchronised start to a synchronised end; also written to ``trace``
+    (gzipped)."""
+    import torch
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    torch.cuda.synchronize()
+    with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA],
+                       with_stack=True) as prof:
+        run()
+        torch.cuda.synchronize()
     plain = trace.with_suffix("")
     prof.export_chrome_trace(str(plain))
     events = json.loads(plain.read_text())["traceEvents"]
