@@ -11,9 +11,9 @@ scan for "the first index holding this value" that every label search uses.
 Without numba the exact solver still runs its loops as plain Python, so this module then
 binds the names those loops use (``njit``, ``prange``, :func:`fmax`, :func:`fmin`,
 :func:`first_equal`) to plain Python with the same results; the rest (``fmaximum``,
-``block_keep``) serve only the Numba backend, which is unavailable without numba. It sits at the
-top of the package, not in ``kernels/``, because the exact layer uses it and a module there is
-a backend whose import fails without its library.
+``block_keep``, ``prefetch``) serve only the Numba backend, which is unavailable without
+numba. It sits at the top of the package, not in ``kernels/``, because the exact layer uses it
+and a module there is a backend whose import fails without its library.
 
 Numba's on-disk cache is keyed by the caller's source file: after editing this module, delete
 the ``__pycache__`` folders so that cached callers are compiled again.
@@ -149,6 +149,28 @@ def block_keep(typingctx, z, j, threshold, dst, d):
         return builder.zext(any_hit, ir.IntType(64))
 
     return types.int64(z, j, threshold, dst, d), codegen
+
+
+@_intrinsic()
+def prefetch(typingctx, arr, index):
+    """Ask the CPU to start loading the cache line holding ``arr[index]`` (``llvm.prefetch``:
+    a read, kept in every cache level). A hint: it never faults and changes no result."""
+    if not isinstance(arr, types.Array) or not isinstance(index, types.Integer):
+        return None
+
+    def codegen(context, builder, sig, args):
+        data = context.make_array(sig.args[0])(context, builder, args[0]).data
+        byte_pointer = ir.IntType(8).as_pointer()
+        i32 = ir.IntType(32)
+        function = builder.module.declare_intrinsic(
+            "llvm.prefetch", [byte_pointer],
+            ir.FunctionType(ir.VoidType(), [byte_pointer, i32, i32, i32]))
+        address = builder.bitcast(builder.gep(data, [args[1]]), byte_pointer)
+        read, keep_everywhere, data_cache = (ir.Constant(i32, v) for v in (0, 3, 1))
+        builder.call(function, [address, read, keep_everywhere, data_cache])
+        return context.get_dummy_value()
+
+    return types.none(arr, index), codegen
 
 
 def _python_block_find(z, j, value):

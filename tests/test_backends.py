@@ -336,6 +336,49 @@ def test_numba_sweep_is_deterministic_across_thread_counts():
     assert np.array_equal(first, kernel.sweep(scores, f, 25.0))
 
 
+@requires_numba
+@pytest.mark.parametrize(("dtype", "k", "lines"), [
+    (np.float32, 1000, 63), (np.float32, 3000, 64), (np.float64, 300, 38), (np.float16, 1000, 32),
+])
+def test_numba_prefetch_asks_for_each_line_of_the_next_rows_first_page(dtype, k, lines):
+    """One request per 64-byte line of the first 4 KB of a row, none past the buffer's end."""
+    from types import FunctionType
+
+    from sinklabel.kernels import numba as backend
+
+    requested = []
+    python = backend._prefetch_row.py_func
+    scope = dict(python.__globals__, prefetch=lambda buf, j: requested.append(j))
+    prefetch_row = FunctionType(python.__code__, scope)
+    buf = backend._row_buffer(np.zeros((3, k), dtype))[0]
+    step = 64 // buf.itemsize
+    prefetch_row(buf, k, k)
+    assert requested == list(range(k, k + lines * step, step))
+    requested.clear()
+    prefetch_row(buf, 3 * k - 10, k)  # the last ten scores: only their lines
+    prefetch_row(buf, 3 * k, k)  # past the last row: nothing
+    assert requested == list(range(3 * k - 10, 3 * k, step))
+
+
+@requires_numba
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
+def test_numba_sweep_gives_the_same_bits_without_its_prefetch(dtype, monkeypatch):
+    """The prefetch is a hint: the pass recompiled without it (as the CPU benchmark times it)
+    gives the same masses and log-sum-exp, on rows that are a slice of wider ones too."""
+    from benchmarks.cpu_iteration import _no_prefetch, _sweep_with
+    from sinklabel.kernels import numba as backend
+
+    k = 1000  # rows of 2-8 KB: the prefetch asks for whole rows and for the first page
+    kernel, f = get_kernel("numba"), _potentials(k)
+    wide = _scores(np.float64, n=700, k=k + 13).astype(dtype)
+    chunks = (wide[:, :k], np.ascontiguousarray(wide[:, :k]))
+    prefetched = [kernel.sweep_lse(chunk, f, 25.0) for chunk in chunks]
+    monkeypatch.setattr(backend, "_sweep_rows", _sweep_with(_prefetch_row=_no_prefetch))
+    for chunk, (mass, lse) in zip(chunks, prefetched, strict=True):
+        plain_mass, plain_lse = kernel.sweep_lse(chunk, f, 25.0)
+        assert np.array_equal(mass, plain_mass) and lse == plain_lse
+
+
 # --- the fused pass the solver calls: masses and the rows' log-sum-exp ---------------------------
 
 

@@ -2,7 +2,9 @@
 
 A sweep reads each row of scores from memory once; everything after that stays in L1:
 
-1. ``z = lam * s + f`` for the row, with its maximum and minimum (8-wide vector code).
+1. ``z = lam * s + f`` for the row, with its maximum and minimum (8-wide vector code); then
+   the first 4 KB of the next row are requested (:func:`_prefetch_row`), so that they load
+   while this row is computed.
 2. Screening: ``exp(z - max)`` underflows to 0 for ``z < max - 87.3`` (float32), and at lam=25
    on classifier scores about 96% of a row does. Blocks of ``W = 8`` that hold any larger ``z``
    are packed, without branches, into a scratch row; the rest is never exponentiated. A row
@@ -63,7 +65,18 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic, overload
 
-from .._simd import FAST, W, block_keep, block_pointer, first_equal, fmax, fmaximum, fmin, splat
+from .._simd import (
+    FAST,
+    W,
+    block_keep,
+    block_pointer,
+    first_equal,
+    fmax,
+    fmaximum,
+    fmin,
+    prefetch,
+    splat,
+)
 from ._base import Kernel, compute_dtype
 
 # Below these, exp(x) is 0 or subnormal, and its share of a row sum (which is >= 1) is below
@@ -292,6 +305,28 @@ def _exp_overload(x):
 # Scores are read through ``_widen``; everything after the load is in the compute dtype, which
 # is ``f``'s (float32 for 16-bit storage), so a 16-bit chunk gives the bits of its float32 copy.
 
+#: Bytes of the next row requested while a row is screened and exponentiated.
+PREFETCH_BYTES = 4096
+#: Bytes per cache line: one prefetch each.
+_LINE_BYTES = 64
+
+
+@njit(nogil=True, cache=True)
+def _prefetch_row(buf, start, k):
+    """Request the cache lines of the first ``PREFETCH_BYTES`` of the row at ``buf[start:]``.
+
+    The sweep reads a row once, then works on it in L1; without this the next row's loads
+    start only when its read does, and every 4 KB page of rows begins with misses that the
+    hardware prefetcher does not cover. Requested after a row is read, the next one arrives
+    while this one is computed: 6-15% less time per pass on 2-core Zen 4 (1e6 x 1000 and
+    333,333 x 3000 float32, 3e6 x 300 about 4%; ``benchmarks/cpu_iteration.py``). More than a
+    page ahead bought nothing there, and whole wide rows would crowd L1.
+    """
+    stop = min(start + min(k, PREFETCH_BYTES // buf.itemsize), len(buf))
+    for j in range(start, stop, _LINE_BYTES // buf.itemsize):
+        prefetch(buf, j)
+
+
 # Each kernel handles the rows [lo, hi) and releases the GIL, so the kernel object can run one
 # row range per thread (see ``_RowThreads``). Plain ``nogil`` functions compile in about half
 # the time of ``parallel=True`` ones, which matters for the first call in a training job.
@@ -321,6 +356,7 @@ def _sweep_rows(buf, lo, hi, k, ld, f, lam, underflow, acc):
             z[j] = value
             top = fmax(top, value)
             bottom = fmin(bottom, value)
+        _prefetch_row(buf, (i + 1) * ld, k)
         total = f.dtype.type(0.0)
         if bottom - top >= underflow:
             # Every exponential is in range (small lam): screening would find nothing to skip.
