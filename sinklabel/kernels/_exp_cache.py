@@ -53,7 +53,7 @@ from numba.extending import overload
 
 from .._simd import FAST, W, block_keep, fmax
 from ._base import compute_dtype
-from .numba import _UNDERFLOW, NumbaKernel, _exp, _row_buffer, _row_ranges, _widen
+from .numba import _UNDERFLOW, NumbaKernel, _exp, _prefetch_row, _row_buffer, _row_ranges, _widen
 from .numba import _best_rows as _raw_best_rows
 from .numba import _sweep_rows as _raw_sweep_rows
 
@@ -139,6 +139,7 @@ def _build_rows(buf, lo, hi, k, ld, f, lam, window, scale, tol, cap,
             value = lam64 * np.float64(_widen(row[j])) + f[j]
             z[j] = value
             m = fmax(m, value)
+        _prefetch_row(buf, (lo + r + 1) * ld, k)
         width = window
         count = _count_at_least(z, m - width)
         halvings = 0
