@@ -318,9 +318,10 @@ def _prefetch_row(buf, start, k):
     The sweep reads a row once, then works on it in L1; without this the next row's loads
     start only when its read does, and every 4 KB page of rows begins with misses that the
     hardware prefetcher does not cover. Requested after a row is read, the next one arrives
-    while this one is computed: 6-15% less time per pass on 2-core Zen 4 (1e6 x 1000 and
-    333,333 x 3000 float32, 3e6 x 300 about 4%; ``benchmarks/cpu_iteration.py``). More than a
-    page ahead bought nothing there, and whole wide rows would crowd L1. The table build of
+    while this one is computed: 11% less time per pass at 1e6 x 1000 float32 on a 2-core Zen
+    4 VM (flat and peaked), 3% at K = 300 and 3000 and in float16 (``benchmarks/
+    cpu_iteration.py``). More than a page ahead bought nothing there, and whole wide rows would
+    crowd L1. The table build of
     ``cache=True`` prefetches too (1-10% faster); the label pass, with little work per row
     after its read, gained nothing measurable and does not.
     """
