@@ -6,8 +6,9 @@
 # timeouts (the CUDA tests took 156-195 s of it: they compile every tuning candidate, up to
 # 13 Triton and 20 CUDA C per kernel and dtype). Logs, the benchmarks' JSON and the
 # timeline's traces go to $OUT (default: bench-results/), nineteen files; a runner that
-# brings back fewer (the device runner here brings back eight) can point OUT elsewhere and
-# pack it.
+# brings back fewer can point OUT elsewhere and pack it. On the device runner here (eight
+# files back), with its own $OUT:
+#   OUT=/tmp/res bash benchmarks/gpu_check.sh; tar czf "$OUT/res.tgz" -C /tmp res; cp /tmp/res/*.log "$OUT"
 # The benchmarks run first: a test run cut short still leaves the figures.
 set -u
 cd "$(dirname "$0")/.."
