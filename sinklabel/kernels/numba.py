@@ -321,9 +321,8 @@ def _prefetch_row(buf, start, k):
     while this one is computed: 11% less time per pass at 1e6 x 1000 float32 on a 2-core Zen
     4 VM (flat and peaked), 3% at K = 300 and 3000 and in float16 (``benchmarks/
     cpu_iteration.py``). More than a page ahead bought nothing there, and whole wide rows would
-    crowd L1. The table build of
-    ``cache=True`` prefetches too (1-10% faster); the label pass, with little work per row
-    after its read, gained nothing measurable and does not.
+    crowd L1. The table build of ``cache=True`` prefetches too (1-10% faster); the label pass,
+    with little work per row after its read, gained nothing measurable and does not.
     """
     stop = min(start + min(k, PREFETCH_BYTES // buf.itemsize), len(buf))
     for j in range(start, stop, _LINE_BYTES // buf.itemsize):
