@@ -3,12 +3,18 @@
 Sinkhorn's error falls roughly geometrically, so the number of iterations still needed is
 estimated from the recent slope of log(error); the bar's total follows that estimate (capped
 at ``max_iter``), which makes tqdm's percentage and ETA mean "until converged".
+
+The slope is that of the best error so far. The solver's own errors are not monotone (a
+line search tries steps that overshoot), and on peaked scores the raw slope changed sign
+every other pass: the total jumped between ``max_iter`` and a few dozen. A window in which
+the best error did not fall keeps the last estimate instead.
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
+import itertools
 import math
 import sys
 import time
@@ -34,14 +40,16 @@ def progress_label(desc: str, position: int | None = None) -> Iterator[None]:
 
 
 def iterations_left(history: list[float], tol: float | None) -> float | None:
-    """Iterations until ``tol`` if the error keeps falling at its recent geometric rate."""
+    """Iterations until ``tol`` if the best error keeps falling at its recent geometric rate
+    (None while that rate is unknown: too short a history, or no fall in the window)."""
     if tol is None or not history:
         return None
-    if history[-1] <= tol:
+    best = list(itertools.accumulate(history, min))
+    if best[-1] <= tol:
         return 0.0
-    if len(history) < 3:
+    if len(best) < 3:
         return None
-    window = history[-RATE_WINDOW:]
+    window = best[-RATE_WINDOW:]
     first, last = window[0], window[-1]
     if not (first > 0 and math.isfinite(first) and math.isfinite(last)):
         return None
@@ -61,6 +69,7 @@ class Progress:
         self.tol = tol
         self.history: list[float] = []
         self._bar: Any = None
+        self._estimate = total
         self._last = 0.0
         self._start = time.perf_counter()
         label, position = _label.get()
@@ -75,11 +84,14 @@ class Progress:
                          dynamic_ncols=True, position=position)
 
     def estimated_total(self, iteration: int) -> int:
-        """Iterations the solve will probably take (``max_iter`` while unknown)."""
+        """Iterations the solve will probably take: ``max_iter`` until a rate is known, then
+        the latest estimate (kept while the best error stalls), never below this pass's."""
         left = iterations_left(self.history, self.tol)
-        if left is None:
-            return self.max_total
-        return min(self.max_total, iteration + math.ceil(left))
+        if left == 0:
+            return iteration
+        if left is not None:
+            self._estimate = min(self.max_total, iteration + math.ceil(left))
+        return max(self._estimate, min(iteration + 1, self.max_total))
 
     def update(self, iteration: int, error: float) -> None:
         if not self.enabled:

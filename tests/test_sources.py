@@ -560,6 +560,26 @@ def test_progress_bar_total_tracks_the_estimate():
     bar.close()
 
 
+def test_progress_total_follows_the_best_error_through_overshooting_trials():
+    """A line search's overshooting trials interleave with the falling best error: the rate is
+    the best error's, and a stall keeps the last estimate instead of going back to max_iter."""
+    falling = [0.5**i for i in range(12)]
+    zigzag = [e for pair in zip(falling, [10.0] * 12, strict=True) for e in pair]
+    # The best error's last 10 values: 4 halvings in 9 passes; 9 halvings to go.
+    assert iterations_left(zigzag, tol=0.5**20) == pytest.approx(9 * 9 / 4)
+    bar = Progress(False, total=1000, tol=0.5**20)
+    totals = []
+    for i, error in enumerate(zigzag + [10.0] * 100, start=1):
+        bar.history.append(error)
+        totals.append(bar.estimated_total(i))
+    assert totals[:2] == [1000, 1000]  # no rate yet
+    assert 1000 not in totals[2:]
+    assert totals[len(zigzag) - 1] == len(zigzag) + 21
+    stalled = totals[len(zigzag) + 10:]  # the window holds no fall any more
+    assert stalled[0] == stalled[50] > len(zigzag) + 21  # the last estimate holds
+    assert totals[-1] == len(totals) + 1  # and never falls behind the solve
+
+
 @pytest.mark.filterwarnings("ignore::sinklabel.ConvergenceWarning")
 def test_progress_without_tqdm_prints_a_line(scores64, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "tqdm.auto", None)
