@@ -267,3 +267,77 @@ def test_check_skips_the_exact_solve_beyond_the_library_limit(scores_file, tmp_p
     np.save(labels, np.arange(300) % 6)
     assert main(["check", str(scores_file), str(labels)]) == 1
     assert "bound" in capsys.readouterr().out
+
+
+def test_assign_weights_then_check_weights_certifies_the_sizes(scores_file, tmp_path, capsys):
+    """Proportions reach the solve (sizes floor or ceil of N * w with --exact, the optimum of
+    those sizes by the exact solver) and the check measures against the same sizes."""
+    weights, labels = tmp_path / "w.npy", tmp_path / "labels.npy"
+    w = np.array([1.0, 2.0, 3.0, 1.0, 2.0, 1.0])  # normalised: 30, 60, 90, 30, 60, 30 of 300
+    np.save(weights, w)
+    assert main(["assign", str(scores_file), "-k", "6", "-o", str(labels), "--weights",
+                 str(weights), "--exact", "--no-progress"]) == 0
+    sizes = (300 * w / w.sum()).astype(np.int64)
+    np.testing.assert_array_equal(np.bincount(np.load(labels), minlength=6), sizes)
+    scores = np.load(scores_file)
+    exact = sinklabel.solve_exact(scores, 6, capacities=sizes)
+    np.testing.assert_allclose(-scores[np.arange(300), np.load(labels)].sum(), exact.objective,
+                               rtol=1e-6)
+    capsys.readouterr()
+    assert main(["check", str(scores_file), str(labels), "--weights", str(weights)]) == 0
+    assert main(["check", str(scores_file), str(labels)]) == 1  # not the uniform sizes
+    np.save(weights, w[:5])
+    assert main(["check", str(scores_file), str(labels), "--weights", str(weights)]) == 2
+    assert "label_weights" in capsys.readouterr().err
+
+
+def test_assign_warm_starts_from_saved_potentials(scores_file, tmp_path, capsys):
+    """Potentials saved by one run, given back with --init, already meet the tolerance on the
+    first pass (the cold run needs several)."""
+    potentials = tmp_path / "f.npy"
+    argv = ["assign", str(scores_file), "-k", "6", "-o", str(tmp_path / "labels.npy"),
+            "--no-progress", "--tol", "1e-6"]
+    assert main(argv + ["--potentials", str(potentials)]) == 0
+    cold = capsys.readouterr().err
+    assert main(argv + ["--init", str(potentials)]) == 0
+    warm = capsys.readouterr().err
+    assert "iterations        1 (converged)" in warm
+    assert "iterations        1 " not in cold
+
+
+def test_assign_passes_memory_limit_and_cache_to_the_solve(scores_file, tmp_path, monkeypatch):
+    pytest.importorskip("numba")
+    solves = []
+
+    def recording(*args, **kwargs):
+        solves.append(kwargs)
+        return sinklabel.sinkhorn(*args, **kwargs)
+
+    monkeypatch.setattr("sinklabel.commands.assign.sinkhorn", recording)
+    labels = []
+    for extra in ([], ["--memory-limit", "64KiB", "--cache"]):
+        out = tmp_path / f"labels{len(labels)}.npy"
+        assert main(["assign", str(scores_file), "-k", "6", "-o", str(out), "--no-progress",
+                     "--backend", "numba", *extra]) == 0
+        labels.append(np.load(out))
+    assert solves[1]["memory_limit"] == "64KiB" and solves[1]["cache"] is True
+    assert solves[0]["memory_limit"] is None and solves[0]["cache"] is False
+    np.testing.assert_array_equal(labels[0], labels[1])
+
+
+def test_cache_with_a_backend_that_has_none_is_an_error(scores_file, tmp_path, capsys):
+    assert main(["assign", str(scores_file), "-k", "6", "-o", str(tmp_path / "l.npy"),
+                 "--backend", "numpy", "--cache"]) == 2
+    assert "cache" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", ["lots", "0", "-1GB"])
+def test_a_bad_memory_limit_is_refused_by_name_before_any_work(capsys, monkeypatch, value):
+    err = _rejected_before_work(["demo", f"--memory-limit={value}"], capsys, monkeypatch)
+    assert "argument --memory-limit" in err and repr(value) in err
+
+
+def test_chunk_size_and_memory_limit_are_refused_together(capsys, monkeypatch):
+    err = _rejected_before_work(["demo", "--chunk-size", "100", "--memory-limit", "1GB"],
+                                capsys, monkeypatch)
+    assert "not allowed with argument --chunk-size" in err

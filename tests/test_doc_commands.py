@@ -246,9 +246,12 @@ def test_a_missing_thing_fails(command, monkeypatch, capsys):
 def test_sinklabel_commands_run_as_written(tmp_path, monkeypatch, capsys):
     """Every ``sinklabel`` command of the docs, in page order, on 2000 x 1000 scores (K as
     the docs' ``-k 1000``) in a scratch folder: exit 0 or 1 (not converged, not optimal), never
-    2 (bad input) or a traceback. ``assign`` writes the labels.npy that ``check`` reads."""
+    2 (bad input) or a traceback. ``assign`` writes the labels.npy that ``check`` reads (and the
+    potentials a later ``--init`` reads); the other inputs the docs name are made here."""
     monkeypatch.chdir(tmp_path)
-    np.save("scores.npy", make_scores(2000, 1000, regime="flat", seed=0).scores)
+    for seed, name in enumerate(["scores.npy", "epoch1.npy", "epoch2.npy"]):
+        np.save(name, make_scores(2000, 1000, regime="flat", seed=seed).scores)
+    np.save("priors.npy", np.random.default_rng(0).uniform(0.5, 1.5, 1000))
     ran = 0
     for _, command in COMMANDS:
         words = shlex.split(command)

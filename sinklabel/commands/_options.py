@@ -11,6 +11,7 @@ import numpy as np
 
 from .._validation import check_positive
 from ..api import DEFAULT_LAM, DEFAULT_MAX_ITER, DEFAULT_TOL
+from ..sources.memory import parse_memory
 
 #: The commands read scores into NumPy arrays, which only these backends take.
 BACKENDS = ("auto", "numba", "numpy")
@@ -30,6 +31,17 @@ def positive(kind: type) -> Callable[[str], Any]:
     return parse
 
 
+def memory_size(text: str) -> str:
+    """An argparse ``type`` for a memory budget such as ``2GB``, checked by the library's own
+    parser so that a bad one is refused by option name before any work."""
+    try:
+        parse_memory(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be a size above 0 such as 2GB or 512MiB, got {text!r}") from None
+    return text
+
+
 def add_solver_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lam", type=positive(float), default=DEFAULT_LAM,
                         help="inverse temperature (default: %(default)s)")
@@ -39,8 +51,16 @@ def add_solver_options(parser: argparse.ArgumentParser) -> None:
                         help="most passes over the scores (default: %(default)s)")
     parser.add_argument("--backend", choices=BACKENDS, default="auto",
                         help="auto: numba when installed, else numpy (default: %(default)s)")
-    parser.add_argument("--chunk-size", type=positive(int), default=None,
-                        help="rows per chunk (default: the backend's)")
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--chunk-size", type=positive(int), default=None,
+                      help="rows per chunk (default: the backend's)")
+    size.add_argument("--memory-limit", type=memory_size, default=None, metavar="SIZE",
+                      help="budget for the solve's extra memory, such as 2GB or 512MiB: "
+                      "chunks shrink to fit it (default: no budget)")
+    parser.add_argument("--cache", action="store_true",
+                        help="numba backend only: keep the exponentials that can matter "
+                        "between passes, so later passes do not read the scores (faster, "
+                        "more memory; counted in --memory-limit)")
     parser.add_argument("--no-progress", dest="progress", action="store_false",
                         help="hide the progress bar")
 
@@ -48,7 +68,8 @@ def add_solver_options(parser: argparse.ArgumentParser) -> None:
 def solver_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "lam": args.lam, "tol": args.tol, "max_iter": args.max_iter, "backend": args.backend,
-        "chunk_size": args.chunk_size, "progress": args.progress,
+        "chunk_size": args.chunk_size, "memory_limit": args.memory_limit, "cache": args.cache,
+        "progress": args.progress,
     }
 
 

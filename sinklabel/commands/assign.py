@@ -1,7 +1,8 @@
 """Assign balanced labels to the scores in a .npy file and save them.
 
 The file is memory-mapped and read in chunks, so it may be larger than memory. The labels
-(int64), potentials and prices are saved to exactly the paths given. Exit code 0 when the solve
+(int64), potentials and prices are saved to exactly the paths given; potentials saved by one
+run warm-start the next (``--init``). Exit code 0 when the solve
 converged, 1 when it stopped at --max-iter (the labels are still saved), 2 on bad input.
 """
 
@@ -18,6 +19,7 @@ from ..check import result_prices
 from ._options import (
     add_solver_options,
     check_outputs,
+    load_npy,
     positive,
     save_npy,
     solver_kwargs,
@@ -33,6 +35,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prices", help="also save the label prices (.npy, in the units of "
                         "the scores) here: 'sinklabel check --prices' bounds the optimum "
                         "with them without solving the exact problem")
+    parser.add_argument("--weights", help="(K,) .npy file of target label proportions "
+                        "(positive, normalised here; default: uniform)")
+    parser.add_argument("--init", help="(K,) .npy file of potentials to warm-start from, as "
+                        "saved by --potentials on earlier scores")
     parser.add_argument("--exact", action="store_true",
                         help="exactly balanced labels (sizes floor or ceil of N/K): the "
                         "certified optimum of the exact problem, which 'sinklabel check' "
@@ -43,10 +49,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     extras = [path for path in (args.potentials, args.prices) if path]
     check_outputs([args.output, *extras], args.scores)
+    weights = None if args.weights is None else load_npy(args.weights, "weights")
+    init = None if args.init is None else load_npy(args.init, "init")
     start = time.perf_counter()
     balance = "exact" if args.exact else None
     # The path, not an array: the file is memory-mapped.
-    result = sinkhorn(args.scores, args.k, balance=balance, **solver_kwargs(args))
+    result = sinkhorn(args.scores, args.k, label_weights=weights, init=init, balance=balance,
+                      **solver_kwargs(args))
     seconds = time.perf_counter() - start
     save_npy(args.output, np.asarray(result.labels))
     if args.potentials:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 
+from .._capacities import balanced_range
+from .._validation import check_label_weights
 from ..check import check
 from ..sources import as_source
 from ._options import load_npy, positive
@@ -19,8 +21,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("labels", help="(N,) integer .npy file of labels to check")
     parser.add_argument("-k", "--k", type=positive(int),
                         help="number of labels K (default: from scores)")
-    parser.add_argument("--capacities", help="(K,) integer .npy file of exact label sizes "
-                        "(default: floor or ceil of N/K each)")
+    sizes = parser.add_mutually_exclusive_group()
+    sizes.add_argument("--capacities", help="(K,) integer .npy file of exact label sizes "
+                       "(default: floor or ceil of N/K each)")
+    sizes.add_argument("--weights", help="(K,) .npy file of label proportions, as given to "
+                       "'sinklabel assign --weights': sizes floor or ceil of N * weight")
     parser.add_argument("--prices", help="(K,) float .npy file of label prices, as saved by "
                         "'sinklabel assign --prices', for the certified bound (default: zero "
                         "prices, a weak bound)")
@@ -35,6 +40,9 @@ def run(args: argparse.Namespace) -> int:
     if args.k is not None and args.k != scores.shape[1]:
         raise ValueError(f"-k {args.k} but the scores have shape {scores.shape}")
     capacities = None if args.capacities is None else load_npy(args.capacities, "capacities")
+    if args.weights is not None:
+        weights = check_label_weights(load_npy(args.weights, "weights"), scores.shape[1])
+        capacities = balanced_range(scores.shape[0], weights)
     prices = None if args.prices is None else load_npy(args.prices, "prices")
     report = check(labels, scores, capacities=capacities, prices=prices,
                    exact=False if args.no_exact else None)
