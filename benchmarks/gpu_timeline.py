@@ -70,19 +70,23 @@ def main(argv: list[str] | None = None) -> int:
                "read_ms": torch_ms(lambda x=x: torch.sum(x), 10), "sweep_ms": timer(sweep, 10)}
         trace = out / f"trace_{library}_{dtype}.json.gz"
         row["sweeps"] = profile(sweep, args.sweeps, trace)
-        summary.append(row)
-        print(json.dumps(row), flush=True)
-        (out / "timeline.json").write_text(json.dumps(summary, indent=1))
+        record(summary, row, out)
         del x
     for dtype in ("float32", "bfloat16") if args.solve else ():
         x = x32.to(getattr(torch, dtype))
         row = {"library": "torch", "dtype": dtype, "solve_passes": args.solve,
                **profile_solve(x, args.solve, out / f"trace_solve_torch_{dtype}.json.gz")}
-        summary.append(row)
-        print(json.dumps({k: v for k, v in row.items() if k != "between_all_us"}), flush=True)
-        (out / "timeline.json").write_text(json.dumps(summary, indent=1))
+        record(summary, row, out)
         del x
     return 0
+
+
+def record(summary: list[dict], row: dict, out: Path) -> None:
+    """Add a row to ``timeline.json`` (rewritten each time, so a run cut short keeps its
+    rows) and print it, without the long list of every gap."""
+    summary.append(row)
+    print(json.dumps({k: v for k, v in row.items() if k != "between_all_us"}), flush=True)
+    (out / "timeline.json").write_text(json.dumps(summary, indent=1))
 
 
 def forced_sweep(library: str, x):
