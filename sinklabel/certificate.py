@@ -180,7 +180,8 @@ def _partial_sums(
     d = v - _price_centre(v)
     primal = dual_rows = rounding = 0.0
     for start, stop, chunk in source.chunks(rows):
-        top, best = kernel.best(chunk, d, 1.0)
+        with np.errstate(over="ignore"):  # prices beyond the scores' dtype: named just below
+            top, best = kernel.best(chunk, d, 1.0)
         if not np.all(np.isfinite(kernel.to_numpy(top))):
             # NaN, +inf or a row of -inf would make the certificate NaN or inf: name it.
             check_chunk_scores(start, chunk, kernel, 1.0)
@@ -189,11 +190,13 @@ def _partial_sums(
         winner = kernel.gather(chunk, best)
         price = d[kernel.to_numpy(best)]
         own = kernel.gather(chunk, _like(chunk, y[start:stop]))
-        dual_rows -= float((winner + price).sum())
         primal -= float(own.sum())
         # The kernel compared scores plus prices: its error scales with both terms, not with
-        # their sum, which cancels to ~0 where the prices offset the scores.
-        rounding += unit * float((np.abs(winner) + np.abs(price)).sum())
+        # their sum, which cancels to ~0 where the prices offset the scores. Prices near
+        # float64's range overflow these sums to a bound of -inf, which proves nothing.
+        with np.errstate(over="ignore"):
+            dual_rows -= float((winner + price).sum())
+            rounding += unit * float((np.abs(winner) + np.abs(price)).sum())
     counts = np.bincount(y, minlength=K)
     return np.concatenate([[primal, dual_rows, rounding, y.size], counts]).astype(np.float64)
 
@@ -207,12 +210,13 @@ def _certificate_from_sums(
     centre = _price_centre(v)
     sizes = np.where(v >= 0, lower, upper)  # the size minimising lower * v, upper * v
     surplus = int(sizes.sum()) - int(n_points)
-    sized = sizes * (v - centre)
-    dual = dual_rows + centre * surplus + float(sized.sum())
+    with np.errstate(over="ignore", invalid="ignore"):  # an infinite bound is handled here
+        sized = sizes * (v - centre)
+        dual = dual_rows + centre * surplus + float(sized.sum())
+        rounding += 4 * v.size * 2.0**-53 * (float(np.abs(sized).sum()) + abs(centre * surplus))
     if np.isnan(dual):  # terms of opposite infinite sign: the prices prove nothing
         dual = -np.inf
     rounding += 4 * n_points * 2.0**-53 * (abs(primal) + abs(dual_rows))
-    rounding += 4 * v.size * 2.0**-53 * (float(np.abs(sized).sum()) + abs(centre * surplus))
     feasible = bool(np.all((counts >= lower) & (counts <= upper)))
     return Certificate(primal, dual, primal - dual, rounding, feasible)
 
