@@ -69,6 +69,9 @@ class CupyKernel(Kernel):
         dtype = _NAMES[x.dtype.char]
         key = (dtype, n_cols, plan)
         names = _kernel_names(*key)
+        tune = x.size >= TUNE_ELEMENTS
+        # One NVRTC call compiles every candidate once the plan is (or is about to be) tuned.
+        every = key in TUNER.chosen or TUNER.will_time(key, plan, tune)
         sums_args = (buffers.part, buffers.lse_parts, buffers.totals, np.int32(programs),
                      np.int32(programs), np.int32(n_cols))
 
@@ -86,9 +89,6 @@ class CupyKernel(Kernel):
             masses, lse = totals()
             return (masses, 0.0), (lse, n_rows)
 
-        tune = x.size >= TUNE_ELEMENTS
-        # One NVRTC call compiles every candidate once the plan is (or is about to be) tuned.
-        every = key in TUNER.chosen or TUNER.will_time(key, plan, tune)
         TUNER.run(launch, plan, key, result, tune=tune)
         return totals()
 
