@@ -24,10 +24,10 @@ so all processes of a distributed solve take identical steps.
 
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.linalg.blas import dtrsv
 
 from ._warnings import warn
 from .collective import LOCAL, Collective
@@ -185,14 +185,25 @@ class _Evaluations:
 
 
 class _Memory:
-    """The last curvature pairs (step, change of label mass) of L-BFGS, each with its
-    curvature ``step . change`` (computed once, not twice per direction)."""
+    """The last curvature pairs (step, change of label mass) of L-BFGS and their inner
+    products, for directions in the compact form of Byrd, Nocedal and Schnabel (1994).
+
+    The two-loop recursion costs 4m vector operations of length K per direction, each a
+    NumPy call; here a direction is two matrix-vector products with the pairs, stacked as
+    rows of one array, and two m x m triangular solves, and a new pair costs one product.
+    The pairs sit in chronological order in a buffer of twice ``size`` (moved to its front
+    when full), so every product takes one contiguous slice.
+    """
 
     def __init__(self, size: int):
-        self.pairs: deque[tuple[np.ndarray, np.ndarray, float]] = deque(maxlen=size)
+        self.size = size
+        self._pairs: np.ndarray | None = None  # row 2i: step i, row 2i + 1: its change
+        self._step_change = np.zeros((2 * size, 2 * size))  # [i, j] = step i . change j, i <= j
+        self._change_change = np.zeros((2 * size, 2 * size))  # [i, j] = change i . change j
+        self._first = self._stop = 0
 
     def clear(self) -> None:
-        self.pairs.clear()
+        self._first = self._stop = 0
 
     def add(self, step: np.ndarray, change: np.ndarray) -> None:
         """Keep a pair unless rounding has made its curvature meaningless.
@@ -200,24 +211,49 @@ class _Memory:
         The dual is concave, so ``step . change >= 0`` always holds in exact arithmetic.
         """
         curvature = float(step @ change)
-        if curvature > 1e-8 * float(np.linalg.norm(step) * np.linalg.norm(change)):
-            self.pairs.append((step, change, curvature))
+        if not curvature > 1e-8 * float(np.linalg.norm(step) * np.linalg.norm(change)):
+            return
+        if self._pairs is None:
+            self._pairs = np.empty((4 * self.size, step.shape[0]))
+        if self._stop - self._first == self.size:
+            self._first += 1
+        if self._stop == 2 * self.size:
+            self._move_to_front()
+        first, new = self._first, self._stop
+        self._pairs[2 * new] = step
+        self._pairs[2 * new + 1] = change
+        products = self._pairs[2 * first:2 * new + 2] @ change
+        self._step_change[first:new + 1, new] = products[0::2]
+        self._change_change[first:new + 1, new] = products[1::2]
+        self._change_change[new, first:new + 1] = products[1::2]
+        self._stop = new + 1
+
+    def _move_to_front(self) -> None:
+        first, stop, kept = self._first, self._stop, self._stop - self._first
+        self._pairs[:2 * kept] = self._pairs[2 * first:2 * stop]
+        for products in (self._step_change, self._change_change):
+            products[:kept, :kept] = products[first:stop, first:stop]
+        self._first, self._stop = 0, kept
 
     def direction(self, gradient: np.ndarray) -> np.ndarray | None:
-        """The L-BFGS ascent direction (two-loop recursion), or None with no pairs yet."""
-        if not self.pairs:
+        """The L-BFGS ascent direction (initial scaling by the newest pair), or None with no
+        pairs yet: ``H g = c g + S w - c Y v`` with ``R v = S'g`` and
+        ``R'w = D v + c (Y'Y v - Y'g)``, R the upper triangle of ``S'Y`` and D its diagonal."""
+        first, stop = self._first, self._stop
+        if stop == first:
             return None
-        q = gradient.copy()
-        coefficients = []
-        for step, change, curvature in reversed(self.pairs):
-            a = float(step @ q) / curvature
-            coefficients.append(a)
-            q -= a * change
-        _, change, curvature = self.pairs[-1]
-        q *= curvature / float(change @ change)
-        for (step, change, curvature), a in zip(self.pairs, reversed(coefficients), strict=True):
-            q += (a - float(change @ q) / curvature) * step
-        return q
+        pairs = self._pairs[2 * first:2 * stop]
+        products = pairs @ gradient
+        upper = self._step_change[first:stop, first:stop]
+        curvatures = upper.diagonal()
+        scale = curvatures[-1] / self._change_change[stop - 1, stop - 1]
+        v = dtrsv(upper, products[0::2])
+        rhs = curvatures * v + scale * (
+            self._change_change[first:stop, first:stop] @ v - products[1::2])
+        coefficients = np.empty(2 * (stop - first))
+        coefficients[0::2] = dtrsv(upper, rhs, trans=1)
+        coefficients[1::2] = -scale * v
+        return coefficients @ pairs + scale * gradient
 
 
 def _sinkhorn_step(point: _Point, log_target: np.ndarray) -> np.ndarray:

@@ -26,8 +26,9 @@ _PATTERN = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([a-z]*)\s*$", 
 #: Bytes per row of the solve that do not depend on K: the row's label while labels are
 #: gathered per block (int64) and again in the joined result.
 BYTES_PER_POINT = 16
-#: Bytes per label: potentials, accumulators, the target, a few float64 K-vectors.
-BYTES_PER_LABEL = 128
+#: Bytes per label: L-BFGS's buffer of curvature pairs (4 x 10 float64 K-vectors), the
+#: potentials, accumulators, target and a few more float64 K-vectors.
+BYTES_PER_LABEL = 512
 
 
 def parse_memory(limit: int | str) -> int:
