@@ -16,7 +16,7 @@ from .exact import ExactResult, solve_exact
 from .heads import sinkhorn_heads
 from .kernels import available_backends
 from .result import SinkhornResult
-from .solver import ConvergenceWarning
+from .solver import ConvergenceWarning, PrecisionWarning
 
 __version__ = "0.1.0"  # the only place the version is written: pyproject.toml reads it
 
@@ -25,6 +25,7 @@ __all__ = [
     "CheckReport",
     "ConvergenceWarning",
     "ExactResult",
+    "PrecisionWarning",
     "RankFailedError",
     "SinkhornLabeler",
     "SinkhornResult",

@@ -32,6 +32,7 @@ from scipy.linalg.blas import dtrsv
 from ._warnings import warn
 from .collective import LOCAL, Collective
 from .kernels import Kernel
+from .kernels._base import compute_dtype
 from .progress import Progress
 from .sources import Array, Source
 
@@ -46,6 +47,9 @@ CURVATURE = 0.9
 DELTA = 0.1
 #: Relative rounding noise of the objective: it is a mean of float32 log-sum-exps.
 OBJECTIVE_NOISE = 1e-6
+#: Largest rounding of ``lam * logp + f`` (natural-log units) a solve returns without a
+#: PrecisionWarning: every exponential of the plan is that inexact, relatively.
+PRECISION_LIMIT = 1e-3
 
 
 @dataclass(frozen=True)
@@ -149,6 +153,7 @@ class _Evaluations:
         self.tol, self.max_iter, self.bar = tol, max_iter, bar
         self.history: list[float] = []
         self.best: _Point | None = None
+        self.largest = 0.0  # the largest _size of the points evaluated
 
     @property
     def finished(self) -> bool:
@@ -165,6 +170,7 @@ class _Evaluations:
             noise=OBJECTIVE_NOISE * (abs(linear) + abs(lse) + 1.0),
             gradient=gradient, error=float(np.abs(gradient).sum()),
         )
+        self.largest = max(self.largest, _size(point))
         if self.best is None or point.error < self.best.error:
             self.best = point
         self._record(point.error)
@@ -348,9 +354,37 @@ def solve(
             f"(label-marginal error {best.error:.3g}); raise max_iter or tol",
             ConvergenceWarning,
         )
+    # A solve that failed may have failed for want of precision along its way.
+    size = _size(best) if converged else evaluate.largest
+    _warn_if_imprecise(size, compute_dtype(source.dtype))
     return SolverOutput(
         best.f, len(evaluate.history), converged, best.error, np.asarray(evaluate.history)
     )
+
+
+def _size(point: _Point) -> float:
+    """How large ``z = lam * logp + f`` gets in the kernels at ``point``.
+
+    At the rows' tops z is about the mean log-sum-exp (the objective's negative: the
+    potentials' weighted mean is 0). The potentials can be far larger, when a label's scores
+    sit far below the rest (a finite mask value such as -1e9): there ``lam * logp`` and
+    ``f`` cancel, and each is rounded on its own. Both are known after the pass.
+    """
+    return max(abs(point.objective), float(np.abs(point.f).max()))
+
+
+def _warn_if_imprecise(size: float, dtype: np.dtype) -> None:
+    """Warn when the kernels' z (in ``dtype``) rounds by more than ``PRECISION_LIMIT``: then
+    the plan, its error and its labels are only that exact."""
+    rounding = size * float(np.finfo(dtype).eps)
+    if rounding > PRECISION_LIMIT:
+        warn(
+            f"lam * logp + potentials reach {size:.3g}, which {dtype} rounds to about "
+            f"{rounding:.2g}: the plan, its error and its labels are only that exact. Subtract "
+            "each row's maximum from logp, mark impossible labels with -inf rather than a large "
+            "finite score, or pass float64 scores",
+            PrecisionWarning,
+        )
 
 
 def assign(source: Source, kernel: Kernel, f: np.ndarray, lam: float, rows: int) -> Array:
@@ -369,3 +403,7 @@ def assign(source: Source, kernel: Kernel, f: np.ndarray, lam: float, rows: int)
 
 class ConvergenceWarning(UserWarning):
     """Sinkhorn stopped at max_iter before reaching its tolerance."""
+
+
+class PrecisionWarning(UserWarning):
+    """The scores or potentials are too large for the compute dtype to resolve the plan."""

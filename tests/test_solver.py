@@ -10,7 +10,7 @@ from conftest import to_backend, to_host
 from reference import reference_sinkhorn
 
 import sinklabel
-from sinklabel import ConvergenceWarning
+from sinklabel import ConvergenceWarning, PrecisionWarning
 
 TIGHT = {"tol": 1e-10, "max_iter": 20000}
 
@@ -117,7 +117,7 @@ def test_error_history_and_counts_are_consistent(backend, rng):
 def test_label_no_row_wants_gets_no_nan(backend, rng, lam):
     s = scores(rng, 200, 5, scale=3.0)
     s[:, 2] = -1e4
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), pytest.warns(PrecisionWarning):
         warnings.simplefilter("ignore", ConvergenceWarning)
         result = solve(s.astype(np.float32), backend, lam=lam, max_iter=300)
     assert np.all(np.isfinite(result.potentials)) and np.all(np.isfinite(result.error_history))
@@ -208,3 +208,24 @@ def test_lbfgs_direction_matches_the_two_loop_recursion(k):
             continue
         np.testing.assert_allclose(memory.direction(gradient), _two_loop(kept, gradient),
                                    rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("case", ["row offset", "finite mask"])
+def test_precision_warning_names_scores_float32_cannot_resolve(rng, case):
+    """float32 resolves lam * logp + f to 1e-7 of its size: a row offset of 1e5 (lam * logp
+    near 2.5e6) or a label masked at -1e9 (its potential near 2.5e10) leaves the plan
+    inexact, which the solve must say; the same scores centred, or in float64, do not."""
+    s = np.log(rng.dirichlet(np.ones(8), size=400))
+    if case == "row offset":
+        s += 1e5
+    else:
+        s[:, 3] = -1e9
+    with warnings.catch_warnings(), pytest.warns(PrecisionWarning, match="float32 rounds"):
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        warnings.filterwarnings("ignore", "labels .* received no points")
+        sinklabel.sinkhorn(s.astype(np.float32), 8, backend="numpy")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        sinklabel.sinkhorn(s, 8, backend="numpy")  # float64: resolved
+        if case == "row offset":
+            sinklabel.sinkhorn((s - s.max(axis=1, keepdims=True)).astype(np.float32), 8)
