@@ -457,3 +457,20 @@ def test_numba_sweep_lse_is_deterministic_across_thread_counts():
         single = kernel.sweep_lse(scores, f, 25.0)
     assert np.array_equal(first[0], single[0]) and first[1] == single[1]
     assert np.array_equal(first[0], kernel.sweep(scores, f, 25.0))
+
+
+def test_lowest_finite_mask_acts_as_minus_inf_without_warnings(backend, rng):
+    """A mask of float32's lowest value (the transformers idiom) overflows lam * logp to -inf:
+    the labels and potentials are those of a -inf mask, and no backend warns about it."""
+    scores = rng.standard_normal((300, 6)).astype(np.float32)
+    masked = rng.random((300, 6)) < 0.2
+    masked[:, 0] = False  # every row keeps a finite score
+    lowest, minus_inf = scores.copy(), scores.copy()
+    lowest[masked] = np.finfo(np.float32).min
+    minus_inf[masked] = -np.inf
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        ours = _solve(lowest, backend, lam=25.0)
+    expected = _solve(minus_inf, backend, lam=25.0)
+    np.testing.assert_array_equal(to_host(ours.labels), to_host(expected.labels))
+    np.testing.assert_allclose(ours.potentials, expected.potentials, atol=1e-9)

@@ -7,11 +7,20 @@ import numpy as np
 from ._base import Array, Kernel, compute_dtype
 
 
+def _logits(chunk: np.ndarray, f: np.ndarray, lam: float) -> np.ndarray:
+    """z = lam * chunk + f in the compute dtype (a fresh array). A score so low that lam
+    times it overflows (a mask such as ``finfo(float32).min``) becomes -inf, as the other
+    backends make it, without NumPy's overflow warning; +inf was refused before the solve."""
+    dtype = compute_dtype(chunk.dtype)
+    with np.errstate(over="ignore"):
+        z = np.multiply(chunk, dtype.type(lam), dtype=dtype)
+        z += f.astype(dtype)
+    return z
+
+
 def _shifted_logits(chunk: np.ndarray, f: np.ndarray, lam: float) -> tuple[np.ndarray, np.ndarray]:
     """z - max(z) per row (a fresh array) and the row maxima, with z = lam * chunk + f."""
-    dtype = compute_dtype(chunk.dtype)
-    z = np.multiply(chunk, dtype.type(lam), dtype=dtype)
-    z += f.astype(dtype)
+    z = _logits(chunk, f, lam)
     zmax = z.max(axis=1)
     z -= zmax[:, None]
     return z, zmax
@@ -35,9 +44,7 @@ class NumpyKernel(Kernel):
         return mass, float((zmax.astype(np.float64) + np.log(row_sums)).sum())
 
     def best(self, chunk: np.ndarray, f: np.ndarray, lam: float) -> tuple[np.ndarray, np.ndarray]:
-        dtype = compute_dtype(chunk.dtype)
-        z = np.multiply(chunk, dtype.type(lam), dtype=dtype)
-        z += f.astype(dtype)
+        z = _logits(chunk, f, lam)
         labels = z.argmax(axis=1)
         return np.take_along_axis(z, labels[:, None], axis=1)[:, 0], labels.astype(np.int64)
 
