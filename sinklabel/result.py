@@ -65,6 +65,14 @@ class SinkhornResult:
     certificate: Any = field(default=None, repr=False)
     prices: np.ndarray | None = field(default=None, repr=False)
 
+    def __post_init__(self) -> None:
+        """The state arrays are read-only, so no caller can change what ``predict`` uses
+        (the labels stay the caller's to edit)."""
+        for name in ("potentials", "label_counts", "error_history", "label_weights", "prices"):
+            value = getattr(self, name)
+            if isinstance(value, np.ndarray):
+                value.flags.writeable = False
+
     @property
     def count_error(self) -> float:
         """L1 distance between the hard labels' proportions and ``label_weights``.

@@ -277,3 +277,22 @@ def test_import_touches_no_optional_library():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
     assert "sinkhorn" in sinklabel.__all__
+
+
+def test_result_state_is_read_only_and_the_callers_arrays_stay_writable():
+    """A result is immutable: its potentials (which ``predict`` uses), counts, weights and
+    history cannot be changed in place; the caller's weights and init stay writable, and the
+    labels are the caller's to edit."""
+    rng = np.random.default_rng(3)
+    logp = np.log(rng.dirichlet(np.ones(4), size=200))
+    weights, init = np.array([0.1, 0.2, 0.3, 0.4]), np.zeros(4)
+    result = sinklabel.sinkhorn(logp, 4, label_weights=weights, init=init)
+    for name in ("potentials", "label_counts", "label_weights", "error_history"):
+        with pytest.raises(ValueError, match="read-only"):
+            getattr(result, name)[0] = 1
+    assert weights.flags.writeable and init.flags.writeable
+    result.labels[0] = 3
+    labeler = sinklabel.SinkhornLabeler(4).fit(logp)
+    with pytest.raises(ValueError, match="read-only"):
+        labeler.potentials_[0] = 5.0
+    labeler.partial_fit(logp)  # warm-starts from the read-only potentials
