@@ -23,8 +23,12 @@ def balanced_range(n_points: int, weights: np.ndarray) -> tuple[np.ndarray, np.n
     """Sizes ``floor(N * w)`` to ``ceil(N * w)`` for label proportions ``w`` (summing to one)."""
     target = n_points * np.asarray(weights, dtype=np.float64)
     # Values within rounding of an integer are that integer (1/3 * 3 must give exactly 1).
+    # Normalising w and scaling by N err by a few ulps of N (the sum of w pairwise: by
+    # log2(K) ulps at most), so 64 ulps of N is rounding; 1e-9 * N took N * w = 99998.00002
+    # (N = 1e5) for 99998 and lost the ceil the caller's weights allow.
     nearest = np.rint(target)
-    target = np.where(np.abs(target - nearest) < 1e-9 * max(1, n_points), nearest, target)
+    tolerance = 64 * np.finfo(np.float64).eps * max(1, n_points)
+    target = np.where(np.abs(target - nearest) < tolerance, nearest, target)
     return np.floor(target).astype(np.int64), np.ceil(target).astype(np.int64)
 
 

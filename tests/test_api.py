@@ -296,3 +296,17 @@ def test_result_state_is_read_only_and_the_callers_arrays_stay_writable():
     with pytest.raises(ValueError, match="read-only"):
         labeler.potentials_[0] = 5.0
     labeler.partial_fit(logp)  # warm-starts from the read-only potentials
+
+
+def test_exact_balance_keeps_both_sizes_a_near_integer_share_allows():
+    """Label shares N * w of 0.99999 and 99998.00002 (N = 1e5) allow sizes 0-1 and
+    99998-99999: the exact optimum within them (solve_exact's) is returned, not that of the
+    narrower sizes a loose integer test made of them."""
+    n = 100_000
+    logp = np.log(np.random.default_rng(0).dirichlet(np.ones(3), size=n))
+    logp[:, 2] += 50
+    weights = np.array([1.0, 1.0, 99_999.0])
+    result = sinkhorn(logp, 3, label_weights=weights, balance="exact")
+    exact = sinklabel.solve_exact(logp, 3, capacities=([0, 0, 99998], [1, 1, 99999]))
+    np.testing.assert_array_equal(result.label_counts, exact.label_counts)
+    np.testing.assert_allclose(result.certificate.primal, exact.objective, rtol=1e-12)
