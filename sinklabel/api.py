@@ -108,9 +108,10 @@ def sinkhorn(
     cache : bool, default=False
         Numba backend only. Keep, between passes, the exponentials that can matter (a sparse,
         row-shifted ``exp`` of each chunk, built in the first pass): later passes cost
-        O(kept entries) and do not read the scores, or call a source function, again. Results
-        are those of the uncached solve to rounding; rows the cache cannot answer exactly
-        are computed from the scores. Its memory counts against ``memory_limit`` (see
+        O(kept entries) and read a block of the scores (call a source function) only where
+        some of its rows cannot be answered from the cache: after the first pass, never on
+        flat scores, in most passes on peaked ones. Results are those of the uncached solve
+        to rounding. Its memory counts against ``memory_limit`` (see
         docs/backends.md, "Caching the exponentials"). Other backends raise ValueError.
 
     Returns

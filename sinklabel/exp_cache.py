@@ -19,8 +19,11 @@ The design is a pair of wrappers, so the solver runs unchanged:
 
 - :class:`CachedSource` yields, for each row range of the inner source, a :class:`CachedChunk`
   handle: the row range, the chunk's table slot, and the raw block on demand. Only the blocks
-  that handles ask for are read (a source without ``random_access`` is iterated up to them),
-  so a pass answered from tables reads nothing.
+  that handles ask for are read (a source without ``random_access`` is iterated up to them,
+  and one past its last block when that was read, so that its end is still checked), so a
+  pass answered from tables reads nothing. Each of its passes counts as one pass of the
+  checking layer below, read or not, so a :class:`~sinklabel.sources.SourceError` names the
+  solver's pass.
 - :class:`CachedKernel` answers ``sweep_lse`` (and ``sweep``) and ``best`` from a chunk's
   table, repairing bad rows from the raw block in place; ``slack``, ``soft`` and ``gather``
   need every entry and go to the inner kernel on the raw block. Plain arrays pass straight
@@ -42,6 +45,7 @@ operations on listed rows of a raw chunk, for repairs); its tables provide ``lam
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,6 +55,7 @@ from .kernels import Kernel, exp_tables
 from .kernels._base import WrappingKernel
 from .sources import Array, Source, parse_memory
 from .sources._base import WrappingSource
+from .sources.checked import CheckedSource, end_pass
 from .sources.memory import bytes_per_row, fixed_bytes
 
 #: A chunk whose table fails for at most this share of its rows is repaired row by row from
@@ -195,6 +200,7 @@ class _BlockReader:
         self.source, self.rows = source, rows
         self._blocks: Iterator | None = None
         self._current: tuple[int, Array] | None = None
+        self._read_to = 0  # the end of the last block ``_blocks`` yielded
 
     def read(self, start: int, stop: int) -> Array:
         if self._current is not None and self._current[0] == start:
@@ -204,7 +210,8 @@ class _BlockReader:
             return self._current[1]
         if self._blocks is None:
             self._blocks = iter(self.source.chunks(self.rows))
-        for got_start, _, block in self._blocks:
+        for got_start, got_stop, block in self._blocks:
+            self._read_to = got_stop
             if got_start == start:
                 self._current = (start, block)
                 return block
@@ -213,10 +220,10 @@ class _BlockReader:
         raise RuntimeError(f"the scores' rows [{start}, {stop}) were not found in their source")
 
     def close(self) -> None:
-        close = getattr(self._blocks, "close", None)
-        if close is not None:
-            close()
-        self._blocks = self._current = None
+        """End the pass; one read to its last block lets the source check its end."""
+        blocks, self._blocks, self._current = self._blocks, None, None
+        if blocks is not None:
+            end_pass(blocks, read_to_end=self._read_to >= self.source.shape[0])
 
 
 class CachedSource(WrappingSource):
@@ -230,13 +237,21 @@ class CachedSource(WrappingSource):
 
     def chunks(self, rows: int) -> Iterator[tuple[int, int, CachedChunk]]:
         reader = _BlockReader(self.inner, rows)
-        try:
-            for start, stop in self.inner.row_ranges(rows):
-                slot = self.cache.slot(start, stop)
-                yield start, stop, CachedChunk(start, stop, self.shape[1], self.cache, slot,
-                                               reader)
-        finally:
-            reader.close()
+        with self._solver_pass():
+            try:
+                for start, stop in self.inner.row_ranges(rows):
+                    slot = self.cache.slot(start, stop)
+                    yield start, stop, CachedChunk(start, stop, self.shape[1], self.cache,
+                                                   slot, reader)
+            finally:
+                reader.close()
+
+    def _solver_pass(self) -> AbstractContextManager:
+        """A checking layer below counts this pass as one of its own, whether its blocks are
+        read or not, so that its errors name the solver's pass."""
+        if isinstance(self.inner, CheckedSource):
+            return self.inner.solver_pass()
+        return nullcontext()
 
 
 class CachedKernel(WrappingKernel):

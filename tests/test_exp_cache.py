@@ -371,3 +371,73 @@ def test_progress_bar_works_with_the_cache(capsys):
     scores = make_scores(500, 10, regime="flat", seed=14).scores
     result = sinkhorn(scores, 10, cache=True, progress=True)
     assert result.converged
+
+
+# --- the checking layer below the cache ---------------------------------------------------------
+
+
+class _PastTheEnd(sinklabel.sources.Source):
+    """A hand-written source, read in order only, that goes wrong after its last block."""
+
+    def __init__(self, scores: np.ndarray, ending: str):
+        self.scores, self.ending = scores, ending
+        self.shape, self.dtype, self.library = scores.shape, "float32", "numpy"
+
+    def chunks(self, rows: int):
+        n = self.shape[0]
+        for start in range(0, n, rows):
+            yield start, min(n, start + rows), self.scores[start:start + rows]
+        if self.ending == "extra rows":
+            yield n, n + 10, self.scores[:10]
+        else:
+            raise OSError("after the end")
+
+
+@pytest.mark.parametrize(("ending", "message"), [
+    ("extra rows", r"yielded rows beyond N=600: \[600, 610\)"),
+    ("raises", "raised OSError after its last block: after the end"),
+])
+def test_the_cache_lets_a_source_check_its_end(ending, message):
+    """The cache asks a source read in order for one more item after its last block, as a
+    plain pass does: closing it there would skip the checking layer's end-of-source checks."""
+    scores = make_scores(600, 12, regime="peaked", seed=15).scores
+    with pytest.raises(sinklabel.sources.SourceError,
+                       match=rf"rows \[600, 600\) on pass 1: the source {message}"):
+        sinkhorn(_PastTheEnd(scores, ending), 12, chunk_size=200, cache=True)
+
+
+@pytest.mark.parametrize(("failure", "message"), [
+    ("raises", "the source raised OSError: disk went away"),
+    ("changes", "the scores changed since the first pass"),
+])
+def test_a_source_error_names_the_solvers_pass(failure, message):
+    """Passes answered from the tables read nothing, yet count: a block that fails when read
+    again on the solver's fifth pass is reported on pass 5, not on the source's second read."""
+    scores = make_scores(400, 10, regime="flat", seed=16).scores
+    calls = []
+
+    def fn(start, stop):
+        calls.append(start)
+        if len(calls) <= 4:
+            return scores[start:stop]
+        if failure == "raises":
+            raise OSError("disk went away")
+        return scores[start:stop] + np.float32(0.5)
+
+    inner = checked(CallableSource(fn, scores.shape))
+    source, kernel = with_exp_cache(inner, NUMBA, 100, default_cap(10))
+    for _ in range(4):  # pass 1 reads every block; passes 2-4 are answered from the tables
+        solver.dual_terms(source, kernel, np.zeros(10), 25.0, 100)
+    assert calls == [0, 100, 200, 300]
+    chunks = source.chunks(100)
+    next(chunks)
+    next(chunks)
+    _, _, chunk = next(chunks)
+    with pytest.raises(sinklabel.sources.SourceError,
+                       match=rf"rows \[200, 300\) on pass 5: {message}") as error:
+        chunk.raw()
+    assert error.value.pass_index == 5
+    chunks.close()
+    # Outside the cache's passes, the checking layer counts the passes of its own readers.
+    with pytest.raises(sinklabel.sources.SourceError, match="on pass 6"):
+        inner.read(0, 100)

@@ -346,3 +346,81 @@ def test_the_cache_gives_the_uncached_solve(problem, lam, cap, far, tmp_path_fac
         if result.converged:
             assert np.abs(_marginal(scores, result.potentials, lam) - 1.0 / k).sum() <= 2e-6
     _assert_labels_agree_off_ties(scores, lam, cached, plain)
+
+
+# --- scores that change between passes -----------------------------------------------------
+
+
+def _changing(scores: np.ndarray, change, library: str = "numpy") -> CallableSource:
+    """A function source returning ``change(block, rng, pass)`` (a pass begins at row 0)."""
+    passes = []
+    rng = np.random.default_rng(0)
+
+    def fn(start, stop):
+        passes.append(start == 0)
+        return change(scores[start:stop], rng, sum(passes))
+
+    dtype = scores.dtype if library == "numpy" else str(scores.dtype).removeprefix("torch.")
+    return CallableSource(fn, tuple(scores.shape), dtype, library=library)
+
+
+def _dropout(block, rng, on_pass):
+    """Noise of a dropout layer left on, from pass 2: N(0, 0.01) on every score."""
+    noise = 0.01 * rng.standard_normal(block.shape) if on_pass >= 2 else 0.0
+    return (block + noise).astype(block.dtype)
+
+
+def _gpu_rounding(block, rng, on_pass):
+    """A non-deterministic reduction's rounding: every score off by up to 1e-6 relative,
+    differently on every pass (float32 keeps about 8 units in the last place of it)."""
+    return (block * (1 + 1e-6 * rng.uniform(-1, 1, block.shape))).astype(block.dtype)
+
+
+@pytest.mark.parametrize("k", [16, 1000])
+def test_dropout_is_caught_on_the_second_pass_whatever_k(k):
+    """Each kind of fingerprint entry is compared to its own magnitude: the rows' sums of
+    magnitudes grow with K, and at K=1000 used to let 0.01 of noise on every score through."""
+    scores = make_scores(1000, k, regime="peaked", seed=k).scores
+    with pytest.raises(SourceError, match=r"rows \[0, 500\) on pass 2: the scores changed"):
+        _solve(_changing(scores, _dropout), k, chunk_size=500)
+
+
+@pytest.mark.filterwarnings("ignore:.*labels received no points")  # 5 passes at K=1000
+@pytest.mark.parametrize("k", [16, 1000])
+def test_gpu_rounding_is_not_a_change_whatever_k(k):
+    """Relative 1e-6 noise, with a label masked by -inf in every other row, the first of
+    each block among them (an infinite fingerprint entry must match exactly, which it does)."""
+    scores = make_scores(1000, k, regime="peaked", seed=k).scores
+    scores[::2, 0] = -np.inf
+    _solve(_changing(scores, _gpu_rounding), k, chunk_size=500, max_iter=5)
+
+
+def test_a_masked_score_that_turns_finite_is_a_change():
+    scores = make_scores(100, 16, regime="peaked", seed=3).scores
+    scores[:, 0] = -np.inf
+
+    def unmask(block, rng, on_pass):
+        return np.where(np.isinf(block), np.float32(-30), block) if on_pass >= 2 else block
+
+    source = sinklabel.sources.checked(_changing(scores, unmask))
+    list(source.chunks(50))
+    with pytest.raises(SourceError, match=r"rows \[0, 50\) on pass 2: the scores changed"):
+        list(source.chunks(50))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_torch_cpu_blocks_are_fingerprinted(dtype):
+    """CPU tensors are read without a device sync, so they are checked as NumPy blocks are,
+    also when they carry gradients (a model's output outside ``torch.no_grad``)."""
+    torch = pytest.importorskip("torch")
+    scores = torch.from_numpy(SCORES).to(getattr(torch, dtype))
+    weight = torch.ones((), requires_grad=True)
+
+    def drift(block, rng, on_pass):
+        return block * weight + (0.5 if on_pass >= 2 else 0.0)
+
+    with pytest.raises(SourceError, match=r"rows \[0, 8\) on pass 2: the scores changed"):
+        _solve(_changing(scores, drift, "torch"), 5, chunk_size=8)
+    source = sinklabel.sources.checked(_changing(scores, lambda b, rng, p: b * weight, "torch"))
+    for _ in range(3):
+        assert len(list(source.chunks(8))) == 5

@@ -15,9 +15,11 @@ class CallableSource(Source):
     """Rows produced by a function, for example a model computing logits batch by batch.
 
     The solver reads the scores once per Sinkhorn iteration, so ``fn`` is called again on
-    every pass, exactly once per block, in row order. It must return the same scores each
-    time (a model in evaluation mode, no dropout): a block whose first or last row changes
-    between passes stops the solve.
+    every pass, exactly once per block, in row order (with ``cache=True``, only for the blocks
+    the cached exponentials cannot answer). It must return the same scores each time (a model
+    in evaluation mode, no dropout): a host block (NumPy, or a CPU tensor) whose first or last
+    row changes between passes stops the solve; CUDA blocks are not compared, which would
+    cost a device synchronisation per block.
 
     Parameters
     ----------

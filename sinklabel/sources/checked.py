@@ -2,25 +2,28 @@
 
 An in-memory array cannot fail or change between passes, but a file, a dataset or a function
 can. Every block is checked for its row range, shape, dtype and array library; an exception
-from the source is re-raised naming the rows it was reading; a fingerprint of the first and last
-row of each block is remembered on the first pass and compared on later ones; and the first time a
-block is seen, an optional value check (NaN, +inf, rows without a finite score) runs on it,
-so streamed scores are validated during the solve's first pass instead of in an extra one.
+from the source is re-raised naming the rows and the pass it was reading; a fingerprint of the
+first and last row of each host block is remembered on the first pass and compared on later
+ones; and the first time a block is seen, an optional value check (NaN, +inf, rows without a
+finite score) runs on it, so streamed scores are validated during the solve's first pass
+instead of in an extra one.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import numpy as np
 
-from .._arrays import array_library
+from .._arrays import array_library, to_host
 from ._base import Array, Source, WrappingSource, dtype_name
 
 #: Scores per row kept in a fingerprint besides the row's sum and sum of magnitudes.
 FINGERPRINT_SAMPLES = 16
-#: Fingerprints are compared with this relative tolerance: floating-point noise from a
-#: non-deterministic GPU reduction passes, a dropout layer left on does not.
+#: Fingerprints are compared with this relative tolerance, each entry against a magnitude of
+#: its own kind (see ``_unchanged``): floating-point noise from a non-deterministic GPU
+#: reduction passes, a dropout layer left on does not.
 FINGERPRINT_RTOL = 1e-4
 
 BlockCheck = Callable[[int, Array], None]
@@ -56,13 +59,32 @@ class CheckedSource(WrappingSource):
         self.check_block = check_block
         self.random_access = source.random_access
         self.passes = 0
+        self._pass_counted = False
         self._last_read: int | None = None
         self._fingerprints: dict[tuple[int, int], np.ndarray] = {}
         self._seen: set[tuple[int, int]] = set()
 
-    def chunks(self, rows: int) -> Iterator[tuple[int, int, Array]]:
-        self.passes += 1
+    @contextmanager
+    def solver_pass(self) -> Iterator[None]:
+        """One pass of a reader that may read some blocks of it, or none (the exponential
+        cache): it counts as a pass, and the reads within it start none of their own, so that
+        an error names the solver's pass rather than how many passes happened to read."""
+        self._new_pass()
+        self._pass_counted = True
+        try:
+            yield
+        finally:
+            self._pass_counted = False
+            self._last_read = None
+
+    def _new_pass(self) -> None:
+        """A pass over the source begins, unless it is part of a pass already counted."""
         self._last_read = None
+        if not self._pass_counted:
+            self.passes += 1
+
+    def chunks(self, rows: int) -> Iterator[tuple[int, int, Array]]:
+        self._new_pass()
         blocks = iter(self.inner.chunks(rows))
         try:
             for start, stop in self.row_ranges(rows):
@@ -70,9 +92,7 @@ class CheckedSource(WrappingSource):
                 yield start, stop, block
             self._expect_end(blocks)
         finally:
-            close = getattr(blocks, "close", None)
-            if close is not None:
-                close()
+            end_pass(blocks, read_to_end=False)
 
     def _next(self, blocks: Iterator, start: int, stop: int) -> Array:
         p = self.passes
@@ -96,7 +116,7 @@ class CheckedSource(WrappingSource):
         """One block, checked as ``chunks`` checks it. Reads go in row order within a pass:
         one that does not follow the previous read starts a new pass."""
         if self._last_read is None or start <= self._last_read:
-            self.passes += 1
+            self._new_pass()
         self._last_read = start
         try:
             block = self.inner.read(start, stop)
@@ -151,17 +171,16 @@ class CheckedSource(WrappingSource):
 
     def _check_unchanged(self, block: Array, key: tuple[int, int]) -> None:
         """Compare the block's first and last rows with the first pass (host blocks only:
-        a device block would cost a synchronising copy per block)."""
-        if self.library != "numpy":
+        NumPy arrays and CPU tensors; a device block would cost a synchronising copy per
+        block)."""
+        if not _on_host(block):
             return
         fingerprint = _fingerprint(block)
         previous = self._fingerprints.get(key)
         if previous is None:
             self._fingerprints[key] = fingerprint
             return
-        scale = np.abs(previous[np.isfinite(previous)]).max(initial=1.0)
-        if not np.allclose(previous, fingerprint, rtol=FINGERPRINT_RTOL,
-                           atol=FINGERPRINT_RTOL * scale, equal_nan=True):
+        if not _unchanged(previous, fingerprint):
             raise SourceError(
                 "the scores changed since the first pass (a source must return the same "
                 "scores every pass: is a model still in training mode, e.g. with dropout?)",
@@ -184,14 +203,51 @@ class CheckedSource(WrappingSource):
         )
 
 
-def _fingerprint(block: np.ndarray) -> np.ndarray:
-    """A few float64 numbers per block (O(1), whatever K): for its first and last row, the sum,
-    the sum of magnitudes, and a fixed sample of scores."""
-    rows = np.asarray(block[[0, -1]], dtype=np.float64)
+def end_pass(blocks: Iterator, read_to_end: bool) -> None:
+    """Close a pass's iterator of blocks. One read to its last block is first asked for one
+    more: closing alone would skip the checks a :class:`CheckedSource` makes at the end (no
+    rows beyond N, no error after the last block)."""
+    try:
+        if read_to_end:
+            for _ in blocks:
+                break
+    finally:
+        close = getattr(blocks, "close", None)
+        if close is not None:
+            close()
+
+
+def _on_host(block: Array) -> bool:
+    """True for a block whose rows can be read without a device synchronisation."""
+    return isinstance(block, np.ndarray) or (
+        array_library(block) == "torch" and block.device.type == "cpu"
+    )
+
+
+def _fingerprint(block: Array) -> np.ndarray:
+    """A few float64 numbers per block (O(1), whatever K): the first and last row's sums, then
+    their sums of magnitudes, then a fixed sample of scores of each."""
+    rows = to_host(block[[0, -1]]).astype(np.float64)
     step = max(1, rows.shape[1] // FINGERPRINT_SAMPLES)
     with np.errstate(invalid="ignore"):
         return np.concatenate([rows.sum(axis=1), np.abs(rows).sum(axis=1),
                                rows[:, ::step][:, :FINGERPRINT_SAMPLES].ravel()])
+
+
+def _unchanged(previous: np.ndarray, current: np.ndarray) -> bool:
+    """Whether two fingerprints agree to ``FINGERPRINT_RTOL``, each kind of entry to its own
+    magnitude: a row's sums to its sum of magnitudes, a sampled score to itself plus the
+    largest sampled score (a score near zero still has the row's rounding). One scale for all
+    entries would be the sums', which grow with K: at K=1000 it let through changes of 1.0
+    in every sampled score. Infinite entries must match exactly."""
+    magnitude = np.abs(np.where(np.isfinite(previous), previous, 0.0))
+    # entries 0-3 are the two rows' sums and sums of magnitudes; the samples follow
+    row_sums, samples = np.tile(magnitude[2:4], 2), magnitude[4:]
+    tolerance = FINGERPRINT_RTOL * np.concatenate([row_sums, samples + samples.max(initial=0.0)])
+    with np.errstate(invalid="ignore"):
+        close = np.abs(current - previous) <= tolerance
+    both_nan = np.isnan(current) & np.isnan(previous)
+    return bool(np.all(close | (current == previous) | both_nan))
 
 
 def checked(source: Source, check_block: BlockCheck | None = None) -> Source:

@@ -14,6 +14,7 @@ import threading
 from collections.abc import Callable, Iterator
 
 from ._base import Array, Source
+from .checked import end_pass
 
 
 class Aborted(RuntimeError):
@@ -123,16 +124,8 @@ class SharedReader:
     def _close(self) -> None:
         """End the current pass; a finished one is drained so the source can check its end."""
         blocks, self._blocks = self._blocks, None
-        if blocks is None:
-            return
-        try:
-            if self._next_start >= self.source.shape[0]:
-                for _ in blocks:
-                    break
-        finally:
-            close = getattr(blocks, "close", None)
-            if close is not None:
-                close()
+        if blocks is not None:
+            end_pass(blocks, read_to_end=self._next_start >= self.source.shape[0])
 
 
 class _View(Source):
