@@ -9,11 +9,15 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
+from collections.abc import Callable
+from typing import TextIO
 
 from . import __version__
 from .sources import SourceError
 
-#: command name -> module in sinklabel.commands defining ``configure(parser)`` and ``run(args)``
+#: command name -> module in sinklabel.commands defining ``configure(parser)``, ``run(args)``
+#: and ``MEMORY_HINT``, what to do when its work does not fit in memory
 COMMANDS = {
     "demo": "sinklabel.commands.demo",
     "assign": "sinklabel.commands.assign",
@@ -36,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
         summary = (module.__doc__ or "").strip().splitlines()[0]
         command = sub.add_parser(name, help=summary, description=module.__doc__)
         module.configure(command)
-        command.set_defaults(run=module.run)
+        command.set_defaults(run=module.run, memory_hint=module.MEMORY_HINT)
     return parser
 
 
@@ -49,8 +53,36 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command is None:
         parser.error("the following arguments are required: command")
+    with warnings.catch_warnings():
+        warnings.showwarning = _warning_printer(args.command)
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    """The command's exit code, or 2 with a one-line message on bad input or on work that
+    does not fit in memory: Python would print a traceback and exit with 1, which the
+    commands keep for "stopped at --max-iter"."""
     try:
         return args.run(args)
     except (ValueError, TypeError, ImportError, OSError, SourceError) as exc:
-        print(f"sinklabel {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        return _error(args.command, str(exc))
+    except MemoryError as exc:
+        # NumPy's says how much one array needed ("Unable to allocate 373. GiB for ...").
+        needed = f" ({exc})" if str(exc) else ""
+        return _error(args.command, f"not enough memory{needed}; {args.memory_hint}")
+
+
+def _error(command: str, message: str) -> int:
+    print(f"sinklabel {command}: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _warning_printer(command: str) -> Callable[..., None]:
+    """A ``warnings.showwarning`` that prints a line in the style of the errors: the default
+    one names the line of the first frame outside sinklabel, for the CLI ``<frozen runpy>``."""
+
+    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+             file: TextIO | None = None, line: str | None = None) -> None:
+        print(f"sinklabel {command}: warning: {message}", file=sys.stderr if file is None else file)
+
+    return show

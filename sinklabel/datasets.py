@@ -75,10 +75,12 @@ def make_scores(
         raise TypeError(f"dtype must be float32 or float64, got {np.dtype(dtype)}")
     if regime not in REGIMES:
         raise ValueError(f"regime must be one of {REGIMES}, got {regime!r}")
+    # The largest array first: when memory cannot hold it, fail before drawing the clusters
+    # (minutes for 1e9 points). Allocating draws nothing, so the scores stay the same.
+    scores = np.empty((n, k), dtype=np.dtype(dtype))
     rng = np.random.default_rng(seed)
     proportions = np.clip(1.0 + size_spread * rng.standard_normal(k), 0.1, None)
     truth = rng.choice(k, size=n, p=proportions / proportions.sum())
-    scores = np.empty((n, k), dtype=np.dtype(dtype))
     for start in range(0, n, chunk_rows):
         block = scores[start:start + chunk_rows]
         rng.standard_normal(dtype=block.dtype, out=block)

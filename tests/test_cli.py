@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import subprocess
 import sys
 
@@ -341,3 +342,159 @@ def test_chunk_size_and_memory_limit_are_refused_together(capsys, monkeypatch):
     err = _rejected_before_work(["demo", "--chunk-size", "100", "--memory-limit", "1GB"],
                                 capsys, monkeypatch)
     assert "not allowed with argument --chunk-size" in err
+
+
+@pytest.mark.parametrize("command, target, hint", [
+    ("demo", "sinklabel.commands.demo.make_scores", "use a smaller -n or -k"),
+    ("assign", "sinklabel.commands.assign.sinkhorn", "--memory-limit"),
+    ("check", "sinklabel.commands.check.check", "--no-exact"),
+])
+def test_running_out_of_memory_is_exit_2_with_what_to_do(scores_file, tmp_path, capsys,
+                                                         monkeypatch, command, target, hint):
+    """Not a traceback and exit code 1 (the code of "stopped at --max-iter"): one line with
+    NumPy's account of the size needed and the options that need less."""
+    def out_of_memory(*args, **kwargs):
+        raise MemoryError("Unable to allocate 373. GiB for an array with shape (100000000, "
+                          "1000) and data type float32")
+
+    monkeypatch.setattr(target, out_of_memory)
+    labels = tmp_path / "labels.npy"
+    np.save(labels, np.arange(300) % 6)
+    argv = {"demo": ["demo", "-n", "300", "-k", "6"],
+            "assign": ["assign", str(scores_file), "-k", "6", "-o", str(tmp_path / "out.npy")],
+            "check": ["check", str(scores_file), str(labels)]}[command]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"sinklabel {command}: error: not enough memory (Unable to allocate "
+                          "373. GiB") and hint in err and err.count("\n") == 1
+
+
+def test_demo_refuses_scores_larger_than_memory_before_generating(capsys, monkeypatch):
+    """Generating 1e12 x 1000 scores would fail only after minutes of drawing clusters."""
+    monkeypatch.setattr("sinklabel.commands.demo.make_scores", _no_solve)
+    assert main(["demo", "-n", str(10**12), "-k", "1000"]) == 2
+    err = capsys.readouterr().err
+    assert "not enough memory" in err and "need 3.73e+06 GiB" in err
+    monkeypatch.setattr("sinklabel.commands.demo._physical_memory", lambda: 2**30)
+    assert main(["demo", "-n", "100000", "-k", "10000"]) == 2
+    assert "need 3.73 GiB, more than the 1 GiB of memory" in capsys.readouterr().err
+
+
+def test_generated_scores_fail_on_memory_before_the_clusters_are_drawn(monkeypatch):
+    monkeypatch.setattr("sinklabel.datasets.np.random.default_rng", _no_solve)
+    with pytest.raises(MemoryError):
+        make_scores(10**13, 1000)
+
+
+def _assign_outputs(scores_file, tmp_path, **paths) -> list[str]:
+    """An ``assign`` command line saving labels, potentials and prices in ``tmp_path``, or
+    where ``paths`` (by option name without dashes) say."""
+    names = {"output": "labels.npy", "potentials": "f.npy", "prices": "v.npy"}
+    argv = ["assign", str(scores_file), "-k", "6", "--no-progress"]
+    for option, name in names.items():
+        argv += [f"--{option}", str(paths.get(option, tmp_path / name))]
+    return argv
+
+
+@pytest.mark.parametrize("option", ["output", "potentials", "prices"])
+def test_assign_checks_that_each_output_can_be_created_before_solving(
+        scores_file, tmp_path, capsys, monkeypatch, option):
+    """/proc's mode lets root write, yet no file can be created there: the save failed after
+    the whole solve, leaving the outputs named before it written."""
+    if not os.path.isdir("/proc"):
+        pytest.skip("needs a folder where no file can be created")
+    monkeypatch.setattr("sinklabel.commands.assign.sinkhorn", _no_solve)
+    argv = _assign_outputs(scores_file, tmp_path, **{option: "/proc/out.npy"})
+    assert main(argv) == 2
+    assert "cannot write '/proc/out.npy': no file can be created in '/proc'" in \
+        capsys.readouterr().err
+    assert sorted(os.listdir(tmp_path)) == ["scores.npy"]
+
+
+def test_assign_checks_that_an_existing_output_is_writable_before_solving(
+        scores_file, tmp_path, capsys, monkeypatch):
+    """A read-only file (faked: the tests may run as root, whom no mode stops)."""
+    monkeypatch.setattr("sinklabel.commands.assign.sinkhorn", _no_solve)
+    prices = tmp_path / "v.npy"
+    prices.write_bytes(b"old")
+    monkeypatch.setattr("sinklabel.commands._options.os.access",
+                        lambda path, mode: os.path.abspath(path) != str(prices))
+    assert main(_assign_outputs(scores_file, tmp_path)) == 2
+    assert f"cannot write {str(prices)!r}: the file is not writable" in capsys.readouterr().err
+
+
+def test_assign_saves_all_outputs_or_none(scores_file, tmp_path, capsys, monkeypatch):
+    """A save failing (a full disk) after the labels were saved left new labels beside old
+    potentials; now every output keeps its old content and no temporary file is left."""
+    old = tmp_path / "labels.npy"
+    np.save(old, np.full(300, 7))
+    saves = []
+
+    def full_disk_on_the_second(file, array):
+        saves.append(array)
+        if len(saves) == 2:
+            raise OSError(28, "No space left on device")
+        file.write(b"new")
+
+    monkeypatch.setattr("sinklabel.commands._options.np.save", full_disk_on_the_second)
+    assert main(_assign_outputs(scores_file, tmp_path)) == 2
+    assert "No space left on device" in capsys.readouterr().err
+    assert sorted(os.listdir(tmp_path)) == ["labels.npy", "scores.npy"]
+    monkeypatch.undo()
+    np.testing.assert_array_equal(np.load(old), np.full(300, 7))
+
+
+def test_assign_saves_through_links_with_the_usual_permissions(scores_file, tmp_path):
+    """Outputs are written to temporary files and then moved onto their paths: a link
+    still gets the file it points to, and a new file the mode the umask gives."""
+    target, link = tmp_path / "target.npy", tmp_path / "link.npy"
+    target.write_bytes(b"old")
+    link.symlink_to(target)
+    assert main(_assign_outputs(scores_file, tmp_path, output=link)) == 0
+    assert link.is_symlink() and np.load(target).shape == (300,)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(tmp_path / "f.npy").st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_a_missing_scores_file_is_named_even_when_the_output_exists(tmp_path, capsys):
+    """The check that the output is not the scores file ran first and failed on the missing
+    scores with a bare "[Errno 2]"."""
+    out = tmp_path / "labels.npy"
+    np.save(out, np.zeros(3))
+    missing = tmp_path / "missing.npy"
+    assert main(["assign", str(missing), "-k", "3", "-o", str(out)]) == 2
+    assert f"no such file {str(missing)!r}" in capsys.readouterr().err
+
+
+def test_assign_help_gives_the_exact_sizes_with_weights(capsys):
+    with pytest.raises(SystemExit):
+        main(["assign", "--help"])
+    assert "floor or ceil of N/K, or of N * weight with --weights" in \
+        " ".join(capsys.readouterr().out.split())
+
+
+def test_a_negative_seed_is_refused_by_name_before_any_work(capsys, monkeypatch):
+    err = _rejected_before_work(["demo", "--seed", "-1"], capsys, monkeypatch)
+    assert "argument --seed: must be a non-negative integer, got '-1'" in err
+
+
+@pytest.mark.parametrize("options, match", [
+    (["--memory-limit", "1KB"], "memory_limit=1000 bytes is too small"),
+    (["--backend", "numpy", "--cache"], "cache=True is an option of the 'numba' backend"),
+])
+def test_demo_refuses_solve_options_before_generating(capsys, monkeypatch, options, match):
+    """These were refused by the solve, after seconds of generating 200,000 x 1000 scores."""
+    monkeypatch.setattr("sinklabel.commands.demo.make_scores", _no_solve)
+    assert main(["demo", *options]) == 2
+    assert match in capsys.readouterr().err
+
+
+def test_warnings_are_lines_in_the_style_of_the_errors(scores_file, tmp_path, capsys):
+    """Python's format named the first line outside sinklabel: "<frozen runpy>:88"."""
+    argv = ["assign", str(scores_file), "-k", "6", "-o", str(tmp_path / "labels.npy"),
+            "--max-iter", "1", "--tol", "1e-9", "--no-progress"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "sinklabel assign: warning: Sinkhorn did not reach tol=1e-09" in err
+    assert "Warning:" not in err

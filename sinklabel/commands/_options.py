@@ -109,12 +109,9 @@ def check_outputs(paths: list[str], scores: str) -> None:
     """Fail before any work when a path cannot be written, would overwrite the scores, or
     is named twice (the second save would silently replace the first)."""
     for path in paths:
-        folder = os.path.dirname(os.path.abspath(path))
-        if os.path.isdir(path):
-            raise IsADirectoryError(f"cannot write {path!r}: it is a folder; name a file in it")
-        if not os.path.isdir(folder):
-            raise FileNotFoundError(f"cannot write {path!r}: no such folder {folder!r}")
-        if os.path.exists(path) and os.path.samefile(path, scores):
+        _check_writable(path)
+        # A missing scores file is not compared here: opening it names it as missing.
+        if os.path.exists(path) and os.path.exists(scores) and os.path.samefile(path, scores):
             raise ValueError(f"{path!r} is the scores file; choose another output path")
     real = [os.path.realpath(path) for path in paths]
     for index, path in enumerate(paths):
@@ -122,7 +119,47 @@ def check_outputs(paths: list[str], scores: str) -> None:
             raise ValueError(f"{path!r} is named for two outputs; give each its own path")
 
 
-def save_npy(path: str, array: np.ndarray) -> None:
-    """Save to ``path`` exactly (``np.save`` would add ``.npy`` to a path without it)."""
-    with open(path, "wb") as file:
-        np.save(file, array)
+def _check_writable(path: str) -> None:
+    """Raise unless ``path`` can be saved to, by creating (and removing) the file the save
+    itself would first write: a folder's mode says nothing for root, and nothing at all of
+    a folder such as /proc, where no file can be created."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"cannot write {path!r}: it is a folder; name a file in it")
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"cannot write {path!r}: no such folder {folder!r}")
+    if os.path.exists(path) and not os.access(path, os.W_OK):
+        raise PermissionError(f"cannot write {path!r}: the file is not writable")
+    try:
+        os.remove(_create_temporary(path))
+    except OSError as exc:
+        raise OSError(
+            f"cannot write {path!r}: no file can be created in {folder!r} ({exc.strerror})"
+        ) from exc
+
+
+def _create_temporary(path: str) -> str:
+    """A new empty file beside the (real) file ``path`` names, created with the usual
+    permissions (``mkstemp``'s are owner-only); its path."""
+    temporary = f"{os.path.realpath(path)}.{os.getpid()}.tmp"
+    os.close(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    return temporary
+
+
+def save_outputs(outputs: dict[str, np.ndarray]) -> None:
+    """Save each array to exactly its path (``np.save`` would add ``.npy`` to a path without
+    it), all or none: each goes to a temporary file beside its path first, and only once all
+    are written do they replace the paths, so a failed save (a full disk) leaves no mix of
+    new and old or missing outputs."""
+    written: list[str] = []
+    try:
+        for path, array in outputs.items():
+            written.append(_create_temporary(path))
+            with open(written[-1], "wb") as file:
+                np.save(file, array)
+    except BaseException:
+        for temporary in written:
+            os.remove(temporary)
+        raise
+    for path, temporary in zip(outputs, written, strict=True):
+        os.replace(temporary, os.path.realpath(path))

@@ -16,15 +16,20 @@ import numpy as np
 
 from ..api import sinkhorn
 from ..check import result_prices
+from ..result import SinkhornResult
 from ._options import (
     add_solver_options,
     check_outputs,
     load_npy,
     positive,
-    save_npy,
+    save_outputs,
     solver_kwargs,
     summarize,
 )
+
+#: What to do when the solve does not fit in memory (see ``cli.main``).
+MEMORY_HINT = ("bound the solve's extra memory with --memory-limit (such as 2GB) and leave out "
+               "--cache; --exact needs memory for all the scores")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -40,9 +45,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--init", help="(K,) .npy file of potentials to warm-start from, as "
                         "saved by --potentials on earlier scores")
     parser.add_argument("--exact", action="store_true",
-                        help="exactly balanced labels (sizes floor or ceil of N/K): the "
-                        "certified optimum of the exact problem, which 'sinklabel check' "
-                        "accepts; needs N >= K")
+                        help="exactly balanced labels (sizes floor or ceil of N/K, or of N * "
+                        "weight with --weights): the certified optimum of the exact problem, "
+                        "which 'sinklabel check' accepts; needs N >= K")
     add_solver_options(parser)
 
 
@@ -57,11 +62,17 @@ def run(args: argparse.Namespace) -> int:
     result = sinkhorn(args.scores, args.k, label_weights=weights, init=init, balance=balance,
                       **solver_kwargs(args))
     seconds = time.perf_counter() - start
-    save_npy(args.output, np.asarray(result.labels))
-    if args.potentials:
-        save_npy(args.potentials, result.potentials)
-    if args.prices:
-        save_npy(args.prices, result_prices(result))
+    save_outputs(_outputs(args, result))
     print(summarize(result, seconds), file=sys.stderr)
     print(f"labels saved to {args.output}", file=sys.stderr)
     return 0 if result.converged else 1
+
+
+def _outputs(args: argparse.Namespace, result: SinkhornResult) -> dict[str, np.ndarray]:
+    """The arrays to save by path, all computed before any is saved."""
+    outputs = {args.output: np.asarray(result.labels)}
+    if args.potentials:
+        outputs[args.potentials] = result.potentials
+    if args.prices:
+        outputs[args.prices] = result_prices(result)
+    return outputs

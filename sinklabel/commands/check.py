@@ -15,6 +15,10 @@ from ..check import check
 from ..sources import as_source
 from ._options import load_npy, positive
 
+#: What to do when the exact solve does not fit in memory (see ``cli.main``).
+MEMORY_HINT = ("give --no-exact to skip the exact solve, with --prices saved by 'sinklabel "
+               "assign --exact --prices' for a strong bound")
+
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("scores", help="(N, K) float .npy file of log-probabilities or logits")
