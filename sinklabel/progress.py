@@ -114,8 +114,15 @@ class Progress:
                   f"{elapsed:.1f} s, about {eta:.0f} s left", file=sys.stderr)
 
     def close(self) -> None:
+        """Close the bar; without tqdm, end with a line on how the solve ended (the lines
+        come at most once a second, so a short solve would otherwise show only its first)."""
         if self._bar is not None:
             self._bar.close()
+        elif self.enabled and self.history:
+            best, n = min(self.history), len(self.history)
+            ended = "converged" if self.tol is not None and best <= self.tol else "stopped"
+            print(f"{self.desc}: {ended} after {n} iterations, error {best:.2e}, "
+                  f"{time.perf_counter() - self._start:.1f} s", file=sys.stderr)
 
     def __enter__(self) -> Progress:
         return self

@@ -117,6 +117,15 @@ def test_cuda_stream_delivers_the_host_scores(scores):
         np.testing.assert_array_equal(got.cpu().numpy(), scores)
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without CUDA")
+def test_a_cuda_device_without_cuda_is_refused_by_name(scores):
+    """torch's own error ("Torch not compiled with CUDA enabled", from deep in cudart) came
+    only with page_lock=True; every CUDA stream is now refused at once, saying what to pass."""
+    for page_lock in (False, True):
+        with pytest.raises(RuntimeError, match="no CUDA device here.*device='cpu'"):
+            DeviceStreamSource(scores, "cuda", page_lock=page_lock)
+
+
 def test_page_lock_needs_cuda_and_in_memory_scores(scores, tmp_path):
     with pytest.raises(ValueError, match="needs a CUDA device"):
         DeviceStreamSource(scores, "cpu", page_lock=True)

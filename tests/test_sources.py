@@ -552,6 +552,19 @@ def test_a_solve_already_within_tol_has_no_iterations_left(monkeypatch, capsys):
     assert "sinkhorn: iteration 1/1, error 0.00e+00" in capsys.readouterr().err
 
 
+def test_plain_progress_ends_with_how_the_solve_ended(monkeypatch, capsys):
+    """Without tqdm, lines come at most once a second, so a solve of a few passes showed only
+    its first ("iteration 1/1000, ..., about 1509 s left"): the last line says how it ended."""
+    monkeypatch.setitem(sys.modules, "tqdm.auto", None)
+    logp = np.log(np.random.default_rng(0).dirichlet(np.ones(5), size=500))
+    result = sinklabel.sinkhorn(logp, 5, progress=True)
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith(f"sinkhorn: converged after {result.n_iter} iterations, error ")
+    with pytest.warns(sinklabel.ConvergenceWarning):
+        sinklabel.sinkhorn(logp, 5, progress=True, tol=1e-14, max_iter=2)
+    assert "sinkhorn: stopped after 2 iterations" in capsys.readouterr().err
+
+
 def test_progress_bar_total_tracks_the_estimate():
     bar = Progress(True, total=1000, tol=0.5**20)
     for i in range(1, 12):

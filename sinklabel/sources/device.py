@@ -94,6 +94,11 @@ class DeviceStreamSource(Source):
         if source.library == "torch" and array is not None and array.device.type != "cpu":
             raise TypeError(f"host scores must be on the CPU, got a tensor on {array.device}")
         self.device = torch.device(device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError(
+                f"device={device!r} but torch finds no CUDA device here (torch "
+                f"{torch.__version__}): pass device='cpu', or run where CUDA is"
+            )
         self._unlock = None
         if page_lock:
             source = self._page_locked(torch, source)
