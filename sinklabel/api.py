@@ -260,13 +260,14 @@ def _warn_empty_labels(result: SinkhornResult) -> SinkhornResult:
 
 
 def apply_potentials(
-    logp: Array, result: SinkhornResult, what: str, chunk_size: int | None
+    logp: Array, result: SinkhornResult, what: str, chunk_size: int | None,
+    memory_limit: int | str | None = None,
 ) -> Array:
     """Labels or soft assignments of any rows under a result's potentials."""
     source = as_source(logp)
     check_shape(source, result.potentials.shape[0])
     kernel = _kernel_for(result.backend, source.library)
-    rows = _chunk_rows(chunk_size, kernel, source)
+    rows = _chunk_rows(chunk_size, kernel, source, memory_limit)
     source = _checked_scores(source, kernel, result.lam, rows)
     f, lam = result.potentials, result.lam
     if what == "labels":

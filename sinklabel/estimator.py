@@ -108,11 +108,13 @@ class SinkhornLabeler:
 
     def predict(self, logp: Array) -> Array:
         """Label rows with the fitted potentials, no further Sinkhorn iterations."""
-        return self._fitted().predict(logp, chunk_size=self.chunk_size)
+        return self._fitted().predict(logp, chunk_size=self.chunk_size,
+                                      memory_limit=self.memory_limit)
 
     def soft_assignments(self, logp: Array) -> Array:
         """Soft assignments of rows under the fitted potentials (rows sum to one)."""
-        return self._fitted().soft_assignments(logp, chunk_size=self.chunk_size)
+        return self._fitted().soft_assignments(logp, chunk_size=self.chunk_size,
+                                               memory_limit=self.memory_limit)
 
     def _fit(self, logp: Array, init: Array | None, continuing: bool = False) -> SinkhornLabeler:
         try:

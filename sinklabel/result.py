@@ -84,18 +84,21 @@ class SinkhornResult:
         counts = self.label_counts
         return float(np.abs(counts / counts.sum() - self.label_weights).sum())
 
-    def soft_assignments(self, logp: Array, *, chunk_size: int | None = None) -> Array:
+    def soft_assignments(self, logp: Array, *, chunk_size: int | None = None,
+                         memory_limit: int | str | None = None) -> Array:
         """Rows of the transport plan, ``softmax(lam * logp[i] + potentials)``, for any rows.
 
         Each row sums to one; scaled by ``1 / N`` they are the plan of the solved problem.
         Works on the solved rows or on new ones, in the input's array library, ``chunk_size``
-        rows at a time (default: the backend's).
+        rows at a time (default: the backend's, within ``memory_limit`` as in ``sinkhorn``;
+        the N x K result itself is not counted).
         """
         from .api import apply_potentials
 
-        return apply_potentials(logp, self, "soft", chunk_size)
+        return apply_potentials(logp, self, "soft", chunk_size, memory_limit)
 
-    def predict(self, logp: Array, *, chunk_size: int | None = None) -> Array:
+    def predict(self, logp: Array, *, chunk_size: int | None = None,
+                memory_limit: int | str | None = None) -> Array:
         """Label new rows from the saved potentials, with no further Sinkhorn work.
 
         Each row takes ``argmax_y lam * logp[i, y] + potentials[y]``, ``chunk_size`` rows at a
@@ -103,4 +106,4 @@ class SinkhornResult:
         """
         from .api import apply_potentials
 
-        return apply_potentials(logp, self, "labels", chunk_size)
+        return apply_potentials(logp, self, "labels", chunk_size, memory_limit)
