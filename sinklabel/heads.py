@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from ._validation import check_shape
+from ._warnings import held_warnings, warn
 from .api import sinkhorn
 from .kernels import resolve_kernel
 from .progress import progress_label
@@ -86,17 +87,22 @@ def sinkhorn_heads(
     reader = SharedReader(checked(source), len(ks))
     offsets = [sum(ks[:t]) for t in range(len(ks))]
     results: list[SinkhornResult | None] = [None] * len(ks)
+    held: list[list[tuple[str, type[Warning]]]] = [[] for _ in ks]
 
     def solve_head(t: int) -> None:
         columns = slice(offsets[t], offsets[t] + ks[t])
         view = reader.view(t, lambda block: block[:, columns], ks[t])
         try:
-            with progress_label(f"head {t}", position=t):
+            with progress_label(f"head {t}", position=t), held_warnings() as shown_later:
+                held[t] = shown_later
                 results[t] = sinkhorn(
                     view, ks[t], label_weights=weights[t], init=inits[t], chunk_size=rows,
                     backend=backend, **options,
                 )
         except BaseException as exc:
+            if hasattr(exc, "add_note"):  # Python 3.11 and later
+                exc.add_note(f"(in head {t}: its labels are columns {columns.start} to "
+                             f"{columns.stop - 1} of logp, numbered from 0 within the head)")
             reader.fail(exc)
         finally:
             reader.leave(t)
@@ -113,6 +119,9 @@ def sinkhorn_heads(
         for thread in threads:
             thread.join()
         raise
+    for t, head_warnings in enumerate(held):
+        for message, category in head_warnings:
+            warn(f"head {t}: {message}", category)
     if reader.error is not None:
         raise reader.error
     return results  # type: ignore[return-value]

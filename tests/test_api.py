@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import warnings
 
 import numpy as np
@@ -9,7 +10,7 @@ import pytest
 from conftest import to_backend, to_host
 
 import sinklabel
-from sinklabel import SinkhornLabeler, assign_labels, sinkhorn
+from sinklabel import ConvergenceWarning, SinkhornLabeler, assign_labels, sinkhorn
 
 
 @pytest.fixture
@@ -264,6 +265,26 @@ def test_heads_take_numpy_label_counts(logp):
         got = sinklabel.sinkhorn_heads(logp, ks)
         for a, b in zip(got, expected, strict=True):
             np.testing.assert_array_equal(a.labels, b.labels)
+
+
+def test_heads_warnings_name_the_caller_and_the_head(logp):
+    """A head solves in its own thread, where a warning named threading.py's line; the
+    caller's thread now shows each head's warnings, naming this file and the head."""
+    with pytest.warns(ConvergenceWarning) as caught:
+        sinklabel.sinkhorn_heads(logp, [2, 4], tol=1e-14, max_iter=2)
+    assert sorted(str(w.message)[:7] for w in caught) == ["head 0:", "head 1:"]
+    assert {w.filename for w in caught} == {__file__}
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="exception notes are Python 3.11+")
+def test_a_heads_error_names_its_head_and_columns(logp):
+    """A head's error counts labels from 0 within the head: a note says which head and
+    which columns of logp those are."""
+    scores = np.array(logp, dtype=np.float64)
+    scores[:, 3] = -np.inf  # head 1's label 1
+    with pytest.raises(ValueError, match=r"labels \[1\]") as error:
+        sinklabel.sinkhorn_heads(scores, [2, 4])
+    assert "(in head 1: its labels are columns 2 to 5 of logp" in error.value.__notes__[0]
 
 
 def test_import_touches_no_optional_library():
