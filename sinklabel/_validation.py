@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from ._arrays import to_host
+from .collective import LOCAL, Collective
 from .kernels import Kernel
 from .sources import Source
 
@@ -135,6 +136,37 @@ def check_chunk_scores(start: int, chunk: Any, kernel: Kernel, lam: float) -> No
             f"score is {float(unscaled[0]):.3g}): subtract the row maximum, or lower lam"
         )
     raise ValueError(f"row {row} of logp has no finite score (-inf for every label)")
+
+
+#: Bytes of host copy at a time while counting finite scores (the scores may be on a GPU).
+COUNT_BLOCK_BYTES = 64 << 20
+
+
+def check_labels_reachable(
+    source: Source, label_weights: np.ndarray, rows: int, collective: Collective = LOCAL
+) -> None:
+    """ValueError when a label has fewer rows with a finite score than its share of N: no
+    plan has those label proportions, so the solve cannot converge (its potential grows
+    without bound). One pass, in host blocks of ``COUNT_BLOCK_BYTES``: run only after a
+    solve that did not converge, to say why instead of returning collapsed labels."""
+    n_labels = source.shape[1]
+    totals = np.zeros(n_labels + 1)
+    step = max(1, COUNT_BLOCK_BYTES // (8 * n_labels))
+    for start, stop, chunk in source.chunks(rows):
+        for first in range(0, stop - start, step):
+            block = to_host(chunk[first:first + step])
+            totals[:n_labels] += np.isfinite(block).sum(axis=0)
+        totals[n_labels] += stop - start
+    totals = collective.sum(totals)
+    needed = totals[n_labels] * label_weights
+    short = totals[:n_labels] < needed * (1 - 1e-12)
+    if short.any():
+        y = int(np.flatnonzero(short)[0])
+        raise ValueError(
+            f"label {y} should take {needed[y]:.6g} points (its weight times N) but only "
+            f"{int(totals[y])} rows have a finite score for it (the others are -inf): no "
+            "labelling has these proportions. Lower its weight or unmask more rows"
+        )
 
 
 def _host_vector(name: str, value: Any, n_labels: int) -> np.ndarray:

@@ -13,13 +13,14 @@ from ._validation import (
     check_flag,
     check_init,
     check_label_weights,
+    check_labels_reachable,
     check_positive,
     check_scores,
     check_shape,
 )
 from ._warnings import warn
 from .collective import LOCAL, Collective
-from .exp_cache import table_cap, with_exp_cache
+from .exp_cache import CachedSource, table_cap, with_exp_cache
 from .kernels import Kernel, resolve_kernel
 from .result import SinkhornResult
 from .sources import Array, Source, as_source, checked, itemsize, parse_memory
@@ -198,9 +199,12 @@ def _sinkhorn(
     ``collective`` joins this process's rows with other processes' (see distributed.py);
     labels stay local, label counts are global.
     """
+    raw = source.inner if isinstance(source, CachedSource) else source
     out = solver.solve(
         source, kernel, lam=lam, label_weights=label_weights, tol=tol, max_iter=max_iter,
         init=init, rows=rows, progress=progress, collective=collective,
+        # Perhaps it cannot: -inf scores may leave a label short of rows.
+        explain_failure=lambda: check_labels_reachable(raw, label_weights, rows, collective),
     )
     labels = solver.assign(source, kernel, out.potentials, lam, rows)
     counts = np.bincount(kernel.to_numpy(labels), minlength=source.shape[1]).astype(np.float64)

@@ -24,6 +24,7 @@ so all processes of a distributed solve take identical steps.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -313,11 +314,14 @@ def solve(
     rows: int,
     progress: bool,
     collective: Collective = LOCAL,
+    explain_failure: Callable[[], None] | None = None,
 ) -> SolverOutput:
     """Potentials whose plan has a label marginal within ``tol`` (L1) of the target.
 
     Each pass over the scores counts as one iteration. Stops at the first pass that meets
-    ``tol``; at ``max_iter`` it warns and returns the best potentials seen.
+    ``tol``; at ``max_iter`` it warns and returns the best potentials seen. When the failed
+    solve's potentials grew beyond what the compute dtype resolves, it first calls
+    ``explain_failure``, which may raise the reason no potentials solve the problem.
     """
     f = np.zeros(source.shape[1]) if init is None else np.array(init, dtype=np.float64)
     log_target = np.log(label_weights)
@@ -348,15 +352,19 @@ def solve(
             point = found
     best = evaluate.best
     converged = best.error <= tol
+    # A solve that failed may have failed for want of precision along its way, or because
+    # no potentials solve it (they then grow until float32 cannot resolve them either).
+    rounding = _rounding(_size(best) if converged else evaluate.largest, source.dtype)
+    if not converged and rounding > PRECISION_LIMIT and explain_failure is not None:
+        explain_failure()
     if not converged:
         warn(
             f"Sinkhorn did not reach tol={tol:g} in max_iter={max_iter} iterations "
             f"(label-marginal error {best.error:.3g}); raise max_iter or tol",
             ConvergenceWarning,
         )
-    # A solve that failed may have failed for want of precision along its way.
-    size = _size(best) if converged else evaluate.largest
-    _warn_if_imprecise(size, compute_dtype(source.dtype))
+    if rounding > PRECISION_LIMIT:
+        _warn_imprecise(rounding, source.dtype)
     return SolverOutput(
         best.f, len(evaluate.history), converged, best.error, np.asarray(evaluate.history)
     )
@@ -373,18 +381,21 @@ def _size(point: _Point) -> float:
     return max(abs(point.objective), float(np.abs(point.f).max()))
 
 
-def _warn_if_imprecise(size: float, dtype: np.dtype) -> None:
-    """Warn when the kernels' z (in ``dtype``) rounds by more than ``PRECISION_LIMIT``: then
-    the plan, its error and its labels are only that exact."""
-    rounding = size * float(np.finfo(dtype).eps)
-    if rounding > PRECISION_LIMIT:
-        warn(
-            f"lam * logp + potentials reach {size:.3g}, which {dtype} rounds to about "
-            f"{rounding:.2g}: the plan, its error and its labels are only that exact. Subtract "
-            "each row's maximum from logp, mark impossible labels with -inf rather than a large "
-            "finite score, or pass float64 scores",
-            PrecisionWarning,
-        )
+def _rounding(size: float, dtype_name: str) -> float:
+    """How much the kernels round a z of ``size`` in the compute dtype of ``dtype_name``."""
+    return size * float(np.finfo(compute_dtype(dtype_name)).eps)
+
+
+def _warn_imprecise(rounding: float, dtype_name: str) -> None:
+    """The plan, its error and its labels are only as exact as the kernels' z."""
+    dtype = compute_dtype(dtype_name)
+    warn(
+        f"lam * logp + potentials reach {rounding / np.finfo(dtype).eps:.3g}, which {dtype} "
+        f"rounds to about {rounding:.2g}: the plan, its error and its labels are only that "
+        "exact. Subtract each row's maximum from logp, mark impossible labels with -inf rather "
+        "than a large finite score, or pass float64 scores",
+        PrecisionWarning,
+    )
 
 
 def assign(source: Source, kernel: Kernel, f: np.ndarray, lam: float, rows: int) -> Array:

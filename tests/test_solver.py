@@ -229,3 +229,20 @@ def test_precision_warning_names_scores_float32_cannot_resolve(rng, case):
         sinklabel.sinkhorn(s, 8, backend="numpy")  # float64: resolved
         if case == "row offset":
             sinklabel.sinkhorn((s - s.max(axis=1, keepdims=True)).astype(np.float32), 8)
+
+
+@pytest.mark.parametrize("cache", [False, True])
+def test_a_label_masked_in_too_many_rows_is_an_error_not_collapsed_labels(backend, rng, cache):
+    """A label finite in 1 row of 50 cannot take its 10: no plan has those proportions and
+    its potential grows without bound. The solve that cannot converge says why (it returned
+    collapsed labels with a ConvergenceWarning); one that can converge is not checked."""
+    if cache and backend != "numba":
+        pytest.skip("cache=True is the Numba backend's")
+    s = scores(rng, 50, 5).astype(np.float32)
+    s[1:, 2] = -np.inf
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        with pytest.raises(ValueError, match="label 2 should take 10 points .* only 1 rows"):
+            solve(s, backend, cache=cache, max_iter=200)
+        s[:10, 2] = -1.0  # 10 rows: exactly its share, reachable
+        assert solve(s, backend, cache=cache, max_iter=2000).converged
