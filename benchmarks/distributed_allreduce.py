@@ -2,8 +2,10 @@
 
     torchrun --nproc_per_node=2 benchmarks/distributed_allreduce.py --labels 3000
 
-Times, on every rank, a bare ``all_reduce`` of K + 2 float64 values and the same reduction
-through :class:`sinklabel.distributed.TorchCollective` (host NumPy in and out, status slot),
+Times, on every rank, a bare ``all_reduce`` of K + 3 float64 values (what a Sinkhorn
+iteration sends: K label masses, the log-sum-exp sum, the row count and the status slot) and
+the same reduction through :class:`sinklabel.distributed.TorchCollective` (host NumPy in and
+out, which adds the status slot),
 and prints rank 0's medians. On CPU (gloo) this is loopback TCP; with CUDA (NCCL) the vector
 goes through the GPU as in a real solve.
 """
@@ -44,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     dist.init_process_group("nccl" if cuda else "gloo")
     try:
         collective = TorchCollective()
-        vector = np.random.default_rng(dist.get_rank()).random(args.labels + 1)
+        # solver.dual_terms' K + 2 sums; the collective appends the status slot
+        vector = np.random.default_rng(dist.get_rank()).random(args.labels + 2)
         tensor = torch.from_numpy(np.append(vector, 0.0)).to(collective.device)
 
         def bare() -> None:
@@ -55,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         bare_us, through_us = _medians_us([bare, lambda: collective.sum(vector)], args.repeats)
         if dist.get_rank() == 0:
             print(f"{dist.get_world_size()} ranks, {dist.get_backend()}, K={args.labels}: "
-                  f"all_reduce of {args.labels + 2} float64 {bare_us:.0f} us, "
+                  f"all_reduce of {vector.size + 1} float64 {bare_us:.0f} us, "
                   f"TorchCollective.sum {through_us:.0f} us (medians of {args.repeats})")
     finally:
         dist.destroy_process_group()

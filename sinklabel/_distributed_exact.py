@@ -8,8 +8,11 @@ best values of ``S[i, :] + v`` are close are in play. So:
 1. Every rank scans its rows once: best label and margin to the runner-up under ``v``.
 2. The ranks agree on thresholds (a bisection over counts, one all-reduce of K + 1 numbers
    per step): rows whose margin exceeds them are *settled* at their best label, at most
-   ``cap[y] = min(lower[y], upper[y] - 1)`` of them per label; the rest, at least a target
-   number, are *contested*.
+   ``cap[y] = min(lower[y], upper[y] - 1)`` of them per label. Rows at which every label
+   ties exactly (margin 0: identical or constant scores, e.g. an untrained head) never pass
+   a threshold; any label is an arg-max for them, so they settle in the room the caps leave,
+   spread over the labels in proportion to it. The rest, at least a target number, are
+   *contested*.
 3. Rank 0 receives the contested rows only (their full score rows) and the settled counts
    ``c``, and solves the exact problem on them with the label sizes ``[lower - c, upper - c]``
    (``_transport.solve_transport``, warm-started from the latest prices). It sends back the
@@ -47,10 +50,11 @@ scores, whichever is more) to rank 0. The final labelling is certified by
 the distributed duality gap over all rows (one more pass); a certificate that does not prove
 optimality raises, it is never returned.
 
-What crosses the ranks: the contested rows (K scores each, in the scores' dtype), each sent
-to rank 0 once, in the round it becomes contested; ``1 + K + R`` float64 back per round
-(outcome, prices, the labels of all R rows on rank 0); about 64 all-reduces of K + 2 float64
-for the thresholds and a few small sums per round.
+What crosses the ranks: the contested rows (K scores each, in the scores' dtype; bfloat16 as
+float32), each sent to rank 0 once, in the round it becomes contested; ``1 + K + R`` float64
+back per round (outcome, prices, the labels of all R rows on rank 0); about 64 all-reduces of
+K + 2 float64 (K + 1 counts and the status slot) for the thresholds and a few small sums per
+round.
 """
 
 from __future__ import annotations
@@ -113,9 +117,9 @@ def balance_across_ranks(
     lower, upper = balanced_range(n_points, result.label_weights)
     caps = np.minimum(lower, upper - 1)
     v = result.potentials / result.lam
-    itemsize = 8 if source.dtype == "float64" else 4
+    wire = _wire_dtype(source.dtype)
     limit = min(n_points, max(int(MAX_CONTESTED_FRACTION * n_points),
-                              SMALL_BYTES // (K * itemsize)))
+                              SMALL_BYTES // (K * wire.itemsize)))
     target = min(first_contested or max(MIN_CONTESTED, CONTESTED_PER_LABEL * K), limit)
 
     # Margins under the Sinkhorn prices decide which rows may settle, in every round.
@@ -129,20 +133,15 @@ def balance_across_ranks(
     contested_before = np.zeros(source.shape[0], dtype=bool)  # contested once, or moved
     on_root = _RowsOnRoot(source.shape[0], scan_rows)
     for rounds in itertools.count(1):
-        settled = ~contested_before & (
-            reference.margin > _thresholds(reference, caps, n_points - target, collective)
-            [reference.best]
-        )
-        settled_counts = collective.sum(
-            np.bincount(reference.best[settled], minlength=K).astype(np.float64)
-        ).astype(np.int64)
+        settled, settled_labels, settled_counts = _settle(
+            reference, ~contested_before, caps, n_points - target, collective)
         n_contested = n_points - int(settled_counts.sum())
         if n_contested > limit:
-            raise _too_many(rounds, n_contested, n_points)
+            raise _too_many(rounds, n_contested, n_points, reference, settled, collective)
         contested_before |= ~settled
-        on_root.add(np.flatnonzero(~settled), source, itemsize, collective)
+        on_root.add(np.flatnonzero(~settled), source, wire, collective)
         status, v_new, contested_labels = _reduced_outcome(
-            on_root.table, n_contested, lower - settled_counts, upper - settled_counts, v,
+            on_root.parts, n_contested, lower - settled_counts, upper - settled_counts, v,
             collective,
         )
         if status == _INFEASIBLE and n_contested == n_points:
@@ -151,7 +150,7 @@ def balance_across_ranks(
                 "scores for them (check -inf entries)"
             )
         if status == _SOLVED:
-            labels[settled] = reference.best[settled]
+            labels[settled] = settled_labels[settled]
             on_root.place(contested_labels, labels, collective.rank)
             check = _guarded(collective, _Scan.empty(source.shape[0], K), _scan, source,
                              scan_rows, v_new, labels)
@@ -161,7 +160,7 @@ def balance_across_ranks(
                 break
             contested_before |= moved
         if target >= limit:
-            raise _too_many(rounds, n_contested, n_points)
+            raise _too_many(rounds, n_contested, n_points, reference, settled, collective)
         target = min(2 * max(target, n_contested), limit)
 
     sums = _guarded(collective, np.zeros(K + 4), _partial_sums, source, kernel, labels, v, rows)
@@ -182,24 +181,28 @@ def balance_across_ranks(
 class _RowsOnRoot:
     """The contested rows, gathered to rank 0 round by round. A round sends only the rows
     not sent before (the contested set only grows); the labels that come back follow the
-    same order: round by round, rank by rank, each rank's rows in their order."""
+    same order: round by round, rank by rank, each rank's rows in their order.
+
+    Rank 0 keeps each round's part as it came: joining them allocates, and may run out of
+    memory, so it happens inside the guarded reduced solve (:func:`_joined`), where a failure
+    reaches the other ranks instead of leaving them waiting."""
 
     def __init__(self, n_rows: int, chunk_rows: int):
         self.sent = np.zeros(n_rows, dtype=bool)
         self.chunk_rows = chunk_rows
         self.rounds: list[tuple[np.ndarray, np.ndarray]] = []  # this rank's rows, all counts
-        self.table: np.ndarray | None = None  # on rank 0: every row sent so far
+        self.parts: list[np.ndarray] = []  # on rank 0: the rows of each round so far
 
-    def add(self, contested: np.ndarray, source: Source, itemsize: int,
+    def add(self, contested: np.ndarray, source: Source, wire: np.dtype,
             collective: Collective) -> None:
         new = contested[~self.sent[contested]]
         self.sent[new] = True
-        block = _guarded(collective, np.zeros((new.size, source.shape[1]), _dtype(itemsize)),
-                         _read_rows, source, self.chunk_rows, new, itemsize)
+        block = _guarded(collective, np.zeros((new.size, source.shape[1]), wire),
+                         _read_rows, source, self.chunk_rows, new, wire)
         part, counts = collective.gather_rows(block)
         self.rounds.append((new, counts))
         if part is not None:
-            self.table = part if self.table is None else np.concatenate([self.table, part])
+            self.parts.append(part)
 
     def place(self, contested_labels: np.ndarray, labels: np.ndarray, rank: int) -> None:
         """Write this rank's share of the labels of all rows on rank 0 into ``labels``."""
@@ -213,16 +216,18 @@ class _RowsOnRoot:
 class _Scan:
     """One pass over a rank's rows under prices ``v``: each row's best label, its margin over
     the runner-up (+inf when no other label is finite), whether the row's given label is off
-    its arg-max, and the rows with a finite score per label."""
+    its arg-max, whether every label ties exactly at the row's maximum (``free``: any label
+    is an arg-max), and the rows with a finite score per label."""
 
     def __init__(self, best: np.ndarray, margin: np.ndarray, off: np.ndarray,
-                 finite: np.ndarray):
-        self.best, self.margin, self.off, self.finite = best, margin, off, finite
+                 free: np.ndarray, finite: np.ndarray):
+        self.best, self.margin, self.off, self.free = best, margin, off, free
+        self.finite = finite
 
     @classmethod
     def empty(cls, n: int, n_labels: int) -> _Scan:
         """A stand-in for a failed scan; the next reduction stops every rank."""
-        return cls(np.zeros(n, np.int64), np.zeros(n), np.zeros(n, bool),
+        return cls(np.zeros(n, np.int64), np.zeros(n), np.zeros(n, bool), np.zeros(n, bool),
                    np.zeros(n_labels, np.int64))
 
 
@@ -244,13 +249,14 @@ def _scan(source: Source, chunk_rows: int, v: np.ndarray,
         given = out.best[part] if labels is None else labels[part]
         infinite = np.empty(stop - start, dtype=bool)
         scan_rows = _scan_rows if HAVE_NUMBA else _scan_rows_numpy
-        scan_rows(scores, v, given, out.best[part], out.margin[part], out.off[part], infinite)
+        scan_rows(scores, v, given, out.best[part], out.margin[part], out.off[part],
+                  out.free[part], infinite)
         if infinite.any():
             out.finite -= np.count_nonzero(scores[infinite] == -np.inf, axis=0)
     return out
 
 
-def _scan_rows_numpy(scores, v, labels, best, margin, off, infinite) -> None:
+def _scan_rows_numpy(scores, v, labels, best, margin, off, free, infinite) -> None:
     """:func:`_scan_rows` in NumPy, for machines without numba (float64 block temporaries)."""
     z = scores.astype(np.float64)
     z += v
@@ -260,15 +266,18 @@ def _scan_rows_numpy(scores, v, labels, best, margin, off, infinite) -> None:
     own = z[rows, labels]
     with np.errstate(invalid="ignore"):  # inf - inf where the label's score is -inf
         off[:] = (own == -np.inf) | (top - own > TIE_ROUNDING * (np.abs(top) + np.abs(own)))
-    infinite[:] = np.isneginf(z).any(axis=1)
+    lowest = z.min(axis=1)
+    free[:] = (lowest == top) & (lowest > -np.inf)
+    infinite[:] = lowest == -np.inf
     z[rows, best] = -np.inf
     margin[:] = top - z.max(axis=1)
 
 
 @njit(cache=True, parallel=True)
-def _scan_rows(scores, v, labels, best, margin, off, infinite):  # pragma: no cover - compiled
+def _scan_rows(scores, v, labels, best, margin, off, free, infinite):  # pragma: no cover
     """Per row of ``scores + v`` (float64): arg-max, margin to the runner-up, whether
-    ``labels`` sits below the maximum by more than rounding, and whether a score is -inf."""
+    ``labels`` sits below the maximum by more than rounding, whether every label ties at the
+    maximum, and whether a score is -inf."""
     for i in prange(scores.shape[0]):
         top = -np.inf
         second = -np.inf
@@ -287,6 +296,7 @@ def _scan_rows(scores, v, labels, best, margin, off, infinite):  # pragma: no co
         margin[i] = top - second
         own = np.float64(scores[i, labels[i]]) + v[labels[i]]
         off[i] = own == -np.inf or top - own > TIE_ROUNDING * (abs(top) + abs(own))
+        free[i] = lowest == top and lowest > -np.inf
         infinite[i] = lowest == -np.inf
 
 
@@ -301,15 +311,73 @@ def _proves_optimal(certificate: Certificate, v: np.ndarray, upper: np.ndarray) 
     return certificate.feasible and certificate.gap <= certificate.rounding + NOISE * scale
 
 
-def _too_many(rounds: int, n_contested: int, n_points: int) -> RuntimeError:
+def _too_many(rounds: int, n_contested: int, n_points: int, scan: _Scan, settled: np.ndarray,
+              collective: Collective) -> RuntimeError:
+    """The error for a contested set past its limit (every rank decides it together, so the
+    count of tied rows is one more sum on every rank). When most contested rows tie exactly
+    with a runner-up, more Sinkhorn cannot help: their margin is 0 whatever the prices."""
+    tied = int(collective.sum(
+        np.array([np.count_nonzero(~settled & (scan.margin == 0))], dtype=np.float64))[0])
+    prefix = (f"balance='exact' across ranks: after {rounds} rounds with {n_contested} of "
+              f"{n_points} rows contested")
+    if 2 * tied > n_contested:
+        return RuntimeError(
+            f"{prefix}, {tied} of them tie exactly with a runner-up label (identical or "
+            "constant scores, on all labels or only some): their margin under the Sinkhorn "
+            "prices is 0, so only rows tied on every label can settle, and moving the rest to "
+            "rank 0 would pass its limit. More Sinkhorn iterations do not separate them; "
+            "gather the scores on one rank (balance='exact' in one process solves ties) or "
+            "break the ties"
+        )
     return RuntimeError(
-        f"balance='exact' across ranks: after {rounds} rounds with {n_contested} of "
-        f"{n_points} rows contested, rows settled by their margin under the Sinkhorn prices "
+        f"{prefix}, rows settled by their margin under the Sinkhorn prices "
         "still moved under the exact prices of the rest (or the rest could not meet the "
         "sizes alone), and moving more rows to rank 0 would pass its limit: the Sinkhorn "
         "prices are far from the exact ones. Solve Sinkhorn further (smaller tol, larger "
         "max_iter) or gather the scores on one rank"
     )
+
+
+def _settle(scan: _Scan, eligible: np.ndarray, caps: np.ndarray, keep: int,
+            collective: Collective) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """This round's settled rows among ``eligible``, their labels, and the settled rows per
+    label over all ranks (at most ``caps``, at most ``keep`` in all).
+
+    Rows above the margin thresholds settle at their best label. Rows where every label ties
+    exactly have margin 0 and never pass a threshold; left contested they could be every row
+    (a zero-initialised head), far past rank 0's limit. Any label is an arg-max for them, so
+    they fill the room the thresholds leave: the global positions of the ranks' tied rows, in
+    rank order, are dealt out over the labels by :func:`_tie_quota`, the same way on every
+    rank, with one sum of K + world size numbers. The check under the exact prices catches
+    any of them that the reduced solve leaves below its row's maximum, as for any settled row.
+    """
+    K = caps.size
+    settled = eligible & (scan.margin > _thresholds(scan, caps, keep, collective)[scan.best])
+    tied = np.flatnonzero(eligible & ~settled & scan.free)
+    local = np.zeros(K + collective.world_size)
+    local[:K] = np.bincount(scan.best[settled], minlength=K)
+    local[K + collective.rank] = tied.size
+    total = collective.sum(local).astype(np.int64)
+    counts, per_rank = total[:K], total[K:]
+    quota = _tie_quota(caps - counts, min(keep - int(counts.sum()), int(per_rank.sum())))
+    positions = int(per_rank[:collective.rank].sum()) + np.arange(tied.size)
+    taken = tied[positions < quota.sum()]
+    labels = scan.best.copy()
+    labels[taken] = np.searchsorted(np.cumsum(quota), positions[:taken.size], side="right")
+    settled[taken] = True
+    return settled, labels, counts + quota
+
+
+def _tie_quota(room: np.ndarray, n: int) -> np.ndarray:
+    """How many of ``n`` exactly tied rows each label takes: at most its ``room``, in
+    proportion to it (largest remainders first). The reduced problem then keeps every label's
+    share of the room, so tied contested rows face sizes as balanced as the settled ones."""
+    n = min(n, int(room.sum()))
+    if n <= 0:
+        return np.zeros_like(room)
+    quota = room * n // room.sum()
+    quota[np.argsort(quota - room, kind="stable")[:n - int(quota.sum())]] += 1
+    return quota
 
 
 def _thresholds(scan: _Scan, caps: np.ndarray, keep: int, collective: Collective) -> np.ndarray:
@@ -337,10 +405,9 @@ def _thresholds(scan: _Scan, caps: np.ndarray, keep: int, collective: Collective
     return np.maximum(t[:K], t[K])
 
 
-def _read_rows(source: Source, chunk_rows: int, rows: np.ndarray, itemsize: int) -> np.ndarray:
-    """The given rows (sorted indices) of this rank's scores, as float32 or float64 on the
-    host."""
-    out = np.empty((rows.size, source.shape[1]), dtype=_dtype(itemsize))
+def _read_rows(source: Source, chunk_rows: int, rows: np.ndarray, wire: np.dtype) -> np.ndarray:
+    """The given rows (sorted indices) of this rank's scores, in ``wire`` on the host."""
+    out = np.empty((rows.size, source.shape[1]), dtype=wire)
     taken = 0
     for start, stop, block in source.chunks(chunk_rows):
         mine = rows[taken:np.searchsorted(rows, stop)]
@@ -351,20 +418,22 @@ def _read_rows(source: Source, chunk_rows: int, rows: np.ndarray, itemsize: int)
 
 
 def _reduced_outcome(
-    table: np.ndarray | None,
+    parts: list[np.ndarray],
     n_rows: int,
     lower: np.ndarray,
     upper: np.ndarray,
     v: np.ndarray,
     collective: Collective,
 ) -> tuple[float, np.ndarray, np.ndarray]:
-    """Rank 0 solves the ``n_rows`` contested rows; every rank receives the outcome code, the
-    prices and all contested labels (one sum to which only rank 0 contributes)."""
+    """Rank 0 solves the ``n_rows`` contested rows (its ``parts``); every rank receives the
+    outcome code, the prices and all contested labels (one sum to which only rank 0
+    contributes)."""
     K = lower.size
     message = np.zeros(1 + K + n_rows)
     if collective.rank == 0:
         try:
-            message[0], message[1:1 + K], message[1 + K:] = _solve_reduced(table, lower, upper, v)
+            message[0], message[1:1 + K], message[1 + K:] = _solve_reduced(
+                _joined(parts), lower, upper, v)
         except Exception as exc:  # the others learn of it in the sum below
             collective.fail(exc)
             message[:] = 0.0
@@ -384,6 +453,15 @@ def _solve_reduced(
     return _SOLVED, solution.prices, solution.labels
 
 
+def _joined(parts: list[np.ndarray]) -> np.ndarray:
+    """The contested rows of every round in one float32 or float64 array (the exact solver's
+    compiled loops have no float16). Joined in place, so a later round adds only its part."""
+    dtype = compute_dtype(parts[0].dtype)
+    if len(parts) > 1 or parts[0].dtype != dtype:
+        parts[:] = [np.concatenate(parts, dtype=dtype)]
+    return parts[0]
+
+
 def _guarded(collective: Collective, stand_in: Any, work: Callable[..., Any], *args: Any) -> Any:
     """``work(*args)``, this rank's share of a step. If it fails, the stand-in, and the next
     reduction stops every rank (alone, the error is raised at once)."""
@@ -394,5 +472,7 @@ def _guarded(collective: Collective, stand_in: Any, work: Callable[..., Any], *a
         return stand_in
 
 
-def _dtype(itemsize: int) -> type:
-    return np.float64 if itemsize == 8 else np.float32
+def _wire_dtype(dtype: str) -> np.dtype:
+    """How contested rows of scores of ``dtype`` travel to rank 0: as they are, except
+    bfloat16 (no NumPy type) as float32, which holds it exactly."""
+    return np.dtype(np.float32) if dtype == "bfloat16" else np.dtype(dtype)

@@ -1,9 +1,10 @@
 """The same solver over row shards held by the ranks of a torch.distributed process group.
 
 Each rank passes its own rows. The solver's global quantities go through a
-:class:`TorchCollective`: per iteration one all-reduce of K + 2 float64 values (the label mass,
-the row count and a status flag). Every rank receives the same reduced values, so every rank
-takes the same steps, stops at the same iteration and ends with identical potentials.
+:class:`TorchCollective`: per iteration one all-reduce of K + 3 float64 values (the label mass,
+the log-sum-exp sum, the row count and a status flag). Every rank receives the same reduced
+values, so every rank takes the same steps, stops at the same iteration and ends with identical
+potentials.
 
 Failures never leave a rank waiting in a reduction the others have abandoned:
 
@@ -25,7 +26,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 from collections.abc import Iterator
-from typing import Any, NoReturn
+from typing import Any, NamedTuple, NoReturn
 
 import numpy as np
 
@@ -54,7 +55,7 @@ from .exp_cache import table_cap, with_exp_cache
 from .kernels import Kernel, resolve_kernel
 from .kernels._base import WrappingKernel
 from .result import SinkhornResult
-from .sources import Array, ArraySource, Source, as_source, checked
+from .sources import Array, ArraySource, Source, SourceError, as_source, checked
 from .sources._base import WrappingSource
 
 #: What every rank must pass identically, in fingerprint order.
@@ -129,15 +130,23 @@ class TorchCollective(Collective):
         rank's row count (on every rank).
 
         The counts travel first, in a checked sum: a rank that failed before stops every
-        rank there, so nobody is left waiting for rows that will not come. The rows then go
-        point to point, each rank's exact count (no padding); all ranks must pass the same
-        dtype and number of columns.
+        rank there, so nobody is left waiting for rows that will not come. Then every rank
+        allocates what the transfer needs (rank 0 the whole table, which may not fit) and
+        reports a failure in a second checked sum, before any rank sends or receives. The
+        rows then go point to point, each rank's exact count (no padding); all ranks must
+        pass the same dtype and number of columns.
         """
         counts = np.zeros(self.world_size)
         counts[self.rank] = block.shape[0]
         counts = self.sum(counts).astype(np.int64)
+        try:
+            buffers = self._transfer_buffers(block, counts)
+        except Exception as exc:  # the others learn of it in the sum below, which raises here
+            self.fail(exc)
+            buffers = _Transfer(None)
+        self.sum(np.zeros(0))
         with self._peers("sending rows to rank 0"):
-            return self._rows_to_root(block, counts), counts
+            return self._rows_to_root(buffers, counts), counts
 
     @contextlib.contextmanager
     def _peers(self, step: str) -> Iterator[None]:
@@ -151,28 +160,43 @@ class TorchCollective(Collective):
                 "left the solve"
             ) from exc
 
-    def _rows_to_root(self, block: np.ndarray, counts: np.ndarray) -> np.ndarray | None:
+    def _transfer_buffers(self, block: np.ndarray, counts: np.ndarray) -> _Transfer:
+        """What :meth:`_rows_to_root` sends or receives into, allocated before any transfer.
+
+        Elsewhere: this rank's rows as a tensor on the reduction device. On rank 0: the table
+        of all rows, holding its own already, and (off the CPU) one staging tensor for the
+        largest part received.
+        """
+        import torch
+
+        if self.rank != 0:
+            return _Transfer(torch.from_numpy(np.ascontiguousarray(block)).to(self.device))
+        table = _root_table(counts, block)
+        if self.device.type == "cpu":
+            return _Transfer(None, table)
+        staging = torch.empty((int(counts[1:].max(initial=0)), block.shape[1]),
+                              dtype=getattr(torch, str(block.dtype)), device=self.device)
+        return _Transfer(staging, table)
+
+    def _rows_to_root(self, buffers: _Transfer, counts: np.ndarray) -> np.ndarray | None:
         import torch
         import torch.distributed as dist
 
         if self.rank != 0:
-            if block.shape[0]:
-                tensor = torch.from_numpy(np.ascontiguousarray(block)).to(self.device)
-                dist.send(tensor, group=self.group, group_dst=0)
+            if counts[self.rank]:
+                dist.send(buffers.tensor, group=self.group, group_dst=0)
             return None
-        table = np.empty((int(counts.sum()), block.shape[1]), dtype=block.dtype)
-        table[: block.shape[0]] = block
         offsets = np.cumsum(counts)
         for source in range(1, self.world_size):
             if counts[source] == 0:
                 continue
-            part = table[offsets[source - 1]:offsets[source]]
-            tensor = torch.from_numpy(part) if self.device.type == "cpu" else torch.empty(
-                part.shape, dtype=getattr(torch, str(block.dtype)), device=self.device)
+            part = buffers.table[offsets[source - 1]:offsets[source]]
+            tensor = (torch.from_numpy(part) if buffers.tensor is None
+                      else buffers.tensor[:int(counts[source])])
             dist.recv(tensor, group=self.group, group_src=source)
-            if self.device.type != "cpu":
+            if buffers.tensor is not None:
                 part[:] = tensor.cpu().numpy()
-        return table
+        return buffers.table
 
     def _reduce_checked(self, x: np.ndarray, op: str) -> np.ndarray:
         x = np.asarray(x, dtype=np.float64)
@@ -204,6 +228,22 @@ class TorchCollective(Collective):
         with self._peers("all-reduce across the process group"):
             dist.all_reduce(tensor, op=reduce_op, group=self.group)
         return tensor.cpu().numpy()
+
+
+class _Transfer(NamedTuple):
+    """The buffers of one gather of rows: a tensor (the rows sent, or rank 0's staging
+    tensor off the CPU) and, on rank 0, the table of all rows."""
+
+    tensor: Any
+    table: np.ndarray | None = None
+
+
+def _root_table(counts: np.ndarray, block: np.ndarray) -> np.ndarray:
+    """Rank 0's table of every rank's rows, holding its own block already: the one large
+    allocation of a gather, and the one most likely to run out of memory."""
+    table = np.empty((int(counts.sum()), block.shape[1]), dtype=block.dtype)
+    table[:block.shape[0]] = block
+    return table
 
 
 def distributed_sinkhorn(
@@ -443,6 +483,11 @@ def _digest(vector: np.ndarray) -> float:
 
 
 def _error_code(error: BaseException | None) -> float:
+    """The kind of ``error`` the other ranks are told. A streamed source's checking layer
+    wraps what the source raised (an OSError for a file that cannot be read) in a
+    SourceError: the other ranks are told the wrapped kind, which says more."""
+    if isinstance(error, SourceError) and isinstance(error.__cause__, Exception):
+        error = error.__cause__
     return float(next(i for i, kind in enumerate(_ERROR_KINDS, 1) if isinstance(error, kind)))
 
 

@@ -741,3 +741,78 @@ def test_importing_sinklabel_distributed_does_not_import_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=os.path.dirname(os.path.dirname(__file__)))
     assert out.stdout.strip() == "False"
+
+
+def _exact_gather_cases(rank: int, world: int) -> list[tuple]:
+    """Rank 0 cannot allocate the contested rows; then a solve on the same group; then tied
+    rows (a zero-initialised head) past rank 0's limit, and float16 rows sent as they are;
+    then rank 1's streamed source fails to read."""
+    from sinklabel import _distributed_exact, distributed
+    from sinklabel.sources import CallableSource
+
+    scores = _shard(FLAT[:239], [80, 90, 69], rank)
+    outcomes = []
+    allocate = distributed._root_table
+    if rank == 0:
+        def out_of_memory(counts, block):
+            raise MemoryError("no room for the contested rows")
+
+        distributed._root_table = out_of_memory
+    start = time.monotonic()
+    outcomes.append((*_caught(sinklabel.sinkhorn, scores, 6, balance="exact",
+                              distributed=True), time.monotonic() - start))
+    distributed._root_table = allocate
+    result = sinklabel.sinkhorn(scores, 6, balance="exact", distributed=True)
+    outcomes.append(("ok", int(result.label_counts.sum()), result.certificate.optimal))
+
+    _distributed_exact.MAX_CONTESTED_FRACTION = 0.0
+    _distributed_exact.SMALL_BYTES = 40 * 6 * 8  # 40 rows of float64, of 240
+    tied = sinklabel.sinkhorn(np.full((80, 6), -np.log(6.0)), 6, balance="exact",
+                              distributed=True)
+    outcomes.append(("ok", tied.label_counts.tolist(), tied.certificate.optimal))
+    _distributed_exact.SMALL_BYTES = 256 << 20
+    half = _shard(PEAKED, [0, 17, 223], rank).astype(np.float16)
+    sent = []
+    gather = distributed.TorchCollective.gather_rows
+
+    def recorded(self, block):
+        sent.append(block.dtype.name)
+        return gather(self, block)
+
+    distributed.TorchCollective.gather_rows = recorded
+    result = sinklabel.sinkhorn(half, 6, balance="exact", distributed=True)
+    outcomes.append(("ok", np.asarray(result.labels), result.certificate.optimal, set(sent)))
+
+    def unreadable(start, stop):
+        raise OSError("disk gone")
+
+    source = CallableSource(unreadable if rank == 1 else lambda a, b: scores[a:b],
+                            scores.shape, "float64")
+    outcomes.append(_caught(sinklabel.sinkhorn, source, 6, distributed=True))
+    return outcomes
+
+
+@pytest.mark.filterwarnings("ignore:.*labels received no points:UserWarning")
+def test_exact_balance_rank_0_out_of_memory_gathering_rows_stops_every_rank(tmp_path):
+    outcomes = _run_ranks(tmp_path, 3, _exact_gather_cases)
+    assert sorted(outcomes) == [0, 1, 2]
+    assert all(outcome[0] == "ok" for outcome in outcomes.values()), outcomes
+    cases = list(zip(*(outcomes[rank][1] for rank in range(3)), strict=True))
+    failed = cases[0]
+    assert failed[0][:3] == ("error", "MemoryError", "no room for the contested rows"), failed
+    for rank in (1, 2):
+        assert failed[rank][:2] == ("error", RankFailedError.__name__), failed
+        assert "rank 0 (MemoryError) failed during the solve" in failed[rank][2]
+        assert failed[rank][3] < GROUP_TIMEOUT_S / 2  # stopped by the flag, not a timeout
+    assert cases[1] == (("ok", 239, True),) * 3  # the group is still in step
+    assert cases[2] == (("ok", [40] * 6, True),) * 3  # tied rows: exact sizes, optimal
+    labels = np.concatenate([case[1] for case in cases[3]])
+    assert all(case[2] and case[3] == {"float16"} for case in cases[3]), cases[3]
+    half = PEAKED.astype(np.float16)
+    single = sinklabel.sinkhorn(half, 6, balance="exact")
+    assert float(half[np.arange(240), labels].astype(np.float64).sum()) == pytest.approx(
+        -single.certificate.primal, rel=1e-9)
+    unreadable = cases[4]
+    assert unreadable[1][:2] == ("error", "SourceError") and "disk gone" in unreadable[1][2]
+    for rank in (0, 2):
+        assert "rank 1 (OSError) failed during the solve" in unreadable[rank][2], unreadable
