@@ -687,10 +687,8 @@ def _exact_failure_cases(rank: int, world: int) -> list[tuple]:
 
 @pytest.mark.filterwarnings("ignore::sinklabel.ConvergenceWarning")
 def test_exact_balance_a_rank_failing_stops_every_rank(tmp_path):
-    outcomes = _run_ranks(tmp_path, 3, _exact_failure_cases)
-    assert sorted(outcomes) == [0, 1, 2]
-    assert all(outcome[0] == "ok" for outcome in outcomes.values()), outcomes
-    cases = list(zip(*(outcomes[rank][1] for rank in range(3)), strict=True))
+    per_rank = _values_of_every_rank(tmp_path, 3, _exact_failure_cases)
+    cases = list(zip(*per_rank, strict=True))
     for case in cases[:4]:
         assert case[1][:3] == ("error", "OSError", "disk gone"), case
         for rank in (0, 2):
@@ -794,10 +792,8 @@ def _exact_gather_cases(rank: int, world: int) -> list[tuple]:
 
 @pytest.mark.filterwarnings("ignore:.*labels received no points:UserWarning")
 def test_exact_balance_rank_0_out_of_memory_gathering_rows_stops_every_rank(tmp_path):
-    outcomes = _run_ranks(tmp_path, 3, _exact_gather_cases)
-    assert sorted(outcomes) == [0, 1, 2]
-    assert all(outcome[0] == "ok" for outcome in outcomes.values()), outcomes
-    cases = list(zip(*(outcomes[rank][1] for rank in range(3)), strict=True))
+    per_rank = _values_of_every_rank(tmp_path, 3, _exact_gather_cases)
+    cases = list(zip(*per_rank, strict=True))
     failed = cases[0]
     assert failed[0][:3] == ("error", "MemoryError", "no room for the contested rows"), failed
     for rank in (1, 2):
