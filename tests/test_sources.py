@@ -196,6 +196,17 @@ def test_array_subclasses_are_read_as_plain_arrays_or_refused(scores64, numpy_ba
         sinklabel.sinkhorn(masked, K, backend=numpy_backend)
 
 
+@pytest.mark.parametrize("kind", ["csr_matrix", "coo_array"])
+def test_scipy_sparse_scores_are_refused_by_name(scores64, kind):
+    """A SciPy sparse matrix has a shape and a dtype, so it was read as an array-like and
+    failed on its first slice ("wrong shape: expected (6000, 30), got ()")."""
+    import scipy.sparse
+
+    sparse = getattr(scipy.sparse, kind)(scores64)
+    with pytest.raises(TypeError, match=rf"SciPy sparse {kind}: pass logp.toarray\(\)"):
+        sinklabel.sinkhorn(sparse, K)
+
+
 def test_memmap_source_reads_without_loading(tmp_path, scores32):
     path = tmp_path / "s.npy"
     np.save(path, scores32)

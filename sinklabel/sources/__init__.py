@@ -47,6 +47,11 @@ def as_source(logp: Any) -> Source:
             "logp is a masked array, and its mask would be ignored: fill the masked scores "
             "first, e.g. logp.filled(-np.inf) to keep those rows from those labels"
         )
+    if _is_scipy_sparse(logp):
+        raise TypeError(
+            f"logp is a SciPy sparse {type(logp).__name__}: pass logp.toarray() (scores it "
+            "leaves out count as 0 there, not -inf)"
+        )
     if isinstance(logp, np.ndarray):
         logp = np.asarray(logp)  # np.matrix and other subclasses: a plain view, no copy
     if array_library(logp) is None:
@@ -56,6 +61,16 @@ def as_source(logp: Any) -> Source:
     if getattr(logp, "ndim", None) != 2:
         raise ValueError(f"logp must be 2-D (N, K), got shape {tuple(np.shape(logp))}")
     return ArraySource(logp)
+
+
+def _is_scipy_sparse(obj: Any) -> bool:
+    """A SciPy sparse matrix or array (it has a shape and dtype, but no row slices of scores);
+    SciPy is imported only when the caller's object comes from it."""
+    if not type(obj).__module__.startswith("scipy.sparse"):
+        return False
+    from scipy.sparse import issparse
+
+    return issparse(obj)
 
 
 __all__ = [
