@@ -18,6 +18,16 @@ exactly: with ``m[y]`` the size that attains the minimum of label y's term,
 where ``sum_y m[y] - N`` is an exact integer (0 for fixed sizes). Prices far from zero (any
 constant added to optimal ones is optimal too) would otherwise swamp the scores in the
 kernel's float32 and cancel between the two sums.
+
+The kernel compares all but float64 scores in float32, prices included: for such scores ``d``
+is rounded to float32 first, and the bound is that of the rounded prices ``c + d`` (still a
+valid bound; a cast inside the kernel would instead move each label's price by up to
+``|d[y]| * 2**-24``, on labels the rounding allowance does not look at). The kernel's only
+error is then the rounding of each ``logp[i, y] + d[y]``. Round-to-nearest is monotone, so
+the label it picks rounds to the same value as the row's true maximum, which is therefore at
+most ``2 * 2**-24 / (1 - 2**-24)`` times the picked label's ``|logp + d|`` above it: the
+allowance, 4 units of roundoff times the picked label's ``|logp| + |d|``, covers that and the
+float64 addition of the two.
 """
 
 from __future__ import annotations
@@ -31,9 +41,11 @@ from ._arrays import array_library, to_host
 from ._capacities import check_capacities
 from ._validation import _host_vector, check_chunk_scores, check_positive, check_shape
 from .kernels import Kernel, resolve_kernel
+from .kernels._base import compute_dtype
 from .sources import Array, Source, as_source, checked, itemsize
 
-#: Relative rounding of one maximum computed in the kernel's float32 arithmetic (2 ulps).
+#: Rounding of one row maximum computed in the kernel's float32 (or float64) arithmetic,
+#: relative to the picked label's ``|logp| + |d|``: 4 units of roundoff (see above).
 _ROUND32 = 2.0**-22
 _ROUND64 = 2.0**-51
 
@@ -47,7 +59,8 @@ class Certificate:
     primal : float
         ``sum_i -logp[i, labels[i]]``: the labelling's cost (+inf if it uses a -inf score).
     dual : float
-        A lower bound on the optimal cost of eq. (6), proved by the prices.
+        A lower bound on the optimal cost of eq. (6), proved by the prices (as the pass
+        compares them: see :func:`duality_gap`).
     gap : float
         ``primal - dual``; >= 0 whenever ``feasible``, and an upper bound on how much the
         labelling loses against the optimum.
@@ -98,6 +111,8 @@ def duality_gap(
     prices : array of shape (K,)
         Label prices ``v`` in the units of ``logp``: ``ExactResult.prices``, or Sinkhorn's
         ``potentials / lam``. Any finite prices give a valid bound; optimal ones a tight one.
+        Unless ``logp`` is float64, the bound is that of the prices with their offsets from
+        their centre rounded to float32, the precision the kernel compares them in.
     capacities : None, array of shape (K,), or (lower, upper), default=None
         Label sizes, as in :func:`sinklabel.solve_exact` (default: floor or ceil of N/K).
     backend, chunk_size
@@ -170,14 +185,18 @@ def _certificate_rows(kernel: Kernel, source: Source, chunk_size: int | None) ->
 def _partial_sums(
     source: Source, kernel: Kernel, y: np.ndarray, v: np.ndarray, rows: int
 ) -> np.ndarray:
-    """One pass over these rows: ``[primal, dual_rows, rounding, n_rows, *label_counts]``.
+    """One pass over these rows: ``[primal, dual_rows, rounding, rounded_rows, *counts]``.
 
     Every entry is a sum over rows, so the sums of several processes' rows add up to those
-    of all their rows together.
+    of all their rows together. ``rounded_rows`` counts the rows compared at float32-rounded
+    prices (all of them, unless the scores are float64): it tells
+    :func:`_certificate_from_sums` which prices the bound is for (the label counts add up to
+    the number of rows).
     """
     K = source.shape[1]
-    unit = _ROUND64 if source.dtype == "float64" else _ROUND32
-    d = v - _price_centre(v)
+    rounded = compute_dtype(source.dtype) == np.float32
+    unit = _ROUND32 if rounded else _ROUND64
+    _, d = _offsets(v, rounded)
     primal = dual_rows = rounding = 0.0
     for start, stop, chunk in source.chunks(rows):
         with np.errstate(over="ignore"):  # prices beyond the scores' dtype: named just below
@@ -198,27 +217,47 @@ def _partial_sums(
             dual_rows -= float((winner + price).sum())
             rounding += unit * float((np.abs(winner) + np.abs(price)).sum())
     counts = np.bincount(y, minlength=K)
-    return np.concatenate([[primal, dual_rows, rounding, y.size], counts]).astype(np.float64)
+    rounded_rows = y.size if rounded else 0
+    return np.concatenate([[primal, dual_rows, rounding, rounded_rows], counts]).astype(
+        np.float64)
 
 
 def _certificate_from_sums(
     sums: np.ndarray, v: np.ndarray, lower: np.ndarray, upper: np.ndarray
 ) -> Certificate:
     """The certificate of all the rows whose :func:`_partial_sums` add up to ``sums``."""
-    primal, dual_rows, rounding, n_points = (float(value) for value in sums[:4])
+    primal, dual_rows, rounding, rounded_rows = (float(value) for value in sums[:4])
     counts = sums[4:]
-    centre = _price_centre(v)
-    sizes = np.where(v >= 0, lower, upper)  # the size minimising lower * v, upper * v
+    n_points = float(counts.sum())
+    centre, d = _offsets(v, rounded_rows > 0)
+    sizes = np.where(d >= -centre, lower, upper)  # minimising lower * price, upper * price
     surplus = int(sizes.sum()) - int(n_points)
     with np.errstate(over="ignore", invalid="ignore"):  # an infinite bound is handled here
-        sized = sizes * (v - centre)
+        sized = sizes * d
         dual = dual_rows + centre * surplus + float(sized.sum())
         rounding += 4 * v.size * 2.0**-53 * (float(np.abs(sized).sum()) + abs(centre * surplus))
     if np.isnan(dual):  # terms of opposite infinite sign: the prices prove nothing
         dual = -np.inf
     rounding += 4 * n_points * 2.0**-53 * (abs(primal) + abs(dual_rows))
+    if 0 < rounded_rows < n_points:
+        # Float64 rows (of other ranks) were compared at the unrounded prices: each row's
+        # maximum there is within the prices' largest rounding of its maximum at ``d``.
+        rounding += (n_points - rounded_rows) * float(np.abs(v - centre - d).max())
     feasible = bool(np.all((counts >= lower) & (counts <= upper)))
     return Certificate(primal, dual, primal - dual, rounding, feasible)
+
+
+def _offsets(v: np.ndarray, rounded: bool) -> tuple[float, np.ndarray]:
+    """The prices' centre ``c`` and the offsets ``d`` the bound is computed for: its prices are
+    ``c + d`` exactly. ``rounded``: ``d`` rounded to float32, so that a float32 kernel compares
+    the very prices the bound is for (prices beyond float32 become infinite, as in the kernel).
+    """
+    centre = _price_centre(v)
+    d = v - centre
+    if rounded:
+        with np.errstate(over="ignore"):
+            d = d.astype(np.float32).astype(np.float64)
+    return centre, d
 
 
 def _price_centre(v: np.ndarray) -> float:

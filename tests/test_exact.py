@@ -13,13 +13,16 @@ import pytest
 from conftest import to_backend, to_host
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from scipy.optimize import LinearConstraint, milp
+from scipy.optimize import LinearConstraint, linear_sum_assignment, milp
 
 import sinklabel
 from sinklabel import _transport, _transport_loops
 from sinklabel._arrays import array_library
+from sinklabel.certificate import _certificate_from_sums, _partial_sums
 from sinklabel.cli import main
 from sinklabel.datasets import make_scores
+from sinklabel.kernels import resolve_kernel
+from sinklabel.sources import as_source
 
 
 def milp_optimum(S: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> float | None:
@@ -44,6 +47,13 @@ def plain_certificate(S, labels, prices, lower, upper) -> tuple[float, float]:
     primal = float(C[np.arange(len(labels)), labels].sum())
     dual = float((C - prices).min(axis=1).sum() + np.minimum(lower * prices, upper * prices).sum())
     return primal, dual
+
+
+def compared_prices(prices: np.ndarray) -> np.ndarray:
+    """The prices a float32 pass compares and bounds with: their offsets from their centre
+    rounded to float32."""
+    centre = 0.5 * prices.max() + 0.5 * prices.min()
+    return centre + (prices - centre).astype(np.float32).astype(np.float64)
 
 
 @pytest.fixture(params=["numba", "python"])
@@ -177,7 +187,8 @@ def test_gap_is_nonnegative_for_feasible_labellings_and_zero_at_optimum(rng):
         labels = rng.permutation(np.repeat(np.arange(8), 25))
         for prices in (opt.prices, rng.normal(size=8)):
             cert = sinklabel.duality_gap(S, labels, prices)
-            primal, dual = plain_certificate(S, labels, prices, np.full(8, 25), np.full(8, 25))
+            primal, dual = plain_certificate(S, labels, compared_prices(prices),
+                                             np.full(8, 25), np.full(8, 25))
             assert cert.feasible and cert.gap >= 0
             assert cert.primal == pytest.approx(primal, rel=1e-12)
             assert cert.dual == pytest.approx(dual, rel=1e-12)
@@ -631,3 +642,143 @@ def test_big_endian_float64_scores_are_solved_in_float64():
     big = sinklabel.solve_exact(S.astype(">f8"), 4)
     assert big.certificate.optimal
     np.testing.assert_array_equal(big.labels, native.labels)
+
+
+# ---------------------------------------------------------------------------------------------
+# Certificates of 16- and 32-bit scores at prices float32 cannot hold, and check's verdict
+# once the optimum is solved.
+# ---------------------------------------------------------------------------------------------
+
+
+def assignment_optimum(S: np.ndarray, sizes: np.ndarray) -> float:
+    """Least cost ``sum_i -S[i, y_i]`` with ``sizes[y]`` points per label: an assignment of the
+    points to the labels' columns, each repeated ``sizes[y]`` times (SciPy, in float64)."""
+    columns = np.repeat(np.arange(S.shape[1]), sizes)
+    cost = -S.astype(np.float64)[:, columns]
+    rows, cols = linear_sum_assignment(cost)
+    return float(cost[rows, cols].sum())
+
+
+def _costly_label_problem() -> tuple[np.ndarray, np.ndarray]:
+    """Five points; label 1 costs about 1e6 and takes exactly one of them, label 2 none. Only
+    points 0 and 1 care which: moving point 0 costs 0.01 less than moving point 1."""
+    S = np.zeros((5, 3), np.float32)
+    S[:, 1] = -1e7
+    S[0] = [0.01, -1e6, 0.0]
+    S[1] = [0.02, -1e6, 0.0]
+    return S, np.array([4, 1, 0])
+
+
+def test_float32_certificate_holds_at_prices_float32_cannot_hold():
+    """Prices 1e6 + 0.03 for label 1, and its negative for the closed label 2 (centring the
+    prices on label 0's): the kernel added them to the float32 scores as float32, 1e6, so it
+    picked label 0 for points 0 and 1, where the prices prefer label 1 by 0.02 and 0.01. The
+    bound came out 0.02 above the optimum with an allowance of 1e-8 (from label 0's small
+    winners), and a labelling 0.01 worse than the optimum was certified optimal; check, even
+    after solving the exact problem, called it optimal too."""
+    S, caps = _costly_label_problem()
+    best, worse = np.zeros(5, np.int64), np.zeros(5, np.int64)
+    best[0] = worse[1] = 1
+    optimum = assignment_optimum(S, caps)
+    assert optimum == pytest.approx(1e6 - 0.02, abs=1e-6)
+    prices = np.array([0.0, 1e6 + 0.03, -1e6 - 0.03])
+    for labels in (best, worse):
+        cert = sinklabel.duality_gap(S, labels, prices, caps)
+        assert cert.dual - cert.rounding <= optimum
+        assert not cert.optimal  # these prices prove 0.01 below the optimum, and no more
+    assert not sinklabel.check(worse, S, capacities=caps, prices=prices, exact=False).optimal
+    exact = sinklabel.solve_exact(S, 3, capacities=caps)
+    np.testing.assert_array_equal(exact.labels, best)
+    assert exact.certificate.optimal
+    assert exact.certificate.dual - exact.certificate.rounding <= optimum
+    assert sinklabel.check(best, S, capacities=caps).optimal
+    assert not sinklabel.check(worse, S, capacities=caps).optimal
+
+
+@st.composite
+def costly_label_problems(draw):
+    """That problem at random: N points scoring label 0 near 0, label 1 the same less an
+    offset up to 1e7 (3e4 in float16), which takes m of them, and a closed label 2. Prices:
+    the optimal ones (solved in float64) with label 1's raised by up to half a unit of
+    float32's rounding, label 2's its negative, plus a constant; any labelling of those sizes.
+    """
+    dtype = draw(st.sampled_from([np.float32, np.float16]))
+    N = draw(st.integers(2, 8))
+    m = draw(st.integers(1, N - 1))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    offset = 3e4 if dtype == np.float16 else 10 ** rng.uniform(3, 7)
+    S = rng.normal(size=(N, 3)) * 2.0**-22 * offset
+    S[:, 1] -= offset
+    S = S.astype(dtype)
+    sizes = np.array([N - m, m, 0])
+    prices = sinklabel.solve_exact(S.astype(np.float64), 3, capacities=sizes).prices
+    prices = prices - prices[0]
+    prices[1] += rng.uniform(0, 2.0**-24) * abs(prices[1])
+    prices[2] = -prices[1]
+    prices += draw(st.sampled_from([0.0, 1e3, -1e6, 1e7]))
+    return S, sizes, prices, rng.permutation(np.repeat(np.arange(3), sizes))
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(problem=costly_label_problems())
+def test_float32_certificate_never_bounds_above_the_optimum(problem):
+    """Weak duality less the stated rounding, against an optimum found independently."""
+    S, sizes, prices, labels = problem
+    optimum = assignment_optimum(S, sizes)
+    cert = sinklabel.duality_gap(S, labels, prices, sizes)
+    assert cert.dual - cert.rounding <= optimum + 4 * len(S) * 2.0**-53 * abs(optimum)
+    assert cert.gap >= -cert.rounding
+
+
+def test_float64_rows_beside_float32_rows_keep_the_bound():
+    """Across ranks, float64 rows are compared at the prices as given and float32 rows at
+    the prices rounded to float32, which the bound is then for: a float64 row's maximum can
+    sit up to the prices' rounding off its maximum at those. Point 0, on the float64 rank,
+    prefers label 1 by 0.0375 at the given 1e6 + 0.1, but by 0.0625 at the rounded (and
+    optimal) 1e6 + 0.125."""
+    S = np.zeros((5, 3))
+    S[:, 1] = -1e7
+    S[0] = [0.0625, -1e6, 0.0]
+    S[1] = [0.125, -1e6, 0.0]
+    caps = np.array([4, 1, 0])
+    labels = np.array([1, 0, 0, 0, 0])
+    prices = np.array([0.0, 1e6 + 0.1, -1e6 - 0.1])
+    kernel = resolve_kernel("numpy", "numpy")
+    ranks = [(S[:1], labels[:1]), (S[1:].astype(np.float32), labels[1:])]
+    sums = sum(_partial_sums(as_source(rows), kernel, own, prices, 8) for rows, own in ranks)
+    cert = _certificate_from_sums(sums, prices, caps, caps)
+    assert assignment_optimum(S, caps) == 1e6 - 0.125
+    assert cert.dual - cert.rounding <= 1e6 - 0.125
+
+
+@pytest.mark.parametrize("shift", [0.0, 1000.0])
+def test_check_measures_against_the_solved_optimum_in_float64(tmp_path, shift):
+    """Raw logits around 1000: swapping five pairs of the exact labels loses 0.088, but check
+    (and ``sinklabel check``, with exit status 0) called that optimal: it allowed the
+    certificate's float32 rounding above the solved optimum, 0.24 here, which grows with N and
+    the scores' size; the same scores less 1000 had the right verdict."""
+    rng = np.random.default_rng(0)
+    S = (1000 + rng.normal(size=(1000, 2))).astype(np.float32) - np.float32(shift)
+    exact = np.asarray(sinklabel.solve_exact(S, 2).labels)
+    swapped = exact.copy()
+    margin = S[:, 0].astype(np.float64) - S[:, 1]
+    zeros, ones = np.flatnonzero(exact == 0), np.flatnonzero(exact == 1)
+    swapped[zeros[np.argsort(margin[zeros])[:5]]] = 1
+    swapped[ones[np.argsort(-margin[ones])[:5]]] = 0
+    worse = sinklabel.check(swapped, S)
+    assert worse.gap == pytest.approx(0.0878, abs=1e-4) and not worse.optimal
+    assert sinklabel.check(exact, S).optimal
+    for name, labels in (("scores", S), ("exact", exact), ("worse", swapped)):
+        np.save(tmp_path / f"{name}.npy", labels)
+    scores = str(tmp_path / "scores.npy")
+    for name, status in (("exact", 0), ("worse", 1)):
+        assert main(["check", scores, str(tmp_path / f"{name}.npy")]) == status
+
+
+def test_check_never_calls_an_infinite_cost_optimal():
+    """A labelling that takes a -inf score costs +inf: no finite optimum is within rounding."""
+    S = np.zeros((4, 2))
+    S[0, 1] = -np.inf
+    labels = np.array([1, 0, 0, 1])
+    report = sinklabel.check(labels, S)
+    assert report.objective == np.inf and report.feasible and not report.optimal
