@@ -389,11 +389,12 @@ def _rounding(size: float, dtype_name: str) -> float:
 def _warn_imprecise(rounding: float, dtype_name: str) -> None:
     """The plan, its error and its labels are only as exact as the kernels' z."""
     dtype = compute_dtype(dtype_name)
+    wider = ", or pass float64 scores" if dtype != np.float64 else ""
     warn(
         f"lam * logp + potentials reach {rounding / np.finfo(dtype).eps:.3g}, which {dtype} "
         f"rounds to about {rounding:.2g}: the plan, its error and its labels are only that "
-        "exact. Subtract each row's maximum from logp, mark impossible labels with -inf rather "
-        "than a large finite score, or pass float64 scores",
+        "exact. Subtract each row's maximum from logp, or mark impossible labels with -inf "
+        f"rather than a large finite score{wider}",
         PrecisionWarning,
     )
 
