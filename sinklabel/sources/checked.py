@@ -180,7 +180,7 @@ class CheckedSource(WrappingSource):
         if previous is None:
             self._fingerprints[key] = fingerprint
             return
-        if not _unchanged(previous, fingerprint):
+        if not _unchanged(previous, fingerprint, _tolerance(self.dtype)):
             raise SourceError(
                 "the scores changed since the first pass (a source must return the same "
                 "scores every pass: is a model still in training mode, e.g. with dropout?)",
@@ -234,8 +234,21 @@ def _fingerprint(block: Array) -> np.ndarray:
                                rows[:, ::step][:, :FINGERPRINT_SAMPLES].ravel()])
 
 
-def _unchanged(previous: np.ndarray, current: np.ndarray) -> bool:
-    """Whether two fingerprints agree to ``FINGERPRINT_RTOL``, each kind of entry to its own
+def _tolerance(dtype: str) -> float:
+    """``FINGERPRINT_RTOL``, or two units in the last place of 16-bit scores: a model run on
+    a GPU may round a float16 or bfloat16 score one unit differently from pass to pass, which
+    is noise, not a change (a dropout layer's changes are far larger)."""
+    if dtype in ("float16", "bfloat16"):
+        return max(FINGERPRINT_RTOL, 2 * _EPS16[dtype])
+    return FINGERPRINT_RTOL
+
+
+#: Machine epsilon of the 16-bit formats (NumPy has no bfloat16).
+_EPS16 = {"float16": float(np.finfo(np.float16).eps), "bfloat16": 2.0**-7}
+
+
+def _unchanged(previous: np.ndarray, current: np.ndarray, rtol: float) -> bool:
+    """Whether two fingerprints agree to ``rtol``, each kind of entry to its own
     magnitude: a row's sums to its sum of magnitudes, a sampled score to itself plus the
     largest sampled score (a score near zero still has the row's rounding). One scale for all
     entries would be the sums', which grow with K: at K=1000 it let through changes of 1.0
@@ -243,7 +256,7 @@ def _unchanged(previous: np.ndarray, current: np.ndarray) -> bool:
     magnitude = np.abs(np.where(np.isfinite(previous), previous, 0.0))
     # entries 0-3 are the two rows' sums and sums of magnitudes; the samples follow
     row_sums, samples = np.tile(magnitude[2:4], 2), magnitude[4:]
-    tolerance = FINGERPRINT_RTOL * np.concatenate([row_sums, samples + samples.max(initial=0.0)])
+    tolerance = rtol * np.concatenate([row_sums, samples + samples.max(initial=0.0)])
     with np.errstate(invalid="ignore"):
         close = np.abs(current - previous) <= tolerance
     both_nan = np.isnan(current) & np.isnan(previous)
