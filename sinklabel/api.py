@@ -21,7 +21,7 @@ from ._validation import (
 from ._warnings import warn
 from .collective import LOCAL, Collective
 from .exp_cache import CachedSource, table_cap, with_exp_cache
-from .kernels import Kernel, resolve_kernel
+from .kernels import Kernel, exp_tables, resolve_kernel
 from .result import SinkhornResult
 from .sources import Array, Source, as_source, checked, itemsize, parse_memory
 from .sources.memory import bytes_per_row, fixed_bytes, rows_for_budget
@@ -293,7 +293,11 @@ def _chunk_rows(
     cache: bool = False,
 ) -> int:
     """Rows per chunk: ``chunk_size``, else the backend's default within ``memory_limit`` (at
-    most half of it with ``cache``: the cached exponentials take the rest)."""
+    most half of it with ``cache``: the cached exponentials take the rest). A ``cache`` the
+    backend cannot keep is refused first: a budget error would otherwise come first and,
+    once fixed, be followed by that one."""
+    if cache:
+        exp_tables(kernel)
     if memory_limit is not None and chunk_size is not None:
         raise ValueError("give chunk_size or memory_limit, not both")
     if chunk_size is not None:

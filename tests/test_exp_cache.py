@@ -333,10 +333,12 @@ def test_other_backends_refuse_the_cache_before_any_work(backend):
     source = CallableSource(lambda a, b: calls.append(a) or scores[a:b], (8, 3), "float32",
                             library="torch" if backend == "torch" else "numpy")
     for logp in (scores, source):
-        with pytest.raises(ValueError, match="cache=True is an option of the 'numba' backend"
-                           ) as refused:
-            sinkhorn(logp, 3, backend=backend, cache=True)
-        assert ("CPU tensor's .numpy()" in str(refused.value)) == (backend == "torch")
+        # Before a budget too small for the problem, which would otherwise be named first.
+        for budget in (None, "1KB"):
+            with pytest.raises(ValueError, match="cache=True is an option of the 'numba' "
+                               "backend") as refused:
+                sinkhorn(logp, 3, backend=backend, cache=True, memory_limit=budget)
+            assert ("CPU tensor's .numpy()" in str(refused.value)) == (backend == "torch")
     assert calls == []
 
 
