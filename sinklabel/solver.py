@@ -354,8 +354,10 @@ def solve(
     converged = best.error <= tol
     # A solve that failed may have failed for want of precision along its way, or because
     # no potentials solve it (they then grow until float32 cannot resolve them either).
-    rounding = _rounding(_size(best) if converged else evaluate.largest, source.dtype)
-    if not converged and rounding > PRECISION_LIMIT and explain_failure is not None:
+    dtype = compute_dtype(source.dtype)
+    size = _size(best) if converged else evaluate.largest
+    imprecise = size * float(np.finfo(dtype).eps) > PRECISION_LIMIT
+    if not converged and imprecise and explain_failure is not None:
         explain_failure()
     if not converged:
         warn(
@@ -363,8 +365,8 @@ def solve(
             f"(label-marginal error {best.error:.3g}); raise max_iter or tol",
             ConvergenceWarning,
         )
-    if rounding > PRECISION_LIMIT:
-        _warn_imprecise(rounding, source.dtype)
+    if imprecise:
+        _warn_imprecise(size, dtype)
     return SolverOutput(
         best.f, len(evaluate.history), converged, best.error, np.asarray(evaluate.history)
     )
@@ -381,18 +383,12 @@ def _size(point: _Point) -> float:
     return max(abs(point.objective), float(np.abs(point.f).max()))
 
 
-def _rounding(size: float, dtype_name: str) -> float:
-    """How much the kernels round a z of ``size`` in the compute dtype of ``dtype_name``."""
-    return size * float(np.finfo(compute_dtype(dtype_name)).eps)
-
-
-def _warn_imprecise(rounding: float, dtype_name: str) -> None:
-    """The plan, its error and its labels are only as exact as the kernels' z."""
-    dtype = compute_dtype(dtype_name)
+def _warn_imprecise(size: float, dtype: np.dtype) -> None:
+    """The plan, its error and its labels are only as exact as the kernels' z, of ``size``."""
     wider = ", or pass float64 scores" if dtype != np.float64 else ""
     warn(
-        f"lam * logp + potentials reach {rounding / np.finfo(dtype).eps:.3g}, which {dtype} "
-        f"rounds to about {rounding:.2g}: the plan, its error and its labels are only that "
+        f"lam * logp + potentials reach {size:.3g}, which {dtype} rounds to about "
+        f"{size * np.finfo(dtype).eps:.2g}: the plan, its error and its labels are only that "
         "exact. Subtract each row's maximum from logp, or mark impossible labels with -inf "
         f"rather than a large finite score{wider}",
         PrecisionWarning,

@@ -238,9 +238,7 @@ def _tolerance(dtype: str) -> float:
     """``FINGERPRINT_RTOL``, or two units in the last place of 16-bit scores: a model run on
     a GPU may round a float16 or bfloat16 score one unit differently from pass to pass, which
     is noise, not a change (a dropout layer's changes are far larger)."""
-    if dtype in ("float16", "bfloat16"):
-        return max(FINGERPRINT_RTOL, 2 * _EPS16[dtype])
-    return FINGERPRINT_RTOL
+    return 2 * _EPS16[dtype] if dtype in _EPS16 else FINGERPRINT_RTOL
 
 
 #: Machine epsilon of the 16-bit formats (NumPy has no bfloat16).
