@@ -20,7 +20,7 @@ from ._validation import (
 )
 from ._warnings import warn
 from .collective import LOCAL, Collective
-from .exp_cache import CachedSource, table_cap, with_exp_cache
+from .exp_cache import table_cap, with_exp_cache
 from .kernels import Kernel, exp_tables, resolve_kernel
 from .result import SinkhornResult
 from .sources import Array, Source, as_source, checked, itemsize, parse_memory
@@ -148,7 +148,7 @@ def sinkhorn(
         with_exp_cache(source, kernel, rows, cap) if cache else (source, kernel)
     )
     result = _sinkhorn(
-        solve_source, solve_kernel, lam=lam, label_weights=weights, tol=tol,
+        solve_source, solve_kernel, scores=source, lam=lam, label_weights=weights, tol=tol,
         max_iter=max_iter, init=start, rows=rows, progress=progress,
     )
     return _warn_empty_labels(balanced(result, source, kernel, rows, balance))
@@ -185,6 +185,7 @@ def _sinkhorn(
     source: Source,
     kernel: Kernel,
     *,
+    scores: Source,
     lam: float,
     label_weights: np.ndarray,
     tol: float,
@@ -197,14 +198,15 @@ def _sinkhorn(
     """The solve on checked inputs: iterate, then label in one more pass.
 
     ``collective`` joins this process's rows with other processes' (see distributed.py);
-    labels stay local, label counts are global.
+    labels stay local, label counts are global. ``scores`` reads the raw scores where
+    ``source`` may answer from the exponential cache: a failed solve counts their finite
+    entries to say why it failed.
     """
-    raw = source.inner if isinstance(source, CachedSource) else source
     out = solver.solve(
         source, kernel, lam=lam, label_weights=label_weights, tol=tol, max_iter=max_iter,
         init=init, rows=rows, progress=progress, collective=collective,
         # Perhaps it cannot: -inf scores may leave a label short of rows.
-        explain_failure=lambda: check_labels_reachable(raw, label_weights, rows, collective),
+        explain_failure=lambda: check_labels_reachable(scores, label_weights, rows, collective),
     )
     labels = solver.assign(source, kernel, out.potentials, lam, rows)
     counts = np.bincount(kernel.to_numpy(labels), minlength=source.shape[1]).astype(np.float64)

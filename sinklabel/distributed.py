@@ -289,15 +289,17 @@ def distributed_sinkhorn(
     solve_source, solve_kernel = (
         with_exp_cache(source, kernel, settings["rows"], cap) if cap else (source, kernel)
     )
+    scores = _GuardedSource(source, collective)
     result = api._sinkhorn(
         _GuardedSource(solve_source, collective),
         _GuardedKernel(solve_kernel, collective, solve_source),
+        scores=scores,
         **settings,
         progress=progress and collective.rank == 0,
         collective=collective,
     )
     return api.balanced(
-        result, _GuardedSource(source, collective), _GuardedKernel(kernel, collective, source),
+        result, scores, _GuardedKernel(kernel, collective, source),
         settings["rows"], balance, collective,
     )
 

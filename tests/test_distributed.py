@@ -380,6 +380,12 @@ def _cached_cases(rank: int, world: int) -> dict:
     start = time.monotonic()
     outcome = _caught(sinklabel.sinkhorn, mine, 4, chunk_size=16, distributed=True, cache=True)
     out["failure"] = (*outcome, time.monotonic() - start)
+    # Label 0 has a finite score in one row of all: the failed solve counts the raw scores
+    # behind the cache, over both ranks, to say so.
+    masked = make_scores(60, 4, regime="flat", seed=rank).scores
+    masked[rank:, 0] = -np.inf
+    out["unreachable"] = _caught(sinklabel.sinkhorn, masked, 4, chunk_size=16, max_iter=300,
+                                 distributed=True, cache=True)
     return out
 
 
@@ -407,6 +413,10 @@ def test_cached_ranks_match_one_uncached_process_and_fail_together(tmp_path):
     assert other[:2] == ("error", RankFailedError.__name__), other
     assert "rank 1 (OSError) failed during the solve" in other[2]
     assert other[3] < GROUP_TIMEOUT_S / 2
+    for ranked in per_rank:
+        assert ranked["unreachable"][:2] == ("error", "ValueError"), ranked["unreachable"]
+        assert "label 0 should take 30 points" in ranked["unreachable"][2]
+        assert "only 1 rows have a finite score" in ranked["unreachable"][2]
 
 
 # ---- the duality-gap certificate across ranks ----------------------------------------------
