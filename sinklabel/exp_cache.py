@@ -99,9 +99,18 @@ def table_cap(source: Source, kernel: Kernel, rows: int,
         raise ValueError(
             f"memory_limit={budget} bytes leaves {max(0, left)} bytes for cache=True after the "
             f"chunks and per-point state, less than the {need} bytes of one cached entry per "
-            "row; raise memory_limit or pass cache=False"
+            f"row; memory_limit={_sufficient_budget(need)} bytes would hold it, or pass "
+            "cache=False"
         )
     return low
+
+
+def _sufficient_budget(table_bytes: int) -> int:
+    """A ``memory_limit`` that leaves ``table_bytes`` to the tables: the chunks take at most
+    half of a budget, and a larger budget only makes them fewer (their tables need no more).
+    Raising the limit by what the tables lack is not enough: half of the rise goes to the
+    chunks."""
+    return 2 * table_bytes
 
 
 def with_exp_cache(source: Source, kernel: Kernel, rows: int,
