@@ -304,14 +304,21 @@ def _chunk_rows(
         raise ValueError("give chunk_size or memory_limit, not both")
     if chunk_size is not None:
         return check_positive("chunk_size", chunk_size, integer=True)
-    rows = kernel.chunk_rows(source.shape[1], itemsize(source.dtype))
-    if not source.in_memory:  # GPU kernels take all rows at once; a stream must not
-        rows = min(rows, max(1, STREAM_BLOCK_BYTES // (source.shape[1] * itemsize(source.dtype))))
+    rows = default_rows(kernel, source)
     if memory_limit is None:
         return rows
     fixed = fixed_bytes(*source.shape)
     per_row = bytes_per_row(source, kernel)
     return min(rows, rows_for_budget(parse_memory(memory_limit), fixed, per_row, cache=cache))
+
+
+def default_rows(kernel: Kernel, source: Source) -> int:
+    """The backend's rows per chunk, at most ``STREAM_BLOCK_BYTES`` of a streamed source: GPU
+    kernels take all rows at once, a file or a function must not be asked for them."""
+    rows = kernel.chunk_rows(source.shape[1], itemsize(source.dtype))
+    if source.in_memory:
+        return rows
+    return min(rows, max(1, STREAM_BLOCK_BYTES // (source.shape[1] * itemsize(source.dtype))))
 
 
 def _checked_scores(source: Source, kernel: Kernel, lam: float, rows: int) -> Source:

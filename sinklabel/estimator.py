@@ -92,6 +92,17 @@ class SinkhornLabeler:
             setattr(self, name, value)
         return self
 
+    def __sklearn_is_fitted__(self) -> bool:
+        """For scikit-learn's ``check_is_fitted``."""
+        return hasattr(self, "result_")
+
+    def __sklearn_tags__(self) -> Any:
+        """What scikit-learn (1.6 and later) asks of an estimator that does not inherit its
+        ``BaseEstimator``: a clusterer, fitted without targets. Only scikit-learn calls it."""
+        from sklearn.utils import Tags, TargetTags
+
+        return Tags(estimator_type="clusterer", target_tags=TargetTags(required=False))
+
     def fit(self, logp: Array, y: None = None) -> SinkhornLabeler:
         """Solve from ``init`` (a cold start by default)."""
         return self._fit(logp, self.init)
@@ -149,7 +160,7 @@ class SinkhornLabeler:
         return n_labels
 
     def _fitted(self) -> SinkhornResult:
-        if not hasattr(self, "result_"):
+        if not self.__sklearn_is_fitted__():
             raise RuntimeError("this SinkhornLabeler is not fitted yet: call fit first")
         return self.result_
 

@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from ._validation import check_shape
+from ._validation import check_positive, check_shape
 from ._warnings import held_warnings, warn
-from .api import sinkhorn
+from .api import default_rows, sinkhorn
 from .kernels import resolve_kernel
 from .progress import progress_label
 from .result import SinkhornResult
@@ -36,7 +36,7 @@ SHARED_OPTIONS = ("lam", "tol", "max_iter", "progress")
 
 def sinkhorn_heads(
     logp: Array,
-    Ks: Sequence[int],
+    Ks: Sequence[int] | np.ndarray,
     *,
     label_weights: Sequence[Array | None] | None = None,
     init: Sequence[Array | None] | None = None,
@@ -52,7 +52,7 @@ def sinkhorn_heads(
     logp : array, path or Source of shape (N, sum(Ks))
         The heads' scores concatenated along columns: head ``t`` owns columns
         ``sum(Ks[:t])`` to ``sum(Ks[:t + 1]) - 1``. Anything :func:`sinklabel.sinkhorn` takes.
-    Ks : sequence of int
+    Ks : sequence of int, or 1-D integer array
         Labels per head.
     label_weights, init : sequence of length T, default=None
         Per-head target proportions and warm starts (entries may be None).
@@ -127,12 +127,12 @@ def sinkhorn_heads(
     return results  # type: ignore[return-value]
 
 
-def _check_heads(Ks: Sequence[int], shape: tuple[int, int]) -> list[int]:
+def _check_heads(Ks: Sequence[int] | np.ndarray, shape: tuple[int, int]) -> list[int]:
     if isinstance(Ks, np.ndarray) and Ks.ndim == 1:
         Ks = Ks.tolist()
     if isinstance(Ks, (str, bytes)) or not isinstance(Ks, Sequence) or len(Ks) == 0:
         raise TypeError(f"Ks must be a non-empty sequence of label counts, got {Ks!r}")
-    ks = []
+    ks: list[int] = []
     for k in Ks:
         if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k <= 0:
             raise ValueError(f"every entry of Ks must be a positive int, got {Ks!r}")
@@ -148,6 +148,8 @@ def _check_heads(Ks: Sequence[int], shape: tuple[int, int]) -> list[int]:
 def _per_head(name: str, value: Sequence | None, n_heads: int) -> list:
     if value is None:
         return [None] * n_heads
+    if not hasattr(value, "__len__"):
+        raise TypeError(f"{name} must be a sequence with one entry per head, got {value!r}")
     if len(value) != n_heads:
         raise ValueError(f"{name} must have one entry per head ({n_heads}), got {len(value)}")
     return list(value)
@@ -158,13 +160,14 @@ def _shared_rows(
     backend: str,
 ) -> int:
     """Rows per shared block, the same for every head so that they read in step. The whole
-    width is read at once and every head may be computing on it at the same time."""
+    width is read at once and every head may be computing on it at the same time; a streamed
+    source gives blocks no larger than :func:`sinklabel.sinkhorn` asks of it."""
     if memory_limit is not None and chunk_size is not None:
         raise ValueError("give chunk_size or memory_limit, not both")
-    if chunk_size is not None:
-        return chunk_size
+    if chunk_size is not None:  # checked here, where an error names no one head
+        return check_positive("chunk_size", chunk_size, integer=True)
     kernel = resolve_kernel(backend, source.library)
-    rows = kernel.chunk_rows(source.shape[1], itemsize(source.dtype))
+    rows = default_rows(kernel, source)
     if memory_limit is None:
         return rows
     budget = parse_memory(memory_limit)

@@ -10,7 +10,7 @@ import numpy as np
 Array = Any
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # compared by identity: `==` on arrays has no one answer
 class SinkhornResult:
     """Labels and the state that produced them.
 
@@ -72,6 +72,12 @@ class SinkhornResult:
             value = getattr(self, name)
             if isinstance(value, np.ndarray):
                 value.flags.writeable = False
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Unpickled and copied results keep their state arrays read-only (pickle restores
+        arrays writeable and does not call ``__post_init__``)."""
+        self.__dict__.update(state)
+        self.__post_init__()
 
     @property
     def count_error(self) -> float:
