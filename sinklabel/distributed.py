@@ -91,8 +91,14 @@ class TorchCollective(Collective):
     """
 
     def __init__(self, group: Any = None, device: Any = None):
-        import torch
-        import torch.distributed as dist
+        try:
+            import torch
+            import torch.distributed as dist
+        except ImportError as exc:
+            raise ImportError(
+                f"the distributed solve runs over torch.distributed: pip install "
+                f"'sinklabel[torch]' ({exc})"
+            ) from exc
 
         if not (dist.is_available() and dist.is_initialized()):
             raise RuntimeError(

@@ -744,6 +744,13 @@ def test_distributed_without_a_process_group_says_how_to_start_one():
         sinklabel.SinkhornLabeler(3, distributed=True).fit(scores)
 
 
+def test_distributed_without_torch_says_what_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch", None)  # import torch now raises ImportError
+    monkeypatch.setitem(sys.modules, "torch.distributed", None)
+    with pytest.raises(ImportError, match=r"pip install 'sinklabel\[torch\]'"):
+        sinklabel.sinkhorn(make_scores(10, 3).scores, 3, distributed=True)
+
+
 def test_importing_sinklabel_distributed_does_not_import_torch():
     code = "import sys, sinklabel, sinklabel.distributed; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
