@@ -155,6 +155,7 @@ class _Evaluations:
         self.history: list[float] = []
         self.best: _Point | None = None
         self.largest = 0.0  # the largest _size of the points evaluated
+        self.smallest_mass = float(np.finfo(compute_dtype(source.dtype)).tiny)
 
     @property
     def finished(self) -> bool:
@@ -177,9 +178,18 @@ class _Evaluations:
         self._record(point.error)
         return point
 
+    def starved(self, point: _Point) -> np.ndarray:
+        """Labels to revive: no mass, and a target the compute dtype can hold.
+
+        A target below its smallest normal number (allowed down to float64's) needs
+        exponentials the kernels flush to zero: its best mass is 0, within that target, and
+        reviving it again and again would cost a pass and the curvature pairs each time.
+        """
+        return (point.mass <= 0.0) & (self.weights >= self.smallest_mass)
+
     def revive(self, point: _Point) -> np.ndarray:
-        """Potentials with the empty labels revived; the slack pass records no new error."""
-        empty = point.mass <= 0.0
+        """Potentials with the starved labels revived; the slack pass records no new error."""
+        empty = self.starved(point)
         f = _revive_empty_labels(
             self.source, self.kernel, point.f, self.lam, self.rows, empty, self.collective
         )
@@ -264,8 +274,12 @@ class _Memory:
 
 
 def _sinkhorn_step(point: _Point, log_target: np.ndarray) -> np.ndarray:
-    """The plain Sinkhorn update ``log r - log t`` (every label has mass here)."""
-    return log_target - np.log(point.mass)
+    """The plain Sinkhorn update ``log r - log t``; a label with no mass here has a target
+    too small to revive for (``_Evaluations.starved``) and keeps its potential."""
+    step = np.zeros_like(log_target)
+    held = point.mass > 0.0
+    step[held] = log_target[held] - np.log(point.mass[held])
+    return step
 
 
 def _line_search(evaluate: _Evaluations, point: _Point, direction: np.ndarray) -> _Point | None:
@@ -323,7 +337,7 @@ def solve(
     solve's potentials grew beyond what the compute dtype resolves, it first calls
     ``explain_failure``, which may raise the reason no potentials solve the problem.
     """
-    f = np.zeros(source.shape[1]) if init is None else np.array(init, dtype=np.float64)
+    f = _start(source, init, label_weights)
     log_target = np.log(label_weights)
     memory = _Memory(MEMORY)
     with Progress(progress, total=max_iter, tol=tol) as bar:
@@ -332,7 +346,7 @@ def solve(
         )
         point = evaluate(f)
         while not evaluate.finished:
-            if np.any(point.mass <= 0.0):
+            if np.any(evaluate.starved(point)):
                 memory.clear()
                 f = evaluate.revive(point)
                 if not evaluate.finished:
@@ -370,6 +384,29 @@ def solve(
     return SolverOutput(
         best.f, len(evaluate.history), converged, best.error, np.asarray(evaluate.history)
     )
+
+
+def _start(source: Source, init: np.ndarray | None, label_weights: np.ndarray) -> np.ndarray:
+    """The first potentials: zero, or ``init`` if the kernels can compute with it.
+
+    Beyond the square root of the compute dtype's largest number, ``lam * logp + init``,
+    its differences across a row and its sums over rows overflow (float32 turned 1e300
+    into inf and the plan into NaN), while a solve's potentials never come near it.
+    """
+    if init is None:
+        return np.zeros(source.shape[1])
+    f = normalize_potentials(np.array(init, dtype=np.float64), label_weights)
+    dtype = compute_dtype(source.dtype)
+    limit = float(np.sqrt(np.finfo(dtype).max))
+    largest = float(np.abs(f).max())
+    if not largest <= limit:
+        raise ValueError(
+            f"init reaches {largest:.3g} once its label_weights-weighted mean is subtracted, "
+            f"beyond the {limit:.3g} that this solve's {dtype} arithmetic takes: pass smaller "
+            "potentials (a solve's own stay far below that unless it warned of precision), "
+            "or None"
+        )
+    return f
 
 
 def _size(point: _Point) -> float:
