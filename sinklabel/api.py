@@ -278,8 +278,15 @@ def apply_potentials(
     f, lam = result.potentials, result.lam
     if what == "labels":
         return solver.assign(source, kernel, f, lam, rows)
-    parts = [kernel.soft(chunk, f, lam) for _, _, chunk in source.chunks(rows)]
-    return kernel.concat(parts)
+    out = None
+    for start, stop, chunk in source.chunks(rows):
+        part = kernel.soft(chunk, f, lam)
+        if stop - start == source.shape[0]:  # one chunk (GPU kernels): no copy
+            return part
+        if out is None:  # within memory_limit, only the result itself is outside it
+            out = kernel.empty_rows(source.shape[0], part)
+        out[start:stop] = part
+    return out
 
 
 def _kernel_for(backend: str, library: str) -> Kernel:

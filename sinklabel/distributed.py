@@ -598,8 +598,8 @@ class _GuardedKernel(WrappingKernel):
             return _no_labels(self.source, self.inner)
         return self.inner.empty_labels(n, like)
 
-    def concat(self, parts: list[Array]) -> Array:
-        return self.inner.concat(parts)
+    def empty_rows(self, n: int, like: Array) -> Array:
+        return self.inner.empty_rows(n, like)
 
     def _guard(self, op: Any, placeholder: Any, *args: Any) -> Any:
         if self.collective.failure is not None:

@@ -325,8 +325,8 @@ class CachedKernel(WrappingKernel):
     def empty_labels(self, n: int, like: Array | None) -> Array:
         return self.inner.empty_labels(n, None if isinstance(like, CachedChunk) else like)
 
-    def concat(self, parts: list[Array]) -> Array:
-        return self.inner.concat(parts)
+    def empty_rows(self, n: int, like: Array) -> Array:
+        return self.inner.empty_rows(n, like)
 
     def _repaired(self, chunk: CachedChunk, found: Any, f: np.ndarray,
                   lam: float) -> tuple[np.ndarray, float]:

@@ -108,5 +108,5 @@ class ForwardingKernel(WrappingKernel):
     def empty_labels(self, n, like):
         return self.inner.empty_labels(n, like)
 
-    def concat(self, parts):
-        return self.inner.concat(parts)
+    def empty_rows(self, n, like):
+        return self.inner.empty_rows(n, like)

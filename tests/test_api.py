@@ -7,7 +7,7 @@ import warnings
 
 import numpy as np
 import pytest
-from conftest import to_backend, to_host
+from conftest import CPU_BACKENDS, to_backend, to_host
 
 import sinklabel
 from sinklabel import ConvergenceWarning, SinkhornLabeler, assign_labels, sinkhorn
@@ -355,3 +355,27 @@ def test_predict_keeps_the_labelers_memory_limit():
         method(source)
         assert max(sizes) == solve_block < scores.shape[0]
     np.testing.assert_array_equal(labeler.predict(source), labeler.predict(scores))
+
+
+@pytest.mark.parametrize("backend", [name for name in CPU_BACKENDS if name != "torch"])
+def test_soft_assignments_within_memory_limit_hold_the_result_once(backend):
+    """The chunks' soft assignments were kept in a list and then joined: the N x K result
+    was held twice, 8 MB over a 1 MB budget here. Oracle: tracemalloc's peak (it sees NumPy's
+    allocations, not torch's), and a float64 softmax computed here."""
+    import tracemalloc
+
+    scores = np.log(np.random.default_rng(2).dirichlet(np.ones(100), size=20_000))
+    scores = scores.astype(np.float32)
+    result = sinkhorn(scores, 100, backend=backend)
+    limit = 1 << 20
+    result.soft_assignments(scores[:1000], memory_limit=limit)  # compile outside the count
+    tracemalloc.start()
+    try:
+        soft = result.soft_assignments(scores, memory_limit=limit)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak <= soft.nbytes + limit
+    z = result.lam * scores.astype(np.float64) + result.potentials
+    want = np.exp(z - z.max(axis=1, keepdims=True))
+    np.testing.assert_allclose(soft, want / want.sum(axis=1, keepdims=True), atol=2e-5)

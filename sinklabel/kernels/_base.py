@@ -99,8 +99,10 @@ class Kernel(ABC):
         ``like`` (any array of this library, e.g. a chunk; None: the default device)."""
 
     @abstractmethod
-    def concat(self, parts: list[Array]) -> Array:
-        """Join per-chunk results (at least one) along rows into one array on their device."""
+    def empty_rows(self, n: int, like: Array) -> Array:
+        """An uninitialised array of ``n`` rows like those of ``like`` (a per-chunk result:
+        its columns, dtype, library and device), which the chunks' results are written into
+        one by one, so that no second copy of them is held."""
 
 
 class WrappingKernel(Kernel):

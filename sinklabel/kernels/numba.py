@@ -669,8 +669,8 @@ class NumbaKernel(Kernel):
     def empty_labels(self, n: int, like: np.ndarray | None) -> np.ndarray:
         return np.empty(n, dtype=np.int64)
 
-    def concat(self, parts: list[np.ndarray]) -> np.ndarray:
-        return np.concatenate(parts)
+    def empty_rows(self, n: int, like: np.ndarray) -> np.ndarray:
+        return np.empty((n, *like.shape[1:]), dtype=like.dtype)
 
     @staticmethod
     def _inputs(chunk: np.ndarray, f: np.ndarray, lam: float):

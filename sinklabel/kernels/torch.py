@@ -151,8 +151,8 @@ class TorchKernel(Kernel):
         device = like.device if like is not None else "cpu"
         return torch.empty(n, dtype=torch.int64, device=device)
 
-    def concat(self, parts: list[torch.Tensor]) -> torch.Tensor:
-        return _cat(parts)
+    def empty_rows(self, n: int, like: torch.Tensor) -> torch.Tensor:
+        return like.new_empty((n, *like.shape[1:]))
 
     def _numba_view(self, x: torch.Tensor) -> np.ndarray | None:
         """A NumPy view of ``x`` for the Numba kernels, or None: float64, float32, float16 and
