@@ -72,14 +72,18 @@ def sinkhorn(
         and slower to converge.
     label_weights : array of shape (K,), default=None
         Target label proportions (positive; normalised here, where each share must stay at
-        least float64's smallest normal number, 2.2e-308). Default: uniform, ``1 / K``.
+        least float64's smallest normal number, 2.2e-308). A share below the compute
+        dtype's smallest normal number (1.2e-38 in float32) is left at zero mass, which is
+        within it. Default: uniform, ``1 / K``.
     tol : float, default=1e-3
         Stop when the L1 distance between the plan's label marginal and ``label_weights``
         is at most ``tol``.
     max_iter : int, default=1000
         Most passes over the scores; hitting it warns and sets ``converged=False``.
     init : array of shape (K,), default=None
-        Potentials to warm-start from (e.g. ``previous.potentials``).
+        Potentials to warm-start from (e.g. ``previous.potentials``). Refused (ValueError)
+        beyond the square root of the compute dtype's largest number once their
+        weighted mean is subtracted (1.8e19 in float32, 1.3e154 in float64).
     chunk_size : int, default=None
         Rows processed at once; bounds the solver's working memory. Default: the backend's.
     memory_limit : int or str, default=None
