@@ -234,8 +234,9 @@ def test_scores_that_change_after_the_solve_are_noticed_by_the_reduction(rounds)
     # One checked source for the solve and the reduction, as distributed_sinkhorn has it.
     source = checked(CallableSource(drifting, scores.shape, "float32"))
     kernel = resolve_kernel("numpy", "numpy")
-    result = api._sinkhorn(source, kernel, lam=25.0, label_weights=np.full(5, 0.2), tol=1e-6,
-                           max_iter=1000, init=None, rows=64, progress=False)
+    result = api._sinkhorn(source, kernel, scores=source, lam=25.0,
+                           label_weights=np.full(5, 0.2), tol=1e-6, max_iter=1000, init=None,
+                           rows=64, progress=False)
     drift[0] = 0.5
     with pytest.raises(SourceError, match="changed since the first pass"):
         _distributed_exact.balance_across_ranks(source, kernel, result, 64, LOCAL)
