@@ -18,6 +18,9 @@ import numpy as np
 
 from ._arrays import to_host
 
+#: Scores whose finite-score mask is made at a time while counting finite scores.
+COUNT_BLOCK = 16 << 20
+
 
 def balanced_range(n_points: int, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Sizes ``floor(N * w)`` to ``ceil(N * w)`` for label proportions ``w`` (summing to one)."""
@@ -72,11 +75,28 @@ def check_capacities(
     return sizes, sizes.copy()
 
 
+def finite_per_label(scores: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+    """Rows with a finite score, per label: among all rows of host scores, or the given ones
+    (counted in blocks, so that no N x K mask or copy is made)."""
+    n_rows = scores.shape[0] if rows is None else rows.size
+    step = max(1, COUNT_BLOCK // max(1, scores.shape[1]))
+    counts = np.zeros(scores.shape[1], dtype=np.int64)
+    for start in range(0, n_rows, step):
+        block = scores[start:start + step] if rows is None else scores[rows[start:start + step]]
+        counts += np.count_nonzero(np.isfinite(block), axis=0)
+    return counts
+
+
+def short_label(needed: np.ndarray, finite: np.ndarray) -> int | None:
+    """The first label that needs more points than rows have a finite score for it."""
+    short = np.flatnonzero(finite < needed)
+    return int(short[0]) if short.size else None
+
+
 def check_reachable(lower: np.ndarray, finite_per_label: np.ndarray) -> None:
     """Labels that must take points need that many rows with a finite score for them."""
-    short = finite_per_label < lower
-    if short.any():
-        y = int(np.flatnonzero(short)[0])
+    y = short_label(lower, finite_per_label)
+    if y is not None:
         raise ValueError(
             f"label {y} must take at least {lower[y]} points but only {finite_per_label[y]} "
             "rows have a finite score for it (the others are -inf); lower its capacity"
@@ -106,4 +126,11 @@ def _exact_sum(array: np.ndarray) -> int:
     return sum(int(value) for value in array.tolist())
 
 
-__all__ = ["balanced_range", "check_capacities", "check_reachable", "default_capacities"]
+__all__ = [
+    "balanced_range",
+    "check_capacities",
+    "check_reachable",
+    "default_capacities",
+    "finite_per_label",
+    "short_label",
+]

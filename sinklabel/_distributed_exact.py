@@ -59,6 +59,7 @@ round.
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Callable
 from dataclasses import replace
@@ -163,7 +164,8 @@ def balance_across_ranks(
             raise _too_many(rounds, n_contested, n_points, reference, settled, collective)
         target = min(2 * max(target, n_contested), limit)
 
-    sums = _guarded(collective, np.zeros(K + 4), _partial_sums, source, kernel, labels, v, rows)
+    summed = functools.partial(_partial_sums, ranks=collective.world_size)
+    sums = _guarded(collective, np.zeros(K + 4), summed, source, kernel, labels, v, rows)
     certificate = _certificate_from_sums(collective.sum(sums), v, lower, upper)
     if not _proves_optimal(certificate, v, upper):
         raise RuntimeError(

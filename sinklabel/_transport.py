@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import _transport_loops as loops
-from ._capacities import check_reachable
+from ._capacities import check_reachable, finite_per_label
 
 #: Labels each point keeps as candidates for its bids.
 CANDIDATES = 16
@@ -155,10 +155,7 @@ def _check_points(S: np.ndarray, labels: np.ndarray, low: np.ndarray, lower: np.
             f"point {int(np.argmin(labels))} has finite scores only for labels of capacity 0"
         )
     rows = np.flatnonzero(low == -np.inf)
-    finite = np.full(S.shape[1], S.shape[0], np.int64)
-    for start in range(0, rows.size, ROWS_PER_BLOCK):
-        finite -= np.count_nonzero(S[rows[start:start + ROWS_PER_BLOCK]] == -np.inf, axis=0)
-    check_reachable(lower, finite)
+    check_reachable(lower, S.shape[0] - rows.size + finite_per_label(S, rows))
 
 
 def _score_range(cand_s: np.ndarray) -> float:

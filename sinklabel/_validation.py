@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from ._arrays import to_host
+from ._capacities import finite_per_label, short_label
 from .collective import LOCAL, Collective
 from .kernels import Kernel
 from .sources import Source
@@ -154,14 +155,12 @@ def check_labels_reachable(
     step = max(1, COUNT_BLOCK_BYTES // (8 * n_labels))
     for start, stop, chunk in source.chunks(rows):
         for first in range(0, stop - start, step):
-            block = to_host(chunk[first:first + step])
-            totals[:n_labels] += np.isfinite(block).sum(axis=0)
+            totals[:n_labels] += finite_per_label(to_host(chunk[first:first + step]))
         totals[n_labels] += stop - start
     totals = collective.sum(totals)
     needed = totals[n_labels] * label_weights
-    short = totals[:n_labels] < needed * (1 - 1e-12)
-    if short.any():
-        y = int(np.flatnonzero(short)[0])
+    y = short_label(needed * (1 - 1e-12), totals[:n_labels])
+    if y is not None:
         raise ValueError(
             f"label {y} should take {needed[y]:.6g} points (its weight times N) but only "
             f"{int(totals[y])} rows have a finite score for it (the others are -inf): no "

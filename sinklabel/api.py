@@ -138,6 +138,10 @@ def sinkhorn(
     source = as_source(logp)
     K = check_shape(source, K)
     check_exact_balance(balance, source.shape[0], K)
+    if balance == "exact":  # before the Sinkhorn solve, not once it is done
+        from .exact import check_host_memory
+
+        check_host_memory(source)
     lam = check_positive("lam", lam)
     tol = check_positive("tol", tol)
     max_iter = check_positive("max_iter", max_iter, integer=True)

@@ -28,10 +28,18 @@ the label it picks rounds to the same value as the row's true maximum, which is 
 most ``2 * 2**-24 / (1 - 2**-24)`` times the picked label's ``|logp + d|`` above it: the
 allowance, 4 units of roundoff times the picked label's ``|logp| + |d|``, covers that and the
 float64 addition of the two.
+
+The primal and the rows' part of the dual are then float64 sums of N terms each. A sum whose
+terms each pass through at most m additions is off by at most ``gamma(m) = m u / (1 - m u)``
+times the sum of its terms' sizes (``u = 2**-53``), not times the size of the sum: logits of
+both signs can cancel to a total near 0 whose rounding is that of its large terms. Each chunk
+is summed in groups of about ``sqrt(rows)`` terms (whatever order NumPy adds them in), so m
+is about ``2 sqrt(rows)`` plus the number of chunks, not N.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,6 +56,8 @@ from .sources import Array, Source, as_source, checked, itemsize
 #: relative to the picked label's ``|logp| + |d|``: 4 units of roundoff (see above).
 _ROUND32 = 2.0**-22
 _ROUND64 = 2.0**-51
+#: float64's unit roundoff.
+_UNIT64 = 2.0**-53
 
 
 @dataclass(frozen=True)
@@ -183,7 +193,8 @@ def _certificate_rows(kernel: Kernel, source: Source, chunk_size: int | None) ->
 
 
 def _partial_sums(
-    source: Source, kernel: Kernel, y: np.ndarray, v: np.ndarray, rows: int
+    source: Source, kernel: Kernel, y: np.ndarray, v: np.ndarray, rows: int,
+    *, ranks: int = 1,
 ) -> np.ndarray:
     """One pass over these rows: ``[primal, dual_rows, rounding, rounded_rows, *counts]``.
 
@@ -191,13 +202,15 @@ def _partial_sums(
     of all their rows together. ``rounded_rows`` counts the rows compared at float32-rounded
     prices (all of them, unless the scores are float64): it tells
     :func:`_certificate_from_sums` which prices the bound is for (the label counts add up to
-    the number of rows).
+    the number of rows). ``rounding`` covers the float64 sums of these rows' terms too, when
+    the sums of ``ranks`` processes are added up after.
     """
     K = source.shape[1]
     rounded = compute_dtype(source.dtype) == np.float32
     unit = _ROUND32 if rounded else _ROUND64
     _, d = _offsets(v, rounded)
-    primal = dual_rows = rounding = 0.0
+    primal = dual_rows = rounding = magnitude = 0.0
+    chunks = inner = 0
     for start, stop, chunk in source.chunks(rows):
         with np.errstate(over="ignore"):  # prices beyond the scores' dtype: named just below
             top, best = kernel.best(chunk, d, 1.0)
@@ -209,13 +222,19 @@ def _partial_sums(
         winner = kernel.gather(chunk, best)
         price = d[kernel.to_numpy(best)]
         own = kernel.gather(chunk, _like(chunk, y[start:stop]))
-        primal -= float(own.sum())
+        primal -= _grouped_sum(own)
         # The kernel compared scores plus prices: its error scales with both terms, not with
         # their sum, which cancels to ~0 where the prices offset the scores. Prices near
         # float64's range overflow these sums to a bound of -inf, which proves nothing.
         with np.errstate(over="ignore"):
-            dual_rows -= float((winner + price).sum())
+            values = winner + price
+            dual_rows -= _grouped_sum(values)
             rounding += unit * float((np.abs(winner) + np.abs(price)).sum())
+            magnitude += float(np.abs(own).sum()) + float(np.abs(values).sum())
+        chunks += 1
+        inner = max(inner, _grouped_additions(stop - start))
+    # Each term went through its chunk's sum, the sum of the chunks and that of the ranks.
+    rounding += _summation_error(inner + max(chunks - 1, 0) + ranks - 1, magnitude)
     counts = np.bincount(y, minlength=K)
     rounded_rows = y.size if rounded else 0
     return np.concatenate([[primal, dual_rows, rounding, rounded_rows], counts]).astype(
@@ -238,13 +257,55 @@ def _certificate_from_sums(
         rounding += 4 * v.size * 2.0**-53 * (float(np.abs(sized).sum()) + abs(centre * surplus))
     if np.isnan(dual):  # terms of opposite infinite sign: the prices prove nothing
         dual = -np.inf
-    rounding += 4 * n_points * 2.0**-53 * (abs(primal) + abs(dual_rows))
+    # The rows' sums are bounded in ``rounding`` already; this covers the few operations
+    # above that add them to the rest, and the gap's subtraction.
+    rounding += 4 * _UNIT64 * (abs(primal) + abs(dual_rows))
     if 0 < rounded_rows < n_points:
         # Float64 rows (of other ranks) were compared at the unrounded prices: each row's
         # maximum there is within the prices' largest rounding of its maximum at ``d``.
         rounding += (n_points - rounded_rows) * float(np.abs(v - centre - d).max())
     feasible = bool(np.all((counts >= lower) & (counts <= upper)))
     return Certificate(primal, dual, primal - dual, rounding, feasible)
+
+
+def _cost_rounding(
+    source: Source, kernel: Kernel, labellings: list[np.ndarray], rows: int
+) -> float:
+    """Bound on the rounding of the costs (primals) that :func:`duality_gap` sums for these
+    labellings in chunks of ``rows``, from one pass for the sizes of their terms."""
+    magnitude = 0.0
+    chunks = inner = 0
+    for start, stop, chunk in source.chunks(rows):
+        for y in labellings:
+            own = kernel.gather(chunk, _like(chunk, y[start:stop]))
+            magnitude += float(np.abs(own).sum())
+        chunks += 1
+        inner = max(inner, _grouped_additions(stop - start))
+    return _summation_error(inner + max(chunks - 1, 0), magnitude)
+
+
+def _grouped_sum(terms: np.ndarray) -> float:
+    """The float64 sum of ``terms`` in groups of about ``sqrt(n)``: each term goes through at
+    most :func:`_grouped_additions` additions, whatever order NumPy adds them in."""
+    n = terms.size
+    width = math.isqrt(n) + 1
+    padded = np.zeros(-(-n // width) * width)  # adding zeros is exact
+    padded[:n] = terms
+    return float(padded.reshape(-1, width).sum(axis=1).sum())
+
+
+def _grouped_additions(n: int) -> int:
+    """The most additions a term of :func:`_grouped_sum` of n terms goes through."""
+    width = math.isqrt(n) + 1
+    return width - 1 + max(-(-n // width) - 1, 0)
+
+
+def _summation_error(additions: int, magnitude: float) -> float:
+    """Bound on the rounding of a float64 sum whose terms each go through at most
+    ``additions`` additions and whose sizes add up to ``magnitude``: ``gamma(additions)``
+    times it (a bound for any order of the additions)."""
+    steps = max(additions, 0) * _UNIT64
+    return steps / (1 - steps) * magnitude if steps < 1 else np.inf
 
 
 def _offsets(v: np.ndarray, rounded: bool) -> tuple[float, np.ndarray]:

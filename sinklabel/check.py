@@ -16,8 +16,16 @@ import numpy as np
 from ._arrays import to_host
 from ._capacities import check_capacities
 from ._validation import check_flag
-from .certificate import Certificate, _checked_labels, _checked_prices, duality_gap
+from .certificate import (
+    Certificate,
+    _certificate_rows,
+    _checked_labels,
+    _checked_prices,
+    _cost_rounding,
+    duality_gap,
+)
 from .exact import ExactResult, solve_exact
+from .kernels import resolve_kernel
 from .result import SinkhornResult
 from .sources import Array, as_source, checked
 
@@ -28,7 +36,7 @@ EXACT_LIMIT = 10**9
 _UNIT64 = 2.0**-53
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # compared by identity: `==` on arrays has no one answer
 class CheckReport:
     """A labelling measured against the exact problem.
 
@@ -55,6 +63,8 @@ class CheckReport:
     certificate : Certificate
         The one-pass certificate of the labelling, at the optimum's prices when solved
         (otherwise at the result's prices, or zero prices for bare labels).
+    cost_rounding : float or None
+        Bound on the float64 rounding of ``objective - optimum`` (None when not solved).
     """
 
     objective: float
@@ -68,6 +78,7 @@ class CheckReport:
     lower: np.ndarray
     upper: np.ndarray
     certificate: Certificate
+    cost_rounding: float | None
 
     @property
     def misplaced(self) -> int:
@@ -82,17 +93,18 @@ class CheckReport:
         solved, else of the certified bound.
 
         A solved optimum is exact, and the cost and the optimum are sums computed the same
-        way, so only their float64 summation error may separate an optimal labelling from
-        it. The certificate's rounding bounds the pass's float32 comparisons instead: it
-        grows with N and with the scores' size, and would let a measurably worse labelling
-        pass (and the verdict change when a constant is added to every score).
+        way, so only their float64 summation error (``cost_rounding``, which scales with the
+        sizes of the scores summed, not of the sums: logits of both signs cancel) may separate
+        an optimal labelling from it. The certificate's rounding bounds the pass's float32
+        comparisons instead: it grows with N and with the scores' size, and would let a
+        measurably worse labelling pass (and the verdict change when a constant is added to
+        every score).
         """
         if not self.feasible:
             return False
         if self.optimum is None:
             return self.gap <= self.certificate.rounding < np.inf
-        n_points = int(self.label_counts.sum())
-        return self.gap <= _summation_error(n_points, self.objective, self.optimum) < np.inf
+        return self.gap <= self.cost_rounding < np.inf
 
     def __str__(self) -> str:
         counts = self.label_counts
@@ -169,15 +181,21 @@ def check(
         capacities = (result_or_labels.lower, result_or_labels.upper)
     lower, upper = check_capacities(capacities, N, K)
     exact = N * K <= EXACT_LIMIT if exact is None else check_flag("exact", exact)
-    optimum = agreement = None
+    kernel = resolve_kernel(backend, source.library)
+    rows = _certificate_rows(kernel, source, chunk_size)  # both costs summed in these chunks
+    optimum = agreement = cost_rounding = None
     if exact:
         solved = solve_exact(source, K, capacities=(lower, upper), prices=prices,
-                             backend=backend, chunk_size=chunk_size)
+                             backend=backend, chunk_size=rows)
         prices = solved.prices
         optimum = solved.objective
-        agreement = float(np.mean(to_host(solved.labels) == labels))
+        optimal_labels = to_host(solved.labels)
+        agreement = float(np.mean(optimal_labels == labels))
     certificate = duality_gap(source, labels, np.zeros(K) if prices is None else prices,
-                              (lower, upper), backend=backend, chunk_size=chunk_size)
+                              (lower, upper), backend=backend, chunk_size=rows)
+    if optimum is not None:
+        cost_rounding = _cost_rounding(source, kernel, [labels, optimal_labels], rows) + (
+            4 * _UNIT64 * (abs(certificate.primal) + abs(optimum)))  # and the subtraction
     bound = optimum if optimum is not None else certificate.dual
     gap = certificate.primal - bound
     return CheckReport(
@@ -192,15 +210,8 @@ def check(
         lower=lower,
         upper=upper,
         certificate=certificate,
+        cost_rounding=cost_rounding,
     )
-
-
-def _summation_error(n_points: int, objective: float, optimum: float) -> float:
-    """Bound on the rounding of ``objective - optimum``: each is a float64 sum of N scores
-    (exact in float64, whatever their dtype), off by at most ``(N - 1) * 2**-53`` times the
-    sum of the terms' sizes, which is the cost's size when the scores have one sign
-    (log-probabilities); 4 N units of each cost's size leave room for the subtraction too."""
-    return 4 * n_points * _UNIT64 * (abs(objective) + abs(optimum))
 
 
 def result_prices(result: SinkhornResult | ExactResult) -> np.ndarray:

@@ -359,7 +359,7 @@ def distributed_duality_gap(
     # The same capacities and the same N on every rank: the same verdict everywhere.
     lower, upper = check_capacities(capacities, int(table[:, 1].sum()), source.shape[1])
     try:
-        sums = _partial_sums(source, kernel, y, v, rows)
+        sums = _partial_sums(source, kernel, y, v, rows, ranks=collective.world_size)
     except Exception as exc:  # the others learn of it in the sum below
         collective.fail(exc)
         sums = np.zeros(source.shape[1] + 4)

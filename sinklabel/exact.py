@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from ._arrays import to_host
-from ._capacities import balanced_range, check_capacities, check_reachable
+from ._arrays import array_library, is_cuda, to_host
+from ._capacities import balanced_range, check_capacities, check_reachable, finite_per_label
 from ._validation import check_positive, check_scores, check_shape
 from .certificate import Certificate, _checked_prices, _like, duality_gap
 from .kernels import Kernel, resolve_kernel
@@ -39,11 +39,16 @@ from .sources import (
     checked,
     itemsize,
 )
+from .sources.memory import physical_memory
 
 METHODS = ("auto", "auction", "highs")
 
+#: Host bytes per point of the auction's own arrays besides its candidate lists (labels,
+#: bounds, margins, heaps, the exact finish's lists), rounded up.
+POINT_BYTES = 128
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, eq=False)  # compared by identity: `==` on arrays has no one answer
 class ExactResult:
     """The optimal labelling of eq. (6) and its proof.
 
@@ -124,6 +129,9 @@ def solve_exact(
     ------
     ValueError
         On bad capacities, or when no labelling can meet them because of -inf scores.
+    MemoryError
+        Before any pass over the scores, when the solver's host arrays (see
+        :func:`check_host_memory`) exceed this machine's physical memory.
     """
     source = checked(as_source(logp))  # a stream's blocks are checked whenever read
     K = check_shape(source, K)
@@ -131,6 +139,7 @@ def solve_exact(
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     N = source.shape[0]
     lower, upper = check_capacities(capacities, N, K)
+    check_host_memory(source)
     start = None if prices is None else _checked_prices(prices, K)
     kernel = resolve_kernel(backend, source.library)
     rows = (
@@ -155,7 +164,7 @@ def _solve_exact(
     if method == "highs":
         from ._highs import solve_highs
 
-        check_reachable(lower, _finite_per_label(S))
+        check_reachable(lower, finite_per_label(S))
         labels, v = solve_highs(S, lower, upper)
     else:
         from . import _transport, _transport_loops
@@ -183,6 +192,7 @@ def balance_exact(
     straight to its shortest paths. The scores were checked by the Sinkhorn solve.
     """
     lower, upper = balanced_range(source.shape[0], result.label_weights)
+    check_host_memory(source)
     exact = _solve_exact(
         source, lower, upper, "auction", result.potentials / result.lam, kernel.name, rows
     )
@@ -190,6 +200,48 @@ def balance_exact(
         result, labels=exact.labels, label_counts=exact.label_counts, balance="exact",
         certificate=exact.certificate, prices=exact.prices,
     )
+
+
+def check_host_memory(source: Source) -> None:
+    """MemoryError when the exact solver's host arrays exceed this machine's physical memory:
+    the scores as one float32 or float64 array, unless they already are one in host memory
+    (a NumPy array, CPU tensor or .npy memory map), and the auction's per-point arrays.
+
+    Called before any pass: a stream would otherwise be read in full (and a Sinkhorn solve
+    finished) before the copy failed.
+    """
+    from ._transport import CANDIDATES
+
+    N, K = source.shape
+    size = compute_dtype(source.dtype).itemsize
+    scores = N * K * size if _scores_copied(source) else 0
+    work = N * (min(K, CANDIDATES) * (8 + size) + POINT_BYTES)
+    total = physical_memory()
+    if total is not None and scores + work > total:
+        raise MemoryError(
+            f"the exact solver needs about {(scores + work) / 2**30:.3g} GiB of host memory "
+            f"for N={N}, K={K} ({scores / 2**30:.3g} GiB of it for a copy of the scores), "
+            f"more than this machine's {total / 2**30:.3g} GiB: fewer points, or scores as a "
+            "float32 .npy file (memory-mapped, not copied)"
+        )
+
+
+def _scores_copied(source: Source) -> bool:
+    """Whether :func:`_host_scores` copies the scores rather than reading them in place."""
+    inner = source.inner if isinstance(source, CheckedSource) else source
+    if isinstance(inner, MemmapSource):
+        return not _readable_in_place(inner.array)
+    if not isinstance(inner, ArraySource) or is_cuda(inner.array):
+        return True
+    if array_library(inner.array) == "torch" and str(inner.array.dtype) not in (
+            "torch.float32", "torch.float64"):
+        return True  # bfloat16 or float16: converted
+    return not _readable_in_place(to_host(inner.array))  # a view of host memory
+
+
+def _readable_in_place(array: np.ndarray) -> bool:
+    """C-ordered native float32 or float64: what the solver reads without a copy."""
+    return bool(array.flags.c_contiguous and array.dtype == compute_dtype(array.dtype))
 
 
 def _host_scores(source: Source, rows: int) -> tuple[np.ndarray, Array]:
@@ -215,11 +267,3 @@ def _host_scores(source: Source, rows: int) -> tuple[np.ndarray, Array]:
                 like = _like(block, np.empty(0, dtype=np.int64))  # the labels' library
             array[start:stop] = host
     return np.ascontiguousarray(array, dtype=compute_dtype(array.dtype)), like
-
-
-def _finite_per_label(S: np.ndarray) -> np.ndarray:
-    """Rows with a finite score, per label (one pass in blocks; the auction fuses its own)."""
-    counts = np.zeros(S.shape[1], dtype=np.int64)
-    for start in range(0, S.shape[0], 16384):
-        counts += np.count_nonzero(S[start:start + 16384] > -np.inf, axis=0)
-    return counts

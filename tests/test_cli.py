@@ -375,7 +375,7 @@ def test_demo_refuses_scores_larger_than_memory_before_generating(capsys, monkey
     assert main(["demo", "-n", str(10**12), "-k", "1000"]) == 2
     err = capsys.readouterr().err
     assert "not enough memory" in err and "need 3.73e+06 GiB" in err
-    monkeypatch.setattr("sinklabel.commands.demo._physical_memory", lambda: 2**30)
+    monkeypatch.setattr("sinklabel.commands.demo.physical_memory", lambda: 2**30)
     assert main(["demo", "-n", "100000", "-k", "10000"]) == 2
     assert "need 3.73 GiB, more than the 1 GiB of memory" in capsys.readouterr().err
 

@@ -471,7 +471,8 @@ def _assert_same_certificate(got, want) -> None:
     assert got.primal == pytest.approx(want.primal, rel=1e-9)
     assert got.dual == pytest.approx(want.dual, rel=1e-9)
     assert got.gap == pytest.approx(want.gap, abs=1e-9 * abs(want.primal))
-    assert got.rounding == pytest.approx(want.rounding, rel=1e-6)
+    # The summation's bound depends on the chunks and the ranks, which differ here.
+    assert want.rounding / 2 <= got.rounding <= 2 * want.rounding
 
 
 @pytest.mark.parametrize("world", [1, 2, 3])

@@ -70,6 +70,10 @@ def test_results_compare_by_identity(logp):
     assert heads.index(heads[1]) == 1
     assert heads[0] != heads[1] and heads[0] == heads[0]
     assert len({heads[0], heads[1]}) == 2
+    exact = [sinklabel.solve_exact(logp, 6), sinklabel.solve_exact(logp, 6)]
+    reports = [sinklabel.check(heads[0], logp), sinklabel.check(heads[0], logp)]
+    assert exact.index(exact[1]) == 1 and exact[0] != exact[1]
+    assert reports.index(reports[1]) == 1 and len({exact[0], reports[0]}) == 2
 
 
 def test_scikit_learn_sees_whether_the_labeler_is_fitted(logp):

@@ -9,7 +9,6 @@ labels and prints a summary. Exit code 0 when the solve converged, 1 when it sto
 from __future__ import annotations
 
 import argparse
-import os
 import time
 
 import numpy as np
@@ -19,6 +18,7 @@ from ..datasets import REGIMES, make_scores
 from ..exp_cache import table_cap
 from ..kernels import resolve_kernel
 from ..sources import as_source
+from ..sources.memory import physical_memory
 from ._options import add_solver_options, positive, solver_kwargs, summarize
 
 #: What to do when the scores or the solve do not fit in memory (see ``cli.main``).
@@ -71,19 +71,11 @@ def _check_memory(n: int, k: int) -> None:
     """MemoryError before generating scores that cannot fit in this machine's memory (float32
     scores and the int64 cluster of each point): otherwise the allocation fails only after
     the clusters are drawn (minutes for 1e9 points), or succeeds and swaps."""
-    physical = _physical_memory()
+    physical = physical_memory()
     needed = n * (4 * k + 8)
     if physical is not None and needed > physical:
         raise MemoryError(f"{n} x {k} float32 scores need {needed / 2**30:.3g} GiB, more than "
                           f"the {physical / 2**30:.3g} GiB of memory this machine has")
-
-
-def _physical_memory() -> int | None:
-    """Bytes of memory this machine has, or None where the system does not say (Windows)."""
-    try:
-        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (AttributeError, ValueError, OSError):
-        return None
 
 
 def _check_solve_options(args: argparse.Namespace) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 import re
 
 from ..kernels import Kernel
@@ -82,3 +83,12 @@ def rows_for_budget(budget: int, fixed: int, per_row: int, *, cache: bool = Fals
             f"of a block, so at least {share * (fixed + per_row)} bytes"
         )
     return int(rows)
+
+
+def physical_memory() -> int | None:
+    """Bytes of memory this machine has, or None where the system does not say (Windows):
+    a ceiling for work that must hold its data at once, checked before it starts."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None

@@ -1,0 +1,214 @@
+"""The exact problem at the edges of float64 and of memory: certificates, check and the
+exact solvers against independent oracles (scipy's linear_sum_assignment on the problem with
+each label's column replicated to its size, and plain reference code written here)."""
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.optimize import linear_sum_assignment
+
+import sinklabel
+from sinklabel._capacities import balanced_range, finite_per_label
+from sinklabel._validation import check_label_weights
+from sinklabel.sources import CallableSource
+
+
+def assignment_labels(S: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """The optimal labelling of sizes ``sizes`` (summing to N): an assignment of the N points
+    to N slots, label y's column repeated ``sizes[y]`` times."""
+    columns = np.repeat(np.arange(S.shape[1]), sizes)
+    rows, slots = linear_sum_assignment(-S[:, columns])
+    labels = np.empty(S.shape[0], np.int64)
+    labels[rows] = columns[slots]
+    return labels
+
+
+def exact_cost(S: np.ndarray, labels: np.ndarray) -> float:
+    """The labelling's cost, correctly rounded (math.fsum)."""
+    return math.fsum(-S[np.arange(S.shape[0]), labels])
+
+
+def cancelling_logits(n_points: int, n_labels: int, seed: int) -> np.ndarray:
+    """Logits near +1e6 for the first half of the rows and -1e6 for the rest: every cost is
+    near 0, a float64 sum of terms of size 1e6."""
+    rng = np.random.default_rng(seed)
+    base = np.where(np.arange(n_points) < n_points // 2, 1e6, -1e6)
+    return base[:, None] + rng.random((n_points, n_labels))
+
+
+@pytest.mark.parametrize("seed", [0, 4, 6])
+def test_certificate_of_the_optimum_of_cancelling_logits_is_optimal(seed):
+    """The certificate allowed float64 summation error of ``4 N u |sum|``; with logits of
+    both signs the sums cancel to ~0 while their rounding is that of terms of size 1e6: the
+    optimum (seed 0: gap 1.2e-6 against an allowance of 4.4e-7) was "not optimal"."""
+    S = cancelling_logits(1000, 4, seed)
+    sizes = np.full(4, 250)
+    exact = sinklabel.solve_exact(S, 4, chunk_size=1)
+    oracle = assignment_labels(S, sizes)
+    assert exact_cost(S, exact.labels) == exact_cost(S, oracle)
+    assert exact.certificate.optimal
+    oracle_certificate = sinklabel.duality_gap(S, oracle, exact.prices, chunk_size=1)
+    assert oracle_certificate.optimal
+
+
+def test_certificate_still_rejects_a_measurably_worse_labelling():
+    """The summation allowance scales with the terms, but stays far below a swap's cost."""
+    S = cancelling_logits(1000, 4, 0)
+    exact = sinklabel.solve_exact(S, 4, chunk_size=1)
+    labels = exact.labels.copy()
+    rows = np.arange(S.shape[0])
+    first = int(np.flatnonzero(labels == 0)[0])
+    second = int(np.flatnonzero(labels == 1)[0])
+    labels[[first, second]] = labels[[second, first]]
+    loss = exact_cost(S, labels) - exact_cost(S, exact.labels)
+    assert loss > 1e-3 and np.array_equal(np.bincount(labels), np.bincount(exact.labels))
+    certificate = sinklabel.duality_gap(S, labels, exact.prices, chunk_size=1)
+    assert not certificate.optimal and certificate.gap >= loss - certificate.rounding
+    assert -S[rows, labels].sum() == pytest.approx(certificate.primal, abs=1e-6)
+
+
+def tied_cancelling_logits(n_points: int, seed: int) -> np.ndarray:
+    """Two labels whose scores differ by the same exact amount on every row: every balanced
+    labelling is optimal, and their costs are float64 sums of different terms near +-1e6."""
+    rng = np.random.default_rng(seed)
+    a = np.where(np.arange(n_points) < n_points // 2, 1e6, -1e6) + rng.random(n_points)
+    shift = np.round(0.3 * 2.0**33) / 2.0**33  # a multiple of the scores' ulp: exact sums
+    return np.stack([a, a + shift], axis=1)
+
+
+@pytest.mark.parametrize("seed", [1, 5, 6, 9])
+def test_check_calls_a_tied_optimum_of_cancelling_logits_optimal(seed):
+    """check allowed ``4 N u (|cost| + |optimum|)`` between the two sums: near 0 for logits
+    that cancel, so a labelling as good as the solved one was reported not optimal (gap
+    6e-8 against an allowance of 1e-9)."""
+    S = tied_cancelling_logits(1000, seed)
+    rng = np.random.default_rng(seed)
+    labels = rng.permutation(np.repeat([0, 1], 500))
+    oracle = assignment_labels(S, np.array([500, 500]))
+    assert exact_cost(S, labels) == exact_cost(S, oracle)
+    report = sinklabel.check(labels, S)
+    assert report.optimal
+
+
+def test_check_still_rejects_a_slightly_worse_labelling_of_cancelling_logits():
+    """One tie broken by 1e-3: the labelling that loses it is measurably worse."""
+    S = tied_cancelling_logits(1000, 0)
+    S[0, 1] += 1e-3
+    labels = np.repeat([0, 1], 500)
+    labels[0], labels[-1] = 0, 1
+    oracle = assignment_labels(S, np.array([500, 500]))
+    assert exact_cost(S, labels) - exact_cost(S, oracle) == pytest.approx(1e-3, rel=1e-3)
+    report = sinklabel.check(labels, S)
+    assert not report.optimal and report.gap == pytest.approx(1e-3, rel=1e-2)
+
+
+def test_finite_per_label_counts_as_a_plain_count():
+    rng = np.random.default_rng(0)
+    S = rng.normal(size=(300, 7))
+    S[rng.random(S.shape) < 0.3] = -np.inf
+    rows = np.flatnonzero(rng.random(300) < 0.5)
+    assert np.array_equal(finite_per_label(S), np.isfinite(S).sum(axis=0))
+    assert np.array_equal(finite_per_label(S, rows), np.isfinite(S[rows]).sum(axis=0))
+    assert np.array_equal(finite_per_label(S[:0]), np.zeros(7))
+
+
+def refusing_rows(start: int, stop: int) -> np.ndarray:
+    raise AssertionError(f"rows [{start}, {stop}) read before the memory check")
+
+
+def test_solve_exact_refuses_a_stream_too_large_for_memory_before_reading_it():
+    """A 1e9 x 1e4 stream needs a 37 TiB host copy: the solver read the stream in full
+    (its check pass) before the copy failed; now it refuses before the first block."""
+    source = CallableSource(refusing_rows, (10**9, 10**4), dtype="float32")
+    with pytest.raises(MemoryError, match="host memory for N=1000000000, K=10000"):
+        sinklabel.solve_exact(source, 10**4)
+
+
+def test_exact_balance_refuses_a_stream_too_large_for_memory_before_the_sinkhorn_solve():
+    """balance="exact" needs the same host copy: refused before the Sinkhorn solve reads
+    the stream, not after it."""
+    source = CallableSource(refusing_rows, (10**9, 10**4), dtype="float32")
+    with pytest.raises(MemoryError, match="host memory for N=1000000000, K=10000"):
+        sinklabel.sinkhorn(source, 10**4, balance="exact")
+
+
+def test_host_memory_check_counts_a_copy_only_where_one_is_made(monkeypatch):
+    """With 1 MiB of memory, 1.4 MiB of float32 scores read in place still solve; a
+    float16 copy of them, or a stream of them, is refused."""
+    from sinklabel import exact
+
+    monkeypatch.setattr(exact, "physical_memory", lambda: 1 << 20)
+    S = np.log(np.random.default_rng(0).dirichlet(np.ones(600), size=600)).astype(np.float32)
+    solved = sinklabel.solve_exact(S, 600)
+    assert np.array_equal(np.bincount(solved.labels, minlength=600), np.ones(600))
+    with pytest.raises(MemoryError, match="copy of the scores"):
+        sinklabel.solve_exact(S.astype(np.float16), 600)
+    stream = CallableSource(refusing_rows, S.shape, dtype="float32")
+    with pytest.raises(MemoryError):
+        sinklabel.solve_exact(stream, 600)
+
+
+def test_certificate_summed_over_ranks_of_cancelling_logits_is_optimal():
+    """The same bound where several processes' sums are added (as across ranks): one rank
+    holds the rows near +1e6, the other those near -1e6."""
+    from sinklabel.certificate import _certificate_from_sums, _partial_sums
+    from sinklabel.kernels import resolve_kernel
+    from sinklabel.sources import as_source
+
+    S = cancelling_logits(1000, 4, 0)
+    sizes = np.full(4, 250)
+    exact = sinklabel.solve_exact(S, 4)
+    kernel = resolve_kernel("numpy", "numpy")
+    labels = np.asarray(exact.labels)
+    sums = sum(
+        _partial_sums(as_source(S[part]), kernel, labels[part], exact.prices, 1, ranks=2)
+        for part in (slice(0, 500), slice(500, None))
+    )
+    certificate = _certificate_from_sums(sums, exact.prices, sizes, sizes)
+    assert exact_cost(S, labels) == exact_cost(S, assignment_labels(S, sizes))
+    assert certificate.optimal
+
+
+def range_assignment_cost(S: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> float:
+    """The optimum with sizes in ``[lower, upper]``: label y's column replicated ``upper[y]``
+    times, its first ``lower[y]`` copies with a bonus large enough that all are filled."""
+    K = S.shape[1]
+    labels = np.arange(K)
+    columns = np.concatenate([np.repeat(labels, lower), np.repeat(labels, upper - lower)])
+    bonus = np.zeros(columns.size)
+    bonus[:lower.sum()] = 1e3 * (1 + np.abs(S).max() * S.shape[0])
+    rows, slots = linear_sum_assignment(-S[:, columns] - bonus)
+    labels = np.empty(S.shape[0], np.int64)
+    labels[rows] = columns[slots]
+    return exact_cost(S, labels)
+
+
+@st.composite
+def balance_problems(draw):
+    """Small problems with ties (integer scores) or without, label weights or none."""
+    N = draw(st.integers(1, 16))
+    K = draw(st.integers(1, N))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    tied = draw(st.booleans())
+    S = rng.integers(-3, 1, size=(N, K)).astype(float) if tied else rng.normal(size=(N, K)) * 3
+    weights = rng.random(K) + 0.1 if draw(st.booleans()) else None
+    dtype = draw(st.sampled_from([np.float64, np.float32, np.float16]))
+    return S.astype(dtype), weights
+
+
+@settings(max_examples=20, deadline=None, derandomize=True)
+@given(problem=balance_problems())
+def test_balance_exact_reaches_the_assignment_optimum(problem):
+    S, weights = problem
+    N, K = S.shape
+    result = sinklabel.sinkhorn(S, K, label_weights=weights, balance="exact", max_iter=200)
+    lower, upper = balanced_range(N, check_label_weights(weights, K))
+    counts = np.bincount(result.labels, minlength=K)
+    assert np.all(counts >= lower) and np.all(counts <= upper)
+    S64 = S.astype(np.float64)
+    assert exact_cost(S64, result.labels) == pytest.approx(
+        range_assignment_cost(S64, lower, upper), rel=1e-12, abs=1e-12)
+    assert result.certificate.optimal
