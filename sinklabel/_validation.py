@@ -12,6 +12,7 @@ from ._arrays import to_host
 from ._capacities import finite_per_label, short_label
 from .collective import LOCAL, Collective
 from .kernels import Kernel
+from .kernels._base import compute_dtype
 from .sources import Source
 
 FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
@@ -34,6 +35,21 @@ def check_positive(name: str, value: Any, *, integer: bool = False) -> Any:
     if (not integer and not math.isfinite(number)) or number <= 0:
         raise ValueError(f"{name} must be finite and > 0, got {value!r}")
     return number
+
+
+def check_lam(lam: Any, dtype: str) -> float:
+    """A positive ``lam`` within the range of the dtype that scores of ``dtype`` are computed
+    in: float32 turns a larger one into inf, and inf times a score of 0 into NaN, which would
+    be blamed on the scores."""
+    lam = check_positive("lam", lam)
+    working = compute_dtype(dtype)
+    largest = float(np.finfo(working).max)
+    if lam > largest:
+        raise ValueError(
+            f"lam={lam:g} is beyond the largest {working} ({largest:.3g}), the "
+            f"precision {dtype} scores are computed in: lower lam, or pass float64 scores"
+        )
+    return lam
 
 
 def check_flag(name: str, value: Any) -> bool:

@@ -14,6 +14,7 @@ from ._validation import (
     check_init,
     check_label_weights,
     check_labels_reachable,
+    check_lam,
     check_positive,
     check_scores,
     check_shape,
@@ -69,7 +70,8 @@ def sinkhorn(
         Number of labels; must equal ``logp.shape[1]``.
     lam : float, default=25.0
         Inverse temperature (the paper's lambda). Larger is closer to the exact linear program
-        and slower to converge.
+        and slower to converge. At most the largest number of the compute dtype (3.4e38 for
+        scores computed in float32).
     label_weights : array of shape (K,), default=None
         Target label proportions (positive; normalised here, where each share must stay at
         least float64's smallest normal number, 2.2e-308). A share below the compute
@@ -138,15 +140,15 @@ def sinkhorn(
     source = as_source(logp)
     K = check_shape(source, K)
     check_exact_balance(balance, source.shape[0], K)
-    if balance == "exact":  # before the Sinkhorn solve, not once it is done
-        from .exact import check_host_memory
-
-        check_host_memory(source)
-    lam = check_positive("lam", lam)
+    lam = check_lam(lam, source.dtype)
     tol = check_positive("tol", tol)
     max_iter = check_positive("max_iter", max_iter, integer=True)
     weights = check_label_weights(label_weights, K)
     start = check_init(init, K)
+    if balance == "exact":  # before the Sinkhorn solve, not once it is done
+        from .exact import check_host_memory
+
+        check_host_memory(source)
     cache = check_flag("cache", cache)
     kernel = resolve_kernel(backend, source.library)
     rows = _chunk_rows(chunk_size, kernel, source, memory_limit, cache)

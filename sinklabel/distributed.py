@@ -39,6 +39,7 @@ from ._validation import (
     check_flag,
     check_init,
     check_label_weights,
+    check_lam,
     check_positive,
     check_shape,
 )
@@ -407,7 +408,7 @@ def _check_local(
     source = as_source(logp)
     K = check_shape(source, K, allow_empty_rows=True)
     settings = {
-        "lam": check_positive("lam", lam),
+        "lam": check_lam(lam, source.dtype),
         "tol": check_positive("tol", tol),
         "max_iter": check_positive("max_iter", max_iter, integer=True),
         "label_weights": check_label_weights(label_weights, K),

@@ -379,3 +379,17 @@ def test_soft_assignments_within_memory_limit_hold_the_result_once(backend):
     z = result.lam * scores.astype(np.float64) + result.potentials
     want = np.exp(z - z.max(axis=1, keepdims=True))
     np.testing.assert_allclose(soft, want / want.sum(axis=1, keepdims=True), atol=2e-5)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_lam_beyond_the_compute_dtype_is_refused_by_name(dtype):
+    """lam = 1e39 became inf in float32, and inf times a score of 0 NaN: the error blamed
+    the scores ("logp contains NaN"). float64 scores compute in float64 and take it."""
+    scores = np.log(np.random.default_rng(5).dirichlet(np.ones(4), size=40))
+    scores[0, 0] = 0.0
+    with pytest.raises(ValueError, match=r"lam=1e\+39 is beyond the largest float32"):
+        sinkhorn(scores.astype(dtype), 4, lam=1e39)
+    with warnings.catch_warnings():  # five passes at this lam: not converged, imprecise
+        warnings.simplefilter("ignore")
+        result = sinkhorn(scores, 4, lam=1e39, max_iter=5)
+    assert np.all(np.isfinite(result.potentials))
