@@ -51,10 +51,10 @@ the distributed duality gap over all rows (one more pass); a certificate that do
 optimality raises, it is never returned.
 
 What crosses the ranks: the contested rows (K scores each, in the scores' dtype; bfloat16 as
-float32), each sent to rank 0 once, in the round it becomes contested; ``1 + K + R`` float64
-back per round (outcome, prices, the labels of all R rows on rank 0); about 64 all-reduces of
-K + 2 float64 (K + 1 counts and the status slot) for the thresholds and a few small sums per
-round.
+float32), each sent to rank 0 once, in the round it becomes contested; ``2 + K + R`` float64
+back per round (outcome, prices, the labels of all R rows on rank 0, the status slot); about
+64 all-reduces of K + 2 float64 (K + 1 counts and the status slot) for the thresholds and a
+few small sums per round.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The torch backend: CUDA tensors through fused Triton kernels (``_triton``); float64, float32,
 float16 and bfloat16 CPU tensors through the Numba kernels on a zero-copy NumPy view of their
-rows (bfloat16 as its bits), 3-5x faster than torch's own ops for float32, 4-7x for the 16-bit
+rows (bfloat16 as its bits), 4-6x faster than torch's own ops for float32, 4-7x for the 16-bit
 types and 2.7-4.4x for float64 (measured side by side: torch's take several passes over each
 block of temporaries); everything else (layouts Numba cannot read in place, Numba or Triton not
 installed) through blocked vectorised torch ops.
