@@ -43,7 +43,7 @@ timeout -k 5 60 torchrun --standalone --nproc_per_node=1 examples/distributed_to
 dist=${PIPESTATUS[0]}
 
 timeout -k 5 300 python3 -m pytest -q -m gpu -rs --durations=15 -p no:cacheprovider \
-    -p benchmarks.pytest_progress tests/test_gpu.py tests/test_torch_backend.py \
+    -p benchmarks.pytest_progress tests/test_gpu.py \
     tests/test_device_stream.py 2>&1 | tee "$out/tests.log"
 tests=${PIPESTATUS[0]}
 

@@ -37,16 +37,21 @@ def check_positive(name: str, value: Any, *, integer: bool = False) -> Any:
     return number
 
 
+#: log2(e): the GPU kernels scale scores by lam * LOG2E.
+LOG2E = math.log2(math.e)
+
+
 def check_lam(lam: Any, dtype: str) -> float:
     """A positive ``lam`` within the range of the dtype that scores of ``dtype`` are computed
     in: float32 turns a larger one into inf, and inf times a score of 0 into NaN, which would
     be blamed on the scores."""
     lam = check_positive("lam", lam)
     working = compute_dtype(dtype)
-    largest = float(np.finfo(working).max)
+    # The CUDA kernels work in base 2: lam * log2(e) must be finite in that dtype too.
+    largest = float(np.finfo(working).max) / LOG2E
     if lam > largest:
         raise ValueError(
-            f"lam={lam:g} is beyond the largest {working} ({largest:.3g}), the "
+            f"lam={lam:g} is beyond the largest {working} over log2(e) ({largest:.3g}), the "
             f"precision {dtype} scores are computed in: lower lam, or pass float64 scores"
         )
     return lam

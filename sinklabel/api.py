@@ -70,8 +70,8 @@ def sinkhorn(
         Number of labels; must equal ``logp.shape[1]``.
     lam : float, default=25.0
         Inverse temperature (the paper's lambda). Larger is closer to the exact linear program
-        and slower to converge. At most the largest number of the compute dtype (3.4e38 for
-        scores computed in float32).
+        and slower to converge. At most the largest number of the compute dtype over
+        log2(e) (2.4e38 for scores computed in float32; the CUDA kernels work in base 2).
     label_weights : array of shape (K,), default=None
         Target label proportions (positive; normalised here, where each share must stay at
         least float64's smallest normal number, 2.2e-308). A share below the compute

@@ -393,3 +393,13 @@ def test_lam_beyond_the_compute_dtype_is_refused_by_name(dtype):
         warnings.simplefilter("ignore")
         result = sinkhorn(scores, 4, lam=1e39, max_iter=5)
     assert np.all(np.isfinite(result.potentials))
+
+
+def test_lam_whose_base_2_scale_overflows_is_refused_too():
+    """The CUDA kernels scale by lam * log2(e) in the compute dtype: lam = 3e38 passed the
+    check (below float32's 3.4e38), and the GPU sweep turned a score of 0 into NaN (the
+    NumPy kernel's stayed finite)."""
+    scores = np.log(np.random.default_rng(5).dirichlet(np.ones(4), size=40)).astype(np.float32)
+    with pytest.raises(ValueError, match=r"lam=3e\+38 is beyond the largest float32"):
+        sinkhorn(scores, 4, lam=3e38)
+    assert 3e38 * np.log2(np.e) > np.finfo(np.float32).max  # why: inf in float32

@@ -56,6 +56,16 @@ def test_one_block_needs_one_slot(scores):
     assert len(blocks) == 1 and torch.equal(blocks[0][2], torch.from_numpy(scores))
 
 
+def test_slots_hold_the_rows_there_are_not_the_chunk_size(scores):
+    """Slots of ``rows`` rows were allocated whatever N: a stream of 1003 rows asked for
+    blocks of 2**40 rows needed 24 TB (on CUDA, a short stream's default chunk of 256 MB
+    took that much pinned and device memory per slot)."""
+    blocks = [(start, stop, block.numpy().copy())
+              for start, stop, block in DeviceStreamSource(scores, "cpu").chunks(1 << 40)]
+    assert [(start, stop) for start, stop, _ in blocks] == [(0, N)]
+    np.testing.assert_array_equal(blocks[0][2], scores)
+
+
 def test_host_failures_surface_with_their_rows(scores):
     def fn(a: int, b: int) -> np.ndarray:
         if a == 500:

@@ -332,6 +332,77 @@ def test_cupy_sweep_and_labels_allocate_nothing_of_size_n_by_k():
     assert peak[0] <= 0.02 * x.numel() * x.element_size(), peak[0]
 
 
+@pytest.mark.skipif(torch is None or torch.cuda.device_count() < 2,
+                    reason="needs two CUDA devices")
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_a_tensor_off_the_current_device_is_swept_on_its_own(dtype):
+    """Triton launches on the current device: a tensor on cuda:1 under cuda:0 must still be
+    swept and labelled on cuda:1, as the NumPy kernel does on its values."""
+    host = make_scores(3000, 40, regime="flat", seed=21).scores
+    x = torch.from_numpy(host).to("cuda:1").to(getattr(torch, dtype))
+    exact = x.float().cpu().numpy()
+    f = np.random.default_rng(22).standard_normal(40)
+    kernel, reference = get_kernel("torch"), get_kernel("numpy")
+    with torch.cuda.device(0):
+        mass = kernel.sweep(x, f, 25.0)
+        _, labels = kernel.best(x, f, 25.0)
+    np.testing.assert_allclose(mass, reference.sweep(exact, f, 25.0), rtol=1e-5, atol=1e-7)
+    assert labels.device == x.device
+    np.testing.assert_array_equal(to_host(labels), reference.best(exact, f, 25.0)[1])
+
+
+@needs_torch
+def test_a_view_with_the_negative_bit_is_read_with_its_sign():
+    """``z.conj().imag`` is a float32 view whose memory holds minus its values; the Triton
+    kernels read memory, so they saw the scores negated (every label wrong)."""
+    z = torch.from_numpy(make_scores(2000, 14, regime="flat", seed=23).scores).cuda()
+    x = torch.view_as_complex(z.view(2000, 7, 2)).conj().imag
+    assert x.is_neg()
+    exact = x.resolve_neg().cpu().numpy()
+    f = np.random.default_rng(24).standard_normal(7)
+    kernel, reference = get_kernel("torch"), get_kernel("numpy")
+    np.testing.assert_allclose(kernel.sweep(x, f, 25.0), reference.sweep(exact, f, 25.0),
+                               rtol=1e-5, atol=1e-7)
+    np.testing.assert_array_equal(to_host(kernel.best(x, f, 25.0)[1]),
+                                  reference.best(exact, f, 25.0)[1])
+
+
+@needs_torch
+def test_torch_ops_label_masses_ignore_tf32(monkeypatch):
+    """The CUDA route without Triton (torch's own ops) summed label masses by a batched
+    matrix product, which TF32 (allowed by many training scripts) rounds to 10 bits: off by
+    5e-7 of N in L1 at 100,000 x 10, where float32 sums are within 2e-7."""
+    from sinklabel.kernels import torch as torch_kernel
+
+    scores = make_scores(104_857, 10, regime="flat", seed=2).scores.astype(np.float32)
+    f = np.random.default_rng(3).standard_normal(10)
+    monkeypatch.setattr(torch_kernel, "_fused", lambda x: None)  # as without Triton
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", True)
+    mass, _ = get_kernel("torch").sweep_lse(torch.from_numpy(scores).cuda(), f, 25.0)
+    z = 25.0 * scores.astype(np.float64) + f
+    p = np.exp(z - z.max(axis=1, keepdims=True))
+    expected = (p / p.sum(axis=1, keepdims=True)).sum(axis=0)
+    assert np.abs(mass - expected).sum() / len(scores) < 2e-7
+
+
+@pytest.mark.skipif(cp is None or torch is None or torch.cuda.device_count() < 2,
+                    reason="needs CuPy and two CUDA devices")
+def test_a_cupy_array_off_the_current_device_is_swept_on_its_own():
+    """CuPy launches on the current device: an array on device 1 under device 0 was read by
+    kernels on device 0 (an illegal address), its buffers made on device 1."""
+    host = make_scores(3000, 40, regime="flat", seed=25).scores
+    with cp.cuda.Device(1):
+        y = cp.asarray(host)
+    f = np.random.default_rng(26).standard_normal(40)
+    kernel, reference = get_kernel("cupy"), get_kernel("numpy")
+    with cp.cuda.Device(0):
+        mass = kernel.sweep(y, f, 25.0)
+        _, labels = kernel.best(y, f, 25.0)
+    np.testing.assert_allclose(mass, reference.sweep(host, f, 25.0), rtol=1e-5, atol=1e-7)
+    assert labels.device.id == 1
+    np.testing.assert_array_equal(to_host(labels), reference.best(host, f, 25.0)[1])
+
+
 @needs_torch
 def test_cuda_tensor_with_a_host_backend_says_what_to_pass():
     x = torch.zeros(10, 3, device="cuda")

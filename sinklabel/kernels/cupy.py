@@ -57,6 +57,10 @@ class CupyKernel(Kernel):
         import cupy as cp
 
         x = _floating(chunk)
+        with x.device:  # kernels launch, and buffers live, on the current device
+            return self._sweep_lse(x, f, lam, cp)
+
+    def _sweep_lse(self, x, f: np.ndarray, lam: float, cp) -> tuple[np.ndarray, float]:
         plan = _sweep_plan(x)
         if plan is None:
             return _split(_blocked_sweep_lse(x, f, lam, cp).get())
@@ -97,15 +101,16 @@ class CupyKernel(Kernel):
 
         x = _floating(chunk)
         n_rows, n_cols = x.shape
-        coef = _coefficients(x, f, lam)
-        values = cp.empty(n_rows, dtype=coef.dtype)
-        labels = cp.empty(n_rows, dtype=cp.int64)
-        threads = 256
-        blocks = max(1, min(_processors() * PROGRAMS_PER_SM, -(-n_rows // (threads // 32))))
-        name = f"sink_best<{_STORAGE[x.dtype.name]}>"
-        kernel = _functions((name,))[name]
-        kernel((blocks,), (threads,),
-               (x, coef, values, labels, np.int64(n_rows), *_strides(x), np.int32(n_cols)))
+        with x.device:  # coefficients, results and the launch on the array's device
+            coef = _coefficients(x, f, lam)
+            values = cp.empty(n_rows, dtype=coef.dtype)
+            labels = cp.empty(n_rows, dtype=cp.int64)
+            threads = 256
+            blocks = max(1, min(_processors() * PROGRAMS_PER_SM, -(-n_rows // (threads // 32))))
+            name = f"sink_best<{_STORAGE[x.dtype.name]}>"
+            kernel = _functions((name,))[name]
+            kernel((blocks,), (threads,),
+                   (x, coef, values, labels, np.int64(n_rows), *_strides(x), np.int32(n_cols)))
         return values, labels
 
     def slack(self, chunk, f: np.ndarray, lam: float) -> np.ndarray:

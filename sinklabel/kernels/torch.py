@@ -66,7 +66,8 @@ class TorchKernel(Kernel):
         x = _readable(chunk)
         fused = _fused(x)
         if fused is not None:
-            return fused.sweep_lse(x, f, lam)
+            with _on_device(x):
+                return fused.sweep_lse(x, f, lam)
         view = self._numba_view(x)
         if view is not None:
             mass, lse = np.zeros(x.shape[1]), 0.0
@@ -93,7 +94,8 @@ class TorchKernel(Kernel):
         x = _readable(chunk)
         fused = _fused(x)
         if fused is not None:
-            return fused.best(x, f, lam)
+            with _on_device(x):
+                return fused.best(x, f, lam)
         view = self._numba_view(x)
         if view is not None:
             top = np.empty(len(view), compute_dtype(view.dtype))
@@ -201,14 +203,25 @@ def _from_numpy(array: np.ndarray) -> torch.Tensor:
 
 
 def _fused(x: torch.Tensor):
-    """The Triton kernels for a CUDA tensor, or None (CPU tensor, or Triton not installed)."""
-    if not x.is_cuda:
+    """The Triton kernels for a CUDA tensor, or None (CPU tensor, Triton not installed, or a
+    view with the negative bit set: Triton reads its memory, which holds -x, so torch's own
+    ops take it, as on the CPU)."""
+    if not x.is_cuda or x.is_neg():
         return None
     try:
         from . import _triton
     except ImportError:
         return None
     return _triton
+
+
+def _on_device(x: torch.Tensor):
+    """``x``'s CUDA device as the current one while the Triton kernels run: Triton launches
+    on the current device and its stream, not on the device of the tensors it is given (a
+    tensor on cuda:1 under cuda:0 was refused as 'cannot be accessed from Triton')."""
+    import torch
+
+    return torch.cuda.device(x.device)
 
 
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:
@@ -253,17 +266,17 @@ def _exp_nonpositive(z: torch.Tensor) -> torch.Tensor:
 
 
 def _label_mass(p: torch.Tensor, row_sums: torch.Tensor) -> torch.Tensor:
-    """Column sums of ``p / row_sums[:, None]`` in float64: products over ``SUM_ROWS`` rows
-    at a time in the compute dtype (one batched product), added in float64. A float32
-    product over a whole block (100,000 rows at K = 10) was off by 1e-5 of the mass."""
+    """Column sums of ``p / row_sums[:, None]`` in float64 (``p``, a temporary, is scaled in
+    place): sums over ``SUM_ROWS`` rows at a time in the compute dtype, added in float64. A
+    float32 product over a whole block (100,000 rows at K = 10) was off by 1e-5 of the mass.
+    No matrix product: with TF32 allowed (``torch.backends.cuda.matmul.allow_tf32``, common
+    in training), CUDA would round its inputs to 10 bits."""
     import torch
 
-    weights = row_sums.reciprocal()
+    p.mul_(row_sums.reciprocal()[:, None])
     whole = p.shape[0] - p.shape[0] % SUM_ROWS
-    parts = torch.matmul(weights[:whole].view(-1, 1, SUM_ROWS),
-                         p[:whole].view(-1, SUM_ROWS, p.shape[1]))
-    rest = weights[whole:] @ p[whole:]
-    return parts.sum(dim=(0, 1), dtype=torch.float64) + rest.double()
+    parts = p[:whole].view(-1, SUM_ROWS, p.shape[1]).sum(dim=1)
+    return parts.sum(dim=0, dtype=torch.float64) + p[whole:].sum(dim=0, dtype=torch.float64)
 
 
 def _cat(parts: list[torch.Tensor]) -> torch.Tensor:

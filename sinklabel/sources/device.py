@@ -173,6 +173,9 @@ class DeviceStreamSource(Source):
         ranges = list(self.row_ranges(rows))
         if not ranges:
             return
+        # Slots as large as the largest block, not the chunk size: a short stream's default
+        # chunk (256 MB of rows), or a chunk_size beyond N, would allocate that much per slot.
+        rows = ranges[0][1] - ranges[0][0]
         dtype = getattr(torch, self.dtype)
         k, slots = self.shape[1], min(self.buffers, len(ranges))
         streams = self._streams
