@@ -8,11 +8,11 @@ best values of ``S[i, :] + v`` are close are in play. So:
 1. Every rank scans its rows once: best label and margin to the runner-up under ``v``.
 2. The ranks agree on thresholds (a bisection over counts, one all-reduce of K + 1 numbers
    per step): rows whose margin exceeds them are *settled* at their best label, at most
-   ``cap[y] = min(lower[y], upper[y] - 1)`` of them per label. Rows at which every label
-   ties exactly (margin 0: identical or constant scores, e.g. an untrained head) never pass
-   a threshold; any label is an arg-max for them, so they settle in the room the caps leave,
-   spread over the labels in proportion to it. The rest, at least a target number, are
-   *contested*.
+   ``cap[y] = max(min(lower[y], upper[y] - 1), 0)`` of them per label. Rows at which every
+   label ties exactly (margin 0: identical or constant scores, e.g. an untrained head) never
+   pass a threshold; any label is an arg-max for them, so they settle in the room the caps
+   leave, spread over the labels in proportion to it. The rest, at least a target number,
+   are *contested*.
 3. Rank 0 receives the contested rows only (their full score rows) and the settled counts
    ``c``, and solves the exact problem on them with the label sizes ``[lower - c, upper - c]``
    (``_transport.solve_transport``, warm-started from the latest prices). It sends back the
@@ -40,7 +40,8 @@ inequality are then equal, so no labelling within the sizes scores higher: optim
 The caps make this work: ``c_y <= lower_y`` keeps the reduced lower size ``lower_y - c_y``
 non-negative (otherwise a label could hold more than ``lower_y`` rows with ``v*_y > 0`` and
 (b) would fail), and ``c_y <= upper_y - 1`` leaves every label room for a contested row, so
-its price is set by the solve rather than by the contested rows alone. The reduced sizes
+its price is set by the solve rather than by the contested rows alone (a label whose upper
+size is 0 settles none and takes none: ``c_y = 0``, never negative). The reduced sizes
 always admit the contested rows (their lower sizes sum to at most, their upper sizes to at
 least, the number of contested rows).
 
@@ -116,7 +117,9 @@ def balance_across_ranks(
     K = source.shape[1]
     n_points = int(result.label_counts.sum())
     lower, upper = balanced_range(n_points, result.label_weights)
-    caps = np.minimum(lower, upper - 1)
+    # A label of size 0 (a weight far below 1 / N) settles no rows: its cap is 0, not -1,
+    # which would hand it a negative share of the tied rows below.
+    caps = np.maximum(np.minimum(lower, upper - 1), 0)
     v = result.potentials / result.lam
     wire = _wire_dtype(source.dtype)
     limit = min(n_points, max(int(MAX_CONTESTED_FRACTION * n_points),
