@@ -6,6 +6,7 @@ same thing everywhere.
 
 from __future__ import annotations
 
+import numbers
 from typing import NamedTuple
 
 import numpy as np
@@ -63,9 +64,10 @@ def make_scores(
     Raises
     ------
     ValueError
-        On ``n < 0``, ``k < 1`` or an unknown regime.
+        On ``n < 0``, ``k < 1``, an unknown regime, a ``margin`` or ``size_spread`` that is
+        not finite, or ``chunk_rows < 1``.
     TypeError
-        On a dtype other than float32 and float64.
+        On a dtype other than float32 and float64, or a ``chunk_rows`` that is not an int.
     """
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
@@ -75,6 +77,7 @@ def make_scores(
         raise TypeError(f"dtype must be float32 or float64, got {np.dtype(dtype)}")
     if regime not in REGIMES:
         raise ValueError(f"regime must be one of {REGIMES}, got {regime!r}")
+    _check_generator_options(margin, size_spread, chunk_rows)
     # The largest array first: when memory cannot hold it, fail before drawing the clusters
     # (minutes for 1e9 points). Allocating draws nothing, so the scores stay the same.
     scores = np.empty((n, k), dtype=np.dtype(dtype))
@@ -91,6 +94,19 @@ def make_scores(
             block[rows, truth[start:start + block.shape[0]]] += margin
         _log_softmax_inplace(block)
     return GeneratedScores(scores, truth)
+
+
+def _check_generator_options(margin: float, size_spread: float, chunk_rows: int) -> None:
+    """Refuse what would not fill the scores: a non-finite margin or spread makes them NaN,
+    and ``chunk_rows < 1`` generates no block, which returned the uninitialised memory of
+    ``np.empty`` as scores."""
+    for name, value in (("margin", margin), ("size_spread", size_spread)):
+        if not np.isfinite(value):
+            raise ValueError(f"{name} must be finite, got {value!r}")
+    if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, numbers.Integral):
+        raise TypeError(f"chunk_rows must be an integer, got {chunk_rows!r}")
+    if chunk_rows < 1:
+        raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
 
 
 def _log_softmax_inplace(block: np.ndarray) -> None:

@@ -48,7 +48,8 @@ def add_solver_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tol", type=positive(float), default=DEFAULT_TOL,
                         help="L1 label-marginal error to stop at (default: %(default)s)")
     parser.add_argument("--max-iter", type=positive(int), default=DEFAULT_MAX_ITER,
-                        help="most passes over the scores (default: %(default)s)")
+                        help="most iterations, one pass over the scores each; labelling "
+                        "takes one more pass (default: %(default)s)")
     parser.add_argument("--backend", choices=BACKENDS, default="auto",
                         help="auto: numba when installed, else numpy (default: %(default)s)")
     size = parser.add_mutually_exclusive_group()
@@ -97,7 +98,12 @@ def summarize(result: Any, seconds: float) -> str:
 
 def load_npy(path: str, what: str) -> np.ndarray:
     """A whole ``.npy`` array, with an error naming ``what`` it should hold when it is not
-    one (``np.load`` would return an ``.npz`` archive or call any file pickled data)."""
+    one (``np.load`` would return an ``.npz`` archive or call any file pickled data), is
+    missing or is a folder (``open``'s own errors name only the path)."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{what}: no such file {path!r}")
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{what}: {path!r} is a folder, not a .npy file")
     with open(path, "rb") as file:
         try:
             return np.lib.format.read_array(file, allow_pickle=False)

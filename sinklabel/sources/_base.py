@@ -80,9 +80,12 @@ def itemsize(dtype: str) -> int:
 
 
 def dtype_name(dtype: Any) -> str:
-    """A dtype's plain name: ``torch.float32`` and ``np.dtype('float32')`` both give "float32",
-    and so does big-endian ``np.dtype('>f4')`` (a file written elsewhere): kernels read any
-    byte order, converting a chunk at a time where they need native floats."""
+    """A dtype's plain name: ``torch.float32``, ``np.dtype('float32')`` and the scalar type
+    ``np.float32`` all give "float32", and so does big-endian ``np.dtype('>f4')`` (a file
+    written elsewhere): kernels read any byte order, converting a chunk at a time where they
+    need native floats."""
+    if isinstance(dtype, type):  # np.float32, float: their str is "<class 'numpy.float32'>"
+        dtype = np.dtype(dtype)
     if isinstance(dtype, np.dtype):
         return dtype.name
     return str(dtype).removeprefix("torch.")

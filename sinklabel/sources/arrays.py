@@ -96,6 +96,8 @@ class ArrayLikeSource(Source):
 def _open_npy(path: str) -> np.memmap:
     if not os.path.exists(path):
         raise FileNotFoundError(f"logp: no such file {path!r}")
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"logp: {path!r} is a folder, not a .npy file")
     try:
         return np.lib.format.open_memmap(path, mode="r")
     except ValueError as exc:

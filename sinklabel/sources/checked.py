@@ -42,9 +42,16 @@ class SourceError(RuntimeError):
 
     def __init__(self, message: str, start: int, stop: int, pass_index: int):
         super().__init__(f"rows [{start}, {stop}) on pass {pass_index}: {message}")
+        self._message = message
         self.start = start
         self.stop = stop
         self.pass_index = pass_index
+
+    def __reduce__(self) -> tuple:
+        """Rebuilt from the four arguments, not the one formatted message: an error pickled
+        back from a worker process (``ProcessPoolExecutor``) would otherwise fail to unpickle,
+        and the pool report itself broken instead of this error."""
+        return type(self), (self._message, self.start, self.stop, self.pass_index), self.__dict__
 
 
 class CheckedSource(WrappingSource):
@@ -225,13 +232,16 @@ def _on_host(block: Array) -> bool:
 
 
 def _fingerprint(block: Array) -> np.ndarray:
-    """A few float64 numbers per block (O(1), whatever K): the first and last row's sums, then
-    their sums of magnitudes, then a fixed sample of scores of each."""
+    """A few float64 numbers per block (O(1), whatever K): the first and last row's sums of
+    their finite scores, then the sums of those scores' magnitudes, then how many scores are
+    finite, then a fixed sample of scores of each. Sums of finite scores only: a row with a
+    label masked by -inf would sum to -inf whatever its other scores did."""
     rows = to_host(block[[0, -1]]).astype(np.float64)
+    finite = np.isfinite(rows)
+    values = np.where(finite, rows, 0.0)
     step = max(1, rows.shape[1] // FINGERPRINT_SAMPLES)
-    with np.errstate(invalid="ignore"):
-        return np.concatenate([rows.sum(axis=1), np.abs(rows).sum(axis=1),
-                               rows[:, ::step][:, :FINGERPRINT_SAMPLES].ravel()])
+    return np.concatenate([values.sum(axis=1), np.abs(values).sum(axis=1), finite.sum(axis=1),
+                           rows[:, ::step][:, :FINGERPRINT_SAMPLES].ravel()])
 
 
 def _tolerance(dtype: str) -> float:
@@ -248,13 +258,15 @@ _EPS16 = {"float16": float(np.finfo(np.float16).eps), "bfloat16": 2.0**-7}
 def _unchanged(previous: np.ndarray, current: np.ndarray, rtol: float) -> bool:
     """Whether two fingerprints agree to ``rtol``, each kind of entry to its own
     magnitude: a row's sums to its sum of magnitudes, a sampled score to itself plus the
-    largest sampled score (a score near zero still has the row's rounding). One scale for all
-    entries would be the sums', which grow with K: at K=1000 it let through changes of 1.0
-    in every sampled score. Infinite entries must match exactly."""
+    largest sampled score (a score near zero still has the row's rounding), the counts of
+    finite scores exactly. One scale for all entries would be the sums', which grow with K:
+    at K=1000 it let through changes of 1.0 in every sampled score. Infinite entries must
+    match exactly."""
     magnitude = np.abs(np.where(np.isfinite(previous), previous, 0.0))
-    # entries 0-3 are the two rows' sums and sums of magnitudes; the samples follow
-    row_sums, samples = np.tile(magnitude[2:4], 2), magnitude[4:]
-    tolerance = rtol * np.concatenate([row_sums, samples + samples.max(initial=0.0)])
+    # entries 0-3 are the two rows' sums and sums of magnitudes, 4-5 their counts of finite
+    # scores (which must match exactly); the samples follow
+    row_sums, samples = np.tile(magnitude[2:4], 2), magnitude[6:]
+    tolerance = rtol * np.concatenate([row_sums, np.zeros(2), samples + samples.max(initial=0.0)])
     with np.errstate(invalid="ignore"):
         close = np.abs(current - previous) <= tolerance
     both_nan = np.isnan(current) & np.isnan(previous)

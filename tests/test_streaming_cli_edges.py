@@ -1,0 +1,144 @@
+"""Edges of the streaming sources and the command line found by a second audit."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+
+import sinklabel
+from sinklabel.cli import main
+from sinklabel.datasets import make_scores
+from sinklabel.sources import CallableSource, SourceError, checked
+
+
+def _changing(scores: np.ndarray, change) -> CallableSource:
+    """A function source that returns ``scores`` on the first pass over a block and
+    ``change(copy of the block)`` on every later one."""
+    seen: set[tuple[int, int]] = set()
+
+    def rows(start: int, stop: int) -> np.ndarray:
+        block = scores[start:stop].copy()
+        if (start, stop) in seen:
+            change(block)
+        seen.add((start, stop))
+        return block
+
+    return CallableSource(rows, scores.shape, scores.dtype)
+
+
+def test_a_source_error_survives_pickling():
+    """A solve in a worker process (ProcessPoolExecutor) sends its error back pickled: the
+    error must unpickle as itself, or the pool reports itself broken instead."""
+    error = SourceError("the source raised OSError: gone", 40, 50, 3)
+    error.add_note("(in head 1)")
+    copy = pickle.loads(pickle.dumps(error))
+    assert type(copy) is SourceError
+    assert str(copy) == "rows [40, 50) on pass 3: the source raised OSError: gone"
+    assert (copy.start, copy.stop, copy.pass_index) == (40, 50, 3)
+    assert copy.__notes__ == ["(in head 1)"]
+
+
+def _raise_in_first_row_at_unsampled_label(block: np.ndarray) -> None:
+    block[0, 1] += 3.0  # label 1: not among the 16 sampled of K=1000 (every 62nd)
+
+
+def _unmask_first_row_at_unsampled_label(block: np.ndarray) -> None:
+    block[0, 3] = 0.0  # label 3 was -inf: its sum and magnitude stay what they were
+
+
+@pytest.mark.parametrize("change", [_raise_in_first_row_at_unsampled_label,
+                                    _unmask_first_row_at_unsampled_label])
+def test_a_row_with_a_masked_label_is_still_fingerprinted(change):
+    """A row with a label masked by -inf summed to -inf whatever its other scores did, so
+    only its 16 sampled scores were compared."""
+    scores = make_scores(200, 1000, regime="flat", seed=4).scores
+    scores[:, 0] = -np.inf  # a sampled label, masked everywhere
+    scores[:, 3] = -np.inf
+    source = checked(_changing(scores, change))
+    assert len(list(source.chunks(100))) == 2
+    with pytest.raises(SourceError, match=r"rows \[0, 100\) on pass 2: the scores changed"):
+        list(source.chunks(100))
+
+
+def test_masked_rows_read_again_unchanged_are_not_a_change():
+    scores = make_scores(200, 1000, regime="flat", seed=4).scores
+    scores[::3, 5] = -np.inf
+    source = checked(_changing(scores, lambda block: None))
+    for _ in range(3):
+        assert len(list(source.chunks(100))) == 2
+
+
+@pytest.mark.parametrize(("dtype", "name"), [(np.float32, "float32"), (float, "float64"),
+                                             (np.float16, "float16")])
+def test_a_callable_source_takes_numpy_scalar_types(dtype, name):
+    """``dtype=np.float32`` is how NumPy users write a dtype; it was read as the string
+    "<class 'numpy.float32'>" and refused as no data type."""
+    scores = make_scores(90, 4, regime="flat", seed=2).scores.astype(dtype)
+    source = CallableSource(lambda start, stop: scores[start:stop], scores.shape, dtype)
+    assert source.dtype == name
+    streamed = sinklabel.sinkhorn(source, 4, chunk_size=20, backend="numpy")
+    in_memory = sinklabel.sinkhorn(scores, 4, chunk_size=20, backend="numpy")
+    assert np.array_equal(streamed.potentials, in_memory.potentials)
+
+
+@pytest.mark.parametrize(("options", "error", "match"), [
+    ({"chunk_rows": -1}, ValueError, "chunk_rows must be >= 1"),
+    ({"chunk_rows": 0}, ValueError, "chunk_rows must be >= 1"),
+    ({"chunk_rows": 2.5}, TypeError, "chunk_rows must be an integer"),
+    ({"margin": np.inf}, ValueError, "margin must be finite"),
+    ({"size_spread": np.nan}, ValueError, "size_spread must be finite"),
+])
+def test_generated_scores_refuse_options_that_leave_them_unfilled(options, error, match):
+    """chunk_rows=-1 generated no block and returned np.empty's memory as scores."""
+    with pytest.raises(error, match=match):
+        make_scores(5, 3, **options)
+
+
+def test_generated_scores_fill_every_row_whatever_the_chunk():
+    whole = make_scores(7, 3, seed=1).scores
+    for chunk_rows in (1, 3, 7, 8):
+        assert np.array_equal(make_scores(7, 3, seed=1, chunk_rows=chunk_rows).scores, whole)
+    assert np.allclose(np.exp(whole).sum(axis=1), 1.0, atol=1e-5)
+
+
+@pytest.fixture
+def scores_file(tmp_path):
+    path = tmp_path / "scores.npy"
+    np.save(path, make_scores(60, 4, regime="flat", seed=3).scores)
+    return str(path)
+
+
+@pytest.mark.parametrize(("argv", "named"), [
+    (["assign", "{folder}", "-k", "4", "-o", "{out}"], "logp: '{folder}' is a folder"),
+    (["assign", "{scores}", "-k", "4", "-o", "{out}", "--init", "{folder}"],
+     "init: '{folder}' is a folder"),
+    (["check", "{scores}", "{folder}"], "labels: '{folder}' is a folder"),
+    (["check", "{scores}", "{missing}"], "labels: no such file '{missing}'"),
+    (["assign", "{scores}", "-k", "4", "-o", "{out}", "--weights", "{missing}"],
+     "weights: no such file '{missing}'"),
+])
+def test_missing_files_and_folders_are_named_by_what_they_should_hold(
+        scores_file, tmp_path, capsys, argv, named):
+    """open()'s own errors ("[Errno 21] Is a directory: ...") named no argument."""
+    paths = {"folder": str(tmp_path), "out": str(tmp_path / "labels.npy"),
+             "scores": scores_file, "missing": str(tmp_path / "missing.npy")}
+    assert main([part.format(**paths) for part in argv]) == 2
+    err = capsys.readouterr().err
+    assert named.format(**paths) in err
+    assert err.count("\n") == 1
+
+
+def test_max_iter_help_counts_iterations_as_the_summary_does(scores_file, tmp_path, capsys):
+    """--max-iter bounds iterations (the summary's count), not passes: labelling reads the
+    scores once more."""
+    with pytest.raises(SystemExit):
+        main(["assign", "--help"])
+    assert "most iterations, one pass over the scores each" in capsys.readouterr().out
+    out = str(tmp_path / "labels.npy")
+    peaked = tmp_path / "peaked.npy"
+    np.save(peaked, make_scores(200, 10, regime="peaked", seed=1).scores)
+    assert main(["assign", str(peaked), "-k", "10", "-o", out, "--max-iter", "2",
+                 "--no-progress"]) == 1
+    assert "iterations        2 (NOT converged)" in capsys.readouterr().err
