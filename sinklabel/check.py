@@ -15,7 +15,7 @@ import numpy as np
 
 from ._arrays import to_host
 from ._capacities import check_capacities
-from ._validation import check_flag
+from ._validation import check_flag, check_shape
 from .certificate import (
     Certificate,
     _certificate_rows,
@@ -170,6 +170,7 @@ def check(
     """
     source = checked(as_source(logp))  # one checking layer for both readers below
     N, K = source.shape
+    check_shape(source, K)  # empty or non-float scores named before the labels they decide
     labels, result_prices = _labels_and_prices(result_or_labels, K)
     _checked_labels(labels, N, K)  # before the exact solve, which may take minutes
     prices = result_prices if prices is None else _checked_prices(prices, K)

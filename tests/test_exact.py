@@ -782,3 +782,13 @@ def test_check_never_calls_an_infinite_cost_optimal():
     labels = np.array([1, 0, 0, 1])
     report = sinklabel.check(labels, S)
     assert report.objective == np.inf and report.feasible and not report.optimal
+
+
+@pytest.mark.parametrize(("scores", "error", "message"), [
+    (np.zeros((0, 3)), ValueError, "logp must be non-empty"),
+    (np.zeros((4, 3), dtype=np.int32), TypeError, "logp must hold floating-point scores"),
+])
+def test_check_names_bad_scores_before_the_labels(scores, error, message):
+    """Empty scores were reported as 'labels must be 0 integers', blaming the labels."""
+    with pytest.raises(error, match=message):
+        sinklabel.check(np.zeros(len(scores), dtype=np.int64), scores)
