@@ -340,15 +340,21 @@ def test_a_tensor_off_the_current_device_is_swept_on_its_own(dtype):
     swept and labelled on cuda:1, as the NumPy kernel does on its values."""
     host = make_scores(3000, 40, regime="flat", seed=21).scores
     x = torch.from_numpy(host).to("cuda:1").to(getattr(torch, dtype))
-    exact = x.float().cpu().numpy()
-    f = np.random.default_rng(22).standard_normal(40)
-    kernel, reference = get_kernel("torch"), get_kernel("numpy")
-    with torch.cuda.device(0):
+    labels = _swept_under_device_0("torch", x, x.float().cpu().numpy(), torch.cuda.device(0))
+    assert labels.device == x.device
+
+
+def _swept_under_device_0(backend: str, x, exact: np.ndarray, current) -> object:
+    """Sweep and label ``x`` (on device 1) while ``current`` makes device 0 current; the
+    masses and labels must be the NumPy kernel's on ``exact``. Returns the labels."""
+    f = np.random.default_rng(22).standard_normal(exact.shape[1])
+    kernel, reference = get_kernel(backend), get_kernel("numpy")
+    with current:
         mass = kernel.sweep(x, f, 25.0)
         _, labels = kernel.best(x, f, 25.0)
     np.testing.assert_allclose(mass, reference.sweep(exact, f, 25.0), rtol=1e-5, atol=1e-7)
-    assert labels.device == x.device
     np.testing.assert_array_equal(to_host(labels), reference.best(exact, f, 25.0)[1])
+    return labels
 
 
 @needs_torch
@@ -393,14 +399,7 @@ def test_a_cupy_array_off_the_current_device_is_swept_on_its_own():
     host = make_scores(3000, 40, regime="flat", seed=25).scores
     with cp.cuda.Device(1):
         y = cp.asarray(host)
-    f = np.random.default_rng(26).standard_normal(40)
-    kernel, reference = get_kernel("cupy"), get_kernel("numpy")
-    with cp.cuda.Device(0):
-        mass = kernel.sweep(y, f, 25.0)
-        _, labels = kernel.best(y, f, 25.0)
-    np.testing.assert_allclose(mass, reference.sweep(host, f, 25.0), rtol=1e-5, atol=1e-7)
-    assert labels.device.id == 1
-    np.testing.assert_array_equal(to_host(labels), reference.best(host, f, 25.0)[1])
+    assert _swept_under_device_0("cupy", y, host, cp.cuda.Device(0)).device.id == 1
 
 
 @needs_torch
