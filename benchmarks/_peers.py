@@ -2,12 +2,13 @@
 
 - ``sela_reference``: the original self-labelling implementation as its paper and code
   describe it, written here from that description: ``P = exp(lam * logp)`` (softmax outputs
-  raised to the power lam) precomputed once, then two matrix-vector products per iteration,
-  in float32 or float64, no log domain. Its native stopping rule (summed relative change of
-  the data scaling below 0.1, checked every 10 iterations) is tracked and reported; the loop
-  itself stops on the same L1 label-marginal tolerance as sinklabel, which it gets for free
-  (the first product of an iteration is the previous plan's label marginal). ``SelaLoop``
-  holds its state, so that one iteration can be timed on its own.
+  raised to the power lam, in one array as the original's in-place power) precomputed once,
+  then two matrix-vector products per iteration, in float32 or float64, no log domain. Its
+  native stopping rule (summed relative change of the data scaling below 0.1, checked every
+  10 iterations) is tracked and reported; the loop itself stops on the same L1
+  label-marginal tolerance as sinklabel, which it gets for free (the first product of an
+  iteration is the previous plan's label marginal). ``SelaLoop`` holds its state, so that
+  one iteration can be timed on its own.
 - ``pot_solve``: POT's ``ot.sinkhorn`` / ``ot.sinkhorn_log`` with the cost ``-logp`` and
   ``reg = 1 / lam``, on whatever backend the array belongs to (NumPy, torch CPU or CUDA).
   POT stops on the L2 norm of the label-marginal error, checked every 10 iterations, so it
@@ -42,6 +43,15 @@ def full(x: Any, length: int, value: float) -> Any:
     return xp.full((length,), value, dtype=x.dtype, **device)
 
 
+def power_of_softmax(scores: Any, cast: Any, lam: float) -> Any:
+    """``exp(lam * scores)`` in dtype ``cast``, in one new N x K array, as the original raises
+    its softmax outputs to the power lam in place: a temporary as large would double the
+    peer's peak memory and add a write of N x K to its set-up."""
+    P = cast(scores)
+    P = P * lam if P is scores else library_of(P).multiply(P, lam, out=P)
+    return library_of(P).exp(P, out=P)
+
+
 class SelaLoop:
     """The original loop on ``P = exp(lam * scores)`` in dtype ``cast``; ``step`` is one
     iteration, so a solve and a timing of one iteration run the same code.
@@ -55,7 +65,7 @@ class SelaLoop:
 
     def __init__(self, scores: Any, *, cast: Any, lam: float):
         self.xp = library_of(scores)
-        self.P = self.xp.exp(cast(scores) * lam)
+        self.P = power_of_softmax(scores, cast, lam)
         n, k = self.P.shape
         self.row_mass, self.target = 1.0 / n, 1.0 / k
         self.c = full(self.P, n, self.row_mass)

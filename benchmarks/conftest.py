@@ -28,8 +28,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Module | None:
-    """Collect bench_*.py here unless the ini file already does."""
+    """Collect bench_*.py here unless pytest already does: the ini file's patterns, or the
+    file named on the command line (``pytest benchmarks/bench_cpu.py``), which pytest
+    collects whatever its name; a second collection would run every benchmark twice."""
     if (file_path.suffix == ".py" and file_path.name.startswith("bench_")
+            and not parent.session.isinitpath(file_path)
             and "bench_*.py" not in parent.config.getini("python_files")):
         return pytest.Module.from_parent(parent, path=file_path)
     return None

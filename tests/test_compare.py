@@ -1,4 +1,5 @@
-"""The comparison runner (benchmarks/compare.py): how it times one iteration, and a tiny run.
+"""The comparison runner (benchmarks/compare.py): how it times one iteration, and a tiny run;
+then the pytest-benchmark suite (benchmarks/bench_*.py): what its benchmarks time.
 
 The timing tests run fake methods on a virtual clock: each fake advances the clock by the
 cost it models, so the figure the runner must recover is known exactly and no test sleeps.
@@ -8,11 +9,16 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import subprocess
+import sys
+import types
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from benchmarks import _timing, compare
+from benchmarks import _timing, bench_cpu, bench_solver, compare
+from benchmarks import conftest as bench_conftest
 from benchmarks._methods import SELA_WARM, Method, _sela_iteration, _sinklabel_pass
 from benchmarks._outcome import Outcome
 from benchmarks._peers import SelaLoop
@@ -139,6 +145,26 @@ def test_sela_loop_steps_match_a_plain_sinkhorn():
     assert step() == pytest.approx(expected[SELA_WARM], rel=1e-9)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sela_set_up_holds_one_array_of_its_exp(dtype):
+    """The original raises its softmax outputs to the power lam in place: the reference's
+    set-up may allocate its ``P`` (exp(lam * S), to float rounding), not a second N x K."""
+    import tracemalloc
+
+    scores = make_scores(4000, 64, regime="flat", seed=1).scores
+    cast = lambda x: x.astype(dtype, copy=False)  # noqa: E731
+    tracemalloc.start()
+    try:
+        loop = SelaLoop(scores, cast=cast, lam=25.0)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert loop.P.dtype == dtype
+    np.testing.assert_allclose(loop.P, np.exp(25.0 * scores.astype(np.float64)), rtol=1e-5,
+                               atol=np.finfo(dtype).tiny)
+    assert peak < 1.2 * loop.P.nbytes
+
+
 def test_sinklabel_pass_is_the_solvers_pass_at_its_solution(backend):
     """One timed pass returns the label marginal and mean log-sum-exp of
     softmax(lam * S + f), computed here in float64, f being the potentials of the solve."""
@@ -183,3 +209,66 @@ def test_a_tiny_run_reports_and_plots_the_direct_figures(tmp_path, capsys):
     for r in full:
         assert f"| {r['method']} | {r['per_iter_s'] * 1e3:.3g} |" in table
     assert (tmp_path / "compare.png").stat().st_size > 10_000
+
+
+class RecordingBenchmark:
+    """Stands in for pytest-benchmark's fixture: runs the target once, records the untimed
+    warm-up rounds each pedantic benchmark asked for."""
+
+    def __init__(self) -> None:
+        self.warmup_rounds: list[int] = []
+
+    def __call__(self, target, *args):
+        return target(*args)
+
+    def pedantic(self, target, args=(), kwargs=None, rounds=1, iterations=1, warmup_rounds=0):
+        self.warmup_rounds.append(warmup_rounds)
+        return target(*args, **(kwargs or {}))
+
+
+@pytest.mark.filterwarnings("ignore::sinklabel.ConvergenceWarning")
+def test_whole_solves_are_timed_after_an_untimed_one():
+    """The first solve in a process loads the compiled kernels (1.2 s against 16 ms for the
+    solve itself, measured): it must not be a timed round."""
+    benchmark = RecordingBenchmark()
+    scores = make_scores(300, 6, regime="flat", seed=0).scores
+    bench_cpu.test_solve(benchmark, scores, "numpy")
+    bench_solver.test_to_tolerance(benchmark, ("numpy", "numpy", "cpu"), (300, 6), "peaked",
+                                   "float32", 2)
+    assert len(benchmark.warmup_rounds) == 2
+    assert min(benchmark.warmup_rounds) >= 1
+
+
+def test_one_pass_is_timed_at_the_potentials_of_the_solution():
+    """The timed pass is made where the solver's passes are: the plan it computes has the
+    uniform label marginal to within the default tolerance (float64 here)."""
+    scores = make_scores(2000, 16, regime="peaked", seed=0).scores
+    f = bench_cpu.solved_potentials(scores)
+    z = bench_cpu.LAM * scores.astype(np.float64) + f
+    plan = np.exp(z - z.max(axis=1, keepdims=True))
+    marginal = (plan / plan.sum(axis=1, keepdims=True)).mean(axis=0)
+    assert np.abs(marginal - 1.0 / 16).sum() <= 1e-3
+
+
+def test_a_bench_file_named_on_the_command_line_is_left_to_pytest():
+    """pytest collects a file it is given whatever its name; the suite's own collector must
+    not collect it a second time."""
+    parent = types.SimpleNamespace(
+        session=types.SimpleNamespace(isinitpath=lambda path: True),
+        config=types.SimpleNamespace(getini=lambda name: ["test_*.py"]),
+    )
+    assert bench_conftest.pytest_collect_file(Path("benchmarks/bench_cpu.py"), parent) is None
+
+
+@pytest.mark.slow
+def test_the_documented_smoke_run_runs_each_benchmark_once():
+    """``pytest benchmarks/bench_cpu.py --benchmark-disable`` (docs/benchmarks.md)."""
+    root = Path(__file__).resolve().parents[1]
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "benchmarks/bench_cpu.py", "--benchmark-disable", "-q",
+         "-p", "no:cacheprovider", "--collect-only"],
+        cwd=root, capture_output=True, text=True, timeout=300,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    ids = [line for line in run.stdout.splitlines() if "::" in line]
+    assert ids and len(ids) == len(set(ids))

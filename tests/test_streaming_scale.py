@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from benchmarks import streaming_scale
@@ -51,3 +52,36 @@ def test_help_lists_the_kinds(capsys):
         streaming_scale.main(["--help"])
     assert stopped.value.code == 0
     assert "callable" in capsys.readouterr().out
+
+
+@pytest.mark.filterwarnings("ignore:.*labels received no points")
+@pytest.mark.parametrize("kind", ["in_memory", "memmap", "callable"])
+def test_passes_count_every_read_of_the_scores(kind, tmp_path, monkeypatch):
+    """``passes`` (the divisor of s/pass) is the number of times the solve read the scores,
+    counted here by wrapping the sources' ``chunks``: the in-memory check is a read too."""
+    from sinklabel.datasets import make_scores
+    from sinklabel.sources import ArraySource, CallableSource, MemmapSource
+
+    scores = make_scores(3000, 20, regime="peaked", seed=0).scores
+    np.save(tmp_path / "scores.npy", scores)
+    inputs = {
+        "in_memory": lambda: scores,
+        "memmap": lambda: np.load(tmp_path / "scores.npy", mmap_mode="r"),
+        "callable": lambda: CallableSource(lambda a, b: scores[a:b], scores.shape, "float32"),
+    }
+    logp = inputs[kind]()
+    reads = []
+    for source in (ArraySource, MemmapSource, CallableSource):
+        monkeypatch.setattr(source, "chunks", _counted(source.chunks, reads))
+    monkeypatch.setattr(streaming_scale, "warm_up", lambda k: None)
+    report = streaming_scale.solve(logp, 20, iters=2)
+    assert report["iterations"] == 2
+    assert report["passes"] == len(reads)
+
+
+def _counted(chunks, reads):
+    def counting(self, rows):
+        reads.append(rows)
+        return chunks(self, rows)
+
+    return counting
