@@ -221,3 +221,31 @@ def test_balanced_kmeans_bad_options_stop_before_clustering(kmeans, argv, capsys
         kmeans.main(argv)
     assert stopped.value.code == 2
     assert "--seeds" in capsys.readouterr().err
+
+
+def test_balanced_kmeans_clusters_points_that_sit_on_centres(kmeans):
+    """As many distinct points as clusters: every point is a k-means++ centre, the nearest-centre
+    temperature is 0, and the scores must not become NaN (they did: -0/0)."""
+    rng = np.random.default_rng(0)
+    truth = np.repeat(np.arange(5), 20)
+    x = rng.standard_normal((5, 2))[truth]
+    result = kmeans.balanced_kmeans(x, 5, seed=0)
+    assert np.isfinite(result.temperature) and result.temperature > 0
+    assert normalized_mutual_info_score(truth, result.labels) == pytest.approx(1.0)
+    np.testing.assert_array_equal(np.bincount(result.labels, minlength=5), 20)
+
+
+@pytest.mark.parametrize("missing", ["matplotlib", "folder"])
+def test_self_label_unwritable_plot_stops_before_training(self_label, missing, tmp_path, capsys,
+                                                          monkeypatch):
+    """A plot that cannot be saved is found before the minutes of training, not after them."""
+    monkeypatch.setattr(self_label, "run_all", lambda *args: pytest.fail("trained"))
+    out = tmp_path / "plot.png"
+    if missing == "matplotlib":
+        monkeypatch.setitem(sys.modules, "matplotlib", None)
+    else:
+        out = tmp_path / "no such folder" / "plot.png"
+    with pytest.raises(SystemExit) as stopped:
+        self_label.main(["--fast", "--out", str(out)])
+    assert stopped.value.code == 2
+    assert "--out" in capsys.readouterr().err
