@@ -22,6 +22,10 @@ class SinkhornLabeler:
     lam, label_weights, tol, max_iter, init, chunk_size, memory_limit, backend, progress, cache
         As in :func:`sinklabel.sinkhorn`. ``cache`` lives for one fit: the scores change
         between fits in training.
+    balance : {None, "exact"}, default=None
+        As in :func:`sinklabel.sinkhorn`: "exact" gives every fit's ``labels_`` the exact
+        sizes (the paper's equal-partition constraint), certified optimal; ``partial_fit``
+        still warm-starts from the Sinkhorn potentials.
     process_group, distributed
         As in :func:`sinklabel.sinkhorn`: fit this rank's rows jointly with the other ranks'.
 
@@ -55,6 +59,7 @@ class SinkhornLabeler:
         process_group: Any = None,
         distributed: bool = False,
         cache: bool = False,
+        balance: str | None = None,
     ):
         self.n_labels = n_labels
         self.lam = lam
@@ -69,6 +74,7 @@ class SinkhornLabeler:
         self.process_group = process_group
         self.distributed = distributed
         self.cache = cache
+        self.balance = balance
 
     def __repr__(self) -> str:
         defaults = inspect.signature(SinkhornLabeler.__init__).parameters
@@ -82,7 +88,8 @@ class SinkhornLabeler:
     def get_params(self, deep: bool = True) -> dict[str, Any]:
         """The constructor's parameters, as scikit-learn's ``clone`` expects."""
         names = ("n_labels", "lam", "label_weights", "tol", "max_iter", "init", "chunk_size",
-                 "memory_limit", "backend", "progress", "process_group", "distributed", "cache")
+                 "memory_limit", "backend", "progress", "process_group", "distributed", "cache",
+                 "balance")
         return {name: getattr(self, name) for name in names}
 
     def set_params(self, **params: Any) -> SinkhornLabeler:
@@ -141,6 +148,7 @@ class SinkhornLabeler:
             max_iter=self.max_iter, init=init, chunk_size=self.chunk_size,
             memory_limit=self.memory_limit, backend=self.backend, progress=self.progress,
             process_group=self.process_group, distributed=self.distributed, cache=self.cache,
+            balance=self.balance,
         )
         self.result_: SinkhornResult = result
         self.labels_ = result.labels

@@ -403,3 +403,22 @@ def test_lam_whose_base_2_scale_overflows_is_refused_too():
     with pytest.raises(ValueError, match=r"lam=3e\+38 is beyond the largest float32"):
         sinkhorn(scores, 4, lam=3e38)
     assert 3e38 * np.log2(np.e) > np.finfo(np.float32).max  # why: inf in float32
+
+
+def test_labeler_gives_exactly_balanced_labels_across_partial_fits():
+    """balance="exact" reaches sinkhorn from the labeler (the paper's equal partition in a
+    training loop): every fit's labels have sizes floor/ceil of N/K and are optimal, oracle
+    linear_sum_assignment on label columns repeated N/K times."""
+    from scipy.optimize import linear_sum_assignment
+
+    rng = np.random.default_rng(11)
+    labeler = SinkhornLabeler(5, balance="exact")
+    for _ in range(3):
+        logp = np.log(rng.dirichlet(np.full(5, 0.3), size=100))
+        labels = labeler.partial_fit(logp).labels_
+        np.testing.assert_array_equal(np.bincount(labels, minlength=5), np.full(5, 20))
+        _, columns = linear_sum_assignment(-np.repeat(logp, 20, axis=1))
+        best = logp[np.arange(100), columns // 20].sum()
+        assert logp[np.arange(100), labels].sum() == pytest.approx(best, rel=1e-12)
+        assert labeler.result_.certificate.optimal
+    assert labeler.get_params()["balance"] == "exact"
