@@ -33,6 +33,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--exact", action="store_true",
                         help="also make the labels exactly balanced (balance='exact')")
     args = parser.parse_args(argv)
+    if args.rows < 1 or args.labels < 1:
+        parser.error("--rows and --labels must be at least 1")
+    if args.exact and args.rows < args.labels:
+        parser.error("--exact gives every label floor or ceil of rows / labels: needs "
+                     "--rows >= --labels")
 
     cuda = torch.cuda.is_available()
     if cuda:

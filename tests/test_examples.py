@@ -205,6 +205,23 @@ def test_torchrun_example_on_two_gloo_ranks():
     assert (int(sizes[1]), int(sizes[2])) == (150, 151)  # 3001 rows over 20 labels
 
 
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--rows", "10", "--labels", "20", "--exact"], "needs --rows >= --labels"),
+    (["--rows", "0"], "must be at least 1"),
+])
+def test_torchrun_example_refuses_bad_sizes_before_joining_the_group(argv, message, capsys,
+                                                                   monkeypatch):
+    """--exact with fewer rows than labels failed on rank 0 after the whole first solve."""
+    pytest.importorskip("torch.distributed")
+    example = load_example("distributed_torchrun")
+    monkeypatch.setattr(example.dist, "init_process_group",
+                        lambda *args, **kwargs: pytest.fail("joined the group"))
+    with pytest.raises(SystemExit) as stopped:
+        example.main(argv)
+    assert stopped.value.code == 2
+    assert message in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("argv", [["--seeds", "0"], ["--seeds", "-1"], ["--epochs", "-1"]])
 def test_self_label_bad_options_stop_before_training(self_label, argv, capsys, monkeypatch):
     monkeypatch.setattr(self_label, "run_all", lambda *args: pytest.fail("trained"))
