@@ -189,10 +189,10 @@ def balance_exact(
 
     Sizes are ``floor`` or ``ceil`` of ``N * label_weights``; the exact solver starts from the
     Sinkhorn prices ``potentials / lam``, which are close enough to optimal that it goes
-    straight to its shortest paths. The scores were checked by the Sinkhorn solve.
+    straight to its shortest paths. The scores were checked by the Sinkhorn solve, and their
+    host memory (:func:`check_host_memory`) before it.
     """
     lower, upper = balanced_range(source.shape[0], result.label_weights)
-    check_host_memory(source)
     exact = _solve_exact(
         source, lower, upper, "auction", result.potentials / result.lam, kernel.name, rows
     )
