@@ -17,6 +17,7 @@ from ._arrays import to_host
 from ._capacities import check_capacities
 from ._validation import check_flag, check_shape
 from .certificate import (
+    _UNIT64,
     Certificate,
     _certificate_rows,
     _checked_labels,
@@ -31,9 +32,6 @@ from .sources import Array, as_source, checked
 
 #: Largest N * K that ``check`` solves exactly by default (about a minute on 2 cores).
 EXACT_LIMIT = 10**9
-
-#: float64's unit roundoff.
-_UNIT64 = 2.0**-53
 
 
 @dataclass(frozen=True, eq=False)  # compared by identity: `==` on arrays has no one answer
