@@ -11,6 +11,7 @@ import numpy as np
 
 from .._validation import check_positive
 from ..api import DEFAULT_LAM, DEFAULT_MAX_ITER, DEFAULT_TOL
+from ..sources.arrays import check_npy_file
 from ..sources.memory import parse_memory
 
 #: The commands read scores into NumPy arrays, which only these backends take.
@@ -99,11 +100,8 @@ def summarize(result: Any, seconds: float) -> str:
 def load_npy(path: str, what: str) -> np.ndarray:
     """A whole ``.npy`` array, with an error naming ``what`` it should hold when it is not
     one (``np.load`` would return an ``.npz`` archive or call any file pickled data), is
-    missing or is a folder (``open``'s own errors name only the path)."""
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{what}: no such file {path!r}")
-    if os.path.isdir(path):
-        raise IsADirectoryError(f"{what}: {path!r} is a folder, not a .npy file")
+    missing or is a folder."""
+    check_npy_file(path, what)
     with open(path, "rb") as file:
         try:
             return np.lib.format.read_array(file, allow_pickle=False)

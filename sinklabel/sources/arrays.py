@@ -93,11 +93,17 @@ class ArrayLikeSource(Source):
         return np.asanyarray(self.obj[start:stop])
 
 
-def _open_npy(path: str) -> np.memmap:
+def check_npy_file(path: str, what: str) -> None:
+    """Raise, naming ``what`` the file should hold, when ``path`` is missing or a folder
+    (``open``'s own errors name only the path)."""
     if not os.path.exists(path):
-        raise FileNotFoundError(f"logp: no such file {path!r}")
+        raise FileNotFoundError(f"{what}: no such file {path!r}")
     if os.path.isdir(path):
-        raise IsADirectoryError(f"logp: {path!r} is a folder, not a .npy file")
+        raise IsADirectoryError(f"{what}: {path!r} is a folder, not a .npy file")
+
+
+def _open_npy(path: str) -> np.memmap:
+    check_npy_file(path, "logp")
     try:
         return np.lib.format.open_memmap(path, mode="r")
     except ValueError as exc:
