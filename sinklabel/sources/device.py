@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from ._base import Array, Source, itemsize
+from .checked import end_pass
 
 _END = object()
 #: cudaHostRegisterReadOnly: the device only reads the registered memory.
@@ -223,14 +224,13 @@ class _Direct:
 
     def end(self) -> None:
         """Let the host source check that it has no rows beyond the last block."""
-        for _ in self._blocks:
-            break
+        end_pass(self._blocks, read_to_end=True)
 
     def release(self, j: int, copied: Any) -> None:
         """Nothing to recycle: the copy reads the caller's pinned memory."""
 
     def close(self) -> None:
-        getattr(self._blocks, "close", lambda: None)()
+        end_pass(self._blocks, read_to_end=False)
 
 
 class _Stager:
@@ -272,7 +272,7 @@ class _Stager:
         except BaseException as exc:
             self._filled.put(exc)
         finally:
-            getattr(blocks, "close", lambda: None)()
+            end_pass(blocks, read_to_end=False)
 
     def _fill(self, dst: Any, block: Array) -> None:
         if not isinstance(block, np.ndarray):
