@@ -565,9 +565,6 @@ class _GuardedKernel(WrappingKernel):
         # Operations added to the kernel contract later pass through unguarded.
         return getattr(self.inner, name)
 
-    def sweep(self, chunk: Array, f: np.ndarray, lam: float) -> np.ndarray:
-        return self._guard(self.inner.sweep, np.zeros(f.size), chunk, f, lam)
-
     def sweep_lse(self, chunk: Array, f: np.ndarray, lam: float) -> tuple[np.ndarray, float]:
         return self._guard(self.inner.sweep_lse, (np.zeros(f.size), 0.0), chunk, f, lam)
 

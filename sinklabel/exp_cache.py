@@ -266,9 +266,6 @@ class CachedSource(WrappingSource):
 class CachedKernel(WrappingKernel):
     """The inner kernel, answering from a :class:`CachedChunk`'s table where it can."""
 
-    def sweep(self, chunk: Array, f: np.ndarray, lam: float) -> np.ndarray:
-        return self.sweep_lse(chunk, f, lam)[0]
-
     def sweep_lse(self, chunk: Array, f: np.ndarray, lam: float) -> tuple[np.ndarray, float]:
         if not isinstance(chunk, CachedChunk):
             return self.inner.sweep_lse(chunk, f, lam)

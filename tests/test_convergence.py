@@ -6,14 +6,13 @@ import warnings
 
 import numpy as np
 import pytest
-from conftest import ForwardingKernel
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import sinklabel
 from sinklabel import ConvergenceWarning, PrecisionWarning, sinkhorn
 from sinklabel.datasets import make_scores
-from sinklabel.kernels import Kernel, get_kernel
+from sinklabel.kernels import get_kernel
 from sinklabel.solver import dual_terms
 from sinklabel.sources import ArraySource
 
@@ -156,18 +155,11 @@ def test_never_diverges(n, k, lam, scale, seed):
     assert result.error <= 2.0
 
 
-class _DefaultSweepLse(ForwardingKernel):
-    """The NumPy kernel with the base class's unfused sweep_lse."""
-
-    sweep_lse = Kernel.sweep_lse
-
-    def __init__(self):
-        super().__init__(get_kernel("numpy"))
-
-
-@pytest.mark.parametrize("kernel", [get_kernel("numpy"), _DefaultSweepLse()],
-                         ids=["fused", "default"])
-def test_sweep_lse_matches_float64_formula(kernel, rng):
+@pytest.mark.parametrize(
+    "backend", [name for name in sinklabel.available_backends() if name in ("numpy", "numba")]
+)
+def test_sweep_lse_matches_float64_formula(backend, rng):
+    kernel = get_kernel(backend)
     scores = rng.standard_normal((500, 7))
     scores[3, 1] = -np.inf
     f = rng.standard_normal(7)

@@ -5,11 +5,10 @@ the ``kernels`` package. A chunk is a 2-D block of rows of the scores ``S`` in t
 array type; ``f`` is the float64 NumPy vector of label potentials; ``lam`` the inverse
 temperature. With ``z = lam * S + f`` every operation reads the chunk once:
 
-- ``sweep``: the column sums of the row-wise softmax of ``z`` (the Sinkhorn label marginal,
-  unnormalised), as float64 NumPy.
-- ``sweep_lse``: ``sweep`` plus the sum of the rows' log-sum-exp of ``z`` (the data term of the
-  dual objective, which the solver's line search needs). A default built on ``soft`` and
-  ``best`` exists; backends override it with a fused pass.
+- ``sweep_lse``: the column sums of the row-wise softmax of ``z`` (the Sinkhorn label
+  marginal, unnormalised) as float64 NumPy, and the sum of the rows' log-sum-exp of ``z``
+  (the data term of the dual objective, which the solver's line search needs), in one pass.
+  ``sweep`` is its first half.
 - ``best``: the row maxima of ``z`` and their arg-maxima (labels), in the chunk's library.
 - ``slack``: per label, ``max_i (z[i, y] - max_y' z[i, y'])``; how far each label is from
   being any row's favourite. It rescues labels whose mass underflowed to zero.
@@ -17,8 +16,8 @@ temperature. With ``z = lam * S + f`` every operation reads the chunk once:
 - ``gather``: ``S[i, labels[i]]``, the score each row gets under a labelling.
 
 Two helpers place results: ``empty_labels`` allocates the label vector that the per-chunk
-labels are written into (one copy of the labels, however many chunks), ``concat`` joins
-per-chunk soft assignments.
+labels are written into (one copy of the labels, however many chunks), ``empty_rows`` the
+array that per-chunk soft assignments are written into.
 """
 
 from __future__ import annotations
@@ -58,20 +57,14 @@ class Kernel(ABC):
         """
         return 2 * n_labels * max(4, itemsize) + 64
 
-    @abstractmethod
     def sweep(self, chunk: Array, f: np.ndarray, lam: float) -> np.ndarray:
         """Column sums of softmax(lam * chunk + f) over the chunk's rows, float64."""
+        return self.sweep_lse(chunk, f, lam)[0]
 
+    @abstractmethod
     def sweep_lse(self, chunk: Array, f: np.ndarray, lam: float) -> tuple[np.ndarray, float]:
-        """``sweep`` and the sum over rows of logsumexp(lam * chunk + f), both float64.
-
-        This default reads the chunk twice and copies the softmax to the host; backends fuse
-        it into one pass (the row sums that normalise the softmax give the log-sum-exp).
-        """
-        p = np.asarray(self.to_numpy(self.soft(chunk, f, lam)), dtype=np.float64)
-        top = np.asarray(self.to_numpy(self.best(chunk, f, lam)[0]), dtype=np.float64)
-        # p at the row maximum is exp(max - lse) >= 1/K, so its log is safe.
-        return p.sum(axis=0), float((top - np.log(p.max(axis=1))).sum())
+        """``sweep`` and the sum over rows of logsumexp(lam * chunk + f), both float64, in
+        one fused pass (the row sums that normalise the softmax give the log-sum-exp)."""
 
     @abstractmethod
     def best(self, chunk: Array, f: np.ndarray, lam: float) -> tuple[Array, Array]:
@@ -109,9 +102,9 @@ class WrappingKernel(Kernel):
     """A kernel that answers through another one, ``inner`` (caching, guarding).
 
     It has the inner kernel's name and libraries, and the operations :class:`Kernel` gives a
-    default for go to the inner kernel: its own may differ (GPU kernels take all rows at
-    once, backends fuse ``sweep_lse``), and a wrapper inheriting :class:`Kernel` directly
-    would silently get the defaults instead. The abstract operations are left to the
+    default for, and ``sweep_lse``, go to the inner kernel: its own may differ (GPU kernels
+    take all rows at once), and a wrapper inheriting :class:`Kernel` directly would silently
+    get the defaults instead. The abstract operations are left to the
     subclass, so that each wrapper says what it does with each.
     """
 

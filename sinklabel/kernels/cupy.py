@@ -48,9 +48,6 @@ class CupyKernel(Kernel):
         host sync per iteration."""
         return 1 << 62
 
-    def sweep(self, chunk, f: np.ndarray, lam: float) -> np.ndarray:
-        return self.sweep_lse(chunk, f, lam)[0]
-
     def sweep_lse(self, chunk, f: np.ndarray, lam: float) -> tuple[np.ndarray, float]:
         """One fused pass: the block partials of the masses and of the rows' log-sum-exps are
         reduced on the device and copied to the host together (one sync)."""

@@ -599,9 +599,6 @@ class NumbaKernel(Kernel):
         ones, so their per-chunk sums add up like their float32 copy's (the same bits)."""
         return max(1, (64 << 20) // max(1, n_labels * max(4, itemsize)))
 
-    def sweep(self, chunk: np.ndarray, f: np.ndarray, lam: float) -> np.ndarray:
-        return self.sweep_lse(chunk, f, lam)[0]
-
     def sweep_lse(self, chunk: np.ndarray, f: np.ndarray, lam: float) -> tuple[np.ndarray, float]:
         """One fused pass: the label masses and the rows' log-sum-exp sum (in column ``k``
         of the per-task sums, so both add up in the same fixed task order)."""

@@ -45,9 +45,6 @@ class NumpyKernel(Kernel):
     name = "numpy"
     libraries = ("numpy",)
 
-    def sweep(self, chunk: np.ndarray, f: np.ndarray, lam: float) -> np.ndarray:
-        return self.sweep_lse(chunk, f, lam)[0]
-
     def sweep_lse(self, chunk: np.ndarray, f: np.ndarray, lam: float) -> tuple[np.ndarray, float]:
         p, zmax = _shifted_logits(chunk, f, lam)
         np.exp(p, out=p)

@@ -59,9 +59,6 @@ class TorchKernel(Kernel):
         and the CUDA kernels have none, so one chunk means one host sync per iteration."""
         return 1 << 62
 
-    def sweep(self, chunk: torch.Tensor, f: np.ndarray, lam: float) -> np.ndarray:
-        return self.sweep_lse(chunk, f, lam)[0]
-
     def sweep_lse(self, chunk: torch.Tensor, f: np.ndarray, lam: float) -> tuple[np.ndarray, float]:
         x = _readable(chunk)
         fused = _fused(x)
