@@ -127,6 +127,34 @@ def test_cuda_stream_delivers_the_host_scores(scores):
         np.testing.assert_array_equal(got.cpu().numpy(), scores)
 
 
+def test_cuda_is_the_device_current_when_the_source_is_made(scores, monkeypatch):
+    """Blocks are read where the solve runs, perhaps in another thread (sinkhorn_heads runs
+    one per head, and a thread starts on device 0): "cuda" was resolved there, so rank 1 of
+    a torchrun job had its slots on device 0 and its copies on a stream of device 1, whose
+    events did not cover them. Here without CUDA: torch says device 1 is current."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "Stream", lambda device: None)
+    assert DeviceStreamSource(scores, "cuda").device == torch.device("cuda", 1)
+    assert DeviceStreamSource(scores, "cuda:0").device == torch.device("cuda", 0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_blocks_read_in_another_thread_arrive_on_the_sources_device(scores):
+    """The same on CUDA: made under the last device, read in a new thread (on device 0)."""
+    device = torch.device("cuda", torch.cuda.device_count() - 1)
+    with torch.cuda.device(device):
+        source = DeviceStreamSource(scores, "cuda")
+    blocks: list = []
+    reader = threading.Thread(
+        target=lambda: blocks.extend(block.clone() for _, _, block in source.chunks(97)))
+    reader.start()
+    reader.join()
+    assert {block.device for block in blocks} == {device}
+    np.testing.assert_array_equal(torch.cat(blocks).cpu().numpy(), scores)
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without CUDA")
 def test_a_cuda_device_without_cuda_is_refused_by_name(scores):
     """torch's own error ("Torch not compiled with CUDA enabled", from deep in cudart) came
@@ -136,15 +164,19 @@ def test_a_cuda_device_without_cuda_is_refused_by_name(scores):
             DeviceStreamSource(scores, "cuda", page_lock=page_lock)
 
 
-def test_page_lock_needs_cuda_and_in_memory_scores(scores, tmp_path):
+def test_page_lock_needs_cuda(scores):
     with pytest.raises(ValueError, match="needs a CUDA device"):
         DeviceStreamSource(scores, "cpu", page_lock=True)
-    if torch.cuda.is_available():
-        function = CallableSource(lambda a, b: scores[a:b], scores.shape, "float32")
-        with pytest.raises(ValueError, match="in memory"):
-            DeviceStreamSource(function, "cuda", page_lock=True)
-        with pytest.raises(ValueError, match="C-contiguous"):
-            DeviceStreamSource(np.asfortranarray(scores), "cuda", page_lock=True)
+
+
+@pytest.mark.gpu  # gpu_check.sh runs only the tests marked so
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_page_lock_needs_in_memory_c_contiguous_scores(scores):
+    function = CallableSource(lambda a, b: scores[a:b], scores.shape, "float32")
+    with pytest.raises(ValueError, match="in memory"):
+        DeviceStreamSource(function, "cuda", page_lock=True)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        DeviceStreamSource(np.asfortranarray(scores), "cuda", page_lock=True)
 
 
 @pytest.mark.gpu

@@ -395,11 +395,22 @@ def test_torch_ops_label_masses_ignore_tf32(monkeypatch):
                     reason="needs CuPy and two CUDA devices")
 def test_a_cupy_array_off_the_current_device_is_swept_on_its_own():
     """CuPy launches on the current device: an array on device 1 under device 0 was read by
-    kernels on device 0 (an illegal address), its buffers made on device 1."""
+    kernels on device 0 (an illegal address), its buffers made on device 1; its soft
+    assignments were made on device 0."""
     host = make_scores(3000, 40, regime="flat", seed=25).scores
     with cp.cuda.Device(1):
         y = cp.asarray(host)
     assert _swept_under_device_0("cupy", y, host, cp.cuda.Device(0)).device.id == 1
+    f, labels = np.random.default_rng(26).standard_normal(40), np.arange(3000) % 40
+    kernel, reference = get_kernel("cupy"), get_kernel("numpy")
+    with cp.cuda.Device(0):  # the rest of the kernel too: computed, and left, on device 1
+        soft, slack = kernel.soft(y, f, 25.0), kernel.slack(y, f, 25.0)
+        gathered = kernel.gather(y, labels)
+    assert soft.device.id == 1
+    np.testing.assert_allclose(to_host(soft), reference.soft(host, f, 25.0), rtol=1e-5,
+                               atol=1e-7)
+    np.testing.assert_allclose(slack, reference.slack(host, f, 25.0), rtol=1e-5, atol=1e-4)
+    np.testing.assert_array_equal(gathered, reference.gather(host, labels))
 
 
 @needs_torch

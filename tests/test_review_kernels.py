@@ -1,10 +1,13 @@
-"""Regressions found reviewing the Numba kernels' 16-bit and float64 routes and the torch
-backend's CPU route on them. Oracles: the Numba backend on the float32 copy of the widened
-scores, and plain NumPy in the test."""
+"""Regressions found reviewing the Numba kernels' 16-bit and float64 routes, the torch
+backend's CPU route on them, and the CuPy backend's device handling. Oracles: the Numba
+backend on the float32 copy of the widened scores, the NumPy backend, and plain NumPy in the
+test."""
 
 from __future__ import annotations
 
+import sys
 import warnings
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -51,3 +54,65 @@ def test_bfloat16_tensors_solve_like_their_float32_copy_beyond_one_chunk():
     reference = _three_passes(x.float().numpy(), "numba")
     np.testing.assert_array_equal(result.error_history, reference.error_history)
     np.testing.assert_array_equal(result.potentials, reference.potentials)
+
+
+class _Device:
+    """``cupy.cuda.Device``: the current device while entered."""
+
+    current = 0
+
+    def __init__(self, index: int):
+        self.id = index
+
+    def __enter__(self) -> None:
+        self._previous, _Device.current = _Device.current, self.id
+
+    def __exit__(self, *exc: object) -> None:
+        _Device.current = self._previous
+
+
+class _OnDevice1(np.ndarray):
+    """A CuPy array on device 1, NumPy underneath."""
+
+    device = _Device(1)
+
+    def get(self) -> np.ndarray:
+        return np.asarray(self)
+
+
+def _computes_on_device_1(function):
+    """A CuPy function: like CuPy's, it computes and allocates on the current device, which
+    must be the arrays' own (else CuPy reads them by peer access, or refuses them)."""
+    def on_current_device(*args, **kwargs):
+        assert _Device.current == 1, f"{function.__name__} ran under device {_Device.current}"
+        return np.asarray(function(*args, **kwargs)).view(_OnDevice1)
+
+    return on_current_device
+
+
+def _fake_cupy() -> SimpleNamespace:
+    return SimpleNamespace(
+        **{name: _computes_on_device_1(getattr(np, name))
+           for name in ("empty", "asarray", "exp", "maximum", "take_along_axis")},
+        float64=np.float64, int64=np.int64,
+    )
+
+
+def test_cupy_slack_soft_and_gather_run_on_the_arrays_device(monkeypatch):
+    """``sweep`` and ``best`` ran under the CuPy array's device, but ``slack``, ``soft`` and
+    ``gather`` ran under the current one: an array on device 1 under device 0 was read by
+    peer access (or refused) and its soft assignments were returned on device 0."""
+    monkeypatch.setitem(sys.modules, "cupy", _fake_cupy())
+    from sinklabel.kernels.cupy import CupyKernel
+    from sinklabel.kernels.numpy import NumpyKernel
+
+    rng = np.random.default_rng(3)
+    scores = rng.standard_normal((50, 6)).astype(np.float32)
+    f, labels = rng.standard_normal(6), rng.integers(0, 6, 50)
+    x, kernel, reference = scores.copy().view(_OnDevice1), CupyKernel(), NumpyKernel()
+    np.testing.assert_allclose(kernel.slack(x, f, 5.0), reference.slack(scores, f, 5.0),
+                               rtol=1e-6)
+    np.testing.assert_allclose(kernel.soft(x, f, 5.0), reference.soft(scores, f, 5.0),
+                               rtol=1e-6)
+    np.testing.assert_array_equal(kernel.gather(x, labels), reference.gather(scores, labels))
+    assert _Device.current == 0

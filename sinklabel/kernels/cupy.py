@@ -113,28 +113,32 @@ class CupyKernel(Kernel):
     def slack(self, chunk, f: np.ndarray, lam: float) -> np.ndarray:
         import cupy as cp
 
+        x = _floating(chunk)
         result = None
-        for _, z, _ in _shifted_blocks(_floating(chunk), f, lam):
-            top = z.max(axis=0)
-            result = top if result is None else cp.maximum(result, top)
-        return result.astype(cp.float64).get()
+        with x.device:  # CuPy computes, and allocates, on the current device
+            for _, z, _ in _shifted_blocks(x, f, lam):
+                top = z.max(axis=0)
+                result = top if result is None else cp.maximum(result, top)
+            return result.astype(cp.float64).get()
 
     def soft(self, chunk, f: np.ndarray, lam: float):
         import cupy as cp
 
         x = _floating(chunk)
-        out = cp.empty(x.shape, dtype=compute_dtype(x.dtype))
-        for start, z, _ in _shifted_blocks(x, f, lam):
-            cp.exp(z, out=z)
-            z /= z.sum(axis=1, keepdims=True)
-            out[start:start + z.shape[0]] = z
+        with x.device:  # the result on the array's device, as the docs promise
+            out = cp.empty(x.shape, dtype=compute_dtype(x.dtype))
+            for start, z, _ in _shifted_blocks(x, f, lam):
+                cp.exp(z, out=z)
+                z /= z.sum(axis=1, keepdims=True)
+                out[start:start + z.shape[0]] = z
         return out
 
     def gather(self, chunk, labels) -> np.ndarray:
         import cupy as cp
 
-        index = cp.asarray(labels).astype(cp.int64)[:, None]
-        return cp.take_along_axis(chunk, index, axis=1)[:, 0].astype(cp.float64).get()
+        with chunk.device:
+            index = cp.asarray(labels).astype(cp.int64)[:, None]
+            return cp.take_along_axis(chunk, index, axis=1)[:, 0].astype(cp.float64).get()
 
     def to_numpy(self, x) -> np.ndarray:
         import cupy as cp

@@ -53,7 +53,8 @@ class DeviceStreamSource(Source):
         Where the scores live: anything :func:`sinklabel.sinkhorn` accepts that is on the
         host. A pinned tensor (``tensor.pin_memory()``) is copied from directly.
     device : str or torch.device, default="cuda"
-        The device blocks are delivered to.
+        The device blocks are delivered to (``"cuda"``: the current one when the source is
+        made).
     buffers : int, default=2
         Slots in rotation (2 is double buffering); more hides an uneven host source.
     copy_threads : int, default=None
@@ -100,6 +101,10 @@ class DeviceStreamSource(Source):
                 f"device={device!r} but torch finds no CUDA device here (torch "
                 f"{torch.__version__}): pass device='cpu', or run where CUDA is"
             )
+        if self.device.type == "cuda" and self.device.index is None:
+            # The device current now: blocks are read where the solve runs, perhaps in a
+            # thread that starts on device 0 (sinkhorn_heads runs one per head).
+            self.device = torch.device("cuda", torch.cuda.current_device())
         self._unlock = None
         if page_lock:
             source = self._page_locked(torch, source)
