@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import importlib
+import io
 import os
+import stat
 import subprocess
 import sys
 
@@ -455,6 +457,23 @@ def test_assign_saves_through_links_with_the_usual_permissions(scores_file, tmp_
     umask = os.umask(0)
     os.umask(umask)
     assert os.stat(tmp_path / "f.npy").st_mode & 0o777 == 0o666 & ~umask
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes")
+def test_assign_writes_into_a_pipe_instead_of_replacing_it(scores_file, tmp_path):
+    """Outputs were moved onto their paths, which replaced a pipe or a device with a regular
+    file: as root, ``-o /dev/null`` turned /dev/null itself into a file of labels."""
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+    reader = os.open(pipe, os.O_RDONLY | os.O_NONBLOCK)  # the labels fit in its buffer
+    try:
+        assert main(_assign_outputs(scores_file, tmp_path, output=pipe)) == 0
+        assert stat.S_ISFIFO(os.stat(pipe).st_mode)
+        labels = np.load(io.BytesIO(os.read(reader, 1 << 16)))
+    finally:
+        os.close(reader)
+    assert labels.shape == (300,) and np.load(tmp_path / "f.npy").shape == (6,)
+    assert sorted(os.listdir(tmp_path)) == ["f.npy", "pipe", "scores.npy", "v.npy"]
 
 
 def test_a_missing_scores_file_is_named_even_when_the_output_exists(tmp_path, capsys):

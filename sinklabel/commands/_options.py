@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import io
 import os
 from collections.abc import Callable
 from typing import Any
@@ -134,6 +135,8 @@ def _check_writable(path: str) -> None:
         raise FileNotFoundError(f"cannot write {path!r}: no such folder {folder!r}")
     if os.path.exists(path) and not os.access(path, os.W_OK):
         raise PermissionError(f"cannot write {path!r}: the file is not writable")
+    if _written_in_place(path):
+        return
     try:
         os.remove(_create_temporary(path))
     except OSError as exc:
@@ -150,20 +153,43 @@ def _create_temporary(path: str) -> str:
     return temporary
 
 
+def _written_in_place(path: str) -> bool:
+    """Whether ``path`` names a device or a pipe (``/dev/null``, ``/dev/stdout``), which is
+    written as it is: moving a temporary file onto it would replace the device itself (as
+    root, ``-o /dev/null`` left a regular file in place of /dev/null)."""
+    return os.path.exists(path) and not os.path.isfile(path) and not os.path.isdir(path)
+
+
 def save_outputs(outputs: dict[str, np.ndarray]) -> None:
     """Save each array to exactly its path (``np.save`` would add ``.npy`` to a path without
     it), all or none: each goes to a temporary file beside its path first, and only once all
     are written do they replace the paths, so a failed save (a full disk) leaves no mix of
-    new and old or missing outputs."""
+    new and old or missing outputs. Devices and pipes are written in place, last."""
+    in_place = [path for path in outputs if _written_in_place(path)]
+    replaced = [path for path in outputs if path not in in_place]
     written: list[str] = []
     try:
-        for path, array in outputs.items():
+        for path in replaced:
             written.append(_create_temporary(path))
-            with open(written[-1], "wb") as file:
-                np.save(file, array)
+            _save(written[-1], outputs[path])
+        for path in in_place:
+            _save_in_place(path, outputs[path])
     except BaseException:
         for temporary in written:
             os.remove(temporary)
         raise
-    for path, temporary in zip(outputs, written, strict=True):
+    for path, temporary in zip(replaced, written, strict=True):
         os.replace(temporary, os.path.realpath(path))
+
+
+def _save(path: str, array: np.ndarray) -> None:
+    with open(path, "wb") as file:
+        np.save(file, array)
+
+
+def _save_in_place(path: str, array: np.ndarray) -> None:
+    """Save through memory: ``np.save`` asks a pipe for its file position, which fails."""
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    with open(path, "wb") as file:
+        file.write(buffer.getbuffer())

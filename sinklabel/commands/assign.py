@@ -2,7 +2,7 @@
 
 The file is memory-mapped and read in chunks, so it may be larger than memory. The labels
 (int64), potentials and prices are saved to exactly the paths given; potentials saved by one
-run warm-start the next (``--init``). Exit code 0 when the solve
+run warm-start the next (--init). Exit code 0 when the solve
 converged, 1 when it stopped at --max-iter (the labels are still saved), 2 on bad input.
 """
 
