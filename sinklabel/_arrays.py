@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import numpy as np
@@ -30,14 +31,25 @@ def is_cuda(x: Any) -> bool:
     return library == "torch" and x.device.type == "cuda"
 
 
+def device_scope(x: Any) -> contextlib.AbstractContextManager:
+    """For a CuPy array, its GPU made the current one; otherwise nothing. CuPy allocates and
+    launches on the current device, so a solve of an array on another GPU would put its
+    labels there and read the array through peer access (torch follows each tensor)."""
+    if array_library(x) == "cupy":
+        return x.device
+    return contextlib.nullcontext()
+
+
 def to_host(x: Any) -> np.ndarray:
     """A host NumPy copy of a NumPy, torch or CuPy array (bfloat16, which NumPy lacks, as
-    float32); NumPy input and anything NumPy can read are returned as ``np.asarray`` gives."""
+    float32); NumPy input and anything NumPy can read are returned as ``np.asarray`` gives.
+    A torch view with the negative or conjugate bit set (``x.conj().imag``) is resolved first:
+    ``.numpy()`` refuses it."""
     library = array_library(x)
     if library == "torch":
         import torch
 
-        x = x.detach().cpu()
+        x = x.detach().cpu().resolve_conj().resolve_neg()
         return (x.float() if x.dtype == torch.bfloat16 else x).numpy()
     if library == "cupy":
         return x.get()

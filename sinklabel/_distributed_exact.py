@@ -70,7 +70,7 @@ import numpy as np
 
 from . import _transport, _transport_loops
 from ._arrays import to_host
-from ._capacities import balanced_range, check_reachable
+from ._capacities import balanced_range, check_reachable, finite_per_label
 from ._simd import HAVE_NUMBA, njit, prange  # without numba, scans run in NumPy instead
 from .certificate import Certificate, _certificate_from_sums, _like, _partial_sums
 from .collective import Collective
@@ -150,8 +150,9 @@ def balance_across_ranks(
         )
         if status == _INFEASIBLE and n_contested == n_points:
             raise _transport.InfeasibleError(
-                "no labelling meets the sizes: some labels need more points than have finite "
-                "scores for them (check -inf entries)"
+                "no labelling meets the sizes: the -inf entries leave some labels fewer points "
+                "than they must take, or more points than they may take (check -inf entries "
+                "and label_weights)"
             )
         if status == _SOLVED:
             labels[settled] = settled_labels[settled]
@@ -256,8 +257,9 @@ def _scan(source: Source, chunk_rows: int, v: np.ndarray,
         scan_rows = _scan_rows if HAVE_NUMBA else _scan_rows_numpy
         scan_rows(scores, v, given, out.best[part], out.margin[part], out.off[part],
                   out.free[part], infinite)
-        if infinite.any():
-            out.finite -= np.count_nonzero(scores[infinite] == -np.inf, axis=0)
+        if infinite.any():  # only rows with a -inf score can lower the counts
+            rows = np.flatnonzero(infinite)
+            out.finite -= rows.size - finite_per_label(scores, rows)
     return out
 
 

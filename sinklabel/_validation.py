@@ -101,8 +101,13 @@ def check_label_weights(label_weights: Any, n_labels: int) -> np.ndarray:
     if label_weights is None:
         return np.full(n_labels, 1.0 / n_labels)
     weights = _host_vector("label_weights", label_weights, n_labels)
-    if not np.all(np.isfinite(weights)) or np.any(weights <= 0):
-        raise ValueError("label_weights must be finite and > 0 for every label")
+    bad = np.flatnonzero(~(np.isfinite(weights) & (weights > 0)))
+    if bad.size:
+        more = f" (and {bad.size - 1} more)" if bad.size > 1 else ""
+        raise ValueError(
+            f"label_weights must be finite and > 0 for every label, got {weights[bad[0]]:g} "
+            f"for label {bad[0]}{more}: to give a label no points, drop its column from logp"
+        )
     weights = weights / weights.max()  # so that the sum cannot overflow
     weights = weights / weights.sum()
     # A share below float64's smallest normal number is rounded to a subnormal or to 0, and
@@ -127,19 +132,42 @@ def check_init(init: Any, n_labels: int) -> np.ndarray | None:
     return potentials
 
 
-def check_scores(source: Source, kernel: Kernel, lam: float, rows: int) -> None:
+class RowTops:
+    """The largest ``|lam * row maximum|`` of the checked scores: the size of ``lam * logp``
+    at the rows' tops, which the solver's precision warning needs and its objective (a mean
+    over rows) misses when rows of both signs cancel. Streamed scores are checked during the
+    solve's first pass, so it is complete after that pass."""
+
+    def __init__(self) -> None:
+        self.value = 0.0
+
+    def see(self, row_max: np.ndarray) -> None:
+        self.value = max(self.value, float(np.abs(row_max).max(initial=0.0)))
+
+    def __call__(self) -> float:
+        return self.value
+
+
+def check_scores(
+    source: Source, kernel: Kernel, lam: float, rows: int, tops: RowTops | None = None
+) -> None:
     """One pass that rejects NaN, +inf (or overflow of lam * logp) and rows with no finite score."""
     for start, _, chunk in source.chunks(rows):
-        check_chunk_scores(start, chunk, kernel, lam)
+        check_chunk_scores(start, chunk, kernel, lam, tops)
 
 
-def check_chunk_scores(start: int, chunk: Any, kernel: Kernel, lam: float) -> None:
-    """The check of :func:`check_scores` on one chunk whose first row is row ``start``."""
+def check_chunk_scores(
+    start: int, chunk: Any, kernel: Kernel, lam: float, tops: RowTops | None = None
+) -> None:
+    """The check of :func:`check_scores` on one chunk whose first row is row ``start``;
+    ``tops`` sees its rows' maxima when they pass."""
     zero = np.zeros(chunk.shape[1])
     with np.errstate(over="ignore", invalid="ignore"):  # overflow is what we look for
         row_max = kernel.to_numpy(kernel.best(chunk, zero, lam)[0])
     bad = ~np.isfinite(row_max)
     if not bad.any():
+        if tops is not None:
+            tops.see(row_max)
         return
     first = int(np.flatnonzero(bad)[0])
     value = row_max[first]

@@ -7,7 +7,9 @@ from typing import Any
 import numpy as np
 
 from . import solver
+from ._arrays import device_scope
 from ._validation import (
+    RowTops,
     check_chunk_scores,
     check_exact_balance,
     check_flag,
@@ -24,16 +26,14 @@ from .collective import LOCAL, Collective
 from .exp_cache import table_cap, with_exp_cache
 from .kernels import Kernel, exp_tables, resolve_kernel
 from .result import SinkhornResult
-from .sources import Array, Source, as_source, checked, itemsize, parse_memory
-from .sources.memory import bytes_per_row, fixed_bytes, rows_for_budget
+from .sources import Array, Source, as_source, checked, parse_memory
+from .sources.memory import bytes_per_row, default_rows, fixed_bytes, rows_for_budget
 
 DEFAULT_LAM = 25.0
 #: L1 distance between the plan's label marginal and the target: 1e-3 means at most 0.05%
 #: of the data's mass sits in the wrong label (see docs/method.md for the reasoning).
 DEFAULT_TOL = 1e-3
 DEFAULT_MAX_ITER = 1000
-#: Largest block of scores a streamed source (file, function) produces at once by default.
-STREAM_BLOCK_BYTES = 256 << 20
 #: Ways to turn the solution into hard labels (``balance=``).
 BALANCE = (None, "exact")
 
@@ -135,33 +135,57 @@ def sinkhorn(
             memory_limit=memory_limit, backend=backend, progress=progress, balance=balance,
             cache=cache,
         ))
-    balance = check_balance(balance)
-    progress = check_flag("progress", progress)
-    source = as_source(logp)
-    K = check_shape(source, K)
-    check_exact_balance(balance, source.shape[0], K)
-    lam = check_lam(lam, source.dtype)
-    tol = check_positive("tol", tol)
-    max_iter = check_positive("max_iter", max_iter, integer=True)
-    weights = check_label_weights(label_weights, K)
-    start = check_init(init, K)
-    if balance == "exact":  # before the Sinkhorn solve, not once it is done
-        from .exact import check_host_memory
+    with device_scope(logp):
+        source, kernel, settings = check_options(
+            logp, K, lam=lam, label_weights=label_weights, tol=tol, max_iter=max_iter, init=init,
+            chunk_size=chunk_size, memory_limit=memory_limit, backend=backend, balance=balance,
+            cache=cache, progress=progress,
+        )
+        balance, cap = settings.pop("balance"), settings.pop("cache_cap")
+        check_exact_balance(balance, *source.shape)
+        if balance == "exact":  # before the Sinkhorn solve, not once it is done
+            from .exact import check_host_memory
 
-        check_host_memory(source)
+            check_host_memory(source)
+        rows = settings["rows"]
+        tops = settings["row_tops"] = RowTops()
+        source = _checked_scores(source, kernel, settings["lam"], rows, tops)
+        solve_source, solve_kernel = (
+            with_exp_cache(source, kernel, rows, cap) if cap else (source, kernel)
+        )
+        result = _sinkhorn(solve_source, solve_kernel, scores=source, **settings)
+        return _warn_empty_labels(balanced(result, source, kernel, rows, balance))
+
+
+def check_options(
+    logp: Array, K: Any, *, lam: Any, label_weights: Any, tol: Any, max_iter: Any, init: Any,
+    chunk_size: Any, memory_limit: Any, backend: str, balance: Any, cache: Any, progress: Any,
+    allow_empty_rows: bool = False,
+) -> tuple[Source, Kernel, dict[str, Any]]:
+    """The checks of :func:`sinkhorn`'s arguments, in one order for a process and for a rank
+    of a distributed solve (which may hold no rows): all before any score is read.
+
+    ``settings`` holds the checked values under :func:`_sinkhorn`'s names, plus ``balance``
+    and ``cache_cap``, the exponential cache's entries per row (0: no cache).
+    """
+    source = as_source(logp)
+    K = check_shape(source, K, allow_empty_rows=allow_empty_rows)
+    settings: dict[str, Any] = {
+        "balance": check_balance(balance),
+        "progress": check_flag("progress", progress),
+        "lam": check_lam(lam, source.dtype),
+        "tol": check_positive("tol", tol),
+        "max_iter": check_positive("max_iter", max_iter, integer=True),
+        "label_weights": check_label_weights(label_weights, K),
+        "init": check_init(init, K),
+    }
+    # The solver refuses potentials its dtype cannot take: asked now, not after a pass.
+    solver.start_potentials(source, settings["init"], settings["label_weights"])
     cache = check_flag("cache", cache)
     kernel = resolve_kernel(backend, source.library)
-    rows = _chunk_rows(chunk_size, kernel, source, memory_limit, cache)
-    cap = table_cap(source, kernel, rows, memory_limit) if cache else 0
-    source = _checked_scores(source, kernel, lam, rows)
-    solve_source, solve_kernel = (
-        with_exp_cache(source, kernel, rows, cap) if cache else (source, kernel)
-    )
-    result = _sinkhorn(
-        solve_source, solve_kernel, scores=source, lam=lam, label_weights=weights, tol=tol,
-        max_iter=max_iter, init=start, rows=rows, progress=progress,
-    )
-    return _warn_empty_labels(balanced(result, source, kernel, rows, balance))
+    rows = settings["rows"] = _chunk_rows(chunk_size, kernel, source, memory_limit, cache)
+    settings["cache_cap"] = table_cap(source, kernel, rows, memory_limit) if cache else 0
+    return source, kernel, settings
 
 
 def check_balance(balance: Any) -> str | None:
@@ -203,6 +227,7 @@ def _sinkhorn(
     init: np.ndarray | None,
     rows: int,
     progress: bool,
+    row_tops: RowTops | None = None,
     collective: Collective = LOCAL,
 ) -> SinkhornResult:
     """The solve on checked inputs: iterate, then label in one more pass.
@@ -215,6 +240,7 @@ def _sinkhorn(
     out = solver.solve(
         source, kernel, lam=lam, label_weights=label_weights, tol=tol, max_iter=max_iter,
         init=init, rows=rows, progress=progress, collective=collective,
+        row_tops=row_tops,
         # Perhaps it cannot: -inf scores may leave a label short of rows.
         explain_failure=lambda: check_labels_reachable(scores, label_weights, rows, collective),
     )
@@ -280,19 +306,28 @@ def apply_potentials(
     memory_limit: int | str | None = None,
 ) -> Array:
     """Labels or soft assignments of any rows under a result's potentials."""
-    source = as_source(logp)
+    with device_scope(logp):
+        return _apply_potentials(as_source(logp), result, what, chunk_size, memory_limit)
+
+
+def _apply_potentials(
+    source: Source, result: SinkhornResult, what: str, chunk_size: int | None,
+    memory_limit: int | str | None,
+) -> Array:
     check_shape(source, result.potentials.shape[0])
     kernel = _kernel_for(result.backend, source.library)
     rows = _chunk_rows(chunk_size, kernel, source, memory_limit)
     source = _checked_scores(source, kernel, result.lam, rows)
-    f, lam = result.potentials, result.lam
+    # A writable copy: torch warns when it wraps the result's read-only potentials.
+    f, lam = np.array(result.potentials), result.lam
     if what == "labels":
         return solver.assign(source, kernel, f, lam, rows)
     out = None
     for start, stop, chunk in source.chunks(rows):
         part = kernel.soft(chunk, f, lam)
         if stop - start == source.shape[0]:  # one chunk (GPU kernels): no copy
-            return part
+            out = part  # still asked for the next block: the source's end is checked
+            continue
         if out is None:  # within memory_limit, only the result itself is outside it
             out = kernel.empty_rows(source.shape[0], part)
         out[start:stop] = part
@@ -326,22 +361,19 @@ def _chunk_rows(
         return rows
     fixed = fixed_bytes(*source.shape)
     per_row = bytes_per_row(source, kernel)
-    return min(rows, rows_for_budget(parse_memory(memory_limit), fixed, per_row, cache=cache))
+    streamed = 0 if source.in_memory else source.shape[0]  # a fingerprint per block is kept
+    return min(rows, rows_for_budget(parse_memory(memory_limit), fixed, per_row, cache=cache,
+                                     streamed_points=streamed))
 
 
-def default_rows(kernel: Kernel, source: Source) -> int:
-    """The backend's rows per chunk, at most ``STREAM_BLOCK_BYTES`` of a streamed source: GPU
-    kernels take all rows at once, a file or a function must not be asked for them."""
-    rows = kernel.chunk_rows(source.shape[1], itemsize(source.dtype))
-    if source.in_memory:
-        return rows
-    return min(rows, max(1, STREAM_BLOCK_BYTES // (source.shape[1] * itemsize(source.dtype))))
-
-
-def _checked_scores(source: Source, kernel: Kernel, lam: float, rows: int) -> Source:
+def _checked_scores(
+    source: Source, kernel: Kernel, lam: float, rows: int, tops: RowTops | None = None
+) -> Source:
     """In-memory scores are checked now, in one pass; streamed ones block by block during
     the solve's first pass, which saves a read of the file or a call of the function."""
     if source.in_memory:
-        check_scores(source, kernel, lam, rows)
+        check_scores(source, kernel, lam, rows, tops)
         return source
-    return checked(source, lambda start, chunk: check_chunk_scores(start, chunk, kernel, lam))
+    return checked(
+        source, lambda start, chunk: check_chunk_scores(start, chunk, kernel, lam, tops)
+    )

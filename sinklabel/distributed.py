@@ -35,12 +35,8 @@ from ._arrays import array_library, is_cuda, to_host
 from ._capacities import check_capacities
 from ._validation import (
     FLOAT_DTYPES,
+    RowTops,
     check_exact_balance,
-    check_flag,
-    check_init,
-    check_label_weights,
-    check_lam,
-    check_positive,
     check_shape,
 )
 from .certificate import (
@@ -52,7 +48,7 @@ from .certificate import (
     _partial_sums,
 )
 from .collective import Collective
-from .exp_cache import table_cap, with_exp_cache
+from .exp_cache import with_exp_cache
 from .kernels import Kernel, resolve_kernel
 from .kernels._base import WrappingKernel
 from .result import SinkhornResult
@@ -191,7 +187,7 @@ class TorchCollective(Collective):
 
         if self.rank != 0:
             if counts[self.rank]:
-                dist.send(buffers.tensor, group=self.group, group_dst=0)
+                dist.send(buffers.tensor, dst=self._global_rank(0), group=self.group)
             return None
         offsets = np.cumsum(counts)
         for source in range(1, self.world_size):
@@ -200,10 +196,18 @@ class TorchCollective(Collective):
             part = buffers.table[offsets[source - 1]:offsets[source]]
             tensor = (torch.from_numpy(part) if buffers.tensor is None
                       else buffers.tensor[:int(counts[source])])
-            dist.recv(tensor, group=self.group, group_src=source)
+            dist.recv(tensor, src=self._global_rank(source), group=self.group)
             if buffers.tensor is not None:
                 part[:] = tensor.cpu().numpy()
         return buffers.table
+
+    def _global_rank(self, group_rank: int) -> int:
+        """The default group's rank of this group's ``group_rank``: what ``send`` and
+        ``recv`` take as peer before torch 2.6 (its ``group_dst``/``group_src`` are newer)."""
+        import torch.distributed as dist
+
+        group = dist.group.WORLD if self.group is None else self.group
+        return dist.get_global_rank(group, group_rank)
 
     def _reduce_checked(self, x: np.ndarray, op: str) -> np.ndarray:
         x = np.asarray(x, dtype=np.float64)
@@ -401,26 +405,14 @@ def _check_local(
     chunk_size: Any, memory_limit: Any, backend: str, balance: Any, cache: Any = False,
     progress: Any = False,
 ) -> tuple[Source, Kernel, dict[str, Any]]:
-    """This rank's input checks: those of :func:`sinklabel.sinkhorn`, but N may be 0.
-
-    ``settings["cache_cap"]`` is the exponential cache's entries per row (0: no cache).
-    """
-    source = as_source(logp)
-    K = check_shape(source, K, allow_empty_rows=True)
-    settings = {
-        "lam": check_lam(lam, source.dtype),
-        "tol": check_positive("tol", tol),
-        "max_iter": check_positive("max_iter", max_iter, integer=True),
-        "label_weights": check_label_weights(label_weights, K),
-        "init": check_init(init, K),
-        "balance": api.check_balance(balance),
-        "progress": check_flag("progress", progress),
-    }
-    cache = check_flag("cache", cache)
-    kernel = resolve_kernel(backend, source.library)
-    rows = settings["rows"] = api._chunk_rows(chunk_size, kernel, source, memory_limit, cache)
-    settings["cache_cap"] = table_cap(source, kernel, rows, memory_limit) if cache else 0
-    source = api._checked_scores(source, kernel, settings["lam"], rows)
+    """This rank's input checks: those of :func:`sinklabel.sinkhorn`, but N may be 0."""
+    source, kernel, settings = api.check_options(
+        logp, K, lam=lam, label_weights=label_weights, tol=tol, max_iter=max_iter, init=init,
+        chunk_size=chunk_size, memory_limit=memory_limit, backend=backend, balance=balance,
+        cache=cache, progress=progress, allow_empty_rows=True,
+    )
+    tops = settings["row_tops"] = RowTops()
+    source = api._checked_scores(source, kernel, settings["lam"], settings["rows"], tops)
     return source, kernel, settings
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import inspect
 from os import PathLike
 from typing import Any
@@ -99,6 +100,14 @@ class SinkhornLabeler:
             setattr(self, name, value)
         return self
 
+    def __sklearn_clone__(self) -> SinkhornLabeler:
+        """An unfitted copy for scikit-learn's ``clone``: the parameters deep-copied as it
+        copies them, except ``process_group``, a handle to the running job that cannot be
+        copied (torch refuses) and that the copy must share."""
+        params = self.get_params()
+        group = params.pop("process_group")
+        return type(self)(**copy.deepcopy(params), process_group=group)
+
     def __sklearn_is_fitted__(self) -> bool:
         """For scikit-learn's ``check_is_fitted``."""
         return hasattr(self, "result_")
@@ -161,9 +170,10 @@ class SinkhornLabeler:
         """K for this fit: ``n_labels``, else logp's columns; a continued fit keeps its K."""
         n_labels = self.n_labels if self.n_labels is not None else _n_columns(logp)
         if continuing and n_labels != self.potentials_.shape[0]:
+            given = "n_labels is" if self.n_labels is not None else "logp has"
             raise ValueError(
                 f"partial_fit continues the previous fit, which had {self.potentials_.shape[0]} "
-                f"labels, but logp has {n_labels}: call fit to start over"
+                f"labels, but {given} {n_labels}: call fit to start over"
             )
         return n_labels
 

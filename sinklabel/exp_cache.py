@@ -56,7 +56,7 @@ from .kernels._base import WrappingKernel
 from .sources import Array, Source, parse_memory
 from .sources._base import WrappingSource
 from .sources.checked import CheckedSource, end_pass
-from .sources.memory import bytes_per_row, fixed_bytes
+from .sources.memory import block_state_bytes, bytes_per_row, fixed_bytes
 
 #: A chunk whose table fails for at most this share of its rows is repaired row by row from
 #: the raw scores; beyond it the table is rebuilt at the new potentials (a rebuild costs about
@@ -76,8 +76,9 @@ def default_cap(n_labels: int) -> int:
 def table_cap(source: Source, kernel: Kernel, rows: int,
               memory_limit: int | str | None) -> int:
     """Entries per row the tables may keep: the default, or fewer where ``memory_limit``
-    requires (what it leaves after the chunks). Raises ValueError for a backend without
-    tables, or a budget that cannot hold one entry per row."""
+    requires (what it leaves after the chunks and, for a streamed source, their
+    fingerprints). Raises ValueError for a backend without tables, or a budget that cannot
+    hold one entry per row."""
     tables = exp_tables(kernel)
     n, k = source.shape
     cap = default_cap(k)
@@ -85,6 +86,8 @@ def table_cap(source: Source, kernel: Kernel, rows: int,
         return cap
     budget = parse_memory(memory_limit)
     left = budget - fixed_bytes(n, k) - rows * bytes_per_row(source, kernel)
+    if not source.in_memory:  # its checking layer keeps a fingerprint per block
+        left -= block_state_bytes(n, rows)
     chunks = -(-n // rows)
 
     def fits(c: int) -> bool:

@@ -21,12 +21,12 @@ import numpy as np
 
 from ._validation import check_positive, check_shape
 from ._warnings import held_warnings, warn
-from .api import default_rows, sinkhorn
+from .api import sinkhorn
 from .kernels import resolve_kernel
 from .progress import progress_label
 from .result import SinkhornResult
 from .sources import Array, as_source, checked, itemsize, parse_memory
-from .sources.memory import fixed_bytes, rows_for_budget
+from .sources.memory import default_rows, fixed_bytes, rows_for_budget
 from .sources.shared import SharedReader
 
 #: Options of :func:`sinklabel.sinkhorn` that every head shares; the others (balance, cache,
@@ -176,4 +176,6 @@ def _shared_rows(
         kernel.workspace_bytes_per_row(k, itemsize(source.dtype)) for k in ks
     )
     fixed = sum(fixed_bytes(n, k) for k in ks)
-    return min(rows, rows_for_budget(budget, fixed, per_row))
+    # Each head's view keeps a fingerprint per block, and so does a streamed source's own.
+    streamed = n * (len(ks) + (0 if source.in_memory else 1))
+    return min(rows, rows_for_budget(budget, fixed, per_row, streamed_points=streamed))

@@ -77,8 +77,14 @@ class _Point:
 
 
 def normalize_potentials(f: np.ndarray, label_weights: np.ndarray) -> np.ndarray:
-    """Fix the free additive constant: the label-weighted mean of the potentials is zero."""
-    return f - float(label_weights @ f)
+    """Fix the free additive constant: the label-weighted mean of the potentials is zero.
+
+    The largest potential is subtracted first: the weighted mean of potentials that are
+    nearly equal but huge (a warm start of 1e100, after a revival) rounds to a residual as
+    large as 1e84, which swamped ``lam * logp`` and tied every label in every row.
+    """
+    shifted = f - f.max()
+    return shifted - float(label_weights @ shifted)
 
 
 def label_mass(
@@ -155,6 +161,7 @@ class _Evaluations:
         self.history: list[float] = []
         self.best: _Point | None = None
         self.largest = 0.0  # the largest _size of the points evaluated
+        self.largest_f = 0.0  # and their largest potential's size
         self.smallest_mass = float(np.finfo(compute_dtype(source.dtype)).tiny)
 
     @property
@@ -173,6 +180,7 @@ class _Evaluations:
             gradient=gradient, error=float(np.abs(gradient).sum()),
         )
         self.largest = max(self.largest, _size(point))
+        self.largest_f = max(self.largest_f, float(np.abs(f).max()))
         if self.best is None or point.error < self.best.error:
             self.best = point
         self._record(point.error)
@@ -329,6 +337,7 @@ def solve(
     progress: bool,
     collective: Collective = LOCAL,
     explain_failure: Callable[[], None] | None = None,
+    row_tops: Callable[[], float] | None = None,
 ) -> SolverOutput:
     """Potentials whose plan has a label marginal within ``tol`` (L1) of the target.
 
@@ -336,8 +345,10 @@ def solve(
     ``tol``; at ``max_iter`` it warns and returns the best potentials seen. When the failed
     solve's potentials grew beyond what the compute dtype resolves, it first calls
     ``explain_failure``, which may raise the reason no potentials solve the problem.
+    ``row_tops`` gives the largest ``|lam * row maximum|`` of this process's scores once the
+    first pass has read them, for the precision warning.
     """
-    f = _start(source, init, label_weights)
+    f = start_potentials(source, init, label_weights)
     log_target = np.log(label_weights)
     memory = _Memory(MEMORY)
     with Progress(progress, total=max_iter, tol=tol) as bar:
@@ -370,7 +381,7 @@ def solve(
     # no potentials solve it (they then grow until float32 cannot resolve them either).
     dtype = compute_dtype(source.dtype)
     size = _size(best) if converged else evaluate.largest
-    imprecise = size * float(np.finfo(dtype).eps) > PRECISION_LIMIT
+    imprecise = _imprecise(size, dtype)
     if not converged and imprecise and explain_failure is not None:
         explain_failure()
     if not converged:
@@ -379,14 +390,21 @@ def solve(
             f"(label-marginal error {best.error:.3g}); raise max_iter or tol",
             ConvergenceWarning,
         )
-    if imprecise:
-        _warn_imprecise(size, dtype)
+    # The rows' tops, of this process's rows only: the warning is about its own labels, and
+    # explain_failure, which all ranks must call or none, has been decided on global sizes.
+    top = row_tops() if row_tops is not None else 0.0
+    size = max(size, top + (float(np.abs(best.f).max()) if converged else evaluate.largest_f))
+    if _imprecise(size, dtype):
+        returned = max(_size(best), top + float(np.abs(best.f).max()))
+        _warn_imprecise(size, dtype, returned_resolved=not _imprecise(returned, dtype))
     return SolverOutput(
         best.f, len(evaluate.history), converged, best.error, np.asarray(evaluate.history)
     )
 
 
-def _start(source: Source, init: np.ndarray | None, label_weights: np.ndarray) -> np.ndarray:
+def start_potentials(
+    source: Source, init: np.ndarray | None, label_weights: np.ndarray
+) -> np.ndarray:
     """The first potentials: zero, or ``init`` if the kernels can compute with it.
 
     Beyond the square root of the compute dtype's largest number, ``lam * logp + init``,
@@ -420,16 +438,32 @@ def _size(point: _Point) -> float:
     return max(abs(point.objective), float(np.abs(point.f).max()))
 
 
-def _warn_imprecise(size: float, dtype: np.dtype) -> None:
-    """The plan, its error and its labels are only as exact as the kernels' z, of ``size``."""
+def _imprecise(size: float, dtype: np.dtype) -> bool:
+    """Whether the kernels round a ``z`` of ``size`` by more than ``PRECISION_LIMIT``."""
+    return size * float(np.finfo(dtype).eps) > PRECISION_LIMIT
+
+
+def _warn_imprecise(size: float, dtype: np.dtype, returned_resolved: bool) -> None:
+    """The plan, its error and its labels are only as exact as the kernels' z, of ``size``.
+
+    ``returned_resolved``: only a failed solve's trial points were that large, not the
+    potentials it returns; they also grow so when no potentials balance the scores.
+    """
     wider = ", or pass float64 scores" if dtype != np.float64 else ""
-    warn(
-        f"lam * logp + potentials reach {size:.3g}, which {dtype} rounds to about "
-        f"{size * np.finfo(dtype).eps:.2g}: the plan, its error and its labels are only that "
-        "exact. Subtract each row's maximum from logp, or mark impossible labels with -inf "
-        f"rather than a large finite score{wider}",
-        PrecisionWarning,
-    )
+    rounding = f"which {dtype} rounds to about {size * np.finfo(dtype).eps:.2g}"
+    advice = (f"subtract each row's maximum from logp, or mark impossible labels with -inf "
+              f"rather than a large finite score{wider}")
+    if returned_resolved:
+        message = (
+            f"the failed solve's trial potentials took lam * logp + potentials to {size:.3g}, "
+            f"{rounding}: it may have failed for want of precision ({advice}), or because no "
+            "potentials balance these scores (-inf masks that leave a group of labels fewer "
+            "rows than their share). The potentials it returns, the best it saw, are resolved"
+        )
+    else:
+        message = (f"lam * logp + potentials reach {size:.3g}, {rounding}: the plan, its error "
+                   f"and its labels are only that exact; {advice}")
+    warn(message, PrecisionWarning)
 
 
 def assign(source: Source, kernel: Kernel, f: np.ndarray, lam: float, rows: int) -> Array:

@@ -95,8 +95,15 @@ def problems(draw):
 @given(problems())
 def test_reduction_reaches_the_optimum_of_the_whole_problem(problem):
     S, weights, first, lam = problem
-    _, result = _balance(S, S.shape[1], first_contested=first, label_weights=weights, lam=lam,
-                         max_iter=20)
+    options = {"label_weights": weights, "lam": lam, "max_iter": 20}
+    try:
+        _, result = _balance(S, S.shape[1], first_contested=first, **options)
+    except ValueError as error:  # -inf entries may leave no labelling within the sizes
+        with pytest.raises(ValueError), warnings.catch_warnings():
+            warnings.simplefilter("ignore", sinklabel.ConvergenceWarning)
+            sinklabel.sinkhorn(S, S.shape[1], balance="exact", **options)
+        assert "no labelling meets" in str(error) or "finite score" in str(error), error
+        return
     _assert_optimal(S, weights, result)
 
 
@@ -179,6 +186,16 @@ def test_sizes_no_labelling_can_meet_raise_like_one_process(first):
         sinklabel.sinkhorn(S, 3, balance="exact")
     with pytest.raises(ValueError, match="no labelling meets"):
         _balance(S, 3, first_contested=first)
+
+
+def test_sizes_exceeded_by_rows_with_one_finite_label_say_so():
+    """Two rows can take only label 2, whose size is at most 1: the error said labels need
+    more rows than have finite scores, the opposite of what is wrong."""
+    S = np.array([[0.0, 0.4, -0.1], [-np.inf, -np.inf, 0.0], [0.1, 0.0, -0.5],
+                  [0.4, 0.2, 0.0], [-np.inf, -np.inf, 0.0]])
+    with pytest.raises(ValueError, match="more points than they may take"):
+        _balance(S, 3, first_contested=1, label_weights=np.array([0.39, 0.42, 0.19]), lam=1.0,
+                 max_iter=20)
 
 
 @pytest.mark.parametrize("compiled", [True, False])

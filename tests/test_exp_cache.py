@@ -338,8 +338,22 @@ def test_other_backends_refuse_the_cache_before_any_work(backend):
             with pytest.raises(ValueError, match="cache=True is an option of the 'numba' "
                                "backend") as refused:
                 sinkhorn(logp, 3, backend=backend, cache=True, memory_limit=budget)
-            assert ("CPU tensor's .numpy()" in str(refused.value)) == (backend == "torch")
+            assert ("CPU tensor's .detach().numpy()" in str(refused.value)) == (
+                backend == "torch")
     assert calls == []
+
+
+def test_the_cache_refused_without_numba_says_to_install_it(monkeypatch):
+    """Without Numba the refusal said to pass backend='numba', which only led to a second
+    error saying what to install: it now says so at once."""
+    import importlib.util
+
+    found = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *args: None if name == "numba" else found(name, *args))
+    with pytest.raises(ValueError, match=r"numba is not installed: pip install "
+                       r"'sinklabel\[numba\]'"):
+        sinkhorn(np.zeros((8, 3), dtype=np.float32), 3, backend="numpy", cache=True)
 
 
 @pytest.mark.parametrize("value", ["yes", 1, None])

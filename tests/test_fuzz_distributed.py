@@ -55,7 +55,7 @@ def _settings(case: int, rank: int) -> dict:
     turn = case + rank
     backend = ("numpy", "numba")[turn % 2]
     chunking = ({"chunk_size": (1, 3, 7, 1000)[turn % 4]} if case % 2 == 0
-                else {"memory_limit": 20_000 + 999 * rank})
+                else {"memory_limit": 40_000 + 999 * rank})
     return {"kind": KINDS[turn % len(KINDS)], "backend": backend,
             "cache": backend == "numba" and case >= 2, **chunking}
 

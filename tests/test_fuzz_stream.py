@@ -22,7 +22,7 @@ from sinklabel._capacities import balanced_range
 from sinklabel.datasets import make_scores
 from sinklabel.kernels import exp_tables, get_kernel
 from sinklabel.sources import CallableSource, SourceError, as_source
-from sinklabel.sources.memory import bytes_per_row, fixed_bytes
+from sinklabel.sources.memory import block_state_bytes, bytes_per_row, fixed_bytes
 
 h5py = pytest.importorskip("h5py")
 
@@ -143,11 +143,13 @@ def test_chunk_size_and_memory_limit_change_only_rounding(problem, tmp_path_fact
     scores = _scores(n, k, problem["regime"], np.float64, problem["seed"])
     source = _source(problem["kind"], scores, tmp_path_factory.mktemp("fuzz"))
     reference = _solve(scores, k, backend="numpy")
-    # A budget that just fits blocks of ``rows`` rows, as docs/streaming.md splits it.
+    # A budget that just fits blocks of ``rows`` rows and their fingerprints, as
+    # docs/streaming.md splits it.
+    rows = problem["rows"]
     per_row = bytes_per_row(as_source(source), get_kernel(backend))
-    budget = fixed_bytes(n, k) + problem["rows"] * per_row
+    budget = fixed_bytes(n, k) + rows * per_row + block_state_bytes(n, rows)
     try:
-        for options in ({"chunk_size": problem["rows"]}, {"memory_limit": budget}):
+        for options in ({"chunk_size": rows}, {"memory_limit": budget}):
             result = _solve(source, k, backend=backend, **options)
             np.testing.assert_allclose(result.potentials, reference.potentials, atol=1e-8)
             _assert_labels_agree_off_ties(scores, 25.0, result, reference)
@@ -328,7 +330,8 @@ def test_the_cache_gives_the_uncached_solve(problem, lam, cap, far, tmp_path_fac
     if cap:
         kernel = get_kernel("numba")
         chunks = -(-n // rows)
-        blocks = fixed_bytes(n, k) + rows * bytes_per_row(as_source(source), kernel)
+        blocks = (fixed_bytes(n, k) + rows * bytes_per_row(as_source(source), kernel)
+                  + block_state_bytes(n, rows))
         tables = exp_tables(kernel).max_bytes(n, k, "float64", cap, chunks)
         options["memory_limit"] = 2 * blocks + tables
     else:

@@ -39,7 +39,10 @@ def test_any_problem_gives_valid_labels_and_honest_error(problem):
     plan = np.exp(z - z.max(axis=1, keepdims=True))
     plan /= plan.sum(axis=1, keepdims=True)
     recomputed = np.abs(plan.mean(axis=0) - 1.0 / k).sum()
-    assert abs(recomputed - result.error) <= 1e-4 + 1e-3 * result.error
+    # The kernels round each lam * logp + potentials to the scores' dtype: float32 moves a
+    # z of 4000 by 2.4e-4, and each softmax entry by up to twice that, relatively.
+    rounding = 4 * np.finfo(logp.dtype).eps * float(np.abs(z).max())
+    assert abs(recomputed - result.error) <= 1e-4 + 1e-3 * result.error + rounding
     assert result.converged == (result.error <= 1e-3)
     # Hard labels are the plan's row-wise arg-maxima.
     best = z[np.arange(n), result.labels]

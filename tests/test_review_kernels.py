@@ -116,3 +116,31 @@ def test_cupy_slack_soft_and_gather_run_on_the_arrays_device(monkeypatch):
                                rtol=1e-6)
     np.testing.assert_array_equal(kernel.gather(x, labels), reference.gather(scores, labels))
     assert _Device.current == 0
+
+
+def test_a_cupy_array_makes_its_own_device_current_for_the_solve(monkeypatch):
+    """The kernels run under the array's device, but the solver's label vector and the soft
+    assignments' joins ran under the current one: the whole solve and the labelling of new
+    rows now run with the CuPy array's device current."""
+    from sinklabel import _arrays, api
+
+    fake_cupy_array = type("ndarray", (), {"__module__": "cupy._core.core",
+                                           "device": _Device(1)})()
+    with _arrays.device_scope(fake_cupy_array):
+        assert _Device.current == 1
+    assert _Device.current == 0
+    with _arrays.device_scope(np.zeros(3)):
+        assert _Device.current == 0
+
+    scoped = []
+
+    def recording_scope(x):
+        scoped.append(x)
+        return _arrays.device_scope(x)
+
+    monkeypatch.setattr(api, "device_scope", recording_scope)
+    scores = np.random.default_rng(4).standard_normal((40, 4))
+    result = api.sinkhorn(scores, 4)
+    result.predict(scores)
+    result.soft_assignments(scores)
+    assert len(scoped) == 3 and all(x is scores for x in scoped)

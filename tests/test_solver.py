@@ -246,3 +246,20 @@ def test_a_label_masked_in_too_many_rows_is_an_error_not_collapsed_labels(backen
             solve(s, backend, cache=cache, max_iter=200)
         s[:10, 2] = -1.0  # 10 rows: exactly its share, reachable
         assert solve(s, backend, cache=cache, max_iter=2000).converged
+
+
+def test_a_solve_no_potentials_balance_is_not_blamed_on_its_returned_plan(backend):
+    """Two thirds of the rows can take only label 0, whose share is a third: no potentials
+    balance the scores (each label alone has rows enough, so the solve cannot say which),
+    and its trial potentials grow past what float32 resolves. The warning said that the
+    returned plan and labels were only 3e19 exact and advised -inf masks, which these
+    already are; the returned potentials are the best seen, and resolved."""
+    s = np.repeat(np.array([[0.0, -np.inf, -np.inf], [0.0, -np.inf, -np.inf], [0.0, 0.0, 0.0]]),
+                  10, axis=0).astype(np.float32)
+    with pytest.warns(PrecisionWarning) as caught:
+        result = solve(s, backend, max_iter=300)
+    assert not result.converged
+    message = "".join(str(w.message) for w in caught if w.category is PrecisionWarning)
+    assert "no potentials balance these scores" in message and "are resolved" in message
+    assert "only that exact" not in message
+    assert np.abs(result.potentials).max() * np.finfo(np.float32).eps < 1e-3

@@ -8,11 +8,12 @@ import warnings
 
 import numpy as np
 import pytest
-from conftest import CPU_BACKENDS, to_backend
+from conftest import CPU_BACKENDS, to_backend, to_host
 
 import sinklabel
 from sinklabel.datasets import make_scores
 from sinklabel.kernels import get_kernel
+from sinklabel.sources import CallableSource
 
 
 def _plan_error(scores: np.ndarray, potentials: np.ndarray, lam: float,
@@ -99,3 +100,41 @@ def test_a_tight_float32_solve_reports_the_error_its_plan_has(backend):
     result = sinklabel.sinkhorn(logp, 10, tol=1e-8, max_iter=30, backend=backend)
     independent = _plan_error(scores, result.potentials, result.lam, result.label_weights)
     assert result.converged and independent <= 2e-8
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_a_huge_float64_warm_start_is_repaired_not_tied_into_a_false_convergence(backend):
+    """From init = 1e100 (float64 takes it) the revival brought every potential to the same
+    1e100, and subtracting their weighted mean left a residual of -1.9e84 in every label:
+    lam * logp vanished beside it, every label tied in every row, and the solve reported
+    convergence at error 1.6e-15 with all 2000 rows in label 0."""
+    scores = make_scores(2000, 10, regime="flat", seed=1).scores.astype(np.float64)
+    init = np.zeros(10)
+    init[0], init[3] = 1e100, -5e99
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = sinklabel.sinkhorn(to_backend(scores, backend), 10, init=init, backend=backend)
+    assert result.converged
+    assert abs(float(result.label_weights @ result.potentials)) < 1e-9
+    assert _plan_error(scores, result.potentials, result.lam, result.label_weights) <= 1e-3
+    assert np.bincount(to_host(result.labels), minlength=10).min() >= 150
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("streamed", [False, True])
+def test_rows_offset_by_large_values_of_both_signs_warn_of_precision(backend, streamed):
+    """Rows offset by +1e5 and -1e5 in turn: float32 rounds lam * logp (2.5e6) by about 0.3,
+    enough to change labels, while the objective, a mean over rows, cancels to about 0. The
+    warning reads the rows' tops from the scores' check (streamed: during the first pass)."""
+    base = make_scores(4000, 10, regime="flat", seed=0).scores
+    offsets = 1e5 * np.where(np.arange(4000) % 2, 1.0, -1.0)[:, None]
+    scores = (base + offsets).astype(np.float32)
+    logp = (CallableSource(lambda a, b: scores[a:b], scores.shape, np.float32)
+            if streamed else to_backend(scores, backend))
+    with pytest.warns(sinklabel.PrecisionWarning, match="rounds to about 0.3"):
+        # A function's NumPy blocks go to the backend that takes them (torch's CPU kernels
+        # are the Numba ones).
+        sinklabel.sinkhorn(logp, 10, backend="auto" if streamed else backend)
+    with warnings.catch_warnings():  # the offsets' own rounding is what is warned about
+        warnings.simplefilter("error", sinklabel.PrecisionWarning)
+        sinklabel.sinkhorn(to_backend(base.astype(np.float32), backend), 10, backend=backend)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from typing import Any
 
 from ._base import Kernel
@@ -84,10 +85,16 @@ def exp_tables(kernel: Kernel) -> Any:
     ValueError naming the backends that have one when this one does not."""
     if kernel.name not in _EXP_TABLES:
         names = " or ".join(repr(name) for name in _EXP_TABLES)
-        view = " (a CPU tensor's .numpy() is one, without a copy)" if kernel.name == "torch" else ""
+        view = (" (a float16, float32 or float64 CPU tensor's .detach().numpy() is one, "
+                "without a copy)" if kernel.name == "torch" else "")
+        missing = [name for name in _EXP_TABLES
+                   if importlib.util.find_spec(_KERNELS[name][2]) is None]
+        install = "".join(f"; {_KERNELS[name][2]} is not installed: pip install "
+                          f"'sinklabel[{name}]'" for name in missing)
         raise ValueError(
             f"cache=True is an option of the {names} backend; this solve runs on "
-            f"backend {kernel.name!r}. Pass cache=False, or backend={names} for NumPy input{view}"
+            f"backend {kernel.name!r}. Pass cache=False, or backend={names} for NumPy input"
+            f"{view}{install}"
         )
     module, cls = _EXP_TABLES[kernel.name]
     return getattr(importlib.import_module(module), cls)(kernel)

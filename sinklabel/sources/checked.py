@@ -162,7 +162,10 @@ class CheckedSource(WrappingSource):
             raise SourceError(f"wrong {what}: expected {expected}, got {shape}", start, stop, p)
         dtype = dtype_name(block.dtype)
         if dtype != self.dtype:
-            raise SourceError(f"wrong dtype: expected {self.dtype}, got {dtype}", start, stop, p)
+            raise SourceError(
+                f"wrong dtype: expected {self.dtype}, got {dtype} (a source's blocks have the "
+                "dtype it declares: CallableSource(fn, shape, dtype=...))", start, stop, p,
+            )
 
     def _plain(self, block: Array, start: int, stop: int) -> Array:
         """An ndarray subclass as the plain array it views, as ``as_source`` reads in-memory

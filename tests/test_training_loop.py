@@ -1,0 +1,112 @@
+"""sinklabel as a training loop uses it: tensors of every kind, warm starts, new rows."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+
+import sinklabel
+from sinklabel import sinkhorn
+
+
+@pytest.fixture
+def logp(rng) -> np.ndarray:
+    logits = 3.0 * rng.standard_normal((120, 5))
+    return logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+
+
+def negative_view(values):
+    """``values`` as a torch view with the negative bit set, as ``x.conj().imag`` gives."""
+    torch = pytest.importorskip("torch")
+    values = torch.as_tensor(values, dtype=torch.float64)
+    view = torch.complex(torch.zeros_like(values), -values).conj().imag
+    assert view.is_neg() and torch.equal(view.resolve_neg(), values)
+    return view
+
+
+def test_an_init_too_large_for_the_dtype_is_refused_before_the_check_pass(logp, monkeypatch):
+    def no_pass(*args, **kwargs):
+        raise AssertionError("the scores were read before the bad init was named")
+
+    monkeypatch.setattr(sinklabel.api, "check_scores", no_pass)
+    with pytest.raises(ValueError, match="init reaches"):
+        sinkhorn(logp.astype(np.float32), 5, init=np.array([1e30, 0.0, 0.0, 0.0, 0.0]))
+
+
+def test_negative_views_are_read_as_the_values_they_show(logp):
+    """A view with the negative bit is a torch input like any other: as scores whose failed
+    solve is explained, as label weights and as a warm start."""
+    masked = logp.copy()
+    masked[2:, 4] = -np.inf  # label 4 reachable by two rows, but its share is 24
+    with pytest.raises(ValueError, match="only 2 rows have a finite score"), \
+            warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sinkhorn(negative_view(masked), 5, max_iter=200)
+    weights = np.arange(1.0, 6.0)
+    got = sinkhorn(logp, 5, label_weights=negative_view(weights), init=negative_view(weights))
+    want = sinkhorn(logp, 5, label_weights=weights, init=weights)
+    np.testing.assert_array_equal(got.potentials, want.potentials)
+
+
+def test_predicting_on_a_layout_torch_computes_itself_warns_nothing():
+    """Transposed tensors go through torch's own operations; the result's read-only
+    potentials once made torch warn there (once per process: hence a fresh one)."""
+    pytest.importorskip("torch")
+    script = (
+        "import warnings, torch, sinklabel\n"
+        "warnings.simplefilter('error')\n"
+        "logits = torch.randn(64, 8).T.contiguous().T\n"
+        "result = sinklabel.sinkhorn(logits, 8)\n"
+        "result.predict(logits)\n"
+        "result.soft_assignments(logits)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+class _JobHandle:
+    """Stands for a torch.distributed process group: shared, never copied."""
+
+    def __deepcopy__(self, memo):
+        raise TypeError("cannot pickle 'ProcessGroup' object")
+
+
+def test_scikit_learn_clone_shares_the_process_group_and_copies_the_rest():
+    sklearn_base = pytest.importorskip("sklearn.base")
+    group, weights = _JobHandle(), np.arange(1.0, 6.0)
+    labeler = sinklabel.SinkhornLabeler(5, label_weights=weights, process_group=group)
+    copied = sklearn_base.clone(labeler)
+    assert copied.process_group is group
+    assert copied.label_weights is not weights
+    np.testing.assert_array_equal(copied.label_weights, weights)
+    assert not hasattr(copied, "result_")
+
+
+def test_the_cache_hint_for_tensors_works_on_a_tensor_that_requires_grad(logp):
+    torch = pytest.importorskip("torch")
+    logits = torch.tensor(logp, dtype=torch.float32, requires_grad=True)
+    with pytest.raises(ValueError, match=r"cache=True .*\.detach\(\)\.numpy\(\)") as refused:
+        sinkhorn(logits, 5, cache=True)
+    assert "float16, float32 or float64 CPU tensor" in str(refused.value)
+    cached = sinkhorn(logits.detach().numpy(), 5, cache=True)
+    np.testing.assert_allclose(cached.potentials, sinkhorn(logits, 5).potentials, atol=1e-5)
+
+
+def test_partial_fit_names_n_labels_when_that_changed_k(logp):
+    labeler = sinklabel.SinkhornLabeler().fit(logp)
+    labeler.set_params(n_labels=6)
+    with pytest.raises(ValueError, match="had 5 labels, but n_labels is 6: call fit"):
+        labeler.partial_fit(logp)
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, np.nan, np.inf])
+def test_a_label_weight_that_is_not_positive_is_named_with_its_label(logp, bad):
+    weights = np.array([1.0, 1.0, bad, 1.0, bad])
+    named = rf"got {bad:g} for label 2 \(and 1 more\): .*drop its column"
+    with pytest.raises(ValueError, match=named):
+        sinkhorn(logp, 5, label_weights=weights)
