@@ -68,6 +68,11 @@ def check_capacities(
         # No label can take more than N points: a larger bound says the same as N, and
         # stored as N its sums cannot overflow int64.
         return lower.astype(np.int64), np.minimum(upper, n_points).astype(np.int64)
+    if np.shape(capacities) == (2, n_labels):
+        raise ValueError(
+            f"capacities of shape (2, {n_labels}): pass ranges as a tuple (lower, upper), "
+            f"sizes as {n_labels} integers"
+        )
     sizes = _integer_vector("capacities", capacities, n_labels)
     if _exact_sum(sizes) != n_points:
         raise ValueError(f"capacities must sum to N={n_points}, got {_exact_sum(sizes)}")

@@ -18,7 +18,7 @@ import numpy as np
 from scipy import sparse
 from scipy.optimize import linprog
 
-from ._transport import InfeasibleError
+from ._transport import INFEASIBLE, InfeasibleError
 
 TOLERANCES = {"primal_feasibility_tolerance": 1e-10, "dual_feasibility_tolerance": 1e-10}
 
@@ -52,10 +52,7 @@ def solve_highs(
     res = linprog(cost, A_ub=a_ub, b_ub=b_ub, A_eq=a_eq, b_eq=b_eq, bounds=(0, None),
                   method="highs", options=TOLERANCES)
     if res.status == 2:
-        raise InfeasibleError(
-            "no labelling meets the capacities: some labels need more points than have "
-            "finite scores for them (check -inf entries and the capacities)"
-        )
+        raise InfeasibleError(INFEASIBLE)
     if res.status != 0:
         raise RuntimeError(f"HiGHS failed: {res.message}")
     # The largest entry of each point's row (exactly one entry is 1 at a vertex).

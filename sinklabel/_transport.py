@@ -61,8 +61,17 @@ ROUND_PATHS = 16
 ROWS_PER_BLOCK = 8192
 
 
+#: Why no labelling exists, when no single label can be named: the points that may take a
+#: set of labels are too few for their lower bounds, or too many for their upper bounds.
+INFEASIBLE = (
+    "no labelling meets the capacities: the -inf entries leave some labels fewer points than "
+    "they must take, or more points than they may take (check -inf entries and the "
+    "capacities)"
+)
+
+
 class InfeasibleError(ValueError):
-    """No labelling meets the capacities (the scores allow too few points for some labels)."""
+    """No labelling meets the capacities (the -inf scores allow no labelling within them)."""
 
 
 @dataclass(frozen=True)
@@ -227,10 +236,7 @@ def _exact_finish(
         if needed < np.inf:
             share = max(share, np.count_nonzero(margin <= 2 * needed) / N)
     if status == 1:
-        raise InfeasibleError(
-            "no labelling meets the capacities: some labels need more points than have "
-            "finite scores for them (check -inf entries and the capacities)"
-        )
+        raise InfeasibleError(INFEASIBLE)
     return status, vz, paths
 
 

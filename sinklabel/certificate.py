@@ -47,10 +47,17 @@ import numpy as np
 
 from ._arrays import array_library, to_host
 from ._capacities import check_capacities
-from ._validation import _host_vector, check_chunk_scores, check_positive, check_shape
+from ._validation import (
+    _host_vector,
+    check_chunk_scores,
+    check_flag,
+    check_positive,
+    check_shape,
+)
 from .kernels import Kernel, resolve_kernel
 from .kernels._base import compute_dtype
-from .sources import Array, Source, as_source, checked, itemsize
+from .sources import Array, Source, as_source, checked
+from .sources.memory import default_rows
 
 #: Rounding of one row maximum computed in the kernel's float32 (or float64) arithmetic,
 #: relative to the picked label's ``|logp| + |d|``: 4 units of roundoff (see above).
@@ -145,7 +152,7 @@ def duality_gap(
         On bad labels, prices or capacities, and, during the pass, on scores that are NaN,
         +inf or -inf for every label of a row (the certificate would be NaN or inf).
     """
-    if distributed or process_group is not None:
+    if check_flag("distributed", distributed) or process_group is not None:
         from .distributed import distributed_duality_gap
 
         return distributed_duality_gap(
@@ -186,9 +193,10 @@ def _checked_labels(labels: Array, n_points: int, n_labels: int) -> np.ndarray:
 
 
 def _certificate_rows(kernel: Kernel, source: Source, chunk_size: int | None) -> int:
-    """Rows per chunk of the pass: the kernel's choice unless the caller fixed it."""
+    """Rows per chunk of the pass: the kernel's choice, in blocks a stream can give (a GPU
+    kernel takes every row at once), unless the caller fixed it."""
     if chunk_size is None:
-        return kernel.chunk_rows(source.shape[1], itemsize(source.dtype))
+        return default_rows(kernel, source)
     return check_positive("chunk_size", chunk_size, integer=True)
 
 
@@ -217,7 +225,12 @@ def _partial_sums(
         if not np.all(np.isfinite(kernel.to_numpy(top))):
             # NaN, +inf or a row of -inf would make the certificate NaN or inf: name it.
             check_chunk_scores(start, chunk, kernel, 1.0)
-            raise ValueError(f"logp + prices overflows in rows [{start}, {stop})")
+            spread = float(v.max()) - float(v.min())  # inf beyond float64: said as such
+            raise ValueError(
+                f"logp + prices overflows in rows [{start}, {stop}): the prices' spread "
+                f"({spread:.3g}) is beyond the {compute_dtype(chunk.dtype)} these "
+                "scores are compared in; pass float64 scores, or prices closer together"
+            )
         # Re-read the winners' scores exactly, so the sum is float64 whatever the backend.
         winner = kernel.gather(chunk, best)
         price = d[kernel.to_numpy(best)]

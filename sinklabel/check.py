@@ -151,7 +151,8 @@ def check(
         The scores the labels were made from.
     capacities : None, array of shape (K,), or (lower, upper), default=None
         Sizes to measure against (default: floor or ceil of N/K; for a Sinkhorn result,
-        floor or ceil of ``N * label_weights``).
+        floor or ceil of ``N * label_weights``; for an exact result, the capacities it was
+        solved for).
     exact : bool, default=None
         Solve the exact problem (for the optimum and agreement). None: when N * K is at most
         ``EXACT_LIMIT``; otherwise only the certified bound from the result's prices.

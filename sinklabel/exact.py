@@ -24,8 +24,8 @@ import numpy as np
 
 from ._arrays import array_library, is_cuda, to_host
 from ._capacities import balanced_range, check_capacities, check_reachable, finite_per_label
-from ._validation import check_positive, check_scores, check_shape
-from .certificate import Certificate, _checked_prices, _like, duality_gap
+from ._validation import check_scores, check_shape
+from .certificate import Certificate, _certificate_rows, _checked_prices, _like, duality_gap
 from .kernels import Kernel, resolve_kernel
 from .kernels._base import compute_dtype
 from .result import SinkhornResult
@@ -37,7 +37,6 @@ from .sources import (
     Source,
     as_source,
     checked,
-    itemsize,
 )
 from .sources.memory import physical_memory
 
@@ -46,6 +45,9 @@ METHODS = ("auto", "auction", "highs")
 #: Host bytes per point of the auction's own arrays besides its candidate lists (labels,
 #: bounds, margins, heaps, the exact finish's lists), rounded up.
 POINT_BYTES = 128
+#: Host bytes per pair of labels of the exact finish's label graph: its distances (float64),
+#: the points attaining them (int64) and their stale flags (bool).
+PAIR_BYTES = 17
 
 
 @dataclass(frozen=True, eq=False)  # compared by identity: `==` on arrays has no one answer
@@ -142,10 +144,7 @@ def solve_exact(
     check_host_memory(source)
     start = None if prices is None else _checked_prices(prices, K)
     kernel = resolve_kernel(backend, source.library)
-    rows = (
-        kernel.chunk_rows(K, itemsize(source.dtype)) if chunk_size is None
-        else check_positive("chunk_size", chunk_size, integer=True)
-    )
+    rows = _certificate_rows(kernel, source, chunk_size)
     check_scores(source, kernel, 1.0, rows)
     return _solve_exact(source, lower, upper, method, start, backend, rows)
 
@@ -205,7 +204,8 @@ def balance_exact(
 def check_host_memory(source: Source) -> None:
     """MemoryError when the exact solver's host arrays exceed this machine's physical memory:
     the scores as one float32 or float64 array, unless they already are one in host memory
-    (a NumPy array, CPU tensor or .npy memory map), and the auction's per-point arrays.
+    (a NumPy array, CPU tensor or .npy memory map), the auction's per-point arrays and the
+    exact finish's K x K label graph.
 
     Called before any pass: a stream would otherwise be read in full (and a Sinkhorn solve
     finished) before the copy failed.
@@ -215,28 +215,50 @@ def check_host_memory(source: Source) -> None:
     N, K = source.shape
     size = compute_dtype(source.dtype).itemsize
     scores = N * K * size if _scores_copied(source) else 0
-    work = N * (min(K, CANDIDATES) * (8 + size) + POINT_BYTES)
+    points = N * (min(K, CANDIDATES) * (8 + size) + POINT_BYTES)
+    pairs = K * K * PAIR_BYTES
     total = physical_memory()
-    if total is not None and scores + work > total:
+    if total is not None and scores + points + pairs > total:
         raise MemoryError(
-            f"the exact solver needs about {(scores + work) / 2**30:.3g} GiB of host memory "
-            f"for N={N}, K={K} ({scores / 2**30:.3g} GiB of it for a copy of the scores), "
-            f"more than this machine's {total / 2**30:.3g} GiB: fewer points, or scores as a "
-            "float32 .npy file (memory-mapped, not copied)"
+            f"the exact solver needs about {(scores + points + pairs) / 2**30:.3g} GiB of host "
+            f"memory for N={N}, K={K} ({scores / 2**30:.3g} GiB of it for a copy of the "
+            f"scores, {pairs / 2**30:.3g} GiB for the K x K label graph), more than this "
+            f"machine's {total / 2**30:.3g} GiB: fewer points or labels, or scores as a float32 "
+            ".npy file (memory-mapped, not copied)"
         )
 
 
 def _scores_copied(source: Source) -> bool:
     """Whether :func:`_host_scores` copies the scores rather than reading them in place."""
-    inner = source.inner if isinstance(source, CheckedSource) else source
+    return _in_place_scores(source) is None
+
+
+def _in_place_scores(source: Source) -> np.ndarray | None:
+    """The scores as the host array the solver reads in place, or None when they must be
+    copied into one first. It copies nothing itself: both :func:`check_host_memory` (before
+    any pass) and :func:`_host_scores` decide by it, so the two cannot disagree."""
+    inner = _unwrapped(source)
     if isinstance(inner, MemmapSource):
-        return not _readable_in_place(inner.array)
-    if not isinstance(inner, ArraySource) or is_cuda(inner.array):
-        return True
-    if array_library(inner.array) == "torch" and str(inner.array.dtype) not in (
-            "torch.float32", "torch.float64"):
-        return True  # bfloat16 or float16: converted
-    return not _readable_in_place(to_host(inner.array))  # a view of host memory
+        array = np.asarray(inner.array)  # a view through the mapping
+    elif isinstance(inner, ArraySource) and _host_view(inner.array):
+        array = to_host(inner.array)
+    else:
+        return None
+    return array if _readable_in_place(array) else None
+
+
+def _unwrapped(source: Source) -> Source:
+    """The source behind a stream's checking layer (in-memory sources have none)."""
+    return source.inner if isinstance(source, CheckedSource) else source
+
+
+def _host_view(array: Array) -> bool:
+    """Whether the array may be read in place: it lives in host memory and, for a tensor, is
+    float32 or float64 (:func:`to_host` converts bfloat16 instead of viewing it)."""
+    if is_cuda(array):
+        return False
+    return array_library(array) != "torch" or str(array.dtype) in (
+        "torch.float32", "torch.float64")
 
 
 def _readable_in_place(array: np.ndarray) -> bool:
@@ -246,24 +268,35 @@ def _readable_in_place(array: np.ndarray) -> bool:
 
 def _host_scores(source: Source, rows: int) -> tuple[np.ndarray, Array]:
     """The scores as one C-contiguous host array of float32 or float64 (no copy if they are),
-    and an array of the input's library on its device, for the labels.
+    and an array of the input's library on its device, for the labels (None: NumPy).
 
     A stream is read in blocks of ``rows`` through its checking layer, so its blocks are
     compared with those of the other passes; a memory map is viewed through its mapping.
     """
-    mapped = source.inner if isinstance(source, CheckedSource) else source
-    if isinstance(mapped, MemmapSource):
-        array, like = np.asarray(mapped.array), None  # paged in from the file as needed
-    elif isinstance(source, ArraySource):
-        like = source.array
-        array = to_host(like)
+    inner = _unwrapped(source)
+    like = inner.array if isinstance(inner, ArraySource) else None
+    array = _in_place_scores(source)
+    if array is not None:
+        return array, like
+    if isinstance(inner, MemmapSource):
+        host = np.asarray(inner.array)  # paged in from the file as it is copied
+    elif isinstance(inner, ArraySource):
+        host = to_host(inner.array)
     else:
-        # Each block is copied out before the next is read: a stream may reuse its buffer.
-        array = like = None
-        for start, stop, block in source.chunks(rows):
-            host = to_host(block)
-            if array is None:
-                array = np.empty(source.shape, dtype=compute_dtype(host.dtype))
-                like = _like(block, np.empty(0, dtype=np.int64))  # the labels' library
-            array[start:stop] = host
-    return np.ascontiguousarray(array, dtype=compute_dtype(array.dtype)), like
+        return _streamed_scores(source, rows)
+    return np.ascontiguousarray(host, dtype=compute_dtype(host.dtype)), like
+
+
+def _streamed_scores(source: Source, rows: int) -> tuple[np.ndarray, Array]:
+    """A stream's blocks copied into one host array, and an array of the blocks' library.
+
+    Each block is copied out before the next is read: a stream may reuse its buffer.
+    """
+    array = like = None
+    for start, stop, block in source.chunks(rows):
+        host = to_host(block)
+        if array is None:
+            array = np.empty(source.shape, dtype=compute_dtype(host.dtype))
+            like = _like(block, np.empty(0, dtype=np.int64))  # the labels' library
+        array[start:stop] = host
+    return array, like

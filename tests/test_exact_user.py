@@ -1,0 +1,158 @@
+"""The exact layer as a user who needs certified answers meets it: errors that say what is
+wrong, and a memory check that counts every large array before the scores are read."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import sinklabel
+from sinklabel import exact
+from sinklabel.sources import CallableSource, as_source, checked
+
+
+def unread_rows(start: int, stop: int) -> np.ndarray:
+    raise AssertionError("the scores were read before the memory check")
+
+
+def over_forced_scores() -> tuple[np.ndarray, np.ndarray]:
+    """20 points can take only label 0, whose size is 10: more points than it may take,
+    while every label has plenty of rows with a finite score for it."""
+    S = np.random.default_rng(0).normal(size=(200, 4))
+    S[:20, 1:] = -np.inf
+    return S, np.array([10, 70, 60, 60])
+
+
+@pytest.mark.parametrize("method", ["auction", "highs"])
+@pytest.mark.parametrize("start", [None, np.zeros(4)])
+def test_a_label_forced_beyond_its_size_is_not_called_short_of_points(method, start):
+    """The error said that labels "need more points than have finite scores for them", the
+    opposite of this problem: it now names both ways the -inf entries can leave no labelling."""
+    S, sizes = over_forced_scores()
+    with pytest.raises(ValueError, match="more points than they may take") as failure:
+        sinklabel.solve_exact(S, 4, capacities=sizes, method=method, prices=start)
+    assert "need more points than have finite scores" not in str(failure.value)
+
+
+@pytest.mark.parametrize("pair", [[[1, 1, 1], [3, 3, 3]], np.array([[1, 1, 1], [3, 3, 3]])])
+def test_ranges_stacked_in_one_array_are_told_to_be_a_tuple(pair):
+    """np.array([lower, upper]) or a list of the two was refused as sizes of the wrong shape,
+    which did not say how to pass a range."""
+    with pytest.raises(ValueError, match=r"pass ranges as a tuple \(lower, upper\)"):
+        sinklabel.solve_exact(np.zeros((6, 3)), 3, capacities=pair)
+
+
+def test_memory_check_counts_the_label_graph_before_reading_a_score(monkeypatch):
+    """The exact finish builds a K x K label graph (17 bytes a pair): 6.7 GiB for K = 20,000,
+    whatever N. The check counted per-point arrays only, let this 10-row stream through on
+    a 1 GiB machine, and the solve would fail after reading it; now it is refused first."""
+    monkeypatch.setattr(exact, "physical_memory", lambda: 1 << 30)
+    stream = CallableSource(unread_rows, (10, 20_000), dtype="float32")
+    with pytest.raises(MemoryError, match="GiB for the K x K label graph"):
+        sinklabel.solve_exact(stream, 20_000, capacities=np.r_[np.ones(10), np.zeros(19_990)])
+
+
+def test_label_graph_fits_beside_the_points(monkeypatch):
+    """Memory for the points and the label graph, and no more, passes the check."""
+    N, K = 1000, 50
+    S = np.zeros((N, K), dtype=np.float32)  # read in place: no copy counted
+    need = N * (16 * (8 + 4) + exact.POINT_BYTES) + K * K * exact.PAIR_BYTES
+    monkeypatch.setattr(exact, "physical_memory", lambda: need)
+    exact.check_host_memory(as_source(S))
+    monkeypatch.setattr(exact, "physical_memory", lambda: need - 1)
+    with pytest.raises(MemoryError):
+        exact.check_host_memory(as_source(S))
+
+
+def sources(tmp_path) -> dict[str, tuple[object, np.ndarray]]:
+    """Scores in every form the exact solver reads, each with the array holding them."""
+    S = np.log(np.random.default_rng(1).dirichlet(np.ones(5), size=40)).astype(np.float32)
+    fortran = np.asfortranarray(S)
+    np.save(tmp_path / "c.npy", S)
+    np.save(tmp_path / "f.npy", fortran)
+    np.save(tmp_path / "be.npy", S.astype(">f4"))
+    mapped = {name: np.load(tmp_path / f"{name}.npy", mmap_mode="r") for name in ("c", "f", "be")}
+    half = S.astype(np.float16)
+    return {
+        "C float32": (S, S),
+        "C float64": (S.astype(np.float64),) * 2,
+        "Fortran": (fortran, fortran),
+        "float16": (half, half),
+        "row slice": (S[::2], S),
+        "memmap": (mapped["c"], mapped["c"]),
+        "Fortran memmap": (mapped["f"], mapped["f"]),
+        "big-endian memmap": (mapped["be"], mapped["be"]),
+        "stream": (CallableSource(lambda a, b: S[a:b], S.shape, "float32"), S),
+    }
+
+
+@pytest.mark.parametrize("name", ["C float32", "C float64", "Fortran", "float16", "row slice",
+                                  "memmap", "Fortran memmap", "big-endian memmap", "stream"])
+def test_scores_are_copied_exactly_where_the_memory_check_counts_a_copy(tmp_path, name):
+    """The memory check and the solver's read of the scores decide alike whether the scores
+    are copied: one function decides for both."""
+    logp, holder = sources(tmp_path)[name]
+    source = checked(as_source(logp))
+    host, _ = exact._host_scores(source, rows=7)
+    assert host.flags.c_contiguous and host.dtype in (np.float32, np.float64)
+    expected = holder if name == "stream" else np.asarray(logp)
+    assert np.array_equal(host, expected.astype(host.dtype))
+    assert exact._scores_copied(source) == (not np.shares_memory(host, holder))
+
+
+def test_float32_allowance_without_the_exact_solve_is_as_documented():
+    """exact.md: without the exact solve, float32 logits near 1e6 are allowed about 0.24 per
+    point, so a labelling that loses 1 passes the one-pass certificate, not the exact check."""
+    rng = np.random.default_rng(0)
+    S = (1e6 + rng.integers(-8, 8, size=(200, 4)) / 4).astype(np.float32)
+    best = sinklabel.solve_exact(S, 4)
+    worse = np.asarray(best.labels).copy()
+    S64 = S.astype(np.float64)
+    i, j = next((i, j) for i in range(200) for j in range(200)
+                if S64[i, worse[j]] + S64[j, worse[i]] == S64[i, worse[i]] + S64[j, worse[j]] - 1)
+    worse[i], worse[j] = worse[j], worse[i]
+    bounded = sinklabel.check(worse, S, exact=False, prices=best.prices)
+    assert bounded.certificate.rounding / 200 == pytest.approx(0.24, abs=0.01)
+    assert bounded.gap == pytest.approx(1.0) and bounded.optimal
+    assert not sinklabel.check(worse, S).optimal
+    page = " ".join((Path(__file__).parents[1] / "docs" / "exact.md").read_text().split())
+    assert "about 0.24 per point for logits near `1e6`" in page
+
+
+def test_exact_passes_ask_a_stream_for_blocks_no_larger_than_a_solve_does(monkeypatch):
+    """The GPU kernels take every row at once (``chunk_rows`` is huge): the Sinkhorn solve
+    caps a stream's blocks, but the exact solver, the certificate and ``check`` asked a
+    function for all N rows in one call (a DeviceStreamSource: N x K on the device)."""
+    from sinklabel.kernels.numpy import NumpyKernel
+
+    cap = 4 << 10
+    monkeypatch.setattr(sinklabel.sources.memory, "STREAM_BLOCK_BYTES", cap)
+    monkeypatch.setattr(NumpyKernel, "chunk_rows", lambda self, k, size: 1 << 62)
+    scores = np.log(np.random.default_rng(5).dirichlet(np.ones(4), size=600)).astype(np.float32)
+    asked: list[int] = []
+
+    def rows(start: int, stop: int) -> np.ndarray:
+        asked.append(stop - start)
+        return scores[start:stop]
+
+    source = CallableSource(rows, scores.shape)
+    solved = sinklabel.solve_exact(source, 4, backend="numpy")
+    sinklabel.duality_gap(source, solved.labels, solved.prices, backend="numpy")
+    sinklabel.check(solved, source, backend="numpy", exact=False)
+    assert asked and max(asked) * 4 * scores.itemsize <= cap
+
+
+def test_a_certificate_names_prices_spread_beyond_float32_and_checks_its_flag():
+    """Prices 1e39 apart overflow float32 scores' comparison: the error said only "logp +
+    prices overflows", with nothing to do about it; ``distributed="no"`` asked to install
+    torch instead of naming the flag."""
+    scores = np.log(np.random.default_rng(6).dirichlet(np.ones(4), size=40))
+    labels = np.arange(40) % 4
+    prices = np.array([0.0, 0.0, 0.0, 1e39])
+    with pytest.raises(ValueError, match=r"spread \(1e\+39\) is beyond the float32.*float64"):
+        sinklabel.duality_gap(scores.astype(np.float32), labels, prices)
+    assert np.isfinite(sinklabel.duality_gap(scores, labels, prices).gap)
+    with pytest.raises(TypeError, match="distributed must be True or False"):
+        sinklabel.duality_gap(scores, labels, np.zeros(4), distributed="no")
