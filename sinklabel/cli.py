@@ -9,12 +9,16 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import traceback
 import warnings
 from collections.abc import Callable
 from typing import TextIO
 
 from . import __version__
 from .sources import SourceError
+
+#: Exit code of a failure no command expects (a bug): 1 and 2 have their own meanings.
+INTERNAL_ERROR = 3
 
 #: command name -> module in sinklabel.commands defining ``configure(parser)``, ``run(args)``
 #: and ``MEMORY_HINT``, what to do when its work does not fit in memory
@@ -60,8 +64,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     """The command's exit code, or 2 with a one-line message on bad input or on work that
-    does not fit in memory: Python would print a traceback and exit with 1, which the
-    commands keep for "stopped at --max-iter"."""
+    does not fit in memory. Python would print a traceback and exit with 1, which the
+    commands keep for "stopped at --max-iter" (assign: labels saved), so anything else
+    that fails prints its traceback and exits with 3."""
     try:
         return args.run(args)
     except (ValueError, TypeError, ImportError, OSError, SourceError) as exc:
@@ -70,6 +75,11 @@ def _run(args: argparse.Namespace) -> int:
         # NumPy's says how much one array needed ("Unable to allocate 373. GiB for ...").
         needed = f" ({exc})" if str(exc) else ""
         return _error(args.command, f"not enough memory{needed}; {args.memory_hint}")
+    except Exception:
+        traceback.print_exc()
+        print(f"sinklabel {args.command}: internal error (exit 3): please report it with "
+              "the traceback above", file=sys.stderr)
+        return INTERNAL_ERROR
 
 
 def _error(command: str, message: str) -> int:

@@ -63,6 +63,21 @@ def test_a_file_failing_during_the_solve_is_an_error_not_a_traceback(scores_file
     assert "sinklabel assign: error: rows [0, 300) on pass 2" in capsys.readouterr().err
 
 
+def test_an_unexpected_failure_exits_3_not_1_which_means_labels_saved(scores_file, tmp_path,
+                                                                     capsys, monkeypatch):
+    """A bug raised an unexpected exception, and Python exits with 1 for it: the exit code
+    that means "stopped at --max-iter, labels saved" to a script. It now exits with 3."""
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr("sinklabel.commands.assign.sinkhorn", broken)
+    argv = ["assign", str(scores_file), "-k", "6", "-o", str(tmp_path / "l.npy")]
+    assert main(argv) == 3
+    err = capsys.readouterr().err
+    assert "RuntimeError: a bug" in err and "internal error (exit 3)" in err
+    assert not (tmp_path / "l.npy").exists()
+
+
 def test_help_lists_commands(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--help"])
