@@ -13,7 +13,7 @@ Record = dict[str, Any]
 def add_ratios(records: list[Record], floors: dict[tuple[str, int, str], float]) -> None:
     """Per record: per-iteration time over the floor and over the best peer on its device,
     and total time over the best peer's total (among peers that reached the tolerance,
-    when any did)."""
+    when any did, else among those that ended without NaN or inf)."""
     for rec in records:
         key = (rec["regime"], rec["n"], rec["device"])
         peers = [r for r in records if (r["regime"], r["n"], r["device"]) == key
@@ -22,7 +22,9 @@ def add_ratios(records: list[Record], floors: dict[tuple[str, int, str], float])
         rec["iter_over_floor"] = _ratio(rec.get("per_iter_s"), rec["floor_s"])
         rec["iter_over_best_peer"] = _ratio(
             rec.get("per_iter_s"), min((p["per_iter_s"] for p in peers), default=None))
-        finished = [p for p in peers if p.get("total_s") is not None]
+        # A run that ended in NaN or inf solved nothing: its time is no one's benchmark.
+        finished = [p for p in peers if p.get("total_s") is not None
+                    and p["stopped_by"] != "numerical error"]
         reached = [p for p in finished if p["stopped_by"] == "tol"] or finished
         rec["total_over_best_peer"] = _ratio(
             rec.get("total_s"), min((p["total_s"] for p in reached), default=None))
@@ -53,8 +55,8 @@ def write_json(path: Path, config: dict[str, Any], records: list[Record],
                floors: dict[tuple[str, int, str], float]) -> None:
     floor_list = [{"regime": g, "n": n, "device": d, "floor_s": s}
                   for (g, n, d), s in floors.items()]
-    path.write_text(json.dumps({"config": config, "floors": floor_list, "results": records},
-                               indent=1, default=str))
+    report = {"config": config, "floors": floor_list, "results": records}
+    path.write_text(json.dumps(_finite(report), indent=1, default=str, allow_nan=False))
 
 
 def plot(path: Path, records: list[Record], floors: dict[tuple[str, int, str], float],
@@ -88,6 +90,18 @@ def plot(path: Path, records: list[Record], floors: dict[tuple[str, int, str], f
     fig.tight_layout(rect=(0, 0.05 + 0.035 * math.ceil(len(labels) / 3), 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with NaN and infinities as None: JSON has no such numbers, and Python's
+    ``NaN`` literal breaks strict readers (jq, browsers, ``json.loads`` with a strict hook)."""
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:

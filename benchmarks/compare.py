@@ -99,6 +99,10 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("n", "k", "max_iter", "repeat"):
         if getattr(args, name) < 1:
             raise SystemExit(f"--{name.replace('_', '-')} must be >= 1")
+    if not (args.lam > 0 and args.tol > 0):
+        raise SystemExit("--lam and --tol must be > 0")
+    if args.sizes and min(args.sizes) < 1:
+        raise SystemExit("--sizes must be >= 1")
     sizes = sorted({*([args.n // 8, args.n // 4, args.n // 2] if args.sizes is None
                       else args.sizes), args.n} - {0})
     methods = discover(args.methods)

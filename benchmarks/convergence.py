@@ -155,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tol-study", action="store_true", help="only the tolerance study")
     parser.add_argument("--max-iter", type=int, default=3000)
     args = parser.parse_args(argv)
+    if args.max_iter < 1:
+        parser.error("--max-iter must be at least 1")
     if args.tol_study:
         print("| regime | N | K | tol | passes | hard-count L1 | labels != tight "
               "| SeLa: sum_i abs(c_i / c_i_new - 1) |")

@@ -20,7 +20,7 @@ import numpy as np
 
 import sinklabel
 import sinklabel.api
-from sinklabel.datasets import make_scores
+from sinklabel.datasets import REGIMES, make_scores
 from sinklabel.exp_cache import with_exp_cache
 
 
@@ -28,8 +28,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=1_000_000)
     parser.add_argument("--k", type=int, default=1000)
-    parser.add_argument("--regimes", nargs="+", default=["flat", "peaked"])
+    parser.add_argument("--regimes", nargs="+", default=list(REGIMES), choices=REGIMES)
     args = parser.parse_args(argv)
+    if args.n < 1 or args.k < 1:
+        parser.error("--n and --k must be at least 1")
 
     built = []
 

@@ -207,6 +207,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-cache", action="store_true", help="skip the cached numba pass")
     parser.add_argument("--torch", action="store_true", help="add the torch backend's passes")
     args = parser.parse_args(argv)
+    for name in ("n", "k", "rounds"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be at least 1")
+    if args.numpy_rounds < 0 or not args.lam > 0:
+        parser.error("--numpy-rounds must be at least 0 and --lam positive")
 
     from concurrent.futures import ThreadPoolExecutor
 

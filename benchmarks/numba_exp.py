@@ -80,6 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=2000)
     parser.add_argument("--calls", type=int, default=15)
     args = parser.parse_args(argv)
+    for name in ("points", "reps", "calls"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be at least 1")
 
     print(f"{'dtype':<9}{'points':>12}{'max rel err':>13}{'max ulps':>10}"
           f"{'np.exp rel':>12}{'np.exp ulps':>13}")

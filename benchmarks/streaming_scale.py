@@ -70,14 +70,25 @@ class PeakSampler:
 
 
 def write_scores(path: str, n: int, k: int, seed: int = 0) -> float:
-    """A peaked (trained-network-like) score file written block by block; seconds taken."""
+    """A peaked (trained-network-like) score file written block by block; seconds taken.
+
+    Written under another name and renamed when complete: a run stopped mid-write (minutes,
+    at 15 GB) leaves no file, rather than a half-zero one that the next run would reuse.
+    """
     begin = time.perf_counter()
-    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(n, k))
-    for index, start in enumerate(range(0, n, BLOCK_ROWS)):
-        rows = min(BLOCK_ROWS, n - start)
-        out[start:start + rows] = make_scores(rows, k, regime="peaked", seed=seed + index).scores
-    out.flush()
-    del out
+    partial = f"{path}.partial"
+    try:
+        out = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float32, shape=(n, k))
+        for index, start in enumerate(range(0, n, BLOCK_ROWS)):
+            rows = min(BLOCK_ROWS, n - start)
+            out[start:start + rows] = make_scores(rows, k, regime="peaked",
+                                                  seed=seed + index).scores
+        out.flush()
+        del out
+        os.replace(partial, path)
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)
     return time.perf_counter() - begin
 
 
@@ -94,8 +105,8 @@ def bank_function(n: int, k: int, bank_rows: int = 65_536):
 
 def warm_up(k: int) -> None:
     """Load the kernels (Numba's compiled code, thread pools) with a solve of a few rows."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", sinklabel.ConvergenceWarning)
+    with warnings.catch_warnings():  # 64 rows, 2 iterations: its warnings say nothing
+        warnings.simplefilter("ignore")
         small = bank_function(64, k, bank_rows=64)
         sinklabel.sinkhorn(CallableSource(small, (64, k), "float32"), k, max_iter=2)
 
@@ -129,11 +140,10 @@ def solve(logp, k: int, iters: int) -> dict:
     }
 
 
-def overhead(n: int, k: int, iters: int, repeats: int = 3) -> dict:
+def overhead(n: int, k: int, iters: int, folder: str, repeats: int = 3) -> dict:
     """Seconds per pass of the same scores in memory, memory-mapped (page cache warm) and
     from a function, interleaved so that a busy machine slows all three alike."""
     scores = make_scores(n, k, regime="peaked", seed=0).scores
-    folder = os.environ.get("SINKLABEL_BENCH_DIR", "/tmp")
     path = os.path.join(folder, f"sinklabel_overhead_{n}x{k}.npy")
     np.save(path, scores)
     inputs = {
@@ -153,6 +163,17 @@ def overhead(n: int, k: int, iters: int, repeats: int = 3) -> dict:
                                    for name, t in best.items()}}
 
 
+def environment_options(parser: argparse.ArgumentParser) -> tuple[int, str]:
+    """SINKLABEL_BENCH_ITERS and SINKLABEL_BENCH_DIR, checked before minutes of writing."""
+    text = os.environ.get("SINKLABEL_BENCH_ITERS", "3")
+    if not text.isdigit() or int(text) < 1:
+        parser.error(f"SINKLABEL_BENCH_ITERS must be a positive integer, got {text!r}")
+    folder = os.environ.get("SINKLABEL_BENCH_DIR", "/tmp")
+    if not os.path.isdir(folder):
+        parser.error(f"SINKLABEL_BENCH_DIR: no folder {folder}")
+    return int(text), folder
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
@@ -167,24 +188,23 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"give both N and K, or neither (got {args.size})")
     if any(size < 1 for size in args.size):
         parser.error("N and K must be positive")
+    iters, folder = environment_options(parser)
     kind = args.kind
     n, k = args.size or DEFAULTS[kind]
-    iters = int(os.environ.get("SINKLABEL_BENCH_ITERS", "3"))
     report: dict = {"kind": kind, "N": n, "K": k, "gb_float32": round(n * k * 4 / 1e9, 2)}
     if kind == "overhead":
-        report.update(overhead(n, k, iters))
+        report.update(overhead(n, k, iters, folder))
     elif kind == "callable":
         report.update(solve(CallableSource(bank_function(n, k), (n, k), "float32"), k, iters))
     else:
-        folder = os.environ.get("SINKLABEL_BENCH_DIR", "/tmp")
         path = os.path.join(folder, f"sinklabel_scores_{n}x{k}.npy")
-        if not os.path.exists(path):
-            report["write_s"] = round(write_scores(path, n, k), 1)
         try:
+            if not os.path.exists(path):
+                report["write_s"] = round(write_scores(path, n, k), 1)
             logp = np.load(path, mmap_mode="r")
             report.update(solve(logp, k, iters))
         finally:
-            if os.environ.get("SINKLABEL_BENCH_KEEP") != "1":
+            if os.environ.get("SINKLABEL_BENCH_KEEP") != "1" and os.path.exists(path):
                 os.remove(path)
     print(json.dumps(report))
     return 0

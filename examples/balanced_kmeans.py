@@ -47,6 +47,13 @@ def default_temperature(d2: np.ndarray) -> float:
     return 1.0  # all points identical: any positive scale gives the same (tied) scores
 
 
+def updated_centers(x: np.ndarray, labels: np.ndarray, centers: np.ndarray) -> np.ndarray:
+    """Each cluster's mean. A cluster can be left empty when rows tie (identical points all
+    go to one label): it keeps its centre, where a mean of nothing would be NaN."""
+    return np.stack([x[labels == j].mean(axis=0) if np.any(labels == j) else centers[j]
+                     for j in range(len(centers))])
+
+
 def balanced_kmeans(
     x: np.ndarray,
     k: int,
@@ -75,7 +82,7 @@ def balanced_kmeans(
         result = sinkhorn(scores, k, lam=lam, tol=tol, init=potentials)
         settled = labels is not None and np.array_equal(labels, result.labels)
         labels, potentials = result.labels, result.potentials
-        centers = np.stack([x[labels == j].mean(axis=0) for j in range(k)])
+        centers = updated_centers(x, labels, centers)
         if settled:
             break
     return BalancedKMeans(labels, centers, n_iter, temperature)

@@ -215,9 +215,17 @@ def plot_problem(path: str) -> str | None:
     """Why the plot could not be saved to ``path``, checked before minutes of training."""
     if importlib.util.find_spec("matplotlib") is None:
         return "saving the plot needs matplotlib (pip install 'sinklabel[examples]')"
-    folder = Path(path).resolve().parent
-    if not folder.is_dir():
-        return f"no folder {folder}"
+    target = Path(path).resolve()
+    if not target.parent.is_dir():
+        return f"no folder {target.parent}"
+    if target.is_dir():
+        return f"{target} is a folder, not a file name"
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    # matplotlib picks the format from the extension (and adds ".png" when there is none).
+    formats = FigureCanvasAgg.get_supported_filetypes()
+    if target.suffix[1:].lower() not in formats:
+        return f"name an image file, such as plot.png (extensions: {', '.join(sorted(formats))})"
     return None
 
 

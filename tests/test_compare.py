@@ -272,3 +272,71 @@ def test_the_documented_smoke_run_runs_each_benchmark_once():
     assert run.returncode == 0, run.stdout + run.stderr
     ids = [line for line in run.stdout.splitlines() if "::" in line]
     assert ids and len(ids) == len(set(ids))
+
+
+def _record(method: str, family: str, **fields) -> dict:
+    return {"regime": "flat", "n": 100, "k": 4, "method": method, "family": family,
+            "library": "numpy", "device": "cpu", **fields}
+
+
+def test_a_peer_that_ended_in_nan_is_nobodys_best_total():
+    """SeLa's float32 loop at a large lam gives NaN after one quick iteration: that run solved
+    nothing and must not become the best peer's total that every other method divides by."""
+    from benchmarks._report import add_ratios
+
+    records = [
+        _record("sinklabel numba (numpy)", "sinklabel", per_iter_s=1e-3, total_s=0.02,
+                stopped_by="tol"),
+        _record("SeLa reference float32 (numpy)", "peer", per_iter_s=1e-4, total_s=1e-4,
+                stopped_by="numerical error"),
+        _record("POT sinkhorn (numpy)", "peer", per_iter_s=2e-4, total_s=0.04, stopped_by="cap"),
+    ]
+    add_ratios(records, {("flat", 100, "cpu"): 1e-4})
+    assert records[0]["total_over_best_peer"] == pytest.approx(0.5)  # against POT's 0.04 s
+
+
+def test_the_json_holds_no_nan_for_strict_readers(tmp_path):
+    """A NaN error (a run that ended in NaN) was written as the bare word NaN: not JSON."""
+    from benchmarks._report import write_json
+
+    def strict(name: str) -> None:
+        raise ValueError(f"{name} is not JSON")
+
+    record = _record("SeLa reference float32 (numpy)", "peer", per_iter_s=1e-4, total_s=1e-4,
+                     error=float("nan"), stopped_by="numerical error", ratios=[float("inf")])
+    write_json(tmp_path / "compare.json", {"lam": 200.0}, [record], {("flat", 100, "cpu"): 1e-4})
+    report = json.loads((tmp_path / "compare.json").read_text(), parse_constant=strict)
+    assert report["results"][0]["error"] is None and report["results"][0]["ratios"] == [None]
+    assert report["results"][0]["total_s"] == 1e-4 and report["config"] == {"lam": 200.0}
+
+
+@pytest.mark.parametrize(("script", "argv", "message"), [
+    ("cpu_iteration", ["--rounds", "0"], "--rounds"),  # printed NaN medians
+    ("cpu_iteration", ["--n", "0"], "--n"),
+    ("cpu_iteration", ["--numpy-rounds", "-1"], "--numpy-rounds"),
+    ("cpu_cached_solve", ["--regimes", "peakd"], "invalid choice"),  # after the header
+    ("cpu_cached_solve", ["--k", "0"], "--k"),
+    ("numba_exp", ["--calls", "0"], "--calls"),  # ZeroDivisionError after the accuracy table
+    ("convergence", ["--max-iter", "0"], "--max-iter"),
+])
+def test_benchmark_scripts_refuse_bad_options_before_any_work(script, argv, message, capsys,
+                                                              monkeypatch):
+    module = importlib.import_module(f"benchmarks.{script}")
+    for name in ("make_scores", "_points"):
+        if hasattr(module, name):
+            monkeypatch.setattr(module, name, lambda *a, **kw: pytest.fail("worked"))
+    with pytest.raises(SystemExit) as stopped:
+        module.main(argv)
+    assert stopped.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--lam", "0"], "--lam"),  # every sinklabel method failed, the SeLa loop ran on
+    (["--tol", "-1"], "--tol"),
+    (["--sizes", "-5"], "--sizes"),  # sliced N - 5 rows and filed them under no floor
+])
+def test_compare_refuses_bad_options_before_any_work(argv, message, monkeypatch, tmp_path):
+    monkeypatch.setattr(compare, "make_scores", lambda *a, **kw: pytest.fail("worked"))
+    with pytest.raises(SystemExit, match=message):
+        compare.main(["--quick", "--out", str(tmp_path), *argv])

@@ -266,3 +266,33 @@ def test_self_label_unwritable_plot_stops_before_training(self_label, missing, t
         self_label.main(["--fast", "--out", str(out)])
     assert stopped.value.code == 2
     assert "--out" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["plot.xyz", "plot", "."])
+def test_self_label_plot_name_matplotlib_cannot_write_stops_before_training(
+        self_label, name, tmp_path, capsys, monkeypatch):
+    """An unknown extension failed in ``savefig`` after the training; no extension saved to
+    ``plot.png`` while the script said ``plot``; a folder name did either."""
+    pytest.importorskip("matplotlib")
+    monkeypatch.setattr(self_label, "run_all", lambda *args: pytest.fail("trained"))
+    with pytest.raises(SystemExit) as stopped:
+        self_label.main(["--fast", "--out", str(tmp_path / name)])
+    assert stopped.value.code == 2
+    assert "--out" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["plot.png", "plot.PDF", "plot.svg"])
+def test_self_label_plot_names_matplotlib_writes_are_accepted(self_label, name, tmp_path):
+    pytest.importorskip("matplotlib")
+    assert self_label.plot_problem(str(tmp_path / name)) is None
+
+
+@pytest.mark.filterwarnings("ignore:.*labels received no points")
+def test_balanced_kmeans_survives_clusters_left_empty_by_tied_points(kmeans):
+    """Fewer distinct points than clusters: identical rows all go to one label, two clusters
+    stay empty, and their mean of nothing (NaN) made the next solve raise on NaN scores."""
+    truth = np.repeat([0, 1], 50)
+    x = np.array([[0.0, 0.0], [1.0, 1.0]])[truth]
+    result = kmeans.balanced_kmeans(x, 4, seed=0)
+    assert np.all(np.isfinite(result.centers))
+    assert normalized_mutual_info_score(truth, result.labels) == pytest.approx(1.0)

@@ -47,6 +47,44 @@ def test_bad_arguments_stop_before_any_work(argv, message, bench_dir, capsys, mo
     assert list(bench_dir.iterdir()) == []
 
 
+@pytest.mark.parametrize("kind", ["memory", "npy"])
+def test_a_write_stopped_midway_leaves_no_file_to_reuse(kind, bench_dir, monkeypatch):
+    """Ctrl-C during the minutes-long write left the file (15 GB for ``npy``), half zeros,
+    and the next run solved it as if it were the scores."""
+    written = []
+
+    def make_scores_then_stop(rows, k, **kwargs):
+        if written:
+            raise KeyboardInterrupt
+        written.append(rows)
+        return streaming_scale.make_scores(rows, k, **kwargs)
+
+    monkeypatch.setattr(streaming_scale, "BLOCK_ROWS", 1000)
+    monkeypatch.setattr(streaming_scale, "make_scores", make_scores_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        streaming_scale.main([kind, "3000", "20"])
+    assert written and list(bench_dir.iterdir()) == []
+
+
+@pytest.mark.parametrize("name, value, message", [
+    ("SINKLABEL_BENCH_ITERS", "three", "positive integer"),
+    ("SINKLABEL_BENCH_ITERS", "0", "positive integer"),
+    ("SINKLABEL_BENCH_DIR", "/no/such/folder", "no folder"),
+])
+def test_bad_environment_options_stop_before_any_work(name, value, message, bench_dir, capsys,
+                                                      monkeypatch):
+    """A mistyped SINKLABEL_BENCH_ITERS failed after the scores were written (int() on it, or
+    sinkhorn refusing max_iter=0), a missing folder with a bare FileNotFoundError."""
+    monkeypatch.setenv(name, value)
+    monkeypatch.setattr(streaming_scale, "write_scores", lambda *args: pytest.fail("wrote"))
+    monkeypatch.setattr(streaming_scale, "solve", lambda *args: pytest.fail("solved"))
+    with pytest.raises(SystemExit) as stopped:
+        streaming_scale.main(["memory", "3000", "20"])
+    assert stopped.value.code == 2
+    assert name in capsys.readouterr().err
+    assert list(bench_dir.iterdir()) == []
+
+
 def test_help_lists_the_kinds(capsys):
     with pytest.raises(SystemExit) as stopped:
         streaming_scale.main(["--help"])
