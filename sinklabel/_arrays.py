@@ -54,3 +54,20 @@ def to_host(x: Any) -> np.ndarray:
     if library == "cupy":
         return x.get()
     return np.asarray(x)
+
+
+def from_host(values: np.ndarray, like: Any) -> Any:
+    """Host values as an array of ``like``'s library, so that results go back in the library
+    the caller passed the scores in: a torch tensor or a CuPy array on ``like``'s device,
+    NumPy values as they are."""
+    library = array_library(like)
+    if library == "torch":
+        import torch
+
+        return torch.as_tensor(values, device=like.device)
+    if library == "cupy":
+        import cupy
+
+        with like.device:  # CuPy allocates on the current device
+            return cupy.asarray(values)
+    return values

@@ -69,10 +69,10 @@ from typing import Any
 import numpy as np
 
 from . import _transport, _transport_loops
-from ._arrays import to_host
+from ._arrays import from_host, to_host
 from ._capacities import balanced_range, check_reachable, finite_per_label
 from ._simd import HAVE_NUMBA, njit, prange  # without numba, scans run in NumPy instead
-from .certificate import Certificate, _certificate_from_sums, _like, _partial_sums
+from .certificate import Certificate, _certificate_from_sums, _partial_sums
 from .collective import Collective
 from .kernels import Kernel
 from .kernels._base import compute_dtype
@@ -179,7 +179,7 @@ def balance_across_ranks(
         )
     counts = collective.sum(np.bincount(labels, minlength=K).astype(np.float64))
     return replace(
-        result, labels=_like(result.labels, labels), label_counts=counts.astype(np.int64),
+        result, labels=from_host(labels, result.labels), label_counts=counts.astype(np.int64),
         balance="exact", certificate=certificate, prices=v,
     )
 

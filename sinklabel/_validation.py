@@ -132,6 +132,29 @@ def check_init(init: Any, n_labels: int) -> np.ndarray | None:
     return potentials
 
 
+def check_prices(prices: Any, n_labels: int) -> np.ndarray:
+    """The prices as a float64 host vector of K finite real numbers."""
+    v = _host_vector("prices", prices, n_labels)
+    if not np.all(np.isfinite(v)):
+        raise ValueError("prices must be finite")
+    return v
+
+
+def check_labels(labels: Any, n_points: int, n_labels: int) -> np.ndarray:
+    """The labels as a host int64 vector of N values in ``[0, K)``, contiguous and in native
+    byte order: torch takes neither a reversed view nor a big-endian array."""
+    y = to_host(labels)
+    if y.shape != (n_points,) or not np.issubdtype(y.dtype, np.integer):
+        raise ValueError(
+            f"labels must be {n_points} integers, got shape {y.shape} and dtype {y.dtype}"
+        )
+    if y.size and (y.min() < 0 or y.max() >= n_labels):
+        raise ValueError(
+            f"labels must lie in [0, {n_labels}), got values in [{y.min()}, {y.max()}]"
+        )
+    return np.ascontiguousarray(y, dtype=np.int64)
+
+
 class RowTops:
     """The largest ``|lam * row maximum|`` of the checked scores: the size of ``lam * logp``
     at the rows' tops, which the solver's precision warning needs and its objective (a mean

@@ -8,6 +8,7 @@ import numpy as np
 
 from . import solver
 from ._arrays import device_scope
+from ._budget import bytes_per_row, default_rows, fixed_bytes, rows_for_budget
 from ._validation import (
     RowTops,
     check_chunk_scores,
@@ -27,7 +28,6 @@ from .exp_cache import table_cap, with_exp_cache
 from .kernels import Kernel, exp_tables, resolve_kernel
 from .result import SinkhornResult
 from .sources import Array, Source, as_source, checked, parse_memory
-from .sources.memory import bytes_per_row, default_rows, fixed_bytes, rows_for_budget
 
 DEFAULT_LAM = 25.0
 #: L1 distance between the plan's label marginal and the target: 1e-3 means at most 0.05%
@@ -117,8 +117,10 @@ def sinkhorn(
         row-shifted ``exp`` of each chunk, built in the first pass): later passes cost
         O(kept entries) and read a block of the scores (call a source function) only where
         some of its rows cannot be answered from the cache: after the first pass, never on
-        flat scores, in most passes on peaked ones. Results are those of the uncached solve
-        to rounding. Its memory counts against ``memory_limit`` (see
+        flat scores, in most passes on peaked ones. Each row is answered as by the uncached
+        kernel, to rounding; a label whose mass is below one rounding unit of the row sums
+        (far warm starts, starved labels) may lead the solver another way, to potentials
+        that meet the same tolerance in a different number of passes. Its memory counts against ``memory_limit`` (see
         docs/backends.md, "Caching the exponentials"). Other backends raise ValueError.
 
     Returns

@@ -45,19 +45,19 @@ from typing import Any
 
 import numpy as np
 
-from ._arrays import array_library, to_host
+from ._budget import default_rows
 from ._capacities import check_capacities
 from ._validation import (
-    _host_vector,
     check_chunk_scores,
     check_flag,
+    check_labels,
     check_positive,
+    check_prices,
     check_shape,
 )
 from .kernels import Kernel, resolve_kernel
 from .kernels._base import compute_dtype
 from .sources import Array, Source, as_source, checked
-from .sources.memory import default_rows
 
 #: Rounding of one row maximum computed in the kernel's float32 (or float64) arithmetic,
 #: relative to the picked label's ``|logp| + |d|``: 4 units of roundoff (see above).
@@ -163,33 +163,11 @@ def duality_gap(
     N, K = source.shape
     check_shape(source, K)
     lower, upper = check_capacities(capacities, N, K)
-    v = _checked_prices(prices, K)
-    y = _checked_labels(labels, N, K)
+    v = check_prices(prices, K)
+    y = check_labels(labels, N, K)
     kernel = resolve_kernel(backend, source.library)
     sums = _partial_sums(source, kernel, y, v, _certificate_rows(kernel, source, chunk_size))
     return _certificate_from_sums(sums, v, lower, upper)
-
-
-def _checked_prices(prices: Array, n_labels: int) -> np.ndarray:
-    """The prices as a float64 host vector of K finite real numbers."""
-    v = _host_vector("prices", prices, n_labels)
-    if not np.all(np.isfinite(v)):
-        raise ValueError("prices must be finite")
-    return v
-
-
-def _checked_labels(labels: Array, n_points: int, n_labels: int) -> np.ndarray:
-    """The labels as a host integer vector of N values in ``[0, K)``."""
-    y = to_host(labels)
-    if y.shape != (n_points,) or not np.issubdtype(y.dtype, np.integer):
-        raise ValueError(
-            f"labels must be {n_points} integers, got shape {y.shape} and dtype {y.dtype}"
-        )
-    if y.size and (y.min() < 0 or y.max() >= n_labels):
-        raise ValueError(
-            f"labels must lie in [0, {n_labels}), got values in [{y.min()}, {y.max()}]"
-        )
-    return y
 
 
 def _certificate_rows(kernel: Kernel, source: Source, chunk_size: int | None) -> int:
@@ -234,7 +212,7 @@ def _partial_sums(
         # Re-read the winners' scores exactly, so the sum is float64 whatever the backend.
         winner = kernel.gather(chunk, best)
         price = d[kernel.to_numpy(best)]
-        own = kernel.gather(chunk, _like(chunk, y[start:stop]))
+        own = kernel.gather(chunk, y[start:stop])
         primal -= _grouped_sum(own)
         # The kernel compared scores plus prices: its error scales with both terms, not with
         # their sum, which cancels to ~0 where the prices offset the scores. Prices near
@@ -290,7 +268,7 @@ def _cost_rounding(
     chunks = inner = 0
     for start, stop, chunk in source.chunks(rows):
         for y in labellings:
-            own = kernel.gather(chunk, _like(chunk, y[start:stop]))
+            own = kernel.gather(chunk, y[start:stop])
             magnitude += float(np.abs(own).sum())
         chunks += 1
         inner = max(inner, _grouped_additions(stop - start))
@@ -338,16 +316,3 @@ def _price_centre(v: np.ndarray) -> float:
     """The middle of the prices' range (computed without overflow)."""
     return 0.5 * float(v.max()) + 0.5 * float(v.min())
 
-
-def _like(chunk: Any, values: np.ndarray) -> Any:
-    """Host integers moved to the chunk's library and device."""
-    library = array_library(chunk)
-    if library == "torch":
-        import torch
-
-        return torch.as_tensor(values, device=chunk.device)
-    if library == "cupy":
-        import cupy
-
-        return cupy.asarray(values)
-    return values

@@ -15,13 +15,11 @@ import numpy as np
 
 from ._arrays import to_host
 from ._capacities import check_capacities
-from ._validation import check_flag, check_shape
+from ._validation import check_flag, check_labels, check_prices, check_shape
 from .certificate import (
     _UNIT64,
     Certificate,
     _certificate_rows,
-    _checked_labels,
-    _checked_prices,
     _cost_rounding,
     duality_gap,
 )
@@ -171,8 +169,8 @@ def check(
     N, K = source.shape
     check_shape(source, K)  # empty or non-float scores named before the labels they decide
     labels, result_prices = _labels_and_prices(result_or_labels, K)
-    _checked_labels(labels, N, K)  # before the exact solve, which may take minutes
-    prices = result_prices if prices is None else _checked_prices(prices, K)
+    labels = check_labels(labels, N, K)  # before the exact solve, which may take minutes
+    prices = result_prices if prices is None else check_prices(prices, K)
     if capacities is None and isinstance(result_or_labels, SinkhornResult):
         from ._capacities import balanced_range
 

@@ -37,14 +37,14 @@ from ._validation import (
     FLOAT_DTYPES,
     RowTops,
     check_exact_balance,
+    check_labels,
+    check_prices,
     check_shape,
 )
 from .certificate import (
     Certificate,
     _certificate_from_sums,
     _certificate_rows,
-    _checked_labels,
-    _checked_prices,
     _partial_sums,
 )
 from .collective import Collective
@@ -381,8 +381,8 @@ def _check_certificate_local(
     source = checked(as_source(logp))
     K = check_shape(source, source.shape[1] if len(source.shape) == 2 else 0,
                     allow_empty_rows=True)
-    v = _checked_prices(prices, K)
-    y = _checked_labels(labels, source.shape[0], K)
+    v = check_prices(prices, K)
+    y = check_labels(labels, source.shape[0], K)
     kernel = resolve_kernel(backend, source.library)
     rows = _certificate_rows(kernel, source, chunk_size)
     fingerprint = np.array(

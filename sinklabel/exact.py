@@ -22,10 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from ._arrays import array_library, is_cuda, to_host
+from ._arrays import array_library, from_host, is_cuda, to_host
 from ._capacities import balanced_range, check_capacities, check_reachable, finite_per_label
-from ._validation import check_scores, check_shape
-from .certificate import Certificate, _certificate_rows, _checked_prices, _like, duality_gap
+from ._validation import check_prices, check_scores, check_shape
+from .certificate import Certificate, _certificate_rows, duality_gap
 from .kernels import Kernel, resolve_kernel
 from .kernels._base import compute_dtype
 from .result import SinkhornResult
@@ -142,7 +142,7 @@ def solve_exact(
     N = source.shape[0]
     lower, upper = check_capacities(capacities, N, K)
     check_host_memory(source)
-    start = None if prices is None else _checked_prices(prices, K)
+    start = None if prices is None else check_prices(prices, K)
     kernel = resolve_kernel(backend, source.library)
     rows = _certificate_rows(kernel, source, chunk_size)
     check_scores(source, kernel, 1.0, rows)
@@ -177,7 +177,7 @@ def _solve_exact(
     certificate = duality_gap(source, labels, v, (lower, upper), backend=backend,
                               chunk_size=rows)
     counts = np.bincount(labels, minlength=source.shape[1]).astype(np.int64)
-    return ExactResult(_like(like, labels), v, certificate.primal, certificate, lower, upper,
+    return ExactResult(from_host(labels, like), v, certificate.primal, certificate, lower, upper,
                        counts, method)
 
 
@@ -297,6 +297,6 @@ def _streamed_scores(source: Source, rows: int) -> tuple[np.ndarray, Array]:
         host = to_host(block)
         if array is None:
             array = np.empty(source.shape, dtype=compute_dtype(host.dtype))
-            like = _like(block, np.empty(0, dtype=np.int64))  # the labels' library
+            like = from_host(np.empty(0, dtype=np.int64), block)  # the labels' library
         array[start:stop] = host
     return array, like

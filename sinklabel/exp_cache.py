@@ -6,8 +6,13 @@ chunk builds a table of those entries (a sparse, row-shifted ``exp``); later pas
 computed from the table in O(kept entries), without reading the scores (for a callable source,
 without calling it). The table knows, row by row, whether it can answer exactly for the
 potentials asked for (see ``sinklabel/kernels/_exp_cache.py`` for the bound): rows it cannot
-answer ("bad" rows) are computed from the raw scores by the uncached kernel. Every answer is
-therefore the uncached kernel's answer, to the compute dtype's rounding; only its cost varies.
+answer ("bad" rows) are computed from the raw scores by the uncached kernel. Every row's
+answer is therefore the uncached kernel's, to the compute dtype's rounding; only its cost
+varies. A label's total mass is exact to one rounding unit of the rows' sums, not relative to
+itself: a label whose mass is below that (a far warm start, a starved label) may come out as
+0 or a different tiny number, and the solver's Sinkhorn step (the log of that mass) or its
+revival of empty labels then takes another path, to potentials that meet the same tolerance
+in a different number of iterations.
 
 When to rebuild. A table is rebuilt at the potentials of the pass (from the raw chunk, with a
 window wide enough for the move that broke it) when more than ``REPAIR_SHARE`` of its rows are
@@ -51,12 +56,12 @@ from typing import Any
 
 import numpy as np
 
+from ._budget import block_state_bytes, bytes_per_row, fixed_bytes
 from .kernels import Kernel, exp_tables
 from .kernels._base import WrappingKernel
 from .sources import Array, Source, parse_memory
 from .sources._base import WrappingSource
 from .sources.checked import CheckedSource, end_pass
-from .sources.memory import block_state_bytes, bytes_per_row, fixed_bytes
 
 #: A chunk whose table fails for at most this share of its rows is repaired row by row from
 #: the raw scores; beyond it the table is rebuilt at the new potentials (a rebuild costs about
@@ -173,7 +178,6 @@ class ExpCache:
         self.drop(slot)
         slot.repaired = 0
         table = self.tables.build(block, f, lam, slot.need, self.cap)
-        self.builds += 1
         if self.nbytes + table.nbytes > self.budget:
             # The cap keeps every table within the budget; were it exceeded, the chunk would
             # stay uncached rather than be rebuilt on every pass.
@@ -290,6 +294,7 @@ class CachedKernel(WrappingKernel):
             if table is not None:
                 found = table.sweep_lse(f)
                 if found.bad.size <= REPAIR_SHARE * chunk.shape[0]:
+                    cache.builds += 1  # counted once the table has answered
                     slot.bad_when_built = int(found.bad.size)
                     return self._repaired(chunk, found, f, lam)
                 cache.drop(slot)  # fails even where it was built: the rows are too flat

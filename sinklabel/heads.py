@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import numbers
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
+from ._budget import default_rows, fixed_bytes, rows_for_budget
 from ._validation import check_positive, check_shape
 from ._warnings import held_warnings, warn
 from .api import sinkhorn
@@ -26,7 +27,6 @@ from .kernels import resolve_kernel
 from .progress import progress_label
 from .result import SinkhornResult
 from .sources import Array, as_source, checked, itemsize, parse_memory
-from .sources.memory import default_rows, fixed_bytes, rows_for_budget
 from .sources.shared import SharedReader
 
 #: Options of :func:`sinklabel.sinkhorn` that every head shares; the others (balance, cache,
@@ -68,8 +68,10 @@ def sinkhorn_heads(
     Returns
     -------
     list of SinkhornResult
-        One per head, identical to solving that head's columns alone; each head stops at
-        its own tolerance.
+        One per head, identical to solving that head's columns alone with the same
+        ``chunk_size`` (the default blocks are sized for the whole width, so a head solved
+        alone with its own default sums in another order and agrees to rounding); each head
+        stops at its own tolerance.
     """
     unknown = sorted(set(options) - set(SHARED_OPTIONS))
     if unknown:
@@ -88,6 +90,7 @@ def sinkhorn_heads(
     offsets = [sum(ks[:t]) for t in range(len(ks))]
     results: list[SinkhornResult | None] = [None] * len(ks)
     held: list[list[tuple[str, type[Warning]]]] = [[] for _ in ks]
+    finished = [threading.Event() for _ in ks]
 
     def solve_head(t: int) -> None:
         columns = slice(offsets[t], offsets[t] + ks[t])
@@ -106,25 +109,40 @@ def sinkhorn_heads(
             reader.fail(exc)
         finally:
             reader.leave(t)
+            finished[t].set()
 
-    threads = [threading.Thread(target=solve_head, args=(t,), name=f"sinklabel-head-{t}")
-               for t in range(len(ks))]
-    for thread in threads:
-        thread.start()
-    try:
-        for thread in threads:
-            thread.join()
-    except BaseException as exc:
-        reader.fail(exc)
-        for thread in threads:
-            thread.join()
-        raise
+    _run_heads(solve_head, finished, reader)
     for t, head_warnings in enumerate(held):
         for message, category in head_warnings:
             warn(f"head {t}: {message}", category)
     if reader.error is not None:
         raise reader.error
     return results  # type: ignore[return-value]
+
+
+def _run_heads(solve_head: Callable[[int], None], finished: list[threading.Event],
+               reader: SharedReader) -> None:
+    """Run one thread per head and return once every started one has finished, also when
+    the wait is interrupted (Ctrl-C): the heads are stopped and waited for, never left
+    running on the caller's scores. Finishing is awaited on events, not on ``join``: on
+    Python 3.11 a ``join`` interrupted by an exception marks its thread stopped while it
+    still runs, so a second ``join`` would return at once."""
+    started: list[threading.Thread] = []
+    try:
+        for t in range(len(finished)):
+            thread = threading.Thread(target=solve_head, args=(t,), name=f"sinklabel-head-{t}")
+            thread.start()
+            started.append(thread)
+        for event in finished[:len(started)]:
+            event.wait()
+    except BaseException as exc:
+        reader.fail(exc)  # the heads still waiting for a block, or one not started, stop
+        for event in finished[:len(started)]:
+            event.wait()
+        raise
+    finally:
+        for thread in started:
+            thread.join()
 
 
 def _check_heads(Ks: Sequence[int] | np.ndarray, shape: tuple[int, int]) -> list[int]:

@@ -128,7 +128,7 @@ def test_exact_passes_ask_a_stream_for_blocks_no_larger_than_a_solve_does(monkey
     from sinklabel.kernels.numpy import NumpyKernel
 
     cap = 4 << 10
-    monkeypatch.setattr(sinklabel.sources.memory, "STREAM_BLOCK_BYTES", cap)
+    monkeypatch.setattr(sinklabel._budget, "STREAM_BLOCK_BYTES", cap)
     monkeypatch.setattr(NumpyKernel, "chunk_rows", lambda self, k, size: 1 << 62)
     scores = np.log(np.random.default_rng(5).dirichlet(np.ones(4), size=600)).astype(np.float32)
     asked: list[int] = []

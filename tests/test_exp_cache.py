@@ -16,6 +16,7 @@ pytest.importorskip("numba")
 
 import sinklabel  # noqa: E402
 from sinklabel import ConvergenceWarning, SinkhornLabeler, sinkhorn, solver  # noqa: E402
+from sinklabel._budget import bytes_per_row, fixed_bytes  # noqa: E402
 from sinklabel.datasets import make_scores  # noqa: E402
 from sinklabel.exp_cache import (  # noqa: E402
     CachedKernel,
@@ -26,7 +27,6 @@ from sinklabel.exp_cache import (  # noqa: E402
 )
 from sinklabel.kernels import get_kernel  # noqa: E402
 from sinklabel.sources import ArrayLikeSource, ArraySource, CallableSource, checked  # noqa: E402
-from sinklabel.sources.memory import bytes_per_row, fixed_bytes  # noqa: E402
 
 NUMBA = get_kernel("numba")
 #: Potential agreement between cached and uncached solves (float32 scores: the uncached kernel
@@ -457,3 +457,16 @@ def test_a_source_error_names_the_solvers_pass(failure, message):
     # Outside the cache's passes, the checking layer counts the passes of its own readers.
     with pytest.raises(sinklabel.sources.SourceError, match="on pass 6"):
         inner.read(0, 100)
+
+
+@pytest.mark.parametrize("lam", [0.5, 5.0, 25.0])
+def test_every_chunk_pass_is_counted_once(lam):
+    """A table built and then dropped (rows too flat to screen, at small lam) counted as a
+    build and a raw pass: the counters added up to more passes than were made."""
+    scores = make_scores(1000, 200, regime="flat", seed=8).scores
+    source, kernel = _cached(scores, rows=300)
+    f = np.zeros(200)
+    for _ in range(4):
+        solver.dual_terms(source, kernel, f, lam, 300)
+    cache = source.cache
+    assert cache.builds + cache.table_passes + cache.raw_passes == 4 * -(-1000 // 300)

@@ -18,11 +18,11 @@ from hypothesis import strategies as st
 
 import sinklabel
 from sinklabel import ConvergenceWarning
+from sinklabel._budget import block_state_bytes, bytes_per_row, fixed_bytes
 from sinklabel._capacities import balanced_range
 from sinklabel.datasets import make_scores
 from sinklabel.kernels import exp_tables, get_kernel
 from sinklabel.sources import CallableSource, SourceError, as_source
-from sinklabel.sources.memory import block_state_bytes, bytes_per_row, fixed_bytes
 
 h5py = pytest.importorskip("h5py")
 

@@ -31,7 +31,7 @@ def test_heads_stream_in_blocks_no_larger_than_sinkhorns(monkeypatch):
     """A streamed source handed to sinkhorn_heads was asked for every row at once by the
     backends that take all rows at once (torch, CuPy): the whole N x K matrix in one block."""
     cap = 16 << 10
-    monkeypatch.setattr(sinklabel.sources.memory, "STREAM_BLOCK_BYTES", cap)
+    monkeypatch.setattr(sinklabel._budget, "STREAM_BLOCK_BYTES", cap)
     ks = [4, 6]
     rng = np.random.default_rng(4)
     scores = np.log(rng.dirichlet(np.ones(sum(ks)), size=4000)).astype(np.float32)

@@ -144,3 +144,16 @@ def test_a_cupy_array_makes_its_own_device_current_for_the_solve(monkeypatch):
     result.predict(scores)
     result.soft_assignments(scores)
     assert len(scoped) == 3 and all(x is scores for x in scoped)
+
+
+def test_results_in_a_cupy_callers_library_are_made_on_its_arrays_device(monkeypatch):
+    """``from_host`` made CuPy labels on the current device: an exact solve of an array on
+    device 1 returned its labels on device 0."""
+    from sinklabel import _arrays
+
+    made_on = []
+    fake = SimpleNamespace(asarray=lambda values: made_on.append(_Device.current) or values)
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    like = type("ndarray", (), {"__module__": "cupy._core.core", "device": _Device(1)})()
+    _arrays.from_host(np.arange(3), like)
+    assert made_on == [1] and _Device.current == 0

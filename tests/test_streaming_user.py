@@ -16,15 +16,15 @@ import numpy as np
 import pytest
 
 import sinklabel
-from sinklabel.datasets import make_scores
-from sinklabel.kernels import get_kernel
-from sinklabel.sources import CallableSource, Source, SourceError, checked
-from sinklabel.sources.memory import (
+from sinklabel._budget import (
     block_state_bytes,
     bytes_per_row,
     fixed_bytes,
     rows_for_budget,
 )
+from sinklabel.datasets import make_scores
+from sinklabel.kernels import get_kernel
+from sinklabel.sources import CallableSource, Source, SourceError, checked
 
 N, K = 3000, 4
 SCORES = make_scores(N, K, regime="flat", seed=7).scores

@@ -80,7 +80,8 @@ class Kernel(ABC):
 
     @abstractmethod
     def gather(self, chunk: Array, labels: Array) -> np.ndarray:
-        """chunk[i, labels[i]] for every row, float64 NumPy."""
+        """chunk[i, labels[i]] for every row, float64 NumPy. ``labels`` may be an array of
+        the chunk's library or a host NumPy integer vector (certificates pass those)."""
 
     @abstractmethod
     def to_numpy(self, x: Array) -> np.ndarray:

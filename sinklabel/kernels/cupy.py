@@ -14,7 +14,7 @@ from functools import cache
 
 import numpy as np
 
-from ._base import Kernel, compute_dtype
+from ._base import Array, Kernel, compute_dtype
 from ._buffers import CupySweepBuffers, cached
 from ._cuda import SOURCE
 from ._tuning import Tuner
@@ -48,7 +48,7 @@ class CupyKernel(Kernel):
         host sync per iteration."""
         return 1 << 62
 
-    def sweep_lse(self, chunk, f: np.ndarray, lam: float) -> tuple[np.ndarray, float]:
+    def sweep_lse(self, chunk: Array, f: np.ndarray, lam: float) -> tuple[np.ndarray, float]:
         """One fused pass: the block partials of the masses and of the rows' log-sum-exps are
         reduced on the device and copied to the host together (one sync)."""
         import cupy as cp
@@ -57,7 +57,7 @@ class CupyKernel(Kernel):
         with x.device:  # kernels launch, and buffers live, on the current device
             return self._sweep_lse(x, f, lam, cp)
 
-    def _sweep_lse(self, x, f: np.ndarray, lam: float, cp) -> tuple[np.ndarray, float]:
+    def _sweep_lse(self, x: Array, f: np.ndarray, lam: float, cp) -> tuple[np.ndarray, float]:
         plan = _sweep_plan(x)
         if plan is None:
             return _split(_blocked_sweep_lse(x, f, lam, cp).get())
@@ -93,7 +93,7 @@ class CupyKernel(Kernel):
         TUNER.run(launch, plan, key, result, tune=tune)
         return totals()
 
-    def best(self, chunk, f: np.ndarray, lam: float):
+    def best(self, chunk: Array, f: np.ndarray, lam: float) -> tuple[Array, Array]:
         import cupy as cp
 
         x = _floating(chunk)
@@ -110,7 +110,7 @@ class CupyKernel(Kernel):
                    (x, coef, values, labels, np.int64(n_rows), *_strides(x), np.int32(n_cols)))
         return values, labels
 
-    def slack(self, chunk, f: np.ndarray, lam: float) -> np.ndarray:
+    def slack(self, chunk: Array, f: np.ndarray, lam: float) -> np.ndarray:
         import cupy as cp
 
         x = _floating(chunk)
@@ -121,7 +121,7 @@ class CupyKernel(Kernel):
                 result = top if result is None else cp.maximum(result, top)
             return result.astype(cp.float64).get()
 
-    def soft(self, chunk, f: np.ndarray, lam: float):
+    def soft(self, chunk: Array, f: np.ndarray, lam: float) -> Array:
         import cupy as cp
 
         x = _floating(chunk)
@@ -133,19 +133,19 @@ class CupyKernel(Kernel):
                 out[start:start + z.shape[0]] = z
         return out
 
-    def gather(self, chunk, labels) -> np.ndarray:
+    def gather(self, chunk: Array, labels: Array) -> np.ndarray:
         import cupy as cp
 
         with chunk.device:
             index = cp.asarray(labels).astype(cp.int64)[:, None]
             return cp.take_along_axis(chunk, index, axis=1)[:, 0].astype(cp.float64).get()
 
-    def to_numpy(self, x) -> np.ndarray:
+    def to_numpy(self, x: Array) -> np.ndarray:
         import cupy as cp
 
         return cp.asnumpy(x)
 
-    def empty_labels(self, n: int, like):
+    def empty_labels(self, n: int, like: Array | None) -> Array:
         import cupy as cp
 
         if like is None:
@@ -153,7 +153,7 @@ class CupyKernel(Kernel):
         with like.device:
             return cp.empty(n, dtype=cp.int64)
 
-    def empty_rows(self, n: int, like):
+    def empty_rows(self, n: int, like: Array) -> Array:
         import cupy as cp
 
         with like.device:

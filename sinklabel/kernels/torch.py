@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .._arrays import to_host
-from ._base import Kernel, compute_dtype
+from ._base import Array, Kernel, compute_dtype
 
 if TYPE_CHECKING:
     import torch
@@ -87,7 +87,9 @@ class TorchKernel(Kernel):
             lse += (top[:, 0].double() + row_sums.double().log()).sum()
         return mass.cpu().numpy(), float(lse)
 
-    def best(self, chunk: torch.Tensor, f: np.ndarray, lam: float):
+    def best(
+        self, chunk: torch.Tensor, f: np.ndarray, lam: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         x = _readable(chunk)
         fused = _fused(x)
         if fused is not None:
@@ -134,17 +136,17 @@ class TorchKernel(Kernel):
             out[start:start + p.shape[0]] = p.div_(p.sum(dim=1, keepdim=True))
         return out
 
-    def gather(self, chunk: torch.Tensor, labels) -> np.ndarray:
+    def gather(self, chunk: torch.Tensor, labels: Array) -> np.ndarray:
         import torch
 
         x = _readable(chunk)
         index = torch.as_tensor(labels, device=x.device).long()[:, None]
         return x.gather(1, index)[:, 0].double().cpu().numpy()
 
-    def to_numpy(self, x) -> np.ndarray:
+    def to_numpy(self, x: Array) -> np.ndarray:
         return to_host(x)
 
-    def empty_labels(self, n: int, like) -> torch.Tensor:
+    def empty_labels(self, n: int, like: torch.Tensor | None) -> torch.Tensor:
         import torch
 
         device = like.device if like is not None else "cpu"

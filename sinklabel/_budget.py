@@ -1,0 +1,113 @@
+"""Memory budgets: ``memory_limit="1GB"`` becomes a number of rows per block.
+
+A solve's extra memory is O(rows x K + N + K): the block the source materialises and the
+kernel's temporaries grow with the block; the labels (int64, written block by block into
+one vector) with N, and a streamed source's fingerprints with the number of blocks; the
+potentials and accumulators with K. The budget is that extra memory, not counting the scores
+themselves when they are already in memory or memory-mapped.
+"""
+
+from __future__ import annotations
+
+from .kernels import Kernel
+from .sources._base import Source, itemsize
+
+#: Bytes per row of the solve that do not depend on K: the row's label (int64) in the label
+#: vector, and again in its host copy for the label counts.
+BYTES_PER_POINT = 16
+#: Bytes per label: L-BFGS's buffer of curvature pairs (4 x 10 float64 K-vectors), the
+#: potentials, accumulators, target and a few more float64 K-vectors.
+BYTES_PER_LABEL = 512
+#: Bytes per block that a streamed source's checking layer keeps for the whole solve: the
+#: block's fingerprint (38 float64 values) and the entries that hold it, measured at up to
+#: about 710. Blocks of a few rows make it the solve's largest cost per point.
+BYTES_PER_BLOCK = 1024
+#: Largest block of scores a streamed source (file, function) produces at once by default.
+STREAM_BLOCK_BYTES = 256 << 20
+
+
+def bytes_per_row(source: Source, kernel: Kernel, width: int | None = None) -> int:
+    """Memory one more row in a block costs: what the source materialises plus the kernel's
+    temporaries (for ``width`` labels, default the source's K)."""
+    k = source.shape[1] if width is None else width
+    return source.bytes_per_row() + kernel.workspace_bytes_per_row(k, itemsize(source.dtype))
+
+
+def fixed_bytes(n_points: int, n_labels: int) -> int:
+    """Memory of a solve that does not grow with the block: O(N + K)."""
+    return BYTES_PER_POINT * n_points + BYTES_PER_LABEL * n_labels
+
+
+def block_state_bytes(n_points: int, rows: int) -> int:
+    """Memory a streamed source's checking layer keeps for ``n_points`` rows read in blocks
+    of ``rows``: a fingerprint per block, kept from the first pass to the last."""
+    return BYTES_PER_BLOCK * -(-n_points // rows)
+
+
+def rows_for_budget(budget: int, fixed: int, per_row: int, *, cache: bool = False,
+                    streamed_points: int = 0) -> int:
+    """The most rows per block that keep ``fixed + rows * per_row`` within ``budget``, or
+    within half of it with ``cache`` (the cached exponentials take the other half).
+
+    ``streamed_points`` rows of a streamed source also keep a fingerprint per block
+    (:func:`block_state_bytes`): fewer, larger blocks then fit where small ones would not.
+    """
+    share = 2 if cache else 1
+    room = budget // share - fixed
+    per_row = max(1, per_row)
+    rows = room // per_row
+    if streamed_points and rows >= 1:
+        rows = _rows_with_block_state(room, per_row, streamed_points)
+    if rows < 1:
+        needs = " with cache=True: the blocks get half of it and need" if cache else ": it needs"
+        blocks = (f" and {BYTES_PER_BLOCK} bytes per block to check the streamed scores"
+                  if streamed_points else "")
+        least = fixed + _least_block_bytes(per_row, streamed_points)
+        raise ValueError(
+            f"memory_limit={budget} bytes is too small for this problem{needs} "
+            f"{fixed} bytes for per-point and per-label state plus {per_row} bytes per row "
+            f"of a block{blocks}, so at least {share * least} bytes"
+        )
+    return int(rows)
+
+
+def _rows_with_block_state(room: int, per_row: int, n_points: int) -> int:
+    """The most rows whose blocks fit ``room`` bytes with their fingerprints, or 0.
+
+    Fewer blocks mean longer ones: the answer has the fewest blocks that fit, found counting
+    up from those that blocks of ``room // per_row`` rows would need, each block as long as
+    what that many fingerprints leave allows (and short enough to make that many blocks).
+    """
+    first = -(-n_points // max(1, room // per_row))
+    for blocks in range(max(1, first), n_points + 1):
+        left = room - BYTES_PER_BLOCK * blocks
+        if left < per_row:
+            break
+        longest = left // per_row
+        if blocks > 1:
+            longest = min(longest, -(-n_points // (blocks - 1)) - 1)
+        if longest >= -(-n_points // blocks):
+            return longest
+    return 0
+
+
+def _least_block_bytes(per_row: int, n_points: int) -> int:
+    """Memory the cheapest blocks take with their fingerprints (one row when nothing is kept
+    per block): the least over block counts, each block as short as that count allows."""
+    if not n_points:
+        return per_row
+    least = per_row * n_points + BYTES_PER_BLOCK
+    blocks = 2
+    while blocks <= n_points and BYTES_PER_BLOCK * blocks < least:
+        least = min(least, per_row * -(-n_points // blocks) + BYTES_PER_BLOCK * blocks)
+        blocks += 1
+    return least
+
+
+def default_rows(kernel: Kernel, source: Source) -> int:
+    """The backend's rows per chunk, at most ``STREAM_BLOCK_BYTES`` of a streamed source: GPU
+    kernels take all rows at once, a file or a function must not be asked for them."""
+    rows = kernel.chunk_rows(source.shape[1], itemsize(source.dtype))
+    if source.in_memory:
+        return rows
+    return min(rows, max(1, STREAM_BLOCK_BYTES // (source.shape[1] * itemsize(source.dtype))))
