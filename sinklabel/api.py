@@ -120,8 +120,9 @@ def sinkhorn(
         flat scores, in most passes on peaked ones. Each row is answered as by the uncached
         kernel, to rounding; a label whose mass is below one rounding unit of the row sums
         (far warm starts, starved labels) may lead the solver another way, to potentials
-        that meet the same tolerance in a different number of passes. Its memory counts against ``memory_limit`` (see
-        docs/backends.md, "Caching the exponentials"). Other backends raise ValueError.
+        that meet the same tolerance in a different number of passes. Its memory counts
+        against ``memory_limit`` (see docs/backends.md, "Caching the exponentials"). Other
+        backends raise ValueError.
 
     Returns
     -------
@@ -333,6 +334,7 @@ def _apply_potentials(
         if out is None:  # within memory_limit, only the result itself is outside it
             out = kernel.empty_rows(source.shape[0], part)
         out[start:stop] = part
+        del part  # not held while the next chunk's is computed
     return out
 
 
