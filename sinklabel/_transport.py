@@ -59,6 +59,8 @@ BOUNDARY_GROWTH = 4.0
 #: measured again.
 ROUND_PATHS = 16
 ROWS_PER_BLOCK = 8192
+#: Scores of the closed labels read at a time (float64) when pricing them.
+CLOSED_BLOCK = 1 << 20
 
 
 #: Why no labelling exists, when no single label can be named: the points that may take a
@@ -207,6 +209,7 @@ def _exact_finish(
         return 0, vz, 0
     share = BOUNDARY_SHARE
     paths = 0
+    graph = _label_graph(K)  # one for every round: a second would double the K x K memory
     while True:
         rank = int(share * (N - 1))
         theta = float(np.partition(margin, rank)[rank]) if share <= 0.5 else np.inf
@@ -216,7 +219,7 @@ def _exact_finish(
         nxt = np.empty(N, np.int64)
         prv = np.empty(N, np.int64)
         _loop(loops.link_members, use_numba)(points, labels, head, nxt, prv)
-        D, Darg, stale = _label_distances(S, labels, points, head, nxt, use_numba)
+        D, Darg, stale = _label_distances(S, labels, points, head, nxt, use_numba, graph)
         budget = np.iinfo(np.int64).max if max_settled == np.inf else int(max_settled)
         status, vz, done, settled, needed = _loop(loops.shortest_paths, use_numba)(
             S, labels, v, vz, lower, upper, z, np.bincount(labels, minlength=K), head, nxt,
@@ -306,17 +309,20 @@ def _closed_label_prices(
     A closed label's price only enters the dual bound through the points' best values, so any
     price below every point's slack is as good; one clearly below keeps rounding from making
     a closed label a point's favourite (and the certified gap positive).
+
+    Read in blocks of whole rows, not a column per closed label (a pass over the scores
+    each, with a cache line read per score). A score of -inf gives a slack of +inf, the only
+    non-finite one (the scores are checked), so the least slack is the least finite one.
     """
     rows = np.arange(S.shape[0])
     utility = S[rows, labels].astype(np.float64) + v[labels]
-    out = np.empty(closed.size)
-    for k, y in enumerate(closed):
-        with np.errstate(invalid="ignore"):
-            slack = utility - S[:, y].astype(np.float64)
-        finite = slack[np.isfinite(slack)]
-        low = float(finite.min()) if finite.size else 0.0
-        out[k] = low - (1.0 + abs(low))
-    return out
+    low = np.full(closed.size, np.inf)
+    step = max(1, CLOSED_BLOCK // closed.size)
+    for start in range(0, S.shape[0], step):
+        block = S[start:start + step][:, closed].astype(np.float64)
+        np.minimum(low, (utility[start:start + step, None] - block).min(axis=0), out=low)
+    low[low == np.inf] = 0.0  # no finite slack: no point can take the label at all
+    return low - (1.0 + np.abs(low))
 
 
 def _auction(
@@ -447,6 +453,11 @@ def _label_margins(S: np.ndarray, v: np.ndarray, labels: np.ndarray, use_numba: 
     return margin
 
 
+def _label_graph(K: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Uninitialised ``D``, ``Darg`` and ``stale`` for :func:`_label_distances` to fill."""
+    return np.empty((K, K)), np.empty((K, K), np.int64), np.empty((K, K), np.bool_)
+
+
 def _label_distances(
     S: np.ndarray,
     labels: np.ndarray,
@@ -454,16 +465,20 @@ def _label_distances(
     head: np.ndarray,
     nxt: np.ndarray,
     use_numba: bool,
+    graph: tuple[np.ndarray, np.ndarray, np.ndarray],
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``D[a, b] = min over the given points i of label a of S[i, a] - S[i, b]`` (float64),
-    its arg-minima, and the (all false) stale flags that ``shortest_paths`` keeps."""
+    its arg-minima, and the (all false) stale flags that ``shortest_paths`` keeps, written
+    over ``graph`` (from :func:`_label_graph`): the compiled loop sets every entry itself,
+    in parallel, so it is not filled here first (17 K^2 bytes written once, not twice)."""
     K = S.shape[1]
-    D = np.full((K, K), np.inf)
-    Darg = np.full((K, K), -1, np.int64)
-    stale = np.zeros((K, K), np.bool_)
+    D, Darg, stale = graph
     if use_numba:
         loops.label_distances(S, head, nxt, D, Darg, stale)
         return D, Darg, stale
+    D.fill(np.inf)
+    Darg.fill(-1)
+    stale.fill(False)
     order = points[np.argsort(labels[points], kind="stable")]
     sizes = np.bincount(labels[points], minlength=K)
     ends = np.cumsum(sizes)

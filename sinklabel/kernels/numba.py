@@ -477,12 +477,20 @@ def _row_ranges(n_rows: int, n_labels: int) -> list[tuple[int, int]]:
     return [(lo, min(n_rows, lo + rows)) for lo in range(0, n_rows, rows)]
 
 
+#: Bytes of per-task label sums a sweep holds at once (more when the threads need more).
+SUMS_BYTES = 16 << 20
+
+
 class _RowThreads:
     """Runs row-range kernel calls on ``count()`` threads, the caller's included, the others
     from one pool per process (kernel objects are made per solve; their threads are not)."""
 
     def __init__(self, count: Callable[[], int]) -> None:
         self._count = count
+
+    def count(self) -> int:
+        """Threads a ``run`` uses at most."""
+        return self._count()
 
     def run(self, kernel, calls: list[tuple]) -> None:
         """``kernel(*args)`` for every ``args`` in ``calls``, in parallel, in any order."""
@@ -606,13 +614,32 @@ class NumbaKernel(Kernel):
         n, k = chunk.shape
         underflow = f_typed.dtype.type(_UNDERFLOW[f_typed.dtype])
         ranges = _row_ranges(n, k)
-        acc = np.zeros((len(ranges), k + 1))
-        self._threads.run(_sweep_rows, [
-            (buf, lo, hi, k, ld, f_typed, lam_typed, underflow, acc[t])
-            for t, (lo, hi) in enumerate(ranges)
-        ])
-        total = acc.sum(axis=0)
+        wave = self._tasks_per_wave(len(ranges), k + 1)
+        acc = np.zeros((wave, k + 1))
+        total = None
+        for first in range(0, max(1, len(ranges)), wave):  # once for a chunk of no rows
+            tasks = ranges[first:first + wave]
+            sums = acc[:len(tasks)]
+            if total is not None:
+                sums.fill(0.0)
+            self._threads.run(_sweep_rows, [
+                (buf, lo, hi, k, ld, f_typed, lam_typed, underflow, sums[t])
+                for t, (lo, hi) in enumerate(tasks)
+            ])
+            if total is not None:
+                sums[0] += total  # as NumPy's sum adds: in task order, one task at a time
+            total = sums.sum(axis=0)
         return total[:k], float(total[k])
+
+    def _tasks_per_wave(self, n_tasks: int, width: int) -> int:
+        """Tasks whose float64 sums of ``width`` are held at once.
+
+        A task covers 2 MiB of scores, or one row: from K = 2**19 float32 scores on, every
+        row is a task and its sums take twice its bytes. Held for every task of a chunk at
+        once, they took 2.3 times the scores' memory (20 x 10**6, 2 threads); in waves they
+        are added in the same order, so the result keeps its bits.
+        """
+        return max(1, min(n_tasks, max(2 * self._threads.count(), SUMS_BYTES // (8 * width))))
 
     def best(self, chunk: np.ndarray, f: np.ndarray, lam: float) -> tuple[np.ndarray, np.ndarray]:
         buf, ld, f_typed, lam_typed = self._inputs(chunk, f, lam)
