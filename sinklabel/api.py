@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -320,9 +321,12 @@ def _apply_potentials(
     check_shape(source, result.potentials.shape[0])
     kernel = _kernel_for(result.backend, source.library)
     rows = _chunk_rows(chunk_size, kernel, source, memory_limit)
-    source = _checked_scores(source, kernel, result.lam, rows)
     # A writable copy: torch warns when it wraps the result's read-only potentials.
     f, lam = np.array(result.potentials), result.lam
+    if what == "labels" and source.in_memory:  # one pass: checked by its row maxima
+        with np.errstate(over="ignore", invalid="ignore"):  # what the check looks for
+            return solver.assign(source, kernel, f, lam, rows, _top_check(kernel, lam))
+    source = _checked_scores(source, kernel, lam, rows)
     if what == "labels":
         return solver.assign(source, kernel, f, lam, rows)
     out = None
@@ -336,6 +340,22 @@ def _apply_potentials(
         out[start:stop] = part
         del part  # not held while the next chunk's is computed
     return out
+
+
+def _top_check(kernel: Kernel, lam: float) -> Callable[[int, Array, Array], None]:
+    """The check of in-memory scores made on a labelling pass's row maxima instead of in a
+    pass of its own. A row's best ``lam * logp + f`` is finite unless the row holds NaN or
+    +inf, only -inf, or scores that overflow times lam, which the scores' check then names:
+    potentials are below the square root of the dtype's largest number, far less than the
+    spacing of numbers near it, so adding them cannot overflow."""
+    def check(start: int, chunk: Array, top: Array) -> None:
+        if not np.all(np.isfinite(kernel.to_numpy(top))):
+            check_chunk_scores(start, chunk, kernel, lam)
+            raise RuntimeError(f"rows [{start}, {start + chunk.shape[0]}) passed the scores' "
+                               "check but their best lam * logp + potentials is not finite: "
+                               "this is a bug in sinklabel, please report it")
+
+    return check
 
 
 def _kernel_for(backend: str, library: str) -> Kernel:

@@ -108,7 +108,8 @@ class SinkhornResult:
         """Label new rows from the saved potentials, with no further Sinkhorn work.
 
         Each row takes ``argmax_y lam * logp[i, y] + potentials[y]``, ``chunk_size`` rows at a
-        time (default: the backend's); int64 labels in the input's array library.
+        time (default: the backend's); int64 labels in the input's array library. Scores
+        in memory are read once: NaN, +inf and rows of -inf are found from each row's best.
         """
         from .api import apply_potentials
 

@@ -466,17 +466,24 @@ def _warn_imprecise(size: float, dtype: np.dtype, returned_resolved: bool) -> No
     warn(message, PrecisionWarning)
 
 
-def assign(source: Source, kernel: Kernel, f: np.ndarray, lam: float, rows: int) -> Array:
+def assign(
+    source: Source, kernel: Kernel, f: np.ndarray, lam: float, rows: int,
+    check: Callable[[int, Array, Array], None] | None = None,
+) -> Array:
     """Hard labels argmax_y (lam * S[i, y] + f[y]) in the source's array library.
 
     Each chunk's labels go straight into one preallocated vector: at N = 10 million the
-    labels are 80 MB, and joining per-chunk parts would hold them twice.
+    labels are 80 MB, and joining per-chunk parts would hold them twice. ``check(start,
+    chunk, top)`` sees each chunk's row maxima, for scores not checked before this pass.
     """
     labels = None
     for start, stop, chunk in source.chunks(rows):
         if labels is None:
             labels = kernel.empty_labels(source.shape[0], chunk)
-        labels[start:stop] = kernel.best(chunk, f, lam)[1]
+        top, best = kernel.best(chunk, f, lam)
+        if check is not None:
+            check(start, chunk, top)
+        labels[start:stop] = best
     return kernel.empty_labels(0, None) if labels is None else labels
 
 

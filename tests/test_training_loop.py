@@ -110,3 +110,27 @@ def test_a_label_weight_that_is_not_positive_is_named_with_its_label(logp, bad):
     named = rf"got {bad:g} for label 2 \(and 1 more\): .*drop its column"
     with pytest.raises(ValueError, match=named):
         sinkhorn(logp, 5, label_weights=weights)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_predict_reads_in_memory_scores_once_and_still_names_bad_rows(logp, monkeypatch,
+                                                                      backend):
+    """predict checked in-memory scores in a pass of their own before labelling them in a
+    second: the labelling pass's row maxima now carry the check (half the reads)."""
+    pytest.importorskip(backend)
+    result = sinkhorn(logp, 5, backend=backend)
+
+    def no_pass(*args, **kwargs):
+        raise AssertionError("a separate check pass read the scores")
+
+    monkeypatch.setattr(sinklabel.api, "check_scores", no_pass)
+    np.testing.assert_array_equal(result.predict(logp), result.labels)
+    for row, value, message in [(3, np.nan, "NaN \\(row 3\\)"), (4, np.inf, "\\+inf")]:
+        bad = logp.copy()
+        bad[row, 1] = value
+        with pytest.raises(ValueError, match=message):
+            result.predict(bad)
+    bad = logp.copy()
+    bad[6] = -np.inf
+    with pytest.raises(ValueError, match="row 6 of logp has no finite score"):
+        result.predict(bad)
