@@ -9,6 +9,7 @@ themselves when they are already in memory or memory-mapped.
 
 from __future__ import annotations
 
+from ._validation import check_positive
 from .kernels import Kernel
 from .sources._base import Source, itemsize
 
@@ -45,24 +46,25 @@ def block_state_bytes(n_points: int, rows: int) -> int:
 
 
 def rows_for_budget(budget: int, fixed: int, per_row: int, *, cache: bool = False,
-                    streamed_points: int = 0) -> int:
+                    streamed_points: int = 0, block_bytes: int = BYTES_PER_BLOCK) -> int:
     """The most rows per block that keep ``fixed + rows * per_row`` within ``budget``, or
     within half of it with ``cache`` (the cached exponentials take the other half).
 
-    ``streamed_points`` rows of a streamed source also keep a fingerprint per block
-    (:func:`block_state_bytes`): fewer, larger blocks then fit where small ones would not.
+    ``streamed_points`` rows of a streamed source also keep ``block_bytes`` per block (a
+    fingerprint, :func:`block_state_bytes`; one per head and layer when several read each
+    block): fewer, larger blocks then fit where small ones would not.
     """
     share = 2 if cache else 1
     room = budget // share - fixed
     per_row = max(1, per_row)
     rows = room // per_row
     if streamed_points and rows >= 1:
-        rows = _rows_with_block_state(room, per_row, streamed_points)
+        rows = _rows_with_block_state(room, per_row, streamed_points, block_bytes)
     if rows < 1:
         needs = " with cache=True: the blocks get half of it and need" if cache else ": it needs"
-        blocks = (f" and {BYTES_PER_BLOCK} bytes per block to check the streamed scores"
+        blocks = (f" and {block_bytes} bytes per block to check the streamed scores"
                   if streamed_points else "")
-        least = fixed + _least_block_bytes(per_row, streamed_points)
+        least = fixed + _least_block_bytes(per_row, streamed_points, block_bytes)
         raise ValueError(
             f"memory_limit={budget} bytes is too small for this problem{needs} "
             f"{fixed} bytes for per-point and per-label state plus {per_row} bytes per row "
@@ -71,7 +73,7 @@ def rows_for_budget(budget: int, fixed: int, per_row: int, *, cache: bool = Fals
     return int(rows)
 
 
-def _rows_with_block_state(room: int, per_row: int, n_points: int) -> int:
+def _rows_with_block_state(room: int, per_row: int, n_points: int, block_bytes: int) -> int:
     """The most rows whose blocks fit ``room`` bytes with their fingerprints, or 0.
 
     Fewer blocks mean longer ones: the answer has the fewest blocks that fit, found counting
@@ -80,7 +82,7 @@ def _rows_with_block_state(room: int, per_row: int, n_points: int) -> int:
     """
     first = -(-n_points // max(1, room // per_row))
     for blocks in range(max(1, first), n_points + 1):
-        left = room - BYTES_PER_BLOCK * blocks
+        left = room - block_bytes * blocks
         if left < per_row:
             break
         longest = left // per_row
@@ -91,15 +93,15 @@ def _rows_with_block_state(room: int, per_row: int, n_points: int) -> int:
     return 0
 
 
-def _least_block_bytes(per_row: int, n_points: int) -> int:
+def _least_block_bytes(per_row: int, n_points: int, block_bytes: int) -> int:
     """Memory the cheapest blocks take with their fingerprints (one row when nothing is kept
     per block): the least over block counts, each block as short as that count allows."""
     if not n_points:
         return per_row
-    least = per_row * n_points + BYTES_PER_BLOCK
+    least = per_row * n_points + block_bytes
     blocks = 2
-    while blocks <= n_points and BYTES_PER_BLOCK * blocks < least:
-        least = min(least, per_row * -(-n_points // blocks) + BYTES_PER_BLOCK * blocks)
+    while blocks <= n_points and block_bytes * blocks < least:
+        least = min(least, per_row * -(-n_points // blocks) + block_bytes * blocks)
         blocks += 1
     return least
 
@@ -111,3 +113,12 @@ def default_rows(kernel: Kernel, source: Source) -> int:
     if source.in_memory:
         return rows
     return min(rows, max(1, STREAM_BLOCK_BYTES // (source.shape[1] * itemsize(source.dtype))))
+
+
+def pass_rows(kernel: Kernel, source: Source, chunk_size: int | None) -> int:
+    """Rows per chunk of a pass with no memory budget (certificates, checks, the exact
+    solver): the kernel's choice, in blocks a stream can give (a GPU kernel takes every row
+    at once), unless the caller fixed it."""
+    if chunk_size is None:
+        return default_rows(kernel, source)
+    return check_positive("chunk_size", chunk_size, integer=True)

@@ -27,6 +27,7 @@ from ._warnings import warn
 from .collective import LOCAL, Collective
 from .exp_cache import table_cap, with_exp_cache
 from .kernels import Kernel, exp_tables, resolve_kernel
+from .kernels._base import compute_dtype
 from .result import SinkhornResult
 from .sources import Array, Source, as_source, checked, parse_memory
 
@@ -323,7 +324,8 @@ def _apply_potentials(
     rows = _chunk_rows(chunk_size, kernel, source, memory_limit)
     # A writable copy: torch warns when it wraps the result's read-only potentials.
     f, lam = np.array(result.potentials), result.lam
-    if what == "labels" and source.in_memory:  # one pass: checked by its row maxima
+    if what == "labels" and source.in_memory and _resolved(f, source.dtype):
+        # One pass: the scores are checked by each row's best.
         with np.errstate(over="ignore", invalid="ignore"):  # what the check looks for
             return solver.assign(source, kernel, f, lam, rows, _top_check(kernel, lam))
     source = _checked_scores(source, kernel, lam, rows)
@@ -342,12 +344,18 @@ def _apply_potentials(
     return out
 
 
+def _resolved(f: np.ndarray, dtype: Any) -> bool:
+    """Whether the potentials are within the square root of the compute dtype's largest
+    number, as a solve's own are (a float64 result applied to float32 scores may not be)."""
+    return float(np.abs(f).max(initial=0.0)) <= float(np.sqrt(np.finfo(compute_dtype(dtype)).max))
+
+
 def _top_check(kernel: Kernel, lam: float) -> Callable[[int, Array, Array], None]:
     """The check of in-memory scores made on a labelling pass's row maxima instead of in a
     pass of its own. A row's best ``lam * logp + f`` is finite unless the row holds NaN or
     +inf, only -inf, or scores that overflow times lam, which the scores' check then names:
     potentials are below the square root of the dtype's largest number, far less than the
-    spacing of numbers near it, so adding them cannot overflow."""
+    spacing of numbers near it (:func:`_resolved`), so adding them cannot overflow."""
     def check(start: int, chunk: Array, top: Array) -> None:
         if not np.all(np.isfinite(kernel.to_numpy(top))):
             check_chunk_scores(start, chunk, kernel, lam)

@@ -45,13 +45,12 @@ from typing import Any
 
 import numpy as np
 
-from ._budget import default_rows
+from ._budget import pass_rows
 from ._capacities import check_capacities
 from ._validation import (
     check_chunk_scores,
     check_flag,
     check_labels,
-    check_positive,
     check_prices,
     check_shape,
 )
@@ -166,16 +165,8 @@ def duality_gap(
     v = check_prices(prices, K)
     y = check_labels(labels, N, K)
     kernel = resolve_kernel(backend, source.library)
-    sums = _partial_sums(source, kernel, y, v, _certificate_rows(kernel, source, chunk_size))
+    sums = _partial_sums(source, kernel, y, v, pass_rows(kernel, source, chunk_size))
     return _certificate_from_sums(sums, v, lower, upper)
-
-
-def _certificate_rows(kernel: Kernel, source: Source, chunk_size: int | None) -> int:
-    """Rows per chunk of the pass: the kernel's choice, in blocks a stream can give (a GPU
-    kernel takes every row at once), unless the caller fixed it."""
-    if chunk_size is None:
-        return default_rows(kernel, source)
-    return check_positive("chunk_size", chunk_size, integer=True)
 
 
 def _partial_sums(

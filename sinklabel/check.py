@@ -14,12 +14,12 @@ from typing import Any
 import numpy as np
 
 from ._arrays import to_host
+from ._budget import pass_rows
 from ._capacities import check_capacities
 from ._validation import check_flag, check_labels, check_prices, check_shape
 from .certificate import (
     _UNIT64,
     Certificate,
-    _certificate_rows,
     _cost_rounding,
     duality_gap,
 )
@@ -180,7 +180,7 @@ def check(
     lower, upper = check_capacities(capacities, N, K)
     exact = N * K <= EXACT_LIMIT if exact is None else check_flag("exact", exact)
     kernel = resolve_kernel(backend, source.library)
-    rows = _certificate_rows(kernel, source, chunk_size)  # both costs summed in these chunks
+    rows = pass_rows(kernel, source, chunk_size)  # both costs summed in these chunks
     optimum = agreement = cost_rounding = None
     if exact:
         solved = solve_exact(source, K, capacities=(lower, upper), prices=prices,

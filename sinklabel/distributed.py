@@ -32,6 +32,7 @@ import numpy as np
 
 from . import api
 from ._arrays import array_library, is_cuda, to_host
+from ._budget import pass_rows
 from ._capacities import check_capacities
 from ._validation import (
     FLOAT_DTYPES,
@@ -44,7 +45,6 @@ from ._validation import (
 from .certificate import (
     Certificate,
     _certificate_from_sums,
-    _certificate_rows,
     _partial_sums,
 )
 from .collective import Collective
@@ -384,7 +384,7 @@ def _check_certificate_local(
     v = check_prices(prices, K)
     y = check_labels(labels, source.shape[0], K)
     kernel = resolve_kernel(backend, source.library)
-    rows = _certificate_rows(kernel, source, chunk_size)
+    rows = pass_rows(kernel, source, chunk_size)
     fingerprint = np.array(
         [0.0, source.shape[0], K, _digest(v), _capacities_digest(capacities)]
     )

@@ -23,9 +23,10 @@ from typing import Any
 import numpy as np
 
 from ._arrays import array_library, from_host, is_cuda, to_host
+from ._budget import pass_rows
 from ._capacities import balanced_range, check_capacities, check_reachable, finite_per_label
 from ._validation import check_prices, check_scores, check_shape
-from .certificate import Certificate, _certificate_rows, duality_gap
+from .certificate import Certificate, duality_gap
 from .kernels import Kernel, resolve_kernel
 from .kernels._base import compute_dtype
 from .result import SinkhornResult
@@ -144,7 +145,7 @@ def solve_exact(
     check_host_memory(source)
     start = None if prices is None else check_prices(prices, K)
     kernel = resolve_kernel(backend, source.library)
-    rows = _certificate_rows(kernel, source, chunk_size)
+    rows = pass_rows(kernel, source, chunk_size)
     check_scores(source, kernel, 1.0, rows)
     return _solve_exact(source, lower, upper, method, start, backend, rows)
 

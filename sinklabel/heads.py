@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ._budget import default_rows, fixed_bytes, rows_for_budget
+from ._budget import BYTES_PER_BLOCK, default_rows, fixed_bytes, rows_for_budget
 from ._validation import check_positive, check_shape
 from ._warnings import held_warnings, warn
 from .api import sinkhorn
@@ -195,5 +195,6 @@ def _shared_rows(
     )
     fixed = sum(fixed_bytes(n, k) for k in ks)
     # Each head's view keeps a fingerprint per block, and so does a streamed source's own.
-    streamed = n * (len(ks) + (0 if source.in_memory else 1))
-    return min(rows, rows_for_budget(budget, fixed, per_row, streamed_points=streamed))
+    layers = len(ks) + (0 if source.in_memory else 1)
+    return min(rows, rows_for_budget(budget, fixed, per_row, streamed_points=n,
+                                     block_bytes=layers * BYTES_PER_BLOCK))

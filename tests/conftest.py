@@ -87,9 +87,6 @@ class ForwardingKernel(WrappingKernel):
     """A kernel wrapper that adds nothing: the abstract operations go straight to the inner
     kernel, the rest is the base's (which forwards too)."""
 
-    def sweep(self, chunk, f, lam):
-        return self.inner.sweep(chunk, f, lam)
-
     def best(self, chunk, f, lam):
         return self.inner.best(chunk, f, lam)
 

@@ -203,3 +203,27 @@ def test_a_head_that_cannot_start_stops_the_others(monkeypatch):
     for thread in _head_threads():
         thread.join(5.0)
     assert not _head_threads()
+
+
+def test_heads_blocks_and_every_layers_fingerprints_fit_the_budget():
+    """Each block is fingerprinted once per head and once more for a stream, but the
+    budget counted ceil(layers * N / rows) fingerprints, not layers * ceil(N / rows): even
+    at the least budget its own refusal named, the blocks overshot it by up to a KiB each."""
+    from sinklabel import _budget, heads
+    from sinklabel.kernels import resolve_kernel
+    from sinklabel.sources import as_source
+
+    n, ks = 3000, [6, 6]
+    scores = np.zeros((n, sum(ks)), np.float32)
+    source = as_source(CallableSource(lambda a, b: scores[a:b], scores.shape, np.float32))
+    kernel = resolve_kernel("numpy", "numpy")
+    per_row = source.bytes_per_row() + sum(kernel.workspace_bytes_per_row(k, 4) for k in ks)
+    fixed = sum(_budget.fixed_bytes(n, k) for k in ks)
+    layers = len(ks) + 1
+    for budget in range(190_000, 260_000, 997):
+        try:
+            rows = heads._shared_rows(source, ks, None, budget, "numpy")
+        except ValueError:
+            continue
+        used = fixed + rows * per_row + layers * _budget.BYTES_PER_BLOCK * -(-n // rows)
+        assert used <= budget, (budget, rows, used)

@@ -134,3 +134,17 @@ def test_predict_reads_in_memory_scores_once_and_still_names_bad_rows(logp, monk
     bad[6] = -np.inf
     with pytest.raises(ValueError, match="row 6 of logp has no finite score"):
         result.predict(bad)
+
+
+def test_predict_with_potentials_beyond_float32_on_float32_scores_labels_as_before(logp):
+    """A float64 result may hold potentials float32 cannot (warm starts up to 1.3e154): the
+    one-pass check assumed they fit, and called the float32 labelling of such a result a
+    bug. It now labels such scores after a check pass of their own, as before."""
+    import dataclasses
+
+    big = dataclasses.replace(sinkhorn(logp, 5),
+                              potentials=np.array([1e39, 0.0, 0.0, 0.0, -1e39]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the potentials' cast to float32
+        labels = np.asarray(big.predict(logp.astype(np.float32)))
+    np.testing.assert_array_equal(labels, np.zeros(len(logp)))

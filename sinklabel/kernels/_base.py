@@ -102,10 +102,11 @@ class Kernel(ABC):
 class WrappingKernel(Kernel):
     """A kernel that answers through another one, ``inner`` (caching, guarding).
 
-    It has the inner kernel's name and libraries, and the operations :class:`Kernel` gives a
-    default for, and ``sweep_lse``, go to the inner kernel: its own may differ (GPU kernels
-    take all rows at once), and a wrapper inheriting :class:`Kernel` directly would silently
-    get the defaults instead. The abstract operations are left to the
+    It has the inner kernel's name and libraries, and ``chunk_rows``,
+    ``workspace_bytes_per_row`` and ``sweep_lse`` go to the inner kernel: its own may differ
+    (GPU kernels take all rows at once), and a wrapper inheriting :class:`Kernel` directly
+    would silently get the defaults instead. ``sweep`` goes through the wrapper's own
+    ``sweep_lse``. The abstract operations are left to the
     subclass, so that each wrapper says what it does with each.
     """
 
