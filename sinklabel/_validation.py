@@ -9,7 +9,8 @@ from typing import Any
 import numpy as np
 
 from ._arrays import to_host
-from ._capacities import finite_per_label, short_label
+from ._capacities import balanced_range, short_label
+from ._feasibility import FinitePatterns, find_shortage, shortage_message
 from .collective import LOCAL, Collective
 from .kernels import Kernel
 from .kernels._base import compute_dtype
@@ -216,28 +217,48 @@ COUNT_BLOCK_BYTES = 64 << 20
 
 
 def check_labels_reachable(
-    source: Source, label_weights: np.ndarray, rows: int, collective: Collective = LOCAL
+    source: Source, label_weights: np.ndarray, rows: int, collective: Collective = LOCAL,
+    *, exact_sizes: bool = False,
 ) -> None:
-    """ValueError when a label has fewer rows with a finite score than its share of N: no
-    plan has those label proportions, so the solve cannot converge (its potential grows
-    without bound). One pass, in host blocks of ``COUNT_BLOCK_BYTES``: run only after a
-    solve that did not converge, to say why instead of returning collapsed labels."""
+    """ValueError when -inf scores leave no plan with the label proportions: a label has
+    fewer rows with a finite score than its share of N (with ``exact_sizes``, than that
+    share rounded down, the least ``balance="exact"`` gives it, so that the exact step can
+    still serve a label short by less than a point), or a group of labels is short of rows,
+    or more rows have finite scores only among a group than its share rounded up (Hall's
+    condition, decided in :mod:`sinklabel._feasibility`, with the sizes of
+    ``balance="exact"``: such a group is refused in either mode). The solve cannot
+    converge then (its potentials grow without bound). One pass, in host blocks of
+    ``COUNT_BLOCK_BYTES``: run only after a solve that did not converge, to say why instead
+    of returning collapsed labels. Beyond ``MAX_PATTERNS`` distinct patterns of finite labels
+    only single labels are checked. Every process must call it: counts are combined.
+    """
     n_labels = source.shape[1]
     totals = np.zeros(n_labels + 1)
+    patterns = FinitePatterns(n_labels)
     step = max(1, COUNT_BLOCK_BYTES // (8 * n_labels))
-    for start, stop, chunk in source.chunks(rows):
-        for first in range(0, stop - start, step):
-            totals[:n_labels] += finite_per_label(to_host(chunk[first:first + step]))
-        totals[n_labels] += stop - start
+    try:
+        for start, stop, chunk in source.chunks(rows):
+            for first in range(0, stop - start, step):
+                finite = np.isfinite(to_host(chunk[first:first + step]))
+                totals[:n_labels] += np.count_nonzero(finite, axis=0)
+                patterns.add(finite)
+            totals[n_labels] += stop - start
+    except Exception as exc:  # the other processes learn of it in the sum below
+        collective.fail(exc)
     totals = collective.sum(totals)
-    needed = totals[n_labels] * label_weights
-    y = short_label(needed * (1 - 1e-12), totals[:n_labels])
+    n_points = int(totals[n_labels])
+    lower, upper = balanced_range(n_points, label_weights)
+    needed = lower if exact_sizes else n_points * label_weights * (1 - 1e-12)
+    y = short_label(needed, totals[:n_labels])
     if y is not None:
         raise ValueError(
-            f"label {y} should take {needed[y]:.6g} points (its weight times N) but only "
-            f"{int(totals[y])} rows have a finite score for it (the others are -inf): no "
-            "labelling has these proportions. Lower its weight or unmask more rows"
+            f"label {y} should take {n_points * label_weights[y]:.6g} points (its weight times "
+            f"N) but only {int(totals[y])} rows have a finite score for it (the others are "
+            "-inf): no labelling has these proportions. Lower its weight or unmask more rows"
         )
+    shortage = find_shortage(patterns, lower, upper, collective)
+    if shortage is not None:
+        raise ValueError(shortage_message(shortage, n_points, label_weights))
 
 
 def _host_vector(name: str, value: Any, n_labels: int) -> np.ndarray:

@@ -158,7 +158,8 @@ def sinkhorn(
         solve_source, solve_kernel = (
             with_exp_cache(source, kernel, rows, cap) if cap else (source, kernel)
         )
-        result = _sinkhorn(solve_source, solve_kernel, scores=source, **settings)
+        result = _sinkhorn(solve_source, solve_kernel, scores=source, **settings,
+                           exact_sizes=balance == "exact")
         return _warn_empty_labels(balanced(result, source, kernel, rows, balance))
 
 
@@ -233,6 +234,7 @@ def _sinkhorn(
     rows: int,
     progress: bool,
     row_tops: RowTops | None = None,
+    exact_sizes: bool = False,
     collective: Collective = LOCAL,
 ) -> SinkhornResult:
     """The solve on checked inputs: iterate, then label in one more pass.
@@ -247,7 +249,8 @@ def _sinkhorn(
         init=init, rows=rows, progress=progress, collective=collective,
         row_tops=row_tops,
         # Perhaps it cannot: -inf scores may leave a label short of rows.
-        explain_failure=lambda: check_labels_reachable(scores, label_weights, rows, collective),
+        explain_failure=lambda: check_labels_reachable(
+            scores, label_weights, rows, collective, exact_sizes=exact_sizes),
     )
     labels = solver.assign(source, kernel, out.potentials, lam, rows)
     counts = np.bincount(kernel.to_numpy(labels), minlength=source.shape[1]).astype(np.float64)

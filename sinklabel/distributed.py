@@ -306,6 +306,7 @@ def distributed_sinkhorn(
         _GuardedKernel(solve_kernel, collective, solve_source),
         scores=scores,
         **settings,
+        exact_sizes=balance == "exact",
         progress=progress and collective.rank == 0,
         collective=collective,
     )

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 import sinklabel
 from tests.conftest import CPU_BACKENDS, to_backend, to_host
+from tests.test_feasibility import labelling_exists
 
 FUZZ = settings(max_examples=25, deadline=None, derandomize=True)
 
@@ -371,12 +372,16 @@ def test_every_form_gives_honest_labels_and_leaves_the_input_alone(n, k, form, l
     before = logp.clone() if hasattr(logp, "clone") else logp.copy()
     weights = rng.random(k) + 0.1 if uneven else None
     backend = "torch" if form.startswith("torch") else str(rng.choice(["numpy", "numba"]))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         try:
             result = sinklabel.sinkhorn(logp, k, lam=lam, label_weights=weights, max_iter=200,
                                         backend=backend)
-        except ValueError as error:  # a label that -inf closes in every row
+        except ValueError as error:  # -inf closes a label, or a group, to its share
+            if "no labelling" in str(error):
+                assert not labelling_exists(np.isfinite(seen),
+                                            np.ones(k) if weights is None else weights)
+                return
             assert "no finite score in any row" in str(error)
             assert np.any(np.all(np.isinf(seen), axis=0))
             return
@@ -400,6 +405,11 @@ def test_every_form_gives_honest_labels_and_leaves_the_input_alone(n, k, form, l
     assert np.all(np.isfinite(plan))
     error = np.abs(plan.mean(axis=0) - result.label_weights).sum()
     exact_dtype = form in ("np64ro", "torch64t")
+    if any(issubclass(w.category, sinklabel.PrecisionWarning) for w in caught):
+        # Only as exact as the warning says: a group of labels short of its share by less
+        # than a point (no plan, but rounded sizes fit) drives the potentials past float32.
+        assert not result.converged
+        return
     assert error <= result.error + (1e-9 if exact_dtype else 2e-3)
     if result.converged:
         assert error <= 1e-3 + (1e-9 if exact_dtype else 2e-3)

@@ -1,0 +1,274 @@
+"""-inf scores that leave a group of labels short of rows: the failed solve says which group.
+
+The oracle is the labelling problem itself, row by row, as a linear program (HiGHS through
+scipy.optimize.linprog): every row takes one label with a finite score, label k between
+N * w_k rounded down and rounded up (the constraints are totally unimodular, so a fractional
+solution means an integral one).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import warnings
+from fractions import Fraction
+
+import numpy as np
+import pytest
+from conftest import to_backend
+from scipy.optimize import linprog
+from scipy.sparse import coo_matrix
+
+import sinklabel
+from sinklabel import _feasibility
+from sinklabel._validation import check_labels_reachable
+from sinklabel.collective import LOCAL
+from sinklabel.solver import ConvergenceWarning, PrecisionWarning
+from sinklabel.sources import as_source
+
+#: Two thirds of the rows can take only label 0, whose share is a third; each label alone has
+#: rows enough (20, 10 and 10 for shares of 10).
+CONFINED = np.repeat(np.array([[0.0, -np.inf, -np.inf], [0.0, -np.inf, -np.inf],
+                               [0.0, 0.0, 0.0]]), 10, axis=0)
+
+
+def sizes(n: int, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """N * w_k rounded down and up, in exact arithmetic (the weights are whole numbers)."""
+    shares = [Fraction(n * int(w), int(weights.sum())) for w in weights]
+    return (np.array([math.floor(x) for x in shares]), np.array([math.ceil(x) for x in shares]))
+
+
+def labelling_exists(finite: np.ndarray, weights: np.ndarray) -> bool:
+    """Whether some x >= 0 on the finite entries has row sums 1 and label sums between the
+    rounded sizes."""
+    n, k = finite.shape
+    lower, upper = sizes(n, weights)
+    rows, labels = np.nonzero(finite)
+    entries = np.arange(rows.size)
+    per_row = coo_matrix((np.ones(rows.size), (rows, entries)), shape=(n, rows.size))
+    per_label = coo_matrix((np.ones(rows.size), (labels, entries)), shape=(k, rows.size))
+    outcome = linprog(
+        np.zeros(rows.size), A_eq=per_row, b_eq=np.ones(n),
+        A_ub=np.vstack([per_label.toarray(), -per_label.toarray()]),
+        b_ub=np.concatenate([upper, -lower]), method="highs",
+    )
+    assert outcome.status in (0, 2), outcome.message
+    return outcome.status == 0
+
+
+def reason(scores: np.ndarray, weights: np.ndarray, rows: int = 64,
+           exact_sizes: bool = True) -> str | None:
+    """The ValueError the failed-solve check raises, or None when it finds nothing."""
+    try:
+        check_labels_reachable(as_source(scores), weights / weights.sum(), rows,
+                               exact_sizes=exact_sizes)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def _labels(text: str) -> list[int]:
+    return [int(y) for y in text.split(", ")]
+
+
+def named_group_is_short(message: str, finite: np.ndarray, weights: np.ndarray) -> bool:
+    """Whether the labels the message names really cannot be served: read back from its text."""
+    lower, upper = sizes(finite.shape[0], weights)
+    if match := re.search(r"^label (\d+) should take", message):
+        group = [int(match[1])]
+    elif match := re.search(r"^labels \{([\d, ]+)\} must take", message):
+        group = _labels(match[1])
+    else:
+        confined_to = _labels(re.search(r"only for labels among \{([\d, ]+)\}", message)[1])
+        others = np.setdiff1d(np.arange(finite.shape[1]), confined_to)
+        return (~finite[:, others].any(axis=1)).sum() > upper[confined_to].sum()
+    return finite[:, group].any(axis=1).sum() < lower[group].sum()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_rows_confined_to_a_label_group_are_named(backend, dtype):
+    """The failed solve ended in a ConvergenceWarning and a PrecisionWarning that only said
+    "or because no potentials balance these scores"; it names the rows and their labels."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        with pytest.raises(ValueError, match=r"^20 rows of 30 have a finite score only for "
+                           r"labels among \{0\}: more points than they may take \(10 at most: "
+                           r"their weights times N\), so no labelling meets these "
+                           r"proportions"):
+            sinklabel.sinkhorn(to_backend(CONFINED.astype(dtype), backend), 3, backend=backend)
+
+
+def test_a_short_float64_solve_is_explained_too():
+    """Unbalanceable float64 potentials passed float32's resolution within ten passes but
+    float64's only after tens: a solve with max_iter=15 warned without saying why."""
+    with pytest.raises(ValueError, match="only for labels among"):
+        sinklabel.sinkhorn(CONFINED, 3, max_iter=15, backend="numpy")
+
+
+def test_a_label_group_short_of_rows_is_named_by_its_labels():
+    """When the group is the smaller side, its labels are named: labels 1 and 2 must take two
+    thirds of the points, and only the third of the rows not confined to label 0 can."""
+    scores = np.zeros((30, 6))
+    scores[:20, 3:] = -np.inf  # labels 3..5 (share 1/2) reachable by 10 rows only
+    message = reason(scores, np.ones(6))
+    assert message is not None and message.startswith(
+        "labels {3, 4, 5} must take 15 points (their weights times N) but only 10 rows of 30 "
+        "have a finite score for any of them")
+
+
+def random_masked_problem(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Scores whose -inf masks are drawn from a few row patterns, and integer label weights."""
+    rng = np.random.default_rng(seed)
+    k = int(rng.integers(2, 7)) if seed % 2 else int(rng.integers(7, 20))  # 1 to 3 bytes
+    patterns = rng.random((int(rng.integers(1, 6)), k)) < 0.4
+    patterns[np.arange(len(patterns)), rng.integers(0, k, len(patterns))] = True
+    n = int(rng.integers(k, 81))
+    finite = patterns[rng.integers(0, len(patterns), n)]
+    finite[rng.random(n) < 0.1] = True  # some rows allow every label
+    weights = rng.integers(1, 4, k).astype(np.float64)
+    return np.where(finite, rng.standard_normal((n, k)), -np.inf).astype(np.float32), weights
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_the_check_agrees_with_the_labelling_problem(seed):
+    """An error exactly when no labelling exists, and the group it names cannot be served;
+    the max-flow alone (without the per-label check before it) finds such a group whenever
+    one exists. Tight problems (a group with exactly its share) are feasible and must pass."""
+    scores, weights = random_masked_problem(seed)
+    finite = np.isfinite(scores)
+    message = reason(scores, weights, rows=1 + seed % finite.shape[0])
+    patterns = _feasibility.FinitePatterns(finite.shape[1])
+    patterns.add(finite)
+    lower, upper = sizes(finite.shape[0], weights)
+    shortage = _feasibility.find_shortage(patterns, lower, upper, LOCAL)
+    if labelling_exists(finite, weights):
+        assert message is None, message
+        assert shortage is None
+        return
+    assert message is not None
+    assert named_group_is_short(message, finite, weights), message
+    group = shortage.labels
+    if shortage.confined:
+        rows = (~finite[:, ~group].any(axis=1)).sum()
+        assert shortage.rows == rows > shortage.size == upper[group].sum()
+    else:
+        rows = finite[:, group].any(axis=1).sum()
+        assert shortage.rows == rows < shortage.size == lower[group].sum()
+
+
+def test_a_group_with_exactly_its_share_is_not_an_error():
+    """Rows confined to label 0 exactly fill its share: a plan exists (on the boundary)."""
+    scores = np.zeros((30, 3))
+    scores[:10, 1:] = -np.inf
+    assert labelling_exists(np.isfinite(scores), np.ones(3))
+    assert reason(scores, np.ones(3)) is None
+
+
+def test_beyond_the_pattern_cap_only_single_labels_are_checked(monkeypatch):
+    """Too many distinct patterns to decide: the group check stands aside (the solve then
+    warns as before), the per-label check still runs."""
+    monkeypatch.setattr(_feasibility, "MAX_PATTERNS", 1)
+    assert reason(CONFINED, np.ones(3)) is None
+    one_row = np.zeros((30, 3))
+    one_row[1:, 2] = -np.inf
+    assert reason(one_row, np.ones(3)).startswith("label 2 should take 10 points")
+
+
+def test_beyond_the_pattern_cap_the_solve_still_warns(monkeypatch):
+    """With the group check standing aside the solve warns that no potentials may balance."""
+    monkeypatch.setattr(_feasibility, "MAX_PATTERNS", 1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        sinklabel.sinkhorn(CONFINED.astype(np.float32), 3, max_iter=60, backend="numpy")
+    assert any(w.category is PrecisionWarning and "no potentials balance" in str(w.message)
+               for w in caught)
+
+
+def test_the_scores_are_left_as_they_were():
+    scores = CONFINED.astype(np.float32)
+    before = scores.copy()
+    reason(scores, np.ones(3))
+    np.testing.assert_array_equal(scores, before)
+
+
+#: Rows of the confined problem in an order that mixes the patterns, and two ways to shard them.
+MIXED = CONFINED[np.random.default_rng(0).permutation(30)].astype(np.float32)
+SHARDS = {"split": [13, 17], "one empty": [0, 30]}
+
+
+def _rank_cases(rank: int, world: int) -> dict:
+    """On each rank: the confined problem in both shardings, and with the pattern cap passed
+    on this rank only (the other must stand aside too, not wait for it)."""
+    from test_distributed import _caught, _shard
+
+    out = {}
+    for name, sizes in SHARDS.items():
+        out[name] = _caught(sinklabel.sinkhorn, _shard(MIXED, sizes, rank), 3, chunk_size=4,
+                            distributed=True)[:3]
+    _feasibility.MAX_PATTERNS = 1 if rank == 0 else 4096
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        capped = _caught(sinklabel.sinkhorn, _shard(MIXED, [13, 17], rank), 3, chunk_size=4,
+                         max_iter=60, distributed=True)
+    out["capped"] = capped[0] if capped[0] == "error" else ("ok", capped[1].converged)
+    return out
+
+
+def test_ranks_combine_their_patterns_and_agree_with_one_process(tmp_path):
+    """Every rank raises the single-process message, whose counts are of both ranks' rows
+    (20 of 30). A rank past the pattern cap makes every rank skip the group check (the same
+    collective calls everywhere: no rank waits for another)."""
+    helpers = pytest.importorskip("test_distributed")
+    expected = reason(MIXED, np.ones(3))
+    assert expected is not None and expected.startswith("20 rows of 30 ")
+    per_rank = helpers._values_of_every_rank(tmp_path, 2, _rank_cases)
+    for ranked in per_rank:
+        for name in SHARDS:
+            assert ranked[name] == ("error", "ValueError", expected), (name, ranked[name])
+        assert ranked["capped"] == ("ok", False), ranked["capped"]
+
+
+@pytest.mark.parametrize("case", ["confined rows", "one label"])
+def test_a_share_missed_by_less_than_its_rounding_is_left_to_exact_balancing(case):
+    """No plan has these proportions, but a labelling with sizes rounded does, and
+    balance="exact" finds it; the check must not refuse it. Confined rows: one row can take
+    only label 2, whose share is 0.95 of a point (it may take one). One label: label 2 should
+    take 1.9 points and only row 1 has a finite score for it (it must take one)."""
+    scores = np.array([[0.0, 0.4, -0.1], [-np.inf, -np.inf, 0.0], [0.1, 0.0, -0.5],
+                       [0.4, 0.2, 0.0], [0.3, 0.1, 0.2]])
+    weights = np.array([0.39, 0.42, 0.19])
+    if case == "one label":
+        scores[[0, 2, 3, 4], 2] = -np.inf
+        scores[1, 0] = 0.0
+        weights = np.array([0.31, 0.31, 0.38])
+    assert reason(scores, weights) is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = sinklabel.sinkhorn(scores, 3, label_weights=weights, balance="exact",
+                                    max_iter=100)
+    assert result.labels[1] == 2 and result.certificate.optimal
+
+
+def test_method_page_quotes_the_error_and_the_cap():
+    """docs/method.md quotes the error for the confined rows and the pattern cap."""
+    from pathlib import Path
+
+    page = " ".join((Path(__file__).parents[1] / "docs" / "method.md").read_text().split())
+    message = reason(CONFINED, np.ones(3))
+    assert message.split(". Raise")[0] + "." in page
+    assert f"more than {_feasibility.MAX_PATTERNS} distinct patterns" in page
+
+
+def test_without_exact_balance_a_label_short_by_less_than_a_point_is_still_named():
+    """The plan of a Sinkhorn solve has the proportions exactly: a label that should take
+    1.9 points with one finite row has no plan, and the failed solve names it (only
+    balance="exact", which rounds sizes, can serve it)."""
+    scores = np.array([[0.0, 0.4, -np.inf], [0.0, -np.inf, 0.0], [0.1, 0.0, -np.inf],
+                       [0.4, 0.2, -np.inf], [0.3, 0.1, -np.inf]])
+    weights = np.array([0.31, 0.31, 0.38])
+    assert reason(scores, weights) is None
+    assert "label 2 should take 1.9 points" in reason(scores, weights, exact_sizes=False)
+    with pytest.raises(ValueError, match="label 2 should take 1.9 points"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            sinklabel.sinkhorn(scores, 3, label_weights=weights, max_iter=100)
