@@ -268,7 +268,7 @@ def test_without_exact_balance_a_label_short_by_less_than_a_point_is_still_named
     weights = np.array([0.31, 0.31, 0.38])
     assert reason(scores, weights) is None
     assert "label 2 should take 1.9 points" in reason(scores, weights, exact_sizes=False)
-    with pytest.raises(ValueError, match="label 2 should take 1.9 points"):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            sinklabel.sinkhorn(scores, 3, label_weights=weights, max_iter=100)
+    with pytest.raises(ValueError, match="label 2 should take 1.9 points"), \
+            warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sinklabel.sinkhorn(scores, 3, label_weights=weights, max_iter=100)
