@@ -12,7 +12,7 @@ import warnings
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import sinklabel
@@ -91,18 +91,34 @@ def problems(draw):
     return S, weights / weights.sum(), first, lam
 
 
+#: A label short of its exact share by less than a point: the plain solve refuses it, while
+#: balance="exact" (sizes rounded down) serves it.
+SHORT_BY_LESS_THAN_A_POINT = (
+    np.array([[-0.10790054, 0.36110253, 0.0], [0.0, -np.inf, -np.inf],
+              [-0.27423621, 0.0, -np.inf]]),
+    np.array([0.30389691, 0.36068889, 0.3354142]), 1, 1.0,
+)
+
+
 @settings(max_examples=60, deadline=None)
 @given(problems())
+@example(SHORT_BY_LESS_THAN_A_POINT)
 def test_reduction_reaches_the_optimum_of_the_whole_problem(problem):
     S, weights, first, lam = problem
     options = {"label_weights": weights, "lam": lam, "max_iter": 20}
     try:
         _, result = _balance(S, S.shape[1], first_contested=first, **options)
     except ValueError as error:  # -inf entries may leave no labelling within the sizes
-        with pytest.raises(ValueError), warnings.catch_warnings():
-            warnings.simplefilter("ignore", sinklabel.ConvergenceWarning)
-            sinklabel.sinkhorn(S, S.shape[1], balance="exact", **options)
         assert "no labelling meets" in str(error) or "finite score" in str(error), error
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", sinklabel.ConvergenceWarning)
+                sinklabel.sinkhorn(S, S.shape[1], balance="exact", **options)
+        except ValueError:
+            return
+        # The plain solve of _balance holds a label to its exact share, balance="exact" to
+        # that share rounded down: only a label short by less than a point differs.
+        assert "should take" in str(error), error
         return
     _assert_optimal(S, weights, result)
 
