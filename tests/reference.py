@@ -30,3 +30,13 @@ def reference_sinkhorn(
     plan = beta[:, None] * kernel * alpha[None, :]
     f = np.log(alpha)
     return plan, f - r @ f
+
+
+def softmax_terms(scores: np.ndarray, f: np.ndarray, lam: float) -> tuple[np.ndarray, float]:
+    """The two terms of one pass, in float64: the column sums of softmax(lam * S + f) and the
+    sum of the rows' log-sum-exps."""
+    z = lam * scores.astype(np.float64) + f
+    top = z.max(axis=1, keepdims=True)
+    p = np.exp(z - top)
+    total = p.sum(axis=1, keepdims=True)
+    return (p / total).sum(axis=0), float((top[:, 0] + np.log(total[:, 0])).sum())

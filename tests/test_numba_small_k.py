@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from reference import softmax_terms
 
 pytest.importorskip("numba")
 
@@ -26,22 +27,13 @@ N_ROWS = 3 * BLOCK_ROWS + 37
 WIDTHS = list(range(1, BLOCK_SWEEP_MAX_K + 2))
 
 
-def _reference(values: np.ndarray, f: np.ndarray, lam: float) -> tuple[np.ndarray, float]:
-    """Label masses and log-sum-exp total of ``lam * values + f``, in float64."""
-    z = lam * values.astype(np.float64) + f
-    top = z.max(axis=1, keepdims=True)
-    p = np.exp(z - top)
-    total = p.sum(axis=1, keepdims=True)
-    return (p / total).sum(axis=0), float((top[:, 0] + np.log(total[:, 0])).sum())
-
-
 def _log_probabilities(n: int, k: int, seed: int) -> np.ndarray:
     return np.log(np.random.default_rng(seed).dirichlet(np.full(k, 0.5), size=n))
 
 
 def _assert_sweep_matches(chunk: np.ndarray, values: np.ndarray, f: np.ndarray, lam: float,
                           rtol: float) -> None:
-    mass, lse = _reference(values, f, lam)
+    mass, lse = softmax_terms(values, f, lam)
     got_mass, got_lse = KERNEL.sweep_lse(chunk, f, lam)
     n = len(values)
     np.testing.assert_allclose(got_mass, mass, rtol=rtol, atol=rtol * n)
