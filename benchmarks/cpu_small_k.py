@@ -1,11 +1,12 @@
 """Time one Numba sweep at few labels, row by row against blocks of rows, side by side.
 
 For each K, N = values // K rows of ``make_scores`` (the same bytes at every K), one
-``NumbaKernel.sweep_lse`` pass over all chunks, three ways per round:
+``NumbaKernel.sweep_lse`` pass over all chunks (``--kernel best``: one ``NumbaKernel.best``
+labelling pass, gate ``BLOCK_BEST_MAX_K``), three ways per round:
 
-- ``rows``: every row by ``_sweep_rows`` (the gate ``BLOCK_SWEEP_MAX_K`` set to 0 for the call);
-- ``blocks``: the pass as shipped (``_sweep_row_blocks`` for K <= ``BLOCK_SWEEP_MAX_K``, so
-  at larger K both columns time the same kernel);
+- ``rows``: every row by ``_sweep_rows``, resp. ``_best_rows`` (the gate set to 0 for the call);
+- ``blocks``: the pass as shipped (``_sweep_row_blocks``, resp. ``_best_row_blocks``, up to the
+  gate, so at larger K both columns time the same kernel);
 - ``read``: NumPy's single-threaded ``scores.sum()`` (of the bits for float16), for scale.
 
 The methods alternate within each round and ratios are taken within a round, so a noisy
@@ -13,6 +14,7 @@ shared machine disturbs them less; the medians are printed.
 
     python benchmarks/cpu_small_k.py                       # K = 2 .. 100, 8e6 float32 scores
     python benchmarks/cpu_small_k.py --ks 2,16 --dtype float64 --rounds 9
+    python benchmarks/cpu_small_k.py --kernel best --ks 2,8,16,32
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ from sinklabel.datasets import make_scores
 from sinklabel.kernels import numba as numba_backend
 
 DTYPES = {"float32": np.float32, "float64": np.float64, "float16": np.float16}
+#: The kernel method each ``--kernel`` times, and the gate that sends narrow rows to blocks.
+KERNELS = {"sweep": ("sweep_lse", "BLOCK_SWEEP_MAX_K"), "best": ("best", "BLOCK_BEST_MAX_K")}
 
 
 def _parse_ks(text: str) -> list[int]:
@@ -50,22 +54,25 @@ def _scores(n: int, k: int, regime: str, dtype: str) -> np.ndarray:
     return scores.astype(DTYPES[dtype], copy=False)
 
 
-def _passes(kernel, scores: np.ndarray, f: np.ndarray, lam: float):
-    """The ``rows`` and ``blocks`` passes over ``scores`` in the kernel's chunks."""
+def _passes(kernel, scores: np.ndarray, f: np.ndarray, lam: float, which: str):
+    """The ``rows`` and ``blocks`` passes of kernel ``which`` over ``scores`` in the kernel's
+    chunks."""
     n, k = scores.shape
     step = kernel.chunk_rows(k, scores.itemsize)
+    method, gate_name = KERNELS[which]
+    run = getattr(kernel, method)
 
     def blocks() -> None:
         for start in range(0, n, step):
-            kernel.sweep_lse(scores[start:start + step], f, lam)
+            run(scores[start:start + step], f, lam)
 
     def rows() -> None:
-        gate = numba_backend.BLOCK_SWEEP_MAX_K
-        numba_backend.BLOCK_SWEEP_MAX_K = 0
+        gate = getattr(numba_backend, gate_name)
+        setattr(numba_backend, gate_name, 0)
         try:
             blocks()
         finally:
-            numba_backend.BLOCK_SWEEP_MAX_K = gate
+            setattr(numba_backend, gate_name, gate)
 
     return rows, blocks
 
@@ -75,7 +82,7 @@ def _time(k: int, args: argparse.Namespace) -> dict[str, list[float]]:
     scores = _scores(max(1, args.values // k), k, args.regime, args.dtype)
     f = np.random.default_rng(k).normal(size=k)
     kernel = numba_backend.NumbaKernel()
-    rows, blocks = _passes(kernel, scores, f, args.lam)
+    rows, blocks = _passes(kernel, scores, f, args.lam, args.kernel)
     stored = scores.view(np.uint16) if scores.itemsize == 2 else scores  # 16-bit: the bits
     methods = {"rows": rows, "blocks": blocks, "read": stored.sum}
     for call in methods.values():
@@ -97,16 +104,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--regime", default="flat", choices=("flat", "peaked"))
     parser.add_argument("--dtype", default="float32", choices=tuple(DTYPES))
     parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--kernel", default="sweep", choices=tuple(KERNELS))
     args = parser.parse_args(argv)
     if args.values < 1 or args.rounds < 1:
         parser.error("--values and --rounds must be at least 1")
     if not args.lam > 0:
         parser.error("--lam must be positive")
 
-    print(f"{args.values:,} {args.dtype} scores per pass, lam={args.lam:g} "
+    gate = getattr(numba_backend, KERNELS[args.kernel][1])
+    print(f"{args.kernel}: {args.values:,} {args.dtype} scores per pass, lam={args.lam:g} "
           f"regime={args.regime}, {args.rounds} rounds, numba threads="
           f"{numba.get_num_threads()}, cpu={platform.processor() or platform.machine()} "
-          f"({os.cpu_count()} logical), blocks up to K={numba_backend.BLOCK_SWEEP_MAX_K}")
+          f"({os.cpu_count()} logical), blocks up to K={gate}")
     print(f"{'K':>5}{'N':>11}{'rows ms':>10}{'blocks ms':>11}{'read ms':>9}"
           f"{'rows / blocks':>15}{'blocks / read':>15}")
     for k in args.ks:

@@ -21,7 +21,9 @@ below) are computed in float32 and accumulated in float64.
 Narrow rows (K <= ``BLOCK_SWEEP_MAX_K`` = 16) leave the vector units idle row by row; their
 sweep, :func:`_sweep_row_blocks`, takes blocks of ``BLOCK_ROWS`` rows loaded transposed and
 vectorises every step across the rows, with one ``log`` per block: 5-17x less time per pass
-from K = 16 down to K = 2 (float32, a 2-core x86 VM, ``benchmarks/cpu_small_k.py``).
+from K = 16 down to K = 2 (float32, a 2-core x86 VM, ``benchmarks/cpu_small_k.py``). Their
+labelling pass, :func:`_best_row_blocks`, is taken the same way (1.4-4.8x), with the row
+kernel's bits.
 
 The exponential. Numba's ``math.exp`` is a scalar libm call; it vectorises only with Intel
 SVML, and the llvmlite that Numba 0.68 uses (0.50) is built without the SVML patch, so
@@ -489,6 +491,51 @@ def _best_rows(buf, lo, hi, k, ld, f, lam, top, labels):
         labels[i] = label
 
 
+#: Widest rows that :func:`_best_row_blocks` labels.
+BLOCK_BEST_MAX_K = 16
+
+
+@njit(nogil=True, cache=True)
+def _best_row_blocks(buf, lo, hi, k, ld, f, lam, top, labels, rows):
+    """:func:`_best_rows` for narrow rows (K <= ``BLOCK_BEST_MAX_K``), ``rows`` rows at a time.
+
+    Label by label, each step runs across a block of rows (strided loads), so it vectorises
+    where a narrow row alone would not. A label replaces the row's best when its value is
+    larger, or is the row's first NaN: the first label reaching the maximum, as ``np.argmax``
+    and :func:`_best_rows`. ``rows`` is an argument, not a constant (see
+    :func:`_sweep_row_blocks`). Rows after the last whole block go row by row.
+    """
+    z = np.empty((k, rows), f.dtype)
+    best = np.empty(rows, f.dtype)
+    label = np.empty(rows, np.int64)
+    stop = lo + (hi - lo) // rows * rows
+    for start in range(lo, stop, rows):
+        for j in range(k):
+            shift = f[j]
+            for r in range(rows):
+                z[j, r] = lam * _widen(buf[(start + r) * ld + j]) + shift
+        best[:] = -np.inf
+        label[:] = 0
+        for j in range(k):
+            for r in range(rows):
+                value = z[j, r]
+                m = best[r]
+                wins = (value > m) | ((value != value) & (m == m))
+                label[r] = j if wins else label[r]
+                best[r] = fmaximum(m, value)
+        top[start:start + rows] = best
+        labels[start:start + rows] = label
+    if stop < hi:
+        _best_rows(buf, stop, hi, k, ld, f, lam, top, labels)
+
+
+def _best_call(k: int) -> tuple[Callable, tuple]:
+    """The labelling kernel for rows of ``k`` labels, and its arguments after ``labels``."""
+    if 1 <= k <= BLOCK_BEST_MAX_K:
+        return _best_row_blocks, (BLOCK_ROWS,)
+    return _best_rows, ()
+
+
 @njit(fastmath=FAST, nogil=True, cache=True)
 def _slack_rows(buf, lo, hi, k, ld, f, lam, slack):
     """``slack[y] = max(slack[y], z[i, y] - max z[i, :])`` over rows lo..hi-1."""
@@ -717,8 +764,10 @@ class NumbaKernel(Kernel):
         n, k = chunk.shape
         top = np.empty(n, f_typed.dtype)
         labels = np.empty(n, np.int64)
-        self._threads.run(_best_rows, [
-            (buf, lo, hi, k, ld, f_typed, lam_typed, top, labels) for lo, hi in _row_ranges(n, k)
+        kernel, extra = _best_call(k)
+        self._threads.run(kernel, [
+            (buf, lo, hi, k, ld, f_typed, lam_typed, top, labels, *extra)
+            for lo, hi in _row_ranges(n, k)
         ])
         return top, labels
 
