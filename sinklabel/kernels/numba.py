@@ -510,6 +510,8 @@ def _best_row_blocks(buf, lo, hi, k, ld, f, lam, top, labels, rows):
     label = np.empty(rows, np.int64)
     stop = lo + (hi - lo) // rows * rows
     for start in range(lo, stop, rows):
+        # The load of _sweep_row_blocks, here compiled without fastmath: no fused
+        # multiply-add may change z, which must be NumPy's to the bit.
         for j in range(k):
             shift = f[j]
             for r in range(rows):
