@@ -27,7 +27,6 @@ from ._warnings import warn
 from .collective import LOCAL, Collective
 from .exp_cache import table_cap, with_exp_cache
 from .kernels import Kernel, exp_tables, resolve_kernel
-from .kernels._base import compute_dtype
 from .result import SinkhornResult
 from .sources import Array, Source, as_source, checked, parse_memory
 
@@ -153,8 +152,7 @@ def sinkhorn(
 
             check_host_memory(source)
         rows = settings["rows"]
-        tops = settings["row_tops"] = RowTops()
-        source = _checked_scores(source, kernel, settings["lam"], rows, tops)
+        source = _checked_for_solve(source, kernel, settings)
         solve_source, solve_kernel = (
             with_exp_cache(source, kernel, rows, cap) if cap else (source, kernel)
         )
@@ -348,9 +346,9 @@ def _apply_potentials(
 
 
 def _resolved(f: np.ndarray, dtype: Any) -> bool:
-    """Whether the potentials are within the square root of the compute dtype's largest
-    number, as a solve's own are (a float64 result applied to float32 scores may not be)."""
-    return float(np.abs(f).max(initial=0.0)) <= float(np.sqrt(np.finfo(compute_dtype(dtype)).max))
+    """Whether the potentials are within what the kernels compute with, as a solve's own
+    are (a float64 result applied to float32 scores may not be)."""
+    return float(np.abs(f).max(initial=0.0)) <= solver.potential_limit(dtype)
 
 
 def _top_check(kernel: Kernel, lam: float) -> Callable[[int, Array, Array], None]:
@@ -399,6 +397,13 @@ def _chunk_rows(
     streamed = 0 if source.in_memory else source.shape[0]  # a fingerprint per block is kept
     return min(rows, rows_for_budget(parse_memory(memory_limit), fixed, per_row, cache=cache,
                                      streamed_points=streamed))
+
+
+def _checked_for_solve(source: Source, kernel: Kernel, settings: dict[str, Any]) -> Source:
+    """The scores checked as :func:`_checked_scores` checks them, the largest of their rows'
+    tops kept in ``settings["row_tops"]`` for the solve's precision warning."""
+    tops = settings["row_tops"] = RowTops()
+    return _checked_scores(source, kernel, settings["lam"], settings["rows"], tops)
 
 
 def _checked_scores(

@@ -36,7 +36,6 @@ from ._budget import pass_rows
 from ._capacities import check_capacities
 from ._validation import (
     FLOAT_DTYPES,
-    RowTops,
     check_exact_balance,
     check_labels,
     check_prices,
@@ -412,9 +411,7 @@ def _check_local(
         chunk_size=chunk_size, memory_limit=memory_limit, backend=backend, balance=balance,
         cache=cache, progress=progress, allow_empty_rows=True,
     )
-    tops = settings["row_tops"] = RowTops()
-    source = api._checked_scores(source, kernel, settings["lam"], settings["rows"], tops)
-    return source, kernel, settings
+    return api._checked_for_solve(source, kernel, settings), kernel, settings
 
 
 def _fingerprint(

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy.linalg.blas import dtrsv
@@ -421,7 +422,7 @@ def start_potentials(
     with np.errstate(over="ignore", invalid="ignore"):  # a spread beyond float64: said below
         f = normalize_potentials(raw, label_weights)
     dtype = compute_dtype(source.dtype)
-    limit = float(np.sqrt(np.finfo(dtype).max))
+    limit = potential_limit(dtype)
     largest = float(np.abs(f).max())
     if not np.isfinite(largest):
         largest = float(np.abs(raw).max())
@@ -433,6 +434,12 @@ def start_potentials(
             "or None"
         )
     return f
+
+
+def potential_limit(dtype: Any) -> float:
+    """The largest potential the kernels compute with for scores of ``dtype``: the square
+    root of the compute dtype's largest number (see :func:`start_potentials`)."""
+    return float(np.sqrt(np.finfo(compute_dtype(dtype)).max))
 
 
 def _size(point: _Point) -> float:
