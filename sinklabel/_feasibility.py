@@ -17,8 +17,6 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
-from scipy.sparse import csr_matrix
-from scipy.sparse.csgraph import breadth_first_order, maximum_flow
 
 from .collective import Collective
 
@@ -173,6 +171,11 @@ def _reached_labels(
     """A max-flow source -> patterns (their rows) -> labels (``capacity``) -> sink: None when
     it fills every row and every capacity it can, else the labels on the source's side of a
     minimum cut (those its residual graph reaches)."""
+    # Imported here: only a failed solve gets this far, and scipy.sparse adds 20 ms to
+    # every ``import sinklabel``.
+    from scipy.sparse import csr_matrix
+    from scipy.sparse.csgraph import breadth_first_order, maximum_flow
+
     n_patterns, n_labels = finite.shape
     sink = n_patterns + n_labels + 1
     pattern_of, label_of = np.nonzero(finite)
