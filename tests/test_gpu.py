@@ -544,3 +544,62 @@ def test_cupy_sweep_lse_every_candidate_matches_float64_formula(dtype, n, k):
     finally:
         module.TUNER.chosen.clear()
         module.TUNER.chosen.update(saved)
+
+
+def _potentials_spread(k: int, bits: float) -> np.ndarray:
+    """Random potentials rescaled to span ``bits`` in base-2 units (``f * log2(e)``)."""
+    f = np.random.default_rng(17).standard_normal(k)
+    if bits == 0:
+        return np.zeros(k)
+    return (f - f.min()) * (bits / np.log2(np.e) / np.ptp(f))
+
+
+def _forced_sweep_lse(module, x, k: int, config: tuple, f: np.ndarray):
+    """The CuPy sweep_lse with ``config`` forced as the tuner's choice."""
+    saved = dict(module.TUNER.chosen)
+    try:
+        module.TUNER.chosen[_tuning_key("cupy", x, k)] = config
+        return get_kernel("cupy").sweep_lse(x, f, 25.0)
+    finally:
+        module.TUNER.chosen.clear()
+        module.TUNER.chosen.update(saved)
+
+
+@needs_cupy
+@pytest.mark.parametrize("k", [40, 3000])
+@pytest.mark.parametrize("bits", [0, 30, 60])
+def test_cupy_weighted_sweep_matches_numpy_kernel(k, bits):
+    """Each column-weighted float16 candidate (rows shifted by a bound of their maximum)
+    against the NumPy kernel, with the potentials spread up to the bound the host allows."""
+    from sinklabel.kernels import cupy as module
+    from sinklabel.kernels.cupy import fits_column_weights
+
+    host = make_scores(700, k, regime="flat", seed=11).scores
+    x, exact = on_device(host, "cupy", "float16")
+    f = _potentials_spread(k, bits)
+    assert fits_column_weights(f, 25.0)
+    expected, expected_lse = get_kernel("numpy").sweep_lse(exact, f, 25.0)
+    lse_tol = 1e-6 * np.abs(_sweep_lse_float64(exact, f, 25.0)[1]).sum()
+    weighted = [config for config in module._sweep_plan(x) if config[8:] == (1,)]
+    assert weighted
+    for config in weighted:
+        mass, lse = _forced_sweep_lse(module, x, k, config, f)
+        np.testing.assert_allclose(mass, expected, rtol=1e-5, atol=1e-7, err_msg=str(config))
+        assert abs(lse - expected_lse) <= lse_tol, (config, lse, expected_lse)
+
+
+@needs_cupy
+@pytest.mark.parametrize("k", [40, 3000])
+def test_cupy_weighted_sweep_runs_its_twin_for_potentials_spread_too_far(k):
+    """Potentials spread by 100 bits do not fit the column weights: the weighted candidate
+    gives exactly what its unweighted twin gives."""
+    from sinklabel.kernels import cupy as module
+
+    host = make_scores(700, k, regime="flat", seed=11).scores
+    x, _ = on_device(host, "cupy", "float16")
+    f = _potentials_spread(k, 100)
+    for config in [config for config in module._sweep_plan(x) if config[8:] == (1,)]:
+        mass, lse = _forced_sweep_lse(module, x, k, config, f)
+        twin_mass, twin_lse = _forced_sweep_lse(module, x, k, config[:8], f)
+        np.testing.assert_array_equal(mass, twin_mass, err_msg=str(config))
+        assert lse == twin_lse

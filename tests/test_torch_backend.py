@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -586,3 +587,195 @@ def test_cupy_blocked_sweep_lse_host_logic_on_numpy(dtype, monkeypatch):
     np.testing.assert_allclose(mass, (p / p.sum(axis=1, keepdims=True)).sum(axis=0), rtol=rtol)
     assert abs(lse - lse_rows.sum()) <= rtol * np.abs(lse_rows).sum()
     assert mass.shape == (50,) and isinstance(lse, float)
+
+
+def test_cupy_plans_a_weighted_twin_of_each_ringed_16_bit_candidate():
+    """float16 plans end with each ringed shape again, column-weighted (a 9th entry 1, named
+    as a tenth template argument), after the candidates they had, whose names stay as they
+    were; 32- and 64-bit plans get none."""
+    from sinklabel.kernels import cupy as module
+
+    for n_cols in (40, 1000, 3000, 10000):
+        plan = module._sweep_plan(_ArrayShape(1000, n_cols, "float16"), async_copies=True)
+        ringed = [config for config in plan if len(config) == 8 and config[7]]
+        weighted = plan[len(plan) - len(ringed):]
+        assert ringed and weighted == tuple((*config, 1) for config in ringed), plan
+        assert all(len(config) < 9 for config in plan[:len(plan) - len(ringed)])
+        for config in weighted:
+            twin = module.sweep_name("float16", config[:8])
+            assert module.sweep_name("float16", config) == twin[:-1] + ", 1>"
+    assert (module.sweep_name("float16", (8, 128, 3, 1, 0, 0, 0, 4))
+            == "sink_sweep<half_bits, 8, 3, 1, 128, 0, 0, 0, 4>")
+    for dtype in ("float32", "float64"):
+        plan = module._sweep_plan(_ArrayShape(1000, 3000, dtype), async_copies=True)
+        assert all(len(config) < 9 for config in plan)
+
+
+class _FakeSweepBuffers:
+    """The CuPy sweep buffers as ``_sweep_lse`` uses them, without a device."""
+
+    part = lse_parts = totals = None
+
+    def __init__(self, n_cols: int):
+        self.n_cols = n_cols
+
+    def coefficients(self, f, factor, scale):
+        return "coef"
+
+    def totals_on_host(self):
+        return np.zeros(self.n_cols), 0.0
+
+
+@pytest.mark.parametrize("spread_bits, lam, weighted", [
+    (0.0, 25.0, True), (60.0, 25.0, True), (100.0, 25.0, False), (30.0, 0.0, False),
+    (float("inf"), 25.0, False)])
+def test_cupy_weighted_config_launches_its_twin_unless_the_potentials_fit(
+        spread_bits, lam, weighted, monkeypatch):
+    """A chosen column-weighted configuration runs only where it is exact (potentials within
+    ``WEIGHTED_SPREAD`` bits, lam > 0); elsewhere its unweighted twin, compiled with it."""
+    from sinklabel.kernels import cupy as module
+
+    n_cols = 3000
+    x = _ArrayShape(1000, n_cols, "float16")
+    x.size = 1000 * n_cols
+    compiled, launched = set(), []
+
+    def functions(names):
+        compiled.update(names)
+        return {name: lambda *args, name=name: launched.append(name) for name in names}
+
+    monkeypatch.setattr(module, "_compute_capability", lambda: 90)
+    monkeypatch.setattr(module, "_processors", lambda: 132)
+    monkeypatch.setattr(module, "_buffers", lambda x, programs, n: _FakeSweepBuffers(n))
+    monkeypatch.setattr(module, "_functions", functions)
+    plan = module._sweep_plan(x)
+    config = next(config for config in plan if config[8:] == (1,))
+    monkeypatch.setitem(module.TUNER.chosen, ("float16", n_cols, plan), config)
+    f = np.zeros(n_cols)
+    f[-1] = spread_bits / np.log2(np.e)
+    module.CupyKernel.__new__(module.CupyKernel)._sweep_lse(x, f, lam, None)
+    expected = module.sweep_name("float16", config if weighted else config[:8])
+    assert launched[0] == expected and expected in compiled
+
+
+@pytest.mark.parametrize("spread_bits, weighted_timed", [(0.0, True), (100.0, False)])
+def test_cupy_tuning_times_weighted_candidates_only_at_potentials_that_fit(
+        spread_bits, weighted_timed, monkeypatch):
+    """Tuned at potentials too spread for column weights, a weighted candidate would run,
+    be checked and be timed as its twin, and could then be chosen unchecked: it is left out
+    of that tuning instead."""
+    from sinklabel.kernels import cupy as module
+    from sinklabel.kernels._tuning import Tuner
+
+    n_cols = 3000
+    x = _ArrayShape(1000, n_cols, "float16")
+    x.size = module.TUNE_ELEMENTS
+    launched = []
+
+    def functions(names):
+        return {name: lambda *args, name=name: launched.append(name) for name in names}
+
+    monkeypatch.setattr(module, "_compute_capability", lambda: 90)
+    monkeypatch.setattr(module, "_processors", lambda: 132)
+    monkeypatch.setattr(module, "_buffers", lambda x, programs, n: _FakeSweepBuffers(n))
+    monkeypatch.setattr(module, "_functions", functions)
+    # Every launch times the same except the weighted ones, which time fastest.
+    tuner = Tuner(lambda run: (run(), 1.0 if ", 1>" in launched[-1] else 2.0)[1], tuple)
+    monkeypatch.setattr(module, "TUNER", tuner)
+    plan = module._sweep_plan(x)
+    f = np.zeros(n_cols)
+    f[-1] = spread_bits / np.log2(np.e)
+    module.CupyKernel.__new__(module.CupyKernel)._sweep_lse(x, f, 25.0, None)
+    timed = [config for config, _ in tuner.timings[("float16", n_cols, plan)]]
+    assert any(config[8:] == (1,) for config in timed) == weighted_timed
+    assert (tuner.chosen[("float16", n_cols, plan)][8:] == (1,)) == weighted_timed
+
+
+def _ftz_exp2(v: np.ndarray) -> np.ndarray:
+    """float32 exp2 flushing results below 2^-126 to 0, as ex2.approx.ftz does."""
+    out = np.exp2(v.astype(np.float32))
+    return np.where(out < np.float32(2.0 ** -126), np.float32(0), out)
+
+
+def _weighted_sweep_emulation(x16: np.ndarray, f: np.ndarray, lam: float):
+    """The column-weighted CUDA sweep's arithmetic in float32 (``_cuda``, WEIGHTED): rows
+    shifted by the bound scale * max(x) + max(coef), columns weighted by 2^(coef - max(coef)).
+    Masses and the sum of the rows' log-sum-exps (natural log)."""
+    scale = np.float32(lam * np.log2(np.e))
+    coef = (f * np.log2(np.e)).astype(np.float32)
+    cm = coef.max()
+    w = _ftz_exp2(coef - cm)
+    xm = x16.max(axis=1).astype(np.float32)
+    c = np.where(xm == -np.inf, np.float32(0), -(xm * scale))
+    with np.errstate(invalid="ignore"):
+        q = _ftz_exp2(x16.astype(np.float32) * scale + c[:, None])
+    s = (q * w).sum(axis=1, dtype=np.float32)
+    weight = np.where(s > 0, np.float32(1) / s, np.float32(0))
+    acc = (q * weight[:, None]).astype(np.float64).sum(axis=0)
+    lse2 = (-c.astype(np.float64) + float(cm) + np.log2(s.astype(np.float64))).sum()
+    return acc * w, lse2 * np.log(2.0)
+
+
+def test_weighted_sweep_maths_emulated_in_numpy_matches_the_float64_definition():
+    """The column-weighted sweep's formula and log-sum-exp bookkeeping (emulated in float32
+    with flushed underflow, as the CUDA kernel computes) against float64 from the definition,
+    at potentials spread to the edge the host allows and with rows whose maximum sits on the
+    smallest potential (the bound then exceeds it by the whole spread), and -inf scores."""
+    from sinklabel.kernels.cupy import WEIGHTED_SPREAD, fits_column_weights
+
+    rng = np.random.default_rng(21)
+    n, k, lam = 400, 300, 25.0
+    f = rng.permutation(np.linspace(0.0, (WEIGHTED_SPREAD - 0.1) / np.log2(np.e), k))
+    assert fits_column_weights(f, 1.0) and np.ptp(f) * np.log2(np.e) > WEIGHTED_SPREAD - 1
+    x = (2 * rng.standard_normal((n, k))).astype(np.float16)
+    x[rng.random((n, k)) < 0.1] = -np.inf
+    x[:50, np.argmin(f)] = x[:50].max(axis=1) + 1
+    x[50:60, np.argmax(f)] = -np.inf
+    z = lam * x.astype(np.float64) + f
+    top = z.max(axis=1, keepdims=True)
+    p = np.exp(z - top)
+    mass = (p / p.sum(axis=1, keepdims=True)).sum(axis=0)
+    lse_rows = top[:, 0] + np.log(p.sum(axis=1))
+    ours, lse = _weighted_sweep_emulation(x, f, lam)
+    np.testing.assert_allclose(ours, mass, rtol=1e-5, atol=1e-9)
+    assert abs(lse - lse_rows.sum()) <= 1e-6 * np.abs(lse_rows).sum()
+
+
+def _ptxas_report(names: list[str]) -> str:
+    """ptxas's verbose report of the CuPy source's ``names`` compiled by NVRTC for sm_90."""
+    import ctypes
+
+    from sinklabel.kernels._cuda import SOURCE
+
+    lib = _nvrtc()
+    if lib is None:
+        pytest.skip("libnvrtc not found (pip install nvidia-cuda-nvrtc to run this check)")
+    program = ctypes.c_void_p()
+    assert lib.nvrtcCreateProgram(ctypes.byref(program), SOURCE.encode(), b"sinklabel.cu", 0,
+                                  None, None) == 0
+    for name in names:
+        assert lib.nvrtcAddNameExpression(program, name.encode()) == 0
+    options = [b"-std=c++17", b"-arch=sm_90", b"--ptxas-options=-v"]
+    status = lib.nvrtcCompileProgram(program, len(options),
+                                     (ctypes.c_char_p * len(options))(*options))
+    size = ctypes.c_size_t()
+    lib.nvrtcGetProgramLogSize(program, ctypes.byref(size))
+    log = ctypes.create_string_buffer(size.value)
+    lib.nvrtcGetProgramLog(program, log)
+    lib.nvrtcDestroyProgram(ctypes.byref(program))
+    assert status == 0, log.value.decode()
+    return log.value.decode()
+
+
+def test_cupy_weighted_candidates_keep_their_arrays_in_registers():
+    """The column-weighted sweeps' per-thread arrays stay in registers (no stack frame, which
+    would mean local memory and made the 64-thread shape 2.5 times slower on an H200)."""
+    from sinklabel.kernels import cupy as module
+
+    names = sorted({module.sweep_name("float16", config) for n_cols in (40, 1000, 3000, 10000)
+                    for config in module._sweep_plan(_ArrayShape(1000, n_cols, "float16"),
+                                                     async_copies=True)
+                    if config[8:] == (1,)})
+    report = _ptxas_report(names)
+    frames = re.findall(r"(\d+) bytes stack frame", report)
+    assert len(frames) == len(names) and set(frames) == {"0"}, report

@@ -1,18 +1,29 @@
 """CUDA C source of the CuPy backend's fused kernels, compiled by NVRTC on first use.
 
-``sink_sweep<S, VEC, NV, ROWS, THREADS, PREFETCH>``: one block keeps the accumulators of all
-K labels in registers (thread ``t`` owns the ``NV`` packs of ``VEC`` adjacent columns starting
-at ``(j * THREADS + t) * VEC``) and walks its share of the rows, ``ROWS`` at a time: each score
-is read once, ``z = scale * x + coef`` in base-2 units, row max and row sum by warp shuffles
-and one shared-memory exchange, then ``acc += exp2(z - max) / sum``. With ``PREFETCH`` the
-next tile's raw scores are loaded into registers before this tile's arithmetic, so loads stay
-in flight through the two barriers per tile (without it a block waits for memory once per
-tile); with ``STAGES`` instead, a ring of row tiles in shared memory is filled by
-asynchronous copies up to ``STAGES - 1`` tiles ahead (see ``Ring``). Each block writes its
-K sums to its own row of a partial-sum buffer, and the sum of its rows' log-sum-exps
-(``max + log2(sum)`` per row, one log2 per row, accumulated in float64 by thread 0,
-converted to natural-log units at the end) to its own entry of a second buffer; both are
-reduced in a fixed order on the host side: no atomics, so results repeat exactly.
+``sink_sweep<S, VEC, NV, ROWS, THREADS, PREFETCH, MERGE, POLY, STAGES, WEIGHTED>``: one block
+keeps the accumulators of all K labels in registers (thread ``t`` owns the ``NV`` packs of
+``VEC`` adjacent columns starting at ``(j * THREADS + t) * VEC``) and walks its share of the
+rows, ``ROWS`` at a time: each score is read once, ``z = scale * x + coef`` in base-2 units,
+row max and row sum by warp shuffles and one shared-memory exchange, then
+``acc += exp2(z - max) / sum``. With ``PREFETCH`` the next tile's raw scores are loaded into
+registers before this tile's arithmetic, so loads stay in flight through the two barriers per
+tile (without it a block waits for memory once per tile); with ``STAGES`` instead, a ring of
+row tiles in shared memory is filled by asynchronous copies up to ``STAGES - 1`` tiles ahead
+(see ``Ring``). Each block writes its K sums to its own row of a partial-sum buffer, and the
+sum of its rows' log-sum-exps (``max + log2(sum)`` per row, one log2 per row, accumulated in
+float64 by thread 0, converted to natural-log units at the end) to its own entry of a second
+buffer; both are reduced in a fixed order on the host side: no atomics, so results repeat
+exactly.
+
+``WEIGHTED`` (16-bit scores read from the ring only): each row is shifted by an upper bound
+of its maximum, ``scale * xm + cm`` (``xm`` its largest raw score, taken on packed halves;
+``cm`` the largest coefficient, once per block), instead of the maximum itself, and the
+coefficients become column weights ``w = exp2(coef - cm)`` in registers: per score
+``q = exp2(scale * x - scale * xm)``, row sum ``sum(q * w)``, ``acc += q / sum``, and the
+block's partials are ``acc * w``. That saves the float max and two adds per score; it
+equals the exact kernel up to rounding while the coefficients' spread is at most 64 (the
+sum stays above 2^-64, the underflowing terms below 2^-62 of it), which the host checks
+(``fits_column_weights``) before launching it, with ``scale`` > 0.
 
 ``sink_best<S>``: one warp per row; row max of ``scale * x + coef`` rounded like NumPy (no
 fused multiply-add), its first arg-max, and NaN when the row holds one.
@@ -286,14 +297,94 @@ __device__ __forceinline__ void merge_rows(A (&z)[ROWS][NV][VEC], A (&weight)[RO
     }
 }
 
+__device__ __forceinline__ unsigned max_f16x2(unsigned a, unsigned b) {
+    unsigned out;
+    asm("max.f16x2 %0, %1, %2;" : "=r"(out) : "r"(a), "r"(b));
+    return out;
+}
+
+// The largest of a thread's 16-bit scores of one row, by max.f16x2 on whole words (half the
+// instructions of float maxima): N independent chains over the packs, then the N words
+// (a power of 2) by halves; like fmaxf, a NaN is skipped. Needs sm_80, as the ring does.
+// (A pairwise tree over all NV * N words was not unrolled for NV = 6: local memory.)
+template <int NV, int N> __device__ __forceinline__ float half_max(const HalfWords<N> (&p)[NV]) {
+    unsigned m[N];
+#pragma unroll
+    for (int i = 0; i < N; ++i) m[i] = p[0].w[i];
+#pragma unroll
+    for (int j = 1; j < NV; ++j)
+#pragma unroll
+        for (int i = 0; i < N; ++i) m[i] = max_f16x2(m[i], p[j].w[i]);
+#pragma unroll
+    for (int h = N / 2; h > 0; h /= 2)
+#pragma unroll
+        for (int i = 0; i < h; ++i) m[i] = max_f16x2(m[i], m[i + h]);
+    float out;
+    asm("{.reg .b16 lo, hi; mov.b32 {lo, hi}, %1; max.f16 lo, lo, hi; cvt.f32.f16 %0, lo;}"
+        : "=f"(out) : "r"(m[0]));
+    return out;
+}
+
+// WEIGHTED's two barriers per tile: row r is shifted by the bound scale * xm + cm of its
+// largest score (xm: the largest raw score, cm: the largest coefficient) rather than by
+// the exact maximum of z, so a score costs no float max and no subtraction: z gets
+// q = 2^(scale * x - scale * xm), the row sum is that of q * w (w = 2^(coef - cm), the
+// thread's column weights), sum[r] (on every thread), weight[r] its reciprocal, and
+// shift[r] + cm + log2(sum[r]) is the row's log-sum-exp in base-2 units. Words of packs past
+// the matrix must hold -inf (a zero-filled word would raise the max).
+template <int POLY, int VEC, int NV, int ROWS, int WARPS, int N>
+__device__ __forceinline__ void weighted_rows(const HalfWords<N> (&words)[ROWS][NV],
+                                              const float (&w)[NV][VEC], float scale,
+                                              float (&z)[ROWS][NV][VEC], float (&weight)[ROWS],
+                                              float (&shift)[ROWS], float (&sum)[ROWS],
+                                              float (*exchange)[ROWS][WARPS], int warp, int lane)
+{
+#pragma unroll
+    for (int r = 0; r < ROWS; ++r) {
+        const float m = warp_max(half_max(words[r]));
+        if (lane == 0) exchange[0][r][warp] = m;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int r = 0; r < ROWS; ++r) {
+        float xm = exchange[0][r][0];
+#pragma unroll
+        for (int k = 1; k < WARPS; ++k) xm = larger(xm, exchange[0][r][k]);
+        const float c = xm == neg_inf<float>() ? 0.0f : -__fmul_rn(xm, scale);
+        float s = 0;
+#pragma unroll
+        for (int j = 0; j < NV; ++j)
+#pragma unroll
+            for (int v = 0; v < VEC; ++v) {
+                z[r][j][v] = exp2_mixed<POLY>(fmaf(element(words[r][j], v), scale, c),
+                                              j * VEC + v);
+                s = fmaf(z[r][j][v], w[j][v], s);
+            }
+        s = warp_sum(s);
+        if (lane == 0) exchange[1][r][warp] = s;
+        shift[r] = -c;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int r = 0; r < ROWS; ++r) {
+        float s = 0;
+#pragma unroll
+        for (int k = 0; k < WARPS; ++k) s += exchange[1][r][k];
+        weight[r] = s > 0 ? reciprocal(s) : 0.0f;
+        sum[r] = s;
+    }
+}
+
 template <typename S, int VEC, int NV, int ROWS, int THREADS, int PREFETCH, int MERGE = 0,
-          int POLY = 0, int STAGES = 0>
+          int POLY = 0, int STAGES = 0, int WEIGHTED = 0>
 __global__ void __launch_bounds__(THREADS) sink_sweep(
     const S* __restrict__ x, const typename Acc<S>::type* __restrict__ coef,
     typename Acc<S>::type* __restrict__ part, double* __restrict__ lse_part, long long n_rows,
     long long stride_row, long long stride_col, int n_cols)
 {
     typedef typename Acc<S>::type A;
+    static_assert(!WEIGHTED || (STAGES > 0 && !MERGE && sizeof(S) == 2),
+                  "WEIGHTED reads 16-bit scores from the ring, with two barriers per tile");
     const int WARPS = THREADS / 32;
     __shared__ A exchange[MERGE ? 4 : 2][ROWS][WARPS];
     const int t = threadIdx.x;
@@ -310,6 +401,27 @@ __global__ void __launch_bounds__(THREADS) sink_sweep(
             cf[j][v] = col < n_cols ? coef[col] : neg_inf<A>();
             acc[j][v] = 0;
         }
+    }
+    // WEIGHTED: cf becomes the column weights 2^(coef - cm), cm the block's largest
+    // coefficient (padding columns' weights are 0).
+    A cm = 0;
+    if constexpr (WEIGHTED) {
+        A m = neg_inf<A>();
+#pragma unroll
+        for (int j = 0; j < NV; ++j)
+#pragma unroll
+            for (int v = 0; v < VEC; ++v) m = larger(m, cf[j][v]);
+        m = warp_max(m);
+        if (lane == 0) exchange[0][0][warp] = m;
+        __syncthreads();
+        cm = exchange[0][0][0];
+#pragma unroll
+        for (int k = 1; k < WARPS; ++k) cm = larger(cm, exchange[0][0][k]);
+        __syncthreads();  // the loop's first tile writes exchange[0] again
+#pragma unroll
+        for (int j = 0; j < NV; ++j)
+#pragma unroll
+            for (int v = 0; v < VEC; ++v) cf[j][v] = exp2_fast(cf[j][v] - cm);
     }
     const long long n_tiles = (n_rows + ROWS - 1) / ROWS;
     // The raw scores of one tile; with PREFETCH they hold the next tile's while this one's
@@ -342,10 +454,14 @@ __global__ void __launch_bounds__(THREADS) sink_sweep(
                 ring_start + s * stage_bytes, x, blockIdx.x + (long long)s * gridDim.x, n_rows,
                 stride_row, n_cols, t);
     }
+    // WEIGHTED: whether this thread's last packs lie past the last column (only the last can,
+    // NV being the fewest packs that cover a row); their zero-filled words become -inf.
+    const bool past_last = ((NV - 1) * THREADS + t) * VEC >= n_cols;
     int step = 0;
     for (long long tile = blockIdx.x; tile < n_tiles; tile += gridDim.x, ++step) {
         A z[ROWS][NV][VEC];
         A top[ROWS];
+        Slot words[ROWS][NV];
         if constexpr (STAGES > 0) {
             // The stage refilled here is the one read (into registers) in the previous step.
             copy_tile_async<Slot, S, VEC, NV, ROWS, THREADS>(
@@ -361,8 +477,17 @@ __global__ void __launch_bounds__(THREADS) sink_sweep(
                     // 0 * scale - inf = -inf, and rows past the last get weight 0 below.
                     const Slot pk = load_shared<Slot>(reading
                                                       + (r * NV + j) * THREADS * sizeof(Slot));
+                    if constexpr (WEIGHTED) {
+                        words[r][j] = pk;
+                        if (j == NV - 1 && past_last) {
 #pragma unroll
-                    for (int v = 0; v < VEC; ++v) z[r][j][v] = element(pk, v) * scale + cf[j][v];
+                            for (int i = 0; i < VEC / 2; ++i) words[r][j].w[i] = 0xFC00FC00u;
+                        }
+                    } else {
+#pragma unroll
+                        for (int v = 0; v < VEC; ++v)
+                            z[r][j][v] = element(pk, v) * scale + cf[j][v];
+                    }
                     continue;
                 }
                 if (PREFETCH) {
@@ -401,7 +526,17 @@ __global__ void __launch_bounds__(THREADS) sink_sweep(
                                                  n_rows, stride_row, stride_col, n_cols);
         }
         A weight[ROWS];
-        if (MERGE) {
+        if constexpr (WEIGHTED) {
+            A shift[ROWS], sum[ROWS];
+            weighted_rows<POLY, VEC, NV, ROWS, WARPS>(words, cf, scale, z, weight, shift, sum,
+                                                      exchange, warp, lane);
+            if (t == 0) {
+#pragma unroll
+                for (int r = 0; r < ROWS; ++r)
+                    if (tile * ROWS + r < n_rows)
+                        lse_sum += (double)shift[r] + (double)cm + (double)log2_fast(sum[r]);
+            }
+        } else if (MERGE) {
             A lse[ROWS];
             merge_rows<A, VEC, NV, ROWS, WARPS, POLY>(z, weight, lse, exchange + 2 * (step & 1),
                                                       warp, lane);
@@ -467,7 +602,9 @@ __global__ void __launch_bounds__(THREADS) sink_sweep(
 #pragma unroll
         for (int v = 0; v < VEC; ++v) {
             const int col = (j * THREADS + t) * VEC + v;
-            if (col < n_cols) part[blockIdx.x * (long long)n_cols + col] = acc[j][v];
+            if (col < n_cols)
+                part[blockIdx.x * (long long)n_cols + col] = WEIGHTED ? acc[j][v] * cf[j][v]
+                                                                      : acc[j][v];
         }
     if (t == 0) lse_part[blockIdx.x] = lse_sum * 0.6931471805599453;
 }
