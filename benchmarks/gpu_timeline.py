@@ -11,10 +11,13 @@ is what a solver iteration costs beyond a sweep.
 
     python benchmarks/gpu_timeline.py OUT_DIR                  # traces and a summary
     python benchmarks/gpu_timeline.py OUT_DIR --solve 12       # ... and two profiled solves
-    python benchmarks/gpu_timeline.py --ncu torch bfloat16     # a few sweeps for Nsight Compute
+    python benchmarks/gpu_timeline.py --ncu cupy float16       # sweeps for Nsight Compute
 
-``--ncu`` runs six sweeps of one backend and dtype with the configuration of ``CONFIGS``, for
-``ncu -k regex:sweep --launch-skip 3 --launch-count 1``.
+``--ncu`` runs one sweep of one backend and dtype per configuration of its ``CONFIGS`` row, so
+that a profile holds exactly those main kernels (at base clocks: ncu locks them):
+
+    ncu -k regex:"_sweep_fused|sink_sweep" --section SpeedOfLight --section WarpStateStats \
+        --section SchedulerStats python benchmarks/gpu_timeline.py --ncu cupy float16
 """
 
 from __future__ import annotations
@@ -54,9 +57,10 @@ def main(argv: list[str] | None = None) -> int:
     x32 = flat_scores(args.n, args.k)
     if args.ncu:
         library, dtype = args.ncu
-        sweep = forced_sweep(library, x32.to(getattr(torch, dtype)))
-        for _ in range(6):
-            sweep()
+        x = x32.to(getattr(torch, dtype))
+        del x32
+        for config in CONFIGS[(library, dtype)]:
+            forced_sweep(library, x, config)
         torch.cuda.synchronize()
         return 0
     out = Path(args.out)
@@ -89,14 +93,16 @@ def record(summary: list[dict], row: dict, out: Path) -> None:
     (out / "timeline.json").write_text(json.dumps(summary, indent=1))
 
 
-def forced_sweep(library: str, x):
-    """A sweep of ``x`` by ``library`` with the first configuration of its ``CONFIGS`` row
-    (no tuning: the timeline is about the host's share, not the choice of kernel)."""
+def forced_sweep(library: str, x, config: tuple | None = None):
+    """A sweep of ``x`` by ``library`` with ``config``, by default the first configuration of
+    its ``CONFIGS`` row (no tuning: the timeline is about the host's share, not the choice of
+    kernel), once; returns a function that sweeps again."""
     from sinklabel.kernels import get_kernel
 
     module, data, _ = _backend(library, x)
     dtype = str(x.dtype).removeprefix("torch.")
-    module.TUNER.chosen[_key(library, data, module)] = CONFIGS[(library, dtype)][0]
+    chosen = CONFIGS[(library, dtype)][0] if config is None else config
+    module.TUNER.chosen[_key(library, data, module)] = chosen
     kernel, f = get_kernel(library), np.zeros(x.shape[1])
     kernel.sweep(data, f, LAM)
     return lambda: kernel.sweep(data, f, LAM)
