@@ -616,3 +616,26 @@ def test_cupy_weighted_sweep_runs_its_twin_for_potentials_spread_too_far(k):
         twin_mass, twin_lse = _forced_sweep_lse(module, x, k, config[:8], f)
         np.testing.assert_array_equal(mass, twin_mass, err_msg=str(config))
         assert lse == twin_lse
+
+
+@pytest.mark.parametrize("library, dtype", [c for c in CASES if c.values[1] != "float64"])
+def test_sweeps_launch_whole_waves_and_agree_with_numpy(library, dtype, monkeypatch):
+    """With a program per row allowed, the grid is cut to whole waves of what the driver
+    says a multiprocessor runs at once, and the masses still match the NumPy kernel and the
+    sweep launched on every program of its buffer."""
+    from sinklabel.kernels import _buffers, _occupancy
+
+    module = _backend_module(library)
+    monkeypatch.setattr(module, "MIN_ROWS_PER_PROGRAM", 1)
+    monkeypatch.setattr(module, "_RESIDENT", {})
+    host = make_scores(6000, 3000, regime="flat", seed=17).scores
+    x, exact = on_device(host, library, dtype)
+    f = np.random.default_rng(18).standard_normal(3000)
+    expected = get_kernel("numpy").sweep(exact, f, 25.0)
+    whole = get_kernel(library).sweep(x, f, 25.0)
+    assert [r for r in module._RESIDENT.values() if r], "the driver gave no occupancy"
+    np.testing.assert_allclose(whole, expected, rtol=1e-5, atol=1e-7)
+    _buffers.release()  # no CUDA graph of the whole-wave grid is replayed below
+    monkeypatch.setattr(_occupancy, "WHOLE_WAVES", False)
+    every = get_kernel(library).sweep(x, f, 25.0)
+    np.testing.assert_allclose(whole, every, rtol=1e-6, atol=1e-9)

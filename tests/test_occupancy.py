@@ -1,0 +1,51 @@
+"""Whole waves of programs for the fused GPU sweeps (``kernels/_occupancy.py``), without a GPU:
+the arithmetic of the grid, and the driver call through a stand-in."""
+
+from __future__ import annotations
+
+import pytest
+
+from sinklabel.kernels import _occupancy
+
+
+@pytest.mark.parametrize("cap, processors, resident, expected", [
+    (4224, 132, 5, 3960),   # 6.4 waves of a 16-bit pick at ImageNet scale: 6 whole ones
+    (4224, 132, 4, 4224),   # the float32 picks: 8 whole waves already
+    (4224, 132, None, 4224),  # the driver could not say
+    (500, 132, 5, 500),     # under one wave: all of it
+    (660, 132, 5, 660),     # exactly one wave
+    (1319, 132, 5, 660),
+    (4224, 132, 33, 4224),  # more resident than a wave of the cap
+])
+def test_whole_waves_cut_the_grid_to_full_waves(cap, processors, resident, expected):
+    assert _occupancy.whole_waves(cap, processors, resident) == expected
+
+
+def test_whole_waves_can_be_switched_off(monkeypatch):
+    monkeypatch.setattr(_occupancy, "WHOLE_WAVES", False)
+    assert _occupancy.whole_waves(4224, 132, 5) == 4224
+
+
+class _FakeDriver:
+    """cuOccupancyMaxActiveBlocksPerMultiprocessor as the CUDA driver answers it."""
+
+    def __init__(self, blocks: int, status: int = 0):
+        self.blocks, self.status, self.calls = blocks, status, []
+
+    def cuOccupancyMaxActiveBlocksPerMultiprocessor(self, count, function, threads, shared):
+        self.calls.append((function.value, threads.value, shared.value))
+        count._obj.value = self.blocks
+        return self.status
+
+
+def test_resident_blocks_asks_the_driver_for_the_kernel_and_launch(monkeypatch):
+    driver = _FakeDriver(5)
+    monkeypatch.setattr(_occupancy, "_driver", lambda: driver)
+    assert _occupancy.resident_blocks(0x1234, 128, 12304) == 5
+    assert driver.calls == [(0x1234, 128, 12304)]
+
+
+@pytest.mark.parametrize("driver", [None, _FakeDriver(5, status=1), _FakeDriver(0)])
+def test_resident_blocks_is_none_where_the_driver_cannot_say(driver, monkeypatch):
+    monkeypatch.setattr(_occupancy, "_driver", lambda: driver)
+    assert _occupancy.resident_blocks(0x1234, 128, 0) is None
