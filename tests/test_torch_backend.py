@@ -474,10 +474,11 @@ def _nvrtc():
     return None
 
 
-def _compile_with_nvrtc(names: list[str], arch: str) -> None:
+def _compile_with_nvrtc(names: list[str], arch: str, *options: bytes) -> str:
     """Compile the CuPy backend's CUDA source for ``names`` as CuPy would (NVRTC) and check
     each instantiation got a symbol; ``sm_90`` also runs ptxas (register and shared-memory
-    limits), ``compute_90`` stops at PTX."""
+    limits), ``compute_90`` stops at PTX. Returns the compiler's log (ptxas's report with
+    ``--ptxas-options=-v``)."""
     import ctypes
 
     from sinklabel.kernels._cuda import SOURCE
@@ -490,7 +491,7 @@ def _compile_with_nvrtc(names: list[str], arch: str) -> None:
                                   None, None) == 0
     for name in names:
         assert lib.nvrtcAddNameExpression(program, name.encode()) == 0
-    options = [b"-std=c++17", f"-arch={arch}".encode()]
+    options = [b"-std=c++17", f"-arch={arch}".encode(), *options]
     status = lib.nvrtcCompileProgram(program, len(options),
                                      (ctypes.c_char_p * len(options))(*options))
     size = ctypes.c_size_t()
@@ -503,6 +504,7 @@ def _compile_with_nvrtc(names: list[str], arch: str) -> None:
         assert lib.nvrtcGetLoweredName(program, name.encode(), ctypes.byref(lowered)) == 0
         assert lowered.value.startswith(b"_Z")
     lib.nvrtcDestroyProgram(ctypes.byref(program))
+    return log.value.decode()
 
 
 def test_cupy_cuda_source_compiles_for_hopper():
@@ -780,32 +782,6 @@ def test_weighted_sweep_maths_emulated_in_numpy_matches_the_float64_definition()
     assert abs(lse - lse_rows.sum()) <= 1e-6 * np.abs(lse_rows).sum()
 
 
-def _ptxas_report(names: list[str]) -> str:
-    """ptxas's verbose report of the CuPy source's ``names`` compiled by NVRTC for sm_90."""
-    import ctypes
-
-    from sinklabel.kernels._cuda import SOURCE
-
-    lib = _nvrtc()
-    if lib is None:
-        pytest.skip("libnvrtc not found (pip install nvidia-cuda-nvrtc to run this check)")
-    program = ctypes.c_void_p()
-    assert lib.nvrtcCreateProgram(ctypes.byref(program), SOURCE.encode(), b"sinklabel.cu", 0,
-                                  None, None) == 0
-    for name in names:
-        assert lib.nvrtcAddNameExpression(program, name.encode()) == 0
-    options = [b"-std=c++17", b"-arch=sm_90", b"--ptxas-options=-v"]
-    status = lib.nvrtcCompileProgram(program, len(options),
-                                     (ctypes.c_char_p * len(options))(*options))
-    size = ctypes.c_size_t()
-    lib.nvrtcGetProgramLogSize(program, ctypes.byref(size))
-    log = ctypes.create_string_buffer(size.value)
-    lib.nvrtcGetProgramLog(program, log)
-    lib.nvrtcDestroyProgram(ctypes.byref(program))
-    assert status == 0, log.value.decode()
-    return log.value.decode()
-
-
 def test_cupy_weighted_candidates_keep_their_arrays_in_registers():
     """The column-weighted sweeps' per-thread arrays stay in registers (no stack frame, which
     would mean local memory and made the 64-thread shape 2.5 times slower on an H200)."""
@@ -815,6 +791,6 @@ def test_cupy_weighted_candidates_keep_their_arrays_in_registers():
                     for config in module._sweep_plan(_ArrayShape(1000, n_cols, "float16"),
                                                      async_copies=True)
                     if config[8:] == (1,)})
-    report = _ptxas_report(names)
+    report = _compile_with_nvrtc(names, "sm_90", b"--ptxas-options=-v")
     frames = re.findall(r"(\d+) bytes stack frame", report)
     assert len(frames) == len(names) and set(frames) == {"0"}, report
