@@ -45,7 +45,7 @@ def test_resident_blocks_asks_the_driver_for_the_kernel_and_launch(monkeypatch):
     assert driver.calls == [(0x1234, 128, 12304)]
 
 
-@pytest.mark.parametrize("driver", [None, _FakeDriver(5, status=1), _FakeDriver(0)])
+@pytest.mark.parametrize("driver", [None, object(), _FakeDriver(5, status=1), _FakeDriver(0)])
 def test_resident_blocks_is_none_where_the_driver_cannot_say(driver, monkeypatch):
     monkeypatch.setattr(_occupancy, "_driver", lambda: driver)
     assert _occupancy.resident_blocks(0x1234, 128, 0) is None

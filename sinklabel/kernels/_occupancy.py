@@ -36,13 +36,12 @@ def resident_blocks(function: int, threads: int, shared_bytes: int) -> int | Non
     """How many blocks of ``threads`` threads of the kernel ``function`` (a CUfunction handle)
     with ``shared_bytes`` of dynamic shared memory one multiprocessor runs at once, by the
     driver's occupancy calculator; None where the driver is not there or declines."""
-    lib = _driver()
-    if lib is None:
+    occupancy = getattr(_driver(), "cuOccupancyMaxActiveBlocksPerMultiprocessor", None)
+    if occupancy is None:
         return None
     count = ctypes.c_int(0)
-    status = lib.cuOccupancyMaxActiveBlocksPerMultiprocessor(
-        ctypes.byref(count), ctypes.c_void_p(function), ctypes.c_int(threads),
-        ctypes.c_size_t(shared_bytes))
+    status = occupancy(ctypes.byref(count), ctypes.c_void_p(function), ctypes.c_int(threads),
+                       ctypes.c_size_t(shared_bytes))
     return count.value if status == 0 and count.value > 0 else None
 
 
