@@ -77,7 +77,8 @@ class CupyKernel(Kernel):
         key = (dtype, n_cols, plan)
         names = _kernel_names(*key)
         tune = x.size >= TUNE_ELEMENTS
-        weighted_ok = fits_column_weights(f, lam)
+        # Only float16 plans hold column-weighted candidates (the check costs host time).
+        weighted_ok = dtype != "float16" or fits_column_weights(f, lam)
         # One NVRTC call compiles every candidate once the plan is (or is about to be) tuned.
         every = key in TUNER.chosen or TUNER.will_time(key, plan, tune)
         launched = [programs]  # the last launch's block count, whose partials are summed
