@@ -49,3 +49,55 @@ def test_resident_blocks_asks_the_driver_for_the_kernel_and_launch(monkeypatch):
 def test_resident_blocks_is_none_where_the_driver_cannot_say(driver, monkeypatch):
     monkeypatch.setattr(_occupancy, "_driver", lambda: driver)
     assert _occupancy.resident_blocks(0x1234, 128, 0) is None
+
+
+class _FakeCompiled:
+    """What Triton's ``warmup`` gives back: a compiled kernel, to be loaded."""
+
+    def __init__(self):
+        self.function, self.metadata = 77, type("Metadata", (), {"shared": 12304})
+
+    def _init_handles(self):
+        pass
+
+
+class _FakeFuture:
+    """What Triton's asynchronous compile mode gives back instead: a future of the kernel."""
+
+    def result(self):
+        return _FakeCompiled()
+
+
+@pytest.mark.parametrize("compiled, expected", [
+    (_FakeCompiled(), 5), (_FakeFuture(), 5),
+    (None, None),  # a compile hook declined: no kernel to ask about
+])
+def test_triton_sweep_asks_the_driver_about_its_compiled_kernel(compiled, expected,
+                                                                monkeypatch):
+    pytest.importorskip("triton")
+    from sinklabel.kernels import _triton
+
+    calls = []
+    fake = type("Sweep", (), {"warmup": staticmethod(lambda *a, grid, **o: compiled)})
+    monkeypatch.setattr(_triton, "_sweep_fused", fake)
+    monkeypatch.setattr(_triton, "resident_blocks",
+                        lambda function, threads, shared: calls.append(
+                            (function, threads, shared)) or 5)
+    assert _triton._compiled_resident(dict(num_warps=4), ()) == expected
+    assert calls == ([(77, 128, 12304)] if expected else [])
+
+
+def test_triton_sweep_leaves_a_kernel_that_cannot_launch_to_the_tuner(monkeypatch):
+    """A configuration too large for the device raises at its launch, where the tuner skips
+    it; asking about its occupancy first must not raise instead."""
+    pytest.importorskip("triton")
+    from triton.runtime.errors import OutOfResources
+
+    from sinklabel.kernels import _triton
+
+    def too_large(*args, grid, **options):
+        raise OutOfResources(300000, 232448, "shared memory")
+
+    fake = type("Sweep", (), {"warmup": staticmethod(too_large)})
+    monkeypatch.setattr(_triton, "_sweep_fused", fake)
+    assert _triton._compiled_resident(dict(num_warps=4), ()) is None

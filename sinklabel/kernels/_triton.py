@@ -519,6 +519,8 @@ def _resident(x: torch.Tensor, options: dict, args: tuple) -> int | None:
 def _compiled_resident(options: dict, args: tuple) -> int | None:
     try:
         kernel = _sweep_fused.warmup(*args, grid=(1,), **options)
+        if hasattr(kernel, "result"):  # compiled asynchronously (Triton's async mode)
+            kernel = kernel.result()
         kernel._init_handles()  # loads it: the CUfunction handle the driver is asked about
         function, shared = kernel.function, kernel.metadata.shared
     except _LAUNCH_ERRORS:  # the launch itself will raise it, for the tuner to skip
