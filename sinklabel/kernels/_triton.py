@@ -471,13 +471,15 @@ def best(x: torch.Tensor, f: np.ndarray, lam: float) -> tuple[torch.Tensor, torc
 
 def _sum_parts(buffers: TorchSweepBuffers, programs: int,
                lse_parts: torch.Tensor | None = None) -> torch.Tensor:
-    """Column sums of the partial sums in float64 into the first K entries of the totals and
-    the log-sum-exp partials' sum into the last (torch's ``sum(dtype=float64)`` would first
-    copy the whole buffer to float64)."""
-    lse = buffers.lse_parts if lse_parts is None else lse_parts
+    """Column sums of the first ``programs`` rows of partial sums in float64 into the first K
+    entries of the totals, and the sum of as many log-sum-exp partials (or of all of
+    ``lse_parts``) into the last (torch's ``sum(dtype=float64)`` would first copy the whole
+    buffer to float64)."""
+    lse, n_lse = (buffers.lse_parts, programs) if lse_parts is None else (
+        lse_parts, lse_parts.shape[0])
     n_cols = buffers.part.shape[1]
     _column_sums[(_cdiv(n_cols, SUM_COLS) + 1,)](
-        buffers.part, lse, buffers.totals, programs, lse.shape[0], N_COLS=n_cols,
+        buffers.part, lse, buffers.totals, programs, n_lse, N_COLS=n_cols,
         BLOCK_P=SUM_PARTS, BLOCK_K=SUM_COLS, num_warps=8)
     return buffers.totals
 
