@@ -621,21 +621,37 @@ def test_cupy_weighted_sweep_runs_its_twin_for_potentials_spread_too_far(k):
 @pytest.mark.parametrize("library, dtype", [c for c in CASES if c.values[1] != "float64"])
 def test_sweeps_launch_whole_waves_and_agree_with_numpy(library, dtype, monkeypatch):
     """With a program per row allowed, the grid is cut to whole waves of what the driver
-    says a multiprocessor runs at once, and the masses still match the NumPy kernel and the
-    sweep launched on every program of its buffer."""
+    says a multiprocessor runs at once, and the masses and log-sum-exp total still match the
+    NumPy kernel and the sweep launched on every program of its buffer. The partial buffers
+    are filled with NaN before each sweep, so a partial summed but not written shows."""
     from sinklabel.kernels import _buffers, _occupancy
 
     module = _backend_module(library)
     monkeypatch.setattr(module, "MIN_ROWS_PER_PROGRAM", 1)
     monkeypatch.setattr(module, "_RESIDENT", {})
+    kept = module._buffers
+
+    def poisoned(*args):
+        buffers = kept(*args)
+        for partials in (buffers.part, buffers.lse_parts):
+            if library == "torch":
+                partials.fill_(float("nan"))
+            else:
+                partials.fill(np.nan)
+        return buffers
+
+    monkeypatch.setattr(module, "_buffers", poisoned)
     host = make_scores(6000, 3000, regime="flat", seed=17).scores
     x, exact = on_device(host, library, dtype)
     f = np.random.default_rng(18).standard_normal(3000)
     expected = get_kernel("numpy").sweep(exact, f, 25.0)
-    whole = get_kernel(library).sweep(x, f, 25.0)
+    lse_rows = _sweep_lse_float64(exact, f, 25.0)[1]
+    whole, whole_lse = get_kernel(library).sweep_lse(x, f, 25.0)
     assert [r for r in module._RESIDENT.values() if r], "the driver gave no occupancy"
     np.testing.assert_allclose(whole, expected, rtol=1e-5, atol=1e-7)
+    assert abs(whole_lse - lse_rows.sum()) <= 1e-6 * np.abs(lse_rows).sum()
     _buffers.release()  # no CUDA graph of the whole-wave grid is replayed below
     monkeypatch.setattr(_occupancy, "WHOLE_WAVES", False)
-    every = get_kernel(library).sweep(x, f, 25.0)
+    every, every_lse = get_kernel(library).sweep_lse(x, f, 25.0)
     np.testing.assert_allclose(whole, every, rtol=1e-6, atol=1e-9)
+    assert abs(whole_lse - every_lse) <= 1e-9 * np.abs(lse_rows).sum()
