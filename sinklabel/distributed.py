@@ -584,7 +584,12 @@ class _GuardedKernel(WrappingKernel):
     def empty_labels(self, n: int, like: Array | None) -> Array:
         if like is None:
             return _no_labels(self.source, self.inner)
-        return self.inner.empty_labels(n, like)
+        if self.collective.failure is None:
+            try:
+                return self.inner.empty_labels(n, like)
+            except Exception as exc:  # out of memory, say: the next reduction stops every rank
+                self.collective.fail(exc)
+        return _DiscardedLabels()
 
     def empty_rows(self, n: int, like: Array) -> Array:
         return self.inner.empty_rows(n, like)
@@ -597,6 +602,14 @@ class _GuardedKernel(WrappingKernel):
         except Exception as exc:
             self.collective.fail(exc)
             return placeholder
+
+
+class _DiscardedLabels:
+    """The label vector of a rank that could not allocate one: the labels written into it
+    are dropped, and the next reduction (the label counts) raises on every rank."""
+
+    def __setitem__(self, rows: slice, labels: Array) -> None:
+        pass
 
 
 def _no_labels(source: Source, kernel: Kernel) -> Array:

@@ -339,6 +339,39 @@ def test_a_rank_failing_mid_solve_stops_every_rank(tmp_path, how):
     assert finals[0][0] == "ok" and finals.count(finals[0]) == 3
 
 
+def _allocation_failure_case(rank: int, world: int) -> tuple:
+    """Rank 1 cannot allocate its label vector (out of memory, say) after a solve that went
+    well everywhere."""
+    from sinklabel.kernels.numpy import NumpyKernel
+
+    scores = make_scores(60, 4, regime="flat", seed=rank).scores
+    if rank == 1:
+        allocate = NumpyKernel.empty_labels
+
+        def out_of_memory(self, n, like):
+            if n == len(scores):  # the whole vector; a chunk's stand-in still fits
+                raise MemoryError("cannot allocate the labels")
+            return allocate(self, n, like)
+        NumpyKernel.empty_labels = out_of_memory
+    start = time.monotonic()
+    outcome = _caught(sinklabel.sinkhorn, scores, 4, chunk_size=16, distributed=True,
+                      backend="numpy")
+    return (*outcome, time.monotonic() - start)
+
+
+def test_a_rank_that_cannot_allocate_its_labels_stops_every_rank(tmp_path):
+    """The label vector is allocated after the solve's last reduction: a rank that fails
+    there must still reach the next one (the label counts), or the others wait for it until
+    the group's timeout."""
+    outcomes = _values_of_every_rank(tmp_path, 3, _allocation_failure_case)
+    assert outcomes[1][:2] == ("error", "MemoryError"), outcomes[1]
+    for rank in (0, 2):
+        status, kind, message, seconds = outcomes[rank]
+        assert (status, kind) == ("error", RankFailedError.__name__), outcomes[rank]
+        assert "rank 1 (MemoryError)" in message
+        assert seconds < GROUP_TIMEOUT_S / 2  # stopped by the flag, not by a timeout
+
+
 def _death_case(rank: int, world: int) -> tuple:
     scores = make_scores(60, 4, regime="flat", seed=rank).scores
     mine = FlakySource(scores, 3, "die") if rank == 1 else scores
