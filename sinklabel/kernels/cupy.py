@@ -87,7 +87,7 @@ class CupyKernel(Kernel):
             return _functions(names if every else (names[0], names[-1]))
 
         def launch(config: tuple[int, ...]) -> None:
-            if config[8:9] == (1,) and not weighted_ok:
+            if _weighted(config) and not weighted_ok:
                 config = config[:8]  # its unweighted twin, a candidate of the same plan
             name = sweep_name(dtype, config)
             kernel = functions()[name]
@@ -209,7 +209,12 @@ def fits_column_weights(f: np.ndarray, lam: float) -> bool:
 def _usable(plan: tuple[tuple[int, ...], ...], weighted_ok: bool) -> tuple[tuple[int, ...], ...]:
     """The candidates a sweep may time: the column-weighted ones only at potentials that fit
     them (elsewhere they would run, and be timed and checked, as their twins)."""
-    return plan if weighted_ok else tuple(c for c in plan if c[8:9] != (1,))
+    return plan if weighted_ok else tuple(c for c in plan if not _weighted(c))
+
+
+def _weighted(config: tuple[int, ...]) -> bool:
+    """Whether a configuration is column-weighted (its ninth entry, see ``sweep_name``)."""
+    return config[8:9] == (1,)
 
 
 def sweep_name(dtype: str, config: tuple[int, ...]) -> str:
