@@ -115,6 +115,16 @@ def test_label_without_finite_score_is_named():
         sinkhorn(scores, 3)
 
 
+def test_only_the_labels_without_finite_score_are_named():
+    """Two labels start without mass: label 1 has no finite score (named), label 2 only scores
+    far below the rest (its mass underflows, but it can be revived: not named)."""
+    scores = np.zeros((6, 4))
+    scores[:, 1] = -np.inf
+    scores[:, 2] = -1e4
+    with pytest.raises(ValueError, match=r"labels \[1\] have no finite score"):
+        sinkhorn(scores, 4)
+
+
 @pytest.mark.parametrize(
     "options, error, match",
     [

@@ -176,16 +176,19 @@ def _two_loop(pairs: list[tuple[np.ndarray, np.ndarray]], gradient: np.ndarray) 
 
 
 @pytest.mark.parametrize("k", [1, 7, 300])
-def test_lbfgs_direction_matches_the_two_loop_recursion(k):
+def test_lbfgs_direction_matches_the_two_loop_recursion(k, monkeypatch):
     """The solver's memory (which keeps each pair's curvature) gives the plain recursion's
     direction over its last pairs, through pairs dropped for age, pairs refused for no
-    curvature or NaN, and a reset."""
+    curvature or NaN, the buffer's moves of its pairs to the front, and a reset."""
     from sinklabel.solver import MEMORY, _Memory
 
+    moves = []
+    move = _Memory._move_to_front
+    monkeypatch.setattr(_Memory, "_move_to_front", lambda self: moves.append(1) or move(self))
     rng = np.random.default_rng(k)
     memory, kept = _Memory(MEMORY), []
     assert memory.direction(rng.standard_normal(k)) is None
-    for count in range(3 * MEMORY + 4):
+    for count in range(6 * MEMORY):
         step = rng.standard_normal(k)
         # The dual is concave: a pair's change has a positive component along its step.
         change = rng.uniform(0.1, 2.0) * step + 0.3 * rng.standard_normal(k)
@@ -196,7 +199,7 @@ def test_lbfgs_direction_matches_the_two_loop_recursion(k):
         else:
             curved = step @ change > 1e-8 * np.linalg.norm(step) * np.linalg.norm(change)
             kept = (kept + [(step, change)])[-MEMORY:] if curved else kept
-        if count == 2 * MEMORY:
+        if count == 4 * MEMORY:
             memory.clear()
             kept = kept[-1:]
             memory.add(*kept[0])
@@ -208,6 +211,7 @@ def test_lbfgs_direction_matches_the_two_loop_recursion(k):
             continue
         np.testing.assert_allclose(memory.direction(gradient), _two_loop(kept, gradient),
                                    rtol=1e-9, atol=1e-12)
+    assert moves, "the pairs never filled the buffer: the test missed its moves"
 
 
 @pytest.mark.parametrize("case", ["row offset", "finite mask"])
