@@ -214,25 +214,44 @@ def test_lbfgs_direction_matches_the_two_loop_recursion(k, monkeypatch):
     assert moves, "the pairs never filled the buffer: the test missed its moves"
 
 
-@pytest.mark.parametrize("case", ["row offset", "finite mask"])
+@pytest.mark.parametrize("case", ["row offset", "finite mask", "top row and potentials"])
 def test_precision_warning_names_scores_float32_cannot_resolve(rng, case):
     """float32 resolves lam * logp + f to 1e-7 of its size: a row offset of 1e5 (lam * logp
     near 2.5e6) or a label masked at -1e9 (its potential near 2.5e10) leaves the plan
-    inexact, which the solve must say; the same scores centred, or in float64, do not."""
+    inexact, which the solve must say; the same scores centred, or in float64, do not.
+    Neither part need do it alone: one row 300 above the rest (lam * logp near 7500) and a
+    label scored 50 below (its potential near 1100) add up past 1e-3 / eps = 8389, while the
+    objective, a mean over the rows, stays near 20."""
     s = np.log(rng.dirichlet(np.ones(8), size=400))
     if case == "row offset":
         s += 1e5
-    else:
+    elif case == "finite mask":
         s[:, 3] = -1e9
-    with warnings.catch_warnings(), pytest.warns(PrecisionWarning, match="float32 rounds"):
+    else:
+        s[0] += 300.0
+        s[:, 3] -= 50.0
+    with warnings.catch_warnings():  # the filters outlive pytest.warns, which re-emits the rest
         warnings.simplefilter("ignore", ConvergenceWarning)
         warnings.filterwarnings("ignore", "labels .* received no points")
-        sinklabel.sinkhorn(s.astype(np.float32), 8, backend="numpy")
+        with pytest.warns(PrecisionWarning, match="float32 rounds") as w:
+            sinklabel.sinkhorn(s.astype(np.float32), 8, backend="numpy")
+    assert all("or pass float64 scores" in str(x.message) for x in w
+               if x.category is PrecisionWarning)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         sinklabel.sinkhorn(s, 8, backend="numpy")  # float64: resolved
         if case == "row offset":
             sinklabel.sinkhorn((s - s.max(axis=1, keepdims=True)).astype(np.float32), 8)
+
+
+def test_precision_warning_in_float64_does_not_advise_float64(rng):
+    """float64 resolves 1e-16 of a size: a row offset of 1e12 (lam * logp near 2.5e13) is
+    past it, and the advice is to centre the rows, not to pass the float64 it already is."""
+    s = np.log(rng.dirichlet(np.ones(8), size=400)) + 1e12
+    with pytest.warns(PrecisionWarning, match="float64 rounds") as w:
+        sinklabel.sinkhorn(s, 8, backend="numpy")
+    message = str(w[0].message)
+    assert "subtract each row's maximum" in message and "float64 scores" not in message
 
 
 @pytest.mark.parametrize("cache", [False, True])

@@ -11,7 +11,7 @@ import pytest
 import sinklabel
 from sinklabel import ConvergenceWarning, solver
 from sinklabel.datasets import make_scores
-from sinklabel.solver import MAX_TRIALS, _line_search, _Point
+from sinklabel.solver import MAX_TRIALS, _line_search, _Point, _sinkhorn_step
 
 
 class _Line:
@@ -84,6 +84,15 @@ def test_line_search_finds_nothing_where_every_step_falls():
                    gradient=np.array([0.5]), error=0.5)
     assert _line_search(line, start, np.ones(1)) is None
     assert len(line.trials) == MAX_TRIALS
+
+
+def test_sinkhorn_step_keeps_the_potential_of_a_label_without_mass():
+    """``log r - log t`` per label; a label with no mass (its target below what the kernels
+    resolve, so it is not revived) keeps its potential rather than stepping to infinity."""
+    point = _Point(f=np.zeros(3), mass=np.array([0.6, 0.4, 0.0]), objective=0.0, noise=0.0,
+                   gradient=np.zeros(3), error=0.0)
+    step = _sinkhorn_step(point, np.log([0.5, 0.5, 1e-45]))
+    np.testing.assert_allclose(step, [np.log(0.5 / 0.6), np.log(0.5 / 0.4), 0.0], rtol=1e-15)
 
 
 def _label_marginal(scores: np.ndarray, potentials: np.ndarray, lam: float) -> np.ndarray:
