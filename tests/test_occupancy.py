@@ -15,6 +15,7 @@ from sinklabel.kernels import _occupancy
     (500, 132, 5, 500),     # under one wave: all of it
     (660, 132, 5, 660),     # exactly one wave
     (1319, 132, 5, 660),
+    (1000, 132, 1, 924),    # one resident program (a kernel at the register limit)
     (4224, 132, 33, 4224),  # more resident than a wave of the cap
 ])
 def test_whole_waves_cut_the_grid_to_full_waves(cap, processors, resident, expected):
@@ -38,10 +39,11 @@ class _FakeDriver:
         return self.status
 
 
-def test_resident_blocks_asks_the_driver_for_the_kernel_and_launch(monkeypatch):
-    driver = _FakeDriver(5)
+@pytest.mark.parametrize("blocks", [1, 5])
+def test_resident_blocks_asks_the_driver_for_the_kernel_and_launch(blocks, monkeypatch):
+    driver = _FakeDriver(blocks)
     monkeypatch.setattr(_occupancy, "_driver", lambda: driver)
-    assert _occupancy.resident_blocks(0x1234, 128, 12304) == 5
+    assert _occupancy.resident_blocks(0x1234, 128, 12304) == blocks
     assert driver.calls == [(0x1234, 128, 12304)]
 
 
