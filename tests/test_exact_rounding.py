@@ -3,10 +3,11 @@ exact solvers against independent oracles (scipy's linear_sum_assignment on the 
 each label's column replicated to its size, and plain reference code written here)."""
 
 import math
+from fractions import Fraction
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from scipy.optimize import linear_sum_assignment
 
@@ -117,6 +118,21 @@ def test_finite_per_label_counts_as_a_plain_count():
 
 def refusing_rows(start: int, stop: int) -> np.ndarray:
     raise AssertionError(f"rows [{start}, {stop}) read before the memory check")
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(st.integers(1, 10**7), st.lists(st.integers(1, 1000), min_size=1, max_size=20))
+@example(157_035, [32, 26, 14, 16, 3, 4])  # integer shares that N * w misses by ulps
+@example(184_080, [24, 21, 20])
+def test_balanced_sizes_are_the_floor_and_ceil_of_the_exact_shares(n, parts):
+    """N * w with w = parts / sum(parts), in exact rational arithmetic: its floor and ceil,
+    one size where the share is an integer, though the normalised weights times N may miss
+    it by a few ulps (found by search; draws rarely hit them)."""
+    weights = check_label_weights(np.array(parts, dtype=float), len(parts))
+    shares = [Fraction(n * part, sum(parts)) for part in parts]
+    lower, upper = balanced_range(n, weights)
+    assert lower.tolist() == [math.floor(share) for share in shares]
+    assert upper.tolist() == [math.ceil(share) for share in shares]
 
 
 def test_solve_exact_refuses_a_stream_too_large_for_memory_before_reading_it():
