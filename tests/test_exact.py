@@ -265,6 +265,16 @@ def test_bad_capacities_are_named(capacities, message):
         sinklabel.solve_exact(S, 3, capacities=capacities)
 
 
+@pytest.mark.parametrize("capacities", [
+    np.array([True, True, False]),  # not sizes 1, 1, 0: a mask passed by mistake
+    np.array(["3", "3", "4"]),
+    (np.array([3, 3, 4]), np.array([True, True, True])),
+])
+def test_capacities_that_are_not_numbers_are_refused(capacities):
+    with pytest.raises(TypeError, match="must hold integers"):
+        sinklabel.solve_exact(np.zeros((10, 3)), 3, capacities=capacities)
+
+
 @pytest.mark.parametrize("sizes", [(3, 7), [3, 7], np.array([3, 7])])
 def test_two_sizes_in_a_tuple_are_sizes(sizes):
     """With K=2 a tuple of two numbers is two sizes; a (lower, upper) pair holds vectors."""
