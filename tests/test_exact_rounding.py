@@ -116,6 +116,30 @@ def test_finite_per_label_counts_as_a_plain_count():
     assert np.array_equal(finite_per_label(S[:0]), np.zeros(7))
 
 
+class _RecordedRows:
+    """Host scores that record how many rows each read takes."""
+
+    def __init__(self, scores: np.ndarray):
+        self.scores, self.shape, self.reads = scores, scores.shape, []
+
+    def __getitem__(self, rows):
+        block = self.scores[rows]
+        self.reads.append(len(block))
+        return block
+
+
+def test_finite_per_label_counts_in_blocks_of_the_budget(monkeypatch):
+    """No N x K mask: blocks of COUNT_BLOCK scores (10 rows of 7 labels here)."""
+    from sinklabel import _capacities
+
+    monkeypatch.setattr(_capacities, "COUNT_BLOCK", 70)
+    S = np.random.default_rng(1).normal(size=(95, 7))
+    S[::3, 2] = -np.inf
+    recorded = _RecordedRows(S)
+    assert np.array_equal(finite_per_label(recorded), np.isfinite(S).sum(axis=0))
+    assert recorded.reads == [10] * 9 + [5]
+
+
 def refusing_rows(start: int, stop: int) -> np.ndarray:
     raise AssertionError(f"rows [{start}, {stop}) read before the memory check")
 
