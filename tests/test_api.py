@@ -177,6 +177,9 @@ def test_exact_balance_with_fewer_points_than_labels_is_refused_before_solving(r
     monkeypatch.setattr(sinklabel.api, "_sinkhorn", lambda *a, **k: pytest.fail("solved"))
     with pytest.raises(ValueError, match="N=3 < K=5"):
         sinkhorn(rng.standard_normal((3, 5)), 5, balance="exact")
+    monkeypatch.undo()
+    labels = sinklabel.assign_labels(rng.standard_normal((5, 5)), 5, balance="exact")
+    assert sorted(labels.tolist()) == [0, 1, 2, 3, 4]  # N = K: one point each
 
 
 def test_labels_with_less_than_one_point_of_target_may_be_empty_quietly(rng):
