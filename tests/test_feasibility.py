@@ -164,6 +164,19 @@ def test_a_group_with_exactly_its_share_is_not_an_error():
     assert reason(scores, np.ones(3)) is None
 
 
+def test_the_check_reads_host_blocks_of_its_budget(monkeypatch):
+    """No chunk-sized host mask or copy (a chunk may be a whole GPU array): blocks of
+    COUNT_BLOCK_BYTES, 4 rows of 3 labels here, and the counts across them still add up."""
+    from sinklabel import _validation
+
+    reads = []
+    monkeypatch.setattr(_validation, "COUNT_BLOCK_BYTES", 8 * 3 * 4)
+    monkeypatch.setattr(_validation, "to_host",
+                        lambda block: reads.append(len(block)) or np.asarray(block))
+    assert reason(CONFINED, np.ones(3), rows=30).startswith("20 rows of 30 have a finite score")
+    assert reads == [4] * 7 + [2]
+
+
 def test_beyond_the_pattern_cap_only_single_labels_are_checked(monkeypatch):
     """Too many distinct patterns to decide: the group check stands aside (the solve then
     warns as before), the per-label check still runs."""
