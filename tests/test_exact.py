@@ -257,6 +257,7 @@ def test_warm_start_reaches_the_same_optimum():
         ([5, 5], r"shape \(3,\)"),
         (([4, 4, 4], [3, 5, 5]), "exceeds upper"),
         (([0, 0, 0], [3, 3, 3]), "admit N=10"),
+        (([3, 3, 4], 5), r"capacities\[1\] \(upper\) must have shape \(3,\)"),  # a pair
     ],
 )
 def test_bad_capacities_are_named(capacities, message):
