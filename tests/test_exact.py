@@ -333,6 +333,10 @@ def test_other_bad_input():
         sinklabel.solve_exact(S.T, 4, method="simplex")
     with pytest.raises(ValueError, match="prices"):
         sinklabel.solve_exact(S.T, 4, prices=[0.0, 1.0])
+    with pytest.raises(ValueError, match="prices must be finite"):
+        sinklabel.solve_exact(S.T, 4, prices=[0.0, 1.0, np.inf, 2.0])
+    with pytest.raises(ValueError, match="prices must be finite"):
+        sinklabel.duality_gap(S.T, np.array([0, 1, 2, 3, 0, 1]), [0.0, np.nan, 0.0, 0.0])
     with pytest.raises(ValueError, match="balance"):
         sinklabel.sinkhorn(S.T, 4, balance="round")
     with pytest.raises(ValueError, match=r"labels must lie in \[0, 4\)"):
