@@ -258,6 +258,8 @@ def test_warm_start_reaches_the_same_optimum():
         (([4, 4, 4], [3, 5, 5]), "exceeds upper"),
         (([0, 0, 0], [3, 3, 3]), "admit N=10"),
         (([3, 3, 4], 5), r"capacities\[1\] \(upper\) must have shape \(3,\)"),  # a pair
+        (([4, 4, 4], [4, 5, 3]), r"lower\[2\]=4 exceeds upper\[2\]=3"),
+        ([3, np.inf, 4], "whole numbers"),
     ],
 )
 def test_bad_capacities_are_named(capacities, message):
@@ -339,8 +341,10 @@ def test_other_bad_input():
         sinklabel.duality_gap(S.T, np.array([0, 1, 2, 3, 0, 1]), [0.0, np.nan, 0.0, 0.0])
     with pytest.raises(ValueError, match="balance"):
         sinklabel.sinkhorn(S.T, 4, balance="round")
-    with pytest.raises(ValueError, match=r"labels must lie in \[0, 4\)"):
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 4\), got values in \[0, 4\]"):
         sinklabel.duality_gap(S.T, np.array([0, 1, 2, 4, 0, 1]), np.zeros(4))
+    with pytest.raises(ValueError, match=r"in \[0, 4\), got values in \[-1, 2\]"):
+        sinklabel.duality_gap(S.T, np.array([0, 1, 2, -1, 0, 1]), np.zeros(4))
 
 
 @pytest.mark.parametrize(
