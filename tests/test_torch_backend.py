@@ -43,14 +43,19 @@ def assert_same_solution(result, reference, scores: np.ndarray, atol: float) -> 
     assert not np.any(differ & ~near_tie_rows(scores, reference.potentials, reference.lam))
 
 
-@pytest.fixture(params=["numba", "torch ops"])
+@pytest.fixture(params=["numba", "torch ops", "torch ops, small blocks"])
 def cpu_path(request, monkeypatch) -> str:
     """Which route CPU tensors take: the Numba kernels (when installed), or torch's own
-    blocked operations (as without Numba)."""
+    blocked operations (as without Numba), in one block per chunk at these sizes or in
+    blocks of 16 KB of temporaries (136 rows of 30 labels), whose results are joined."""
+    from sinklabel.kernels import torch as torch_backend
+
     if request.param == "numba":
         pytest.importorskip("numba")
-    else:
-        monkeypatch.setattr(get_kernel("torch"), "_numba", None)
+    else:  # every kernel object of the class (get_kernel makes a new one each call)
+        monkeypatch.setattr(torch_backend.TorchKernel, "_numba", None)
+    if request.param == "torch ops, small blocks":
+        monkeypatch.setattr(torch_backend, "CPU_BLOCK_BYTES", 16 << 10)
     return request.param
 
 
@@ -170,6 +175,21 @@ def test_kernel_operations_match_numpy_kernel(dtype, cpu_path, rng):
     np.testing.assert_allclose(kernel.soft(x, f, 25.0).numpy(), reference.soft(host, f, 25.0),
                                rtol=1e-4, atol=1e-7)
     np.testing.assert_array_equal(kernel.gather(x, labels), reference.gather(host, ref_labels))
+
+
+def test_torch_ops_compute_in_blocks_of_their_budget(monkeypatch, rng):
+    """Without Numba, temporaries of CPU_BLOCK_BYTES at a time (136 rows of 30 float32
+    labels in 16 KB), not one of the whole chunk."""
+    from sinklabel.kernels import torch as torch_backend
+
+    monkeypatch.setattr(torch_backend.TorchKernel, "_numba", None)
+    monkeypatch.setattr(torch_backend, "CPU_BLOCK_BYTES", 16 << 10)
+    blocks, logits = [], torch_backend._logits
+    monkeypatch.setattr(torch_backend, "_logits",
+                        lambda block, f, lam: blocks.append(len(block)) or logits(block, f, lam))
+    x = torch.from_numpy(rng.standard_normal((700, 30)).astype(np.float32))
+    get_kernel("torch").sweep(x, np.zeros(30), 25.0)
+    assert blocks == [136] * 5 + [20]
 
 
 @pytest.mark.parametrize("dtype, regime", [
