@@ -43,15 +43,18 @@ def assert_same_solution(result, reference, scores: np.ndarray, atol: float) -> 
     assert not np.any(differ & ~near_tie_rows(scores, reference.potentials, reference.lam))
 
 
-@pytest.fixture(params=["numba", "torch ops", "torch ops, small blocks"])
+@pytest.fixture(params=["numba", "numba, small blocks", "torch ops", "torch ops, small blocks"])
 def cpu_path(request, monkeypatch) -> str:
     """Which route CPU tensors take: the Numba kernels (when installed), or torch's own
     blocked operations (as without Numba), in one block per chunk at these sizes or in
-    blocks of 16 KB of temporaries (136 rows of 30 labels), whose results are joined."""
+    small blocks (64 rows; 16 KB of temporaries, 136 rows of 30 labels) whose results are
+    joined."""
     from sinklabel.kernels import torch as torch_backend
 
-    if request.param == "numba":
-        pytest.importorskip("numba")
+    if request.param.startswith("numba"):
+        numba_backend = pytest.importorskip("sinklabel.kernels.numba")
+        if request.param.endswith("small blocks"):
+            monkeypatch.setattr(numba_backend.NumbaKernel, "chunk_rows", lambda *_: 64)
     else:  # every kernel object of the class (get_kernel makes a new one each call)
         monkeypatch.setattr(torch_backend.TorchKernel, "_numba", None)
     if request.param == "torch ops, small blocks":
