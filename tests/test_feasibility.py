@@ -187,6 +187,24 @@ def test_beyond_the_pattern_cap_only_single_labels_are_checked(monkeypatch):
     assert reason(one_row, np.ones(3)).startswith("label 2 should take 10 points")
 
 
+def test_at_the_pattern_cap_the_group_is_still_named(monkeypatch):
+    """CONFINED has two distinct patterns: a cap of two still decides the group."""
+    monkeypatch.setattr(_feasibility, "MAX_PATTERNS", 2)
+    assert reason(CONFINED, np.ones(3)).startswith("20 rows of 30 have a finite score")
+
+
+def test_patterns_merged_from_ranks_beyond_the_cap_are_not_decided(monkeypatch):
+    """Each rank counted within the cap, but their tables together hold more patterns:
+    process 0 stands aside (answers nothing) rather than decide on a table too large."""
+    counts = _feasibility.FinitePatterns(3)
+    counts.add(np.isfinite(CONFINED))
+    table = _feasibility._encode(counts.counts, 3)
+    lower, upper = np.full(3, 10), np.full(3, 10)
+    assert _feasibility._decided(table, lower, upper)[3] == 2  # rows confined to a group
+    monkeypatch.setattr(_feasibility, "MAX_PATTERNS", 1)
+    assert not _feasibility._decided(table, lower, upper).any()
+
+
 def test_beyond_the_pattern_cap_the_solve_still_warns(monkeypatch):
     """With the group check standing aside the solve warns that no potentials may balance."""
     monkeypatch.setattr(_feasibility, "MAX_PATTERNS", 1)
