@@ -106,6 +106,16 @@ def test_check_still_rejects_a_slightly_worse_labelling_of_cancelling_logits():
     assert not report.optimal and report.gap == pytest.approx(1e-3, rel=1e-2)
 
 
+@pytest.mark.parametrize("prices", [[1e308, -1e308, 0.0], [1.7e308, 0.0, -1.7e308]])
+def test_prices_whose_terms_overflow_both_ways_certify_nothing(prices):
+    """The sizes times prices sum to inf - inf = NaN: the bound is -inf (the prices prove
+    nothing), never +inf, which would make any labelling look optimal."""
+    S = np.random.default_rng(0).normal(size=(9, 3))
+    certificate = sinklabel.duality_gap(S, np.arange(9) % 3, np.array(prices))
+    assert certificate.dual == -np.inf and certificate.gap == np.inf
+    assert not certificate.optimal
+
+
 def test_finite_per_label_counts_as_a_plain_count():
     rng = np.random.default_rng(0)
     S = rng.normal(size=(300, 7))
