@@ -187,6 +187,16 @@ def test_beyond_the_pattern_cap_only_single_labels_are_checked(monkeypatch):
     assert reason(one_row, np.ones(3)).startswith("label 2 should take 10 points")
 
 
+@pytest.mark.parametrize("count, listed", [
+    (3, "{0, 1, 2}"), (10, "{" + ", ".join(map(str, range(10))) + "}"),
+    (12, "{" + ", ".join(map(str, range(10))) + ", and 2 more}"),
+])
+def test_a_group_lists_ten_labels_and_counts_the_rest(count, listed):
+    labels = np.zeros(20, dtype=bool)
+    labels[:count] = True
+    assert _feasibility._listed(labels) == listed
+
+
 def test_at_the_pattern_cap_the_group_is_still_named(monkeypatch):
     """CONFINED has two distinct patterns: a cap of two still decides the group."""
     monkeypatch.setattr(_feasibility, "MAX_PATTERNS", 2)
