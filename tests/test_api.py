@@ -273,6 +273,20 @@ def test_heads_name_the_options_they_do_not_take(logp, option):
         sinklabel.sinkhorn_heads(logp, [2, 4], **option)
 
 
+@pytest.mark.parametrize("ks, error, message", [
+    ([0, 6], ValueError, "every entry of Ks must be a positive int"),
+    ([-1, 7], ValueError, "every entry of Ks must be a positive int"),
+    ([2.0, 4.0], ValueError, "every entry of Ks must be a positive int"),
+    ([True, 5], ValueError, "every entry of Ks must be a positive int"),
+    ([2, 3], ValueError, r"sum to 5, but logp has shape \(\d+, 6\)"),
+    ([], TypeError, "non-empty sequence"),
+    ("24", TypeError, "non-empty sequence"),
+])
+def test_heads_name_label_counts_they_cannot_split_the_columns_by(logp, ks, error, message):
+    with pytest.raises(error, match=message):
+        sinklabel.sinkhorn_heads(logp, ks)
+
+
 def test_heads_take_numpy_label_counts(logp):
     expected = sinklabel.sinkhorn_heads(logp, [2, 4])
     for ks in ([np.int64(2), np.int64(4)], np.array([2, 4])):
