@@ -221,3 +221,25 @@ def test_edges_across_ranks_match_one_process(tmp_path, world):
     assert all(outcome[0] == "ok" for outcome in tied), tied
     counts = np.bincount(np.concatenate([outcome[1] for outcome in tied]), minlength=4)
     assert counts[3] == 0 and sorted(counts[:3]) == [26, 27, 27]
+
+
+@pytest.mark.parametrize("options, told", [
+    ({"distributed": True}, True), ({"process_group": "the group"}, True), ({}, False),
+])
+def test_a_labeler_that_cannot_read_its_scores_stops_its_peers(options, told, monkeypatch,
+                                                               tmp_path):
+    """The labeler reads K from the scores before the solve: a rank that fails there tells
+    the others (waiting in the solve's first exchange) through fail_with_peers, whether it
+    was given distributed=True or a process group; a single process just raises."""
+    from sinklabel import distributed
+
+    groups = []
+
+    def recorded(error, process_group=None):
+        groups.append(process_group)
+        raise error
+
+    monkeypatch.setattr(distributed, "fail_with_peers", recorded)
+    with pytest.raises(FileNotFoundError):
+        sinklabel.SinkhornLabeler(**options).fit(tmp_path / "missing.npy")
+    assert groups == ([options.get("process_group")] if told else [])

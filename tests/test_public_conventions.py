@@ -88,6 +88,7 @@ def test_scikit_learn_sees_whether_the_labeler_is_fitted(logp):
         check_is_fitted(labeler)
     check_is_fitted(labeler.fit(logp))
     assert is_clusterer(labeler)
+    assert labeler.__sklearn_tags__().target_tags.required is False  # fitted without targets
     _assert_argmax(labeler.labels_, logp, labeler.result_)
 
 
