@@ -191,6 +191,13 @@ def test_labels_with_less_than_one_point_of_target_may_be_empty_quietly(rng):
     assert result.label_counts.sum() == 3
 
 
+def test_labels_with_a_target_of_exactly_one_point_that_stay_empty_warn():
+    """N = K identical rows: each label should take one, the argmax gives all to one."""
+    with pytest.warns(UserWarning, match=r"3 labels received no points .* at least 1"):
+        result = sinkhorn(np.zeros((4, 4)), 4)
+    assert sorted(result.label_counts.tolist()) == [0, 0, 0, 4]
+
+
 def test_unnormalised_label_weights_are_normalised(logp):
     a = sinkhorn(logp, 6, label_weights=np.arange(1.0, 7.0))
     b = sinkhorn(logp, 6, label_weights=np.arange(1.0, 7.0) / 21.0)
