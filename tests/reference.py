@@ -1,10 +1,14 @@
 """A plain float64 Sinkhorn written from the paper's alpha/beta updates: the tests' oracle.
 
 Independent of the package: dense matrices, no log domain, no chunks. Only for small,
-well-scaled problems where exp(lam * S) neither overflows nor underflows in float64.
+well-scaled problems where exp(lam * S) neither overflows nor underflows in float64. Beside
+it, the balanced sizes in exact rational arithmetic.
 """
 
 from __future__ import annotations
+
+import math
+from fractions import Fraction
 
 import numpy as np
 
@@ -40,3 +44,9 @@ def softmax_terms(scores: np.ndarray, f: np.ndarray, lam: float) -> tuple[np.nda
     p = np.exp(z - top)
     total = p.sum(axis=1, keepdims=True)
     return (p / total).sum(axis=0), float((top[:, 0] + np.log(total[:, 0])).sum())
+
+
+def sizes(n: int, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """N * w_k rounded down and up, in exact arithmetic (the weights are whole numbers)."""
+    shares = [Fraction(n * int(w), int(weights.sum())) for w in weights]
+    return (np.array([math.floor(x) for x in shares]), np.array([math.ceil(x) for x in shares]))

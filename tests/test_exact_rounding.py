@@ -3,12 +3,12 @@ exact solvers against independent oracles (scipy's linear_sum_assignment on the 
 each label's column replicated to its size, and plain reference code written here)."""
 
 import math
-from fractions import Fraction
 
 import numpy as np
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
+from reference import sizes
 from scipy.optimize import linear_sum_assignment
 
 import sinklabel
@@ -163,10 +163,9 @@ def test_balanced_sizes_are_the_floor_and_ceil_of_the_exact_shares(n, parts):
     one size where the share is an integer, though the normalised weights times N may miss
     it by a few ulps (found by search; draws rarely hit them)."""
     weights = check_label_weights(np.array(parts, dtype=float), len(parts))
-    shares = [Fraction(n * part, sum(parts)) for part in parts]
     lower, upper = balanced_range(n, weights)
-    assert lower.tolist() == [math.floor(share) for share in shares]
-    assert upper.tolist() == [math.ceil(share) for share in shares]
+    exact_lower, exact_upper = sizes(n, np.array(parts))
+    assert lower.tolist() == exact_lower.tolist() and upper.tolist() == exact_upper.tolist()
 
 
 def test_solve_exact_refuses_a_stream_too_large_for_memory_before_reading_it():

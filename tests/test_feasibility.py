@@ -8,14 +8,13 @@ solution means an integral one).
 
 from __future__ import annotations
 
-import math
 import re
 import warnings
-from fractions import Fraction
 
 import numpy as np
 import pytest
 from conftest import to_backend
+from reference import sizes
 from scipy.optimize import linprog
 from scipy.sparse import coo_matrix
 
@@ -30,12 +29,6 @@ from sinklabel.sources import as_source
 #: rows enough (20, 10 and 10 for shares of 10).
 CONFINED = np.repeat(np.array([[0.0, -np.inf, -np.inf], [0.0, -np.inf, -np.inf],
                                [0.0, 0.0, 0.0]]), 10, axis=0)
-
-
-def sizes(n: int, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """N * w_k rounded down and up, in exact arithmetic (the weights are whole numbers)."""
-    shares = [Fraction(n * int(w), int(weights.sum())) for w in weights]
-    return (np.array([math.floor(x) for x in shares]), np.array([math.ceil(x) for x in shares]))
 
 
 def labelling_exists(finite: np.ndarray, weights: np.ndarray) -> bool:
@@ -243,8 +236,8 @@ def _rank_cases(rank: int, world: int) -> dict:
     from test_distributed import _caught, _shard
 
     out = {}
-    for name, sizes in SHARDS.items():
-        out[name] = _caught(sinklabel.sinkhorn, _shard(MIXED, sizes, rank), 3, chunk_size=4,
+    for name, shard_rows in SHARDS.items():
+        out[name] = _caught(sinklabel.sinkhorn, _shard(MIXED, shard_rows, rank), 3, chunk_size=4,
                             distributed=True)[:3]
     _feasibility.MAX_PATTERNS = 1 if rank == 0 else 4096
     with warnings.catch_warnings():

@@ -180,13 +180,12 @@ def test_kernel_operations_match_numpy_kernel(dtype, cpu_path, rng):
     np.testing.assert_array_equal(kernel.gather(x, labels), reference.gather(host, ref_labels))
 
 
-def test_torch_ops_compute_in_blocks_of_their_budget(monkeypatch, rng):
+@pytest.mark.parametrize("cpu_path", ["torch ops, small blocks"], indirect=True)
+def test_torch_ops_compute_in_blocks_of_their_budget(cpu_path, monkeypatch, rng):
     """Without Numba, temporaries of CPU_BLOCK_BYTES at a time (136 rows of 30 float32
     labels in 16 KB), not one of the whole chunk."""
     from sinklabel.kernels import torch as torch_backend
 
-    monkeypatch.setattr(torch_backend.TorchKernel, "_numba", None)
-    monkeypatch.setattr(torch_backend, "CPU_BLOCK_BYTES", 16 << 10)
     blocks, logits = [], torch_backend._logits
     monkeypatch.setattr(torch_backend, "_logits",
                         lambda block, f, lam: blocks.append(len(block)) or logits(block, f, lam))
