@@ -1,0 +1,133 @@
+"""``check``'s report: the sizes it measures, the verdict it gives and the text it prints,
+against counts, moves and gaps worked out here."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import itertools
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import sinklabel
+from sinklabel.datasets import make_scores
+
+
+def fewest_moves(counts: tuple[int, ...], lower: np.ndarray, upper: np.ndarray) -> int:
+    """Relabelled points needed to bring the sizes within capacity: a breadth-first search
+    over size vectors, one point moved from a label to another per step."""
+    seen, frontier, moves = {counts}, [counts], 0
+    while frontier:
+        if any(np.all((lower <= c) & (c <= upper)) for c in map(np.array, frontier)):
+            return moves
+        step = []
+        for c in frontier:
+            for a, b in itertools.permutations(range(len(c)), 2):
+                if c[a]:
+                    moved = list(c)
+                    moved[a] -= 1
+                    moved[b] += 1
+                    if tuple(moved) not in seen:
+                        seen.add(tuple(moved))
+                        step.append(tuple(moved))
+        frontier, moves = step, moves + 1
+    raise AssertionError("no sizes within capacity")
+
+
+@st.composite
+def labellings_and_capacities(draw):
+    """Any labelling of up to 8 points over up to 4 labels, and capacities it can be moved
+    within: lower <= upper with sum(lower) <= N <= sum(upper)."""
+    K = draw(st.integers(2, 4))
+    N = draw(st.integers(1, 8))
+    labels = np.array(draw(st.lists(st.integers(0, K - 1), min_size=N, max_size=N)))
+    upper = np.array(draw(st.lists(st.integers(0, N), min_size=K, max_size=K)))
+    upper[draw(st.integers(0, K - 1))] = N
+    lower = np.array([draw(st.integers(0, u)) for u in upper])
+    while lower.sum() > N:
+        lower[np.argmax(lower)] -= 1
+    return labels, K, lower, upper
+
+
+@settings(max_examples=150, deadline=None, derandomize=True)
+@given(problem=labellings_and_capacities())
+def test_misplaced_is_the_fewest_points_that_must_move(problem):
+    labels, K, lower, upper = problem
+    scores = np.zeros((labels.size, K))
+    report = sinklabel.check(labels, scores, capacities=(lower, upper), exact=False)
+    counts = np.bincount(labels, minlength=K)
+    np.testing.assert_array_equal(report.label_counts, counts)
+    assert report.misplaced == fewest_moves(tuple(counts), lower, upper)
+    assert report.feasible == (report.misplaced == 0)
+
+
+def test_report_prints_the_capacity_range_and_what_lies_outside_it():
+    """Points 0-5 all on label 0 of three, with capacities 1..3 each: two labels are short,
+    label 0 is three over, so three points must move."""
+    labels = np.zeros(6, np.int64)
+    scores = np.log(np.full((6, 3), 1 / 3))
+    report = sinklabel.check(labels, scores, capacities=([1, 1, 1], [3, 3, 3]))
+    assert not report.feasible and report.misplaced == 3 and not report.optimal
+    lines = str(report).splitlines()
+    assert lines[-2] == "sizes     min 0, max 6, std 2.83; target 1..3"
+    assert lines[-1] == ("          3 labels outside capacity; 3 points must move "
+                         "(the gap can then be negative)")
+    balanced = sinklabel.check(np.arange(6) % 3, scores)
+    assert str(balanced).splitlines()[-1] == "sizes     min 2, max 2, std 0; target 2"
+    assert "outside capacity" not in str(balanced)
+    one_fixed = sinklabel.check(np.arange(6) % 3, scores, capacities=([1, 1, 1], [1, 3, 3]))
+    assert str(one_fixed).splitlines()[-2].endswith("target 1..3")
+
+
+def test_relative_gap_is_the_gap_over_the_optimum():
+    """Labels 0,0,1,1 where 0,1,0,1 takes every point's log 0.6: two points take log 0.4
+    instead, a gap of 2 log 1.5 over an optimum of -4 log 0.6. Where the optimum is 0 (the
+    same scores less each row's top) the relative gap is the gap itself."""
+    scores = np.log(np.array([[0.6, 0.4], [0.4, 0.6], [0.6, 0.4], [0.4, 0.6]]))
+    report = sinklabel.check(np.array([0, 0, 1, 1]), scores)
+    optimum = -4 * np.log(0.6)
+    assert report.optimum == pytest.approx(optimum, rel=1e-12)
+    assert report.gap == pytest.approx(2 * np.log(0.6 / 0.4), rel=1e-12)
+    assert report.relative_gap == pytest.approx(report.gap / optimum, rel=1e-12)
+    shifted = sinklabel.check(np.array([0, 0, 1, 1]), scores - scores.max(axis=1, keepdims=True))
+    assert shifted.optimum == 0.0
+    assert shifted.relative_gap == shifted.gap == pytest.approx(report.gap, rel=1e-12)
+
+
+def test_exact_result_is_checked_against_the_capacities_it_was_solved_for():
+    S = make_scores(60, 3, regime="peaked", seed=4).scores
+    capacities = (np.array([10, 10, 30]), np.array([15, 20, 40]))
+    exact = sinklabel.solve_exact(S, 3, capacities=capacities)
+    report = sinklabel.check(exact, S)
+    np.testing.assert_array_equal(report.lower, capacities[0])
+    np.testing.assert_array_equal(report.upper, capacities[1])
+    assert report.feasible and report.optimal and report.agreement == 1.0
+    overruled = sinklabel.check(exact, S, capacities=[20, 20, 20])
+    np.testing.assert_array_equal(overruled.lower, [20, 20, 20])
+    assert overruled.feasible == bool(np.all(exact.label_counts == 20))
+
+
+@pytest.mark.parametrize(("limit_less", "solved"), [(0, True), (1, False)])
+def test_exact_is_solved_by_default_up_to_the_limit(monkeypatch, limit_less, solved):
+    monkeypatch.setattr(importlib.import_module("sinklabel.check"), "EXACT_LIMIT",
+                        40 * 4 - limit_less)
+    S = make_scores(40, 4, regime="flat", seed=1).scores
+    report = sinklabel.check(np.arange(40) % 4, S)
+    assert (report.optimum is not None) == solved
+    assert (report.agreement is not None) == solved
+
+
+def test_no_verdict_of_optimal_when_the_rounding_is_unbounded():
+    """An infinite allowance (a sum whose rounding could not be bounded) proves nothing, even
+    for a labelling at the optimum."""
+    S = make_scores(30, 3, regime="peaked", seed=2).scores
+    exact = sinklabel.solve_exact(S, 3)
+    solved = sinklabel.check(exact, S)
+    bounded = sinklabel.check(exact, S, exact=False)
+    assert solved.optimal and bounded.optimal
+    assert not dataclasses.replace(solved, cost_rounding=np.inf).optimal
+    unbounded = dataclasses.replace(bounded.certificate, rounding=np.inf)
+    assert not dataclasses.replace(bounded, certificate=unbounded).optimal
