@@ -170,9 +170,10 @@ def _check_points(S: np.ndarray, labels: np.ndarray, low: np.ndarray, lower: np.
 
 
 def _score_range(cand_s: np.ndarray) -> float:
-    """max - min of the finite candidate scores (1 when there are none)."""
+    """max - min of the finite candidate scores (1 when there are none), in float64: float32
+    scores near both ends of their range are further apart than float32 holds."""
     finite = cand_s[np.isfinite(cand_s)]
-    width = float(finite.max() - finite.min()) if finite.size else 0.0
+    width = float(finite.max()) - float(finite.min()) if finite.size else 0.0
     return width if width > 0 else 1.0
 
 

@@ -7,6 +7,7 @@ import importlib
 import itertools
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -677,6 +678,19 @@ def assignment_optimum(S: np.ndarray, sizes: np.ndarray) -> float:
     cost = -S.astype(np.float64)[:, columns]
     rows, cols = linear_sum_assignment(cost)
     return float(cost[rows, cols].sum())
+
+
+def test_exact_takes_scores_near_the_float32_limit():
+    """The exact problem has no lam: its scores are checked as they are, so float32 scores
+    within float32's range are accepted whatever their size, and solved to the optimum. The
+    auction took the range of these in float32, which overflowed (a RuntimeWarning)."""
+    S = np.random.default_rng(0).normal(size=(6, 3)).astype(np.float32)
+    S[0, 1], S[3, 2] = 2e38, -3e38
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = sinklabel.solve_exact(S, 3)
+    assert result.objective == pytest.approx(assignment_optimum(S, np.full(3, 2)), rel=1e-12)
+    assert result.certificate.optimal
 
 
 def _costly_label_problem() -> tuple[np.ndarray, np.ndarray]:
