@@ -102,6 +102,23 @@ def test_scores_are_copied_exactly_where_the_memory_check_counts_a_copy(tmp_path
     assert exact._scores_copied(source) == (not np.shares_memory(host, holder))
 
 
+@pytest.mark.parametrize(("dtype", "in_place"), [("float32", True), ("float64", True),
+                                               ("bfloat16", False), ("float16", False)])
+def test_cpu_tensors_are_read_in_place_when_their_dtype_allows(dtype, in_place):
+    """A float32 or float64 CPU tensor is viewed, not copied (nor counted as a copy); a 16-bit
+    one is widened into a copy."""
+    torch = pytest.importorskip("torch")
+    S = np.log(np.random.default_rng(2).dirichlet(np.ones(5), size=40))
+    tensor = torch.from_numpy(S).to(getattr(torch, dtype))
+    source = checked(as_source(tensor))
+    host, like = exact._host_scores(source, rows=7)
+    np.testing.assert_array_equal(host, tensor.double().numpy().astype(host.dtype))
+    assert like is tensor
+    holder = tensor.view(torch.int16 if tensor.element_size() == 2 else tensor.dtype).numpy()
+    assert np.shares_memory(host, holder) == in_place
+    assert exact._scores_copied(source) == (not in_place)
+
+
 def test_float32_allowance_without_the_exact_solve_is_as_documented():
     """exact.md: without the exact solve, float32 logits near 1e6 are allowed about 0.24 per
     point, so a labelling that loses 1 passes the one-pass certificate, not the exact check."""
