@@ -7,6 +7,7 @@ import warnings
 
 import numpy as np
 import pytest
+import scipy.special
 from conftest import CPU_BACKENDS, to_backend, to_host
 
 import sinklabel
@@ -198,6 +199,18 @@ def test_labels_with_a_target_of_exactly_one_point_that_stay_empty_warn():
     assert sorted(result.label_counts.tolist()) == [0, 0, 0, 4]
 
 
+def test_the_empty_label_warning_names_the_smallest_target_and_up_to_ten_labels():
+    """Weights 1..11 over identical rows: all go to label 10, the heaviest; labels 0-9 stay
+    empty, the lightest meant for 110 / 66 points."""
+    with pytest.warns(UserWarning) as record:
+        sinkhorn(np.zeros((110, 11)), 11, label_weights=np.arange(1.0, 12.0))
+    assert str(record[0].message).startswith(
+        "10 labels received no points although each should take at least 1.67 "
+        "(labels [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]): ")
+    with pytest.warns(UserWarning, match=r"\(labels \[0, 1, .*, 9\], \.\.\.\)"):
+        sinkhorn(np.zeros((120, 12)), 12, label_weights=np.arange(1.0, 13.0))
+
+
 def test_unnormalised_label_weights_are_normalised(logp):
     a = sinkhorn(logp, 6, label_weights=np.arange(1.0, 7.0))
     b = sinkhorn(logp, 6, label_weights=np.arange(1.0, 7.0) / 21.0)
@@ -226,6 +239,16 @@ def test_soft_assignments_rows_sum_to_one(logp):
     assert soft.shape == logp.shape
     np.testing.assert_allclose(soft.sum(axis=1), 1.0, rtol=1e-5)
     np.testing.assert_array_equal(soft.argmax(axis=1), result.labels)
+
+
+@pytest.mark.parametrize("chunk_size", [1, 6, 7, 200, None])
+def test_soft_assignments_in_any_chunks_are_the_plans_rows(logp, chunk_size):
+    """softmax(lam * logp + potentials) row by row, whatever the chunks (6 = K rows too)."""
+    result = sinkhorn(logp, 6)
+    expected = scipy.special.softmax(result.lam * logp.astype(np.float64) + result.potentials,
+                                     axis=1)
+    soft = result.soft_assignments(logp, chunk_size=chunk_size)
+    np.testing.assert_allclose(soft, expected, rtol=1e-4, atol=1e-7)
 
 
 def test_estimator_fit_predict_and_partial_fit(logp, rng):

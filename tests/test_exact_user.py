@@ -10,6 +10,7 @@ import pytest
 
 import sinklabel
 from sinklabel import exact
+from sinklabel._transport import CANDIDATES
 from sinklabel.sources import CallableSource, as_source, checked
 
 
@@ -64,6 +65,24 @@ def test_label_graph_fits_beside_the_points(monkeypatch):
     monkeypatch.setattr(exact, "physical_memory", lambda: need - 1)
     with pytest.raises(MemoryError):
         exact.check_host_memory(as_source(S))
+
+
+def test_the_memory_error_gives_each_part_in_gib(monkeypatch):
+    """Streamed float64 scores are copied: 2**18 points x 2**12 labels take 8 GiB, the
+    points' arrays 2**18 * (CANDIDATES * 16 + POINT_BYTES) bytes (16 for a candidate: its
+    label and score),
+    the K x K label graph 2**24 * PAIR_BYTES, and the machine here has 8 GiB."""
+    N, K = 2**18, 2**12
+    source = CallableSource(unread_rows, (N, K), "float64")
+    monkeypatch.setattr(exact, "physical_memory", lambda: 8 * 2**30)
+    graph = K * K * exact.PAIR_BYTES / 2**30
+    total = 8 + N * (CANDIDATES * 16 + exact.POINT_BYTES) / 2**30 + graph
+    with pytest.raises(MemoryError) as error:
+        exact.check_host_memory(source)
+    assert str(error.value).startswith(
+        f"the exact solver needs about {total:.3g} GiB of host memory for N={N}, K={K} "
+        f"(8 GiB of it for a copy of the scores, {graph:.3g} GiB for the K x K label graph), "
+        "more than this machine's 8 GiB")
 
 
 def sources(tmp_path) -> dict[str, tuple[object, np.ndarray]]:
