@@ -319,7 +319,8 @@ class Misbehaving(Source):
 
 @pytest.mark.parametrize(("mode", "message"), [
     ("short", r"rows \[900, 1003\) on pass 1: the source ended early"),
-    ("long", r"rows \[1003, 1003\) on pass 1: the source yielded rows beyond N=1003"),
+    ("long", r"rows \[1003, 1003\) on pass 1: the source yielded rows beyond N=1003: "
+             r"\[1003, 1004\)"),
     ("skip", r"rows \[300, 600\) on pass 1: the source yielded rows \[600, 900\) instead"),
 ])
 def test_sources_that_yield_the_wrong_rows(scores64, mode, message):
