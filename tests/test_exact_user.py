@@ -191,6 +191,10 @@ def test_a_certificate_names_prices_spread_beyond_float32_and_checks_its_flag():
         sinklabel.duality_gap(scores.astype(np.float32), labels, prices)
     with pytest.raises(ValueError, match=r"spread \(2e\+39\)"):  # measured from the lowest
         sinklabel.duality_gap(scores.astype(np.float32), labels, np.array([-1e39, 0, 0, 1e39]))
+    large = scores.astype(np.float32)
+    large[3, 3] = 2e38  # a score float32 holds: the prices are to blame, not the score
+    with pytest.raises(ValueError, match=r"spread \(1e\+39\)"):
+        sinklabel.duality_gap(large, labels, prices)
     assert np.isfinite(sinklabel.duality_gap(scores, labels, prices).gap)
     with pytest.raises(TypeError, match="distributed must be True or False"):
         sinklabel.duality_gap(scores, labels, np.zeros(4), distributed="no")
