@@ -86,3 +86,33 @@ def test_exact_solver_copies_four_or_eight_bytes_per_score(monkeypatch, scores, 
     # The message rounds to 3 digits; 4 and 8 bytes per score are far apart.
     assert copy_gib == pytest.approx(scores.size * bytes_per_score / 2**30, rel=0.01)
     assert "N x K x 4 bytes (8 for float64 scores)" in page_text("docs/exact.md")
+
+
+@pytest.mark.parametrize(("n_labels", "cap", "scale"), [(20, 20, 1e-3), (100, 32, 0.2),
+                                                    (400, 50, 0.2)])
+def test_cached_tables_keep_at_most_cap_entries_in_the_bytes_stated(n_labels, cap, scale):
+    """backends.md: a table row keeps at most max(32, K // 8) entries (at most K), and the
+    tables take at most N * (24 + 6 * cap) bytes for float32 scores plus 8 * (K + 1) per
+    chunk. Flat scores, scaled down, give rows more entries that can matter than the cap;
+    where the cap is K, every row keeps K and the tables take those bytes exactly."""
+    pytest.importorskip("numba")
+    from sinklabel import solver
+    from sinklabel.exp_cache import default_cap, with_exp_cache
+
+    N, rows = 3000, 700  # 5 chunks
+    scores = make_scores(N, n_labels, regime="flat", seed=1).scores * np.float32(scale)
+    source, kernel = with_exp_cache(as_source(scores), resolve_kernel("numba", "numpy"),
+                                    rows, default_cap(n_labels))
+    for _ in range(2):  # built on the first pass, answered from the tables on the second
+        solver.dual_terms(source, kernel, np.zeros(n_labels), 25.0, rows)
+    tables = [slot.table for slot in source.cache._slots.values() if slot.table is not None]
+    assert len(tables) == 5
+    assert max(np.diff(table.offsets).max() for table in tables) == cap
+    limit = N * (24 + 6 * cap) + 5 * 8 * (n_labels + 1)
+    assert source.cache.nbytes <= limit
+    if cap == n_labels:
+        assert source.cache.nbytes == limit
+    claim = ("cap = max(32, K // 8)` entries (at most K), so the tables never take more than "
+             "`N * (24 + 6 * cap)` bytes for float32 scores")
+    assert claim in page_text("docs/backends.md")
+    assert "and `8 * (K + 1)` bytes per chunk" in page_text("docs/backends.md")
