@@ -127,6 +127,25 @@ def test_flat_rows_beyond_the_cap_are_computed_from_the_scores():
     assert source.cache.repaired_rows >= len(scores[::7])
 
 
+@pytest.mark.parametrize(("tied", "cached"), [(16, True), (17, False)])
+def test_a_chunk_is_cached_while_at_most_a_quarter_of_its_rows_fail(tied, cached):
+    """backends.md: a chunk whose table fails for more than a quarter of its rows is read
+    from the scores instead. Rows tied in all 50 labels fail a table of 4 entries per row
+    wherever it was built; peaked rows never do. Both chunks of 64 rows hold ``tied`` such
+    rows, and the sums stay exact either way."""
+    scores = make_scores(128, 50, regime="peaked", seed=2).scores
+    scores[:tied] = scores[64:64 + tied] = -1.0
+    source, kernel = _cached(scores, rows=64, cap=4)
+    for _ in range(2):
+        mass, lse = solver.dual_terms(source, kernel, np.zeros(50), 25.0, 64)
+    cache = source.cache
+    counts = (cache.builds, cache.table_passes, cache.raw_passes, cache.repaired_rows)
+    assert counts == ((2, 2, 0, 4 * tied) if cached else (0, 0, 4, 0))
+    expected_mass, expected_lse = _reference(scores, np.zeros(50), 25.0)
+    np.testing.assert_allclose(mass, expected_mass, rtol=1e-6)
+    assert abs(lse - expected_lse) < 1e-6 * abs(expected_lse)
+
+
 def test_labels_beyond_uint16_are_indexed_correctly():
     k = 70_000
     scores = make_scores(6, k, regime="peaked", seed=1).scores
