@@ -146,6 +146,37 @@ def test_a_chunk_is_cached_while_at_most_a_quarter_of_its_rows_fail(tied, cached
     assert abs(lse - expected_lse) < 1e-6 * abs(expected_lse)
 
 
+def test_a_table_is_rebuilt_once_its_repairs_add_up_to_its_chunk():
+    """backends.md: a table is rebuilt when its repairs since the build add up to the whole
+    chunk (64 rows). Raising one label's potential makes a few rows fail the table built at
+    zero, every pass, beside the rows that fail wherever it is built (those it was built
+    with, which do not count); the sums stay exact throughout."""
+    scores = make_scores(64, 50, regime="peaked", seed=2).scores.astype(np.float64)
+    top = scores.max(axis=1)
+    scores[:, 49] = top - 30.0
+    scores[:10, 49] = top[:10] - 3.0
+    source, kernel = _cached(scores, rows=64, cap=4)
+    cache = source.cache
+    solver.dual_terms(source, kernel, np.zeros(50), 25.0, 64)
+    f = np.zeros(50)
+    f[49] = 100.0
+    builds, repaired = [], []
+    for _ in range(40):
+        before = cache.repaired_rows
+        mass, lse = solver.dual_terms(source, kernel, f, 25.0, 64)
+        builds.append(cache.builds)
+        repaired.append(cache.repaired_rows - before)
+    rebuilt = builds.index(2)
+    assert builds[rebuilt:] == [2] * (40 - rebuilt)
+    always = repaired[-1]  # rows the table fails at its own potentials
+    moved = set(repaired[:rebuilt]) - {always}
+    assert len(moved) == 1 and (step := moved.pop() - always) > 0
+    assert rebuilt * step <= 64 < (rebuilt + 1) * step
+    expected_mass, expected_lse = _reference(scores, f, 25.0)
+    np.testing.assert_allclose(mass, expected_mass, rtol=1e-10, atol=1e-14)
+    assert abs(lse - expected_lse) <= 1e-10 * abs(expected_lse)
+
+
 def test_labels_beyond_uint16_are_indexed_correctly():
     k = 70_000
     scores = make_scores(6, k, regime="peaked", seed=1).scores
