@@ -128,7 +128,7 @@ def test_flat_rows_beyond_the_cap_are_computed_from_the_scores():
 
 
 @pytest.mark.parametrize(("tied", "cached"), [(16, True), (17, False)])
-def test_a_chunk_is_cached_while_at_most_a_quarter_of_its_rows_fail(tied, cached):
+def test_a_chunk_is_cached_while_at_most_a_quarter_of_its_rows_fail(tied, cached, monkeypatch):
     """backends.md: a chunk whose table fails for more than a quarter of its rows is read
     from the scores instead. Rows tied in all 50 labels fail a table of 4 entries per row
     wherever it was built; peaked rows never do. Both chunks of 64 rows hold ``tied`` such
@@ -136,11 +136,15 @@ def test_a_chunk_is_cached_while_at_most_a_quarter_of_its_rows_fail(tied, cached
     scores = make_scores(128, 50, regime="peaked", seed=2).scores
     scores[:tied] = scores[64:64 + tied] = -1.0
     source, kernel = _cached(scores, rows=64, cap=4)
+    cache = source.cache
+    tried = []
+    build = cache.tables.build
+    monkeypatch.setattr(cache.tables, "build", lambda *args: tried.append(1) or build(*args))
     for _ in range(2):
         mass, lse = solver.dual_terms(source, kernel, np.zeros(50), 25.0, 64)
-    cache = source.cache
     counts = (cache.builds, cache.table_passes, cache.raw_passes, cache.repaired_rows)
     assert counts == ((2, 2, 0, 4 * tied) if cached else (0, 0, 4, 0))
+    assert len(tried) == 2  # a chunk beyond caching is not tried again
     expected_mass, expected_lse = _reference(scores, np.zeros(50), 25.0)
     np.testing.assert_allclose(mass, expected_mass, rtol=1e-6)
     assert abs(lse - expected_lse) < 1e-6 * abs(expected_lse)
