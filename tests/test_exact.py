@@ -12,13 +12,14 @@ import warnings
 import numpy as np
 import pytest
 from conftest import to_backend, to_host
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scipy.optimize import LinearConstraint, linear_sum_assignment, milp
 
 import sinklabel
 from sinklabel import _transport, _transport_loops
 from sinklabel._arrays import array_library
+from sinklabel._transport import CANDIDATES
 from sinklabel.certificate import _certificate_from_sums, _partial_sums
 from sinklabel.cli import main
 from sinklabel.datasets import make_scores
@@ -66,17 +67,22 @@ def engine(request, monkeypatch):
 
 
 @st.composite
-def problems(draw):
-    """Small scores with ties, -inf entries and every kind of capacity."""
-    N = draw(st.integers(1, 14))
-    K = draw(st.integers(1, min(N, 5)))
+def problems(draw, wide: bool = False):
+    """Small scores with ties, -inf entries and every kind of capacity. ``wide``: more labels
+    than the auction lists as a point's candidates, and more of them masked."""
+    if wide:
+        K = draw(st.integers(CANDIDATES + 1, 40))
+        N = draw(st.integers(K, 90))
+    else:
+        N = draw(st.integers(1, 14))
+        K = draw(st.integers(1, min(N, 5)))
     seed = draw(st.integers(0, 2**32 - 1))
     rng = np.random.default_rng(seed)
     S = rng.normal(size=(N, K))
     if draw(st.booleans()):
         S = np.round(S)  # many exact ties
     if draw(st.booleans()):
-        S[rng.random((N, K)) < 0.3] = -np.inf
+        S[rng.random((N, K)) < (rng.uniform(0.3, 0.9) if wide else 0.3)] = -np.inf
         S[np.arange(N), rng.integers(0, K, N)] = rng.normal(size=N)
     kind = draw(st.sampled_from(["default", "sizes", "range"]))
     if kind == "default":
@@ -118,6 +124,25 @@ def test_optimum_matches_integer_program_and_is_certified(problem, method):
     assert dual == pytest.approx(best, rel=1e-9, abs=1e-9 + slack)
     # The pass compares float32 scores in float32: within its stated rounding of the truth.
     assert abs(result.certificate.dual - dual) <= result.certificate.rounding + 1e-9 * abs(dual)
+    assert result.certificate.optimal
+
+
+@settings(max_examples=30, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])  # engine: one setting
+@given(problem=problems(wide=True))
+def test_optimum_with_more_labels_than_candidates_matches_integer_program(problem, engine):
+    """Points keep CANDIDATES labels each for the auction; the others are reached through
+    the bound on them (and read again when a price moves past it)."""
+    S, capacities, lower, upper = problem
+    best = milp_optimum(S.astype(np.float64), lower, upper)
+    if best is None:
+        with pytest.raises(ValueError, match="capacit|-inf|points"):
+            sinklabel.solve_exact(S, S.shape[1], capacities=capacities)
+        return
+    result = sinklabel.solve_exact(S, S.shape[1], capacities=capacities)
+    counts = np.bincount(result.labels, minlength=S.shape[1])
+    assert np.all(counts >= lower) and np.all(counts <= upper)
+    assert result.objective == pytest.approx(best, rel=1e-9, abs=1e-9)
     assert result.certificate.optimal
 
 
