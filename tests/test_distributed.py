@@ -248,7 +248,19 @@ def _disagreement_cases(rank: int, world: int) -> list[tuple]:
         _caught(sinklabel.sinkhorn, scores[:2], 5, balance="exact", distributed=True),
         _caught(lambda: sinklabel.sinkhorn(scores[:3], 5, balance="exact", distributed=True)
                 .label_counts.tolist()),
+        # label 2 should take 1.9 points and has one finite row, on rank 0
+        *(_caught(lambda balance=balance: sinklabel.sinkhorn(
+            SHORT_BY_LESS_THAN_A_POINT[:3] if rank == 0 else SHORT_BY_LESS_THAN_A_POINT[3:], 3,
+            label_weights=[0.31, 0.31, 0.38], balance=balance, max_iter=100,
+            distributed=True).label_counts.tolist()) for balance in ("exact", None)),
     ]
+
+
+#: Five points: label 2 has a finite score in one row, while weights 0.31, 0.31, 0.38 ask it
+#: to take 1.9 points (balance="exact" rounds that to 1 or 2).
+SHORT_BY_LESS_THAN_A_POINT = np.array([
+    [0.0, 0.4, -np.inf], [0.0, -np.inf, 0.0], [0.1, 0.0, -np.inf], [0.4, 0.2, -np.inf],
+    [0.3, 0.1, -np.inf]])
 
 
 def test_disagreeing_ranks_raise_the_same_error_without_hanging(tmp_path):
@@ -280,6 +292,10 @@ def test_disagreeing_ranks_raise_the_same_error_without_hanging(tmp_path):
     assert first[9][1] == "ValueError" and "N=4 < K=5" in first[9][2]
     assert first[10] == second[10] and first[10][0] == "ok"
     assert sorted(first[10][1]) == [1, 1, 1, 1, 2]
+    # the rounded sizes of balance="exact" can be met; the plan's 1.9 points cannot
+    assert first[11] == second[11] and first[11][0] == "ok" and first[11][1][2] == 1
+    assert first[12] == second[12] and first[12][1] == "ValueError", first[12]
+    assert "label 2 should take 1.9 points" in first[12][2]
 
 
 # ---- a rank failing mid-solve stops every rank ---------------------------------------------
