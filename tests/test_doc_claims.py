@@ -110,6 +110,7 @@ def test_cached_tables_keep_at_most_cap_entries_in_the_bytes_stated(n_labels, ca
     assert max(np.diff(table.offsets).max() for table in tables) == cap
     limit = N * (24 + 6 * cap) + 5 * 8 * (n_labels + 1)
     assert source.cache.nbytes <= limit
+    assert source.cache.budget == limit  # what the cache reserves is the bound stated
     if cap == n_labels:
         assert source.cache.nbytes == limit
     claim = ("cap = max(32, K // 8)` entries (at most K), so the tables never take more than "
