@@ -5,7 +5,9 @@ Oracles: a plain float64 NumPy log-sum-exp written here, and the uncached Numba 
 
 from __future__ import annotations
 
+import contextlib
 import warnings
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -26,6 +28,7 @@ from sinklabel.exp_cache import (  # noqa: E402
     table_cap,
     with_exp_cache,
 )
+from sinklabel.kernels import _exp_cache as _exp_cache_kernels  # noqa: E402
 from sinklabel.kernels import get_kernel  # noqa: E402
 from sinklabel.sources import ArrayLikeSource, ArraySource, CallableSource, checked  # noqa: E402
 
@@ -94,13 +97,28 @@ def test_cached_pass_matches_the_float64_formula_as_the_potentials_move(dtype, r
     rows=st.integers(1, 64),
     cap=st.integers(1, 40),
     seed=st.integers(0, 2**16),
+    task_rows=st.sampled_from([None, 1, 5]),
 )
 def test_cached_passes_are_exact_for_any_scores_chunks_and_cap(n, k, lam, scale, rows, cap,
-                                                               seed):
+                                                               seed, task_rows):
+    """``task_rows``: tables built and swept in tasks of that many rows (and 40 entries), as
+    chunks of thousands of rows are, rather than in one task per chunk at this size."""
     rng = np.random.default_rng(seed)
     scores = (scale * rng.standard_normal((n, k))).astype(np.float64)
     scores[rng.random((n, k)) < 0.1] = -np.inf
     scores[np.arange(n), rng.integers(0, k, n)] = 0.0  # every row keeps a finite score
+    with contextlib.ExitStack() as tasks:
+        if task_rows is not None:
+            tasks.enter_context(mock.patch.object(
+                _exp_cache_kernels, "_row_ranges",
+                lambda n_rows, _: [(lo, min(n_rows, lo + task_rows))
+                                   for lo in range(0, n_rows, task_rows)]))
+            tasks.enter_context(mock.patch.object(_exp_cache_kernels, "_TASK_ENTRIES", 40))
+        _check_cached_passes(scores, lam, rows, cap, rng)
+
+
+def _check_cached_passes(scores, lam, rows, cap, rng):
+    n, k = scores.shape
     source, kernel = _cached(scores, rows=rows, cap=cap)
     f = np.zeros(k)
     for step in (0.0, 1.0, 20.0):
