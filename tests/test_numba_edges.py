@@ -2,8 +2,9 @@
 
 Every check is against a float64 reference written here on the scores as the kernels read them
 (16-bit scores widened exactly to float32 first): widths around the vector block of 8 and the
-16-bit label indices of the ``cache=True`` tables, one row, chunks of one row, every input
-layout that is copied rather than read in place, and scores at the screening thresholds.
+16-bit label indices of the ``cache=True`` tables, one row, chunks of one row and of several
+row tasks, every input layout that is copied rather than read in place, and scores at the
+screening thresholds.
 """
 
 from __future__ import annotations
@@ -99,6 +100,18 @@ def test_every_operation_at_block_edge_widths_layouts_and_dtypes(k, layout):
             rtol = 1e-10 if dtype == "float64" else 2e-5
             for lam in (0.5, 25.0):  # whole rows in range, and screened rows
                 _assert_every_operation_matches(_chunk(scores, dtype, layout), f, lam, rtol)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("k", [2048, 3000])
+def test_every_operation_over_a_chunk_of_several_row_tasks(k, dtype):
+    """A chunk is computed in tasks of about 2 MiB of scores: at K = 2048, 64 rows each (200
+    rows: four tasks, the last of 8), at K = 3000, 43. The main tests' chunks fit in one."""
+    rows_per_task = (2 << 20) // (4 * k)
+    n = 3 * rows_per_task + 8
+    f = np.random.default_rng(k).normal(size=k)
+    rtol = 1e-10 if dtype == "float64" else 2e-5
+    _assert_every_operation_matches(_chunk(_scores(n, k, seed=k), dtype, "C"), f, 25.0, rtol)
 
 
 @pytest.mark.parametrize("k", [65535, 65536, 65537, 100_000])
