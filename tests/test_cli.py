@@ -23,6 +23,29 @@ def test_demo_runs_and_summarises(capsys):
     assert "converged" in out and "label sizes" in out
 
 
+def test_the_summary_gives_the_sizes_against_their_targets():
+    """Weights 1:2:3:4 over 100 points: targets 10 to 40. Identical rows all take one label,
+    which leaves three empty."""
+    from sinklabel.commands._options import summarize
+
+    weights = [1.0, 2.0, 3.0, 4.0]
+    scores = make_scores(100, 4, regime="peaked", seed=1).scores
+    result = sinklabel.sinkhorn(scores, 4, label_weights=weights)
+    counts, target = result.label_counts, np.array([10.0, 20.0, 30.0, 40.0])
+    lines = summarize(result, 1.234).splitlines()
+    assert lines[3] == (f"label sizes       min {counts.min()}, max {counts.max()}, "
+                        "target 10.0..40.0")
+    ratios = counts / target
+    assert lines[4] == f"size / target     {ratios.min():.3f} .. {ratios.max():.3f}"
+    assert lines[5:] == ["empty labels      0", "time              1.23 s"]
+    with pytest.warns(UserWarning, match="received no points"):
+        tied = sinklabel.sinkhorn(np.zeros((100, 4)), 4, label_weights=weights)
+    lines = summarize(tied, 0.0).splitlines()
+    ratios = tied.label_counts / target
+    assert lines[4] == f"size / target     0.000 .. {ratios.max():.3f}" and ratios.max() > 1
+    assert lines[5] == "empty labels      3"
+
+
 def test_assign_writes_balanced_labels(tmp_path, capsys):
     scores, _ = make_scores(2000, 20, regime="flat", seed=3)
     path = tmp_path / "scores.npy"
@@ -172,7 +195,9 @@ def test_demo_rejects_bad_numbers_by_option_name_before_any_work(capsys, monkeyp
     """A bad value names the option a user typed (not the Python parameter) and stops before
     200,000 x 1000 scores are generated."""
     err = _rejected_before_work(["demo", option, value], capsys, monkeypatch)
-    assert f"argument {option}" in err and "must be a positive" in err and repr(value) in err
+    noun = "number" if option in ("--lam", "--tol") else "integer"
+    assert f"argument {option}" in err
+    assert f": must be a positive {noun}, got {value!r}" in err
 
 
 @pytest.mark.parametrize("backend", ["torch", "cupy", "nope"])
