@@ -175,6 +175,24 @@ def test_files_that_are_not_npy_arrays_are_named(tmp_path, capsys, command):
         assert f"labels: {str(text)!r} is not a .npy array file" in capsys.readouterr().err
 
 
+class _Unpickled:
+    """Whatever unpickles this runs code: a file that holds it must never be unpickled."""
+
+    calls: list = []
+
+    def __reduce__(self):
+        return (_Unpickled.calls.append, ("unpickled",))
+
+
+def test_a_pickled_weights_file_is_refused_unread(scores_file, tmp_path, capsys):
+    weights = tmp_path / "w.npy"
+    np.save(weights, np.array([_Unpickled()] * 6, dtype=object), allow_pickle=True)
+    assert main(["assign", str(scores_file), "-k", "6", "-o", str(tmp_path / "out.npy"),
+                 "--weights", str(weights), "--no-progress"]) == 2
+    assert f"{str(weights)!r} is not a .npy array file" in capsys.readouterr().err
+    assert _Unpickled.calls == []
+
+
 def _rejected_before_work(argv, capsys, monkeypatch) -> str:
     """Exit code 2 from the argument parser, nothing generated or solved; the message."""
     monkeypatch.setattr("sinklabel.commands.demo.make_scores", _no_solve)
