@@ -14,6 +14,8 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import sinklabel
 from sinklabel._budget import (
@@ -143,3 +145,35 @@ def test_rows_beyond_n_stop_soft_assignments_as_they_stop_predict(what, chunk_si
     result = sinklabel.sinkhorn(SCORES, K)
     with pytest.raises(SourceError, match="rows beyond N"):
         getattr(result, what)(_RowsBeyondN(), chunk_size=chunk_size)
+
+
+def _most_rows(room: int, per_row: int, n_points: int, block_bytes: int) -> int:
+    """The longest blocks whose rows and fingerprints fit ``room``, by trying every length
+    (one block may be longer than the source: as long as the room allows); 0 if none fit."""
+    fits = [rows for rows in range(1, n_points + 1)
+            if -(-n_points // rows) * block_bytes + rows * per_row <= room]
+    if fits and fits[-1] == n_points:
+        return max(n_points, (room - block_bytes) // per_row)
+    return fits[-1] if fits else 0
+
+
+@settings(max_examples=300, deadline=None)
+@given(n_points=st.integers(1, 120), per_row=st.integers(1, 40),
+       block_bytes=st.integers(0, 60), budget=st.integers(0, 3000),
+       fixed=st.integers(0, 200), cache=st.booleans())
+def test_blocks_are_the_longest_that_fit_with_their_fingerprints(n_points, per_row, block_bytes,
+                                                                 budget, fixed, cache):
+    """rows_for_budget against every block length tried; a refusal names the least budget
+    that fits, and one byte less does not."""
+    share = 2 if cache else 1
+    expected = _most_rows(budget // share - fixed, per_row, n_points, block_bytes)
+    options = dict(cache=cache, streamed_points=n_points, block_bytes=block_bytes)
+    if expected:
+        assert rows_for_budget(budget, fixed, per_row, **options) == expected
+        return
+    with pytest.raises(ValueError, match="too small") as refused:
+        rows_for_budget(budget, fixed, per_row, **options)
+    least = int(re.search(r"at least (\d+) bytes", str(refused.value)).group(1))
+    assert _most_rows(least // share - fixed, per_row, n_points, block_bytes) >= 1
+    assert _most_rows((least - 1) // share - fixed, per_row, n_points, block_bytes) == 0
+    assert rows_for_budget(least, fixed, per_row, **options) >= 1
