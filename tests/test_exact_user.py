@@ -70,8 +70,8 @@ def test_label_graph_fits_beside_the_points(monkeypatch):
 def test_the_memory_error_gives_each_part_in_gib(monkeypatch):
     """Streamed float64 scores are copied: 2**18 points x 2**12 labels take 8 GiB, the
     points' arrays 2**18 * (CANDIDATES * 16 + POINT_BYTES) bytes (16 for a candidate: its
-    label and score),
-    the K x K label graph 2**24 * PAIR_BYTES, and the machine here has 8 GiB."""
+    label and score), the K x K label graph 2**24 * PAIR_BYTES, and the machine here has
+    8 GiB."""
     N, K = 2**18, 2**12
     source = CallableSource(unread_rows, (N, K), "float64")
     monkeypatch.setattr(exact, "physical_memory", lambda: 8 * 2**30)

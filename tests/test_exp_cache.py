@@ -107,27 +107,20 @@ def test_cached_passes_are_exact_for_any_scores_chunks_and_cap(n, k, lam, scale,
     scores = (scale * rng.standard_normal((n, k))).astype(np.float64)
     scores[rng.random((n, k)) < 0.1] = -np.inf
     scores[np.arange(n), rng.integers(0, k, n)] = 0.0  # every row keeps a finite score
-    with contextlib.ExitStack() as tasks:
-        if task_rows is not None:
-            tasks.enter_context(mock.patch.object(
-                _exp_cache_kernels, "_row_ranges",
-                lambda n_rows, _: [(lo, min(n_rows, lo + task_rows))
-                                   for lo in range(0, n_rows, task_rows)]))
-            tasks.enter_context(mock.patch.object(_exp_cache_kernels, "_TASK_ENTRIES", 40))
-        _check_cached_passes(scores, lam, rows, cap, rng)
-
-
-def _check_cached_passes(scores, lam, rows, cap, rng):
-    n, k = scores.shape
+    tasks = contextlib.nullcontext() if task_rows is None else mock.patch.multiple(
+        _exp_cache_kernels, _TASK_ENTRIES=40,
+        _row_ranges=lambda n_rows, _: [(lo, min(n_rows, lo + task_rows))
+                                       for lo in range(0, n_rows, task_rows)])
     source, kernel = _cached(scores, rows=rows, cap=cap)
     f = np.zeros(k)
     for step in (0.0, 1.0, 20.0):
         f = f + step * rng.standard_normal(k)
-        mass, lse = solver.dual_terms(source, kernel, f, lam, rows)
+        with tasks:
+            mass, lse = solver.dual_terms(source, kernel, f, lam, rows)
+            top, labels = kernel.best(next(source.chunks(n))[2], f, lam)
         expected_mass, expected_lse = _reference(scores, f, lam)
         np.testing.assert_allclose(mass, expected_mass, rtol=1e-10, atol=1e-14)
         assert abs(lse - expected_lse) <= 1e-10 * max(1.0, abs(expected_lse))
-        top, labels = kernel.best(next(source.chunks(n))[2], f, lam)
         z = lam * scores + f
         np.testing.assert_allclose(top, z.max(axis=1), rtol=1e-10)
         assert np.all(z[np.arange(n), labels] >= z.max(axis=1) - 1e-9 * np.abs(z.max(axis=1)))
