@@ -11,6 +11,7 @@ import pytest
 
 from sinklabel.kernels import available_backends
 from sinklabel.kernels._base import WrappingKernel
+from sinklabel.sources import CallableSource
 
 CPU_BACKENDS = [name for name in available_backends() if name != "cupy"]
 
@@ -81,6 +82,21 @@ def to_host(array) -> np.ndarray:
     if type(array).__module__.startswith("cupy"):
         return array.get()
     return np.asarray(array)
+
+
+def changing_source(scores, change, library: str = "numpy") -> CallableSource:
+    """A function source returning ``change(block, rng, pass)`` (a pass begins at row 0): a
+    model whose output drifts, or is rounded differently, from pass to pass. ``block`` is a
+    view of ``scores``: a change made in place must copy it first."""
+    passes = []
+    rng = np.random.default_rng(0)
+
+    def fn(start, stop):
+        passes.append(start == 0)
+        return change(scores[start:stop], rng, sum(passes))
+
+    dtype = scores.dtype if library == "numpy" else str(scores.dtype).removeprefix("torch.")
+    return CallableSource(fn, tuple(scores.shape), dtype, library=library)
 
 
 class ForwardingKernel(WrappingKernel):

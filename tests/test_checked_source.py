@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import changing_source
 
 from sinklabel.sources import CallableSource, SourceError, checked
 from sinklabel.sources.checked import FINGERPRINT_SAMPLES, CheckedSource, end_pass
@@ -12,17 +13,9 @@ from sinklabel.sources.checked import FINGERPRINT_SAMPLES, CheckedSource, end_pa
 SCORES = np.random.default_rng(0).normal(size=(12, 40))
 
 
-def stream(scores: np.ndarray = SCORES, change=None) -> CallableSource:
-    """The scores as a function source; ``change(block, pass)`` from the passes counted here
-    (a pass begins at row 0)."""
-    passes = [0]
-
-    def rows(start: int, stop: int) -> np.ndarray:
-        passes[0] += start == 0
-        block = scores[start:stop]
-        return block if change is None else change(block.copy(), passes[0])
-
-    return CallableSource(rows, scores.shape, scores.dtype)
+def stream() -> CallableSource:
+    """The scores as a function source, the same every pass."""
+    return CallableSource(lambda start, stop: SCORES[start:stop], SCORES.shape, SCORES.dtype)
 
 
 def test_reads_in_row_order_make_one_pass_and_a_read_back_starts_another():
@@ -83,12 +76,13 @@ def test_a_row_permuted_between_passes_is_a_change():
     samples = np.arange(K)[:: max(1, K // FINGERPRINT_SAMPLES)][:FINGERPRINT_SAMPLES]
     a, b = samples[-2], samples[-1]
 
-    def swap(block, on_pass):
+    def swap(block, rng, on_pass):
+        block = block.copy()
         if on_pass >= 2:
             block[0, [a, b]] = block[0, [b, a]]
         return block
 
-    source = checked(stream(change=swap))
+    source = checked(changing_source(SCORES, swap))
     list(source.chunks(6))
     with pytest.raises(SourceError, match=r"rows \[0, 6\) on pass 2: the scores changed"):
         list(source.chunks(6))
@@ -102,11 +96,12 @@ def test_a_unit_of_rounding_on_a_small_float16_score_is_noise():
     scores[[0, -1], 0] = 0.01  # sampled in the first and last rows
     scores[[0, -1], step] = 30.0  # sampled too: the rows' largest sample
 
-    def rounded(block, on_pass):
+    def rounded(block, rng, on_pass):
+        block = block.copy()
         if on_pass >= 2:
             block[[0, -1], 0] += np.float16(0.015625)  # a unit in the last place at 30
         return block
 
-    source = checked(stream(scores, rounded))
+    source = checked(changing_source(scores, rounded))
     for _ in range(3):
         assert len(list(source.chunks(12))) == 1

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import changing_source
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -354,19 +355,6 @@ def test_the_cache_gives_the_uncached_solve(problem, lam, cap, far, tmp_path_fac
 # --- scores that change between passes -----------------------------------------------------
 
 
-def _changing(scores: np.ndarray, change, library: str = "numpy") -> CallableSource:
-    """A function source returning ``change(block, rng, pass)`` (a pass begins at row 0)."""
-    passes = []
-    rng = np.random.default_rng(0)
-
-    def fn(start, stop):
-        passes.append(start == 0)
-        return change(scores[start:stop], rng, sum(passes))
-
-    dtype = scores.dtype if library == "numpy" else str(scores.dtype).removeprefix("torch.")
-    return CallableSource(fn, tuple(scores.shape), dtype, library=library)
-
-
 def _dropout(block, rng, on_pass):
     """Noise of a dropout layer left on, from pass 2: N(0, 0.01) on every score."""
     noise = 0.01 * rng.standard_normal(block.shape) if on_pass >= 2 else 0.0
@@ -385,7 +373,7 @@ def test_dropout_is_caught_on_the_second_pass_whatever_k(k):
     magnitudes grow with K, and at K=1000 used to let 0.01 of noise on every score through."""
     scores = make_scores(1000, k, regime="peaked", seed=k).scores
     with pytest.raises(SourceError, match=r"rows \[0, 500\) on pass 2: the scores changed"):
-        _solve(_changing(scores, _dropout), k, chunk_size=500)
+        _solve(changing_source(scores, _dropout), k, chunk_size=500)
 
 
 @pytest.mark.filterwarnings("ignore:.*labels received no points")  # 5 passes at K=1000
@@ -395,7 +383,7 @@ def test_gpu_rounding_is_not_a_change_whatever_k(k):
     each block among them (an infinite fingerprint entry must match exactly, which it does)."""
     scores = make_scores(1000, k, regime="peaked", seed=k).scores
     scores[::2, 0] = -np.inf
-    _solve(_changing(scores, _gpu_rounding), k, chunk_size=500, max_iter=5)
+    _solve(changing_source(scores, _gpu_rounding), k, chunk_size=500, max_iter=5)
 
 
 def test_a_masked_score_that_turns_finite_is_a_change():
@@ -405,7 +393,7 @@ def test_a_masked_score_that_turns_finite_is_a_change():
     def unmask(block, rng, on_pass):
         return np.where(np.isinf(block), np.float32(-30), block) if on_pass >= 2 else block
 
-    source = sinklabel.sources.checked(_changing(scores, unmask))
+    source = sinklabel.sources.checked(changing_source(scores, unmask))
     list(source.chunks(50))
     with pytest.raises(SourceError, match=r"rows \[0, 50\) on pass 2: the scores changed"):
         list(source.chunks(50))
@@ -423,8 +411,9 @@ def test_torch_cpu_blocks_are_fingerprinted(dtype):
         return block * weight + (0.5 if on_pass >= 2 else 0.0)
 
     with pytest.raises(SourceError, match=r"rows \[0, 8\) on pass 2: the scores changed"):
-        _solve(_changing(scores, drift, "torch"), 5, chunk_size=8)
-    source = sinklabel.sources.checked(_changing(scores, lambda b, rng, p: b * weight, "torch"))
+        _solve(changing_source(scores, drift, "torch"), 5, chunk_size=8)
+    source = sinklabel.sources.checked(
+        changing_source(scores, lambda b, rng, p: b * weight, "torch"))
     for _ in range(3):
         assert len(list(source.chunks(8))) == 5
 
@@ -444,6 +433,6 @@ def test_a_float16_unit_of_rounding_is_not_a_change_but_dropout_is():
         noise = 0.3 * rng.standard_normal(block.shape) if on_pass >= 2 else 0.0
         return (block + noise).astype(block.dtype)
 
-    _solve(_changing(scores, one_unit), 64, chunk_size=500, max_iter=5)
+    _solve(changing_source(scores, one_unit), 64, chunk_size=500, max_iter=5)
     with pytest.raises(SourceError, match=r"rows \[0, 500\) on pass 2: the scores changed"):
-        _solve(_changing(scores, dropout), 64, chunk_size=500)
+        _solve(changing_source(scores, dropout), 64, chunk_size=500)
