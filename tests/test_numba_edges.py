@@ -19,7 +19,7 @@ pytest.importorskip("numba")
 import sinklabel  # noqa: E402
 from sinklabel import ConvergenceWarning  # noqa: E402
 from sinklabel.kernels._exp_cache import NumbaExpTables, label_dtype  # noqa: E402
-from sinklabel.kernels.numba import NumbaKernel, bfloat16_rows  # noqa: E402
+from sinklabel.kernels.numba import NumbaKernel, _row_ranges, bfloat16_rows  # noqa: E402
 
 KERNEL = NumbaKernel()
 BLOCK_EDGE_WIDTHS = [1, 2, 7, 8, 9, 15, 16, 17]
@@ -109,6 +109,7 @@ def test_every_operation_over_a_chunk_of_several_row_tasks(k, dtype):
     rows: four tasks, the last of 8), at K = 3000, 43. The main tests' chunks fit in one."""
     rows_per_task = (2 << 20) // (4 * k)
     n = 3 * rows_per_task + 8
+    assert len(_row_ranges(n, k)) == 4  # still several tasks, should their size change
     f = np.random.default_rng(k).normal(size=k)
     rtol = 1e-10 if dtype == "float64" else 2e-5
     _assert_every_operation_matches(_chunk(_scores(n, k, seed=k), dtype, "C"), f, 25.0, rtol)
