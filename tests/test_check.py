@@ -52,7 +52,7 @@ def labellings_and_capacities(draw):
     return labels, K, lower, upper
 
 
-@settings(max_examples=150, deadline=None, derandomize=True)
+@settings(max_examples=150, deadline=None)
 @given(problem=labellings_and_capacities())
 def test_misplaced_is_the_fewest_points_that_must_move(problem):
     labels, K, lower, upper = problem

@@ -154,7 +154,7 @@ def refusing_rows(start: int, stop: int) -> np.ndarray:
     raise AssertionError(f"rows [{start}, {stop}) read before the memory check")
 
 
-@settings(max_examples=200, deadline=None, derandomize=True)
+@settings(max_examples=200, deadline=None)
 @given(st.integers(1, 10**7), st.lists(st.integers(1, 1000), min_size=1, max_size=20))
 @example(157_035, [32, 26, 14, 16, 3, 4])  # integer shares that N * w misses by ulps
 @example(184_080, [24, 21, 20])
@@ -249,7 +249,7 @@ def balance_problems(draw):
     return S.astype(dtype), weights
 
 
-@settings(max_examples=20, deadline=None, derandomize=True)
+@settings(max_examples=20, deadline=None)
 @given(problem=balance_problems())
 def test_balance_exact_reaches_the_assignment_optimum(problem):
     S, weights = problem
