@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import pickle
 import typing
 
@@ -61,6 +62,20 @@ def test_kept_results_stay_read_only_and_predict_the_same(logp, duplicate):
         with pytest.raises(ValueError, match="read-only"):
             getattr(kept, name)[0] = 0
     _assert_argmax(kept.predict(logp), logp, result)
+
+
+def test_results_are_frozen_and_print_their_summary(logp):
+    """A result is a record of one solve: no field can be rebound, and its repr shows the
+    labels and figures, not the per-iteration history or the exact step's state."""
+    result = sinklabel.sinkhorn(logp, 6, balance="exact")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        result.labels = result.labels[::-1]
+    text = repr(result)
+    for shown in ("labels=", "potentials=", "label_counts=", "n_iter=", "converged=", "error=",
+                  "lam=", "backend=", "balance='exact'"):
+        assert shown in text
+    for hidden in ("error_history", "label_weights", "certificate", "prices"):
+        assert hidden not in text
 
 
 def test_results_compare_by_identity(logp):
