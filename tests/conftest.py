@@ -12,7 +12,7 @@ from hypothesis import settings
 
 from sinklabel.kernels import available_backends
 from sinklabel.kernels._base import WrappingKernel
-from sinklabel.sources import CallableSource
+from sinklabel.sources import CallableSource, Source
 
 CPU_BACKENDS = [name for name in available_backends() if name != "cupy"]
 
@@ -131,3 +131,21 @@ class ForwardingKernel(WrappingKernel):
 
     def empty_rows(self, n, like):
         return self.inner.empty_rows(n, like)
+
+
+class PastTheEnd(Source):
+    """A hand-written source, read in order only, that goes wrong after its last block:
+    ``ending`` "extra rows" yields ten rows beyond N, any other raises OSError."""
+
+    def __init__(self, scores: np.ndarray, ending: str):
+        self.scores, self.ending = scores, ending
+        self.shape, self.dtype, self.library = scores.shape, "float32", "numpy"
+
+    def chunks(self, rows: int):
+        n = self.shape[0]
+        for start in range(0, n, rows):
+            yield start, min(n, start + rows), self.scores[start:start + rows]
+        if self.ending == "extra rows":
+            yield n, n + 10, self.scores[:10]
+        else:
+            raise OSError("after the end")

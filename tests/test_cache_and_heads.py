@@ -15,6 +15,7 @@ import warnings
 
 import numpy as np
 import pytest
+from conftest import PastTheEnd
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -180,6 +181,21 @@ def test_an_interrupted_heads_solve_returns_only_once_every_head_has_stopped(mon
         thread.join(5.0)  # let a head left running finish before the next test
     assert not still_running
     assert len(calls) < 16  # the heads stopped within the pass they were in
+
+
+@pytest.mark.parametrize(("ending", "message"), [
+    ("extra rows", r"yielded rows beyond N=600: \[600, 610\)"),
+    ("raises", "raised OSError after its last block: after the end"),
+])
+def test_heads_let_a_shared_source_check_its_end(ending, message):
+    """The heads' one read of a pass asks the source for one more item after its last block,
+    as a lone solve's pass does, so the checking layer still sees a source go wrong there."""
+    scores = _scores(np.random.default_rng(8), 600, 12, "flat", np.float32)
+    with pytest.raises(sinklabel.sources.SourceError,
+                       match=rf"rows \[600, 600\) on pass 1: the source {message}"):
+        sinklabel.sinkhorn_heads(PastTheEnd(scores, ending), [5, 7], chunk_size=200)
+    for thread in _head_threads():
+        thread.join(5.0)
 
 
 def test_a_head_that_cannot_start_stops_the_others(monkeypatch):

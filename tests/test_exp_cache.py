@@ -11,6 +11,7 @@ from unittest import mock
 
 import numpy as np
 import pytest
+from conftest import PastTheEnd
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from reference import softmax_terms
@@ -455,23 +456,6 @@ def test_progress_bar_works_with_the_cache(capsys):
 # --- the checking layer below the cache ---------------------------------------------------------
 
 
-class _PastTheEnd(sinklabel.sources.Source):
-    """A hand-written source, read in order only, that goes wrong after its last block."""
-
-    def __init__(self, scores: np.ndarray, ending: str):
-        self.scores, self.ending = scores, ending
-        self.shape, self.dtype, self.library = scores.shape, "float32", "numpy"
-
-    def chunks(self, rows: int):
-        n = self.shape[0]
-        for start in range(0, n, rows):
-            yield start, min(n, start + rows), self.scores[start:start + rows]
-        if self.ending == "extra rows":
-            yield n, n + 10, self.scores[:10]
-        else:
-            raise OSError("after the end")
-
-
 @pytest.mark.parametrize(("ending", "message"), [
     ("extra rows", r"yielded rows beyond N=600: \[600, 610\)"),
     ("raises", "raised OSError after its last block: after the end"),
@@ -482,7 +466,7 @@ def test_the_cache_lets_a_source_check_its_end(ending, message):
     scores = make_scores(600, 12, regime="peaked", seed=15).scores
     with pytest.raises(sinklabel.sources.SourceError,
                        match=rf"rows \[600, 600\) on pass 1: the source {message}"):
-        sinkhorn(_PastTheEnd(scores, ending), 12, chunk_size=200, cache=True)
+        sinkhorn(PastTheEnd(scores, ending), 12, chunk_size=200, cache=True)
 
 
 @pytest.mark.parametrize(("failure", "message"), [

@@ -26,7 +26,6 @@ class SharedReader:
 
     def __init__(self, source: Source, n_consumers: int):
         self.source = source
-        self.reads = 0
         self._cond = threading.Condition()
         self._live = set(range(n_consumers))
         self._waiting: dict[int, tuple[int, int, int]] = {}
@@ -108,7 +107,6 @@ class SharedReader:
                 )
             self._new_pass(next(iter(starts))[0])
         start, stop, block = next(self._blocks)
-        self.reads += 1
         self._next_start = stop
         for consumer, request in list(self._waiting.items()):
             if request == (self._rows, start, stop):
