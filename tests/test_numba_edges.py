@@ -103,10 +103,12 @@ def test_every_operation_at_block_edge_widths_layouts_and_dtypes(k, layout):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("k", [2048, 3000])
+@pytest.mark.parametrize("k", [3, 16, 2048, 3000])
 def test_every_operation_over_a_chunk_of_several_row_tasks(k, dtype):
     """A chunk is computed in tasks of about 2 MiB of scores: at K = 2048, 64 rows each (200
-    rows: four tasks, the last of 8), at K = 3000, 43. The main tests' chunks fit in one."""
+    rows: four tasks, the last of 8), at K = 3000, 43. The main tests' chunks fit in one.
+    Narrow rows go in blocks of rows within each task, which must stop at the task's end:
+    at K = 16 tasks of 32768 rows, at K = 3 of 174762 (not a whole number of blocks)."""
     rows_per_task = (2 << 20) // (4 * k)
     n = 3 * rows_per_task + 8
     assert len(_row_ranges(n, k)) == 4  # still several tasks, should their size change
