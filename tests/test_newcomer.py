@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import sys
+import types
 
 import pytest
 
+from sinklabel import progress
 from sinklabel.cli import main
 from sinklabel.progress import Progress
 
@@ -32,6 +34,43 @@ def test_plain_progress_gives_the_estimate_once_the_rate_is_known(capsys):
     bar.history += [0.5**i for i in range(1, 11)]
     bar.update(11, 0.5**11)
     assert capsys.readouterr().err.startswith("sinkhorn: iteration 11/20, error ")
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The progress module's clock, set by the test: ``clock[0]`` seconds."""
+    now = [100.0]
+    monkeypatch.setattr(progress, "time", types.SimpleNamespace(perf_counter=lambda: now[0]))
+    return now
+
+
+@pytest.mark.usefixtures("without_tqdm")
+def test_plain_progress_lines_come_once_a_second_with_their_times(clock, capsys):
+    """At most a line a second, each with the time since the start and, once the rate is
+    known, the time left at this pace; the closing line says how the solve ended."""
+    bar = Progress(True, total=1000, tol=1.5 * 0.5**20)
+    for clock[0], iteration in ((100.5, 1), (101.2, 2), (101.6, 3)):
+        bar.update(iteration, 0.5**iteration)
+    clock[0] = 103.0
+    bar.close()
+    assert capsys.readouterr().err.splitlines() == [
+        "sinkhorn: iteration 1, error 5.00e-01, 0.5 s",
+        # 16.4 more halvings to the tolerance (17 passes), at 1.6 s / 3 passes: 9.07 s
+        "sinkhorn: iteration 3/20, error 1.25e-01, 1.6 s, about 9 s left",
+        "sinkhorn: stopped after 3 iterations, error 1.25e-01, 3.0 s",
+    ]
+
+
+@pytest.mark.usefixtures("without_tqdm")
+@pytest.mark.parametrize(("tol", "ended"), [(0.125, "converged"), (0.124, "stopped"),
+                                             (None, "stopped")])
+def test_plain_progress_ends_converged_only_at_the_tolerance(tol, ended, clock, capsys):
+    bar = Progress(True, total=1000, tol=tol)
+    for iteration, error in enumerate((0.5, 0.125, 0.25), start=1):
+        bar.update(iteration, error)
+    bar.close()
+    last = capsys.readouterr().err.splitlines()[-1]
+    assert last == f"sinkhorn: {ended} after 3 iterations, error 1.25e-01, 0.0 s"
 
 
 @pytest.mark.parametrize("command", ["demo", "assign", "check"])
