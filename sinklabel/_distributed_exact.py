@@ -383,7 +383,8 @@ def _tie_quota(room: np.ndarray, n: int) -> np.ndarray:
     if n <= 0:
         return np.zeros_like(room)
     quota = room * n // room.sum()
-    quota[np.argsort(quota - room, kind="stable")[:n - int(quota.sum())]] += 1
+    remainders = room * n % room.sum()
+    quota[np.argsort(-remainders, kind="stable")[:n - int(quota.sum())]] += 1
     return quota
 
 

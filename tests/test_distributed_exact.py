@@ -329,3 +329,49 @@ def test_rows_tied_on_some_labels_past_the_limit_say_so(small_limit):
     with pytest.raises(RuntimeError, match="tie exactly with a runner-up label") as error:
         _balance(S, 5)
     assert "Solve Sinkhorn further" not in str(error.value)
+
+
+# --- the settling rules, against brute force -------------------------------------------------
+
+MARGINS = st.sampled_from([0.0, 5e-324, 1e-300, 0.5, 1.0, 1.0 + 2**-52, 3.0, np.inf])
+
+
+def _smallest_threshold(margins: np.ndarray, limit: int) -> float:
+    """The smallest t >= 0 with at most ``limit`` of ``margins`` above it, by trying every
+    candidate: 0 and the margins themselves (the count changes only there)."""
+    return min(t for t in [0.0, *margins] if np.count_nonzero(margins > t) <= limit)
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.data(), k=st.integers(1, 5), n=st.integers(0, 30))
+def test_thresholds_are_the_smallest_that_respect_caps_and_keep(data, k, n):
+    """Per label, the smallest margin threshold leaving at most ``caps[y]`` of its rows above
+    it, raised to the one leaving at most ``keep`` rows above it in all; exact to the bit."""
+    best = np.array(data.draw(st.lists(st.integers(0, k - 1), min_size=n, max_size=n)),
+                    dtype=np.int64)
+    margin = np.array(data.draw(st.lists(MARGINS, min_size=n, max_size=n)), dtype=np.float64)
+    caps = np.array(data.draw(st.lists(st.integers(0, n), min_size=k, max_size=k)))
+    keep = data.draw(st.integers(0, n))
+    scan = _distributed_exact._Scan(best, margin, None, None, None)
+    got = _distributed_exact._thresholds(scan, caps, keep, LOCAL)
+    overall = _smallest_threshold(margin, keep)
+    expected = [max(_smallest_threshold(margin[best == y], caps[y]), overall) for y in range(k)]
+    np.testing.assert_array_equal(got, expected)
+
+
+@settings(max_examples=200, deadline=None)
+@given(room=st.lists(st.integers(0, 20), min_size=1, max_size=6), n=st.integers(-3, 80))
+def test_tied_rows_are_dealt_by_largest_remainders(room, n):
+    """``min(n, room)`` tied rows in all, at most each label's room, in proportion to it: the
+    whole parts first, then one more to the largest remainders (ties to the lower label)."""
+    room = np.array(room, dtype=np.int64)
+    quota = _distributed_exact._tie_quota(room, n)
+    dealt = max(0, min(n, int(room.sum())))
+    expected = np.zeros_like(room)
+    if dealt:
+        expected = room * dealt // room.sum()
+        remainders = room * dealt % room.sum()
+        order = sorted(range(room.size), key=lambda y: (-remainders[y], y))
+        expected[order[:dealt - int(expected.sum())]] += 1
+    np.testing.assert_array_equal(quota, expected)
+    assert np.all(quota <= room)
