@@ -8,6 +8,7 @@ ranks. Oracles: HiGHS on the whole linear program, and the single-process ``bala
 
 from __future__ import annotations
 
+import itertools
 import warnings
 
 import numpy as np
@@ -138,6 +139,29 @@ def test_a_small_first_set_forces_retries_that_end_at_the_optimum(regime, rounds
     # the Sinkhorn part of the result is untouched
     np.testing.assert_array_equal(result.potentials, sinkhorn.potentials)
     assert result.n_iter == sinkhorn.n_iter
+
+
+def test_retries_double_the_contested_rows_and_leave_every_label_room(monkeypatch):
+    """What the module docstring promises of each round: the reduced problem's lower sizes
+    are not negative, every label keeps room for a contested row (settled rows stop one short
+    of its upper size), and a failed round at least doubles the contested rows. N = 240 over
+    6 labels: every size is exactly 40, where the caps (39) differ from the lower sizes."""
+    S = make_scores(240, 6, regime="flat", seed=0, dtype=np.float64, margin=4.0).scores
+    reduced = []
+    solve = _distributed_exact._solve_reduced
+
+    def recorded(rows, lower, upper, v):
+        reduced.append((rows.shape[0], lower.copy(), upper.copy()))
+        return solve(rows, lower, upper, v)
+
+    monkeypatch.setattr(_distributed_exact, "_solve_reduced", recorded)
+    _, result = _balance(S, 6, first_contested=1)
+    assert result.certificate.optimal
+    sizes = [size for size, _, _ in reduced]
+    assert sizes[0] == 6 and len(sizes) >= 2  # a first target of 1 row, but one per label
+    assert all(after >= min(2 * before, 240) for before, after in itertools.pairwise(sizes))
+    for _, lower, upper in reduced:
+        assert np.all(lower >= 0) and np.all(upper >= 1)
 
 
 def test_default_first_set_settles_most_rows_in_one_round(rounds):
