@@ -18,6 +18,7 @@ pytest.importorskip("numba")
 
 import sinklabel  # noqa: E402
 from sinklabel import ConvergenceWarning  # noqa: E402
+from sinklabel.datasets import make_scores  # noqa: E402
 from sinklabel.kernels._exp_cache import NumbaExpTables, label_dtype  # noqa: E402
 from sinklabel.kernels.numba import NumbaKernel, _row_ranges, bfloat16_rows  # noqa: E402
 
@@ -196,6 +197,28 @@ def test_cache_tables_index_labels_across_the_16_bit_boundary(k):
     np.testing.assert_allclose(answer.mass, mass, rtol=1e-6, atol=1e-9)
     assert answer.lse == pytest.approx(lse, rel=1e-7)
     np.testing.assert_array_equal(table.best(f)[1], labels)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("regime", ["flat", "peaked"])
+def test_cache_table_entries_are_the_row_shifted_exponentials(regime, dtype):
+    """Each kept entry is ``exp(z - max z + shift)`` of its row and label, to the table
+    dtype's rounding of ``z - max z`` (float32 tables shift by 115 ln 2, so that entries far
+    below their row's best stay normal numbers)."""
+    scores = make_scores(700, 37, regime=regime, seed=5, dtype=dtype).scores
+    f = np.random.default_rng(1).normal(size=37)
+    table = NumbaExpTables(KERNEL).build(scores, f, 25.0, 0.0, 32)
+    z = 25.0 * scores.astype(np.float64) + f
+    top = z.max(axis=1)
+    rows = np.repeat(np.arange(len(z)), np.diff(table.offsets))
+    x = z[rows, table.labels[:table.values.size]] - top[rows]
+    assert table.values.size >= len(z)
+    assert x.min() < -30 if regime == "flat" else np.all(x == 0)  # peaked: only each row's best
+    relative = np.abs(table.values / np.exp(x + table.shift) - 1)
+    # rounding of x in the table dtype, and of z in float64 (which may fuse its multiply-add)
+    bound = 4 * np.finfo(table.values.dtype).eps * (1 + np.abs(x)) + 4 * 2.0**-52 * (
+        np.abs(z[rows, table.labels[:table.values.size]]) + np.abs(top[rows]))
+    assert np.all(relative <= bound)
 
 
 # --- whole solves with odd chunk sizes ------------------------------------------------------
