@@ -399,3 +399,20 @@ def test_tied_rows_are_dealt_by_largest_remainders(room, n):
         expected[order[:dealt - int(expected.sum())]] += 1
     np.testing.assert_array_equal(quota, expected)
     assert np.all(quota <= room)
+
+
+@pytest.mark.parametrize(("gap", "feasible", "proved"), [
+    (0.0, True, True),
+    (0.5 + 2.0**-44 * 39, True, True),  # the pass's rounding plus float64 noise of the scale
+    (0.5 + 2.0**-44 * 39 + 2.0**-50, True, False),
+    (0.0, False, False),  # sizes outside the capacities: never certified, whatever the gap
+])
+def test_the_final_certificate_needs_feasible_sizes_and_a_gap_within_its_bounds(gap, feasible,
+                                                                                 proved):
+    """The last guard of the distributed exact labels: a certificate that does not prove
+    optimality raises rather than return labels. Scale: |primal| + |dual| + upper @ |v| = 39,
+    every bound exact in float64."""
+    certificate = sinklabel.Certificate(primal=20.0, dual=12.0, gap=gap, rounding=0.5,
+                                        feasible=feasible)
+    v, upper = np.array([1.0, -2.0]), np.array([3.0, 2.0])  # upper @ |v| = 7
+    assert _distributed_exact._proves_optimal(certificate, v, upper) == proved
