@@ -141,12 +141,16 @@ def test_a_small_first_set_forces_retries_that_end_at_the_optimum(regime, rounds
     assert result.n_iter == sinkhorn.n_iter
 
 
-def test_retries_double_the_contested_rows_and_leave_every_label_room(monkeypatch):
+@pytest.mark.parametrize(("weights", "seed"), [(np.ones(6), 0), (np.array([1e-15, *[1.0] * 5]), 2)],
+                         ids=["equal", "an empty label"])
+def test_retries_double_the_contested_rows_and_leave_every_label_room(weights, seed,
+                                                                       monkeypatch):
     """What the module docstring promises of each round: the reduced problem's lower sizes
     are not negative, every label keeps room for a contested row (settled rows stop one short
-    of its upper size), and a failed round at least doubles the contested rows. N = 240 over
-    6 labels: every size is exactly 40, where the caps (39) differ from the lower sizes."""
-    S = make_scores(240, 6, regime="flat", seed=0, dtype=np.float64, margin=4.0).scores
+    of its upper size) but a label of size 0 takes none, and a failed round at least doubles
+    the contested rows. N = 240: every size is exactly 40 (or 48, and 0), where the caps
+    differ from the lower sizes."""
+    S = make_scores(240, 6, regime="flat", seed=seed, dtype=np.float64, margin=4.0).scores
     reduced = []
     solve = _distributed_exact._solve_reduced
 
@@ -155,13 +159,16 @@ def test_retries_double_the_contested_rows_and_leave_every_label_room(monkeypatc
         return solve(rows, lower, upper, v)
 
     monkeypatch.setattr(_distributed_exact, "_solve_reduced", recorded)
-    _, result = _balance(S, 6, first_contested=1)
+    _, result = _balance(S, 6, first_contested=1, label_weights=weights)
     assert result.certificate.optimal
     sizes = [size for size, _, _ in reduced]
-    assert sizes[0] == 6 and len(sizes) >= 2  # a first target of 1 row, but one per label
+    labels_with_room = np.count_nonzero(balanced_range(240, weights / weights.sum())[1])
+    assert sizes[0] == labels_with_room and len(sizes) >= 2  # a first target of 1 row
     assert all(after >= min(2 * before, 240) for before, after in itertools.pairwise(sizes))
     for _, lower, upper in reduced:
-        assert np.all(lower >= 0) and np.all(upper >= 1)
+        assert np.all(lower >= 0)
+        np.testing.assert_array_equal(upper >= 1, weights > 1e-9)
+        assert np.all(upper >= 0)
 
 
 def test_default_first_set_settles_most_rows_in_one_round(rounds):
