@@ -162,6 +162,25 @@ def test_a_chunk_is_cached_while_at_most_a_quarter_of_its_rows_fail(tied, cached
     assert abs(lse - expected_lse) < 1e-6 * abs(expected_lse)
 
 
+@pytest.mark.parametrize("task_entries", [1, 40, None], ids=["row tasks", "tasks", "one task"])
+def test_labels_of_rows_a_table_fails_come_from_the_scores(task_entries, monkeypatch):
+    """The labelling pass of a cached chunk takes the table's rows and computes the rows it
+    fails (here 8 rows tied in all 50 labels, beyond a cap of 4) from the scores, in tables
+    of one task or of many (each listing its failed rows)."""
+    if task_entries is not None:
+        monkeypatch.setattr(_exp_cache_kernels, "_TASK_ENTRIES", task_entries)
+    scores = make_scores(64, 50, regime="peaked", seed=2).scores
+    scores[8:16] = -1.0
+    source, kernel = _cached(scores, rows=64, cap=4)
+    solver.dual_terms(source, kernel, np.zeros(50), 25.0, 64)  # builds the table
+    ((_, _, chunk),) = source.chunks(64)
+    top, labels = kernel.best(chunk, np.zeros(50), 25.0)
+    assert source.cache.builds == 1
+    z = 25.0 * scores.astype(np.float64)
+    np.testing.assert_allclose(top, z.max(axis=1), rtol=1e-6)
+    np.testing.assert_array_equal(labels, z.argmax(axis=1))
+
+
 def test_a_table_is_rebuilt_once_its_repairs_add_up_to_its_chunk():
     """backends.md: a table is rebuilt when its repairs since the build add up to the whole
     chunk (64 rows). Raising one label's potential makes a few rows fail the table built at
