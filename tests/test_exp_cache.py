@@ -181,6 +181,28 @@ def test_labels_of_rows_a_table_fails_come_from_the_scores(task_entries, monkeyp
     np.testing.assert_array_equal(labels, z.argmax(axis=1))
 
 
+def test_labels_from_a_table_take_the_first_of_tied_labels_and_follow_the_potentials():
+    """Rows 10-17 tie exactly in labels 5 and 30: the first wins, as in np.argmax. Rows 0-9
+    have label 49 75 nats (at lam = 25) below their best; once its potential rises by 100 it
+    is their best, and the table built at zero potentials must label them so."""
+    scores = make_scores(64, 50, regime="peaked", seed=2).scores.astype(np.float64)
+    top = scores.max(axis=1)
+    scores[:, 49] = top - 30.0
+    scores[:10, 49] = top[:10] - 3.0
+    scores[10:18] = np.minimum(scores[10:18], top[10:18, None] - 1.0)
+    scores[10:18, 5] = scores[10:18, 30] = top[10:18]
+    source, kernel = _cached(scores, rows=64, cap=4)
+    solver.dual_terms(source, kernel, np.zeros(50), 25.0, 64)  # builds the table at f = 0
+    ((_, _, chunk),) = source.chunks(64)
+    for f in (np.zeros(50), np.eye(50)[49] * 100.0):
+        best, labels = kernel.best(chunk, f, 25.0)
+        z = 25.0 * scores + f
+        np.testing.assert_allclose(best, z.max(axis=1), rtol=1e-12)
+        np.testing.assert_array_equal(labels, z.argmax(axis=1))
+    assert np.all(labels[:10] == 49) and np.all(labels[10:18] == 5)
+    assert source.cache.builds == 1
+
+
 def test_a_table_is_rebuilt_once_its_repairs_add_up_to_its_chunk():
     """backends.md: a table is rebuilt when its repairs since the build add up to the whole
     chunk (64 rows). Raising one label's potential makes a few rows fail the table built at
