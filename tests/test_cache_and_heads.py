@@ -26,6 +26,7 @@ import sinklabel.heads  # noqa: E402
 from sinklabel import solver  # noqa: E402
 from sinklabel.kernels import get_kernel  # noqa: E402
 from sinklabel.sources import ArraySource, CallableSource  # noqa: E402
+from sinklabel.sources.shared import Aborted, SharedReader  # noqa: E402
 
 NUMBA = get_kernel("numba")
 
@@ -196,6 +197,35 @@ def test_heads_let_a_shared_source_check_its_end(ending, message):
         sinklabel.sinkhorn_heads(PastTheEnd(scores, ending), [5, 7], chunk_size=200)
     for thread in _head_threads():
         thread.join(5.0)
+
+
+@pytest.mark.parametrize(("asks", "named"), [
+    ([(50, 0, 50), (25, 0, 25)], "[(25, 0), (50, 0)]"),  # different rows per block
+    ([(50, 50, 100)], "[(50, 50)]"),                        # a pass that does not start at 0
+])
+def test_consumers_out_of_step_are_stopped_by_name(asks, named):
+    """The heads' shared reader serves a block once every consumer asks for it; consumers
+    that ask for different blocks would wait for each other forever, so all of them stop
+    with the reader's error naming the blocks asked for."""
+    reader = SharedReader(ArraySource(np.zeros((100, 6))), len(asks))
+    stopped = []
+
+    def ask(consumer: int, rows: int, start: int, stop: int) -> None:
+        try:
+            reader.get(consumer, rows, start, stop)
+        except Aborted as error:
+            stopped.append(error)
+
+    # daemon threads: a consumer left waiting must not hold up the tests
+    threads = [threading.Thread(target=ask, args=(consumer, *asked), daemon=True)
+               for consumer, asked in enumerate(asks)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(5.0)
+    assert not any(thread.is_alive() for thread in threads)
+    assert len(stopped) == len(asks)
+    assert f"asked for different blocks {named}" in str(reader.error)
 
 
 def test_a_head_that_cannot_start_stops_the_others(monkeypatch):
