@@ -162,6 +162,25 @@ def test_a_chunk_is_cached_while_at_most_a_quarter_of_its_rows_fail(tied, cached
     assert abs(lse - expected_lse) < 1e-6 * abs(expected_lse)
 
 
+def _far_label_scores() -> np.ndarray:
+    """Peaked 64 x 50 float64 scores with label 49 30 below each row's best, but only 3
+    below in rows 0-9 (75 nats at lam = 25)."""
+    scores = make_scores(64, 50, regime="peaked", seed=2).scores.astype(np.float64)
+    top = scores.max(axis=1)
+    scores[:, 49] = top - 30.0
+    scores[:10, 49] = top[:10] - 3.0
+    return scores
+
+
+def _table_built_at_zero(scores: np.ndarray):
+    """A cached source of one 64-row chunk (4 entries per row), its kernel, and the chunk,
+    its table built by one pass at zero potentials."""
+    source, kernel = _cached(scores, rows=64, cap=4)
+    solver.dual_terms(source, kernel, np.zeros(scores.shape[1]), 25.0, 64)
+    ((_, _, chunk),) = source.chunks(64)
+    return source, kernel, chunk
+
+
 @pytest.mark.parametrize("task_entries", [1, 40, None], ids=["row tasks", "tasks", "one task"])
 def test_labels_of_rows_a_table_fails_come_from_the_scores(task_entries, monkeypatch):
     """The labelling pass of a cached chunk takes the table's rows and computes the rows it
@@ -171,9 +190,7 @@ def test_labels_of_rows_a_table_fails_come_from_the_scores(task_entries, monkeyp
         monkeypatch.setattr(_exp_cache_kernels, "_TASK_ENTRIES", task_entries)
     scores = make_scores(64, 50, regime="peaked", seed=2).scores
     scores[8:16] = -1.0
-    source, kernel = _cached(scores, rows=64, cap=4)
-    solver.dual_terms(source, kernel, np.zeros(50), 25.0, 64)  # builds the table
-    ((_, _, chunk),) = source.chunks(64)
+    source, kernel, chunk = _table_built_at_zero(scores)
     top, labels = kernel.best(chunk, np.zeros(50), 25.0)
     assert source.cache.builds == 1
     z = 25.0 * scores.astype(np.float64)
@@ -185,15 +202,11 @@ def test_labels_from_a_table_take_the_first_of_tied_labels_and_follow_the_potent
     """Rows 10-17 tie exactly in labels 5 and 30: the first wins, as in np.argmax. Rows 0-9
     have label 49 75 nats (at lam = 25) below their best; once its potential rises by 100 it
     is their best, and the table built at zero potentials must label them so."""
-    scores = make_scores(64, 50, regime="peaked", seed=2).scores.astype(np.float64)
+    scores = _far_label_scores()
     top = scores.max(axis=1)
-    scores[:, 49] = top - 30.0
-    scores[:10, 49] = top[:10] - 3.0
     scores[10:18] = np.minimum(scores[10:18], top[10:18, None] - 1.0)
     scores[10:18, 5] = scores[10:18, 30] = top[10:18]
-    source, kernel = _cached(scores, rows=64, cap=4)
-    solver.dual_terms(source, kernel, np.zeros(50), 25.0, 64)  # builds the table at f = 0
-    ((_, _, chunk),) = source.chunks(64)
+    source, kernel, chunk = _table_built_at_zero(scores)
     for f in (np.zeros(50), np.eye(50)[49] * 100.0):
         best, labels = kernel.best(chunk, f, 25.0)
         z = 25.0 * scores + f
@@ -208,13 +221,9 @@ def test_a_table_is_rebuilt_once_its_repairs_add_up_to_its_chunk():
     chunk (64 rows). Raising one label's potential makes a few rows fail the table built at
     zero, every pass, beside the rows that fail wherever it is built (those it was built
     with, which do not count); the sums stay exact throughout."""
-    scores = make_scores(64, 50, regime="peaked", seed=2).scores.astype(np.float64)
-    top = scores.max(axis=1)
-    scores[:, 49] = top - 30.0
-    scores[:10, 49] = top[:10] - 3.0
-    source, kernel = _cached(scores, rows=64, cap=4)
+    scores = _far_label_scores()
+    source, kernel, _ = _table_built_at_zero(scores)
     cache = source.cache
-    solver.dual_terms(source, kernel, np.zeros(50), 25.0, 64)
     f = np.zeros(50)
     f[49] = 100.0
     builds, repaired = [], []
