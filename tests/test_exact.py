@@ -644,6 +644,11 @@ def test_compiled_passes_match_numpy(dtype, K):
     labels, low, margin = _transport._best_labels(S, v, False)
     values = S.astype(np.float64) + v
     assert np.array_equal(labels, np.where(values.max(axis=1) > -np.inf, values.argmax(axis=1), -1))
+    assert np.array_equal(low, S.min(axis=1))
+    ordered = np.sort(np.hstack([np.full((S.shape[0], 1), -np.inf), values]), axis=1)
+    with np.errstate(invalid="ignore"):
+        gap = ordered[:, -1] - ordered[:, -2]
+    assert np.array_equal(margin, np.where(ordered[:, -1] > -np.inf, gap, np.inf))
     for got, want in zip(_transport._best_labels(S, v, True), (labels, low, margin), strict=True):
         assert np.array_equal(got, want)
     assert labels[5] == -1 and margin[5] == np.inf
@@ -651,8 +656,12 @@ def test_compiled_passes_match_numpy(dtype, K):
     # Margins at other labels than the best: the labels a point is moved to.
     moved = np.where(rng.random(rows.sum()) < 0.5, labels[rows], rng.integers(0, K, rows.sum()))
     moved = np.where(S[rows, moved] + v[moved] > -np.inf, moved, labels[rows])
-    assert np.array_equal(_transport._label_margins(S[rows], v, moved, True),
-                          _transport._label_margins(S[rows], v, moved, False))
+    others = values[rows]
+    own = others[np.arange(moved.size), moved].copy()
+    others[np.arange(moved.size), moved] = -np.inf
+    for compiled in (True, False):
+        assert np.array_equal(_transport._label_margins(S[rows], v, moved, compiled),
+                              own - others.max(axis=1))
 
 
 def test_exact_solver_runs_without_numba():
