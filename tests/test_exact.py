@@ -664,6 +664,35 @@ def test_compiled_passes_match_numpy(dtype, K):
                               own - others.max(axis=1))
 
 
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_argmax_from_candidates_reads_full_rows_where_they_cannot_tell(compiled):
+    """The candidates answer a row only when their best reaches the bound on the rest;
+    otherwise the row's argmax may lie outside them and the whole row is read."""
+    rng = np.random.default_rng(3)
+    N, K, m = 400, 12, 3
+    S = rng.normal(size=(N, K))
+    v = rng.normal(size=K)
+    values = S + v
+    best = values.argmax(axis=1)
+    listed = rng.random(N) < 0.5  # half the rows list their best label among the candidates
+    others = [rng.permutation(np.delete(np.arange(K), b)) for b in best]
+    cand = np.array([rng.permutation(np.r_[b, o[:m - 1]]) if keep else o[:m]
+                     for b, o, keep in zip(best, others, listed, strict=True)])
+    rows = np.arange(N)[:, None]
+    rest = values.copy()
+    rest[rows, cand] = -np.inf
+    bound = rest.max(axis=1) + rng.random(N) * 0.1 * listed  # a loose bound is still a bound
+    labels, margin = np.empty(N, np.int64), np.empty(N)
+    argmax = _transport_loops.argmax_labels
+    (argmax if compiled else getattr(argmax, "py_func", argmax))(
+        S, cand, S[rows, cand], bound, v, labels, margin)
+    assert np.array_equal(labels, best)
+    ordered = np.sort(values, axis=1)
+    exact = ordered[:, -1] - ordered[:, -2]
+    assert np.all((margin > 0) & (margin <= exact + 1e-12))
+    assert np.array_equal(margin[~listed], exact[~listed])
+
 def test_exact_solver_runs_without_numba():
     """Without numba installed the loops run as plain Python: the same optimum, warm or cold."""
     code = (
