@@ -21,6 +21,8 @@ the ``__pycache__`` folders so that cached callers are compiled again.
 
 from __future__ import annotations
 
+import functools
+import threading
 from collections.abc import Callable
 
 try:
@@ -45,6 +47,28 @@ except ImportError:  # tests/test_simd.py imports this module with numba hidden
 else:
     HAVE_NUMBA = True
     from llvmlite import ir
+
+#: Held while a ``parallel=True`` loop runs (see :func:`one_region_at_a_time`).
+_PARALLEL_REGION = threading.Lock()
+
+
+def one_region_at_a_time(loop: Callable) -> Callable:
+    """``loop``, a ``parallel=True`` function, run by one thread at a time.
+
+    Where neither TBB nor OpenMP is installed Numba falls back to its workqueue threading
+    layer, which aborts the whole process when two threads enter parallel code at once (two
+    exact solves in a user's threads). Each region already keeps every core busy, so
+    queueing them costs nothing in any layer. ``py_func`` stays the plain Python loop.
+    """
+
+    @functools.wraps(loop, updated=())
+    def queued(*args):
+        with _PARALLEL_REGION:
+            return loop(*args)
+
+    queued.py_func = loop.py_func
+    return queued
+
 
 #: Scores per vector block (8 float32 fill one AVX2 register).
 W = 8

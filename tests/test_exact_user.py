@@ -3,13 +3,16 @@ wrong, and a memory check that counts every large array before the scores are re
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 import sinklabel
-from sinklabel import exact
+from sinklabel import _transport_loops, exact
 from sinklabel._transport import CANDIDATES
 from sinklabel.sources import CallableSource, as_source, checked
 
@@ -198,3 +201,32 @@ def test_a_certificate_names_prices_spread_beyond_float32_and_checks_its_flag():
     assert np.isfinite(sinklabel.duality_gap(scores, labels, prices).gap)
     with pytest.raises(TypeError, match="distributed must be True or False"):
         sinklabel.duality_gap(scores, labels, np.zeros(4), distributed="no")
+
+
+@pytest.mark.skipif(not _transport_loops.HAVE_NUMBA, reason="the parallel loops need numba")
+def test_exact_solves_in_several_threads_at_once_under_numbas_workqueue_layer():
+    """Numba falls back to its workqueue threading layer where neither TBB nor OpenMP is
+    installed, and that layer aborts the whole process when two threads enter parallel code
+    at once. Four threads solving at once must each get their certified optimum."""
+    code = (
+        "import threading, numpy as np, sinklabel\n"
+        "from sinklabel._distributed_exact import _scan_rows\n"
+        "from sinklabel.datasets import make_scores\n"
+        "S = make_scores(20000, 50, regime='peaked', seed=1).scores\n"
+        "start, results = threading.Barrier(4), []\n"
+        "def solve(seed):\n"
+        "    v = np.random.default_rng(seed).normal(size=50)\n"
+        "    out = [np.empty(len(S), t) for t in (np.int64, float, bool, bool, bool)]\n"
+        "    start.wait()\n"
+        "    _scan_rows(S, v, np.zeros(len(S), np.int64), *out)\n"
+        "    results.append(sinklabel.solve_exact(S, 50).certificate.optimal)\n"
+        "threads = [threading.Thread(target=solve, args=(seed,)) for seed in range(4)]\n"
+        "for thread in threads: thread.start()\n"
+        "for thread in threads: thread.join()\n"
+        "import numba\n"
+        "assert numba.threading_layer() == 'workqueue' and results == [True] * 4, results\n"
+    )
+    env = {**os.environ, "NUMBA_THREADING_LAYER": "workqueue"}
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert run.returncode == 0, run.stdout + run.stderr
