@@ -71,7 +71,7 @@ import numpy as np
 from . import _transport, _transport_loops
 from ._arrays import from_host, to_host
 from ._capacities import balanced_range, check_reachable, finite_per_label
-from ._simd import HAVE_NUMBA, njit, one_region_at_a_time, prange  # NumPy scans without numba
+from ._simd import HAVE_NUMBA, parallel_loop, prange  # without numba, scans run in NumPy instead
 from .certificate import Certificate, _certificate_from_sums, _partial_sums
 from .collective import Collective
 from .kernels import Kernel
@@ -280,8 +280,7 @@ def _scan_rows_numpy(scores, v, labels, best, margin, off, free, infinite) -> No
     margin[:] = top - z.max(axis=1)
 
 
-@one_region_at_a_time
-@njit(cache=True, parallel=True)
+@parallel_loop()
 def _scan_rows(scores, v, labels, best, margin, off, free, infinite):  # pragma: no cover
     """Per row of ``scores + v`` (float64): arg-max, margin to the runner-up, whether
     ``labels`` sits below the maximum by more than rounding, whether every label ties at the

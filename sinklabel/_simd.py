@@ -9,8 +9,8 @@ the LLVM helpers the backend's own intrinsics are built from, and :func:`first_e
 scan for "the first index holding this value" that every label search uses.
 
 Without numba the exact solver still runs its loops as plain Python, so this module then
-binds the names those loops use (``njit``, ``prange``, :func:`fmax`, :func:`fmin`,
-:func:`first_equal`) to plain Python with the same results; the rest (``fmaximum``,
+binds the names those loops use (``njit``, :func:`parallel_loop`, ``prange``, :func:`fmax`,
+:func:`fmin`, :func:`first_equal`) to plain Python with the same results; the rest (``fmaximum``,
 ``block_keep``, ``prefetch``) serve only the Numba backend, which is unavailable without
 numba. It sits at the top of the package, not in ``kernels/``, because the exact layer uses it
 and a module there is a backend whose import fails without its library.
@@ -22,8 +22,10 @@ the ``__pycache__`` folders so that cached callers are compiled again.
 from __future__ import annotations
 
 import functools
+import os
 import threading
 from collections.abc import Callable
+from typing import Any
 
 try:
     from numba import njit, prange, types
@@ -48,26 +50,56 @@ else:
     HAVE_NUMBA = True
     from llvmlite import ir
 
-#: Held while a ``parallel=True`` loop runs (see :func:`one_region_at_a_time`).
+#: Held while a parallel loop runs (see :func:`parallel_loop`).
 _PARALLEL_REGION = threading.Lock()
+#: Whether this process has run a parallel loop, and whether it is a child forked after one.
+_ran_parallel = False
+_forked_after_parallel = False
 
 
-def one_region_at_a_time(loop: Callable) -> Callable:
-    """``loop``, a ``parallel=True`` function, run by one thread at a time.
+def _note_fork() -> None:
+    """In a forked child: a lock held by a thread of the parent would never be released."""
+    global _forked_after_parallel, _PARALLEL_REGION
+    _forked_after_parallel = _forked_after_parallel or _ran_parallel
+    _PARALLEL_REGION = threading.Lock()
 
-    Where neither TBB nor OpenMP is installed Numba falls back to its workqueue threading
-    layer, which aborts the whole process when two threads enter parallel code at once (two
-    exact solves in a user's threads). Each region already keeps every core busy, so
-    queueing them costs nothing in any layer. ``py_func`` stays the plain Python loop.
+
+os.register_at_fork(after_in_child=_note_fork)
+
+
+def parallel_loop(**options: Any) -> Callable[[Callable], Callable]:
+    """``njit(cache=True, parallel=True, **options)``, safe in threads and forked children.
+
+    Numba runs parallel loops on a threading layer that two common cases break. Its workqueue
+    layer (the fallback where neither TBB nor OpenMP is installed) aborts the process when two
+    threads enter parallel code at once: the loops take turns here, and as each keeps every
+    core busy, queueing costs nothing. Its OpenMP layer (GNU's, on Linux) kills a child forked
+    after the parent ran one (a ``multiprocessing`` pool of solves): such a child runs the
+    loop compiled without ``parallel``, on one thread, as a pool's worker should. ``py_func``
+    is the plain Python loop.
     """
 
-    @functools.wraps(loop, updated=())
-    def queued(*args):
-        with _PARALLEL_REGION:
-            return loop(*args)
+    def wrap(func: Callable) -> Callable:
+        compiled = njit(cache=True, parallel=True, **options)(func)
+        # Compiled in a forked child on its first call, and not cached: Numba's cache keys
+        # a function by its bytecode and signature, and would not tell it from the parallel one.
+        serial: list[Callable] = []
 
-    queued.py_func = loop.py_func
-    return queued
+        @functools.wraps(func)
+        def run(*args: Any) -> Any:
+            global _ran_parallel
+            if _forked_after_parallel:
+                if not serial:
+                    serial.append(njit(**options)(func))
+                return serial[0](*args)
+            _ran_parallel = HAVE_NUMBA
+            with _PARALLEL_REGION:
+                return compiled(*args)
+
+        run.py_func = func
+        return run
+
+    return wrap
 
 
 #: Scores per vector block (8 float32 fill one AVX2 register).

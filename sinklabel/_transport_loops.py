@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._simd import FAST, W, first_equal, fmax, fmin, njit, one_region_at_a_time, prange
+from ._simd import FAST, W, first_equal, fmax, fmin, njit, parallel_loop, prange
 from ._simd import HAVE_NUMBA as HAVE_NUMBA  # the drivers read it here; tests switch it off
 
 #: Flags for loops without reductions: they vectorise without reassociation, and price
@@ -97,8 +97,7 @@ def _row_min(S, i):
     return low
 
 
-@one_region_at_a_time
-@njit(cache=True, parallel=True)
+@parallel_loop()
 def build_candidates(S, price, cand, cand_s, bound, low):
     """Candidates of every point, and each row's lowest score: one parallel pass."""
     m = cand.shape[1]
@@ -112,8 +111,7 @@ def build_candidates(S, price, cand, cand_s, bound, low):
             low[i] = _row_min(S, i)
 
 
-@one_region_at_a_time
-@njit(cache=True, parallel=True, fastmath=FAST)
+@parallel_loop(fastmath=FAST)
 def best_labels(S, v, labels, low, margin):
     """One parallel pass in float64 (as ``S.astype(float) + v``): every row's first argmax
     of ``S[i, :] + v`` (-1 where all are -inf), its lowest score, and its margin: how far
@@ -144,8 +142,7 @@ def best_labels(S, v, labels, low, margin):
             margin[i] = top - second
 
 
-@one_region_at_a_time
-@njit(cache=True, parallel=True, fastmath=FAST)
+@parallel_loop(fastmath=FAST)
 def label_margins(S, v, labels, margin):
     """How far each point's value at its label lies above its best value elsewhere (one
     parallel pass, in float64 like :func:`best_labels`)."""
@@ -164,8 +161,7 @@ def label_margins(S, v, labels, margin):
             margin[i] = own - second
 
 
-@one_region_at_a_time
-@njit(cache=True, parallel=True)
+@parallel_loop()
 def argmax_labels(S, cand, cand_s, bound, v, labels, margin):
     """argmax_y S[i, y] + v[y] for every point, and a lower bound on its margin (best value
     minus second best); the full row only where the candidates cannot tell."""
@@ -369,8 +365,7 @@ def _absorb_point(S, a, i, D, Darg, stale):
         row[c] = fmin(value, d)
 
 
-@one_region_at_a_time
-@njit(cache=True, parallel=True)
+@parallel_loop()
 def label_distances(S, head, nxt, D, Darg, stale):
     """Every row of D and its arg-minima from the linked members of each label."""
     K = S.shape[1]

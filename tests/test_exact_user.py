@@ -230,3 +230,26 @@ def test_exact_solves_in_several_threads_at_once_under_numbas_workqueue_layer():
     run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                          timeout=600)
     assert run.returncode == 0, run.stdout + run.stderr
+
+
+@pytest.mark.skipif(not _transport_loops.HAVE_NUMBA, reason="the parallel loops need numba")
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_children_forked_after_an_exact_solve_solve_too():
+    """Numba's OpenMP layer (GNU's, on Linux) killed a child forked after its parent ran a
+    parallel loop, so a pool of solves forked after one solve hung on its dead workers. The
+    children now run the loops on one thread, to the parent's optimum."""
+    code = (
+        "import multiprocessing, sinklabel\n"
+        "from sinklabel.datasets import make_scores\n"
+        "S = make_scores(5000, 20, regime='peaked', seed=1).scores\n"
+        "def solve(K):\n"
+        "    result = sinklabel.solve_exact(S[:, :K], K)\n"
+        "    return result.objective, result.certificate.optimal\n"
+        "parent = solve(20)\n"
+        "with multiprocessing.get_context('fork').Pool(2) as pool:\n"
+        "    children = pool.map(solve, [20, 20])\n"
+        "assert children == [parent] * 2 and parent[1], (parent, children)\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
