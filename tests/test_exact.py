@@ -665,6 +665,28 @@ def test_compiled_passes_match_numpy(dtype, K):
 
 
 
+
+@pytest.mark.parametrize("compiled", [True, False])
+@pytest.mark.parametrize("K", [5, 16, 40, 300])  # 300: block maxima screen the rows first
+def test_candidates_are_each_rows_best_labels_and_bound_the_rest(compiled, K):
+    rng = np.random.default_rng(K)
+    N, m = 200, min(K, CANDIDATES)
+    S = rng.normal(size=(N, K)).astype(np.float32)
+    S[rng.random(S.shape) < 0.1] = -np.inf
+    S[:, 0] = np.where(np.isfinite(S[:, 0]), S[:, 0], 0.0)  # a finite score in every row
+    price = rng.normal(size=K)
+    cand, cand_s = np.empty((N, m), np.int64), np.empty((N, m), np.float32)
+    bound, low = np.empty(N), np.empty(N, np.float32)
+    build = _transport_loops.build_candidates
+    (build if compiled else getattr(build, "py_func", build))(S, price, cand, cand_s, bound, low)
+    values = S.astype(np.float64) - price
+    ranked = np.sort(values, axis=1)[:, ::-1]
+    rows = np.arange(N)[:, None]
+    assert np.array_equal(np.sort(values[rows, cand], axis=1)[:, ::-1], ranked[:, :m])
+    assert np.array_equal(cand_s, S[rows, cand])
+    assert np.array_equal(bound, ranked[:, m] if m < K else np.full(N, -np.inf))
+    assert np.array_equal(low, S.min(axis=1))
+
 @pytest.mark.parametrize("compiled", [True, False])
 def test_argmax_from_candidates_reads_full_rows_where_they_cannot_tell(compiled):
     """The candidates answer a row only when their best reaches the bound on the rest;
