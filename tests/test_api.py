@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import threading
 import warnings
 
 import numpy as np
@@ -480,3 +481,36 @@ def test_labeler_gives_exactly_balanced_labels_across_partial_fits():
         assert logp[np.arange(100), labels].sum() == pytest.approx(best, rel=1e-12)
         assert labeler.result_.certificate.optimal
     assert labeler.get_params()["balance"] == "exact"
+
+
+def test_solves_in_several_threads_at_once_give_the_serial_answers():
+    """Two threads of each kind of solve at once (every CPU backend, the cache, the exact
+    solver, balanced labels, heads) must give bit for bit what the same solve gives alone:
+    they share the Numba kernels' thread pool and the exact solver's parallel loops."""
+    from sinklabel.datasets import make_scores
+
+    peaked = make_scores(3000, 20, regime="peaked", seed=1).scores
+    flat = make_scores(3000, 20, regime="flat", seed=2).scores
+    jobs = {f"sinkhorn {b}": lambda b=b: sinkhorn(to_backend(flat, b), 20, backend=b).potentials
+            for b in CPU_BACKENDS}
+    jobs["heads"] = lambda: np.concatenate(
+        [r.potentials for r in sinklabel.sinkhorn_heads(np.hstack([peaked, flat]), [20, 20])])
+    jobs["exact"] = lambda: sinklabel.solve_exact(peaked, 20).prices
+    jobs["balanced"] = lambda: assign_labels(flat, 20, balance="exact")
+    if "numba" in CPU_BACKENDS:
+        jobs["cache"] = lambda: sinkhorn(peaked, 20, backend="numba", cache=True).potentials
+    alone = {name: to_host(job()) for name, job in jobs.items()}
+    together: dict[str, list[np.ndarray]] = {name: [] for name in jobs}
+
+    def run(name: str) -> None:
+        together[name].append(to_host(jobs[name]()))
+
+    threads = [threading.Thread(target=run, args=(name,)) for name in jobs for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for name, answers in together.items():
+        assert len(answers) == 2, name
+        for answer in answers:
+            np.testing.assert_array_equal(answer, alone[name], err_msg=name)
