@@ -64,7 +64,8 @@ def _note_fork() -> None:
     _PARALLEL_REGION = threading.Lock()
 
 
-os.register_at_fork(after_in_child=_note_fork)
+if hasattr(os, "register_at_fork"):  # not on Windows, which has no fork
+    os.register_at_fork(after_in_child=_note_fork)
 
 
 def parallel_loop(**options: Any) -> Callable[[Callable], Callable]:
