@@ -58,7 +58,8 @@ _forked_after_parallel = False
 
 
 def _note_fork() -> None:
-    """In a forked child: a lock held by a thread of the parent would never be released."""
+    """In a forked child: loops run serially if the parent ran one, under a new lock (one
+    that a thread of the parent held would never be released)."""
     global _forked_after_parallel, _PARALLEL_REGION
     _forked_after_parallel = _forked_after_parallel or _ran_parallel
     _PARALLEL_REGION = threading.Lock()
