@@ -27,10 +27,18 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+#: Why numba counts as missing where its compiler is switched off (a debugging setting): the
+#: Numba backend's vector intrinsics exist only in compiled code, and the exact solver then
+#: runs its plain Python loops.
+JIT_DISABLED = "numba's compiler is switched off (NUMBA_DISABLE_JIT=1): unset it"
+
 try:
-    from numba import njit, prange, types
+    from numba import config, njit, prange, types
     from numba.core import cgutils
     from numba.extending import intrinsic
+
+    if config.DISABLE_JIT:
+        raise ImportError(JIT_DISABLED)
 except ImportError:  # tests/test_simd.py imports this module with numba hidden
     HAVE_NUMBA = False
     prange = range

@@ -8,6 +8,9 @@ shared, so compiled backends compile each kernel once per dtype.
 from __future__ import annotations
 
 import importlib.util
+import os
+import subprocess
+import sys
 import warnings
 from types import SimpleNamespace
 
@@ -267,6 +270,34 @@ def test_auto_prefers_numba_for_numpy_input():
     assert "numba" in available_backends()
     assert sinkhorn(_scores(), K).backend == "numba"
 
+
+@requires_numba
+def test_numba_with_its_compiler_switched_off_counts_as_missing():
+    """``NUMBA_DISABLE_JIT=1`` (a debugging setting) made every NumPy solve fail with
+    "unsupported operand type(s) for *: 'float' and 'NoneType'" from an intrinsic called as
+    Python. Numba now counts as missing: the NumPy backend, torch's own ops and the exact
+    solver's plain loops take over, and asking for the Numba backend says why it cannot run."""
+    code = (
+        "import importlib.util, numpy as np, sinklabel\n"
+        "S = np.log(np.random.default_rng(0).dirichlet(np.ones(5), size=300))\n"
+        "assert 'numba' not in sinklabel.available_backends()\n"
+        "result = sinklabel.sinkhorn(S, 5)\n"
+        "assert result.backend == 'numpy' and result.converged\n"
+        "if importlib.util.find_spec('torch'):\n"
+        "    import torch\n"
+        "    assert sinklabel.sinkhorn(torch.from_numpy(S), 5).converged\n"
+        "assert sinklabel.solve_exact(S, 5).certificate.optimal\n"
+        "try:\n"
+        "    sinklabel.sinkhorn(S, 5, backend='numba')\n"
+        "except ImportError as error:\n"
+        "    print(error)\n"
+    )
+    env = {**os.environ, "NUMBA_DISABLE_JIT": "1"}
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert run.stdout.strip() == ("backend 'numba' cannot run here: numba's compiler is "
+                                  "switched off (NUMBA_DISABLE_JIT=1): unset it")
 
 def test_each_solve_gets_a_kernel_of_its_own(backend):
     """Nothing a kernel keeps may pass from one solve to the next, or be raced on by solves in

@@ -6,7 +6,7 @@ import importlib
 import importlib.util
 from typing import Any
 
-from ._base import Kernel
+from ._base import BackendUnavailable, Kernel
 
 # name -> (module, class, what to install when its library is missing)
 _KERNELS: dict[str, tuple[str, str, str]] = {
@@ -51,6 +51,8 @@ def get_kernel(name: str) -> Kernel:
     module, cls, requirement = _KERNELS[name]
     try:
         return getattr(importlib.import_module(module), cls)()
+    except BackendUnavailable as exc:
+        raise ImportError(f"backend {name!r} cannot run here: {exc}") from exc
     except ImportError as exc:
         raise ImportError(
             f"backend {name!r} needs {requirement}: pip install 'sinklabel[{name}]' ({exc})"

@@ -30,6 +30,11 @@ import numpy as np
 Array = Any
 
 
+class BackendUnavailable(ImportError):
+    """A backend's library is installed but cannot run here (e.g. numba with its compiler
+    switched off); the registry says so instead of asking for an install."""
+
+
 def compute_dtype(dtype: np.dtype | str) -> np.dtype:
     """The float type host scores of ``dtype`` (a NumPy dtype or a name) are computed and
     kept in: float64 (of either byte order: a big-endian file's chunk is converted) stays

@@ -75,6 +75,7 @@ from numba.extending import intrinsic, overload
 
 from .._simd import (
     FAST,
+    JIT_DISABLED,
     W,
     block_keep,
     block_pointer,
@@ -85,7 +86,10 @@ from .._simd import (
     prefetch,
     splat,
 )
-from ._base import Kernel, compute_dtype
+from ._base import BackendUnavailable, Kernel, compute_dtype
+
+if numba.config.DISABLE_JIT:  # "auto" then takes the NumPy backend, and torch its own ops
+    raise BackendUnavailable(JIT_DISABLED)
 
 # Below these, exp(x) is 0 or subnormal, and its share of a row sum (which is >= 1) is below
 # the float's resolution: blocks whose maximum lies this far below the row maximum are skipped.
