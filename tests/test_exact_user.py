@@ -256,8 +256,9 @@ def test_children_forked_after_an_exact_solve_solve_too():
 
 
 def test_the_package_imports_where_os_cannot_register_fork_handlers():
-    """Windows has no fork and no ``os.register_at_fork``: the fork handler is skipped there."""
-    code = ("import os\ndel os.register_at_fork\nimport numpy as np, sinklabel\n"
+    """Windows has no fork and no ``os.register_at_fork``: the fork handler is skipped there.
+    (The exact layer is imported on the first solve; SciPy must see the function.)"""
+    code = ("import os, numpy as np, scipy.linalg, sinklabel\ndel os.register_at_fork\n"
             "S = np.random.default_rng(0).normal(size=(50, 4))\n"
             "assert sinklabel.solve_exact(S, 4).certificate.optimal\n")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -144,7 +144,7 @@ def test_scores_at_the_screening_threshold(dtype, threshold, k):
         scores[1, position] = below
         mass, lse = KERNEL.sweep_lse(scores, np.zeros(k), 1.0)
         expected = np.exp(_values(scores)[:, position])
-        assert mass[position] == pytest.approx(expected.sum(), rel=1e-6, abs=1.01 * tiny)
+        assert mass[position] == pytest.approx(expected.sum(), rel=1e-6, abs=1.01 * float(tiny))
         assert mass[position] >= expected[0] * (1 - 1e-6)  # the kept one is never dropped
         assert lse == pytest.approx(0.0, abs=1e-12)
 

@@ -32,12 +32,14 @@ def test_a_source_error_survives_pickling():
     """A solve in a worker process (ProcessPoolExecutor) sends its error back pickled: the
     error must unpickle as itself, or the pool reports itself broken instead."""
     error = SourceError("the source raised OSError: gone", 40, 50, 3)
-    error.add_note("(in head 1)")
+    notes = ["(in head 1)"] if hasattr(error, "add_note") else []  # notes: Python 3.11+
+    for note in notes:
+        error.add_note(note)
     copy = pickle.loads(pickle.dumps(error))
     assert type(copy) is SourceError
     assert str(copy) == "rows [40, 50) on pass 3: the source raised OSError: gone"
     assert (copy.start, copy.stop, copy.pass_index) == (40, 50, 3)
-    assert copy.__notes__ == ["(in head 1)"]
+    assert getattr(copy, "__notes__", []) == notes
 
 
 def _raise_in_first_row_at_unsampled_label(block: np.ndarray) -> None:
