@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import importlib
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -149,3 +152,13 @@ class PastTheEnd(Source):
             yield n, n + 10, self.scores[:10]
         else:
             raise OSError("after the end")
+
+
+def run_python(code: str, env: dict[str, str] | None = None, timeout: float = 300) -> str:
+    """Run ``code`` in a fresh interpreter, with ``env`` added to this one's environment,
+    for what only a new process shows (import-time settings, forks, aborts); its exit status
+    must be 0. Returns what it printed."""
+    run = subprocess.run([sys.executable, "-c", code], env={**os.environ, **(env or {})},
+                         capture_output=True, text=True, timeout=timeout)
+    assert run.returncode == 0, run.stdout + run.stderr
+    return run.stdout

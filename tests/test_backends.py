@@ -8,15 +8,12 @@ shared, so compiled backends compile each kernel once per dtype.
 from __future__ import annotations
 
 import importlib.util
-import os
-import subprocess
-import sys
 import warnings
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from conftest import ForwardingKernel, threads, to_backend, to_host
+from conftest import ForwardingKernel, run_python, threads, to_backend, to_host
 
 from sinklabel import ConvergenceWarning, PrecisionWarning, available_backends, sinkhorn
 from sinklabel.datasets import make_scores
@@ -292,12 +289,9 @@ def test_numba_with_its_compiler_switched_off_counts_as_missing():
         "except ImportError as error:\n"
         "    print(error)\n"
     )
-    env = {**os.environ, "NUMBA_DISABLE_JIT": "1"}
-    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                         timeout=300)
-    assert run.returncode == 0, run.stdout + run.stderr
-    assert run.stdout.strip() == ("backend 'numba' cannot run here: numba's compiler is "
-                                  "switched off (NUMBA_DISABLE_JIT=1): unset it")
+    printed = run_python(code, {"NUMBA_DISABLE_JIT": "1"})
+    assert printed.strip() == ("backend 'numba' cannot run here: numba's compiler is "
+                               "switched off (NUMBA_DISABLE_JIT=1): unset it")
 
 def test_each_solve_gets_a_kernel_of_its_own(backend):
     """Nothing a kernel keeps may pass from one solve to the next, or be raced on by solves in

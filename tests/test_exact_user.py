@@ -4,12 +4,11 @@ wrong, and a memory check that counts every large array before the scores are re
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_python
 
 import sinklabel
 from sinklabel import _transport_loops, exact
@@ -226,10 +225,7 @@ def test_exact_solves_in_several_threads_at_once_under_numbas_workqueue_layer():
         "import numba\n"
         "assert numba.threading_layer() == 'workqueue' and results == [True] * 4, results\n"
     )
-    env = {**os.environ, "NUMBA_THREADING_LAYER": "workqueue"}
-    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                         timeout=600)
-    assert run.returncode == 0, run.stdout + run.stderr
+    run_python(code, {"NUMBA_THREADING_LAYER": "workqueue"}, timeout=600)
 
 
 @pytest.mark.skipif(not _transport_loops.HAVE_NUMBA, reason="the parallel loops need numba")
@@ -250,9 +246,7 @@ def test_children_forked_after_an_exact_solve_solve_too():
         "    children = pool.map(solve, [20, 20])\n"
         "assert children == [parent] * 2 and parent[1], (parent, children)\n"
     )
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=300)
-    assert run.returncode == 0, run.stdout + run.stderr
+    run_python(code)
 
 
 def test_the_package_imports_where_os_cannot_register_fork_handlers():
@@ -261,6 +255,4 @@ def test_the_package_imports_where_os_cannot_register_fork_handlers():
     code = ("import os, numpy as np, scipy.linalg, sinklabel\ndel os.register_at_fork\n"
             "S = np.random.default_rng(0).normal(size=(50, 4))\n"
             "assert sinklabel.solve_exact(S, 4).certificate.optimal\n")
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=300)
-    assert run.returncode == 0, run.stdout + run.stderr
+    run_python(code)
