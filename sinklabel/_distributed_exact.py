@@ -382,8 +382,7 @@ def _tie_quota(room: np.ndarray, n: int) -> np.ndarray:
     n = min(n, int(room.sum()))
     if n <= 0:
         return np.zeros_like(room)
-    quota = room * n // room.sum()
-    remainders = room * n % room.sum()
+    quota, remainders = np.divmod(room * n, room.sum())
     quota[np.argsort(-remainders, kind="stable")[:n - int(quota.sum())]] += 1
     return quota
 
