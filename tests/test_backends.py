@@ -293,6 +293,7 @@ def test_numba_with_its_compiler_switched_off_counts_as_missing():
     assert printed.strip() == ("backend 'numba' cannot run here: numba's compiler is "
                                "switched off (NUMBA_DISABLE_JIT=1): unset it")
 
+
 def test_each_solve_gets_a_kernel_of_its_own(backend):
     """Nothing a kernel keeps may pass from one solve to the next, or be raced on by solves in
     two threads: a kernel shared by every solve once carried one solve's stored row shifts

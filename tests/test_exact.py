@@ -664,8 +664,6 @@ def test_compiled_passes_match_numpy(dtype, K):
                               own - others.max(axis=1))
 
 
-
-
 @pytest.mark.parametrize("way", ["compiled", "python", "numpy"])
 @pytest.mark.parametrize("K", [5, 16, 40, 300])  # 300: block maxima screen the rows first
 def test_candidates_are_each_rows_best_labels_and_bound_the_rest(way, K):
@@ -691,6 +689,7 @@ def test_candidates_are_each_rows_best_labels_and_bound_the_rest(way, K):
     assert np.array_equal(bound, ranked[:, m] if m < K else np.full(N, -np.inf))
     assert np.array_equal(low, S.min(axis=1))
 
+
 @pytest.mark.parametrize("compiled", [True, False])
 def test_argmax_from_candidates_reads_full_rows_where_they_cannot_tell(compiled):
     """The candidates answer a row only when their best reaches the bound on the rest;
@@ -711,13 +710,13 @@ def test_argmax_from_candidates_reads_full_rows_where_they_cannot_tell(compiled)
     bound = rest.max(axis=1) + rng.random(N) * 0.1 * listed  # a loose bound is still a bound
     labels, margin = np.empty(N, np.int64), np.empty(N)
     argmax = _transport_loops.argmax_labels
-    (argmax if compiled else getattr(argmax, "py_func", argmax))(
-        S, cand, S[rows, cand], bound, v, labels, margin)
+    (argmax if compiled else argmax.py_func)(S, cand, S[rows, cand], bound, v, labels, margin)
     assert np.array_equal(labels, best)
     ordered = np.sort(values, axis=1)
     exact = ordered[:, -1] - ordered[:, -2]
     assert np.all((margin > 0) & (margin <= exact + 1e-12))
     assert np.array_equal(margin[~listed], exact[~listed])
+
 
 def test_exact_solver_runs_without_numba():
     """Without numba installed the loops run as plain Python: the same optimum, warm or cold."""
