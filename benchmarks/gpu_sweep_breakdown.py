@@ -1,7 +1,6 @@
 """Where a fused GPU sweep's time goes: the main kernel, the reduction of its partial sums,
 and the device's idle gaps between them, for several launch configurations (the torch
-backend with and without its CUDA graph, each backend's first configuration also with the
-grid as launched before whole waves; ``--per-sm`` also varies the programs per
+backend also without its CUDA graph; ``--per-sm`` also varies the programs per
 multiprocessor), at ImageNet scale.
 
 The tuners time the main kernel alone; the issue's target is the whole sweep against one read.
@@ -75,16 +74,14 @@ def main(argv: list[str] | None = None) -> int:
                        ("torch", x32.to(torch.bfloat16))):
         read = torch_ms(lambda x=x: torch.sum(x), args.reps)
         dtype = str(x.dtype).removeprefix("torch.")
-        # Every configuration, the first also with every program of the buffer launched
-        # (not whole waves), and the torch backend's first also without its CUDA graph
+        # Every configuration, and the torch backend's first also without its CUDA graph
         # (kernels launched one by one).
         configs = CONFIGS[(library, dtype)]
-        variants = [(True, True, configs), (True, False, configs[:1])] + (
-            [(False, True, configs[:1])] if library == "torch" else [])
-        for graphs, waves, chosen in variants:
+        variants = [(True, configs)] + ([(False, configs[:1])] if library == "torch" else [])
+        for graphs, chosen in variants:
             for config in chosen:
                 for per_sm in args.per_sm:
-                    row = measure(library, x, config, per_sm, args.reps, graphs, waves)
+                    row = measure(library, x, config, per_sm, args.reps, graphs)
                     row.update(library=library, dtype=dtype, read_ms=read,
                                x_read=row["sweep_ms"] / read if "sweep_ms" in row else None)
                     rows.append(row)
@@ -95,20 +92,18 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def measure(library: str, x, config: tuple, per_sm: int, reps: int, graphs: bool = True,
-            waves: bool = True) -> dict:
+def measure(library: str, x, config: tuple, per_sm: int, reps: int,
+            graphs: bool = True) -> dict:
     """The sweep's time with ``config`` forced and at most ``per_sm`` programs per
-    multiprocessor (in whole waves or not, and the torch backend's CUDA graph or not), and
-    the device time of each kernel it launches (milliseconds per sweep)."""
+    multiprocessor (with the torch backend's CUDA graph or not), and the device time of each
+    kernel it launches (milliseconds per sweep)."""
     import torch
 
-    from sinklabel.kernels import _buffers, _occupancy, get_kernel
+    from sinklabel.kernels import _buffers, get_kernel
 
     f = np.zeros(x.shape[1])
-    row = {"config": list(config), "programs_per_sm": per_sm, "graphs": graphs,
-           "whole_waves": waves}
+    row = {"config": list(config), "programs_per_sm": per_sm, "graphs": graphs}
     _buffers.RECORD_GRAPHS = graphs
-    _occupancy.WHOLE_WAVES = waves
     _buffers.release()  # no CUDA graph recorded with the other grid is replayed
     try:
         module, data, timer = _backend(library, x)
@@ -123,7 +118,6 @@ def measure(library: str, x, config: tuple, per_sm: int, reps: int, graphs: bool
         row["failed"] = f"{type(exc).__name__}: {exc}"[:300]
     finally:
         _buffers.RECORD_GRAPHS = True
-        _occupancy.WHOLE_WAVES = True
     row["graph_errors"] = list(_buffers.GRAPH_ERRORS)
     torch.cuda.synchronize()
     return row
@@ -210,7 +204,7 @@ def kernel_times(run: Callable[[], object], sweeps: int = 5) -> dict[str, float]
 
 
 def table(rows: list[dict]) -> None:
-    print(f"\n{'backend':7s} {'dtype':9s} {'config':28s} {'/SM':>4s} {'graph':>5s} {'waves':>5s} "
+    print(f"\n{'backend':7s} {'dtype':9s} {'config':28s} {'/SM':>4s} {'graph':>5s} "
           f"{'sweep':>7s} {'x read':>7s} {'main':>7s} {'rest':>7s} {'idle':>7s}")
     for row in rows:
         if "failed" in row:
@@ -221,8 +215,7 @@ def table(rows: list[dict]) -> None:
         main_ms = max(kernels.values(), default=float("nan"))
         rest = sum(kernels.values()) - main_ms
         print(f"{row['library']:7s} {row['dtype']:9s} {str(row['config']):28s} "
-              f"{row['programs_per_sm']:4d} {str(row['graphs']):>5s} "
-              f"{str(row['whole_waves']):>5s} {row['sweep_ms']:7.3f} "
+              f"{row['programs_per_sm']:4d} {str(row['graphs']):>5s} {row['sweep_ms']:7.3f} "
               f"{row['x_read']:7.3f} "
               f"{main_ms:7.3f} {rest:7.3f} {row['idle_ms']:7.3f}")
     medians = [r["x_read"] for r in rows if r.get("x_read")]

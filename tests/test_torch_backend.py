@@ -360,7 +360,6 @@ _INTERPRETER_SCRIPT = textwrap.dedent("""
     _triton.MAX_FUSED_COLS, _triton.WIDE_TILE = 64, 32    # K=70 takes the two-pass path
     _triton.MIN_ROWS_PER_PROGRAM = 64                      # several programs, several tiles
     _triton.SUM_PARTS, _triton.SUM_COLS = 2, 16            # partials summed over several loads
-    _triton._resident = lambda x, options, args: 1         # whole waves of 4 programs
     kept_buffers = _triton._buffers
 
     def poisoned_buffers(*args):  # a partial read but not written this sweep shows as NaN
@@ -722,44 +721,6 @@ def test_cupy_tuning_times_weighted_candidates_only_at_potentials_that_fit(
     timed = [config for config, _ in tuner.timings[("float16", n_cols, plan)]]
     assert any(config[8:] == (1,) for config in timed) == weighted_timed
     assert (tuner.chosen[("float16", n_cols, plan)][8:] == (1,)) == weighted_timed
-
-
-def test_cupy_sweep_launches_whole_waves_and_sums_what_it_launched(monkeypatch):
-    """At ImageNet scale a ringed float16 kernel runs 5 blocks per multiprocessor, so the
-    4224 blocks the buffer holds would be 6.4 waves: 3960 are launched (6 whole waves), and
-    the column sums add exactly the partials of those blocks."""
-    from sinklabel.kernels import _occupancy
-    from sinklabel.kernels import cupy as module
-
-    n_cols = 3000
-    x = _ArrayShape(1_281_167, n_cols, "float16")
-    x.size = 1000 * n_cols  # below the tuning size: the default configuration runs
-    x.device = type("Device", (), {"id": 0})
-    launches = []
-
-    class FakeKernel:
-        kernel = type("Function", (), {"ptr": 1234})
-
-        def __init__(self, name):
-            self.name = name
-
-        def __call__(self, grid, block, args):
-            launches.append((self.name, grid, args))
-
-    monkeypatch.setattr(module, "_compute_capability", lambda: 90)
-    monkeypatch.setattr(module, "_processors", lambda: 132)
-    monkeypatch.setattr(module, "_buffers", lambda x, programs, n: _FakeSweepBuffers(n))
-    monkeypatch.setattr(module, "_functions", lambda names: {n: FakeKernel(n) for n in names})
-    monkeypatch.setattr(module, "_RESIDENT", {})
-    monkeypatch.setattr(module, "resident_blocks",
-                        lambda function, threads, shared: 5 if function == 1234 else None)
-    for whole, blocks in ((True, 3960), (False, 4224)):
-        monkeypatch.setattr(_occupancy, "WHOLE_WAVES", whole)
-        launches.clear()
-        module.CupyKernel.__new__(module.CupyKernel)._sweep_lse(x, np.zeros(n_cols), 25.0, None)
-        (_, grid, _), (sums, _, sums_args) = launches
-        assert grid == (blocks,) and sums.startswith("sink_column_sums")
-        assert sums_args[3] == sums_args[4] == blocks
 
 
 def _ftz_exp2(v: np.ndarray) -> np.ndarray:

@@ -33,7 +33,6 @@ import triton.language as tl
 from triton.runtime.errors import OutOfResources, PTXASError
 
 from ._buffers import TorchSweepBuffers, cached
-from ._occupancy import resident_blocks, whole_waves
 from ._tuning import Tuner
 
 LOG2E = math.log2(math.e)
@@ -58,8 +57,6 @@ TUNE_ELEMENTS = 1 << 26
 PIPELINE_STAGES = 3
 #: Widest row (bytes) the pipelined sweep stages in shared memory.
 PIPELINE_ROW_BYTES = 32768
-#: What a configuration that cannot run on this device raises (the tuner skips it).
-_LAUNCH_ERRORS = (OutOfResources, PTXASError)
 #: Most scores of a row one thread of the pipelined sweep holds (its accumulators and
 #: exponentials stay in registers: 48 took 173 registers in bfloat16 at K=3000).
 PIPELINE_SCORES_PER_THREAD = 48
@@ -398,27 +395,23 @@ def sweep_lse(x: torch.Tensor, f: np.ndarray, lam: float) -> tuple[np.ndarray, f
 def _fused_sweep(x: torch.Tensor, coef: torch.Tensor, buffers: TorchSweepBuffers,
                  programs: int) -> None:
     """The one-pass sweep (tuned on large inputs, replayed as a CUDA graph once its input
-    repeats), then the totals into ``buffers``. Each configuration launches whole waves of
-    programs, at most ``programs`` (see ``_occupancy``)."""
+    repeats), then the totals into ``buffers``."""
     n_rows, n_cols = x.shape
     width, tiles = tile_width(n_cols)
     shape = dict(N_COLS=n_cols, WIDTH=width, TILES=tiles, ROW_ALIGN=_row_align(x),
                  PTX=x.is_cuda and coef.dtype == torch.float32)
     strides = (n_rows, x.stride(0), x.stride(1))
     key = ("sweep", x.dtype, n_cols)
-    launched = [programs]  # the last launch's program count, whose partials are summed
 
     def launch(config: tuple) -> None:
         c = FusedLaunch(*config)
-        options = dict(BLOCK_M=c.rows, PREFETCH=c.prefetch, POLY=c.poly, STAGES=c.stages,
-                       BF16_BITS=bf16_bits(x, c, width), num_warps=c.warps, **shape)
-        args = (x, coef, buffers.part, buffers.lse_parts, programs, *strides)
-        launched[0] = count = whole_waves(programs, _multiprocessors(x),
-                                          _resident(x, options, args))
-        _sweep_fused[(count,)](*args[:4], count, *strides, **options)
+        _sweep_fused[(programs,)](x, coef, buffers.part, buffers.lse_parts, programs, *strides,
+                                  BLOCK_M=c.rows, PREFETCH=c.prefetch, POLY=c.poly,
+                                  STAGES=c.stages, BF16_BITS=bf16_bits(x, c, width),
+                                  num_warps=c.warps, **shape)
 
     def sum_parts() -> torch.Tensor:
-        return _sum_parts(buffers, launched[0])
+        return _sum_parts(buffers, programs)
 
     def result() -> tuple[tuple[np.ndarray, float], ...]:
         host = sum_parts().cpu().numpy()
@@ -497,39 +490,9 @@ def _coefficients(x: torch.Tensor, coef: np.ndarray, scale: float) -> torch.Tens
 
 
 def _programs(x: torch.Tensor, n_rows: int) -> int:
-    """The most programs a sweep launches (its partial-sum buffer's rows)."""
-    return max(1, min(_multiprocessors(x) * PROGRAMS_PER_SM, _cdiv(n_rows, MIN_ROWS_PER_PROGRAM)))
-
-
-def _multiprocessors(x: torch.Tensor) -> int:
-    return _processors(x.device) if x.is_cuda else 4
-
-
-_RESIDENT: dict[tuple, int | None] = {}
-
-
-def _resident(x: torch.Tensor, options: dict, args: tuple) -> int | None:
-    """Programs of the one-pass sweep with ``options`` that one multiprocessor runs at once,
-    from its compiled kernel (compiled here if not yet: the launch that follows reuses it);
-    None on the CPU and wherever the driver cannot say (the grid then stays as it was)."""
-    key = (x.device, x.dtype, tuple(sorted(options.items())))
-    if key not in _RESIDENT:
-        _RESIDENT[key] = _compiled_resident(options, args) if x.is_cuda else None
-    return _RESIDENT[key]
-
-
-def _compiled_resident(options: dict, args: tuple) -> int | None:
-    try:
-        kernel = _sweep_fused.warmup(*args, grid=(1,), **options)
-        if hasattr(kernel, "result"):  # compiled asynchronously (Triton's async mode)
-            kernel = kernel.result()
-        kernel._init_handles()  # loads it: the CUfunction handle the driver is asked about
-        function, shared = kernel.function, kernel.metadata.shared
-    except _LAUNCH_ERRORS:  # the launch itself will raise it, for the tuner to skip
-        return None
-    except (AttributeError, TypeError):  # another Triton's internals: the grid stays as it was
-        return None
-    return resident_blocks(function, 32 * options["num_warps"], shared)
+    """The programs a sweep launches (its partial-sum buffer's rows)."""
+    processors = _processors(x.device) if x.is_cuda else 4
+    return max(1, min(processors * PROGRAMS_PER_SM, _cdiv(n_rows, MIN_ROWS_PER_PROGRAM)))
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -661,7 +624,7 @@ def _elapsed(run) -> float:
     return start.elapsed_time(stop)
 
 
-TUNER = Tuner(_elapsed, lambda: _LAUNCH_ERRORS)
+TUNER = Tuner(_elapsed, lambda: (OutOfResources, PTXASError))
 
 
 def tuned_configs() -> dict[str, dict]:

@@ -17,7 +17,6 @@ import numpy as np
 from ._base import Array, Kernel, compute_dtype
 from ._buffers import CupySweepBuffers, cached
 from ._cuda import SOURCE
-from ._occupancy import resident_blocks, whole_waves
 from ._tuning import Tuner
 
 LOG2E = math.log2(math.e)
@@ -81,7 +80,8 @@ class CupyKernel(Kernel):
         weighted_ok = dtype != "float16" or fits_column_weights(f, lam)
         # One NVRTC call compiles every candidate once the plan is (or is about to be) tuned.
         every = key in TUNER.chosen or TUNER.will_time(key, plan, tune)
-        launched = [programs]  # the last launch's block count, whose partials are summed
+        sums_args = (buffers.part, buffers.lse_parts, buffers.totals, np.int32(programs),
+                     np.int32(programs), np.int32(n_cols))
 
         def functions() -> dict:
             return _functions(names if every else (names[0], names[-1]))
@@ -89,17 +89,10 @@ class CupyKernel(Kernel):
         def launch(config: tuple[int, ...]) -> None:
             if _weighted(config) and not weighted_ok:
                 config = config[:8]  # its unweighted twin, a candidate of the same plan
-            name = sweep_name(dtype, config)
-            kernel = functions()[name]
-            launched[0] = count = whole_waves(programs, _processors(),
-                                              _resident(kernel, name, config[1], x))
-            kernel((count,), (config[1],), args)
+            functions()[sweep_name(dtype, config)]((programs,), (config[1],), args)
 
         def totals() -> tuple[np.ndarray, float]:
-            count = np.int32(launched[0])
-            functions()[names[-1]]((-(-n_cols // 32) + 1,), (32, 32),
-                                   (buffers.part, buffers.lse_parts, buffers.totals, count,
-                                    count, np.int32(n_cols)))
+            functions()[names[-1]]((-(-n_cols // 32) + 1,), (32, 32), sums_args)
             return buffers.totals_on_host()
 
         def result():
@@ -242,24 +235,8 @@ def _compute_capability() -> int:
 
 
 def _programs(n_rows: int) -> int:
-    """The most blocks a sweep launches (its partial-sum buffer's rows); each kernel launches
-    whole waves of them (see ``_occupancy``)."""
+    """The blocks a sweep launches (its partial-sum buffer's rows)."""
     return max(1, min(_processors() * PROGRAMS_PER_SM, -(-n_rows // MIN_ROWS_PER_PROGRAM)))
-
-
-_RESIDENT: dict[tuple, int | None] = {}
-
-
-def _resident(kernel, name: str, threads: int, x) -> int | None:
-    """Blocks of ``threads`` threads of the compiled ``kernel`` (``name``) that one
-    multiprocessor of ``x``'s device runs at once; None where the driver cannot say."""
-    function = getattr(getattr(kernel, "kernel", None), "ptr", None)
-    if function is None:
-        return None
-    key = (x.device.id, name, threads)
-    if key not in _RESIDENT:
-        _RESIDENT[key] = resident_blocks(function, threads, 0)
-    return _RESIDENT[key]
 
 
 def _floating(chunk):
