@@ -23,6 +23,50 @@ def test_demo_runs_and_summarises(capsys):
     assert "converged" in out and "label sizes" in out
 
 
+def test_demo_on_peaked_scores_finds_the_generator_clusters_and_exits_1_unconverged(capsys):
+    """On peaked scores the demo reports how many points keep the generator's cluster (most
+    do: the balance moves the rest); stopped at --max-iter, it exits 1."""
+    argv = ["demo", "-n", "3000", "-k", "30", "--no-progress"]
+    assert main(argv) == 0
+    line = [s for s in capsys.readouterr().out.splitlines() if s.startswith("same as generator")]
+    scores, truth = make_scores(3000, 30, regime="peaked", seed=0)
+    agreement = np.mean(sinklabel.sinkhorn(scores, 30).labels == truth)
+    assert line == [f"same as generator {100 * agreement:.1f}% of points"]
+    assert agreement > 0.9
+    assert main([*argv, "--max-iter", "1", "--tol", "1e-9"]) == 1
+
+
+def test_demo_seeds_from_zero_up_give_their_own_scores(monkeypatch):
+    """An explicit --seed 0 is the default's scores; another seed gives others."""
+    drawn = []
+    monkeypatch.setattr("sinklabel.commands.demo.make_scores",
+                        lambda *a, **kw: drawn.append(kw["seed"]) or make_scores(*a, **kw))
+    for seed in ([], ["--seed", "0"], ["--seed", "1"]):
+        assert main(["demo", "-n", "200", "-k", "4", "--no-progress", *seed]) == 0
+    assert drawn == [0, 0, 1]
+
+
+@pytest.mark.parametrize("missing, named", [("-k", "-k/--k"), ("-o", "-o/--output")])
+def test_assign_requires_the_label_count_and_the_output(scores_file, tmp_path, capsys,
+                                                        monkeypatch, missing, named):
+    given = {"-k": "6", "-o": str(tmp_path / "labels.npy")}
+    del given[missing]
+    argv = ["assign", str(scores_file), *[arg for pair in given.items() for arg in pair]]
+    err = _rejected_before_work(argv, capsys, monkeypatch)
+    assert f"the following arguments are required: {named}" in err
+    assert not (tmp_path / "labels.npy").exists()
+
+
+def test_the_help_gives_each_command_the_first_line_of_its_docstring(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    for name in ("demo", "assign", "check"):
+        module = importlib.import_module(f"sinklabel.commands.{name}")
+        first = module.__doc__.strip().splitlines()[0]
+        assert first in out, name
+
+
 def test_the_summary_gives_the_sizes_against_their_targets():
     """Weights 1:2:3:4 over 100 points: targets 10 to 40. Identical rows all take one label,
     which leaves three empty."""

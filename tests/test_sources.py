@@ -235,6 +235,19 @@ def test_callable_source_checks_its_declaration():
         CallableSource(lambda a, b: None, (3,))
     with pytest.raises(ValueError, match="library"):
         CallableSource(lambda a, b: None, (3, 2), library="jax")
+    for shape in [(-1, 2), (2, -1), (3, 2.5), (3, 2, 1)]:
+        with pytest.raises(ValueError, match=r"shape must be \(N, K\)"):
+            CallableSource(lambda a, b: None, shape)
+    assert CallableSource(lambda a, b: None, (3.0, np.int64(2))).shape == (3, 2)
+
+
+@pytest.mark.parametrize("dtype, name", [
+    ("f4", "float32"), (np.float64, "float64"), (np.dtype("float16"), "float16"),
+    ("bfloat16", "bfloat16"),
+])
+def test_callable_source_names_its_dtype_as_numpy_does(dtype, name):
+    """Aliases and dtype objects are named canonically; bfloat16, which NumPy lacks, by name."""
+    assert CallableSource(lambda a, b: None, (3, 2), dtype, library="torch").dtype == name
 
 
 # --- failures stop the solve, naming the rows ------------------------------------------------
@@ -355,7 +368,9 @@ def test_a_failed_fit_leaves_the_estimator_as_it_was(scores64):
 
 @pytest.mark.parametrize(("text", "expected"), [
     ("1GB", 10**9), ("1GiB", 2**30), ("512 MiB", 512 * 2**20), ("2.5G", int(2.5 * 2**30)),
-    ("64kb", 64_000), ("100", 100), (12345, 12345), ("1e3KB", 10**6),
+    ("64kb", 64_000), ("100", 100), (12345, 12345), ("1e3KB", 10**6), ("7 B", 7),
+    ("3MB", 3 * 10**6), ("2TB", 2 * 10**12), ("3k", 3 * 2**10), ("3 KiB", 3 * 2**10),
+    ("5m", 5 * 2**20), ("1 gib", 2**30), ("2T", 2 * 2**40), ("2TiB", 2 * 2**40),
 ])
 def test_parse_memory(text, expected):
     assert parse_memory(text) == expected
@@ -363,11 +378,22 @@ def test_parse_memory(text, expected):
 
 @pytest.mark.parametrize(("bad", "error"), [
     ("1XB", ValueError), ("GB", ValueError), ("-1GB", ValueError), (0, ValueError),
-    (1.5e9, TypeError), (True, TypeError), (None, TypeError),
+    (1.5e9, TypeError), (True, TypeError), (None, TypeError), ("1e400GB", ValueError),
+    ("0.4", ValueError), ("1 GB extra", ValueError),
 ])
 def test_parse_memory_rejects(bad, error):
     with pytest.raises(error, match="memory_limit"):
         parse_memory(bad)
+
+
+@pytest.mark.skipif(not Path("/proc/meminfo").exists(), reason="reads Linux's /proc/meminfo")
+def test_physical_memory_is_what_the_kernel_reports():
+    from sinklabel.sources.memory import physical_memory
+
+    total_kb = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
+                    if line.startswith("MemTotal:"))
+    # MemTotal leaves out the kernel's own reserved pages: within 5% of the physical pages.
+    assert 1.0 <= physical_memory() / (total_kb * 1024) < 1.05
 
 
 # --- sources that wrap another one ------------------------------------------------------------

@@ -89,6 +89,7 @@ def test_a_callable_source_takes_numpy_scalar_types(dtype, name):
     ({"chunk_rows": -1}, ValueError, "chunk_rows must be >= 1"),
     ({"chunk_rows": 0}, ValueError, "chunk_rows must be >= 1"),
     ({"chunk_rows": 2.5}, TypeError, "chunk_rows must be an integer"),
+    ({"chunk_rows": True}, TypeError, "chunk_rows must be an integer"),
     ({"margin": np.inf}, ValueError, "margin must be finite"),
     ({"size_spread": np.nan}, ValueError, "size_spread must be finite"),
 ])
@@ -103,6 +104,23 @@ def test_generated_scores_fill_every_row_whatever_the_chunk():
     for chunk_rows in (1, 3, 7, 8):
         assert np.array_equal(make_scores(7, 3, seed=1, chunk_rows=chunk_rows).scores, whole)
     assert np.allclose(np.exp(whole).sum(axis=1), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_generated_scores_are_log_probabilities_even_past_the_exponent_range(dtype):
+    """A 1000-nat margin: exp of the raw logits overflows float64 (and float32 from 89), so
+    each row is shifted by its maximum before it is normalised."""
+    scores, truth = make_scores(50, 4, margin=1000.0, dtype=dtype, seed=3)
+    assert scores.dtype == dtype and np.isfinite(scores).all()
+    np.testing.assert_allclose(np.exp(scores.astype(np.float64)).sum(axis=1), 1.0, rtol=1e-6)
+    np.testing.assert_array_equal(scores.argmax(axis=1), truth)
+
+
+def test_generated_scores_of_no_rows_or_one_label():
+    assert make_scores(0, 3).scores.shape == (0, 3)
+    scores, truth = make_scores(4, 1, regime="flat")
+    np.testing.assert_array_equal(scores, np.zeros((4, 1), np.float32))
+    np.testing.assert_array_equal(truth, np.zeros(4))
 
 
 @pytest.fixture
