@@ -611,6 +611,16 @@ def test_demo_refuses_solve_options_before_generating(capsys, monkeypatch, optio
     assert match in capsys.readouterr().err
 
 
+def test_demo_refuses_a_budget_without_room_for_the_cache_before_generating(capsys,
+                                                                           monkeypatch):
+    """5 MB holds the blocks of 100,000 x 100 scores but not one cached entry per row."""
+    pytest.importorskip("numba")
+    monkeypatch.setattr("sinklabel.commands.demo.make_scores", _no_solve)
+    argv = ["demo", "-n", "100000", "-k", "100", "--backend", "numba", "--memory-limit", "5MB"]
+    assert main([*argv, "--cache"]) == 2
+    assert "for cache=True after the chunks and per-point state" in capsys.readouterr().err
+
+
 def test_warnings_are_lines_in_the_style_of_the_errors(scores_file, tmp_path, capsys):
     """Python's format named the first line outside sinklabel: "<frozen runpy>:88"."""
     argv = ["assign", str(scores_file), "-k", "6", "-o", str(tmp_path / "labels.npy"),
