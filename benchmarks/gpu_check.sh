@@ -3,11 +3,9 @@
 # host-to-device streaming benchmark, NCCL on one rank, then the CUDA tests. With
 # --diagnostics it also shows where a pass's time goes (kernels, idle time, and a timeline
 # of the host's calls in sweeps and in two short solves), after the benchmark.
-# The whole check with the diagnostics took 293-322 s on one H200 (2026-11-26 and -27), the
-# CUDA tests 156-195 s of it (they compile every tuning candidate: at K = 3000, 10-11 Triton
-# and 9-23 CUDA C ones per dtype). Without the diagnostics (tens of seconds) and with the
-# tests' shared NumPy solves (28 s less) it should stay under five minutes; each phase's end
-# is printed last.
+# On one H200 (2026-11-27) the default check took 204 s, 124 s of it the CUDA tests (they
+# compile every tuning candidate: at K = 3000, 10-11 Triton and 9-23 CUDA C ones per dtype);
+# with --diagnostics it took 235 s. Each phase's end is printed last.
 # Logs, the benchmarks' JSON and the timeline's traces go to $OUT (default:
 # bench-results/); a runner that brings back fewer files can point OUT elsewhere and pack
 # it. On the device runner here (eight files back), with its own $OUT:
