@@ -116,6 +116,23 @@ def test_generated_scores_are_log_probabilities_even_past_the_exponent_range(dty
     np.testing.assert_array_equal(scores.argmax(axis=1), truth)
 
 
+def test_generated_scores_follow_their_documented_parameters():
+    """Flat logits have scale 3 (two columns differ by 3 * sqrt(2) in standard deviation);
+    a peaked row's own cluster stands ``margin`` nats above the mean of the others; cluster
+    sizes spread by ``size_spread`` (relative), beside the draw's own 1/sqrt(1000) = 3%."""
+    n, k = 50_000, 50
+    flat = make_scores(n, k, regime="flat", seed=5).scores.astype(np.float64)
+    assert np.std(flat[:, 0] - flat[:, 1]) == pytest.approx(3 * np.sqrt(2), rel=0.03)
+    scores, truth = make_scores(n, k, regime="peaked", seed=5, margin=7.0)
+    own = scores[np.arange(n), truth].astype(np.float64)
+    others = (scores.sum(axis=1, dtype=np.float64) - own) / (k - 1)
+    assert np.mean(own - others) == pytest.approx(7.0, abs=0.05)
+    for spread, low, high in [(0.2, 0.15, 0.26), (0.0, 0.0, 0.05)]:
+        sizes = np.bincount(make_scores(n, k, regime="flat", size_spread=spread).truth,
+                            minlength=k)
+        assert low < sizes.std() / sizes.mean() < high, spread
+
+
 def test_generated_scores_of_no_rows_or_one_label():
     assert make_scores(0, 3).scores.shape == (0, 3)
     scores, truth = make_scores(4, 1, regime="flat")
