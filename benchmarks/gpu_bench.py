@@ -3,7 +3,9 @@
 At ImageNet scale (N=1,281,167, K=3000) it times, per iteration (median of ``--reps`` after
 warm-up, CUDA events): the fused sweep of the torch backend (Triton) in float32 and bfloat16
 and of the CuPy backend in float32 and float16; a full solver iteration (from two solves of
-different lengths); one read of the input (``torch.sum``); a plain two-matvec torch loop on a
+different lengths) on these flat scores, where 17 of the 20 passes timed come after the
+solve has converged, and on peaked ones, whose solves take about 53 passes (all 20 timed
+come before); one read of the input (``torch.sum``); a plain two-matvec torch loop on a
 precomputed ``exp`` (how the original code iterates); and POT's ``ot.sinkhorn`` when POT is
 installed. It also records the extra GPU memory of a sweep, prints a table of ratios and
 writes everything as JSON to the path given as the first argument (or in
@@ -53,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     bench_torch(report, x32, "float32", args.reps)
     bench_cupy(report, x32, "float32", args.reps)
     bench_narrow(report, x32, args.reps)
+    bench_peaked_iterations(report, args.n, args.k)
     torch.cuda.empty_cache()
     report.measure("two-matvec torch loop on precomputed exp, float32",
                    lambda: two_matvec_ms(x32, args.reps))
@@ -64,6 +67,22 @@ def main(argv: list[str] | None = None) -> int:
     report.table()
     print("launch configurations chosen:", json.dumps(report.extra["tuned"]))
     return 0
+
+
+def bench_peaked_iterations(report: Report, n: int, k: int) -> None:
+    """Solver iterations on peaked scores (a trained network's) in float32 and bfloat16,
+    each dtype's copy made and freed in turn."""
+    import torch
+
+    from benchmarks.gpu_solve import scores
+
+    x = scores(torch, n, k, "peaked", seed=0)
+    for dtype in ("float32", "bfloat16"):
+        x = x.to(getattr(torch, dtype))
+        report.measure(f"torch solver iteration on peaked scores (wall clock), {dtype}",
+                       lambda x=x: solver_iteration_ms(x))
+    del x
+    torch.cuda.empty_cache()
 
 
 def bench_narrow(report: Report, x32, reps: int) -> None:
@@ -199,18 +218,24 @@ def bench_torch(report: Report, x, dtype: str, reps: int) -> None:
     report.measure(f"torch extra bytes (sweep + labels), {dtype}", extra_bytes)
     report.extra.setdefault("input_bytes", {})[dtype] = x.numel() * x.element_size()
 
-    def solver_iteration() -> float:
-        def solve(iterations: int) -> float:
-            torch.cuda.synchronize()
-            start = time.perf_counter()
-            solve_passes(x, iterations)
-            torch.cuda.synchronize()
-            return time.perf_counter() - start
+    report.measure(f"torch solver iteration (wall clock), {dtype}",
+                   lambda: solver_iteration_ms(x))
 
-        solve(2)
-        return (solve(22) - solve(2)) / 20 * 1e3
 
-    report.measure(f"torch solver iteration (wall clock), {dtype}", solver_iteration)
+def solver_iteration_ms(x) -> float:
+    """Milliseconds per pass of a torch solve of ``x``: solves of 22 and 2 passes, differenced
+    (what a solve does once, and its first passes, drop out)."""
+    import torch
+
+    def solve(passes: int) -> float:
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        solve_passes(x, passes)
+        torch.cuda.synchronize()
+        return time.perf_counter() - start
+
+    solve(2)
+    return (solve(22) - solve(2)) / 20 * 1e3
 
 
 def solve_passes(x, passes: int) -> None:
