@@ -11,6 +11,7 @@ the Triton, NVRTC and CuPy kernels alike) to split the time by kernel.
     python benchmarks/gpu_sweep_breakdown.py out.json
     python benchmarks/gpu_sweep_breakdown.py out.json --n 200000   # a quick run
     python benchmarks/gpu_sweep_breakdown.py out.json --per-sm 32 16 8 4
+    python benchmarks/gpu_sweep_breakdown.py out.json --regime peaked  # a trained network's
     python benchmarks/gpu_sweep_breakdown.py --host                # the host's share only
 
 ``--host`` times sweeps of a 2048-row input, whose kernels take microseconds, so the wall
@@ -32,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.gpu_bench import LAM, cupy_ms, flat_scores, torch_ms
+from benchmarks.gpu_solve import scores
 
 #: Launch configurations compared per (backend, dtype): the last H200 run's picks, their
 #: nearest rivals and the CuPy float16 pick's column-weighted twin (see the tuner's fields
@@ -55,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=10)
     parser.add_argument("--per-sm", type=int, nargs="+", default=list(PROGRAMS_PER_SM))
     parser.add_argument("--host", action="store_true", help="only the host's share")
+    parser.add_argument("--regime", choices=("flat", "peaked"), default="flat",
+                        help="the scores swept (default: %(default)s)")
     args = parser.parse_args(argv)
 
     import torch
@@ -68,8 +72,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     rows: list[dict] = []
     report = {"date": time.strftime("%Y-%m-%d"), "device": torch.cuda.get_device_name(),
-              "n": args.n, "k": args.k, "lam": LAM, "reps": args.reps, "rows": rows}
-    x32 = flat_scores(args.n, args.k)
+              "n": args.n, "k": args.k, "lam": LAM, "reps": args.reps,
+              "regime": args.regime, "rows": rows}
+    x32 = scores(torch, args.n, args.k, "peaked", seed=0) if args.regime == "peaked" else (
+        flat_scores(args.n, args.k))
     for library, x in (("torch", x32), ("cupy", x32), ("cupy", x32.half()),
                        ("torch", x32.to(torch.bfloat16))):
         read = torch_ms(lambda x=x: torch.sum(x), args.reps)
