@@ -249,6 +249,31 @@ def test_children_forked_after_an_exact_solve_solve_too():
     run_python(code)
 
 
+@pytest.mark.skipif(not _transport_loops.HAVE_NUMBA, reason="the parallel loops need numba")
+def test_the_main_process_runs_the_loops_compiled_in_parallel():
+    """The guards for threads and forks must not cost the parent its cores: a solve runs the
+    ``parallel=True`` compilation of the loops (mutants that ran them serially everywhere
+    kept every result)."""
+    code = (
+        "import inspect, sinklabel\n"
+        "from sinklabel import _simd, _transport_loops as loops\n"
+        "from sinklabel.datasets import make_scores\n"
+        "assert not _simd._ran_parallel\n"
+        "S = make_scores(3000, 20, regime='peaked', seed=1).scores\n"
+        "assert sinklabel.solve_exact(S, 20).certificate.optimal\n"
+        "assert _simd._ran_parallel and not _simd._forked_after_parallel\n"
+        "ran = []\n"
+        "for loop in (loops.build_candidates, loops.best_labels, loops.label_margins,\n"
+        "             loops.argmax_labels, loops.label_distances):\n"
+        "    closure = inspect.getclosurevars(loop).nonlocals\n"
+        "    assert closure['compiled'].targetoptions['parallel'] is True, loop\n"
+        "    assert not closure['serial'], loop\n"
+        "    ran.append(bool(closure['compiled'].signatures))\n"
+        "assert any(ran), ran\n"
+    )
+    run_python(code)
+
+
 def test_the_package_imports_where_os_cannot_register_fork_handlers():
     """Windows has no fork and no ``os.register_at_fork``: the fork handler is skipped there.
     (The exact layer is imported on the first solve; SciPy must see the function.)"""
