@@ -26,9 +26,11 @@ from sinklabel.sources import CallableSource, SourceError, as_source, checked
 
 
 def _balance(scores, K, *, first_contested=None, backend="numpy", **options):
-    """Sinkhorn in one process, then the reduction of the distributed path on its result."""
+    """Sinkhorn in one process, then the reduction of the distributed path on its result
+    (which gives the labels that the plain solve warns it left empty their points)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", sinklabel.ConvergenceWarning)
+        warnings.filterwarnings("ignore", ".*labels received no points", UserWarning)
         result = sinklabel.sinkhorn(scores, K, backend=backend, **options)
     source = as_source(scores)
     kernel = resolve_kernel(backend, source.library)
