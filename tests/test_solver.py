@@ -281,10 +281,13 @@ def test_a_solve_no_potentials_balance_is_not_blamed_on_its_returned_plan(backen
     monkeypatch.setattr(_feasibility, "MAX_PATTERNS", 1)
     s = np.repeat(np.array([[0.0, -np.inf, -np.inf], [0.0, -np.inf, -np.inf], [0.0, 0.0, 0.0]]),
                   10, axis=0).astype(np.float32)
-    with pytest.warns(PrecisionWarning) as caught:
+    with pytest.warns(Warning) as caught:  # all three, so that none is re-emitted
         result = solve(s, backend, max_iter=300)
     assert not result.converged
-    message = "".join(str(w.message) for w in caught if w.category is PrecisionWarning)
+    said = {w.category: str(w.message) for w in caught}
+    assert set(said) == {PrecisionWarning, ConvergenceWarning, UserWarning}, said
+    assert said[UserWarning].startswith("1 labels received no points")  # label 2's 10 rows
+    message = said[PrecisionWarning]
     assert "no potentials balance these scores" in message and "are resolved" in message
     assert "only that exact" not in message
     assert np.abs(result.potentials).max() * np.finfo(np.float32).eps < 1e-3
