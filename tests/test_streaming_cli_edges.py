@@ -73,10 +73,12 @@ def test_masked_rows_read_again_unchanged_are_not_a_change():
 
 
 @pytest.mark.parametrize(("dtype", "name"), [(np.float32, "float32"), (float, "float64"),
-                                             (np.float16, "float16")])
+                                             (np.float16, "float16"), ("f4", "float32"),
+                                             (np.dtype("float16"), "float16")])
 def test_a_callable_source_takes_numpy_scalar_types(dtype, name):
     """``dtype=np.float32`` is how NumPy users write a dtype; it was read as the string
-    "<class 'numpy.float32'>" and refused as no data type."""
+    "<class 'numpy.float32'>" and refused as no data type. Aliases and dtype objects are
+    named canonically too."""
     scores = make_scores(90, 4, regime="flat", seed=2).scores.astype(dtype)
     source = CallableSource(lambda start, stop: scores[start:stop], scores.shape, dtype)
     assert source.dtype == name
