@@ -22,13 +22,15 @@ total time of a full solve, and peak extra memory (on a separate short run, so t
 never slows a timed one).
 Prints a Markdown table of ratios (to the floor and to the best peer on the same device),
 writes ``compare.json`` and plots time per iteration against N (``--sizes``) to
-``compare.png`` in ``--out``.
+``compare.png`` in ``--out`` (where matplotlib is installed: ``pip install 'sinklabel[bench]'``;
+without it the run says so at its start and writes the table and the JSON only).
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.util
 import os
 import platform
 import sys
@@ -110,6 +112,10 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("no method matches --methods")
     regimes = list(REGIMES) if args.regime == "both" else [args.regime]
     args.out.mkdir(parents=True, exist_ok=True)
+    plotting = importlib.util.find_spec("matplotlib") is not None
+    if not plotting:
+        _say("matplotlib is not installed (pip install 'sinklabel[bench]'): no compare.png, "
+             "only the table and compare.json")
 
     records: list[Record] = []
     floors: dict[tuple[str, int, str], float] = {}
@@ -137,9 +143,12 @@ def main(argv: list[str] | None = None) -> int:
               f"tol={args.tol:g}, cap {args.max_iter} iterations; floor {floor_ms}\n")
         print(markdown_table(records, regime, args.n))
     write_json(args.out / "compare.json", config, records, floors)
-    plot(args.out / "compare.png", records, floors,
-         f"K={args.k}, {args.dtype}, lam={args.lam:g} ({config['machine']})")
-    print(f"\nwrote {args.out / 'compare.json'} and {args.out / 'compare.png'}")
+    written = [args.out / "compare.json"]
+    if plotting:
+        plot(args.out / "compare.png", records, floors,
+             f"K={args.k}, {args.dtype}, lam={args.lam:g} ({config['machine']})")
+        written.append(args.out / "compare.png")
+    print(f"\nwrote {' and '.join(map(str, written))}")
     return 0
 
 
