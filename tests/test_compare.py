@@ -190,6 +190,7 @@ def test_sinklabel_pass_is_the_solvers_pass_at_its_solution(backend):
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
 def test_a_tiny_run_reports_and_plots_the_direct_figures(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
     names = ["sinklabel numba (numpy)", "SeLa reference float32 (numpy)"]
     if importlib.util.find_spec("ot") is not None:
         names.append("POT sinkhorn (numpy)")
@@ -209,6 +210,22 @@ def test_a_tiny_run_reports_and_plots_the_direct_figures(tmp_path, capsys):
     for r in full:
         assert f"| {r['method']} | {r['per_iter_s'] * 1e3:.3g} |" in table
     assert (tmp_path / "compare.png").stat().st_size > 10_000
+
+
+def test_without_matplotlib_the_run_says_so_first_and_writes_the_rest(tmp_path, capsys,
+                                                                     monkeypatch):
+    """The plot came last, so a missing matplotlib ended a long run in an ImportError."""
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    said = []
+    monkeypatch.setattr(compare, "make_scores",
+                        lambda *a, **kw: said.append(capsys.readouterr().err) or make_scores(
+                            *a, **kw))
+    assert compare.main(["--n", "200", "--k", "4", "--sizes", "--max-iter", "20", "--repeat",
+                         "1", "--out", str(tmp_path), "--methods", "sinklabel numpy"]) == 0
+    assert "matplotlib is not installed" in said[0]
+    assert json.loads((tmp_path / "compare.json").read_text())["results"]
+    assert not (tmp_path / "compare.png").exists()
+    assert f"wrote {tmp_path / 'compare.json'}\n" in capsys.readouterr().out
 
 
 class RecordingBenchmark:
@@ -310,13 +327,20 @@ def test_the_json_holds_no_nan_for_strict_readers(tmp_path):
     assert report["results"][0]["total_s"] == 1e-4 and report["config"] == {"lam": 200.0}
 
 
+#: The Numba benchmarks compile Numba kernels of their own (they import numba).
+NEEDS_NUMBA = pytest.mark.skipif(importlib.util.find_spec("numba") is None,
+                                 reason="numba is not installed")
+
+
 @pytest.mark.parametrize(("script", "argv", "message"), [
-    ("cpu_iteration", ["--rounds", "0"], "--rounds"),  # printed NaN medians
-    ("cpu_iteration", ["--n", "0"], "--n"),
-    ("cpu_iteration", ["--numpy-rounds", "-1"], "--numpy-rounds"),
+    pytest.param("cpu_iteration", ["--rounds", "0"], "--rounds",  # printed NaN medians
+                 marks=NEEDS_NUMBA),
+    pytest.param("cpu_iteration", ["--n", "0"], "--n", marks=NEEDS_NUMBA),
+    pytest.param("cpu_iteration", ["--numpy-rounds", "-1"], "--numpy-rounds", marks=NEEDS_NUMBA),
     ("cpu_cached_solve", ["--regimes", "peakd"], "invalid choice"),  # after the header
     ("cpu_cached_solve", ["--k", "0"], "--k"),
-    ("numba_exp", ["--calls", "0"], "--calls"),  # ZeroDivisionError after the accuracy table
+    pytest.param("numba_exp", ["--calls", "0"], "--calls",  # ZeroDivisionError after the table
+                 marks=NEEDS_NUMBA),
     ("convergence", ["--max-iter", "0"], "--max-iter"),
 ])
 def test_benchmark_scripts_refuse_bad_options_before_any_work(script, argv, message, capsys,
