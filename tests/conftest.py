@@ -13,11 +13,25 @@ import numpy as np
 import pytest
 from hypothesis import settings
 
-from sinklabel.kernels import available_backends
+from sinklabel.kernels import available_backends, get_kernel
 from sinklabel.kernels._base import WrappingKernel
 from sinklabel.sources import CallableSource, Source
 
 CPU_BACKENDS = [name for name in available_backends() if name != "cupy"]
+#: The installed backends that take NumPy arrays (numpy always, numba where it runs).
+NUMPY_BACKENDS = [name for name in CPU_BACKENDS if "numpy" in get_kernel(name).libraries]
+
+
+def requires(backend: str) -> pytest.MarkDecorator:
+    """Skip where ``backend`` cannot run: the suite runs on whichever backends are installed
+    (a plain ``pip install sinklabel`` has only numpy)."""
+    return pytest.mark.skipif(backend not in CPU_BACKENDS,
+                              reason=f"the {backend} backend is not installed here")
+
+
+def backend_params(*names: str) -> list:
+    """``names`` as test parameters, each skipping where its backend is not installed."""
+    return [pytest.param(name, marks=requires(name)) for name in names]
 
 # Property tests replay the same examples on every run, so that CI and the README's test
 # command pass or fail alike wherever they run; ``--hypothesis-profile=explore`` draws new

@@ -7,13 +7,12 @@ shared, so compiled backends compile each kernel once per dtype.
 
 from __future__ import annotations
 
-import importlib.util
 import warnings
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from conftest import ForwardingKernel, run_python, threads, to_backend, to_host
+from conftest import ForwardingKernel, requires, run_python, threads, to_backend, to_host
 
 from sinklabel import ConvergenceWarning, PrecisionWarning, available_backends, sinkhorn
 from sinklabel.datasets import make_scores
@@ -258,8 +257,7 @@ def test_a_wrapping_kernel_answers_as_its_inner_kernel_where_kernel_has_defaults
 
 # --- choosing a backend -----------------------------------------------------------------------
 
-requires_numba = pytest.mark.skipif(importlib.util.find_spec("numba") is None,
-                                    reason="numba is not installed")
+requires_numba = requires("numba")
 
 
 @requires_numba

@@ -117,6 +117,9 @@ def test_warnings_name_the_callers_line(entry):
         entry(scores)
     assert [w.filename for w in record] == [__file__]
     with pytest.warns(UserWarning, match="received no points") as record:
+        # The uniform plan meets tol=1e-9 on some backends, misses it by float32's rounding
+        # on others (the NumPy backend, the only one of a plain install): not this test's.
+        warnings.filterwarnings("ignore", category=ConvergenceWarning)
         entry(np.zeros((300, 30), np.float32))
     assert {w.filename for w in record} == {__file__}
 

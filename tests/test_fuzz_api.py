@@ -16,10 +16,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import sinklabel
-from tests.conftest import CPU_BACKENDS, to_backend, to_host
+from tests.conftest import CPU_BACKENDS, NUMPY_BACKENDS, backend_params, to_backend, to_host
 from tests.test_feasibility import labelling_exists
 
 FUZZ = settings(max_examples=25, deadline=None)
+#: Whether torch tensors can be passed here (the torch backend imports).
+HAVE_TORCH = "torch" in CPU_BACKENDS
 
 
 def _plan(scores: np.ndarray, potentials: np.ndarray, lam: float) -> np.ndarray:
@@ -146,10 +148,13 @@ def test_upper_bounds_beyond_int64_mean_no_bound(problem):
 
 def _forms_of_prices(prices: np.ndarray) -> list:
     """The same K prices (exact in bfloat16) in every form the docs' "array of shape (K,)"
-    covers: lists, NumPy of several dtypes, torch tensors incl. bfloat16 and requires_grad."""
+    covers: lists, NumPy of several dtypes, torch tensors incl. bfloat16 and requires_grad
+    (where torch is installed)."""
+    forms = [prices.tolist(), prices.astype(np.float32), prices.astype(np.float16)]
+    if not HAVE_TORCH:
+        return forms
     import torch
 
-    forms = [prices.tolist(), prices.astype(np.float32), prices.astype(np.float16)]
     for dtype in (torch.bfloat16, torch.float16, torch.float32, torch.float64):
         forms.append(torch.tensor(prices, dtype=dtype))
     forms.append(torch.tensor(prices, dtype=torch.float32, requires_grad=True))
@@ -183,6 +188,8 @@ def test_prices_in_any_real_form_give_the_same_certificate(n, k, seed):
             sinklabel.duality_gap(scores, labels, bad, caps)
         with pytest.raises(error, match="prices"):
             sinklabel.solve_exact(scores, k, capacities=caps, prices=bad)
+    if not HAVE_TORCH:
+        return
     import torch
 
     with pytest.raises(ValueError, match="labels must be"):  # bfloat16 labels: not integers
@@ -330,9 +337,9 @@ def test_label_weights_are_used_or_refused_never_rounded_to_zero(backend, k, a, 
 def _input_form(scores: np.ndarray, form: str):
     """The scores as one of the forms the docs promise; returns (input, host float64 copy of
     what the library sees)."""
-    import torch
-
     if form.startswith("torch"):
+        import torch
+
         dtype = {"torch16": torch.float16, "torchbf16": torch.bfloat16,
                  "torch32grad": torch.float32, "torch64t": torch.float64}[form]
         tensor = torch.tensor(scores.T.copy(), dtype=dtype).T if form == "torch64t" else \
@@ -354,8 +361,8 @@ def _input_form(scores: np.ndarray, form: str):
     return array, array.astype(np.float64)
 
 
-_FORMS = ["np16", "np32F", "np64ro", "np32cols", "torch16", "torchbf16", "torch32grad",
-          "torch64t"]
+_FORMS = ["np16", "np32F", "np64ro", "np32cols"] + (
+    ["torch16", "torchbf16", "torch32grad", "torch64t"] if HAVE_TORCH else [])
 
 
 @FUZZ
@@ -371,7 +378,7 @@ def test_every_form_gives_honest_labels_and_leaves_the_input_alone(n, k, form, l
     logp, seen = _input_form(scores, form)
     before = logp.clone() if hasattr(logp, "clone") else logp.copy()
     weights = rng.random(k) + 0.1 if uneven else None
-    backend = "torch" if form.startswith("torch") else str(rng.choice(["numpy", "numba"]))
+    backend = "torch" if form.startswith("torch") else str(rng.choice(NUMPY_BACKENDS))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
@@ -489,7 +496,8 @@ def _bad_inputs():
 
 
 @pytest.mark.parametrize("case", _bad_inputs(), ids=lambda case: case[0])
-@pytest.mark.parametrize("entry", ["numpy", "numba", "torch", "labeler", "heads", "predict"])
+@pytest.mark.parametrize("entry", [*backend_params("numpy", "numba", "torch"),
+                                   "labeler", "heads", "predict"])
 def test_bad_input_is_named_before_any_solving(case, entry, monkeypatch):
     name, scores, k, options, error, words = case
     # Documented exception: the heads' shared reads check each block as the first pass reads it.
