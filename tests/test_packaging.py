@@ -84,7 +84,8 @@ def test_sdist_holds_what_builds_and_tests_the_package(artefacts):
     with tarfile.open(artefacts["sdist"]) as archive:
         names = {name.split("/", 1)[1] for name in archive.getnames() if "/" in name}
     needed = {
-        "pyproject.toml", "README.md", "LICENSE", "requirements-test.txt", "mkdocs.yml",
+        "pyproject.toml", "README.md", "LICENSE", "requirements-test.txt",
+        "requirements-minimal.txt", "mkdocs.yml",
         "sinklabel/py.typed", "tests/conftest.py", "tests/reference.py",
         "tests/test_packaging.py", "benchmarks/conftest.py", "examples/balanced_kmeans.py",
         "docs/index.md", "docs/img/compare.png",
@@ -174,3 +175,20 @@ def test_the_api_reference_documents_exactly_the_public_names():
                   re.findall(r"^::: (sinklabel\.(\w+)(?:\.\2)?)$", page, flags=re.MULTILINE)}
     assert documented == set(sinklabel.__all__)
     assert all(hasattr(sinklabel, name) for name in sinklabel.__all__)
+
+
+def test_the_minimal_install_pins_the_oldest_versions_pyproject_allows():
+    """CI's run on a plain install (requirements-minimal.txt) tests the dependency floors only
+    while it pins what pyproject.toml says is the oldest: a floor raised or lowered in one file
+    and not the other fails here."""
+    tomllib = pytest.importorskip("tomllib", reason="reading pyproject.toml needs Python 3.11")
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    floors = dict(re.fullmatch(r"([\w-]+)>=([\d.]+)", requirement).groups()
+                  for requirement in project["dependencies"])
+    lines = [line for line in (ROOT / "requirements-minimal.txt").read_text().splitlines()
+             if line and not line.startswith("#")]
+    pins = dict(line.split("==") for line in lines if "==" in line)
+    assert pins.keys() == floors.keys()
+    for name, floor in floors.items():
+        assert pins[name] == floor or pins[name].startswith(floor + "."), name
+    assert "-e ." in lines and not any(extra in line for line in lines for extra in OPTIONAL)
