@@ -342,6 +342,9 @@ NEEDS_NUMBA = pytest.mark.skipif(importlib.util.find_spec("numba") is None,
     pytest.param("numba_exp", ["--calls", "0"], "--calls",  # ZeroDivisionError after the table
                  marks=NEEDS_NUMBA),
     ("convergence", ["--max-iter", "0"], "--max-iter"),
+    ("solver_host", ["--rounds", "0"], "--rounds"),
+    ("solver_host", ["--ks", "3000", "0"], "--ks"),
+    ("solver_host", ["--tol", "0"], "--tol"),
 ])
 def test_benchmark_scripts_refuse_bad_options_before_any_work(script, argv, message, capsys,
                                                               monkeypatch):
@@ -364,3 +367,31 @@ def test_compare_refuses_bad_options_before_any_work(argv, message, monkeypatch,
     monkeypatch.setattr(compare, "make_scores", lambda *a, **kw: pytest.fail("worked"))
     with pytest.raises(SystemExit, match=message):
         compare.main(["--quick", "--out", str(tmp_path), *argv])
+
+
+def test_solver_host_times_the_gaps_between_a_solves_sweeps(capsys):
+    """One gap per pass after the first, each the host's time between two sweeps; the timed
+    kernel sweeps as the NumPy kernel does."""
+    from benchmarks import solver_host
+    from sinklabel import solver
+    from sinklabel.kernels import get_kernel
+    from sinklabel.sources import ArraySource
+
+    scores = make_scores(200, 50, regime="flat", seed=50).scores  # no label starves
+    kernel, marks = solver_host.stopwatch_kernel()
+    f = np.linspace(-1.0, 1.0, 50)
+    mass, lse = kernel.sweep_lse(scores, f, 25.0)
+    plain_mass, plain_lse = get_kernel("numpy").sweep_lse(scores, f, 25.0)
+    np.testing.assert_array_equal(mass, plain_mass)
+    assert lse == plain_lse and len(marks) == 1 and marks[0][0] <= marks[0][1]
+
+    gaps = solver_host.host_gaps_us(scores, 1e-3, 25.0)
+    passes = solver.solve(ArraySource(scores), get_kernel("numpy"), lam=25.0,
+                          label_weights=np.full(50, 0.02), tol=1e-3, max_iter=300, init=None,
+                          rows=200, progress=False).n_iter
+    assert passes > 2 and gaps.shape == (passes - 1,) and np.all(gaps > 0)
+
+    assert solver_host.main(["--ks", "1", "50", "--rows", "200", "--rounds", "1"]) == 0
+    table = capsys.readouterr().out
+    assert "| 1 | flat | 1 | no second pass |" in table
+    assert f"| 50 | flat | {passes} | " in table
