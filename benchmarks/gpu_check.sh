@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The GPU check: the per-pass benchmark at ImageNet scale, full solves in both regimes, the
 # host-to-device streaming benchmark, NCCL on one rank, then the CUDA tests. With
-# --diagnostics it also shows where a pass's time goes (kernels, idle time, and a timeline
-# of the host's calls in sweeps and in two short solves), after the benchmark.
+# --diagnostics it also shows where a pass's time goes (kernels, idle time, a timeline of
+# the host's calls in sweeps and in two short solves, and the solver's own host work per
+# pass on this machine's CPU), after the benchmark.
 # On one H200 (2026-11-27) the default check took 204 s, 124 s of it the CUDA tests (they
 # compile every tuning candidate: at K = 3000, 10-11 Triton and 9-23 CUDA C ones per dtype);
 # with --diagnostics it took 235 s. Each phase's end is printed last.
@@ -31,7 +32,7 @@ timeout -k 5 150 python3 benchmarks/gpu_bench.py "$out/gpu_bench.json" --reps 10
 bench=${PIPESTATUS[0]}
 phases+=" benchmark ${SECONDS}s"
 
-breakdown=0 host=0
+breakdown=0 host=0 solver_host=0
 if [ "${1:-}" = "--diagnostics" ]; then
     timeout -k 5 90 python3 benchmarks/gpu_sweep_breakdown.py "$out/gpu_breakdown.json" 2>&1 \
         | grep -v '^{' | tee "$out/breakdown.log"
@@ -41,6 +42,10 @@ if [ "${1:-}" = "--diagnostics" ]; then
         | tee "$out/timeline.log"
     host=${PIPESTATUS[0]}
     phases+=" timeline ${SECONDS}s"
+    timeout -k 5 60 python3 benchmarks/solver_host.py --ks 3000 --rounds 5 2>&1 \
+        | tee "$out/solver_host.log"
+    solver_host=${PIPESTATUS[0]}
+    phases+=" solver host ${SECONDS}s"
 fi
 
 timeout -k 5 90 python3 benchmarks/gpu_solve.py "$out/gpu_solve.json" 2>&1 | tee "$out/solve.log"
@@ -63,8 +68,8 @@ timeout -k 5 300 python3 -m pytest -q -m gpu -rs --durations=15 -p no:cacheprovi
 tests=${PIPESTATUS[0]}
 phases+=" tests ${SECONDS}s"
 
-echo "benchmark $bench, breakdown $breakdown, timeline $host, solve $solve, stream $stream," \
-    "distributed $dist, tests $tests (exit codes)"
+echo "benchmark $bench, breakdown $breakdown, timeline $host, solver host $solver_host," \
+    "solve $solve, stream $stream, distributed $dist, tests $tests (exit codes)"
 echo "$phases"
-[ "$bench" -eq 0 ] && [ "$breakdown" -eq 0 ] && [ "$host" -eq 0 ] && [ "$solve" -eq 0 ] \
-    && [ "$stream" -eq 0 ] && [ "$dist" -eq 0 ] && [ "$tests" -eq 0 ]
+[ "$bench" -eq 0 ] && [ "$breakdown" -eq 0 ] && [ "$host" -eq 0 ] && [ "$solver_host" -eq 0 ] \
+    && [ "$solve" -eq 0 ] && [ "$stream" -eq 0 ] && [ "$dist" -eq 0 ] && [ "$tests" -eq 0 ]
