@@ -7,6 +7,7 @@ shared, so compiled backends compile each kernel once per dtype.
 
 from __future__ import annotations
 
+import sys
 import warnings
 from types import SimpleNamespace
 
@@ -290,6 +291,34 @@ def test_numba_with_its_compiler_switched_off_counts_as_missing():
     printed = run_python(code, {"NUMBA_DISABLE_JIT": "1"})
     assert printed.strip() == ("backend 'numba' cannot run here: numba's compiler is "
                                "switched off (NUMBA_DISABLE_JIT=1): unset it")
+
+
+class ImportRecorder:
+    """A meta-path finder that finds nothing and notes every module asked for."""
+
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+
+    def find_spec(self, name, path=None, target=None):
+        self.asked.append(name)
+
+
+@pytest.mark.parametrize("name", ["numba", "torch", "cupy"])
+def test_a_missing_library_is_named_before_its_backend_module_is_read(name, monkeypatch):
+    """On a plain install every ``backend="auto"`` solve of NumPy scores tries numba first:
+    the Numba backend's module was read and run up to its ``import numba`` each time (and,
+    where no bytecode is written, compiled: 2 MB that broke a memory budget's test)."""
+    module = f"sinklabel.kernels.{name}"
+    monkeypatch.setitem(sys.modules, name, None)  # the library is not installed
+    monkeypatch.delitem(sys.modules, module, raising=False)
+    recorder = ImportRecorder()
+    monkeypatch.setattr(sys, "meta_path", [recorder, *sys.meta_path])
+    with pytest.raises(ImportError, match=rf"needs {name}: pip install 'sinklabel\[{name}\]' "
+                                          rf"\(No module named '{name}'\)"):
+        get_kernel(name)
+    assert module not in recorder.asked
+    assert name not in available_backends()
+    assert module not in recorder.asked
 
 
 def test_each_solve_gets_a_kernel_of_its_own(backend):

@@ -50,6 +50,11 @@ def get_kernel(name: str) -> Kernel:
         raise ValueError(f"backend must be 'auto' or one of {sorted(_KERNELS)}, got {name!r}")
     module, cls, requirement = _KERNELS[name]
     try:
+        if importlib.util.find_spec(requirement) is None:
+            # Said before the backend's module is read: a plain install would otherwise
+            # compile it anew (where no bytecode is written) on every solve that tries it,
+            # as "auto" tries numba first, only to fail at its import of the library.
+            raise ModuleNotFoundError(f"No module named {requirement!r}", name=requirement)
         return getattr(importlib.import_module(module), cls)()
     except BackendUnavailable as exc:
         raise ImportError(f"backend {name!r} cannot run here: {exc}") from exc
