@@ -23,14 +23,14 @@ NUMPY_BACKENDS = [name for name in CPU_BACKENDS if "numpy" in get_kernel(name).l
 
 
 def requires(backend: str) -> pytest.MarkDecorator:
-    """Skip where ``backend`` cannot run: the suite runs on whichever backends are installed
+    """Skip where ``backend`` cannot run: the suite runs on whichever backends are available
     (a plain ``pip install sinklabel`` has only numpy)."""
     return pytest.mark.skipif(backend not in CPU_BACKENDS,
-                              reason=f"the {backend} backend is not installed here")
+                              reason=f"the {backend} backend is not available here")
 
 
 def backend_params(*names: str) -> list:
-    """``names`` as test parameters, each skipping where its backend is not installed."""
+    """``names`` as test parameters, each skipping where its backend cannot run."""
     return [pytest.param(name, marks=requires(name)) for name in names]
 
 # Property tests replay the same examples on every run, so that CI and the README's test
