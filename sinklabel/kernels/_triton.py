@@ -410,23 +410,20 @@ def _fused_sweep(x: torch.Tensor, coef: torch.Tensor, buffers: TorchSweepBuffers
                                   STAGES=c.stages, BF16_BITS=bf16_bits(x, c, width),
                                   num_warps=c.warps, **shape)
 
-    def sum_parts() -> torch.Tensor:
-        return _sum_parts(buffers, programs)
-
     def result() -> tuple[tuple[np.ndarray, float], ...]:
-        host = sum_parts().cpu().numpy()
+        host = _sum_parts(buffers, programs).cpu().numpy()
         return (host[:-1], 0.0), (host[-1:], n_rows)
 
     candidates = _fused_configs(width, tiles, x)
     tune = x.is_cuda and x.numel() >= TUNE_ELEMENTS
     chosen = TUNER.chosen.get(key, candidates[0])
     graph = None if TUNER.will_time(key, candidates, tune) else buffers.graph(
-        x, chosen, lambda config: (launch(config), sum_parts()))
+        x, chosen, lambda config: (launch(config), _sum_parts(buffers, programs)))
     if graph is not None:
         graph.replay()
     else:
         TUNER.run(launch, candidates, key, result, tune=tune)
-        sum_parts()
+        _sum_parts(buffers, programs)
 
 
 def _wide_sweep(x: torch.Tensor, coef: torch.Tensor, buffers: TorchSweepBuffers,
@@ -464,15 +461,13 @@ def best(x: torch.Tensor, f: np.ndarray, lam: float) -> tuple[torch.Tensor, torc
 
 def _sum_parts(buffers: TorchSweepBuffers, programs: int,
                lse_parts: torch.Tensor | None = None) -> torch.Tensor:
-    """Column sums of the first ``programs`` rows of partial sums in float64 into the first K
-    entries of the totals, and the sum of as many log-sum-exp partials (or of all of
-    ``lse_parts``) into the last (torch's ``sum(dtype=float64)`` would first copy the whole
-    buffer to float64)."""
-    lse, n_lse = (buffers.lse_parts, programs) if lse_parts is None else (
-        lse_parts, lse_parts.shape[0])
+    """Column sums of the partial sums in float64 into the first K entries of the totals and
+    the log-sum-exp partials' sum into the last (torch's ``sum(dtype=float64)`` would first
+    copy the whole buffer to float64)."""
+    lse = buffers.lse_parts if lse_parts is None else lse_parts
     n_cols = buffers.part.shape[1]
     _column_sums[(_cdiv(n_cols, SUM_COLS) + 1,)](
-        buffers.part, lse, buffers.totals, programs, n_lse, N_COLS=n_cols,
+        buffers.part, lse, buffers.totals, programs, lse.shape[0], N_COLS=n_cols,
         BLOCK_P=SUM_PARTS, BLOCK_K=SUM_COLS, num_warps=8)
     return buffers.totals
 
