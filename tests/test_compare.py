@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import requires
 
 from benchmarks import _timing, bench_cpu, bench_solver, compare
 from benchmarks import conftest as bench_conftest
@@ -327,9 +328,8 @@ def test_the_json_holds_no_nan_for_strict_readers(tmp_path):
     assert report["results"][0]["total_s"] == 1e-4 and report["config"] == {"lam": 200.0}
 
 
-#: The Numba benchmarks compile Numba kernels of their own (they import numba).
-NEEDS_NUMBA = pytest.mark.skipif(importlib.util.find_spec("numba") is None,
-                                 reason="numba is not installed")
+#: The Numba benchmarks compile Numba kernels of their own.
+NEEDS_NUMBA = requires("numba")
 
 
 @pytest.mark.parametrize(("script", "argv", "message"), [

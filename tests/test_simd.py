@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import requires
 
 from sinklabel import _simd
 
@@ -46,11 +47,7 @@ def simd_without_numba():
     return module
 
 
-requires_numba = pytest.mark.skipif(importlib.util.find_spec("numba") is None,
-                                    reason="numba is not installed: nothing is compiled")
-
-
-@requires_numba
+@requires("numba")
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_compiled_first_equal_matches_a_plain_scan(dtype):
     assert _simd.HAVE_NUMBA  # numba is installed, so the compiled code is what is tested
@@ -79,7 +76,7 @@ def test_stand_ins_without_numba_compute_the_same(simd_without_numba):
     assert double(4) == 8 and double.py_func is double
 
 
-@requires_numba
+@requires("numba")
 def test_prefetch_compiles_to_the_llvm_prefetch_intrinsic():
     """The hint reaches the compiled code (a no-op stand-in would pass every result test)."""
     from numba import njit
