@@ -20,11 +20,12 @@ import numpy as np
 
 from .collective import Collective
 
-#: Distinct finite-label patterns counted before giving up on the group check: masks drawn
-#: per row, with no structure, make one pattern per row and no group worth naming.
-MAX_PATTERNS = 4096
 #: Edges of the pattern x label graph the max-flow takes (memory: 16 bytes each, several times).
 MAX_EDGES = 1 << 22
+#: Distinct finite-label patterns counted, at least, before giving up on the group check;
+#: more where the graph's edges allow (:func:`pattern_cap`). Masks drawn per row beside a
+#: masked group make one pattern per row and still a group worth naming.
+MAX_PATTERNS = 4096
 #: scipy's maximum_flow computes in int32: capacities up to N must fit.
 MAX_POINTS = np.iinfo(np.int32).max
 
@@ -41,9 +42,16 @@ class Shortage(NamedTuple):
     size: int
 
 
+def pattern_cap(n_labels: int) -> int:
+    """Distinct patterns counted before the group check gives up: as many as a graph of
+    ``MAX_EDGES`` edges holds at one edge per label (262,144 at K = 16), at least
+    ``MAX_PATTERNS``."""
+    return max(MAX_PATTERNS, MAX_EDGES // n_labels)
+
+
 class FinitePatterns:
     """Rows counted by which labels they have a finite score for (one bit per label, packed);
-    ``counts`` is None once more than ``MAX_PATTERNS`` distinct ones were seen."""
+    ``counts`` is None once more than :func:`pattern_cap` distinct ones were seen."""
 
     def __init__(self, n_labels: int):
         self.n_labels = n_labels
@@ -60,7 +68,7 @@ class FinitePatterns:
             self.counts[key] = self.counts.get(key, 0) + n_full
         if n_full < finite.shape[0]:
             self._add_rows(np.packbits(finite[~full], axis=1))
-        if len(self.counts) > MAX_PATTERNS:
+        if len(self.counts) > pattern_cap(self.n_labels):
             self.counts = None
 
     def _add_rows(self, packed: np.ndarray) -> None:
@@ -73,10 +81,11 @@ class FinitePatterns:
 
 def find_shortage(
     patterns: FinitePatterns, lower: np.ndarray, upper: np.ndarray, collective: Collective
-) -> Shortage | None:
-    """A group of labels short of rows, or rows short of labels, across every process, for
-    label sizes between ``lower`` and ``upper``; None when there is none, or when the patterns
-    are too many to decide (then only single labels are checked, elsewhere).
+) -> tuple[bool, Shortage | None]:
+    """Whether the patterns were few enough to decide, and a group of labels short of rows,
+    or rows short of labels, across every process, for label sizes between ``lower`` and
+    ``upper`` (None when there is none or it was not decided: then only single labels are
+    checked, elsewhere).
 
     Every process makes the same collective calls: a maximum (did any give up counting?),
     a gather of the pattern tables to process 0, which decides, and a sum that hands its
@@ -84,7 +93,7 @@ def find_shortage(
     """
     n_labels = patterns.n_labels
     if collective.max(np.array([float(patterns.counts is None)]))[0]:
-        return None
+        return False, None
     gathered, _ = collective.gather_rows(_encode(patterns.counts or {}, n_labels))
     answer = np.zeros(n_labels + 3)
     if gathered is not None:
@@ -93,10 +102,10 @@ def find_shortage(
         except Exception as exc:  # the others learn of it in the sum below
             collective.fail(exc)
     answer = collective.sum(answer)
-    if not answer[n_labels]:
-        return None
     kind, rows, size = answer[n_labels:]
-    return Shortage(answer[:n_labels] > 0, kind == 2, int(rows), int(size))
+    if kind <= 0:
+        return kind == 0, None
+    return True, Shortage(answer[:n_labels] > 0, kind == 2, int(rows), int(size))
 
 
 def _encode(counts: dict[bytes, int], n_labels: int) -> np.ndarray:
@@ -110,15 +119,15 @@ def _encode(counts: dict[bytes, int], n_labels: int) -> np.ndarray:
 
 def _decided(rows: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> np.ndarray:
     """Process 0's answer as a vector: the group's labels (K), its kind (0: none, 1: labels
-    short of rows, 2: rows confined to labels that may not take them all), its rows and
-    size. Of the two kinds, the one naming fewer labels."""
+    short of rows, 2: rows confined to labels that may not take them all, -1: too large a
+    table to decide), its rows and size. Of the two kinds, the one naming fewer labels."""
     n_labels = lower.shape[0]
     answer = np.zeros(n_labels + 3)
     finite, counts = _merged(rows, n_labels)
     n_points = int(counts.sum())
-    if not 0 < n_points <= MAX_POINTS or finite.shape[0] > MAX_PATTERNS:
-        return answer
-    if np.count_nonzero(finite) > MAX_EDGES:
+    if (not 0 < n_points <= MAX_POINTS or finite.shape[0] > pattern_cap(n_labels)
+            or np.count_nonzero(finite) > MAX_EDGES):
+        answer[n_labels] = -1.0
         return answer
     found = [shortage for shortage in (_short_labels(finite, counts, lower),
                                        _confined_rows(finite, counts, upper))

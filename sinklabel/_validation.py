@@ -10,7 +10,7 @@ import numpy as np
 
 from ._arrays import to_host
 from ._capacities import balanced_range, short_label
-from ._feasibility import FinitePatterns, find_shortage, shortage_message
+from ._feasibility import FinitePatterns, find_shortage, pattern_cap, shortage_message
 from .collective import LOCAL, Collective
 from .kernels import Kernel
 from .kernels._base import compute_dtype
@@ -219,7 +219,7 @@ COUNT_BLOCK_BYTES = 64 << 20
 def check_labels_reachable(
     source: Source, label_weights: np.ndarray, rows: int, collective: Collective = LOCAL,
     *, exact_sizes: bool = False,
-) -> None:
+) -> str | None:
     """ValueError when -inf scores leave no plan with the label proportions: a label has
     fewer rows with a finite score than its share of N (with ``exact_sizes``, than that
     share rounded down, the least ``balance="exact"`` gives it, so that the exact step can
@@ -229,8 +229,10 @@ def check_labels_reachable(
     ``balance="exact"``: such a group is refused in either mode). The solve cannot
     converge then (its potentials grow without bound). One pass, in host blocks of
     ``COUNT_BLOCK_BYTES``: run only after a solve that did not converge, to say why instead
-    of returning collapsed labels. Beyond ``MAX_PATTERNS`` distinct patterns of finite labels
-    only single labels are checked. Every process must call it: counts are combined.
+    of returning collapsed labels. Beyond :func:`~sinklabel._feasibility.pattern_cap`
+    distinct patterns of finite labels only single labels are checked. Returns, for the
+    failed solve's warnings, what -inf scores may still do that no error named: None where
+    there are none. Every process must call it: counts are combined.
     """
     n_labels = source.shape[1]
     totals = np.zeros(n_labels + 1)
@@ -256,9 +258,22 @@ def check_labels_reachable(
             f"N) but only {int(totals[y])} rows have a finite score for it (the others are "
             "-inf): no labelling has these proportions. Lower its weight or unmask more rows"
         )
-    shortage = find_shortage(patterns, lower, upper, collective)
+    decided, shortage = find_shortage(patterns, lower, upper, collective)
     if shortage is not None:
         raise ValueError(shortage_message(shortage, n_points, label_weights))
+    if totals[:n_labels].sum() == n_points * n_labels:
+        return None
+    if not decided:
+        return (
+            "the -inf scores leave a group of labels short of rows (their rows fall into more "
+            f"than {pattern_cap(n_labels)} distinct patterns of finite labels, too many to "
+            "check which group)"
+        )
+    return (
+        "the -inf scores leave a label or a group of labels short of its share by less than "
+        "one row "
+        "(labels of the rounded sizes of balance='exact' may still exist)"
+    )
 
 
 def _host_vector(name: str, value: Any, n_labels: int) -> np.ndarray:

@@ -292,17 +292,21 @@ def _warn_empty_labels(result: SinkhornResult) -> SinkhornResult:
 
     The plan may be balanced while its argmax is not: rows that tie in several labels
     (identical or constant rows, as from a zero-initialised head) all take the same one.
+    A solve that failed has no balanced plan to round, and exact balancing cannot help it.
     """
     counts = result.label_counts
     target = counts.sum() * result.label_weights
     empty = np.flatnonzero((counts == 0) & (target >= 1))
     if empty.size:
+        why = ("the argmax rounds rows that the plan splits between labels (rows that tie, "
+               "such as identical rows, all go to one label). Pass balance='exact' for labels "
+               "with the target sizes" if result.converged else
+               "the solve did not converge (see its ConvergenceWarning), so its plan leaves "
+               "them short too")
         warn(
             f"{empty.size} labels received no points although each should take at least "
             f"{target[empty].min():.3g} (labels {empty[:10].tolist()}"
-            f"{', ...' if empty.size > 10 else ''}): the argmax rounds rows that the plan "
-            "splits between labels (rows that tie, such as identical rows, all go to one "
-            "label). Pass balance='exact' for labels with the target sizes",
+            f"{', ...' if empty.size > 10 else ''}): {why}",
         )
     return result
 

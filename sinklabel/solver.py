@@ -342,7 +342,7 @@ def solve(
     rows: int,
     progress: bool,
     collective: Collective = LOCAL,
-    explain_failure: Callable[[], None] | None = None,
+    explain_failure: Callable[[], str | None] | None = None,
     row_tops: Callable[[], float] | None = None,
 ) -> SolverOutput:
     """Potentials whose plan has a label marginal within ``tol`` (L1) of the target.
@@ -350,7 +350,8 @@ def solve(
     Each pass over the scores counts as one iteration. Stops at the first pass that meets
     ``tol``; at ``max_iter`` it warns and returns the best potentials seen. When the failed
     solve's potentials grew beyond ``UNBOUNDED_SIZE``, it first calls ``explain_failure``,
-    which may raise the reason no potentials solve the problem.
+    which may raise the reason no potentials solve the problem, or return one it suspects
+    (for the warnings).
     ``row_tops`` gives the largest ``|lam * row maximum|`` of this process's scores once the
     first pass has read them, for the precision warning.
     """
@@ -387,12 +388,15 @@ def solve(
     # no potentials solve it (they then grow without bound, in any dtype).
     dtype = compute_dtype(source.dtype)
     size = _size(best) if converged else evaluate.largest
+    suspect = None
     if not converged and size > UNBOUNDED_SIZE and explain_failure is not None:
-        explain_failure()
+        suspect = explain_failure()
     if not converged:
+        advice = ("its potentials grew without bound, perhaps because " + suspect if suspect
+                  else "raise max_iter or tol")
         warn(
             f"Sinkhorn did not reach tol={tol:g} in max_iter={max_iter} iterations "
-            f"(label-marginal error {best.error:.3g}); raise max_iter or tol",
+            f"(label-marginal error {best.error:.3g}); {advice}",
             ConvergenceWarning,
         )
     # The rows' tops, of this process's rows only: the warning is about its own labels, and
@@ -401,7 +405,8 @@ def solve(
     size = max(size, top + (float(np.abs(best.f).max()) if converged else evaluate.largest_f))
     if _imprecise(size, dtype):
         returned = max(_size(best), top + float(np.abs(best.f).max()))
-        _warn_imprecise(size, dtype, returned_resolved=not _imprecise(returned, dtype))
+        _warn_imprecise(size, dtype, returned_resolved=not _imprecise(returned, dtype),
+                        suspect=suspect)
     return SolverOutput(
         best.f, len(evaluate.history), converged, best.error, np.asarray(evaluate.history)
     )
@@ -458,23 +463,31 @@ def _imprecise(size: float, dtype: np.dtype) -> bool:
     return size * float(np.finfo(dtype).eps) > PRECISION_LIMIT
 
 
-def _warn_imprecise(size: float, dtype: np.dtype, returned_resolved: bool) -> None:
+def _warn_imprecise(
+    size: float, dtype: np.dtype, returned_resolved: bool, suspect: str | None
+) -> None:
     """The plan, its error and its labels are only as exact as the kernels' z, of ``size``.
 
     ``returned_resolved``: only a failed solve's trial points were that large, not the
-    potentials it returns; they also grow so when no potentials balance the scores.
+    potentials it returns; they also grow so when no potentials balance the scores, which
+    ``suspect``, when given, says how -inf scores may have done.
     """
     wider = ", or pass float64 scores" if dtype != np.float64 else ""
     rounding = f"which {dtype} rounds to about {size * np.finfo(dtype).eps:.2g}"
     advice = (f"subtract each row's maximum from logp, or mark impossible labels with -inf "
               f"rather than a large finite score{wider}")
+    unbalanced = suspect or ("no potentials balance these scores (-inf masks that leave a group "
+                             "of labels fewer rows than their share)")
     if returned_resolved:
         message = (
             f"the failed solve's trial potentials took lam * logp + potentials to {size:.3g}, "
-            f"{rounding}: it may have failed for want of precision ({advice}), or because no "
-            "potentials balance these scores (-inf masks that leave a group of labels fewer "
-            "rows than their share). The potentials it returns, the best it saw, are resolved"
+            f"{rounding}: it may have failed for want of precision ({advice}), or because "
+            f"{unbalanced}. The potentials it returns, the best it saw, are resolved"
         )
+    elif suspect:
+        message = (f"lam * logp + potentials reach {size:.3g}, {rounding}: the plan, its error "
+                   f"and its labels are only that exact. They may have grown so for want of "
+                   f"precision ({advice}), or because {suspect}")
     else:
         message = (f"lam * logp + potentials reach {size:.3g}, {rounding}: the plan, its error "
                    f"and its labels are only that exact; {advice}")

@@ -60,6 +60,13 @@ def reason(scores: np.ndarray, weights: np.ndarray, rows: int = 64,
     return None
 
 
+def cap_patterns(monkeypatch, cap: int, n_labels: int = 3) -> None:
+    """Count at most ``cap`` distinct patterns of ``n_labels`` labels (the graph's edges cut
+    to match, which otherwise raise the cap)."""
+    monkeypatch.setattr(_feasibility, "MAX_PATTERNS", cap)
+    monkeypatch.setattr(_feasibility, "MAX_EDGES", cap * n_labels)
+
+
 def _labels(text: str) -> list[int]:
     return [int(y) for y in text.split(", ")]
 
@@ -133,7 +140,8 @@ def test_the_check_agrees_with_the_labelling_problem(seed):
     patterns = _feasibility.FinitePatterns(finite.shape[1])
     patterns.add(finite)
     lower, upper = sizes(finite.shape[0], weights)
-    shortage = _feasibility.find_shortage(patterns, lower, upper, LOCAL)
+    decided, shortage = _feasibility.find_shortage(patterns, lower, upper, LOCAL)
+    assert decided
     if labelling_exists(finite, weights):
         assert message is None, message
         assert shortage is None
@@ -173,7 +181,7 @@ def test_the_check_reads_host_blocks_of_its_budget(monkeypatch):
 def test_beyond_the_pattern_cap_only_single_labels_are_checked(monkeypatch):
     """Too many distinct patterns to decide: the group check stands aside (the solve then
     warns as before), the per-label check still runs."""
-    monkeypatch.setattr(_feasibility, "MAX_PATTERNS", 1)
+    cap_patterns(monkeypatch, 1)
     assert reason(CONFINED, np.ones(3)) is None
     one_row = np.zeros((30, 3))
     one_row[1:, 2] = -np.inf
@@ -192,7 +200,7 @@ def test_a_group_lists_ten_labels_and_counts_the_rest(count, listed):
 
 def test_at_the_pattern_cap_the_group_is_still_named(monkeypatch):
     """CONFINED has two distinct patterns: a cap of two still decides the group."""
-    monkeypatch.setattr(_feasibility, "MAX_PATTERNS", 2)
+    cap_patterns(monkeypatch, 2)
     assert reason(CONFINED, np.ones(3)).startswith("20 rows of 30 have a finite score")
 
 
@@ -204,18 +212,66 @@ def test_patterns_merged_from_ranks_beyond_the_cap_are_not_decided(monkeypatch):
     table = _feasibility._encode(counts.counts, 3)
     lower, upper = np.full(3, 10), np.full(3, 10)
     assert _feasibility._decided(table, lower, upper)[3] == 2  # rows confined to a group
-    monkeypatch.setattr(_feasibility, "MAX_PATTERNS", 1)
-    assert not _feasibility._decided(table, lower, upper).any()
+    cap_patterns(monkeypatch, 1)
+    undecided = np.zeros(6)
+    undecided[3] = -1.0  # the kind that says so, and no group
+    np.testing.assert_array_equal(_feasibility._decided(table, lower, upper), undecided)
 
 
 def test_beyond_the_pattern_cap_the_solve_still_warns(monkeypatch):
-    """With the group check standing aside the solve warns that no potentials may balance."""
-    monkeypatch.setattr(_feasibility, "MAX_PATTERNS", 1)
+    """With the group check standing aside the solve warns that a group may be short of rows,
+    too many patterns to say which, and does not advise more iterations."""
+    cap_patterns(monkeypatch, 1)
+    said = _failure_warnings(CONFINED.astype(np.float32), max_iter=60)
+    suspect = "leave a group of labels short of rows (their rows fall into more than 1 distinct"
+    assert suspect in said[PrecisionWarning] and suspect in said[ConvergenceWarning]
+    assert "raise max_iter" not in said[ConvergenceWarning]
+    assert said[UserWarning].endswith("did not converge (see its ConvergenceWarning), so its "
+                                      "plan leaves them short too")
+
+
+def _failure_warnings(scores: np.ndarray, **options) -> dict:
+    """The warnings of a solve that fails, by category."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        sinklabel.sinkhorn(CONFINED.astype(np.float32), 3, max_iter=60, backend="numpy")
-    assert any(w.category is PrecisionWarning and "no potentials balance" in str(w.message)
-               for w in caught)
+        result = sinklabel.sinkhorn(scores, scores.shape[1], backend="numpy", **options)
+    assert not result.converged
+    return {w.category: str(w.message) for w in caught}
+
+
+def test_a_group_beside_masks_drawn_per_row_is_named():
+    """Labels 0 and 1 may take only a tenth of the rows, short of their share of two
+    sixteenths, beside labels masked at random per row: a pattern per row, 20,000 in all.
+    The group was not checked beyond 4096 patterns; the graph at K = 16 holds them."""
+    rng = np.random.default_rng(0)
+    n, k = 20000, 16
+    scores = rng.normal(size=(n, k)).astype(np.float32)
+    scores[n // 10:, :2] = -np.inf
+    scores[:, 2:][rng.random((n, k - 2)) < 0.3] = -np.inf
+    scores[np.arange(n), 2 + rng.integers(0, k - 2, n)] = 0.0  # every row keeps a label
+    assert len(np.unique(np.isfinite(scores), axis=0)) > _feasibility.MAX_PATTERNS
+    assert reason(scores, np.ones(k), rows=4096).startswith(
+        "labels {0, 1} must take 2500 points (their weights times N) but only 2000 rows")
+
+
+def test_a_group_short_by_less_than_a_row_is_suspected_in_the_warnings():
+    """Labels 0 and 1 should take 6.67 of 10 points and 6 rows can take them: no plan, but
+    the check, at rounded sizes, names no group. The failed solve says what it suspects."""
+    scores = np.random.default_rng(0).normal(size=(10, 3))
+    scores[6:, :2] = -np.inf
+    assert reason(scores, np.ones(3), exact_sizes=False) is None
+    said = _failure_warnings(scores, max_iter=200)
+    suspect = "leave a label or a group of labels short of its share by less than one row"
+    assert suspect in said[ConvergenceWarning] and "raise max_iter" not in said[ConvergenceWarning]
+    assert suspect in said[PrecisionWarning]
+
+
+def test_without_minus_inf_the_check_suspects_no_mask():
+    """All scores finite: any proportions have a plan, so the check names nothing and gives
+    the warnings nothing to suspect (a huge finite mask grows the potentials too)."""
+    scores = np.random.default_rng(1).normal(size=(200, 3)).astype(np.float32)
+    scores[:, 2] = -1e4
+    assert check_labels_reachable(as_source(scores), np.array([0.1, 0.1, 0.8]), 64) is None
 
 
 def test_the_scores_are_left_as_they_were():
@@ -239,7 +295,8 @@ def _rank_cases(rank: int, world: int) -> dict:
     for name, shard_rows in SHARDS.items():
         out[name] = _caught(sinklabel.sinkhorn, _shard(MIXED, shard_rows, rank), 3, chunk_size=4,
                             distributed=True)[:3]
-    _feasibility.MAX_PATTERNS = 1 if rank == 0 else 4096
+    if rank == 0:
+        _feasibility.MAX_PATTERNS, _feasibility.MAX_EDGES = 1, 3
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         capped = _caught(sinklabel.sinkhorn, _shard(MIXED, [13, 17], rank), 3, chunk_size=4,
@@ -290,7 +347,9 @@ def test_method_page_quotes_the_error_and_the_cap():
     page = " ".join((Path(__file__).parents[1] / "docs" / "method.md").read_text().split())
     message = reason(CONFINED, np.ones(3))
     assert message.split(". Raise")[0] + "." in page
-    assert f"more than {_feasibility.MAX_PATTERNS} distinct patterns" in page
+    assert f"at least {_feasibility.MAX_PATTERNS}" in page
+    assert f"{_feasibility.MAX_EDGES:,} edges" in page
+    assert f"{_feasibility.pattern_cap(16):,} at K = 16" in page
 
 
 def test_without_exact_balance_a_label_short_by_less_than_a_point_is_still_named():
