@@ -56,6 +56,17 @@ def to_host(x: Any) -> np.ndarray:
     return np.asarray(x)
 
 
+def host_array(name: str, value: Any) -> np.ndarray:
+    """:func:`to_host`, naming the argument where NumPy cannot read a Python value as one
+    array: nested lists of unequal lengths, a list of tensors that require grad."""
+    if array_library(value) is not None:
+        return to_host(value)
+    try:
+        return np.asarray(value)
+    except (ValueError, RuntimeError) as exc:
+        raise ValueError(f"{name} could not be read as one array: {exc}") from exc
+
+
 def from_host(values: np.ndarray, like: Any) -> Any:
     """Host values as an array of ``like``'s library, so that results go back in the library
     the caller passed the scores in: a torch tensor or a CuPy array on ``like``'s device,

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ._arrays import to_host
+from ._arrays import host_array
 
 #: Scores whose finite-score mask is made at a time while counting finite scores.
 COUNT_BLOCK = 16 << 20
@@ -68,12 +68,13 @@ def check_capacities(
         # No label can take more than N points: a larger bound says the same as N, and
         # stored as N its sums cannot overflow int64.
         return lower.astype(np.int64), np.minimum(upper, n_points).astype(np.int64)
-    if np.shape(capacities) == (2, n_labels):
+    sizes = host_array("capacities", capacities)
+    if sizes.shape == (2, n_labels):
         raise ValueError(
             f"capacities of shape (2, {n_labels}): pass ranges as a tuple (lower, upper), "
             f"sizes as {n_labels} integers"
         )
-    sizes = _integer_vector("capacities", capacities, n_labels)
+    sizes = _integer_vector("capacities", sizes, n_labels)
     if _exact_sum(sizes) != n_points:
         raise ValueError(f"capacities must sum to N={n_points}, got {_exact_sum(sizes)}")
     sizes = sizes.astype(np.int64)  # each at most N now: none wraps around
@@ -111,7 +112,7 @@ def check_reachable(lower: np.ndarray, finite_per_label: np.ndarray) -> None:
 def _integer_vector(name: str, value: Any, n_labels: int) -> np.ndarray:
     """Non-negative whole numbers of shape (K,), in the caller's dtype (a float or uint64 one
     may hold values beyond int64)."""
-    array = to_host(value)
+    array = host_array(name, value)
     if array.shape != (n_labels,):
         raise ValueError(f"{name} must have shape ({n_labels},), got {array.shape}")
     if array.dtype == bool or not (

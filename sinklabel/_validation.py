@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from ._arrays import to_host
+from ._arrays import host_array, to_host
 from ._capacities import balanced_range, short_label
 from ._feasibility import FinitePatterns, find_shortage, pattern_cap, shortage_message
 from .collective import LOCAL, Collective
@@ -144,7 +144,7 @@ def check_prices(prices: Any, n_labels: int) -> np.ndarray:
 def check_labels(labels: Any, n_points: int, n_labels: int) -> np.ndarray:
     """The labels as a host int64 vector of N values in ``[0, K)``, contiguous and in native
     byte order: torch takes neither a reversed view nor a big-endian array."""
-    y = to_host(labels)
+    y = host_array("labels", labels)
     if y.shape != (n_points,) or not np.issubdtype(y.dtype, np.integer):
         raise ValueError(
             f"labels must be {n_points} integers, got shape {y.shape} and dtype {y.dtype}"
@@ -278,7 +278,7 @@ def check_labels_reachable(
 
 def _host_vector(name: str, value: Any, n_labels: int) -> np.ndarray:
     """A float64 NumPy copy of a real K-vector from any library (complex is not real)."""
-    array = to_host(value)
+    array = host_array(name, value)
     if array.dtype == bool or not (
         np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)
     ):

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ._arrays import to_host
+from ._arrays import host_array, to_host
 from ._budget import pass_rows
 from ._capacities import check_capacities
 from ._validation import check_flag, check_labels, check_prices, check_shape
@@ -229,7 +229,7 @@ def _labels_and_prices(what: Any, n_labels: int) -> tuple[np.ndarray, np.ndarray
                 f"{n_labels} columns: check it against the scores it was solved from"
             )
         return to_host(what.labels), prices
-    labels = to_host(what)
+    labels = host_array("labels", what)
     if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
         raise TypeError(
             f"expected a result or a 1-D integer label array, got {type(what).__name__} "

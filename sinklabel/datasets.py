@@ -64,11 +64,15 @@ def make_scores(
     Raises
     ------
     ValueError
-        On ``n < 0``, ``k < 1``, an unknown regime, a ``margin`` or ``size_spread`` that is
-        not finite, or ``chunk_rows < 1``.
+        On ``n < 0``, ``k < 1``, a negative or non-integer ``seed``, an unknown regime, a
+        ``margin`` or ``size_spread`` that is not finite, or ``chunk_rows < 1``.
     TypeError
-        On a dtype other than float32 and float64, or a ``chunk_rows`` that is not an int.
+        On a dtype other than float32 and float64, or an ``n``, ``k`` or ``chunk_rows`` that
+        is not an int.
     """
+    for name, value in (("n", n), ("k", k)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise TypeError(f"{name} must be an integer, got {value!r}")
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
     if k < 1:
@@ -78,10 +82,10 @@ def make_scores(
     if regime not in REGIMES:
         raise ValueError(f"regime must be one of {REGIMES}, got {regime!r}")
     _check_generator_options(margin, size_spread, chunk_rows)
+    rng = _generator(seed)
     # The largest array first: when memory cannot hold it, fail before drawing the clusters
     # (minutes for 1e9 points). Allocating draws nothing, so the scores stay the same.
     scores = np.empty((n, k), dtype=np.dtype(dtype))
-    rng = np.random.default_rng(seed)
     proportions = np.clip(1.0 + size_spread * rng.standard_normal(k), 0.1, None)
     truth = rng.choice(k, size=n, p=proportions / proportions.sum())
     for start in range(0, n, chunk_rows):
@@ -107,6 +111,13 @@ def _check_generator_options(margin: float, size_spread: float, chunk_rows: int)
         raise TypeError(f"chunk_rows must be an integer, got {chunk_rows!r}")
     if chunk_rows < 1:
         raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
+
+
+def _generator(seed: int) -> np.random.Generator:
+    """NumPy's generator for ``seed``, which must be a non-negative integer (bool is not one)."""
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    return np.random.default_rng(seed)
 
 
 def _log_softmax_inplace(block: np.ndarray) -> None:

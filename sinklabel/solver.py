@@ -391,18 +391,22 @@ def solve(
     suspect = None
     if not converged and size > UNBOUNDED_SIZE and explain_failure is not None:
         suspect = explain_failure()
+    # The rows' tops, of this process's rows only: the warning is about its own labels, and
+    # explain_failure, which all ranks must call or none, has been decided on global sizes.
+    top = row_tops() if row_tops is not None else 0.0
+    size = max(size, top + (float(np.abs(best.f).max()) if converged else evaluate.largest_f))
     if not converged:
-        advice = ("its potentials grew without bound, perhaps because " + suspect if suspect
-                  else "raise max_iter or tol")
+        if suspect:
+            advice = "its potentials grew without bound, perhaps because " + suspect
+        elif _imprecise(size, dtype):
+            advice = f"{dtype} stopped resolving the plan on its way (see the PrecisionWarning)"
+        else:
+            advice = "raise max_iter or tol"
         warn(
             f"Sinkhorn did not reach tol={tol:g} in max_iter={max_iter} iterations "
             f"(label-marginal error {best.error:.3g}); {advice}",
             ConvergenceWarning,
         )
-    # The rows' tops, of this process's rows only: the warning is about its own labels, and
-    # explain_failure, which all ranks must call or none, has been decided on global sizes.
-    top = row_tops() if row_tops is not None else 0.0
-    size = max(size, top + (float(np.abs(best.f).max()) if converged else evaluate.largest_f))
     if _imprecise(size, dtype):
         returned = max(_size(best), top + float(np.abs(best.f).max()))
         _warn_imprecise(size, dtype, returned_resolved=not _imprecise(returned, dtype),
@@ -472,10 +476,12 @@ def _warn_imprecise(
     potentials it returns; they also grow so when no potentials balance the scores, which
     ``suspect``, when given, says how -inf scores may have done.
     """
-    wider = ", or pass float64 scores" if dtype != np.float64 else ""
+    remedies = ["subtract each row's maximum from logp",
+                "mark impossible labels with -inf rather than a large finite score", "lower lam"]
+    if dtype != np.float64:
+        remedies.append("pass float64 scores")
+    advice = ", ".join(remedies[:-1]) + ", or " + remedies[-1]
     rounding = f"which {dtype} rounds to about {size * np.finfo(dtype).eps:.2g}"
-    advice = (f"subtract each row's maximum from logp, or mark impossible labels with -inf "
-              f"rather than a large finite score{wider}")
     unbalanced = suspect or ("no potentials balance these scores (-inf masks that leave a group "
                              "of labels fewer rows than their share)")
     if returned_resolved:

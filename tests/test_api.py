@@ -83,7 +83,26 @@ BAD_SCORES = [
     (np.zeros((4, 3)), 4, ValueError, "transposed"),
     (np.zeros((4, 3)), 0, ValueError, "K must be finite and > 0"),
     (np.zeros((4, 3)), 2.5, TypeError, "K must be an integer"),
+    ([[0.0, 1.0], [0.0]], 2, ValueError, "logp could not be read as one array: "),
+    ({"a": 1.0}, 2, ValueError, r"logp must be 2-D \(N, K\), got dict of shape \(\)"),
 ]
+
+
+def test_a_list_of_tensors_that_require_grad_is_named():
+    """NumPy cannot read it as one array; the error was torch's, naming no argument."""
+    torch = pytest.importorskip("torch")
+    rows = [torch.zeros(3, requires_grad=True)] * 4
+    with pytest.raises(ValueError, match="logp could not be read as one array: .*requires grad"):
+        sinkhorn(rows, 3)
+
+
+def test_a_closed_dataset_is_named():
+    """h5py raises a RuntimeError from deep inside for the shape of a closed dataset."""
+    h5py = pytest.importorskip("h5py")
+    with h5py.File("closed.h5", "w", driver="core", backing_store=False) as file:
+        dataset = file.create_dataset("scores", data=np.zeros((4, 3), dtype=np.float32))
+    with pytest.raises(ValueError, match="Dataset could not say its shape .* still open"):
+        sinkhorn(dataset, 3)
 
 
 @pytest.mark.parametrize("scores, k, error, match", BAD_SCORES)
@@ -143,6 +162,8 @@ def test_only_the_labels_without_finite_score_are_named():
          "label_weights must be finite and > 0 for every label, got 0 for label 1: to give"),
         ({"label_weights": [1.0, np.nan, 1.0]}, ValueError, "label_weights"),
         ({"init": [0.0, 0.0]}, ValueError, r"init must have shape \(3,\)"),
+        ({"label_weights": [[1.0], [1.0, 2.0]]}, ValueError,
+         "label_weights could not be read as one array: "),
         ({"init": [0.0, np.inf, 0.0]}, ValueError, "init must hold finite"),
         ({"backend": "fortran"}, ValueError, "backend must be"),
         ({"label_weights": [1.0, 1j, 1.0]}, TypeError, "label_weights must hold real numbers"),

@@ -438,6 +438,8 @@ def test_check_names_labels_that_do_not_fit_before_solving(monkeypatch):
         sinklabel.check(np.arange(12), S)
     with pytest.raises(TypeError, match="dtype float64"):
         sinklabel.check(np.zeros(12), S)
+    with pytest.raises(ValueError, match="labels could not be read as one array: "):
+        sinklabel.check([[0], [1, 1]], S)
 
 
 def test_cli_check(tmp_path, capsys):

@@ -47,6 +47,12 @@ def test_ranges_stacked_in_one_array_are_told_to_be_a_tuple(pair):
         sinklabel.solve_exact(np.zeros((6, 3)), 3, capacities=pair)
 
 
+def test_ranges_of_unequal_lengths_in_a_list_are_named():
+    """NumPy's own error for the ragged list named no argument."""
+    with pytest.raises(ValueError, match="capacities could not be read as one array: "):
+        sinklabel.solve_exact(np.zeros((6, 3)), 3, capacities=[[1, 1, 1], [3, 3]])
+
+
 def test_memory_check_counts_the_label_graph_before_reading_a_score(monkeypatch):
     """The exact finish builds a K x K label graph (17 bytes a pair): 6.7 GiB for K = 20,000,
     whatever N. The check counted per-point arrays only, let this 10-row stream through on

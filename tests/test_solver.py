@@ -214,6 +214,21 @@ def test_lbfgs_direction_matches_the_two_loop_recursion(k, monkeypatch):
     assert moves, "the pairs never filled the buffer: the test missed its moves"
 
 
+def test_a_solve_that_fails_for_want_of_precision_is_not_told_to_iterate_more():
+    """Label 0's share is 50 rows; 20 score 0 and the rest are masked at -1e9, so its potential
+    must reach lam * 1e9, which float32 rounds by thousands. More passes cannot help: the
+    ConvergenceWarning says why instead of advising a larger max_iter."""
+    scores = np.log(np.full((200, 4), 0.25, dtype=np.float32))
+    scores[20:, 0] = -1e9
+    with pytest.warns(Warning) as caught:
+        result = sinklabel.sinkhorn(scores, 4, max_iter=100, backend="numpy")
+    assert not result.converged
+    said = {w.category: str(w.message) for w in caught}
+    assert said[ConvergenceWarning].endswith(
+        "; float32 stopped resolving the plan on its way (see the PrecisionWarning)")
+    assert "lower lam, or pass float64 scores" in said[PrecisionWarning]
+
+
 @pytest.mark.parametrize("case", ["row offset", "finite mask", "top row and potentials"])
 def test_precision_warning_names_scores_float32_cannot_resolve(rng, case):
     """float32 resolves lam * logp + f to 1e-7 of its size: a row offset of 1e5 (lam * logp
@@ -236,7 +251,8 @@ def test_precision_warning_names_scores_float32_cannot_resolve(rng, case):
         with pytest.warns(PrecisionWarning, match="float32 rounds") as w:
             sinklabel.sinkhorn(s.astype(np.float32), 8, backend="numpy")
     said = [str(x.message) for x in w if x.category is PrecisionWarning]
-    assert all("only that exact" in m and "or pass float64 scores" in m for m in said)
+    assert all("only that exact" in m and "lower lam, or pass float64 scores" in m
+               for m in said)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         sinklabel.sinkhorn(s, 8, backend="numpy")  # float64: resolved

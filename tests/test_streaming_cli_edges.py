@@ -94,11 +94,15 @@ def test_a_callable_source_takes_numpy_scalar_types(dtype, name):
     ({"chunk_rows": True}, TypeError, "chunk_rows must be an integer"),
     ({"margin": np.inf}, ValueError, "margin must be finite"),
     ({"size_spread": np.nan}, ValueError, "size_spread must be finite"),
+    ({"seed": -1}, ValueError, "seed must be a non-negative integer, got -1"),
+    ({"seed": 1.5}, ValueError, "seed must be a non-negative integer, got 1.5"),
+    ({"n": 5.0}, TypeError, "n must be an integer, got 5.0"),
+    ({"k": True}, TypeError, "k must be an integer, got True"),
 ])
 def test_generated_scores_refuse_options_that_leave_them_unfilled(options, error, match):
     """chunk_rows=-1 generated no block and returned np.empty's memory as scores."""
     with pytest.raises(error, match=match):
-        make_scores(5, 3, **options)
+        make_scores(**{"n": 5, "k": 3, **options})
 
 
 def test_generated_scores_fill_every_row_whatever_the_chunk():

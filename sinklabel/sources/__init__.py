@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from .._arrays import array_library
+from .._arrays import array_library, host_array
 from ._base import Array, Source, dtype_name, itemsize
 from .arrays import ArrayLikeSource, ArraySource, MemmapSource, is_array_like
 from .callable import CallableSource
@@ -55,12 +55,27 @@ def as_source(logp: Any) -> Source:
     if isinstance(logp, np.ndarray):
         logp = np.asarray(logp)  # np.matrix and other subclasses: a plain view, no copy
     if array_library(logp) is None:
-        if is_array_like(logp):
+        if _array_like(logp):
             return ArrayLikeSource(logp)
-        logp = np.asarray(logp)
-    if getattr(logp, "ndim", None) != 2:
-        raise ValueError(f"logp must be 2-D (N, K), got shape {tuple(np.shape(logp))}")
+        given = type(logp).__name__
+        logp = host_array("logp", logp)
+        if logp.ndim != 2:
+            raise ValueError(f"logp must be 2-D (N, K), got {given} of shape {logp.shape}")
+    if logp.ndim != 2:
+        raise ValueError(f"logp must be 2-D (N, K), got shape {tuple(logp.shape)}")
     return ArraySource(logp)
+
+
+def _array_like(obj: Any) -> bool:
+    """:func:`is_array_like`, with an error naming what failed where the object cannot say
+    (a closed h5py dataset raises on ``shape``)."""
+    try:
+        return is_array_like(obj)
+    except Exception as exc:
+        raise ValueError(
+            f"logp: the {type(obj).__name__} could not say its shape ({exc}); is the file it "
+            "reads from still open?"
+        ) from exc
 
 
 def _is_scipy_sparse(obj: Any) -> bool:
