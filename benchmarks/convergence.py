@@ -7,6 +7,7 @@ reads the scores through the same one-pass evaluations the solver uses.
     python benchmarks/convergence.py --max-iter 500   # the same, plain Sinkhorn capped sooner
     python benchmarks/convergence.py --large      # adds N up to 1e6 and K up to 3000 (hours)
     python benchmarks/convergence.py --tol-study  # hard-label quality against the tolerance
+    python benchmarks/convergence.py --lam-study  # the solver's passes against lam (seconds)
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import warnings
 
 import numpy as np
 
-from sinklabel import ConvergenceWarning, sinkhorn
+from sinklabel import ConvergenceWarning, PrecisionWarning, sinkhorn
 from sinklabel.datasets import make_scores
 from sinklabel.kernels import get_kernel
 from sinklabel.solver import label_mass
@@ -137,6 +138,26 @@ def tol_study(n: int, k: int, regime: str, seed: int) -> None:
               f"{_sela_error(scores, result.potentials):.3g} |", flush=True)
 
 
+#: From the paper's lam to where the plan is the linear program's to float64's rounding.
+LAMS = (25.0, 100.0, 1e3, 1e4, 1e6, 1e9, 1e12)
+
+
+def lam_study(n: int, k: int, regime: str, seed: int, max_iter: int) -> None:
+    """The solver's passes to ``TOL`` as lam grows, in both dtypes, and whether it warned that
+    float32 no longer resolves the plan."""
+    scores = make_scores(n, k, regime=regime, seed=seed).scores
+    for dtype in (np.float32, np.float64):
+        typed = scores.astype(dtype)
+        for lam in LAMS:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                result = sinkhorn(typed, k, lam=lam, tol=TOL, max_iter=max_iter)
+            passes = str(result.n_iter) if result.converged else f"> {max_iter}"
+            imprecise = any(w.category is PrecisionWarning for w in caught)
+            print(f"| {regime} | {np.dtype(dtype).name} | {lam:g} | {passes} | "
+                  f"{'yes' if imprecise else 'no'} |", flush=True)
+
+
 def _sela_error(scores: np.ndarray, f: np.ndarray) -> float:
     """What SeLa's stopping rule reads, ``sum_i |c_i / c_i_new - 1|``: after the label update
     that makes the label marginal exact, N times the L1 error of the data marginal."""
@@ -153,10 +174,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--large", action="store_true", help="add N up to 1e6, K up to 3000")
     parser.add_argument("--tol-study", action="store_true", help="only the tolerance study")
+    parser.add_argument("--lam-study", action="store_true",
+                        help="only the solver's passes against lam")
     parser.add_argument("--max-iter", type=int, default=3000)
     args = parser.parse_args(argv)
     if args.max_iter < 1:
         parser.error("--max-iter must be at least 1")
+    if args.lam_study:
+        print(f"solver passes to L1 error {TOL:g} (capped at {args.max_iter}), N=20000, K=100")
+        print("| regime | dtype | lam | passes | PrecisionWarning |")
+        print("|---|---|---|---|---|")
+        for regime in ("flat", "peaked"):
+            lam_study(20_000, 100, regime, seed=0, max_iter=args.max_iter)
+        return 0
     if args.tol_study:
         print("| regime | N | K | tol | passes | hard-count L1 | labels != tight "
               "| SeLa: sum_i abs(c_i / c_i_new - 1) |")

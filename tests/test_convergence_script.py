@@ -31,3 +31,28 @@ def test_the_table_writes_a_capped_method_as_beyond_the_cap(monkeypatch, capsys)
 
 class _Scores:
     scores = np.zeros((4, 2), dtype=np.float32)
+
+
+def test_the_lam_study_reports_passes_warnings_and_caps(monkeypatch, capsys):
+    """Each regime, dtype and lam gets a row; a solve capped short of the tolerance reads as
+    beyond the cap, and only float32 at a large lam is said to lose precision."""
+    monkeypatch.setattr(convergence, "LAMS", (25.0, 1e6))
+    monkeypatch.setattr(convergence, "lam_study", _small(convergence.lam_study))
+    convergence.main(["--lam-study", "--max-iter", "60"])
+    rows = [line.split(" | ") for line in capsys.readouterr().out.splitlines()
+            if line.startswith(("| flat", "| peaked"))]
+    assert [(row[0], row[1], row[2]) for row in rows] == [
+        (f"| {regime}", dtype, lam) for regime in ("flat", "peaked")
+        for dtype in ("float32", "float64") for lam in ("25", "1e+06")]
+    warned = {(row[0], row[1], row[2]): row[4] for row in rows}
+    assert warned[("| flat", "float32", "1e+06")] == "yes |"
+    assert warned[("| flat", "float64", "1e+06")] == "no |"
+    assert warned[("| flat", "float32", "25")] == "no |"
+    passes = [row[3] for row in rows]
+    assert "> 60" in passes  # peaked scores need more than 60 passes at lam = 1e6
+    assert all(p == "> 60" or 1 <= int(p) <= 60 for p in passes)
+
+
+def _small(study):
+    """The study at N = 2000 and K = 20, which keeps the test under a few seconds."""
+    return lambda n, k, regime, seed, max_iter: study(2000, 20, regime, seed, max_iter)
