@@ -71,7 +71,7 @@ import numpy as np
 from . import _transport, _transport_loops
 from ._arrays import from_host, to_host
 from ._capacities import balanced_range, check_reachable, finite_per_label
-from ._simd import HAVE_NUMBA, parallel_loop, prange  # without numba, scans run in NumPy instead
+from ._simd import FAST, HAVE_NUMBA, first_equal, fmax, fmin, parallel_loop, prange
 from .certificate import Certificate, _certificate_from_sums, _partial_sums
 from .collective import Collective
 from .kernels import Kernel
@@ -88,6 +88,8 @@ SMALL_BYTES = 256 << 20
 #: Most bytes of a block a scan reads, counted as float64 (CUDA and bfloat16 blocks are
 #: copied to the host): the GPU kernels' chunks are all the rows.
 SCAN_BYTES = 32 << 20
+#: Rows a scan's thread takes at a time, with one float64 row buffer for them all.
+SCAN_BLOCK_ROWS = 256
 #: A settled row counts as moved off its arg-max only beyond this relative rounding (the
 #: reduced solve shifts its prices by a constant, which may round a tie either way).
 TIE_ROUNDING = 2.0**-48
@@ -280,31 +282,35 @@ def _scan_rows_numpy(scores, v, labels, best, margin, off, free, infinite) -> No
     margin[:] = top - z.max(axis=1)
 
 
-@parallel_loop()
+@parallel_loop(fastmath=FAST)
 def _scan_rows(scores, v, labels, best, margin, off, free, infinite):  # pragma: no cover
     """Per row of ``scores + v`` (float64): arg-max, margin to the runner-up, whether
     ``labels`` sits below the maximum by more than rounding, whether every label ties at the
-    maximum, and whether a score is -inf."""
-    for i in prange(scores.shape[0]):
-        top = -np.inf
-        second = -np.inf
-        arg = 0
-        lowest = np.inf
-        for y in range(scores.shape[1]):
-            w = np.float64(scores[i, y]) + v[y]
-            lowest = min(lowest, w)
-            if w > top:
-                second = top
-                top = w
-                arg = y
-            elif w > second:
-                second = w
-        best[i] = arg
-        margin[i] = top - second
-        own = np.float64(scores[i, labels[i]]) + v[labels[i]]
-        off[i] = own == -np.inf or top - own > TIE_ROUNDING * (abs(top) + abs(own))
-        free[i] = lowest == top and lowest > -np.inf
-        infinite[i] = lowest == -np.inf
+    maximum, and whether a score is -inf. Rows in blocks, each row written once to a float64
+    buffer so that the maxima and the first arg-max reduce in vector registers (as
+    ``_transport_loops.best_labels`` does)."""
+    n, n_labels = scores.shape
+    for block in prange((n + SCAN_BLOCK_ROWS - 1) // SCAN_BLOCK_ROWS):
+        z = np.empty(n_labels)
+        for i in range(block * SCAN_BLOCK_ROWS, min(n, (block + 1) * SCAN_BLOCK_ROWS)):
+            top = -np.inf
+            lowest = np.inf
+            for y in range(n_labels):
+                w = np.float64(scores[i, y]) + v[y]
+                z[y] = w
+                top = fmax(top, w)
+                lowest = fmin(lowest, w)
+            arg = first_equal(z, top, n_labels) if top > -np.inf else 0
+            best[i] = arg
+            own = z[labels[i]]
+            z[arg] = -np.inf
+            second = -np.inf
+            for y in range(n_labels):
+                second = fmax(second, z[y])
+            margin[i] = top - second if top > -np.inf else np.nan
+            off[i] = own == -np.inf or top - own > TIE_ROUNDING * (abs(top) + abs(own))
+            free[i] = lowest == top and lowest > -np.inf
+            infinite[i] = lowest == -np.inf
 
 
 def _proves_optimal(certificate: Certificate, v: np.ndarray, upper: np.ndarray) -> bool:
