@@ -143,7 +143,7 @@ def balance_across_ranks(
             reference, ~contested_before, caps, n_points - target, collective)
         n_contested = n_points - int(settled_counts.sum())
         if n_contested > limit:
-            raise _too_many(rounds, n_contested, n_points, reference, settled, collective)
+            raise _too_many(rounds, n_contested, n_points, reference, settled, upper, collective)
         contested_before |= ~settled
         on_root.add(np.flatnonzero(~settled), source, wire, collective)
         status, v_new, contested_labels = _reduced_outcome(
@@ -167,7 +167,7 @@ def balance_across_ranks(
                 break
             contested_before |= moved
         if target >= limit:
-            raise _too_many(rounds, n_contested, n_points, reference, settled, collective)
+            raise _too_many(rounds, n_contested, n_points, reference, settled, upper, collective)
         target = min(2 * max(target, n_contested), limit)
 
     summed = functools.partial(_partial_sums, ranks=collective.world_size)
@@ -325,14 +325,20 @@ def _proves_optimal(certificate: Certificate, v: np.ndarray, upper: np.ndarray) 
 
 
 def _too_many(rounds: int, n_contested: int, n_points: int, scan: _Scan, settled: np.ndarray,
-              collective: Collective) -> RuntimeError:
+              upper: np.ndarray, collective: Collective) -> RuntimeError:
     """The error for a contested set past its limit (every rank decides it together, so the
-    count of tied rows is one more sum on every rank). When most contested rows tie exactly
-    with a runner-up, more Sinkhorn cannot help: their margin is 0 whatever the prices."""
-    tied = int(collective.sum(
-        np.array([np.count_nonzero(~settled & (scan.margin == 0))], dtype=np.float64))[0])
-    prefix = (f"balance='exact' across ranks: after {rounds} rounds with {n_contested} of "
-              f"{n_points} rows contested")
+    counts below are one more sum on every rank). More Sinkhorn cannot help when most
+    contested rows tie exactly with a runner-up (their margin is 0 whatever the prices), nor
+    when most of them have one best label that may take few of them (repeated rows, a
+    dominant cluster): a row settles only at its best label."""
+    K = upper.size
+    contested = np.zeros(K + 1)
+    contested[:K] = np.bincount(scan.best[~settled], minlength=K)
+    contested[K] = np.count_nonzero(~settled & (scan.margin == 0))
+    contested = collective.sum(contested).astype(np.int64)
+    tied, crowded = int(contested[K]), int(contested[:K].argmax())
+    prefix = (f"balance='exact' across ranks: after {rounds} round{'s' * (rounds != 1)} with "
+              f"{n_contested} of {n_points} rows contested")
     if 2 * tied > n_contested:
         return RuntimeError(
             f"{prefix}, {tied} of them tie exactly with a runner-up label (identical or "
@@ -341,6 +347,15 @@ def _too_many(rounds: int, n_contested: int, n_points: int, scan: _Scan, settled
             "rank 0 would pass its limit. More Sinkhorn iterations do not separate them; "
             "gather the scores on one rank (balance='exact' in one process solves ties) or "
             "break the ties"
+        )
+    if 2 * contested[crowded] > n_contested:
+        return RuntimeError(
+            f"{prefix}, {contested[crowded]} of them have label {crowded} as their best, and it "
+            f"may take {upper[crowded]}: rows settle only at their best label, so the rest "
+            "(repeated rows, or a cluster far larger than its label's size) must all go to "
+            "rank 0, which would pass its limit. More Sinkhorn iterations do not change their "
+            "best label; gather the scores on one rank (balance='exact' in one process solves "
+            "them)"
         )
     return RuntimeError(
         f"{prefix}, rows settled by their margin under the Sinkhorn prices "

@@ -145,6 +145,8 @@ def check_labels(labels: Any, n_points: int, n_labels: int) -> np.ndarray:
     """The labels as a host int64 vector of N values in ``[0, K)``, contiguous and in native
     byte order: torch takes neither a reversed view nor a big-endian array."""
     y = host_array("labels", labels)
+    if y.shape == (0,) == (n_points,):  # no labels, whatever dtype: NumPy reads [] as float64
+        return np.zeros(0, dtype=np.int64)
     if y.shape != (n_points,) or not np.issubdtype(y.dtype, np.integer):
         raise ValueError(
             f"labels must be {n_points} integers, got shape {y.shape} and dtype {y.dtype}"

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, NamedTuple, NoReturn
 
 import numpy as np
@@ -64,6 +64,10 @@ CERTIFIED = ("K", "prices", "capacities")
 _ERROR_KINDS: tuple[type[BaseException], ...] = (
     ValueError, TypeError, ImportError, MemoryError, OSError, RuntimeError, Exception,
 )
+
+
+#: Names ranks of the group for a message (:meth:`TorchCollective.ranks_named`).
+RankNames = Callable[[Iterable[int]], str]
 
 
 class RankFailedError(RuntimeError):
@@ -158,8 +162,8 @@ class TorchCollective(Collective):
             yield
         except RuntimeError as exc:
             raise RankFailedError(
-                f"rank {self.rank}: {step} failed ({exc}); another rank died, timed out or "
-                "left the solve"
+                f"{self.ranks_named([self.rank])}: {step} failed ({exc}); another rank died, "
+                "timed out or left the solve"
             ) from exc
 
     def _transfer_buffers(self, block: np.ndarray, counts: np.ndarray) -> _Transfer:
@@ -200,6 +204,17 @@ class TorchCollective(Collective):
                 part[:] = tensor.cpu().numpy()
         return buffers.table
 
+    def ranks_named(self, group_ranks: Iterable[int]) -> str:
+        """How messages name ranks: by their ranks in the group, and in the default group too
+        where those differ (torchrun's logs and the user's code know the global ones)."""
+        ranks = [int(rank) for rank in group_ranks]
+        plural = "s" * (len(ranks) > 1)
+        named = f"rank{plural} {', '.join(map(str, ranks))}"
+        global_ranks = [self._global_rank(rank) for rank in ranks]
+        if global_ranks != ranks:
+            named += f" (global rank{plural} {', '.join(map(str, global_ranks))})"
+        return named
+
     def _global_rank(self, group_rank: int) -> int:
         """The default group's rank of this group's ``group_rank``: what ``send`` and
         ``recv`` take as peer before torch 2.6 (its ``group_dst``/``group_src`` are newer)."""
@@ -226,7 +241,7 @@ class TorchCollective(Collective):
         codes = self._all_reduce(codes, "max")
         if self.failure is not None:
             raise self.failure
-        raise RankFailedError(_who_failed(codes, "during the solve"))
+        raise RankFailedError(_who_failed(codes, "during the solve", self.ranks_named))
 
     def _all_reduce(self, buffer: np.ndarray, op: str) -> np.ndarray:
         """All-reduce a float64 host array (consumed) and return the result on the host."""
@@ -290,7 +305,7 @@ def distributed_sinkhorn(
     table = collective.gather(_fingerprint(checked, error))
     if error is not None:
         raise error
-    _check_agreement(table)
+    _check_agreement(table, collective.ranks_named)
     source, kernel, settings = checked
     balance, cap = settings.pop("balance"), settings.pop("cache_cap")
     progress = settings.pop("progress")
@@ -359,7 +374,7 @@ def distributed_duality_gap(
     table = collective.gather(fingerprint)
     if error is not None:
         raise error
-    _check_agreement(table, CERTIFIED)
+    _check_agreement(table, collective.ranks_named, CERTIFIED)
     source, kernel, y, v, rows, _ = checked
     # The same capacities and the same N on every rank: the same verdict everywhere.
     lower, upper = check_capacities(capacities, int(table[:, 1].sum()), source.shape[1])
@@ -435,29 +450,32 @@ def _fingerprint(
     ])
 
 
-def _check_agreement(table: np.ndarray, names: tuple[str, ...] = AGREED) -> None:
-    """The same verdict on every rank, from the same table of fingerprints."""
+def _check_agreement(
+    table: np.ndarray, ranks_named: RankNames, names: tuple[str, ...] = AGREED
+) -> None:
+    """The same verdict on every rank, from the same table of fingerprints (one row per
+    rank of the group, which ``ranks_named`` names)."""
     status, rows, agreed = table[:, 0], table[:, 1], table[:, 2:]
     if status.any():
-        raise RankFailedError(_who_failed(status, "checking its input, before the solve"))
+        raise RankFailedError(
+            _who_failed(status, "checking its input, before the solve", ranks_named))
     for column, name in enumerate(names):
         values = agreed[:, column]
         if np.any(values != values[0]):
             raise ValueError(
-                f"ranks disagree on {name}: {_by_value(name, values)}; every rank must pass "
-                f"the same {', '.join(names)}"
+                f"ranks disagree on {name}: {_by_value(name, values, ranks_named)}; every rank "
+                f"must pass the same {', '.join(names)}"
             )
     if rows.sum() == 0:
         raise ValueError("logp must be non-empty: every rank passed 0 rows")
 
 
-def _by_value(name: str, values: np.ndarray) -> str:
+def _by_value(name: str, values: np.ndarray, ranks_named: RankNames) -> str:
     """Which ranks passed which value, e.g. "K=5 on rank 0, K=4 on ranks 1, 2"."""
     distinct = list(dict.fromkeys(values.tolist()))
     parts = []
     for index, value in enumerate(distinct):
-        ranks = np.flatnonzero(values == value).tolist()
-        where = f"rank{'s' if len(ranks) > 1 else ''} {', '.join(map(str, ranks))}"
+        where = ranks_named(np.flatnonzero(values == value))
         parts.append(f"{name}={_show(name, value, index)} on {where}")
     return ", ".join(parts)
 
@@ -490,9 +508,10 @@ def _error_code(error: BaseException | None) -> float:
     return float(next(i for i, kind in enumerate(_ERROR_KINDS, 1) if isinstance(error, kind)))
 
 
-def _who_failed(codes: np.ndarray, when: str) -> str:
+def _who_failed(codes: np.ndarray, when: str, ranks_named: RankNames) -> str:
     failed = np.flatnonzero(codes)
-    parts = [f"rank {rank} ({_ERROR_KINDS[int(codes[rank]) - 1].__name__})" for rank in failed]
+    parts = [f"{ranks_named([rank])} ({_ERROR_KINDS[int(codes[rank]) - 1].__name__})"
+             for rank in failed]
     return (
         f"{' and '.join(parts)} failed {when}; every rank of the group stops, and the failing "
         "rank raises its own error, which says why"

@@ -172,6 +172,12 @@ def _equivalence_cases(rank: int, world: int) -> dict:
         group = dist.new_group([1, 2])
         if rank in (1, 2):
             out["subgroup"] = _summary(sinklabel.sinkhorn(flat, 6, lam=5.0, process_group=group))
+            narrower = flat[:, :5] if rank == 2 else flat
+            out["subgroup K"] = _caught(sinklabel.sinkhorn, narrower, narrower.shape[1],
+                                        process_group=group)
+            nan = flat.copy()
+            nan[:1, 0] = np.nan if rank == 2 else 0.0
+            out["subgroup NaN"] = _caught(sinklabel.sinkhorn, nan, 6, process_group=group)
         else:
             out["outsider"] = _caught(sinklabel.sinkhorn, flat, 6, process_group=group)
     return out
@@ -219,6 +225,16 @@ def test_ranks_match_one_process_on_the_concatenated_rows(tmp_path, world):
         np.testing.assert_array_equal(labels, reference.labels)
         outsider = per_rank[0]["outsider"]
         assert outsider[:2] == ("error", "ValueError") and "not a member" in outsider[2]
+        # messages name the group's ranks and, where they differ, the global ones
+        for rank in (1, 2):
+            assert per_rank[rank]["subgroup K"] == ("error", "ValueError", (
+                "ranks disagree on K: K=6 on rank 0 (global rank 1), K=5 on rank 1 (global rank "
+                "2); every rank must pass the same K, lam, tol, max_iter, dtype, label_weights, "
+                "init, balance"))
+        assert per_rank[2]["subgroup NaN"][:2] == ("error", "ValueError")
+        assert per_rank[1]["subgroup NaN"][:2] == ("error", "RankFailedError")
+        assert per_rank[1]["subgroup NaN"][2].startswith(
+            "rank 1 (global rank 2) (ValueError) failed checking its input")
 
 
 # ---- disagreement and bad input: the same error everywhere, before any work ------------------

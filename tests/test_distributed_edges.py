@@ -125,8 +125,10 @@ def _edge_cases(rank: int, world: int, optimum: np.ndarray, worse: np.ndarray,
                             K, distributed=True)
     for name, labels in (("optimum", optimum), ("worse", worse)):
         for chunk_size in (1, None):
+            # As a list on one pass: an empty rank's [] reads as float64, still no labels.
+            mine = _shard(labels, sizes, rank)
             out[name, chunk_size] = sinklabel.duality_gap(
-                signed, _shard(labels, sizes, rank), prices,
+                signed, mine.tolist() if chunk_size == 1 else mine, prices,
                 chunk_size=chunk_size if rank == world - 1 else 7, distributed=True)
     # float32 rows on rank 0, float64 on the others: the certificate takes both
     mixed_rows = _shard(PEAKED, sizes, rank)

@@ -364,6 +364,22 @@ def test_rows_tied_on_some_labels_past_the_limit_say_so(small_limit):
     assert "Solve Sinkhorn further" not in str(error.value)
 
 
+@pytest.mark.filterwarnings("ignore:.*labels received no points:UserWarning")
+def test_rows_crowding_one_label_past_the_limit_say_so(small_limit):
+    """Two thirds of the rows repeat one row: they share its best label and margin, so at most
+    that label's size settle and the rest stay contested whatever the prices. The error says
+    so rather than asking for more Sinkhorn iterations, which left it unchanged."""
+    rng = np.random.default_rng(0)
+    S = rng.normal(size=(300, 5))
+    S[:200] = [0.3, 1.0, -0.2, 0.1, -1.0]
+    with pytest.raises(RuntimeError, match=r"of them have label 1 as their best, and it may "
+                                           r"take 60: rows settle only") as error:
+        _balance(S, 5)
+    assert "Solve Sinkhorn further" not in str(error.value)
+    with pytest.raises(RuntimeError, match="label 1 as their best"):
+        _balance(S, 5, tol=1e-6, max_iter=500)
+
+
 # --- the settling rules, against brute force -------------------------------------------------
 
 MARGINS = st.sampled_from([0.0, 5e-324, 1e-300, 0.5, 1.0, 1.0 + 2**-52, 3.0, np.inf])

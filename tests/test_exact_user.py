@@ -47,6 +47,19 @@ def test_ranges_stacked_in_one_array_are_told_to_be_a_tuple(pair):
         sinklabel.solve_exact(np.zeros((6, 3)), 3, capacities=pair)
 
 
+def test_no_labels_as_an_empty_list_are_no_labels():
+    """A distributed rank without rows passes labels=[], which NumPy reads as float64: it was
+    refused as "0 integers, got dtype float64" (the 3-rank case in test_distributed_edges.py
+    runs it across ranks, with --runslow)."""
+    from sinklabel._validation import check_labels
+
+    for empty in ([], np.zeros(0), ()):
+        labels = check_labels(empty, 0, 3)
+        assert labels.dtype == np.int64 and labels.shape == (0,)
+    with pytest.raises(ValueError, match="labels must be 2 integers, got shape \\(0,\\)"):
+        check_labels([], 2, 3)
+
+
 def test_ranges_of_unequal_lengths_in_a_list_are_named():
     """NumPy's own error for the ragged list named no argument."""
     with pytest.raises(ValueError, match="capacities could not be read as one array: "):
