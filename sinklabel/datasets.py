@@ -82,10 +82,11 @@ def make_scores(
     if regime not in REGIMES:
         raise ValueError(f"regime must be one of {REGIMES}, got {regime!r}")
     _check_generator_options(margin, size_spread, chunk_rows)
-    rng = _generator(seed)
+    _check_seed(seed)
     # The largest array first: when memory cannot hold it, fail before drawing the clusters
     # (minutes for 1e9 points). Allocating draws nothing, so the scores stay the same.
     scores = np.empty((n, k), dtype=np.dtype(dtype))
+    rng = np.random.default_rng(seed)
     proportions = np.clip(1.0 + size_spread * rng.standard_normal(k), 0.1, None)
     truth = rng.choice(k, size=n, p=proportions / proportions.sum())
     for start in range(0, n, chunk_rows):
@@ -113,11 +114,10 @@ def _check_generator_options(margin: float, size_spread: float, chunk_rows: int)
         raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
 
 
-def _generator(seed: int) -> np.random.Generator:
-    """NumPy's generator for ``seed``, which must be a non-negative integer (bool is not one)."""
+def _check_seed(seed: int) -> None:
+    """A seed NumPy's generator takes, named here: a non-negative integer (bool is not one)."""
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-    return np.random.default_rng(seed)
 
 
 def _log_softmax_inplace(block: np.ndarray) -> None:

@@ -84,7 +84,7 @@ BAD_SCORES = [
     (np.zeros((4, 3)), 0, ValueError, "K must be finite and > 0"),
     (np.zeros((4, 3)), 2.5, TypeError, "K must be an integer"),
     ([[0.0, 1.0], [0.0]], 2, ValueError, "logp could not be read as one array: "),
-    ({"a": 1.0}, 2, ValueError, r"logp must be 2-D \(N, K\), got dict of shape \(\)"),
+    ({"a": 1.0}, 2, ValueError, r"logp must be 2-D \(N, K\), got shape \(\) \(a dict\)"),
 ]
 
 

@@ -60,7 +60,7 @@ def as_source(logp: Any) -> Source:
         given = type(logp).__name__
         logp = host_array("logp", logp)
         if logp.ndim != 2:
-            raise ValueError(f"logp must be 2-D (N, K), got {given} of shape {logp.shape}")
+            raise ValueError(f"logp must be 2-D (N, K), got shape {logp.shape} (a {given})")
     if logp.ndim != 2:
         raise ValueError(f"logp must be 2-D (N, K), got shape {tuple(logp.shape)}")
     return ArraySource(logp)
