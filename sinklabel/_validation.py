@@ -273,8 +273,7 @@ def check_labels_reachable(
         )
     return (
         "the -inf scores leave a label or a group of labels short of its share by less than "
-        "one row "
-        "(labels of the rounded sizes of balance='exact' may still exist)"
+        "one row (labels of the rounded sizes of balance='exact' may still exist)"
     )
 
 
