@@ -69,7 +69,7 @@ from typing import Any
 import numpy as np
 
 from . import _transport, _transport_loops
-from ._arrays import from_host, to_host
+from ._arrays import array_library, from_host, to_host
 from ._capacities import balanced_range, check_reachable, finite_per_label
 from ._simd import FAST, HAVE_NUMBA, first_equal, fmax, fmin, parallel_loop, prange
 from .certificate import Certificate, _certificate_from_sums, _partial_sums
@@ -85,11 +85,14 @@ MIN_CONTESTED = 4096
 #: The contested set may grow to this fraction of all rows, or to SMALL_BYTES of scores.
 MAX_CONTESTED_FRACTION = 0.5
 SMALL_BYTES = 256 << 20
-#: Most bytes of a block a scan reads, counted as float64 (CUDA and bfloat16 blocks are
-#: copied to the host): the GPU kernels' chunks are all the rows.
+#: Most bytes of a block a scan reads, counted as float64 like its temporary copy (on the
+#: GPU for CUDA tensors, on the host otherwise): the GPU kernels' chunks are all the rows.
 SCAN_BYTES = 32 << 20
 #: Rows a scan's thread takes at a time, with one float64 row buffer for them all.
 SCAN_BLOCK_ROWS = 256
+#: Devices whose torch tensors a scan reads where they are (the tests add "cpu"); CPU rows
+#: go to the compiled host scan, which is faster there.
+DEVICE_SCANS = ("cuda",)
 #: A settled row counts as moved off its arg-max only beyond this relative rounding (the
 #: reduced solve shifts its prices by a constant, which may round a tie either way).
 TIE_ROUNDING = 2.0**-48
@@ -249,20 +252,59 @@ def _scan(source: Source, chunk_rows: int, v: np.ndarray,
     out = _Scan.empty(n, K)
     out.finite += n
     for start, stop, block in source.chunks(chunk_rows):
+        part = slice(start, stop)
+        results = (out.best[part], out.margin[part], out.off[part], out.free[part])
+        if array_library(block) == "torch" and block.device.type in DEVICE_SCANS:
+            *found, infinite = _scan_rows_torch(block, v, None if labels is None else labels[part])
+            for result, values in zip(results, found, strict=True):
+                result[:] = values
+            if infinite.any():
+                rows = np.flatnonzero(infinite)
+                out.finite -= rows.size - finite_per_label(_rows_to_host(block, rows))
+            continue
         scores = to_host(block)
         # native float32/64 for numba (no float16, no other byte order); the scan sums in float64
         scores = np.ascontiguousarray(scores, compute_dtype(scores.dtype))
-        part = slice(start, stop)
         # Without labels, each row is checked against its own best label: never off.
         given = out.best[part] if labels is None else labels[part]
         infinite = np.empty(stop - start, dtype=bool)
         scan_rows = _scan_rows if HAVE_NUMBA else _scan_rows_numpy
-        scan_rows(scores, v, given, out.best[part], out.margin[part], out.off[part],
-                  out.free[part], infinite)
+        scan_rows(scores, v, given, *results, infinite)
         if infinite.any():  # only rows with a -inf score can lower the counts
             rows = np.flatnonzero(infinite)
             out.finite -= rows.size - finite_per_label(scores, rows)
     return out
+
+
+def _scan_rows_torch(block: Any, v: np.ndarray, labels: np.ndarray | None) -> list[np.ndarray]:
+    """:func:`_scan_rows` where a torch block lives, in float64: best, margin, off, free and
+    infinite per row, the only values that cross to the host (a GPU rank's scores stay on
+    its GPU). ``labels`` None: each row against its own best label, never off."""
+    import torch
+
+    z = block.to(torch.float64) + torch.from_numpy(v).to(block.device)
+    top, best = z.max(dim=1)  # the first arg-max, as the host scans take
+    lowest = z.min(dim=1).values
+    given = best if labels is None else torch.from_numpy(labels).to(block.device)
+    own = z.gather(1, given[:, None])[:, 0]
+    z.scatter_(1, best[:, None], -np.inf)
+    margin = top - z.max(dim=1).values
+    off = (own == -np.inf) | (top - own > TIE_ROUNDING * (top.abs() + own.abs()))
+    free = (lowest == top) & (lowest > -np.inf)
+    return [t.cpu().numpy() for t in (best, margin, off, free, lowest == -np.inf)]
+
+
+def _rows_to_host(block: Any, rows: np.ndarray) -> np.ndarray:
+    """The given rows of a block on the host: a GPU block sends only those rows."""
+    if array_library(block) == "torch":
+        import torch
+
+        return to_host(block[torch.from_numpy(rows).to(block.device)])
+    if array_library(block) == "cupy":
+        import cupy
+
+        return to_host(block[cupy.asarray(rows)])
+    return np.asarray(block)[rows]
 
 
 def _scan_rows_numpy(scores, v, labels, best, margin, off, free, infinite) -> None:
@@ -440,7 +482,7 @@ def _read_rows(source: Source, chunk_rows: int, rows: np.ndarray, wire: np.dtype
     for start, stop, block in source.chunks(chunk_rows):
         mine = rows[taken:np.searchsorted(rows, stop)]
         if mine.size:
-            out[taken:taken + mine.size] = to_host(block)[mine - start]
+            out[taken:taken + mine.size] = _rows_to_host(block, mine - start)
             taken += mine.size
     return out
 

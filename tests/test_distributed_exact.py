@@ -247,12 +247,19 @@ def test_sizes_exceeded_by_rows_with_one_finite_label_say_so():
                  max_iter=20)
 
 
-@pytest.mark.parametrize("compiled", [True, False])
+@pytest.mark.parametrize("compiled", [True, False, "torch"])
 def test_scan_finds_best_label_margin_and_moved_rows(compiled, monkeypatch):
     """Against a per-row sort: ties (margin 0, first label wins), -inf, a single finite
     label (margin +inf), labels off their arg-max or on a -inf score. Halves keep every sum
-    exact, so ties are exact."""
-    monkeypatch.setattr(_distributed_exact, "HAVE_NUMBA", compiled)
+    exact, so ties are exact. "torch": the scan a GPU rank runs on its device, here on CPU
+    tensors."""
+    if compiled == "torch":
+        torch = pytest.importorskip("torch")
+        monkeypatch.setattr(_distributed_exact, "DEVICE_SCANS", ("cuda", "cpu"))
+        monkeypatch.setattr(_distributed_exact, "_scan_rows", _no_host_scan)
+        monkeypatch.setattr(_distributed_exact, "_scan_rows_numpy", _no_host_scan)
+    else:
+        monkeypatch.setattr(_distributed_exact, "HAVE_NUMBA", compiled)
     rng = np.random.default_rng(5)
     S = (np.round(2 * rng.normal(size=(500, 7))) / 2).astype(np.float32)
     S[rng.random(S.shape) < 0.2] = -np.inf
@@ -262,7 +269,8 @@ def test_scan_finds_best_label_margin_and_moved_rows(compiled, monkeypatch):
     labels = rng.integers(0, 7, 500)
     z = S.astype(np.float64) + v
     labels[:50] = z[:50].argmax(axis=1)
-    scan = _distributed_exact._scan(as_source(S), 7, v, labels)
+    source = as_source(torch.from_numpy(S) if compiled == "torch" else S)
+    scan = _distributed_exact._scan(source, 7, v, labels)
 
     ordered = np.sort(z, axis=1)
     np.testing.assert_array_equal(scan.best, z.argmax(axis=1))
@@ -275,7 +283,11 @@ def test_scan_finds_best_label_margin_and_moved_rows(compiled, monkeypatch):
     assert np.any(own == -np.inf)
     np.testing.assert_array_equal(scan.finite, np.isfinite(S).sum(axis=0))
     # without labels, nothing is off
-    assert not _distributed_exact._scan(as_source(S), 7, v).off.any()
+    assert not _distributed_exact._scan(source, 7, v).off.any()
+
+
+def _no_host_scan(*args):
+    raise AssertionError("a device's rows went to the host scan")
 
 
 def test_reduction_without_numba_matches(monkeypatch, rounds):
@@ -284,6 +296,28 @@ def test_reduction_without_numba_matches(monkeypatch, rounds):
     _, result = _balance(S, 6, first_contested=1)
     assert len(rounds) >= 2
     _assert_optimal(S, np.full(6, 1 / 6), result)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_reduction_on_the_device_matches(monkeypatch, rounds, dtype):
+    """A GPU rank's scan runs on its device and sends only contested rows to the host: here
+    CPU tensors take that path, over several rounds, with -inf entries, and the labels are
+    the host path's, certified optimal."""
+    torch = pytest.importorskip("torch")
+    S = make_scores(239, 6, regime="peaked", seed=1, margin=4.0).scores
+    S[::7, 2] = -np.inf
+    tensor = torch.from_numpy(S).to(getattr(torch, dtype))
+    _, host = _balance(tensor, 6, first_contested=1, backend="torch")
+    host_rounds = list(rounds)
+    rounds.clear()
+    monkeypatch.setattr(_distributed_exact, "DEVICE_SCANS", ("cuda", "cpu"))
+    monkeypatch.setattr(_distributed_exact, "_scan_rows", _no_host_scan)
+    monkeypatch.setattr(_distributed_exact, "_scan_rows_numpy", _no_host_scan)
+    _, device = _balance(tensor, 6, first_contested=1, backend="torch")
+    assert len(rounds) >= 2 and rounds == host_rounds
+    np.testing.assert_array_equal(device.labels.numpy(), host.labels.numpy())
+    np.testing.assert_array_equal(device.prices, host.prices)
+    assert device.certificate.optimal
 
 
 def test_scores_that_change_after_the_solve_are_noticed_by_the_reduction(rounds):

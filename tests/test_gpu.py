@@ -319,6 +319,31 @@ def test_torch_sweep_and_labels_allocate_nothing_of_size_n_by_k(dtype):
     assert extra <= 0.02 * x.numel() * x.element_size(), extra
 
 
+@needs_torch
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_distributed_exact_scans_cuda_rows_on_the_device(dtype, monkeypatch):
+    """A GPU rank's scan of its rows for balance="exact" across ranks runs on the GPU and
+    gives the host scan's arg-max, margin, moved rows and finite counts (ties and -inf
+    included); only the rows asked for are copied back."""
+    from sinklabel import _distributed_exact
+    from sinklabel.sources import as_source
+
+    rng = np.random.default_rng(5)
+    host = (np.round(2 * rng.normal(size=(3000, 40))) / 2).astype(np.float32)
+    host[rng.random(host.shape) < 0.2] = -np.inf
+    host[:, 3] = np.where(np.isfinite(host).any(axis=1), host[:, 3], 0.0)
+    x = torch.from_numpy(host).cuda().to(getattr(torch, dtype))
+    exact = x.float().cpu().numpy()
+    v = np.round(2 * rng.normal(size=40)) / 2
+    labels = rng.integers(0, 40, 3000)
+    on_host = _distributed_exact._scan(as_source(exact), 700, v, labels)
+    on_device = _distributed_exact._scan(as_source(x), 700, v, labels)
+    for name in ("best", "margin", "off", "free", "finite"):
+        np.testing.assert_array_equal(getattr(on_device, name), getattr(on_host, name))
+    rows = np.array([0, 17, 2999])
+    np.testing.assert_array_equal(_distributed_exact._rows_to_host(x, rows), exact[rows])
+
+
 @needs_cupy
 def test_cupy_sweep_and_labels_allocate_nothing_of_size_n_by_k():
     from sinklabel.kernels import _buffers
