@@ -181,17 +181,25 @@ def test_kernel_operations_match_numpy_kernel(dtype, cpu_path, rng):
 
 
 @pytest.mark.parametrize("cpu_path", ["torch ops, small blocks"], indirect=True)
-def test_torch_ops_compute_in_blocks_of_their_budget(cpu_path, monkeypatch, rng):
+@pytest.mark.parametrize("operation", ["sweep", "best", "slack", "soft"])
+def test_torch_ops_compute_in_blocks_of_their_budget(cpu_path, operation, monkeypatch, rng):
     """Without Numba, temporaries of CPU_BLOCK_BYTES at a time (136 rows of 30 float32
-    labels in 16 KB), not one of the whole chunk."""
+    labels in 16 KB), not one of the whole chunk, and every block in the same buffer: a
+    fresh one per block fragmented the heap, which held N x K x 4 bytes after the pass."""
     from sinklabel.kernels import torch as torch_backend
 
-    blocks, logits = [], torch_backend._logits
-    monkeypatch.setattr(torch_backend, "_logits",
-                        lambda block, f, lam: blocks.append(len(block)) or logits(block, f, lam))
+    blocks, logit_blocks = [], torch_backend._logit_blocks
+
+    def recorded(x, f, lam):
+        for start, z in logit_blocks(x, f, lam):
+            blocks.append(z)  # kept alive: blocks in fresh tensors would sit apart
+            yield start, z
+
+    monkeypatch.setattr(torch_backend, "_logit_blocks", recorded)
     x = torch.from_numpy(rng.standard_normal((700, 30)).astype(np.float32))
-    get_kernel("torch").sweep(x, np.zeros(30), 25.0)
-    assert blocks == [136] * 5 + [20]
+    getattr(get_kernel("torch"), operation)(x, np.zeros(30), 25.0)
+    assert [len(z) for z in blocks] == [136] * 5 + [20]
+    assert len({z.data_ptr() for z in blocks}) == 1
 
 
 @pytest.mark.parametrize("dtype, regime", [

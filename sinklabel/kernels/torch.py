@@ -78,8 +78,7 @@ class TorchKernel(Kernel):
         # Accumulated on the device: one host sync per chunk, as in the fused kernels.
         mass = torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)
         lse = torch.zeros((), dtype=torch.float64, device=x.device)
-        for start, stop in _blocks(x):
-            z = _logits(x[start:stop], f, lam)
+        for _, z in _logit_blocks(x, f, lam):
             top = z.amax(dim=1, keepdim=True)
             p = _exp_nonpositive(z.sub_(top))
             row_sums = p.sum(dim=1)
@@ -103,8 +102,13 @@ class TorchKernel(Kernel):
                 top[start:start + len(block)], labels[start:start + len(block)] = (
                     self._numba.best(block, f, lam))
             return _from_numpy(top), _from_numpy(labels)
-        parts = [_logits(x[start:stop], f, lam).max(dim=1) for start, stop in _blocks(x)]
-        return _cat([p.values for p in parts]), _cat([p.indices for p in parts])
+        import torch
+
+        top = torch.empty(x.shape[0], dtype=_compute_dtype(x), device=x.device)
+        labels = torch.empty(x.shape[0], dtype=torch.int64, device=x.device)
+        for start, z in _logit_blocks(x, f, lam):
+            torch.max(z, dim=1, out=(top[start:start + len(z)], labels[start:start + len(z)]))
+        return top, labels
 
     def slack(self, chunk: torch.Tensor, f: np.ndarray, lam: float) -> np.ndarray:
         import torch
@@ -237,21 +241,32 @@ def _blocks(x: torch.Tensor) -> Iterator[tuple[int, int]]:
         yield start, min(n_rows, start + rows)
 
 
-def _logits(block: torch.Tensor, f: np.ndarray, lam: float) -> torch.Tensor:
-    """lam * block + f in the compute dtype, as a fresh tensor (rounded like the NumPy backend)."""
+def _logit_blocks(
+    x: torch.Tensor, f: np.ndarray, lam: float
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """(first row, lam * block + f) block by block, in the compute dtype and rounded like the
+    NumPy backend, in one buffer that every block reuses (valid until the next block). A
+    fresh 4 MB temporary per block, freed among the small results kept for the chunk,
+    fragmented glibc's heap: a pass held N x K x 4 bytes of memory after it ended."""
     import torch
 
-    dtype = _compute_dtype(block)
-    z = block.to(dtype) * lam
-    return z.add_(torch.as_tensor(f, dtype=dtype, device=block.device))
+    dtype = _compute_dtype(x)
+    shift = torch.as_tensor(f, dtype=dtype, device=x.device)
+    buffer = None
+    for start, stop in _blocks(x):
+        if buffer is None:
+            buffer = torch.empty((stop - start, x.shape[1]), dtype=dtype, device=x.device)
+        z = buffer[:stop - start]
+        z.copy_(x[start:stop])
+        yield start, z.mul_(lam).add_(shift)
 
 
 def _shifted_blocks(
     x: torch.Tensor, f: np.ndarray, lam: float
 ) -> Iterator[tuple[int, torch.Tensor]]:
-    """(first row, z - rowmax(z)) block by block, with z = lam * x + f."""
-    for start, stop in _blocks(x):
-        z = _logits(x[start:stop], f, lam)
+    """(first row, z - rowmax(z)) block by block, with z = lam * x + f (one buffer, as in
+    :func:`_logit_blocks`)."""
+    for start, z in _logit_blocks(x, f, lam):
         yield start, z.sub_(z.amax(dim=1, keepdim=True))
 
 
@@ -277,8 +292,3 @@ def _label_mass(p: torch.Tensor, row_sums: torch.Tensor) -> torch.Tensor:
     parts = p[:whole].view(-1, SUM_ROWS, p.shape[1]).sum(dim=1)
     return parts.sum(dim=0, dtype=torch.float64) + p[whole:].sum(dim=0, dtype=torch.float64)
 
-
-def _cat(parts: list[torch.Tensor]) -> torch.Tensor:
-    import torch
-
-    return parts[0] if len(parts) == 1 else torch.cat(parts)
