@@ -49,6 +49,22 @@ def labelling_exists(finite: np.ndarray, weights: np.ndarray) -> bool:
     return outcome.status == 0
 
 
+def plan_exists(finite: np.ndarray, weights: np.ndarray) -> bool:
+    """Whether some x >= 0 on the finite entries has row sums 1 and label sums exactly
+    N * w_k / sum(w): the proportions a Sinkhorn plan meets (any positive weights)."""
+    n, k = finite.shape
+    rows, labels = np.nonzero(finite)
+    entries = np.arange(rows.size)
+    per_row = coo_matrix((np.ones(rows.size), (rows, entries)), shape=(n, rows.size))
+    per_label = coo_matrix((np.ones(rows.size), (labels, entries)), shape=(k, rows.size))
+    outcome = linprog(
+        np.zeros(rows.size), A_eq=np.vstack([per_row.toarray(), per_label.toarray()]),
+        b_eq=np.concatenate([np.ones(n), n * weights / weights.sum()]), method="highs",
+    )
+    assert outcome.status in (0, 2), outcome.message
+    return outcome.status == 0
+
+
 def reason(scores: np.ndarray, weights: np.ndarray, rows: int = 64,
            exact_sizes: bool = True) -> str | None:
     """The ValueError the failed-solve check raises, or None when it finds nothing."""

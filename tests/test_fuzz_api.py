@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 import sinklabel
 from tests.conftest import CPU_BACKENDS, NUMPY_BACKENDS, backend_params, to_backend, to_host
-from tests.test_feasibility import labelling_exists
+from tests.test_feasibility import plan_exists
 
 FUZZ = settings(max_examples=25, deadline=None)
 #: Whether torch tensors can be passed here (the torch backend imports).
@@ -385,9 +385,9 @@ def test_every_form_gives_honest_labels_and_leaves_the_input_alone(n, k, form, l
             result = sinklabel.sinkhorn(logp, k, lam=lam, label_weights=weights, max_iter=200,
                                         backend=backend)
         except ValueError as error:  # -inf closes a label, or a group, to its share
-            if "no labelling" in str(error):
-                assert not labelling_exists(np.isfinite(seen),
-                                            np.ones(k) if weights is None else weights)
+            if "no labelling" in str(error):  # no plan then meets the proportions exactly
+                assert not plan_exists(np.isfinite(seen),
+                                       np.ones(k) if weights is None else weights)
                 return
             assert "no finite score in any row" in str(error)
             assert np.any(np.all(np.isinf(seen), axis=0))
