@@ -24,6 +24,7 @@ so all processes of a distributed solve take identical steps.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -169,6 +170,8 @@ class _Evaluations:
         self.largest = 0.0  # the largest _size of the points evaluated
         self.largest_f = 0.0  # and their largest potential's size
         self.smallest_mass = float(np.finfo(compute_dtype(source.dtype)).tiny)
+        self.limit = potential_limit(source.dtype)
+        self.beyond = False  # a step asked for potentials past ``limit``
 
     @property
     def finished(self) -> bool:
@@ -177,6 +180,12 @@ class _Evaluations:
 
     def __call__(self, f: np.ndarray) -> _Point:
         f = normalize_potentials(f, self.weights)
+        largest = float(np.abs(f).max())
+        if not largest <= self.limit:  # overflow in the kernels (float32 reached 3e38 and
+            # divided by zero) where no potentials balance the scores and a step went on
+            self.largest = self.largest_f = self.limit if np.isnan(largest) else largest
+            self.beyond = True
+            raise _BeyondKernels
         mass, lse = dual_terms(self.source, self.kernel, f, self.lam, self.rows, self.collective)
         linear = float(self.weights @ f)
         gradient = self.weights - mass
@@ -357,31 +366,12 @@ def solve(
     """
     f = start_potentials(source, init, label_weights)
     log_target = np.log(label_weights)
-    memory = _Memory(MEMORY)
     with Progress(progress, total=max_iter, tol=tol) as bar:
         evaluate = _Evaluations(
             source, kernel, lam, rows, collective, label_weights, tol, max_iter, bar
         )
-        point = evaluate(f)
-        while not evaluate.finished:
-            if np.any(evaluate.starved(point)):
-                memory.clear()
-                f = evaluate.revive(point)
-                if not evaluate.finished:
-                    point = evaluate(f)
-                continue
-            direction = memory.direction(point.gradient)
-            if direction is None or float(point.gradient @ direction) <= 0.0:
-                memory.clear()
-                direction = _sinkhorn_step(point, log_target)
-            found = _line_search(evaluate, point, direction)
-            if found is None:
-                memory.clear()
-                if evaluate.finished:
-                    break
-                found = evaluate(point.f + _sinkhorn_step(point, log_target))
-            memory.add(found.f - point.f, found.mass - point.mass)
-            point = found
+        with contextlib.suppress(_BeyondKernels):  # stopped as at max_iter; said below
+            _ascend(evaluate, evaluate(f), log_target)
     best = evaluate.best
     converged = best.error <= tol
     # A solve that failed may have failed for want of precision along its way, or because
@@ -402,11 +392,11 @@ def solve(
             advice = f"{dtype} stopped resolving the plan on its way (see the PrecisionWarning)"
         else:
             advice = "raise max_iter or tol"
-        warn(
-            f"Sinkhorn did not reach tol={tol:g} in max_iter={max_iter} iterations "
-            f"(label-marginal error {best.error:.3g}); {advice}",
-            ConvergenceWarning,
-        )
+        head = (f"Sinkhorn stopped short of tol={tol:g} after {len(evaluate.history)} of "
+                f"max_iter={max_iter} iterations, its potentials past the "
+                f"{evaluate.limit:.3g} that {dtype} computes with" if evaluate.beyond else
+                f"Sinkhorn did not reach tol={tol:g} in max_iter={max_iter} iterations")
+        warn(f"{head} (label-marginal error {best.error:.3g}); {advice}", ConvergenceWarning)
     if _imprecise(size, dtype):
         returned = max(_size(best), top + float(np.abs(best.f).max()))
         _warn_imprecise(size, dtype, returned_resolved=not _imprecise(returned, dtype),
@@ -414,6 +404,35 @@ def solve(
     return SolverOutput(
         best.f, len(evaluate.history), converged, best.error, np.asarray(evaluate.history)
     )
+
+
+def _ascend(evaluate: _Evaluations, point: _Point, log_target: np.ndarray) -> None:
+    """The L-BFGS iterations from ``point`` until ``evaluate`` is finished."""
+    memory = _Memory(MEMORY)
+    while not evaluate.finished:
+        if np.any(evaluate.starved(point)):
+            memory.clear()
+            f = evaluate.revive(point)
+            if not evaluate.finished:
+                point = evaluate(f)
+            continue
+        direction = memory.direction(point.gradient)
+        if direction is None or float(point.gradient @ direction) <= 0.0:
+            memory.clear()
+            direction = _sinkhorn_step(point, log_target)
+        found = _line_search(evaluate, point, direction)
+        if found is None:
+            memory.clear()
+            if evaluate.finished:
+                return
+            found = evaluate(point.f + _sinkhorn_step(point, log_target))
+        memory.add(found.f - point.f, found.mass - point.mass)
+        point = found
+
+
+class _BeyondKernels(Exception):
+    """A step asked for potentials beyond what the kernels compute with
+    (:func:`potential_limit`): the solve stops there, as at ``max_iter``."""
 
 
 def start_potentials(

@@ -308,3 +308,35 @@ def test_a_solve_no_potentials_balance_is_not_blamed_on_its_returned_plan(backen
     assert "a group of labels short of rows" in message and "are resolved" in message
     assert "only that exact" not in message
     assert np.abs(result.potentials).max() * np.finfo(np.float32).eps < 1e-3
+
+
+def test_a_solve_whose_potentials_outgrow_the_kernels_stops_there(backend, monkeypatch):
+    """No potentials balance these scores and, the group check capped, nothing names why:
+    each search stretched the step further until the potentials passed float32's range
+    (3.4e38 after 1623 passes of another case, where the Numba kernel divided by zero). The
+    solve now stops at the kernels' limit, sqrt of float32's largest number, long before
+    max_iter, and says so."""
+    monkeypatch.setattr(_feasibility, "MAX_PATTERNS", 1)
+    monkeypatch.setattr(_feasibility, "MAX_EDGES", 3)
+    s = np.repeat(np.array([[0.0, -np.inf, -np.inf], [0.0, -np.inf, -np.inf], [0.0, 0.0, 0.0]]),
+                  10, axis=0).astype(np.float32)
+    with pytest.warns(Warning) as caught:
+        result = solve(s, backend, max_iter=5000)
+    assert not result.converged and result.n_iter < 100
+    said = {w.category: str(w.message) for w in caught}
+    assert said[ConvergenceWarning].startswith(
+        f"Sinkhorn stopped short of tol=0.001 after {result.n_iter} of max_iter=5000 "
+        "iterations, its potentials past the 1.84e+19 that float32 computes with")
+
+
+def test_an_unbalanceable_label_is_named_however_long_the_solve_may_run(backend):
+    """Label 0 should take 4.17 of 5 points and 4 rows have a finite score for it. With
+    max_iter=3000 the potentials passed float32's range first: the Numba kernel raised
+    ZeroDivisionError instead of the error that names the label."""
+    s = np.array([[0.5, -0.048], [-0.03665, 0.5], [-0.0798, 0.5], [0.0258, 0.5],
+                  [-np.inf, 0.5]], dtype=np.float16)
+    weights = np.array([0.83454315, 0.16545685])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        with pytest.raises(ValueError, match="label 0 should take 4.17272 points"):
+            solve(s, backend, label_weights=weights, max_iter=3000)
