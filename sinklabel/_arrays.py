@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import warnings
 from typing import Any
 
 import numpy as np
@@ -56,14 +57,20 @@ def to_host(x: Any) -> np.ndarray:
     return np.asarray(x)
 
 
+#: What NumPy before 1.24 warned, instead of raising, for nested lists of unequal lengths.
+_RAGGED = getattr(np, "exceptions", np).VisibleDeprecationWarning
+
+
 def host_array(name: str, value: Any) -> np.ndarray:
     """:func:`to_host`, naming the argument where NumPy cannot read a Python value as one
     array: nested lists of unequal lengths, a list of tensors that require grad."""
     if array_library(value) is not None:
         return to_host(value)
     try:
-        return np.asarray(value)
-    except (ValueError, RuntimeError) as exc:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", _RAGGED)
+            return np.asarray(value)
+    except (ValueError, RuntimeError, _RAGGED) as exc:
         raise ValueError(f"{name} could not be read as one array: {exc}") from exc
 
 
