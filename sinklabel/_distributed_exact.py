@@ -254,25 +254,25 @@ def _scan(source: Source, chunk_rows: int, v: np.ndarray,
     for start, stop, block in source.chunks(chunk_rows):
         part = slice(start, stop)
         results = (out.best[part], out.margin[part], out.off[part], out.free[part])
+        given = None if labels is None else labels[part]
         if array_library(block) == "torch" and block.device.type in DEVICE_SCANS:
-            *found, infinite = _scan_rows_torch(block, v, None if labels is None else labels[part])
+            *found, infinite = _scan_rows_torch(block, v, given)
             for result, values in zip(results, found, strict=True):
                 result[:] = values
-            if infinite.any():
-                rows = np.flatnonzero(infinite)
-                out.finite -= rows.size - finite_per_label(_rows_to_host(block, rows))
-            continue
-        scores = to_host(block)
-        # native float32/64 for numba (no float16, no other byte order); the scan sums in float64
-        scores = np.ascontiguousarray(scores, compute_dtype(scores.dtype))
-        # Without labels, each row is checked against its own best label: never off.
-        given = out.best[part] if labels is None else labels[part]
-        infinite = np.empty(stop - start, dtype=bool)
-        scan_rows = _scan_rows if HAVE_NUMBA else _scan_rows_numpy
-        scan_rows(scores, v, given, *results, infinite)
+            scores = None
+        else:
+            # native float32/64 for numba (no float16, no other byte order); sums in float64
+            scores = to_host(block)
+            scores = np.ascontiguousarray(scores, compute_dtype(scores.dtype))
+            infinite = np.empty(stop - start, dtype=bool)
+            scan_rows = _scan_rows if HAVE_NUMBA else _scan_rows_numpy
+            # Without labels, each row is checked against its own best label: never off.
+            scan_rows(scores, v, out.best[part] if given is None else given, *results, infinite)
         if infinite.any():  # only rows with a -inf score can lower the counts
             rows = np.flatnonzero(infinite)
-            out.finite -= rows.size - finite_per_label(scores, rows)
+            finite = (finite_per_label(_rows_to_host(block, rows)) if scores is None
+                      else finite_per_label(scores, rows))
+            out.finite -= rows.size - finite
     return out
 
 

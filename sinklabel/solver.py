@@ -171,7 +171,6 @@ class _Evaluations:
         self.largest_f = 0.0  # and their largest potential's size
         self.smallest_mass = float(np.finfo(compute_dtype(source.dtype)).tiny)
         self.limit = potential_limit(source.dtype)
-        self.beyond = False  # a step asked for potentials past ``limit``
 
     @property
     def finished(self) -> bool:
@@ -183,8 +182,8 @@ class _Evaluations:
         largest = float(np.abs(f).max())
         if not largest <= self.limit:  # overflow in the kernels (float32 reached 3e38 and
             # divided by zero) where no potentials balance the scores and a step went on
-            self.largest = self.largest_f = self.limit if np.isnan(largest) else largest
-            self.beyond = True
+            beyond = self.limit if np.isnan(largest) else largest
+            self.largest, self.largest_f = max(self.largest, beyond), max(self.largest_f, beyond)
             raise _BeyondKernels
         mass, lse = dual_terms(self.source, self.kernel, f, self.lam, self.rows, self.collective)
         linear = float(self.weights @ f)
@@ -372,6 +371,8 @@ def solve(
         )
         with contextlib.suppress(_BeyondKernels):  # stopped as at max_iter; said below
             _ascend(evaluate, evaluate(f), log_target)
+    # _ascend returns only once finished: short of that, a step went past the kernels
+    beyond = not evaluate.finished
     best = evaluate.best
     converged = best.error <= tol
     # A solve that failed may have failed for want of precision along its way, or because
@@ -394,7 +395,7 @@ def solve(
             advice = "raise max_iter or tol"
         head = (f"Sinkhorn stopped short of tol={tol:g} after {len(evaluate.history)} of "
                 f"max_iter={max_iter} iterations, its potentials past the "
-                f"{evaluate.limit:.3g} that {dtype} computes with" if evaluate.beyond else
+                f"{evaluate.limit:.3g} that {dtype} computes with" if beyond else
                 f"Sinkhorn did not reach tol={tol:g} in max_iter={max_iter} iterations")
         warn(f"{head} (label-marginal error {best.error:.3g}); {advice}", ConvergenceWarning)
     if _imprecise(size, dtype):

@@ -54,15 +54,14 @@ def as_source(logp: Any) -> Source:
         )
     if isinstance(logp, np.ndarray):
         logp = np.asarray(logp)  # np.matrix and other subclasses: a plain view, no copy
+    given = ""  # what the caller passed, where it was no array
     if array_library(logp) is None:
         if _array_like(logp):
             return ArrayLikeSource(logp)
-        given = type(logp).__name__
+        given = f" (a {type(logp).__name__})"
         logp = host_array("logp", logp)
-        if logp.ndim != 2:
-            raise ValueError(f"logp must be 2-D (N, K), got shape {logp.shape} (a {given})")
     if logp.ndim != 2:
-        raise ValueError(f"logp must be 2-D (N, K), got shape {tuple(logp.shape)}")
+        raise ValueError(f"logp must be 2-D (N, K), got shape {tuple(logp.shape)}{given}")
     return ArraySource(logp)
 
 
