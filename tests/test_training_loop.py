@@ -148,3 +148,11 @@ def test_predict_with_potentials_beyond_float32_on_float32_scores_labels_as_befo
         warnings.simplefilter("ignore", RuntimeWarning)  # the potentials' cast to float32
         labels = np.asarray(big.predict(logp.astype(np.float32)))
     np.testing.assert_array_equal(labels, np.zeros(len(logp)))
+
+
+@pytest.mark.parametrize("k", [48, 49, 98])
+def test_an_empty_label_whose_share_is_one_point_warns_however_n_times_w_rounds(k):
+    """49 * (1 / 49) is 0.9999999999999999 in float64: the share is still one point."""
+    with pytest.warns(UserWarning, match=f"{k - 1} labels received no points"):
+        result = sinkhorn(np.zeros((k, k), dtype=np.float32), k)
+    assert np.count_nonzero(result.label_counts == 0) == k - 1
