@@ -7,7 +7,7 @@ import inspect
 from os import PathLike
 from typing import Any
 
-from ._validation import check_flag
+from ._validation import check_flag, check_positive
 from .api import DEFAULT_LAM, DEFAULT_MAX_ITER, DEFAULT_TOL, sinkhorn
 from .result import SinkhornResult
 from .sources import Array, as_source
@@ -168,7 +168,10 @@ class SinkhornLabeler:
 
     def _labels_for(self, logp: Array, continuing: bool) -> int:
         """K for this fit: ``n_labels``, else logp's columns; a continued fit keeps its K."""
-        n_labels = self.n_labels if self.n_labels is not None else _n_columns(logp)
+        if self.n_labels is None:
+            n_labels = _n_columns(logp)
+        else:  # checked here, where a bad one would otherwise read as a change of K
+            n_labels = check_positive("n_labels", self.n_labels, integer=True)
         if continuing and n_labels != self.potentials_.shape[0]:
             given = "n_labels is" if self.n_labels is not None else "logp has"
             raise ValueError(

@@ -156,3 +156,12 @@ def test_an_empty_label_whose_share_is_one_point_warns_however_n_times_w_rounds(
     with pytest.warns(UserWarning, match=f"{k - 1} labels received no points"):
         result = sinkhorn(np.zeros((k, k), dtype=np.float32), k)
     assert np.count_nonzero(result.label_counts == 0) == k - 1
+
+
+@pytest.mark.parametrize("bad, error", [("5", TypeError), (5.0, TypeError), (0, ValueError)])
+def test_a_bad_n_labels_is_named_as_such_by_fit_and_by_partial_fit(logp, bad, error):
+    """Not as a change of K ("which had 5 labels, but n_labels is 5") nor as an unknown K."""
+    labeler = sinklabel.SinkhornLabeler(5).fit(logp).set_params(n_labels=bad)
+    for method in (labeler.fit, labeler.partial_fit):
+        with pytest.raises(error, match="^n_labels must be"):
+            method(logp)
