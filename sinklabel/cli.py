@@ -19,6 +19,8 @@ from .sources import SourceError
 
 #: Exit code of a failure no command expects (a bug): 1 and 2 have their own meanings.
 INTERNAL_ERROR = 3
+#: Exit code after Ctrl-C (SIGINT): 128 + 2, as a shell reports a command the signal ended.
+INTERRUPTED = 130
 
 #: command name -> module in sinklabel.commands defining ``configure(parser)``, ``run(args)``
 #: and ``MEMORY_HINT``, what to do when its work does not fit in memory
@@ -69,6 +71,11 @@ def _run(args: argparse.Namespace) -> int:
     that fails prints its traceback and exits with 3."""
     try:
         return args.run(args)
+    except KeyboardInterrupt:
+        # Ctrl-C: a line, not the traceback of whichever kernel was running (outputs are
+        # saved all or none, so none is left half written).
+        print(f"sinklabel {args.command}: interrupted", file=sys.stderr)
+        return INTERRUPTED
     except (ValueError, TypeError, ImportError, OSError, SourceError) as exc:
         return _error(args.command, str(exc))
     except MemoryError as exc:

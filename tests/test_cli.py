@@ -628,3 +628,31 @@ def test_warnings_are_lines_in_the_style_of_the_errors(scores_file, tmp_path, ca
     err = capsys.readouterr().err
     assert "sinklabel assign: warning: Sinkhorn did not reach tol=1e-09" in err
     assert "Warning:" not in err
+
+
+def _interrupted(*args, **kwargs):
+    raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("command", ["assign", "check", "demo"])
+def test_ctrl_c_is_one_line_and_exit_130_not_a_traceback(scores_file, tmp_path, capsys,
+                                                          monkeypatch, command):
+    """Ctrl-C mid-solve printed the traceback of whichever Numba kernel was running."""
+    monkeypatch.setattr("sinklabel.commands.assign.sinkhorn", _interrupted)
+    monkeypatch.setattr("sinklabel.commands.demo.sinkhorn", _interrupted)
+    monkeypatch.setattr("sinklabel.commands.check.check", _interrupted)
+    labels = tmp_path / "labels.npy"
+    argv = {"assign": ["assign", str(scores_file), "-k", "6", "-o", str(labels)],
+            "check": ["check", str(scores_file), str(labels)],
+            "demo": ["demo", "-n", "100", "-k", "4"]}[command]
+    if command == "check":
+        np.save(labels, np.arange(300) % 6)
+    try:
+        code = main([*argv, "--no-progress"] if command != "check" else argv)
+    except KeyboardInterrupt:  # let pytest report a failure, not stop the session
+        pytest.fail("Ctrl-C escaped main() as a traceback")
+    assert code == 130
+    err = capsys.readouterr().err
+    assert err == f"sinklabel {command}: interrupted\n"
+    if command == "assign":
+        assert not labels.exists() and list(tmp_path.iterdir()) == [scores_file]
