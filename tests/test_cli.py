@@ -656,3 +656,31 @@ def test_ctrl_c_is_one_line_and_exit_130_not_a_traceback(scores_file, tmp_path, 
     assert err == f"sinklabel {command}: interrupted\n"
     if command == "assign":
         assert not labels.exists() and list(tmp_path.iterdir()) == [scores_file]
+
+
+@pytest.mark.parametrize("output, given", [
+    ("--potentials", "--weights"), ("-o", "--weights"), ("--prices", "--weights"),
+    ("-o", "--init"), ("--prices", "--init"),
+])
+def test_assign_never_overwrites_its_weights_or_init_file(scores_file, tmp_path, capsys,
+                                                          monkeypatch, output, given):
+    """Only the scores were protected: --potentials w.npy --weights w.npy replaced the
+    caller's weights with the potentials."""
+    monkeypatch.setattr("sinklabel.commands.assign.sinkhorn", _no_solve)
+    vector = tmp_path / "vector.npy"
+    np.save(vector, np.arange(1.0, 7.0))
+    paths = {"-o": str(tmp_path / "labels.npy"), output: str(vector), given: str(vector)}
+    argv = ["assign", str(scores_file), "-k", "6", "--no-progress"]
+    assert main(argv + [arg for pair in paths.items() for arg in pair]) == 2
+    what = given.removeprefix("--")
+    assert f"{str(vector)!r} is the --{what} file" in capsys.readouterr().err
+    np.testing.assert_array_equal(np.load(vector), np.arange(1.0, 7.0))
+
+
+def test_assign_may_update_its_init_potentials_in_place(scores_file, tmp_path):
+    potentials = tmp_path / "f.npy"
+    np.save(potentials, np.zeros(6))
+    assert main(["assign", str(scores_file), "-k", "6", "-o", str(tmp_path / "labels.npy"),
+                 "--init", str(potentials), "--potentials", str(potentials),
+                 "--no-progress"]) == 0
+    assert np.any(np.load(potentials) != 0)

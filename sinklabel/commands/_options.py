@@ -110,18 +110,26 @@ def load_npy(path: str, what: str) -> np.ndarray:
             raise ValueError(f"{what}: {path!r} is not a .npy array file ({exc})") from exc
 
 
-def check_outputs(paths: list[str], scores: str) -> None:
-    """Fail before any work when a path cannot be written, would overwrite the scores, or
-    is named twice (the second save would silently replace the first)."""
+def check_outputs(paths: list[str], scores: str,
+                  inputs: dict[str, str | None] | None = None) -> None:
+    """Fail before any work when a path cannot be written, would overwrite the scores or an
+    input file named in ``inputs`` (what it holds -> its path, None when not given), or is
+    named twice (the second save would silently replace the first)."""
+    named = {"scores": scores, **(inputs or {})}
     for path in paths:
         _check_writable(path)
-        # A missing scores file is not compared here: opening it names it as missing.
-        if os.path.exists(path) and os.path.exists(scores) and os.path.samefile(path, scores):
-            raise ValueError(f"{path!r} is the scores file; choose another output path")
+        for what, given in named.items():
+            # A missing input is not compared here: opening it names it as missing.
+            if given and _same_file(path, given):
+                raise ValueError(f"{path!r} is the {what} file; choose another output path")
     real = [os.path.realpath(path) for path in paths]
     for index, path in enumerate(paths):
         if real[index] in real[:index]:
             raise ValueError(f"{path!r} is named for two outputs; give each its own path")
+
+
+def _same_file(path: str, other: str) -> bool:
+    return os.path.exists(path) and os.path.exists(other) and os.path.samefile(path, other)
 
 
 def _check_writable(path: str) -> None:
