@@ -684,3 +684,32 @@ def test_assign_may_update_its_init_potentials_in_place(scores_file, tmp_path):
                  "--init", str(potentials), "--potentials", str(potentials),
                  "--no-progress"]) == 0
     assert np.any(np.load(potentials) != 0)
+
+
+@pytest.mark.parametrize("option", ["-o", "--potentials", "--prices"])
+@pytest.mark.parametrize("bad", ["", "newdir/"])
+def test_assign_refuses_an_empty_or_folder_output_path_before_solving(
+        scores_file, tmp_path, capsys, monkeypatch, option, bad):
+    """-o '' solved, then failed to replace the working folder and left its temporary file
+    in the folder above; --potentials '' was ignored; -o newdir/ saved a file 'newdir'."""
+    monkeypatch.setattr("sinklabel.commands.assign.sinkhorn", _no_solve)
+    monkeypatch.chdir(tmp_path)
+    paths = {"-o": "labels.npy", option: bad}
+    argv = ["assign", str(scores_file), "-k", "6", "--no-progress"]
+    assert main(argv + [arg for pair in paths.items() for arg in pair]) == 2
+    assert f"cannot write {bad!r}" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == [scores_file]
+    assert not list(tmp_path.parent.glob(f"{tmp_path.name}.*.tmp"))
+
+
+def test_assign_leaves_no_temporary_file_when_an_output_cannot_replace_its_path(
+        scores_file, tmp_path, capsys, monkeypatch):
+    def refuse(source, target):
+        raise IsADirectoryError(21, "Is a directory")
+
+    monkeypatch.setattr(os, "replace", refuse)
+    argv = ["assign", str(scores_file), "-k", "6", "-o", str(tmp_path / "labels.npy"),
+            "--potentials", str(tmp_path / "f.npy"), "--no-progress"]
+    assert main(argv) == 2
+    assert "Is a directory" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == [scores_file]

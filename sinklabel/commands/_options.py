@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import os
 from collections.abc import Callable
@@ -136,6 +137,12 @@ def _check_writable(path: str) -> None:
     """Raise unless ``path`` can be saved to, by creating (and removing) the file the save
     itself would first write: a folder's mode says nothing for root, and nothing at all of
     a folder such as /proc, where no file can be created."""
+    if not path:  # abspath("") is the working folder, and the save would replace it
+        raise ValueError("cannot write '': the output path is empty; name a file")
+    if path.endswith((os.sep, os.altsep or os.sep)) and not os.path.isdir(path):
+        # abspath drops the separator: "new/" would be saved as a file named "new"
+        raise NotADirectoryError(f"cannot write {path!r}: it names a folder, and there is no "
+                                 "such folder; name a file")
     folder = os.path.dirname(os.path.abspath(path))
     if os.path.isdir(path):
         raise IsADirectoryError(f"cannot write {path!r}: it is a folder; name a file in it")
@@ -186,8 +193,14 @@ def save_outputs(outputs: dict[str, np.ndarray]) -> None:
         for temporary in written:
             os.remove(temporary)
         raise
-    for path, temporary in zip(replaced, written, strict=True):
-        os.replace(temporary, os.path.realpath(path))
+    for index, (path, temporary) in enumerate(zip(replaced, written, strict=True)):
+        try:
+            os.replace(temporary, os.path.realpath(path))
+        except BaseException:
+            for leftover in written[index:]:  # no temporary file is left behind
+                with contextlib.suppress(OSError):
+                    os.remove(leftover)
+            raise
 
 
 def _save(path: str, array: np.ndarray) -> None:

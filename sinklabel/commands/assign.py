@@ -52,7 +52,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    extras = [path for path in (args.potentials, args.prices) if path]
+    extras = [path for path in (args.potentials, args.prices) if path is not None]
     check_outputs([args.output, *extras], args.scores, {"--weights": args.weights})
     # --potentials may replace the --init file (potentials updated in place, epoch after
     # epoch); the labels and prices may not.
