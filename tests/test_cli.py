@@ -602,6 +602,7 @@ def test_a_negative_seed_is_refused_by_name_before_any_work(capsys, monkeypatch)
 @pytest.mark.parametrize("options, match", [
     (["--memory-limit", "1KB"], "memory_limit=1000 bytes is too small"),
     (["--backend", "numpy", "--cache"], "cache=True is an option of the 'numba' backend"),
+    (["--lam", "1e39"], "lam=1e+39 is beyond the largest float32"),
 ])
 def test_demo_refuses_solve_options_before_generating(capsys, monkeypatch, options, match):
     """These were refused by the solve, after seconds of generating 200,000 x 1000 scores."""

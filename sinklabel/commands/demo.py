@@ -13,6 +13,7 @@ import time
 
 import numpy as np
 
+from .._validation import check_lam
 from ..api import _chunk_rows, sinkhorn
 from ..datasets import REGIMES, make_scores
 from ..exp_cache import table_cap
@@ -81,8 +82,10 @@ def _check_memory(n: int, k: int) -> None:
 def _check_solve_options(args: argparse.Namespace) -> None:
     """Size the solve's blocks as the solve will, on a zero-stride stand-in of the scores'
     shape, so that a --memory-limit too small for them, an uninstalled --backend or --cache
-    without tables fails before the scores are generated (seconds to minutes)."""
+    without tables, or a --lam beyond what float32 scores are computed in, fails before the
+    scores are generated (seconds to minutes)."""
     stand_in = as_source(np.broadcast_to(np.float32(0), (args.n, args.k)))
+    check_lam(args.lam, stand_in.dtype)  # beyond float32's range, as the solve would refuse
     kernel = resolve_kernel(args.backend, stand_in.library)
     rows = _chunk_rows(args.chunk_size, kernel, stand_in, args.memory_limit, args.cache)
     if args.cache:
