@@ -7,6 +7,7 @@ installed version.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import sys
 import traceback
@@ -15,6 +16,7 @@ from collections.abc import Callable
 from typing import TextIO
 
 from . import __version__
+from .progress import plain_lines
 from .sources import SourceError
 
 #: Exit code of a failure no command expects (a bug): 1 and 2 have their own meanings.
@@ -59,9 +61,18 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command is None:
         parser.error("the following arguments are required: command")
-    with warnings.catch_warnings():
+    # On a terminal the tqdm bar; in a log or a pipe a line a second, not a bar's redraws.
+    lines = contextlib.nullcontext() if _is_terminal(sys.stderr) else plain_lines()
+    with warnings.catch_warnings(), lines:
         warnings.showwarning = _warning_printer(args.command)
         return _run(args)
+
+
+def _is_terminal(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # no isatty, or closed
+        return False
 
 
 def _run(args: argparse.Namespace) -> int:

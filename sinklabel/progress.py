@@ -29,6 +29,24 @@ _label: contextvars.ContextVar[tuple[str, int | None]] = contextvars.ContextVar(
 )
 
 
+#: Set by the command line when stderr is no terminal (a log file, a pipe): the plain line
+#: once a second instead of tqdm's bar, whose redraws (carriage returns, one per pass) a log
+#: keeps as one long line.
+_plain_lines: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "sinklabel_progress_plain", default=False
+)
+
+
+@contextlib.contextmanager
+def plain_lines() -> Iterator[None]:
+    """Progress inside is the plain stderr line, with tqdm installed or not."""
+    token = _plain_lines.set(True)
+    try:
+        yield
+    finally:
+        _plain_lines.reset(token)
+
+
 @contextlib.contextmanager
 def progress_label(desc: str, position: int | None = None) -> Iterator[None]:
     """Name (and tqdm line) of the bars opened inside, e.g. one per head of a multi-head solve."""
@@ -75,7 +93,7 @@ class Progress:
         self._start = time.perf_counter()
         label, position = _label.get()
         self.desc = desc or label
-        if not enabled:
+        if not enabled or _plain_lines.get():
             return
         try:
             from tqdm.auto import tqdm

@@ -714,3 +714,29 @@ def test_assign_leaves_no_temporary_file_when_an_output_cannot_replace_its_path(
     assert main(argv) == 2
     assert "Is a directory" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == [scores_file]
+
+
+def test_progress_in_a_log_is_lines_not_a_bar(scores_file, tmp_path, monkeypatch):
+    """With stderr redirected to a file, tqdm's bar wrote one carriage-return redraw per pass
+    (100 KB on one line for 1000 passes); the command line now writes plain lines there, and
+    still draws the bar on a terminal."""
+    pytest.importorskip("tqdm")
+    from sinklabel import progress
+
+    log = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", log)
+    bars = []
+    real = progress.Progress.__init__
+
+    def spy(self, *args, **kwargs):
+        real(self, *args, **kwargs)
+        bars.append(self._bar)
+
+    monkeypatch.setattr(progress.Progress, "__init__", spy)
+    argv = ["assign", str(scores_file), "-k", "6", "-o", str(tmp_path / "labels.npy")]
+    assert main(argv) == 0
+    assert [bar is None for bar in bars] == [True] and "\r" not in log.getvalue()
+    assert "sinkhorn: converged after" in log.getvalue()
+    monkeypatch.setattr(log, "isatty", lambda: True, raising=False)
+    assert main(argv) == 0
+    assert bars[1] is not None
