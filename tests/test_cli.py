@@ -740,3 +740,26 @@ def test_progress_in_a_log_is_lines_not_a_bar(scores_file, tmp_path, monkeypatch
     monkeypatch.setattr(log, "isatty", lambda: True, raising=False)
     assert main(argv) == 0
     assert bars[1] is not None
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes")
+@pytest.mark.parametrize("which", ["scores", "labels"])
+def test_a_pipe_given_for_a_npy_file_is_named(scores_file, tmp_path, capsys, which):
+    """A named pipe (or /dev/stdin fed by a pipe) failed with '[Errno 29] Illegal seek' or
+    'obtaining file position failed', naming neither the file nor what it should hold."""
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+    labels = tmp_path / "labels.npy"
+    np.save(labels, np.arange(300) % 6)
+    argv = (["check", str(pipe), str(labels)] if which == "scores"
+            else ["check", str(scores_file), str(pipe)])
+    # Held open for reading and writing (Linux), with the file's bytes in it: opening it
+    # again does not block, and NumPy reads what a shell's pipe would give it.
+    held = os.open(pipe, os.O_RDWR | os.O_NONBLOCK)
+    try:
+        os.write(held, (scores_file if which == "scores" else labels).read_bytes())
+        assert main(argv) == 2
+    finally:
+        os.close(held)
+    what = "logp" if which == "scores" else "labels"
+    assert f"{what}: {str(pipe)!r} is not a regular file" in capsys.readouterr().err

@@ -94,12 +94,16 @@ class ArrayLikeSource(Source):
 
 
 def check_npy_file(path: str, what: str) -> None:
-    """Raise, naming ``what`` the file should hold, when ``path`` is missing or a folder
-    (``open``'s own errors name only the path)."""
+    """Raise, naming ``what`` the file should hold, when ``path`` is missing, a folder, or
+    no regular file (``open``'s own errors name only the path, a pipe's not even that)."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"{what}: no such file {path!r}")
     if os.path.isdir(path):
         raise IsADirectoryError(f"{what}: {path!r} is a folder, not a .npy file")
+    if not os.path.isfile(path):
+        # A pipe cannot be mapped or seeked: NumPy said only "[Errno 29] Illegal seek".
+        raise ValueError(f"{what}: {path!r} is not a regular file (a pipe or a device): "
+                         "save the array to a .npy file first")
 
 
 def _open_npy(path: str) -> np.memmap:
