@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import os
 import sys
 import traceback
 import warnings
@@ -23,6 +24,9 @@ from .sources import SourceError
 INTERNAL_ERROR = 3
 #: Exit code after Ctrl-C (SIGINT): 128 + 2, as a shell reports a command the signal ended.
 INTERRUPTED = 130
+#: Exit code when the reader of a pipe went away (``| head``): 128 + 13 (SIGPIPE), as a
+#: shell reports a command that signal ended, not 2 ("bad input").
+BROKEN_PIPE = 141
 
 #: command name -> module in sinklabel.commands defining ``configure(parser)``, ``run(args)``
 #: and ``MEMORY_HINT``, what to do when its work does not fit in memory
@@ -87,6 +91,12 @@ def _run(args: argparse.Namespace) -> int:
         # saved all or none, so none is left half written).
         print(f"sinklabel {args.command}: interrupted", file=sys.stderr)
         return INTERRUPTED
+    except BrokenPipeError:
+        # `sinklabel check ... | head -1`: the rest of the report has no reader. Silent, as
+        # any command a pipe's end leaves, and with stdout on os.devnull so that Python's
+        # own flush at exit does not fail again ("Exception ignored ... BrokenPipeError").
+        _discard_stdout()
+        return BROKEN_PIPE
     except (ValueError, TypeError, ImportError, OSError, SourceError) as exc:
         return _error(args.command, str(exc))
     except MemoryError as exc:
@@ -98,6 +108,15 @@ def _run(args: argparse.Namespace) -> int:
         print(f"sinklabel {args.command}: internal error (exit 3): please report it with "
               "the traceback above", file=sys.stderr)
         return INTERNAL_ERROR
+
+
+def _discard_stdout() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # no file descriptor (a captured stream)
+        pass
 
 
 def _error(command: str, message: str) -> int:

@@ -763,3 +763,37 @@ def test_a_pipe_given_for_a_npy_file_is_named(scores_file, tmp_path, capsys, whi
         os.close(held)
     what = "logp" if which == "scores" else "labels"
     assert f"{what}: {str(pipe)!r} is not a regular file" in capsys.readouterr().err
+
+
+class _ClosedPipe(io.StringIO):
+    """stdout whose reader went away (`| head -1`)."""
+
+    def write(self, text):
+        raise BrokenPipeError(32, "Broken pipe")
+
+
+def test_a_closed_stdout_pipe_exits_141_silently_not_2(scores_file, tmp_path, capsys,
+                                                        monkeypatch):
+    """'sinklabel check s.npy l.npy | head -1' printed 'error: [Errno 32] Broken pipe' and
+    exited 2, which the table of exit codes gives to bad input."""
+    labels = tmp_path / "labels.npy"
+    np.save(labels, np.arange(300) % 6)
+    monkeypatch.setattr(sys, "stdout", _ClosedPipe())
+    assert main(["check", str(scores_file), str(labels)]) == 141
+    assert capsys.readouterr().err == ""
+
+
+def test_a_closed_stdout_pipe_from_the_shell_leaves_no_error_lines(scores_file, tmp_path):
+    """Nor "Exception ignored ... BrokenPipeError" from Python's flush at exit."""
+    labels = tmp_path / "labels.npy"
+    np.save(labels, np.arange(300) % 6)
+    read, write = os.pipe()
+    os.close(read)  # no reader: the first write fails
+    env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(sinklabel.__file__))}
+    try:
+        done = subprocess.run([sys.executable, "-m", "sinklabel", "check", str(scores_file),
+                               str(labels)], stdout=write, stderr=subprocess.PIPE, text=True,
+                              env=env, timeout=300)
+    finally:
+        os.close(write)
+    assert (done.returncode, done.stderr) == (141, "")
