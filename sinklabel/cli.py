@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import importlib
 import os
+import re
 import sys
 import traceback
 import warnings
@@ -30,6 +31,20 @@ BROKEN_PIPE = 141
 
 #: command name -> module in sinklabel.commands defining ``configure(parser)``, ``run(args)``
 #: and ``MEMORY_HINT``, what to do when its work does not fit in memory
+#: The library's advice in its errors and warnings, in this command line's terms: a user
+#: of ``sinklabel assign`` reads "pass --exact", not "balance='exact'".
+CLI_TERMS = (
+    (re.compile(r"\bbalance=(['\"])exact\1"), "--exact"),
+    (re.compile(r"\bcache=True\b"), "--cache"),
+    (re.compile(r"\blabel_weights\b"), "--weights"),
+    (re.compile(r"\b(max_iter|memory_limit|tol)(=|\b)"),
+     lambda match: "--" + match[1].replace("_", "-") + (" " if match[2] else "")),
+    (re.compile(r"\blam="), "--lam "),  # not lam alone: "lam * logp" is the formula
+    (re.compile(r"\blower lam\b"), "lower --lam"),
+    (re.compile(r"\bpass logp\.T\b"), "save the scores transposed"),
+    (re.compile(r"\bsolve_exact\b"), "sinklabel.solve_exact in Python"),
+)
+
 COMMANDS = {
     "demo": "sinklabel.commands.demo",
     "assign": "sinklabel.commands.assign",
@@ -119,8 +134,15 @@ def _discard_stdout() -> None:
         pass
 
 
+def in_cli_terms(message: str) -> str:
+    """``message`` with the library's option names replaced by the flags that set them."""
+    for pattern, flag in CLI_TERMS:
+        message = pattern.sub(flag, message)
+    return message
+
+
 def _error(command: str, message: str) -> int:
-    print(f"sinklabel {command}: error: {message}", file=sys.stderr)
+    print(f"sinklabel {command}: error: {in_cli_terms(message)}", file=sys.stderr)
     return 2
 
 
@@ -130,6 +152,7 @@ def _warning_printer(command: str) -> Callable[..., None]:
 
     def show(message: Warning | str, category: type[Warning], filename: str, lineno: int,
              file: TextIO | None = None, line: str | None = None) -> None:
-        print(f"sinklabel {command}: warning: {message}", file=sys.stderr if file is None else file)
+        print(f"sinklabel {command}: warning: {in_cli_terms(str(message))}",
+              file=sys.stderr if file is None else file)
 
     return show

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import sinklabel
-from sinklabel.cli import COMMANDS, main
+from sinklabel.cli import COMMANDS, in_cli_terms, main
 from sinklabel.datasets import make_scores
 
 
@@ -392,7 +392,7 @@ def test_assign_weights_then_check_weights_certifies_the_sizes(scores_file, tmp_
     assert main(["check", str(scores_file), str(labels)]) == 1  # not the uniform sizes
     np.save(weights, w[:5])
     assert main(["check", str(scores_file), str(labels), "--weights", str(weights)]) == 2
-    assert "label_weights" in capsys.readouterr().err
+    assert "--weights must have shape (6,)" in capsys.readouterr().err
 
 
 def test_assign_warm_starts_from_saved_potentials(scores_file, tmp_path, capsys):
@@ -600,9 +600,9 @@ def test_a_negative_seed_is_refused_by_name_before_any_work(capsys, monkeypatch)
 
 
 @pytest.mark.parametrize("options, match", [
-    (["--memory-limit", "1KB"], "memory_limit=1000 bytes is too small"),
-    (["--backend", "numpy", "--cache"], "cache=True is an option of the 'numba' backend"),
-    (["--lam", "1e39"], "lam=1e+39 is beyond the largest float32"),
+    (["--memory-limit", "1KB"], "--memory-limit 1000 bytes is too small"),
+    (["--backend", "numpy", "--cache"], "--cache is an option of the 'numba' backend"),
+    (["--lam", "1e39"], "--lam 1e+39 is beyond the largest float32"),
 ])
 def test_demo_refuses_solve_options_before_generating(capsys, monkeypatch, options, match):
     """These were refused by the solve, after seconds of generating 200,000 x 1000 scores."""
@@ -618,7 +618,7 @@ def test_demo_refuses_a_budget_without_room_for_the_cache_before_generating(caps
     monkeypatch.setattr("sinklabel.commands.demo.make_scores", _no_solve)
     argv = ["demo", "-n", "100000", "-k", "100", "--backend", "numba", "--memory-limit", "5MB"]
     assert main([*argv, "--cache"]) == 2
-    assert "for cache=True after the chunks and per-point state" in capsys.readouterr().err
+    assert "for --cache after the chunks and per-point state" in capsys.readouterr().err
 
 
 def test_warnings_are_lines_in_the_style_of_the_errors(scores_file, tmp_path, capsys):
@@ -627,8 +627,31 @@ def test_warnings_are_lines_in_the_style_of_the_errors(scores_file, tmp_path, ca
             "--max-iter", "1", "--tol", "1e-9", "--no-progress"]
     assert main(argv) == 1
     err = capsys.readouterr().err
-    assert "sinklabel assign: warning: Sinkhorn did not reach tol=1e-09" in err
+    assert "sinklabel assign: warning: Sinkhorn did not reach --tol 1e-09" in err
     assert "Warning:" not in err
+
+
+def test_messages_name_the_flags_not_the_library_options(tmp_path, capsys):
+    """The library's advice ("Pass balance='exact'", "raise max_iter or tol") named options
+    a user of the command line cannot pass."""
+    tied = tmp_path / "tied.npy"
+    np.save(tied, np.zeros((12, 4), dtype=np.float32))  # identical rows: labels left empty
+    out = str(tmp_path / "labels.npy")
+    assert main(["assign", str(tied), "-k", "4", "-o", out, "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "labels received no points" in err and "Pass --exact for labels" in err
+    assert main(["assign", str(tied), "-k", "12", "-o", out]) == 2
+    assert "looks transposed: save the scores transposed" in capsys.readouterr().err
+    assert main(["assign", str(tied), "-k", "4", "-o", out, "--memory-limit", "100B"]) == 2
+    assert "error: --memory-limit 100 bytes is too small" in capsys.readouterr().err
+
+
+def test_cli_terms_leave_the_formula_and_other_words_alone():
+    message = ("lam * logp + potentials reach 1e+30; lower lam, raise max_iter or tol "
+               "(tolerance), label_weights=w, lam=25, cache=True, balance=\"exact\"")
+    assert in_cli_terms(message) == (
+        "lam * logp + potentials reach 1e+30; lower --lam, raise --max-iter or --tol "
+        "(tolerance), --weights=w, --lam 25, --cache, --exact")
 
 
 def _interrupted(*args, **kwargs):
