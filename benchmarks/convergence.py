@@ -8,6 +8,7 @@ reads the scores through the same one-pass evaluations the solver uses.
     python benchmarks/convergence.py --large      # adds N up to 1e6 and K up to 3000 (hours)
     python benchmarks/convergence.py --tol-study  # hard-label quality against the tolerance
     python benchmarks/convergence.py --lam-study  # the solver's passes against lam (seconds)
+    python benchmarks/convergence.py --lam-change  # warm starts across a change of lam
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import warnings
 
 import numpy as np
 
-from sinklabel import ConvergenceWarning, PrecisionWarning, sinkhorn
+from sinklabel import ConvergenceWarning, PrecisionWarning, SinkhornLabeler, sinkhorn
 from sinklabel.datasets import make_scores
 from sinklabel.kernels import get_kernel
 from sinklabel.solver import label_mass
@@ -158,6 +159,23 @@ def lam_study(n: int, k: int, regime: str, seed: int, max_iter: int) -> None:
                   f"{'yes' if imprecise else 'no'} |", flush=True)
 
 
+#: lam before and after a change, as an annealing schedule or a user's set_params makes it.
+LAM_CHANGES = ((25.0, 10.0), (10.0, 25.0), (25.0, 50.0), (25.0, 100.0))
+
+
+def lam_change(n: int, k: int, regime: str, seed: int, sigma: float) -> None:
+    """Passes after lam changed between two fits of drifting scores: cold, from the last
+    potentials as they were, and from ``SinkhornLabeler.partial_fit`` (scaled to the new lam)."""
+    scores = make_scores(n, k, regime=regime, seed=seed).scores
+    moved = drift(scores, sigma, seed=1000 * seed)
+    for before, after in LAM_CHANGES:
+        labeler = SinkhornLabeler(k, lam=before, tol=TOL).fit(scores)
+        kept = sinkhorn(moved, k, lam=after, tol=TOL, init=labeler.potentials_).n_iter
+        cold = sinkhorn(moved, k, lam=after, tol=TOL).n_iter
+        scaled = labeler.set_params(lam=after).partial_fit(moved).n_iter_
+        print(f"| {regime} | {before:g} | {after:g} | {cold} | {kept} | {scaled} |", flush=True)
+
+
 def _sela_error(scores: np.ndarray, f: np.ndarray) -> float:
     """What SeLa's stopping rule reads, ``sum_i |c_i / c_i_new - 1|``: after the label update
     that makes the label marginal exact, N times the L1 error of the data marginal."""
@@ -176,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tol-study", action="store_true", help="only the tolerance study")
     parser.add_argument("--lam-study", action="store_true",
                         help="only the solver's passes against lam")
+    parser.add_argument("--lam-change", action="store_true",
+                        help="only the warm starts across a change of lam")
     parser.add_argument("--max-iter", type=int, default=3000)
     args = parser.parse_args(argv)
     if args.max_iter < 1:
@@ -186,6 +206,14 @@ def main(argv: list[str] | None = None) -> int:
         print("|---|---|---|---|---|")
         for regime in ("flat", "peaked"):
             lam_study(20_000, 100, regime, seed=0, max_iter=args.max_iter)
+        return 0
+    if args.lam_change:
+        print(f"passes to L1 error {TOL:g} after lam changed between two fits, N=20000, K=100,"
+              " logit drift sigma 0.05 between them")
+        print("| regime | lam before | lam after | cold | last potentials | partial_fit |")
+        print("|---|---|---|---|---|---|")
+        for regime in ("flat", "peaked"):
+            lam_change(20_000, 100, regime, seed=0, sigma=0.05)
         return 0
     if args.tol_study:
         print("| regime | N | K | tol | passes | hard-count L1 | labels != tight "

@@ -56,3 +56,23 @@ def test_the_lam_study_reports_passes_warnings_and_caps(monkeypatch, capsys):
 def _small(study):
     """The study at N = 2000 and K = 20, which keeps the test under a few seconds."""
     return lambda n, k, regime, seed, max_iter: study(2000, 20, regime, seed, max_iter)
+
+
+
+def test_the_lam_change_study_reports_each_change_and_scaled_starts_win(monkeypatch, capsys):
+    """Every regime and change of lam gets a row; on peaked scores the scaled start of
+    partial_fit needs fewer passes than the last potentials as they were."""
+    study = convergence.lam_change
+    monkeypatch.setattr(convergence, "lam_change",
+                        lambda n, k, regime, seed, sigma: study(2000, 20, regime, seed, sigma))
+    convergence.main(["--lam-change"])
+    rows = [line.strip("| ").split(" | ") for line in capsys.readouterr().out.splitlines()
+            if line.startswith(("| flat", "| peaked"))]
+    changes = [(f"{a:g}", f"{b:g}") for a, b in convergence.LAM_CHANGES]
+    assert [tuple(row[:3]) for row in rows] == [
+        (regime, *change) for regime in ("flat", "peaked") for change in changes]
+    for regime, _, _, *passes in rows:
+        cold, kept, scaled = map(int, passes)
+        assert min(cold, kept, scaled) >= 1
+        if regime == "peaked":
+            assert scaled < kept

@@ -11,6 +11,7 @@ import pytest
 
 import sinklabel
 from sinklabel import sinkhorn
+from sinklabel.datasets import make_scores
 
 
 @pytest.fixture
@@ -165,3 +166,23 @@ def test_a_bad_n_labels_is_named_as_such_by_fit_and_by_partial_fit(logp, bad, er
     for method in (labeler.fit, labeler.partial_fit):
         with pytest.raises(error, match="^n_labels must be"):
             method(logp)
+
+
+@pytest.mark.parametrize("new_lam", [10.0, 50.0])
+def test_partial_fit_after_a_new_lam_starts_from_the_same_prices(new_lam):
+    """potentials / lam are the label prices: unscaled, the old potentials were off by the
+    ratio of the lams, and the solve took several times the passes."""
+    scores = make_scores(4000, 40, regime="peaked", seed=3).scores
+    labeler = sinklabel.SinkhornLabeler(40, lam=25.0).fit(scores)
+    before = labeler.potentials_.copy()
+    labeler.set_params(lam=new_lam).partial_fit(scores)
+    unscaled = sinkhorn(scores, 40, lam=new_lam, init=before)
+    np.testing.assert_array_equal(labeler.potentials_, sinkhorn(
+        scores, 40, lam=new_lam, init=before * (new_lam / 25.0)).potentials)
+    assert labeler.converged_ and 2 * labeler.n_iter_ < unscaled.n_iter
+
+
+def test_a_bad_lam_on_partial_fit_is_named_before_any_work(logp):
+    labeler = sinklabel.SinkhornLabeler(5).fit(logp).set_params(lam="25")
+    with pytest.raises(TypeError, match="^lam must be a number"):
+        labeler.partial_fit(logp)
