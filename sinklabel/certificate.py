@@ -294,8 +294,18 @@ def _offsets(v: np.ndarray, rounded: bool) -> tuple[float, np.ndarray]:
     """The prices' centre ``c`` and the offsets ``d`` the bound is computed for: its prices are
     ``c + d`` exactly. ``rounded``: ``d`` rounded to float32, so that a float32 kernel compares
     the very prices the bound is for (prices beyond float32 become infinite, as in the kernel).
+
+    For ``rounded`` the centre itself is a float32 number (where float32 holds it), so that a
+    price of exactly 0 keeps its offset ``-c`` exact: under capacity ranges every label with
+    room to spare has price 0 at the optimum, and rounding it to ``+-|c| * 2**-24`` moved the
+    bound by that times the label's slack (up to N per label), far beyond ``rounding``.
     """
     centre = _price_centre(v)
+    if rounded:
+        with np.errstate(over="ignore"):
+            single = float(np.float32(centre))
+        if np.isfinite(single):
+            centre = single
     d = v - centre
     if rounded:
         with np.errstate(over="ignore"):

@@ -53,8 +53,8 @@ def plain_certificate(S, labels, prices, lower, upper) -> tuple[float, float]:
 
 def compared_prices(prices: np.ndarray) -> np.ndarray:
     """The prices a float32 pass compares and bounds with: their offsets from their centre
-    rounded to float32."""
-    centre = 0.5 * prices.max() + 0.5 * prices.min()
+    rounded to float32, the centre itself a float32 number (so that a price of 0 stays 0)."""
+    centre = float(np.float32(0.5 * prices.max() + 0.5 * prices.min()))
     return centre + (prices - centre).astype(np.float32).astype(np.float64)
 
 

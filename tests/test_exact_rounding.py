@@ -262,3 +262,34 @@ def test_balance_exact_reaches_the_assignment_optimum(problem):
     assert exact_cost(S64, result.labels) == pytest.approx(
         range_assignment_cost(S64, lower, upper), rel=1e-12, abs=1e-12)
     assert result.certificate.optimal
+
+
+def _capped_peaked(n_points: int, n_labels: int, seed: int) -> np.ndarray:
+    """float32 log-softmax scores, each row peaked on a random label by 12 nats."""
+    rng = np.random.default_rng(seed)
+    z = rng.normal(size=(n_points, n_labels))
+    z[np.arange(n_points), rng.integers(0, n_labels, n_points)] += 12
+    z -= z.max(axis=1, keepdims=True)
+    return (z - np.log(np.exp(z).sum(axis=1, keepdims=True))).astype(np.float32)
+
+
+@pytest.mark.parametrize("method", ["auction", "highs"])
+def test_float32_certificate_of_capacity_ranges_keeps_zero_prices_exact(method):
+    """Under capacity ranges every label with room to spare has price exactly 0 at the
+    optimum. The float32 pass rounded the prices' offsets from their centre (here about
+    -4.5), which turned those zeros into about +-2.4e-7 and moved the bound by that times each
+    label's slack (up to 200 points each, 99 labels): the optimum's own certificate had a gap
+    of 4.5e-3 against a rounding allowance of 2.2e-4, and was "not optimal"."""
+    S = _capped_peaked(200, 100, 2)
+    lower = np.zeros(100, np.int64)
+    upper = np.full(100, 200)
+    upper[:3] = 1  # three labels capped, the rest free
+    exact = sinklabel.solve_exact(S, 100, capacities=(lower, upper), method=method)
+    reference = sinklabel.solve_exact(S.astype(np.float64), 100, capacities=(lower, upper))
+    assert exact.objective == reference.objective
+    assert exact.certificate.optimal
+    again = sinklabel.duality_gap(S, reference.labels, exact.prices, (lower, upper))
+    assert again.optimal
+    report = sinklabel.check(exact.labels, S, capacities=(lower, upper), exact=False,
+                             prices=exact.prices)
+    assert report.optimal
