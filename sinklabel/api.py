@@ -247,6 +247,7 @@ def _sinkhorn(
         source, kernel, lam=lam, label_weights=label_weights, tol=tol, max_iter=max_iter,
         init=init, rows=rows, progress=progress, collective=collective,
         row_tops=row_tops,
+        allow_dead_labels=exact_sizes,
         # Perhaps it cannot: -inf scores may leave a label short of rows.
         explain_failure=lambda: check_labels_reachable(
             scores, label_weights, rows, collective, exact_sizes=exact_sizes),

@@ -145,9 +145,9 @@ def _revive_empty_labels(
     slack = _label_slack(source, kernel, f, lam, rows, collective)[empty]
     if not np.all(np.isfinite(slack)):
         dead = np.flatnonzero(empty)[~np.isfinite(slack)]
-        raise ValueError(
+        raise _DeadLabels(
             f"labels {dead[:10].tolist()} have no finite score in any row, so no row can take "
-            "them; drop those labels from the scores"
+            "them; drop those labels from the scores", dead
         )
     f = f.copy()
     f[empty] -= slack
@@ -352,6 +352,7 @@ def solve(
     collective: Collective = LOCAL,
     explain_failure: Callable[[], str | None] | None = None,
     row_tops: Callable[[], float] | None = None,
+    allow_dead_labels: bool = False,
 ) -> SolverOutput:
     """Potentials whose plan has a label marginal within ``tol`` (L1) of the target.
 
@@ -360,6 +361,10 @@ def solve(
     solve's potentials grew beyond ``UNBOUNDED_SIZE``, it first calls ``explain_failure``,
     which may raise the reason no potentials solve the problem, or return one it suspects
     (for the warnings).
+    ``allow_dead_labels``: a label with no finite score in any row stops the solve as failed
+    (after ``explain_failure``, which must then raise where such a label cannot be left
+    empty) instead of raising at once: ``balance="exact"`` may leave empty a label whose
+    share rounds down to 0.
     ``row_tops`` gives the largest ``|lam * row maximum|`` of this process's scores once the
     first pass has read them, for the precision warning.
     """
@@ -369,10 +374,17 @@ def solve(
         evaluate = _Evaluations(
             source, kernel, lam, rows, collective, label_weights, tol, max_iter, bar
         )
+        dead = None
         with contextlib.suppress(_BeyondKernels):  # stopped as at max_iter; said below
-            _ascend(evaluate, evaluate(f), log_target)
+            try:
+                _ascend(evaluate, evaluate(f), log_target)
+            except _DeadLabels as error:
+                if not allow_dead_labels or explain_failure is None:
+                    raise
+                explain_failure()  # raises where the dead labels must take points
+                dead = error.labels
     # _ascend returns only once finished: short of that, a step went past the kernels
-    beyond = not evaluate.finished
+    beyond = not evaluate.finished and dead is None
     best = evaluate.best
     converged = best.error <= tol
     # A solve that failed may have failed for want of precision along its way, or because
@@ -380,14 +392,18 @@ def solve(
     dtype = compute_dtype(source.dtype)
     size = _size(best) if converged else evaluate.largest
     suspect = None
-    if not converged and size > UNBOUNDED_SIZE and explain_failure is not None:
+    if not converged and size > UNBOUNDED_SIZE and explain_failure is not None and dead is None:
         suspect = explain_failure()
     # The rows' tops, of this process's rows only: the warning is about its own labels, and
     # explain_failure, which all ranks must call or none, has been decided on global sizes.
     top = row_tops() if row_tops is not None else 0.0
     size = max(size, top + (float(np.abs(best.f).max()) if converged else evaluate.largest_f))
     if not converged:
-        if suspect:
+        if dead is not None:
+            advice = (f"labels {dead[:10].tolist()} have no finite score in any row, so no "
+                      "potentials give them their share (exact sizes may still leave them "
+                      "empty)")
+        elif suspect:
             advice = "its potentials grew without bound, perhaps because " + suspect
         elif _imprecise(size, dtype):
             advice = f"{dtype} stopped resolving the plan on its way (see the PrecisionWarning)"
@@ -396,6 +412,8 @@ def solve(
         head = (f"Sinkhorn stopped short of tol={tol:g} after {len(evaluate.history)} of "
                 f"max_iter={max_iter} iterations, its potentials past the "
                 f"{evaluate.limit:.3g} that {dtype} computes with" if beyond else
+                f"Sinkhorn stopped short of tol={tol:g} after {len(evaluate.history)} of "
+                f"max_iter={max_iter} iterations" if dead is not None else
                 f"Sinkhorn did not reach tol={tol:g} in max_iter={max_iter} iterations")
         warn(f"{head} (label-marginal error {best.error:.3g}); {advice}", ConvergenceWarning)
     if _imprecise(size, dtype):
@@ -429,6 +447,14 @@ def _ascend(evaluate: _Evaluations, point: _Point, log_target: np.ndarray) -> No
             found = evaluate(point.f + _sinkhorn_step(point, log_target))
         memory.add(found.f - point.f, found.mass - point.mass)
         point = found
+
+
+class _DeadLabels(ValueError):
+    """Labels with no finite score in any row: no potentials give them mass."""
+
+    def __init__(self, message: str, labels: np.ndarray):
+        super().__init__(message)
+        self.labels = labels
 
 
 class _BeyondKernels(Exception):

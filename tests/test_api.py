@@ -136,6 +136,24 @@ def test_label_without_finite_score_is_named():
         sinkhorn(scores, 3)
 
 
+def test_exact_balance_leaves_empty_a_label_without_finite_score_whose_share_rounds_to_none():
+    """docs/method.md: single labels under balance="exact" are held to their share rounded
+    down. Label 2's share is 0.49 points, so exact sizes may leave it empty, and the exact
+    step balances the rest; the solve raised "labels [2] have no finite score" instead."""
+    scores = np.random.default_rng(0).standard_normal((10, 3))
+    scores[:, 2] = -np.inf
+    weights = [1.0, 1.0, 0.05]
+    with pytest.warns(sinklabel.ConvergenceWarning, match=r"labels \[2\] have no finite"):
+        result = sinkhorn(scores, 3, label_weights=weights, balance="exact")
+    exact = sinklabel.solve_exact(scores, 3, capacities=([4, 4, 0], [6, 6, 1]))
+    assert result.label_counts.tolist() == [5, 5, 0]
+    assert result.certificate.optimal and result.certificate.primal == exact.objective
+    with pytest.raises(ValueError, match=r"labels \[2\] have no finite score"):
+        sinkhorn(scores, 3, label_weights=weights)  # no plan has these proportions
+    with pytest.raises(ValueError, match="label 2 should take 3.33333 points"):
+        sinkhorn(scores, 3, balance="exact")  # a share of 3.3 points: 3 at least
+
+
 def test_only_the_labels_without_finite_score_are_named():
     """Two labels start without mass: label 1 has no finite score (named), label 2 only scores
     far below the rest (its mass underflows, but it can be revived: not named)."""
