@@ -234,7 +234,8 @@ def check_labels_reachable(
     of returning collapsed labels. Beyond :func:`~sinklabel._feasibility.pattern_cap`
     distinct patterns of finite labels only single labels are checked. Returns, for the
     failed solve's warnings, what -inf scores may still do that no error named: None where
-    there are none. Every process must call it: counts are combined.
+    there are none (no -inf score, or whole shares of N, which the group check decides).
+    Every process must call it: counts are combined.
     """
     n_labels = source.shape[1]
     totals = np.zeros(n_labels + 1)
@@ -265,6 +266,8 @@ def check_labels_reachable(
         raise ValueError(shortage_message(shortage, n_points, label_weights))
     if totals[:n_labels].sum() == n_points * n_labels:
         return None
+    if decided and np.array_equal(lower, upper):
+        return None  # whole shares: the check above was of the very sizes the plan needs
     if not decided:
         return (
             "the -inf scores leave a group of labels short of rows (their rows fall into more "

@@ -282,6 +282,17 @@ def test_a_group_short_by_less_than_a_row_is_suspected_in_the_warnings():
     assert suspect in said[PrecisionWarning]
 
 
+def test_whole_shares_that_the_check_passed_suspect_no_mask():
+    """10 points per label of 30, one -inf score: the check at those very sizes found a
+    plan, so a solve stopped by max_iter (its potentials large with scores of 1e4) was told
+    to raise max_iter, not that the -inf scores might leave a group short."""
+    scores = np.random.default_rng(0).normal(size=(30, 3)) * 1e4
+    scores[0, 0] = -np.inf
+    assert check_labels_reachable(as_source(scores), np.full(3, 1 / 3), 64) is None
+    said = _failure_warnings(scores, lam=1.0, max_iter=5)[ConvergenceWarning]
+    assert "-inf" not in said and "raise max_iter" in said
+
+
 def test_without_minus_inf_the_check_suspects_no_mask():
     """All scores finite: any proportions have a plan, so the check names nothing and gives
     the warnings nothing to suspect (a huge finite mask grows the potentials too)."""
