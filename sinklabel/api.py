@@ -28,6 +28,7 @@ from ._warnings import warn
 from .collective import LOCAL, Collective
 from .exp_cache import table_cap, with_exp_cache
 from .kernels import Kernel, exp_tables, resolve_kernel
+from .kernels._base import compute_dtype
 from .result import SinkhornResult
 from .sources import Array, Source, as_source, checked, parse_memory
 
@@ -334,6 +335,7 @@ def _apply_potentials(
     rows = _chunk_rows(chunk_size, kernel, source, memory_limit)
     # A writable copy: torch warns when it wraps the result's read-only potentials.
     f, lam = np.array(result.potentials), result.lam
+    _check_result_fits(f, lam, source.dtype)
     if what == "labels" and source.in_memory and _resolved(f, source.dtype):
         # One pass: the scores are checked by each row's best.
         with np.errstate(over="ignore", invalid="ignore"):  # what the check looks for
@@ -352,6 +354,26 @@ def _apply_potentials(
         out[start:stop] = part
         del part  # not held while the next chunk's is computed
     return out
+
+
+def _check_result_fits(f: np.ndarray, lam: float, dtype: Any) -> None:
+    """Refuse a float64 result whose ``lam`` or potentials the kernels of narrower scores
+    cannot hold: float32 makes them inf (lam = 1e39 turned a score of 0 into NaN, blamed on
+    the scores; two potentials beyond 3.4e38 tied, and every row took the first)."""
+    working = compute_dtype(dtype)
+    largest = float(np.abs(f).max(initial=0.0))
+    if largest > float(np.finfo(working).max):
+        beyond = f"potentials reach {largest:.3g}"
+    else:
+        try:
+            check_lam(lam, dtype)  # as a solve of these scores would hold it
+            return
+        except ValueError:
+            beyond = f"lam is {lam:g}"
+    raise ValueError(
+        f"this result's {beyond}, beyond the largest {working}, the precision {dtype} scores "
+        "are computed in: pass the scores as float64, as they were solved"
+    )
 
 
 def _resolved(f: np.ndarray, dtype: Any) -> bool:

@@ -110,6 +110,8 @@ class SinkhornResult:
         Each row takes ``argmax_y lam * logp[i, y] + potentials[y]``, ``chunk_size`` rows at a
         time (default: the backend's); int64 labels in the input's array library. Scores
         in memory are read once: NaN, +inf and rows of -inf are found from each row's best.
+        A float64 result whose ``lam`` or potentials float32 cannot hold is refused for
+        float32, float16 and bfloat16 scores (and in :meth:`soft_assignments`).
         """
         from .api import apply_potentials
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import warnings
@@ -137,18 +138,52 @@ def test_predict_reads_in_memory_scores_once_and_still_names_bad_rows(logp, monk
         result.predict(bad)
 
 
-def test_predict_with_potentials_beyond_float32_on_float32_scores_labels_as_before(logp):
-    """A float64 result may hold potentials float32 cannot (warm starts up to 1.3e154): the
-    one-pass check assumed they fit, and called the float32 labelling of such a result a
-    bug. It now labels such scores after a check pass of their own, as before."""
-    import dataclasses
+def _narrow_copies(values: np.ndarray) -> list:
+    """``values`` as narrower scores a float64 result may be applied to, a streamed copy
+    whose rows must not be read among them."""
+    from sinklabel.sources import CallableSource
 
-    big = dataclasses.replace(sinkhorn(logp, 5),
-                              potentials=np.array([1e39, 0.0, 0.0, 0.0, -1e39]))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # the potentials' cast to float32
-        labels = np.asarray(big.predict(logp.astype(np.float32)))
-    np.testing.assert_array_equal(labels, np.zeros(len(logp)))
+    def unread(start, stop):
+        raise AssertionError("the scores were read before the result was refused")
+
+    copies = [values.astype(np.float32), values.astype(np.float16),
+              CallableSource(unread, values.shape, "float32")]
+    try:
+        import torch
+    except ImportError:
+        return copies
+    return [*copies, torch.from_numpy(values).to(torch.bfloat16)]
+
+
+def _beyond_float32(logp: np.ndarray) -> dict:
+    """Float64 results that float32 cannot hold: lam = 1e39 (a float64 solve takes it), and
+    potentials beyond 3.4e38 (a warm start up to 1.3e154 returned at max_iter)."""
+    with warnings.catch_warnings():  # not converged, imprecise: not what is tested
+        warnings.simplefilter("ignore")
+        return {
+            "lam is 1e+39": sinkhorn(logp, 5, lam=1e39, max_iter=5),
+            "potentials reach 3e+39": sinkhorn(logp, 5, init=[1e39, 2e39, 0.0, 0.0, -3e39],
+                                               max_iter=1),
+        }
+
+
+@pytest.mark.parametrize("kind", range(4))
+def test_a_float64_result_beyond_float32_is_refused_on_narrower_scores(logp, kind):
+    """Cast to float32, lam = 1e39 turned a score of 0 into NaN ("logp contains NaN" of
+    scores that hold none), and potentials of 1e39 and 2e39 became the same inf: every row
+    took label 0 where label 1's potential is larger, and soft assignments were NaN or raised
+    ZeroDivisionError. Such a result is refused before any row is read; float64 scores
+    still take it."""
+    copies = _narrow_copies(logp)
+    if kind >= len(copies):
+        pytest.skip("torch is not installed")
+    for beyond, result in _beyond_float32(logp).items():
+        for apply in (result.predict, result.soft_assignments):
+            message = f"this result's {re.escape(beyond)}, beyond the largest float32.*float64"
+            with pytest.raises(ValueError, match=message):
+                apply(copies[kind])
+    far = _beyond_float32(logp)["potentials reach 3e+39"]
+    np.testing.assert_array_equal(np.asarray(far.predict(logp)), np.ones(len(logp)))
 
 
 @pytest.mark.parametrize("k", [48, 49, 98])
