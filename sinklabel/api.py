@@ -11,6 +11,7 @@ from . import solver
 from ._arrays import device_scope
 from ._budget import bytes_per_row, default_rows, fixed_bytes, rows_for_budget
 from ._capacities import balanced_range
+from ._compile import eager_in_torch_compile
 from ._validation import (
     RowTops,
     check_chunk_scores,
@@ -41,6 +42,7 @@ DEFAULT_MAX_ITER = 1000
 BALANCE = (None, "exact")
 
 
+@eager_in_torch_compile
 def sinkhorn(
     logp: Array,
     K: int,
@@ -201,6 +203,7 @@ def check_balance(balance: Any) -> str | None:
     return balance
 
 
+@eager_in_torch_compile
 def assign_labels(logp: Array, K: int, **options: Any) -> Array:
     """Hard labels that agree with ``logp`` while splitting the data by ``label_weights``.
 
@@ -317,6 +320,7 @@ def _warn_empty_labels(result: SinkhornResult) -> SinkhornResult:
     return result
 
 
+@eager_in_torch_compile
 def apply_potentials(
     logp: Array, result: SinkhornResult, what: str, chunk_size: int | None,
     memory_limit: int | str | None = None,

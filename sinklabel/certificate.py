@@ -47,6 +47,7 @@ import numpy as np
 
 from ._budget import pass_rows
 from ._capacities import check_capacities
+from ._compile import eager_in_torch_compile
 from ._validation import (
     check_chunk_scores,
     check_flag,
@@ -105,6 +106,7 @@ class Certificate:
         return self.feasible and self.gap <= self.rounding < np.inf
 
 
+@eager_in_torch_compile
 def duality_gap(
     logp: Array,
     labels: Array,

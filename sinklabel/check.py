@@ -16,6 +16,7 @@ import numpy as np
 from ._arrays import host_array, to_host
 from ._budget import pass_rows
 from ._capacities import check_capacities
+from ._compile import eager_in_torch_compile
 from ._validation import check_flag, check_labels, check_prices, check_shape
 from .certificate import (
     _UNIT64,
@@ -129,6 +130,7 @@ class CheckReport:
         return "\n".join(lines)
 
 
+@eager_in_torch_compile
 def check(
     result_or_labels: SinkhornResult | ExactResult | Array,
     logp: Array,

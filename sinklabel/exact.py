@@ -25,6 +25,7 @@ import numpy as np
 from ._arrays import array_library, from_host, is_cuda, to_host
 from ._budget import pass_rows
 from ._capacities import balanced_range, check_capacities, check_reachable, finite_per_label
+from ._compile import eager_in_torch_compile
 from ._validation import check_prices, check_scores, check_shape
 from .certificate import Certificate, duality_gap
 from .kernels import Kernel, resolve_kernel
@@ -90,6 +91,7 @@ class ExactResult:
         return self.certificate.gap
 
 
+@eager_in_torch_compile
 def solve_exact(
     logp: Array,
     K: int,

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from ._budget import BYTES_PER_BLOCK, default_rows, fixed_bytes, rows_for_budget
+from ._compile import eager_in_torch_compile
 from ._validation import check_positive, check_shape
 from ._warnings import held_warnings, warn
 from .api import sinkhorn
@@ -34,6 +35,7 @@ from .sources.shared import SharedReader
 SHARED_OPTIONS = ("lam", "tol", "max_iter", "progress")
 
 
+@eager_in_torch_compile
 def sinkhorn_heads(
     logp: Array,
     Ks: Sequence[int] | np.ndarray,
