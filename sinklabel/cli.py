@@ -29,8 +29,6 @@ INTERRUPTED = 130
 #: shell reports a command that signal ended, not 2 ("bad input").
 BROKEN_PIPE = 141
 
-#: command name -> module in sinklabel.commands defining ``configure(parser)``, ``run(args)``
-#: and ``MEMORY_HINT``, what to do when its work does not fit in memory
 #: The library's advice in its errors and warnings, in this command line's terms: a user
 #: of ``sinklabel assign`` reads "pass --exact", not "balance='exact'".
 CLI_TERMS = (
@@ -44,7 +42,13 @@ CLI_TERMS = (
     (re.compile(r"\bpass logp\.T\b"), "save the scores transposed"),
     (re.compile(r"\bsolve_exact\b"), "sinklabel.solve_exact in Python"),
 )
+#: What in_cli_terms leaves as it is: a quoted value, such as a path the user named
+#: ('label_weights.npy', 'runs/tol=0.01/scores.npy'), opened by a quote after no letter and
+#: no "=" (an apostrophe, "the solve's", follows a letter; balance='exact' is rewritten).
+QUOTED = re.compile(r"""((?<![\w=])'[^']*'(?!\w)|(?<![\w=])"[^"]*"(?!\w))""")
 
+#: command name -> module in sinklabel.commands defining ``configure(parser)``, ``run(args)``
+#: and ``MEMORY_HINT``, what to do when its work does not fit in memory
 COMMANDS = {
     "demo": "sinklabel.commands.demo",
     "assign": "sinklabel.commands.assign",
@@ -135,10 +139,13 @@ def _discard_stdout() -> None:
 
 
 def in_cli_terms(message: str) -> str:
-    """``message`` with the library's option names replaced by the flags that set them."""
-    for pattern, flag in CLI_TERMS:
-        message = pattern.sub(flag, message)
-    return message
+    """``message`` with the library's option names replaced by the flags that set them,
+    outside quoted values (a path such as 'label_weights.npy' is the user's, kept as given)."""
+    parts = QUOTED.split(message)
+    for index in range(0, len(parts), 2):  # the odd parts are the quoted values
+        for pattern, flag in CLI_TERMS:
+            parts[index] = pattern.sub(flag, parts[index])
+    return "".join(parts)
 
 
 def _error(command: str, message: str) -> int:

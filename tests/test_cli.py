@@ -654,6 +654,23 @@ def test_cli_terms_leave_the_formula_and_other_words_alone():
         "(tolerance), --weights=w, --lam 25, --cache, --exact")
 
 
+def test_cli_terms_leave_the_paths_the_user_named(tmp_path, capsys):
+    """A path is the user's, not the library's option: 'label_weights.npy' was printed as
+    '--weights.npy', and a folder 'tol=0.01' as '--tol 0.01', naming files that do not exist."""
+    assert in_cli_terms("no such file 'label_weights.npy'; raise max_iter") == (
+        "no such file 'label_weights.npy'; raise --max-iter")
+    assert in_cli_terms("the solve's tol=1, \"it's tol.npy\", balance='exact'") == (
+        "the solve's --tol 1, \"it's tol.npy\", --exact")
+    scores = tmp_path / "scores.npy"
+    np.save(scores, np.zeros((6, 3), dtype=np.float32))
+    out = str(tmp_path / "labels.npy")
+    for argv in (["--weights", "label_weights.npy"], ["--init", str(tmp_path / "tol=0.01")]):
+        assert main(["assign", str(scores), "-k", "3", "-o", out, *argv]) == 2
+        assert repr(argv[1]) in capsys.readouterr().err
+    assert main(["assign", str(scores), "-k", "3", "-o", str(tmp_path / "max_iter" / "x")]) == 2
+    assert os.sep + "max_iter" in capsys.readouterr().err
+
+
 def _interrupted(*args, **kwargs):
     raise KeyboardInterrupt
 
