@@ -34,7 +34,7 @@ BROKEN_PIPE = 141
 CLI_TERMS = (
     (re.compile(r"\bbalance=(['\"])exact\1"), "--exact"),
     (re.compile(r"\bcache=True\b"), "--cache"),
-    (re.compile(r"\blabel_weights\b"), "--weights"),
+    (re.compile(r"\blabel_weights\b(?!-)"), "--weights"),  # not "label_weights-weighted"
     (re.compile(r"\b(max_iter|memory_limit|tol)(=|\b)"),
      lambda match: "--" + match[1].replace("_", "-") + (" " if match[2] else "")),
     (re.compile(r"\blam="), "--lam "),  # not lam alone: "lam * logp" is the formula

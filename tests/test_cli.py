@@ -647,6 +647,7 @@ def test_messages_name_the_flags_not_the_library_options(tmp_path, capsys):
 
 
 def test_cli_terms_leave_the_formula_and_other_words_alone():
+    assert in_cli_terms("its label_weights-weighted mean") == "its label_weights-weighted mean"
     message = ("lam * logp + potentials reach 1e+30; lower lam, raise max_iter or tol "
                "(tolerance), label_weights=w, lam=25, cache=True, balance=\"exact\"")
     assert in_cli_terms(message) == (
