@@ -69,3 +69,12 @@ def test_solve(benchmark, scores, backend):
                                 kwargs=dict(backend=backend, max_iter=50), rounds=1,
                                 iterations=1, warmup_rounds=1)
     assert np.all(np.isfinite(result.potentials))
+    # What was timed must be right: the reported error is the plan's (rebuilt in float64 from
+    # the returned potentials), and the counts are the labels'.
+    k = scores.shape[1]
+    z = result.lam * scores.astype(np.float64) + result.potentials
+    p = np.exp(z - z.max(axis=1, keepdims=True))
+    marginal = (p / p.sum(axis=1, keepdims=True)).mean(axis=0)
+    assert np.abs(marginal - 1.0 / k).sum() == pytest.approx(result.error, rel=1e-3, abs=5e-5)
+    labels = np.asarray(result.labels)
+    assert np.array_equal(result.label_counts, np.bincount(labels, minlength=k))
