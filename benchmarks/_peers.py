@@ -129,8 +129,11 @@ def pot_solve(
         )
     n_iter = int(log["niter"]) + 1
     error = float(library_of(plan).abs(plan.sum(0) - b).sum())
-    if any("numerical errors" in str(w.message) for w in caught) or error != error:
-        return Outcome(n_iter, error, "numerical error", "POT stopped on NaN/inf")
-    if n_iter >= max_iter:
+    if any("numerical errors" in str(w.message).lower() for w in caught) or error != error:
+        # POT drops the iteration that failed: the plan is that of the ones before it
+        return Outcome(n_iter - 1, error, "numerical error", "POT stopped on NaN/inf")
+    # POT's L2 rule, checked every tenth iteration, may fire on the last one allowed
+    rule_met = stop and len(log["err"]) > 0 and float(log["err"][-1]) < tol
+    if n_iter >= max_iter and error > tol and not rule_met:
         return Outcome(n_iter, error, "cap")
     return Outcome(n_iter, error, "tol" if error <= tol else "own rule", "L2 rule")

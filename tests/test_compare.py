@@ -313,6 +313,40 @@ def test_a_peer_that_ended_in_nan_is_nobodys_best_total():
     assert records[0]["total_over_best_peer"] == pytest.approx(0.5)  # against POT's 0.04 s
 
 
+def _fake_pot(monkeypatch, niter: int, errors: list, column_error: float, failed: bool):
+    """An ``ot`` module whose sinkhorn returns a plan with that L1 label-marginal error."""
+    import warnings
+
+    def sinkhorn(a, b, cost, reg, **options):
+        if failed:
+            warnings.warn("Warning: numerical errors at iteration 12", stacklevel=2)  # POT's
+        plan = np.outer(a, b)
+        plan[0, 0] += column_error / 2
+        plan[0, 1] -= column_error / 2
+        return plan, {"niter": niter, "err": errors}
+
+    monkeypatch.setitem(sys.modules, "ot", types.SimpleNamespace(sinkhorn=sinkhorn))
+
+
+@pytest.mark.parametrize("niter, errors, column_error, failed, expected", [
+    (12, [1e-2, 1e-2], 0.5, True, (12, "numerical error")),  # the plan of 12, not 13
+    (299, [1e-2], 1e-2, False, (300, "cap")),
+    (299, [1e-2], 1e-4, False, (300, "tol")),  # at the cap, but within the tolerance
+    (300, [1e-2, 1e-4], 1e-2, False, (301, "own rule")),  # L2 rule on the last check
+    (40, [1e-2, 1e-4], 1e-4, False, (41, "tol")),
+])
+def test_pot_outcomes_name_what_ended_the_run(monkeypatch, niter, errors, column_error, failed,
+                                              expected):
+    from benchmarks._peers import pot_solve
+
+    _fake_pot(monkeypatch, niter, errors, column_error, failed)
+    scores = np.zeros((10, 4))
+    outcome = pot_solve(scores, method="sinkhorn", lam=25.0, tol=1e-3,
+                        max_iter=expected[0] if expected[1] == "own rule" else 300, stop=True)
+    assert (outcome.n_iter, outcome.stopped_by) == expected
+    assert outcome.error == pytest.approx(column_error)
+
+
 def test_the_json_holds_no_nan_for_strict_readers(tmp_path):
     """A NaN error (a run that ended in NaN) was written as the bare word NaN: not JSON."""
     from benchmarks._report import write_json
