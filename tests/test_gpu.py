@@ -179,6 +179,17 @@ def test_requires_grad_cuda_tensor_records_no_graph():
     assert x.grad is None
 
 
+@needs_torch
+def test_a_compiled_step_labels_cuda_tensors_as_an_eager_one():
+    """The Triton route called from a torch.compile'd step runs eagerly (a graph break)."""
+    x = torch.from_numpy(make_scores(2000, 40, regime="peaked", seed=2).scores).cuda()
+    torch._dynamo.reset()
+    step = torch.compile(lambda s: sinklabel.assign_labels(s * 2.0 / 2.0, 40), backend="eager")
+    labels = step(x)
+    assert labels.is_cuda
+    torch.testing.assert_close(labels, sinklabel.assign_labels(x, 40), rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("library", [pytest.param("torch", marks=needs_torch),
                                      pytest.param("cupy", marks=needs_cupy)])
 @pytest.mark.parametrize("layout", ["column_major", "column_slice"])
