@@ -111,17 +111,20 @@ def load_npy(path: str, what: str) -> np.ndarray:
             raise ValueError(f"{what}: {path!r} is not a .npy array file ({exc})") from exc
 
 
-def check_outputs(paths: list[str], scores: str,
-                  inputs: dict[str, str | None] | None = None) -> None:
-    """Fail before any work when a path cannot be written, would overwrite the scores or an
-    input file named in ``inputs`` (what it holds -> its path, None when not given), or is
-    named twice (the second save would silently replace the first)."""
-    named = {"scores": scores, **(inputs or {})}
-    for path in paths:
+def check_outputs(outputs: list[tuple[str | None, str | None]],
+                  inputs: dict[str, str | None]) -> None:
+    """Fail before any work when an output path cannot be written, would overwrite an input
+    file (``inputs``: what it holds -> its path) other than the one it may replace, or is
+    named twice (the second save would silently replace the first). ``outputs``: each path
+    with what it may replace (None: nothing), a path of None not asked for, as an input."""
+    paths = [path for path, _ in outputs if path is not None]
+    for path, replaces in outputs:
+        if path is None:
+            continue
         _check_writable(path)
-        for what, given in named.items():
+        for what, given in inputs.items():
             # A missing input is not compared here: opening it names it as missing.
-            if given and _same_file(path, given):
+            if given and what != replaces and _same_file(path, given):
                 raise ValueError(f"{path!r} is the {what} file; choose another output path")
     real = [os.path.realpath(path) for path in paths]
     for index, path in enumerate(paths):

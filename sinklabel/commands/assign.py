@@ -52,12 +52,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    extras = [path for path in (args.potentials, args.prices) if path is not None]
-    check_outputs([args.output, *extras], args.scores, {"--weights": args.weights})
     # --potentials may replace the --init file (potentials updated in place, epoch after
     # epoch); the labels and prices may not.
-    check_outputs([args.output, *([args.prices] if args.prices else [])], args.scores,
-                  {"--init": args.init})
+    check_outputs([(args.output, None), (args.potentials, "--init"), (args.prices, None)],
+                  {"scores": args.scores, "--weights": args.weights, "--init": args.init})
     weights = None if args.weights is None else load_npy(args.weights, "weights")
     init = None if args.init is None else load_npy(args.init, "init")
     start = time.perf_counter()
