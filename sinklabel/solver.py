@@ -409,12 +409,13 @@ def solve(
             advice = f"{dtype} stopped resolving the plan on its way (see the PrecisionWarning)"
         else:
             advice = "raise max_iter or tol"
-        head = (f"Sinkhorn stopped short of tol={tol:g} after {len(evaluate.history)} of "
-                f"max_iter={max_iter} iterations, its potentials past the "
-                f"{evaluate.limit:.3g} that {dtype} computes with" if beyond else
-                f"Sinkhorn stopped short of tol={tol:g} after {len(evaluate.history)} of "
-                f"max_iter={max_iter} iterations" if dead is not None else
-                f"Sinkhorn did not reach tol={tol:g} in max_iter={max_iter} iterations")
+        if beyond or dead is not None:
+            head = (f"Sinkhorn stopped short of tol={tol:g} after {len(evaluate.history)} of "
+                    f"max_iter={max_iter} iterations")
+            if beyond:
+                head += f", its potentials past the {evaluate.limit:.3g} that {dtype} computes with"
+        else:
+            head = f"Sinkhorn did not reach tol={tol:g} in max_iter={max_iter} iterations"
         warn(f"{head} (label-marginal error {best.error:.3g}); {advice}", ConvergenceWarning)
     if _imprecise(size, dtype):
         returned = max(_size(best), top + float(np.abs(best.f).max()))
