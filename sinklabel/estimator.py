@@ -122,7 +122,7 @@ class SinkhornLabeler:
 
     def fit(self, logp: Array, y: None = None) -> SinkhornLabeler:
         """Solve from ``init`` (a cold start by default)."""
-        return self._fit(logp, self.init)
+        return self._fit(logp)
 
     def partial_fit(self, logp: Array, y: None = None) -> SinkhornLabeler:
         """Solve again, starting from the previous solve's potentials (as in training).
@@ -132,9 +132,7 @@ class SinkhornLabeler:
         between fits (on peaked scores 6-11 passes instead of 17-59 where lam moved between
         10 and 100; ``docs/convergence.md``).
         """
-        if not hasattr(self, "result_"):
-            return self._fit(logp, self.init)
-        return self._fit(logp, None, continuing=True)
+        return self._fit(logp, continuing=hasattr(self, "result_"))
 
     def fit_predict(self, logp: Array, y: None = None) -> Array:
         """Fit and return the labels of ``logp``."""
@@ -150,11 +148,11 @@ class SinkhornLabeler:
         return self._fitted().soft_assignments(logp, chunk_size=self.chunk_size,
                                                memory_limit=self.memory_limit)
 
-    def _fit(self, logp: Array, init: Array | None, continuing: bool = False) -> SinkhornLabeler:
+    def _fit(self, logp: Array, continuing: bool = False) -> SinkhornLabeler:
+        """Solve from ``init``, or from the last potentials when ``continuing``."""
         try:
             n_labels = self._labels_for(logp, continuing)
-            if continuing:
-                init = self._warm_start()
+            init = self._warm_start() if continuing else self.init
         except Exception as error:  # a path that cannot be opened, too
             if check_flag("distributed", self.distributed) or self.process_group is not None:
                 from .distributed import fail_with_peers
