@@ -414,11 +414,16 @@ def _fused_sweep(x: torch.Tensor, coef: torch.Tensor, buffers: TorchSweepBuffers
         host = _sum_parts(buffers, programs).cpu().numpy()
         return (host[:-1], 0.0), (host[-1:], n_rows)
 
+    def launch_and_sum(config: tuple) -> None:
+        """What a CUDA graph records: the sweep and the totals."""
+        launch(config)
+        _sum_parts(buffers, programs)
+
     candidates = _fused_configs(width, tiles, x)
     tune = x.is_cuda and x.numel() >= TUNE_ELEMENTS
     chosen = TUNER.chosen.get(key, candidates[0])
     graph = None if TUNER.will_time(key, candidates, tune) else buffers.graph(
-        x, chosen, lambda config: (launch(config), _sum_parts(buffers, programs)))
+        x, chosen, launch_and_sum)
     if graph is not None:
         graph.replay()
     else:

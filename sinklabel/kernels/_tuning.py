@@ -9,7 +9,8 @@ A candidate that cannot launch on this device (too much shared memory, say) is s
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 
 import numpy as np
 
@@ -32,11 +33,11 @@ class Tuner:
                  errors: Callable[[], tuple[type[BaseException], ...]]):
         self.elapsed = elapsed
         self.errors = errors
-        self.chosen: dict[Hashable, tuple] = {}
-        self.rejected: dict[Hashable, list[tuple[tuple, str]]] = {}
-        self.timings: dict[Hashable, list[tuple[tuple, float]]] = {}
+        self.chosen: dict[tuple, tuple] = {}
+        self.rejected: dict[tuple, list[tuple[tuple, str]]] = {}
+        self.timings: dict[tuple, list[tuple[tuple, float]]] = {}
 
-    def run(self, launch: Callable[[tuple], None], candidates: Sequence[tuple], key: Hashable,
+    def run(self, launch: Callable[[tuple], None], candidates: Sequence[tuple], key: tuple,
             result: Callable[[], Sequence[tuple[np.ndarray, float]]], tune: bool) -> None:
         """Launch the configuration chosen for ``key``; with ``tune`` (a large input) and
         none chosen yet, time every candidate first. ``result`` reads back what a launch
@@ -47,7 +48,7 @@ class Tuner:
             self.chosen[key] = self._fastest(launch, candidates, key, result)
         launch(self.chosen.get(key, candidates[0]))
 
-    def will_time(self, key: Hashable, candidates: Sequence[tuple], tune: bool) -> bool:
+    def will_time(self, key: tuple, candidates: Sequence[tuple], tune: bool) -> bool:
         """Whether :meth:`run` with these arguments times the candidates (so launches every
         one of them) before its own launch."""
         return key not in self.chosen and tune and len(candidates) > 1
@@ -71,7 +72,7 @@ class Tuner:
                 rejected.append((config, f"disagrees with the default by {gap:.2g}"))
                 wrong.append(config)
                 continue
-            times[-1] = self.elapsed(lambda config=config: launch(config))
+            times[-1] = self.elapsed(partial(launch, config))
         self.rejected[key] = rejected
         timed = zip(candidates, times, strict=True)
         self.timings[key] = [(config, ms) for config, ms in timed if np.isfinite(ms)]
@@ -81,7 +82,7 @@ class Tuner:
                  "with your GPU model", RuntimeWarning)
         return candidates[int(np.argmin(times))]
 
-    def report(self, name: Callable[[Hashable], str]) -> dict[str, dict]:
+    def report(self, name: Callable[[tuple], str]) -> dict[str, dict]:
         """Per key (named by ``name(key)``), for benchmark reports: the configuration chosen,
         each timed one's milliseconds for three launches, and those ruled out, with why."""
         return {name(key): {"chosen": list(config),
