@@ -128,6 +128,7 @@ class CupyKernel(Kernel):
             for _, z, _ in _shifted_blocks(x, f, lam):
                 top = z.max(axis=0)
                 result = top if result is None else cp.maximum(result, top)
+            assert result is not None  # a chunk has rows: sources yield range(0, n, rows)
             return result.astype(cp.float64).get()
 
     def soft(self, chunk: Array, f: np.ndarray, lam: float) -> Array:
@@ -311,7 +312,7 @@ def _plan(n_cols: int, dtype: str, row_stride: int, col_stride: int, misalignmen
     if not shapes:
         return None
     shapes.sort(key=lambda o: (o[0], -o[2]))  # the least waste, then the most threads
-    candidates = []
+    candidates: list[tuple[int, ...]] = []
     for _, vec, threads, packs in shapes[:2]:
         per_row = packs * vec
         for values, prefetch in ((limit // 2, 1), (limit, 1), (limit, 0), (2 * limit, 0)):
@@ -417,11 +418,13 @@ def _blocks(x) -> Iterator[tuple[int, int]]:
 
 
 def _shifted_blocks(x, f: np.ndarray, lam: float,
-                    xp=None) -> Iterator[tuple[int, object, object]]:
+                    xp=None) -> Iterator[tuple[int, Array, Array]]:
     """(first row, z - rowmax(z), rowmax(z) as a column) block by block, with
     z = lam * x + f in the compute dtype; ``xp`` is the array module (CuPy by default)."""
     if xp is None:
-        import cupy as xp
+        import cupy
+
+        xp = cupy
 
     dtype = compute_dtype(x.dtype)
     offsets = xp.asarray(f.astype(dtype))

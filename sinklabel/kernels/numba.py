@@ -88,7 +88,8 @@ from .._simd import (
 )
 from ._base import BackendUnavailable, Kernel, compute_dtype
 
-if numba.config.DISABLE_JIT:  # "auto" then takes the NumPy backend, and torch its own ops
+# With the compiler off, "auto" takes the NumPy backend, and torch its own ops.
+if numba.config.DISABLE_JIT:  # type: ignore[attr-defined]
     raise BackendUnavailable(JIT_DISABLED)
 
 # Below these, exp(x) is 0 or subnormal, and its share of a row sum (which is >= 1) is below
@@ -661,7 +662,7 @@ def _rows_in_place(chunk: np.ndarray) -> bool:
 
 
 #: What the kernels read each dtype they take in place as (native byte order only).
-_STORAGE = {
+_STORAGE: dict[np.dtype, np.dtype] = {
     np.dtype(np.float32): np.dtype(np.float32),
     np.dtype(np.float64): np.dtype(np.float64),
     np.dtype(np.float16): HALF_BITS,
@@ -753,6 +754,7 @@ class NumbaKernel(Kernel):
             if total is not None:
                 sums[0] += total  # as NumPy's sum adds: in task order, one task at a time
             total = sums.sum(axis=0)
+        assert total is not None  # the loop runs at least once
         return total[:k], float(total[k])
 
     def _tasks_per_wave(self, n_tasks: int, width: int) -> int:

@@ -67,12 +67,12 @@ class TorchKernel(Kernel):
                 return fused.sweep_lse(x, f, lam)
         view = self._numba_view(x)
         if view is not None:
-            mass, lse = np.zeros(x.shape[1]), 0.0
+            host_mass, host_lse = np.zeros(x.shape[1]), 0.0
             for _, block in self._numba_blocks(view):
                 block_mass, block_lse = self._numba.sweep_lse(block, f, lam)
-                mass += block_mass
-                lse += block_lse
-            return mass, lse
+                host_mass += block_mass
+                host_lse += block_lse
+            return host_mass, host_lse
         import torch
 
         # Accumulated on the device: one host sync per chunk, as in the fused kernels.
@@ -96,12 +96,12 @@ class TorchKernel(Kernel):
                 return fused.best(x, f, lam)
         view = self._numba_view(x)
         if view is not None:
-            top = np.empty(len(view), compute_dtype(view.dtype))
-            labels = np.empty(len(view), np.int64)
+            host_top = np.empty(len(view), compute_dtype(view.dtype))
+            host_labels = np.empty(len(view), np.int64)
             for start, block in self._numba_blocks(view):
-                top[start:start + len(block)], labels[start:start + len(block)] = (
+                host_top[start:start + len(block)], host_labels[start:start + len(block)] = (
                     self._numba.best(block, f, lam))
-            return _from_numpy(top), _from_numpy(labels)
+            return _from_numpy(host_top), _from_numpy(host_labels)
         import torch
 
         top = torch.empty(x.shape[0], dtype=_compute_dtype(x), device=x.device)
@@ -122,6 +122,7 @@ class TorchKernel(Kernel):
         for _, z in _shifted_blocks(x, f, lam):
             top = z.amax(dim=0)
             result = top if result is None else torch.maximum(result, top)
+        assert result is not None  # a chunk has rows: sources yield range(0, n, rows)
         return result.double().cpu().numpy()
 
     def soft(self, chunk: torch.Tensor, f: np.ndarray, lam: float) -> torch.Tensor:
@@ -130,10 +131,10 @@ class TorchKernel(Kernel):
         x = _readable(chunk)
         view = self._numba_view(x)
         if view is not None:
-            out = np.empty(view.shape, compute_dtype(view.dtype))
+            host_out = np.empty(view.shape, compute_dtype(view.dtype))
             for start, block in self._numba_blocks(view):
-                out[start:start + len(block)] = self._numba.soft(block, f, lam)
-            return _from_numpy(out)
+                host_out[start:start + len(block)] = self._numba.soft(block, f, lam)
+            return _from_numpy(host_out)
         out = torch.empty(x.shape, dtype=_compute_dtype(x), device=x.device)
         for start, z in _shifted_blocks(x, f, lam):
             p = _exp_nonpositive(z)
@@ -272,7 +273,7 @@ def _shifted_blocks(
 
 def _exp_nonpositive(z: torch.Tensor) -> torch.Tensor:
     """exp of z <= 0 in place; results that would be denormal (or underflow) are exactly 0."""
-    from torch.nn.functional import threshold_
+    from torch.nn.functional import threshold_  # type: ignore[attr-defined]
 
     floor = _EXP_FLOOR[str(z.dtype).removeprefix("torch.")]
     z.clamp_(min=floor).exp_()
