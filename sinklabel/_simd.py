@@ -37,13 +37,13 @@ try:
     from numba.core import cgutils
     from numba.extending import intrinsic
 
-    if config.DISABLE_JIT:
+    if config.DISABLE_JIT:  # type: ignore[attr-defined]
         raise ImportError(JIT_DISABLED)
 except ImportError:  # tests/test_simd.py imports this module with numba hidden
     HAVE_NUMBA = False
-    prange = range
+    prange = range  # type: ignore[misc]
 
-    def njit(*args, **kwargs):
+    def njit(*args, **kwargs):  # type: ignore[no-redef]
         """Identity decorator standing in for numba.njit; keeps ``py_func`` for symmetry."""
 
         def wrap(func):
@@ -106,7 +106,7 @@ def parallel_loop(**options: Any) -> Callable[[Callable], Callable]:
             with _PARALLEL_REGION:
                 return compiled(*args)
 
-        run.py_func = func
+        run.py_func = func  # type: ignore[attr-defined]
         return run
 
     return wrap
