@@ -21,10 +21,10 @@ def eager_in_torch_compile(fn: Function) -> Function:
 
     @functools.wraps(fn)
     def call(*args: Any, **kwargs: Any) -> Any:
-        torch = sys.modules.get("torch")
-        compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None)
+        compiler: Any = getattr(sys.modules.get("torch"), "compiler", None)
+        compiling = getattr(compiler, "is_compiling", None)
         if compiling is not None and compiling():
-            return torch.compiler.disable(fn)(*args, **kwargs)
+            return compiler.disable(fn)(*args, **kwargs)
         return fn(*args, **kwargs)
 
     return call  # type: ignore[return-value]

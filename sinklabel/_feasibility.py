@@ -59,24 +59,26 @@ class FinitePatterns:
 
     def add(self, finite: np.ndarray) -> None:
         """Count the rows of a boolean (rows, K) finite-score mask."""
-        if self.counts is None or finite.shape[0] == 0:
+        counts = self.counts
+        if counts is None or finite.shape[0] == 0:
             return
         full = finite.all(axis=1)
         n_full = int(full.sum())
         if n_full:
             key = np.packbits(np.ones(self.n_labels, dtype=bool)).tobytes()
-            self.counts[key] = self.counts.get(key, 0) + n_full
+            counts[key] = counts.get(key, 0) + n_full
         if n_full < finite.shape[0]:
-            self._add_rows(np.packbits(finite[~full], axis=1))
-        if len(self.counts) > pattern_cap(self.n_labels):
+            _count_rows(counts, np.packbits(finite[~full], axis=1))
+        if len(counts) > pattern_cap(self.n_labels):
             self.counts = None
 
-    def _add_rows(self, packed: np.ndarray) -> None:
-        """Count packed rows by their bytes (one sort of the rows as opaque records)."""
-        records = np.ascontiguousarray(packed).view(np.dtype((np.void, packed.shape[1])))
-        keys, counts = np.unique(records.ravel(), return_counts=True)
-        for key, count in zip(keys.tolist(), counts.tolist(), strict=True):
-            self.counts[key] = self.counts.get(key, 0) + count
+
+def _count_rows(counts: dict[bytes, int], packed: np.ndarray) -> None:
+    """Count packed rows by their bytes (one sort of the rows as opaque records)."""
+    records = np.ascontiguousarray(packed).view(np.dtype((np.void, packed.shape[1])))
+    keys, numbers = np.unique(records.ravel(), return_counts=True)
+    for key, number in zip(keys.tolist(), numbers.tolist(), strict=True):
+        counts[key] = counts.get(key, 0) + number
 
 
 def find_shortage(

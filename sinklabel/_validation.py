@@ -26,7 +26,8 @@ def check_positive(name: str, value: Any, *, integer: bool = False) -> Any:
         raise TypeError(f"{name} must be {'an integer' if integer else 'a number'}, got {value!r}")
     # Python's own conversions: NumPy's isfinite takes neither a Fraction nor an int beyond
     # int64, and a float overflows only where the number is too large for float64.
-    if integer:
+    number: float
+    if integer and isinstance(value, numbers.Integral):
         number = int(value)
     else:
         try:

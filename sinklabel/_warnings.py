@@ -8,6 +8,7 @@ import sys
 import warnings
 from collections.abc import Iterator
 from contextvars import ContextVar
+from types import FrameType
 
 _PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
 _held: ContextVar[list[tuple[str, type[Warning]]] | None] = ContextVar(
@@ -39,7 +40,8 @@ def warn(message: str, category: type[Warning] = UserWarning) -> None:
     if held is not None:
         held.append((message, category))
         return
-    level, frame = 2, sys._getframe(1)
+    level = 2
+    frame: FrameType | None = sys._getframe(1)
     while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE):
         frame, level = frame.f_back, level + 1
     warnings.warn(message, category, stacklevel=level)

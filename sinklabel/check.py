@@ -99,9 +99,10 @@ class CheckReport:
         """
         if not self.feasible:
             return False
-        if self.optimum is None:
-            return self.gap <= self.certificate.rounding < np.inf
-        return self.gap <= self.cost_rounding < np.inf
+        rounding = self.cost_rounding  # set with the optimum
+        if rounding is None:
+            rounding = self.certificate.rounding
+        return self.gap <= rounding < np.inf
 
     def __str__(self) -> str:
         counts = self.label_counts

@@ -192,6 +192,7 @@ class TorchCollective(Collective):
             if counts[self.rank]:
                 dist.send(buffers.tensor, dst=self._global_rank(0), group=self.group)
             return None
+        assert buffers.table is not None, "rank 0's transfer holds the table"
         offsets = np.cumsum(counts)
         for source in range(1, self.world_size):
             if counts[source] == 0:
@@ -221,7 +222,8 @@ class TorchCollective(Collective):
         import torch.distributed as dist
 
         group = dist.group.WORLD if self.group is None else self.group
-        return dist.get_global_rank(group, group_rank)
+        # WORLD is None only before init_process_group, and a collective exists only after
+        return dist.get_global_rank(group, group_rank)  # type: ignore[arg-type]
 
     def _reduce_checked(self, x: np.ndarray, op: str) -> np.ndarray:
         x = np.asarray(x, dtype=np.float64)
@@ -305,6 +307,7 @@ def distributed_sinkhorn(
     table = collective.gather(_fingerprint(checked, error))
     if error is not None:
         raise error
+    assert checked is not None, "set wherever no error was"
     _check_agreement(table, collective.ranks_named)
     source, kernel, settings = checked
     balance, cap = settings.pop("balance"), settings.pop("cache_cap")
@@ -374,6 +377,7 @@ def distributed_duality_gap(
     table = collective.gather(fingerprint)
     if error is not None:
         raise error
+    assert checked is not None, "set wherever no error was"
     _check_agreement(table, collective.ranks_named, CERTIFIED)
     source, kernel, y, v, rows, _ = checked
     # The same capacities and the same N on every rank: the same verdict everywhere.
@@ -511,7 +515,7 @@ def _error_code(error: BaseException | None) -> float:
 def _who_failed(codes: np.ndarray, when: str, ranks_named: RankNames) -> str:
     failed = np.flatnonzero(codes)
     parts = [f"{ranks_named([rank])} ({_ERROR_KINDS[int(codes[rank]) - 1].__name__})"
-             for rank in failed]
+             for rank in failed.tolist()]
     return (
         f"{' and '.join(parts)} failed {when}; every rank of the group stops, and the failing "
         "rank raises its own error, which says why"
@@ -521,7 +525,7 @@ def _who_failed(codes: np.ndarray, when: str, ranks_named: RankNames) -> str:
 def _collective_for(logp: Array, group: Any) -> TorchCollective:
     """The group's collective, reducing on the device of this rank's CUDA rows under NCCL."""
     collective = TorchCollective(group)
-    array = getattr(logp, "array", logp)
+    array: Any = getattr(logp, "array", logp)
     if collective.device.type == "cuda" and array_library(array) == "torch" and is_cuda(array):
         collective.device = array.device  # NCCL: reduce on the device that holds the rows
     return collective

@@ -302,4 +302,5 @@ def _streamed_scores(source: Source, rows: int) -> tuple[np.ndarray, Array]:
             array = np.empty(source.shape, dtype=compute_dtype(host.dtype))
             like = from_host(np.empty(0, dtype=np.int64), block)  # the labels' library
         array[start:stop] = host
+    assert array is not None, "check_shape admits only scores with rows"
     return array, like

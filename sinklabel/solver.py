@@ -236,7 +236,7 @@ class _Memory:
 
     def __init__(self, size: int):
         self.size = size
-        self._pairs: np.ndarray | None = None  # row 2i: step i, row 2i + 1: its change
+        self._pairs = np.empty((4 * size, 0))  # row 2i: step i, row 2i + 1: its change
         self._step_change = np.zeros((2 * size, 2 * size))  # [i, j] = step i . change j, i <= j
         self._change_change = np.zeros((2 * size, 2 * size))  # [i, j] = change i . change j
         self._first = self._stop = 0
@@ -252,7 +252,7 @@ class _Memory:
         curvature = float(step @ change)
         if not curvature > 1e-8 * float(np.linalg.norm(step) * np.linalg.norm(change)):
             return
-        if self._pairs is None:
+        if self._pairs.shape[1] != step.shape[0]:
             self._pairs = np.empty((4 * self.size, step.shape[0]))
         if self._stop - self._first == self.size:
             self._first += 1
@@ -386,6 +386,7 @@ def solve(
     # _ascend returns only once finished: short of that, a step went past the kernels
     beyond = not evaluate.finished and dead is None
     best = evaluate.best
+    assert best is not None, "start_potentials admits only potentials the kernels evaluate"
     converged = best.error <= tol
     # A solve that failed may have failed for want of precision along its way, or because
     # no potentials solve it (they then grow without bound, in any dtype).

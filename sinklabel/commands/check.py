@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 
+import numpy as np
+
 from .._capacities import balanced_range
 from .._validation import check_label_weights
 from ..check import check
@@ -43,7 +45,9 @@ def run(args: argparse.Namespace) -> int:
     labels = load_npy(args.labels, "labels")
     if args.k is not None and args.k != scores.shape[1]:
         raise ValueError(f"-k {args.k} but the scores have shape {scores.shape}")
-    capacities = None if args.capacities is None else load_npy(args.capacities, "capacities")
+    capacities: np.ndarray | tuple[np.ndarray, np.ndarray] | None = (
+        None if args.capacities is None else load_npy(args.capacities, "capacities")
+    )
     if args.weights is not None:
         weights = check_label_weights(load_npy(args.weights, "weights"), scores.shape[1])
         capacities = balanced_range(scores.shape[0], weights)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
+from typing import TypeVar
 
 import numpy as np
 
@@ -30,9 +31,10 @@ RECORD_GRAPHS = True
 GRAPH_ERRORS: list[str] = []
 
 _local = threading.local()
+Made = TypeVar("Made")
 
 
-def cached(key: Hashable, make: Callable[[], object]) -> object:
+def cached(key: Hashable, make: Callable[[], Made]) -> Made:
     """This thread's buffers for ``key``, made on first use; the least recently used are
     dropped beyond ``KEPT_PER_THREAD``."""
     kept = getattr(_local, "kept", None)

@@ -32,12 +32,15 @@ import weakref
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ._base import Array, Source, itemsize
 from .checked import end_pass
+
+if TYPE_CHECKING:
+    from .arrays import ArraySource
 
 _END = object()
 #: cudaHostRegisterReadOnly: the device only reads the registered memory.
@@ -105,7 +108,7 @@ class DeviceStreamSource(Source):
             # The device current now: blocks are read where the solve runs, perhaps in a
             # thread that starts on device 0 (sinkhorn_heads runs one per head).
             self.device = torch.device("cuda", torch.cuda.current_device())
-        self._unlock = None
+        self._unlock: weakref.finalize | None = None
         if page_lock:
             source = self._page_locked(torch, source)
             array = source.array
@@ -122,19 +125,19 @@ class DeviceStreamSource(Source):
         self._streams = (_CudaStreams(torch, self.device) if self.device.type == "cuda"
                          else _SyncStreams())
 
-    def _page_locked(self, torch: Any, source: Source) -> Source:
+    def _page_locked(self, torch: Any, source: Source) -> ArraySource:
         """The source over a torch view of the host memory, registered with CUDA."""
         from .arrays import ArraySource, MemmapSource
 
         if self.device.type != "cuda":
             raise ValueError(f"page_lock=True needs a CUDA device, got {self.device}")
-        array = getattr(source, "array", None)
         if not (isinstance(source, MemmapSource)
                 or isinstance(source, ArraySource) and source.in_memory):
             raise ValueError(
                 "page_lock=True needs the scores in memory or in a memory-mapped .npy file "
                 "(a NumPy array, a torch CPU tensor, a path); functions are staged instead"
             )
+        array = source.array
         read_only = isinstance(array, np.ndarray) and not array.flags.writeable
         if isinstance(array, np.ndarray):
             array = np.asarray(array)  # a memmap's plain ndarray view

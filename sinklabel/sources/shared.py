@@ -98,26 +98,28 @@ class SharedReader:
     def _read(self) -> None:
         requests = set(self._waiting.values())
         wanted = (self._rows, self._next_start)
-        if self._blocks is None or all((r, s) != wanted for r, s, _ in requests):
+        blocks = self._blocks
+        if blocks is None or all((r, s) != wanted for r, s, _ in requests):
             starts = {(r, s) for r, s, _ in requests}
             if len(starts) != 1 or next(iter(starts))[1] != 0:
                 raise RuntimeError(
                     f"consumers of a shared source asked for different blocks {sorted(starts)}; "
                     "they must read whole passes in step, with the same rows per block"
                 )
-            self._new_pass(next(iter(starts))[0])
-        start, stop, block = next(self._blocks)
+            blocks = self._new_pass(next(iter(starts))[0])
+        start, stop, block = next(blocks)
         self._next_start = stop
         for consumer, request in list(self._waiting.items()):
             if request == (self._rows, start, stop):
                 self._served[consumer] = block
                 del self._waiting[consumer]
 
-    def _new_pass(self, rows: int) -> None:
+    def _new_pass(self, rows: int) -> Iterator:
         self._close()
         self._rows = rows
         self._next_start = 0
         self._blocks = iter(self.source.chunks(rows))
+        return self._blocks
 
     def _close(self) -> None:
         """End the current pass; a finished one is drained so the source can check its end."""
