@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 
@@ -33,6 +34,11 @@ from .kernels._base import compute_dtype
 from .result import SinkhornResult
 from .sources import Array, Source, as_source, checked, parse_memory
 
+if sys.version_info >= (3, 11):
+    from typing import Unpack
+else:
+    from typing_extensions import Unpack
+
 DEFAULT_LAM = 25.0
 #: L1 distance between the plan's label marginal and the target: 1e-3 means at most 0.05%
 #: of the data's mass sits in the wrong label (see docs/method.md for the reasoning).
@@ -40,6 +46,25 @@ DEFAULT_TOL = 1e-3
 DEFAULT_MAX_ITER = 1000
 #: Ways to turn the solution into hard labels (``balance=``).
 BALANCE = (None, "exact")
+
+
+class SinkhornOptions(TypedDict, total=False):
+    """The keyword arguments of :func:`sinkhorn`, which :func:`assign_labels` passes on: a type
+    checker then flags a misspelt option there (``lamb=``) as it would in ``sinkhorn``."""
+
+    lam: float
+    label_weights: Array | None
+    tol: float
+    max_iter: int
+    init: Array | None
+    chunk_size: int | None
+    memory_limit: int | str | None
+    backend: str
+    progress: bool
+    process_group: Any
+    distributed: bool
+    balance: str | None
+    cache: bool
 
 
 @eager_in_torch_compile
@@ -204,7 +229,7 @@ def check_balance(balance: Any) -> str | None:
 
 
 @eager_in_torch_compile
-def assign_labels(logp: Array, K: int, **options: Any) -> Array:
+def assign_labels(logp: Array, K: int, **options: Unpack[SinkhornOptions]) -> Array:
     """Hard labels that agree with ``logp`` while splitting the data by ``label_weights``.
 
     Parameters

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import sys
 from os import PathLike
 from typing import Any
 
@@ -11,6 +12,11 @@ from ._validation import check_flag, check_positive
 from .api import DEFAULT_LAM, DEFAULT_MAX_ITER, DEFAULT_TOL, sinkhorn
 from .result import SinkhornResult
 from .sources import Array, as_source
+
+if sys.version_info >= (3, 11):
+    from typing import Self
+else:
+    from typing_extensions import Self
 
 
 class SinkhornLabeler:
@@ -62,7 +68,7 @@ class SinkhornLabeler:
         distributed: bool = False,
         cache: bool = False,
         balance: str | None = None,
-    ):
+    ) -> None:
         self.n_labels = n_labels
         self.lam = lam
         self.label_weights = label_weights
@@ -94,14 +100,14 @@ class SinkhornLabeler:
                  "balance")
         return {name: getattr(self, name) for name in names}
 
-    def set_params(self, **params: Any) -> SinkhornLabeler:
+    def set_params(self, **params: Any) -> Self:
         for name, value in params.items():
             if name not in self.get_params():
                 raise ValueError(f"unknown parameter {name!r} for SinkhornLabeler")
             setattr(self, name, value)
         return self
 
-    def __sklearn_clone__(self) -> SinkhornLabeler:
+    def __sklearn_clone__(self) -> Self:
         """An unfitted copy for scikit-learn's ``clone``: the parameters deep-copied as it
         copies them, except ``process_group``, a handle to the running job that cannot be
         copied (torch refuses) and that the copy must share."""
@@ -120,11 +126,11 @@ class SinkhornLabeler:
 
         return Tags(estimator_type="clusterer", target_tags=TargetTags(required=False))
 
-    def fit(self, logp: Array, y: None = None) -> SinkhornLabeler:
+    def fit(self, logp: Array, y: None = None) -> Self:
         """Solve from ``init`` (a cold start by default)."""
         return self._fit(logp)
 
-    def partial_fit(self, logp: Array, y: None = None) -> SinkhornLabeler:
+    def partial_fit(self, logp: Array, y: None = None) -> Self:
         """Solve again, starting from the previous solve's potentials (as in training).
 
         A ``lam`` changed since (``set_params``, an annealing schedule) scales them by the
@@ -148,7 +154,7 @@ class SinkhornLabeler:
         return self._fitted().soft_assignments(logp, chunk_size=self.chunk_size,
                                                memory_limit=self.memory_limit)
 
-    def _fit(self, logp: Array, continuing: bool = False) -> SinkhornLabeler:
+    def _fit(self, logp: Array, continuing: bool = False) -> Self:
         """Solve from ``init``, or from the last potentials when ``continuing``."""
         try:
             n_labels = self._labels_for(logp, continuing)

@@ -13,9 +13,10 @@ block once when every head still iterating has asked for it.
 from __future__ import annotations
 
 import numbers
+import sys
 import threading
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 
@@ -30,9 +31,23 @@ from .result import SinkhornResult
 from .sources import Array, as_source, checked, itemsize, parse_memory
 from .sources.shared import SharedReader
 
-#: Options of :func:`sinklabel.sinkhorn` that every head shares; the others (balance, cache,
-#: distributed) read the scores in their own way, out of step with the shared reads.
-SHARED_OPTIONS = ("lam", "tol", "max_iter", "progress")
+if sys.version_info >= (3, 11):
+    from typing import Unpack
+else:
+    from typing_extensions import Unpack
+
+
+class HeadOptions(TypedDict, total=False):
+    """Options of :func:`sinklabel.sinkhorn` that every head shares; the others (balance,
+    cache, distributed) read the scores in their own way, out of step with the shared reads."""
+
+    lam: float
+    tol: float
+    max_iter: int
+    progress: bool
+
+
+SHARED_OPTIONS = tuple(HeadOptions.__annotations__)
 
 
 @eager_in_torch_compile
@@ -45,7 +60,7 @@ def sinkhorn_heads(
     chunk_size: int | None = None,
     memory_limit: int | str | None = None,
     backend: str = "auto",
-    **options: Any,
+    **options: Unpack[HeadOptions],
 ) -> list[SinkhornResult]:
     """Solve T heads whose scores sit side by side in one source, reading it once per pass.
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import inspect
 import pickle
 import typing
 
@@ -11,6 +12,8 @@ import numpy as np
 import pytest
 
 import sinklabel
+from sinklabel.api import SinkhornOptions
+from sinklabel.heads import HeadOptions
 from sinklabel.sources import CallableSource
 
 
@@ -126,3 +129,40 @@ def test_heads_blame_shared_arguments_on_no_head(logp, option, error, message):
     with pytest.raises(error, match=message) as raised:
         sinklabel.sinkhorn_heads(np.concatenate([logp, logp], 1), [6, 6], **option)
     assert not getattr(raised.value, "__notes__", None)
+
+
+def _public_callables():
+    for name in sinklabel.__all__:
+        obj = getattr(sinklabel, name)
+        if isinstance(obj, type):
+            yield from ((f"{name}.{attr}", member) for attr, member in vars(obj).items()
+                        if callable(member) and (not attr.startswith("_") or attr == "__init__"))
+        elif callable(obj):
+            yield name, obj
+
+
+@pytest.mark.parametrize(("name", "function"), list(_public_callables()))
+def test_public_annotations_resolve_at_run_time(name, function):
+    """Tools that read hints at run time (typing.get_type_hints: docs builders, validators)
+    see the same names as a type checker, on every Python supported: none only under
+    TYPE_CHECKING."""
+    hints = typing.get_type_hints(function)
+    assert "return" in hints, f"{name} has no return annotation"
+
+
+def test_assign_labels_options_are_sinkhorns_keywords():
+    """assign_labels(**options) passes them to sinkhorn: its typed options must name each
+    keyword of sinkhorn with the same annotation, or a type checker rejects a valid call."""
+    keywords = {name: param.annotation
+                for name, param in inspect.signature(sinklabel.sinkhorn).parameters.items()
+                if param.kind is inspect.Parameter.KEYWORD_ONLY}
+    options = {name: ref.__forward_arg__ if isinstance(ref, typing.ForwardRef) else ref
+               for name, ref in SinkhornOptions.__annotations__.items()}
+    assert options == keywords
+
+
+def test_heads_options_are_sinkhorns_keywords():
+    keywords = inspect.signature(sinklabel.sinkhorn).parameters
+    for name, ref in HeadOptions.__annotations__.items():
+        annotation = ref.__forward_arg__ if isinstance(ref, typing.ForwardRef) else ref
+        assert keywords[name].annotation == annotation
