@@ -26,7 +26,12 @@ One iteration is one pass over all chunks of the scores. Rows of the table:
 - with ``--dtype float64`` the scores are float64 (``make_scores(..., dtype=np.float64)``)
   and one more row, ``numba (libm exp)``: the same pass with the exponential that float64
   used before :func:`sinklabel.kernels.numba._exp_f64`, Numba's scalar ``math.exp`` (the
-  sweep recompiled here with it, for this benchmark only).
+  sweep recompiled here with it, for this benchmark only);
+- with ``--layout transposed`` the scores are stored column by column (Fortran order, as
+  ``logits.T`` of a (K, N) array): the Numba kernels copy each chunk to rows first, on every
+  thread, and one more row, ``numba (numpy copy)``, has NumPy's one thread copy each chunk
+  (as before 2026-11-28); the tensor is a transposed one, which ``torch ops`` (torch's own
+  route for it until 2026-11-28) reads in place.
 
 Timings are taken in rounds (every method once per round) and ratios to ``numba`` are
 computed within a round, so a noisy shared machine disturbs them less; the medians are printed.
@@ -37,6 +42,7 @@ computed within a round, so a noisy shared machine disturbs them less; the media
     python benchmarks/cpu_iteration.py --n 200000 --torch --no-cache
     python benchmarks/cpu_iteration.py --n 200000 --dtype float16 --no-sela --numpy-rounds 0
     python benchmarks/cpu_iteration.py --n 200000 --dtype float64 --no-sela --torch
+    python benchmarks/cpu_iteration.py --n 200000 --layout transposed --torch --no-cache
 """
 
 from __future__ import annotations
@@ -75,7 +81,7 @@ def _read_rows(buf, lo, hi):
 def _read(scores: np.ndarray, pool) -> float:
     """Sum every score once, in 2 MiB tasks on numba's thread count of threads (as the
     backend schedules its work): the memory-read floor."""
-    flat = scores.reshape(-1)
+    flat = scores.ravel(order="K")  # a view in either layout
     step = 1 << 19
     pending = iter(range(0, flat.size, step))
 
@@ -107,6 +113,21 @@ def _libm_exp(x):
 @numba.njit(cache=False)
 def _no_prefetch(buf, start, k):
     """Requests nothing: the sweep as it was before :func:`numba_backend._prefetch_row`."""
+
+
+def _one_thread_copies(call):
+    """``call`` with each chunk the Numba kernels cannot read in place copied to rows by
+    NumPy's one thread, as before 2026-11-28, instead of by every thread."""
+
+    def copied_by_numpy() -> None:
+        threads = numba_backend.NumbaKernel._in_rows
+        numba_backend.NumbaKernel._in_rows = lambda self, chunk: chunk
+        try:
+            call()
+        finally:
+            numba_backend.NumbaKernel._in_rows = threads
+
+    return copied_by_numpy
 
 
 def _sweep_with(**replacements):
@@ -206,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-sela", action="store_true", help="skip the N x K exp cache")
     parser.add_argument("--no-cache", action="store_true", help="skip the cached numba pass")
     parser.add_argument("--torch", action="store_true", help="add the torch backend's passes")
+    parser.add_argument("--layout", default="rows", choices=("rows", "transposed"),
+                        help="transposed: the scores stored column by column (Fortran order)")
     args = parser.parse_args(argv)
     for name in ("n", "k", "rounds"):
         if getattr(args, name) < 1:
@@ -221,6 +244,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         scores, values = _stored(make_scores(args.n, args.k, regime=args.regime, seed=0).scores,
                                  args.dtype)
+    if args.layout == "transposed":
+        scores, values = np.asfortranarray(scores), np.asfortranarray(values)
     source = ArraySource(scores)
     numba_kernel, numpy_kernel = get_kernel("numba"), get_kernel("numpy")
     t0 = time.perf_counter()
@@ -249,6 +274,8 @@ def main(argv: list[str] | None = None) -> int:
         methods["numba (copy)"] = copy_pass
         methods["numba (float32)"] = lambda: label_mass(float32, numba_kernel, f, lam,
                                                         numba_kernel.chunk_rows(args.k, 4))
+    if args.layout == "transposed":
+        methods["numba (numpy copy)"] = _one_thread_copies(methods["numba"])
     methods["numba (no prefetch)"] = _with_sweep(
         methods["numba"], _sweep_with(_prefetch_row=_no_prefetch))
     if not args.no_cache:
@@ -300,7 +327,8 @@ def main(argv: list[str] | None = None) -> int:
     underflow = _UNDERFLOW[np.dtype(np.float64 if args.dtype == "float64" else np.float32)]
     live = float(((z - z.max(axis=1, keepdims=True)) > underflow).mean())
 
-    print(f"N={args.n:,} K={args.k} {args.dtype} lam={lam:g} regime={args.regime}, "
+    print(f"N={args.n:,} K={args.k} {args.dtype} {args.layout} lam={lam:g} "
+          f"regime={args.regime}, "
           f"{args.rounds} rounds, numba threads={numba.get_num_threads()}, "
           f"{_torch_threads(args.torch)}"
           f"cpu={platform.processor() or platform.machine()} ({os.cpu_count()} logical)")

@@ -202,21 +202,26 @@ def test_torch_ops_compute_in_blocks_of_their_budget(cpu_path, operation, monkey
     assert len({z.data_ptr() for z in blocks}) == 1
 
 
+@pytest.mark.parametrize("layout", ["rows", "transposed"])
 @pytest.mark.parametrize("dtype, regime", [
     ("float32", "flat"), ("float32", "peaked"), ("float64", "flat"), ("float64", "peaked"),
     ("float16", "flat"), ("bfloat16", "flat"),
 ])
-def test_cpu_tensors_solve_bit_for_bit_like_the_numba_backend(dtype, regime, monkeypatch):
+def test_cpu_tensors_solve_bit_for_bit_like_the_numba_backend(dtype, regime, layout,
+                                                              monkeypatch):
     """CPU tensors go through the Numba kernels on a view of their memory (bfloat16 as its
     bits, 16-bit scores widened to float32 as each is read), in the Numba backend's own blocks
     (here 700 rows, so the last block is partial): every figure of the solve is the same bits
-    as the Numba backend's on the NumPy array of the same values (float32 for 16-bit ones)."""
+    as the Numba backend's on the NumPy array of the same values (float32 for 16-bit ones).
+    A transposed tensor too, its blocks copied: torch's own ops once took it, 6x slower."""
     from sinklabel.kernels.numba import NumbaKernel
 
     monkeypatch.setattr(NumbaKernel, "chunk_rows", lambda self, n_labels, itemsize: 700)
     scores = make_scores(3000, 40, regime=regime, seed=5).scores
     x = torch.from_numpy(scores).to(getattr(torch, dtype))
     host = x.float().numpy() if x.itemsize == 2 else x.numpy()
+    if layout == "transposed":
+        x = x.t().contiguous().t()
     computed = torch.float64 if dtype == "float64" else torch.float32
     reference = sinklabel.sinkhorn(host, 40, backend="numba")
     result = sinklabel.sinkhorn(x, 40)
@@ -239,18 +244,38 @@ def test_cpu_tensors_solve_bit_for_bit_like_the_numba_backend(dtype, regime, mon
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16", "float64"])
-def test_numba_reads_cpu_tensors_in_place_or_not_at_all(dtype):
-    """The Numba route takes a view of the tensor's own memory (rows in place, also a row
-    slice of a wider tensor), never a copy; transposed tensors take torch's ops."""
+def test_numba_views_cpu_tensors_and_copies_only_a_block_at_a_time(dtype, monkeypatch):
+    """The Numba route takes a view of the tensor's own memory whatever its layout: rows in
+    place (also a row slice of a wider tensor), a transposed tensor or strided columns copied
+    by the Numba kernels one block at a time, never whole."""
     pytest.importorskip("numba")
+    from sinklabel.kernels import numba as numba_backend
+
     kernel = get_kernel("torch")
     wide = torch.zeros((50, 12), dtype=getattr(torch, dtype))
-    for x in (wide, wide[:, 2:9], wide[::3]):
+    for x in (wide, wide[:, 2:9], wide[::3], wide.t(), wide[:, ::2]):
         view = kernel._numba_view(x)
         assert view.shape == x.shape
         assert view.__array_interface__["data"][0] == x.data_ptr()
         assert view.strides == tuple(s * x.element_size() for s in x.stride())
-    assert kernel._numba_view(wide.t()) is None
+    copied: list[int] = []
+    row_buffer, copy_rows = numba_backend._row_buffer, numba_backend._copy_rows
+
+    def recorded(chunk):
+        copied.append(len(chunk))
+        return row_buffer(chunk)
+
+    def recorded_task(src, dst, lo, hi):
+        copied.append(-1)
+        copy_rows(src, dst, lo, hi)
+
+    monkeypatch.setattr(numba_backend, "_row_buffer", recorded)
+    monkeypatch.setattr(numba_backend, "_copy_rows", recorded_task)
+    monkeypatch.setattr(numba_backend.NumbaKernel, "chunk_rows", lambda self, k, size: 16)
+    x = torch.ones((40, 12), dtype=getattr(torch, dtype)).t().contiguous().t()
+    kernel.sweep_lse(x, np.zeros(12), 25.0)
+    task_copies = [-1] if x.itemsize >= 4 else []  # float32, float64: copied by the threads
+    assert copied == [*task_copies, 16, *task_copies, 16, *task_copies, 8]
 
 
 _THREADS_SCRIPT = textwrap.dedent("""

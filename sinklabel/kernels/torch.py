@@ -1,9 +1,9 @@
 """The torch backend: CUDA tensors through fused Triton kernels (``_triton``); float64, float32,
-float16 and bfloat16 CPU tensors through the Numba kernels on a zero-copy NumPy view of their
-rows (bfloat16 as its bits), 4-6x faster than torch's own ops for float32, 4-7x for the 16-bit
-types and 2.7-4.4x for float64 (measured side by side: torch's take several passes over each
-block of temporaries); everything else (layouts Numba cannot read in place, Numba or Triton not
-installed) through blocked vectorised torch ops.
+float16 and bfloat16 CPU tensors through the Numba kernels on a NumPy view of their memory
+(bfloat16 as its bits; layouts they cannot read in place copied a block at a time), 4-6x faster
+than torch's own ops for float32, 4-7x for the 16-bit types and 2.7-4.4x for float64 (measured
+side by side: torch's take several passes over each block of temporaries); everything else
+(Numba or Triton not installed) through blocked vectorised torch ops.
 
 Every operation runs on detached tensors: no autograd graph is recorded through a solve, and
 inputs that require grad are read as they are. float16 and bfloat16 scores are computed in
@@ -162,23 +162,23 @@ class TorchKernel(Kernel):
 
     def _numba_view(self, x: torch.Tensor) -> np.ndarray | None:
         """A NumPy view of ``x`` for the Numba kernels, or None: float64, float32, float16 and
-        bfloat16 (as its bits) CPU tensors whose rows Numba reads in place (no copy). float64
-        takes this route since the kernels' float64 exp vectorises (2.7-4.4x faster than
-        torch's ops at 1000 labels, measured side by side; with libm's scalar exp the two were
-        within 1.5x of each other)."""
+        bfloat16 (as its bits) CPU tensors. Rows Numba reads in place cost no copy; other
+        layouts (transposed, strided columns) are copied one Numba block at a time, as NumPy
+        arrays are, a pass 1.3x faster than torch's ops took (200,000 x 1000 float32, side by
+        side, docs/benchmarks.md). float64 takes this route since the kernels' float64 exp
+        vectorises (2.7-4.4x faster than torch's ops at 1000 labels, measured side by side;
+        with libm's scalar exp the two were within 1.5x of each other)."""
         import torch
 
         if x.device.type != "cpu" or x.is_neg() or self._numba is None:
             return None
         if x.dtype not in (torch.float64, torch.float32, torch.float16, torch.bfloat16):
             return None
-        from .numba import _reads_in_place, bfloat16_rows
-
         if x.dtype == torch.bfloat16:
-            view = bfloat16_rows(x.view(torch.int16).numpy())
-        else:
-            view = x.numpy()
-        return view if _reads_in_place(view) else None
+            from .numba import bfloat16_rows
+
+            return bfloat16_rows(x.view(torch.int16).numpy())
+        return x.numpy()
 
     def _numba_blocks(self, view: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
         """(first row, block) in the Numba backend's own chunk size: its per-task buffers
