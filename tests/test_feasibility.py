@@ -8,6 +8,7 @@ solution means an integral one).
 
 from __future__ import annotations
 
+import itertools
 import re
 import warnings
 
@@ -171,6 +172,26 @@ def test_the_check_agrees_with_the_labelling_problem(seed):
     else:
         rows = finite[:, group].any(axis=1).sum()
         assert shortage.rows == rows < shortage.size == lower[group].sum()
+
+
+@pytest.mark.parametrize("seed", range(1, 60, 2))  # K from 2 to 6: every group enumerated
+def test_the_flow_names_the_group_missing_its_sizes_by_the_most(seed):
+    """Max-flow min-cut: the labels the flow's residual graph reaches miss their upper sizes
+    by the most rows of all 2**K - 1 groups, and the labels it does not reach their lower
+    sizes; each found by enumerating every group, for the patterns in either order (a
+    pattern node once counted as a label when it came last)."""
+    scores, weights = random_masked_problem(seed)
+    finite = np.isfinite(scores)
+    lower, upper = sizes(finite.shape[0], weights)
+    groups = [np.array(bits) for bits in itertools.product([False, True], repeat=len(weights))]
+    over = max((~finite[:, ~g].any(axis=1)).sum() - upper[g].sum() for g in groups[1:])
+    short = max(lower[g].sum() - finite[:, g].any(axis=1).sum() for g in groups[1:])
+    patterns, counts = np.unique(finite, axis=0, return_counts=True)
+    for order in (slice(None), slice(None, None, -1)):
+        confined = _feasibility._confined_rows(patterns[order], counts[order], upper)
+        assert (confined.rows - confined.size if confined else 0) == max(over, 0)
+        missing = _feasibility._short_labels(patterns[order], counts[order], lower)
+        assert (missing.size - missing.rows if missing else 0) == max(short, 0)
 
 
 def test_a_group_with_exactly_its_share_is_not_an_error():
