@@ -293,3 +293,18 @@ def test_float32_certificate_of_capacity_ranges_keeps_zero_prices_exact(method):
     report = sinklabel.check(exact.labels, S, capacities=(lower, upper), exact=False,
                              prices=exact.prices)
     assert report.optimal
+
+
+def test_rounding_bounds_the_float64_sums_of_one_large_chunk():
+    """Costs of +-2**53 at both ends of one chunk absorb the 0.001s summed beside them (NumPy
+    adds in groups): ``rounding`` must bound that error of primal and dual, from the additions
+    within the chunk, not only those between chunks (which there are none of here)."""
+    n = 1_000_000
+    S = np.full((n, 2), -0.001)
+    S[0], S[-1] = -(2.0**53), 2.0**53
+    labels = np.arange(n) % 2
+    certificate = sinklabel.duality_gap(S, labels, np.zeros(2), chunk_size=n)
+    exact = math.fsum(-S[:, 0])
+    assert certificate.primal != exact  # the sums did lose the small costs
+    assert abs(certificate.primal - exact) <= certificate.rounding
+    assert abs(certificate.dual - exact) <= certificate.rounding
