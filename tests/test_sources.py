@@ -655,3 +655,13 @@ def test_no_warnings_from_a_read_only_memmap(scores32, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         sinklabel.sinkhorn(np.load(path, mmap_mode="r"), K, chunk_size=101)
+
+
+@pytest.mark.parametrize("shape", [(1003,), (1003, K, 1)])
+def test_a_hand_written_source_declaring_no_matrix_is_named(scores64, shape):
+    """Built-in sources check their own shape; a user's Source subclass is checked by the
+    solve, naming the declared shape instead of failing to unpack it."""
+    source = Misbehaving(scores64, "exact")
+    source.shape = shape
+    with pytest.raises(ValueError, match=r"logp must be 2-D \(N, K\), got shape \(1003,"):
+        sinklabel.sinkhorn(source, K)
