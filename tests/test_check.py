@@ -131,3 +131,15 @@ def test_no_verdict_of_optimal_when_the_rounding_is_unbounded():
     assert not dataclasses.replace(solved, cost_rounding=np.inf).optimal
     unbounded = dataclasses.replace(bounded.certificate, rounding=np.inf)
     assert not dataclasses.replace(bounded, certificate=unbounded).optimal
+
+
+def test_certificate_relative_gap_is_the_gap_over_the_labelling_cost():
+    """The certificate's relative gap is over its own labelling's cost, whatever its sign (the
+    report's is over the optimum); a cost of 0 leaves the gap itself. Hand-computed."""
+    S = np.array([[1.0, 3.0], [2.0, 0.5]])  # positive logits: costs below 0
+    certificate = sinklabel.duality_gap(S, np.array([0, 1]), np.zeros(2))
+    assert certificate.primal == -1.5 and certificate.dual == -5.0 and certificate.gap == 3.5
+    assert certificate.relative_gap == 3.5 / 1.5
+    free = sinklabel.duality_gap(np.array([[0.0, 1.0], [1.0, 0.0]]), np.array([0, 1]),
+                                 np.zeros(2))
+    assert free.primal == 0.0 and free.relative_gap == free.gap == 2.0
