@@ -308,3 +308,19 @@ def test_rounding_bounds_the_float64_sums_of_one_large_chunk():
     assert certificate.primal != exact  # the sums did lose the small costs
     assert abs(certificate.primal - exact) <= certificate.rounding
     assert abs(certificate.dual - exact) <= certificate.rounding
+
+
+def test_rounding_bounds_the_float64_product_of_the_prices_centre():
+    """Equal prices ``B = 2**52 + 1`` under sizes in [0, N]: the dual is ``-N * B`` exactly
+    (every label at its lower size 0), which float64 rounds by 1 for N = 3. The rows' terms
+    are all 0, so ``rounding`` must bound that product on its own."""
+    from fractions import Fraction
+
+    B = 2.0**52 + 1
+    S = np.zeros((3, 2))
+    capacities = (np.zeros(2, np.int64), np.full(2, 3))
+    certificate = sinklabel.duality_gap(S, np.array([0, 0, 1]), np.full(2, B), capacities)
+    exact_dual = -3 * Fraction(B)
+    assert certificate.dual != exact_dual  # the product did round
+    assert abs(Fraction(certificate.dual) - exact_dual) <= certificate.rounding
+    assert abs(Fraction(certificate.gap) - (0 - exact_dual)) <= certificate.rounding
