@@ -324,3 +324,28 @@ def test_rounding_bounds_the_float64_product_of_the_prices_centre():
     assert certificate.dual != exact_dual  # the product did round
     assert abs(Fraction(certificate.dual) - exact_dual) <= certificate.rounding
     assert abs(Fraction(certificate.gap) - (0 - exact_dual)) <= certificate.rounding
+
+
+def test_float64_rows_keep_the_bound_where_only_a_middle_price_rounds():
+    """As test_exact's float64-beside-float32 case, with the extreme prices (and so their
+    centre, 0) exact in float32: only label 1's price rounds, up, from 1e6 + 0.1 to
+    1e6 + 0.125, and the float64 row's allowance is that rounding's size, not its signed
+    value. Labels 2 and 3 have no room and are never picked."""
+    from sinklabel.certificate import _certificate_from_sums, _partial_sums
+    from sinklabel.kernels import resolve_kernel
+    from sinklabel.sources import as_source
+
+    S = np.zeros((5, 4))
+    S[:, 1] = S[:, 3] = -1e7
+    S[0, :2] = [0.0625, -1e6]
+    S[1, :2] = [0.125, -1e6]
+    caps = np.array([4, 1, 0, 0])
+    labels = np.array([1, 0, 0, 0, 0])
+    prices = np.array([0.0, 1e6 + 0.1, -2e6, 2e6])
+    kernel = resolve_kernel("numpy", "numpy")
+    ranks = [(S[:1], labels[:1]), (S[1:].astype(np.float32), labels[1:])]
+    sums = sum(_partial_sums(as_source(rows), kernel, own, prices, 8) for rows, own in ranks)
+    certificate = _certificate_from_sums(sums, prices, caps, caps)
+    optimum = exact_cost(S, assignment_labels(S[:, :2], caps[:2]))
+    assert optimum == 1e6 - 0.125
+    assert certificate.dual - certificate.rounding <= optimum
