@@ -7,8 +7,13 @@ import numpy as np
 import pytest
 from conftest import changing_source
 
-from sinklabel.sources import CallableSource, SourceError, checked
-from sinklabel.sources.checked import FINGERPRINT_SAMPLES, CheckedSource, end_pass
+from sinklabel.sources import CallableSource, Source, SourceError, checked
+from sinklabel.sources.checked import (
+    FINGERPRINT_SAMPLES,
+    CheckedSource,
+    _on_host,
+    end_pass,
+)
 
 SCORES = np.random.default_rng(0).normal(size=(12, 40))
 
@@ -105,3 +110,38 @@ def test_a_unit_of_rounding_on_a_small_float16_score_is_noise():
     source = checked(changing_source(scores, rounded))
     for _ in range(3):
         assert len(list(source.chunks(12))) == 1
+
+
+class ClosingSource(Source):
+    """A hand-written source whose iterator of blocks records when it is closed (as one
+    holding a file open would release it); from row 4 on its blocks have the wrong dtype."""
+
+    def __init__(self):
+        self.shape, self.dtype, self.library = SCORES.shape, "float64", "numpy"
+        self.closed = []
+
+    def chunks(self, rows):
+        try:
+            for start in range(0, SCORES.shape[0], rows):
+                block = SCORES[start:start + rows]
+                yield start, start + rows, block if start < 4 else block.astype(np.float32)
+        finally:
+            self.closed.append(True)
+
+
+def test_a_pass_ended_by_a_bad_block_closes_the_sources_iterator_at_once():
+    """Not when the error, whose traceback holds the pass, is let go: a file would stay open
+    while the caller handles the error."""
+    inner = ClosingSource()
+    with pytest.raises(SourceError, match=r"rows \[4, 8\) on pass 1: wrong dtype") as info:
+        list(checked(inner).chunks(4))
+    assert inner.closed == [True]
+    assert info.value.__traceback__ is not None  # still held here
+
+
+def test_only_host_blocks_are_fingerprinted():
+    """A block on a device is not: reading its rows would synchronise with the device on
+    every block (a meta tensor stands in for a CUDA one)."""
+    torch = pytest.importorskip("torch")
+    assert _on_host(SCORES) and _on_host(torch.from_numpy(SCORES))
+    assert not _on_host(torch.zeros(2, 3, device="meta"))
