@@ -54,6 +54,30 @@ def test_negative_views_are_read_as_the_values_they_show(logp):
     np.testing.assert_array_equal(got.potentials, want.potentials)
 
 
+def test_tensors_that_require_grad_are_read_as_their_values(logp):
+    """Label weights or a warm start that a training loop learns are read without their
+    graph, as ``.detach()`` would, not refused by ``.numpy()``."""
+    torch = pytest.importorskip("torch")
+    weights = np.arange(1.0, 6.0)
+    learned = torch.tensor(weights, requires_grad=True)
+    got = sinkhorn(logp, 5, label_weights=learned, init=learned)
+    want = sinkhorn(logp, 5, label_weights=weights, init=weights)
+    np.testing.assert_array_equal(got.potentials, want.potentials)
+    assert learned.requires_grad and learned.grad is None
+
+
+def test_a_conjugate_view_is_named_as_complex_input(logp):
+    """``x.conj()`` of a complex tensor sets the conjugate bit, which ``.numpy()`` refuses:
+    the view is named as complex input is, not failed inside torch."""
+    torch = pytest.importorskip("torch")
+    view = torch.ones(5, dtype=torch.complex64).conj()
+    assert view.is_conj()
+    with pytest.raises(TypeError, match="init must hold real numbers, got dtype complex64"):
+        sinkhorn(logp, 5, init=view)
+    with pytest.raises(TypeError, match="label_weights must hold real numbers"):
+        sinkhorn(logp, 5, label_weights=view)
+
+
 def test_predicting_on_a_layout_torch_computes_itself_warns_nothing():
     """Transposed tensors go through torch's own operations; the result's read-only
     potentials once made torch warn there (once per process: hence a fresh one)."""
