@@ -215,6 +215,19 @@ def test_the_check_reads_host_blocks_of_its_budget(monkeypatch):
     assert reads == [4] * 7 + [2]
 
 
+def test_a_budget_below_one_row_reads_a_row_at_a_time(monkeypatch):
+    """As with a row of more than COUNT_BLOCK_BYTES / 8 labels: the check still runs, one
+    row per block, instead of failing on a block of no rows."""
+    from sinklabel import _validation
+
+    reads = []
+    monkeypatch.setattr(_validation, "COUNT_BLOCK_BYTES", 8)
+    monkeypatch.setattr(_validation, "to_host",
+                        lambda block: reads.append(len(block)) or np.asarray(block))
+    assert reason(CONFINED, np.ones(3), rows=30).startswith("20 rows of 30 have a finite score")
+    assert reads == [1] * 30
+
+
 def test_beyond_the_pattern_cap_only_single_labels_are_checked(monkeypatch):
     """Too many distinct patterns to decide: the group check stands aside (the solve then
     warns as before), the per-label check still runs."""
