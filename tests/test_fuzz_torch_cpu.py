@@ -1,9 +1,9 @@
-"""Property tests of the torch backend's two CPU routes over tensor layouts.
+"""Property tests of the torch backend's CPU route over tensor layouts.
 
-float32 and float64 CPU tensors whose rows lie at a fixed positive stride go through the Numba
-kernels on a view of their memory; every other layout goes through torch's own operations. The
-oracle is the Numba backend on a contiguous NumPy copy of the same values: the same bits for
-the first route, the same solution within float32 rounding for the second.
+float32 and float64 CPU tensors go through the Numba kernels on a view of their memory: rows
+at a fixed positive stride are read in place, every other layout is copied a block at a time
+first. The oracle is the Numba backend on a contiguous NumPy copy of the same values: the same
+bits for every layout.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ torch = pytest.importorskip("torch")
 NumbaKernel = pytest.importorskip("sinklabel.kernels.numba").NumbaKernel
 
 FUZZ = settings(max_examples=30, deadline=None)
-#: Layouts whose rows Numba reads in place, and those it cannot.
-IN_PLACE = ("C", "every other row", "padded rows", "storage offset")
-OTHER = ("transposed", "every other column", "one row repeated")
+#: Layouts whose rows Numba reads in place, then those it copies first.
+LAYOUTS = ("C", "every other row", "padded rows", "storage offset",
+           "transposed", "every other column", "one row repeated")
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -67,7 +67,7 @@ def problems(draw):
     seed = draw(st.integers(0, 2**32 - 1))
     dtype = draw(st.sampled_from([np.float32, np.float64]))
     values = (scale * np.random.default_rng(seed).standard_normal((n, k))).astype(dtype)
-    layout = draw(st.sampled_from(IN_PLACE + OTHER))
+    layout = draw(st.sampled_from(LAYOUTS))
     if layout == "one row repeated":
         values[:] = values[:1]
     return values, layout, draw(st.booleans())
@@ -93,23 +93,7 @@ def test_every_layout_solves_like_numba_on_a_contiguous_copy(problem):
 
     assert torch.equal(x.detach(), before), "the input was modified"
     assert isinstance(result.labels, torch.Tensor) and result.labels.grad_fn is None
-    labels = result.labels.numpy()
-    if layout in IN_PLACE:
-        assert result.n_iter == reference.n_iter
-        np.testing.assert_array_equal(result.potentials, reference.potentials)
-        np.testing.assert_array_equal(labels, reference.labels)
-        return
-    assert result.converged == reference.converged
-    # Same problem, other rounding: the plans agree to float32 precision, and so do the labels
-    # except on rows whose two best labels the reference's potentials leave within 1e-3.
-    z = 25.0 * values.astype(np.float64)
-    plan = _softmax(z + result.potentials)
-    np.testing.assert_allclose(plan, _softmax(z + reference.potentials), rtol=0, atol=2e-3)
-    top2 = np.sort(z + reference.potentials, axis=1)[:, -2:]
-    near_tie = (top2[:, 1] - top2[:, 0] < 1e-3) if k > 1 else np.zeros(n, bool)
-    assert not np.any((labels != reference.labels) & ~near_tie)
-
-
-def _softmax(z: np.ndarray) -> np.ndarray:
-    p = np.exp(z - z.max(axis=1, keepdims=True))
-    return p / p.sum(axis=1, keepdims=True)
+    # Rows read in place or copied a block at a time first: the same kernels, the same bits.
+    assert result.n_iter == reference.n_iter
+    np.testing.assert_array_equal(result.potentials, reference.potentials)
+    np.testing.assert_array_equal(result.labels.numpy(), reference.labels)

@@ -71,23 +71,26 @@ def test_a_large_init_the_compute_dtype_takes_is_still_repaired(backend):
     assert _plan_error(scores, result.potentials, result.lam, result.label_weights) <= 1e-3
 
 
-def _one_chunk_of_float32_scores(backend: str):
+def _one_chunk_of_float32_scores(backend: str, monkeypatch):
     """100,000 x 10 float32 scores (one NumPy chunk, one torch block) and their form for
-    ``backend``: a transposed tensor for torch, which takes its blocked torch route."""
+    ``backend``: for torch, a tensor on its blocked torch route (as without Numba)."""
     scores = make_scores(104_857, 10, regime="flat", seed=2).scores.astype(np.float32)
     if backend != "torch":
         return scores, scores
     import torch
 
-    return scores, torch.from_numpy(np.ascontiguousarray(scores.T)).T
+    from sinklabel.kernels import torch as torch_backend
+
+    monkeypatch.setattr(torch_backend.TorchKernel, "_numba", None)
+    return scores, torch.from_numpy(scores)
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
-def test_label_masses_of_a_float32_chunk_are_summed_to_float64_accuracy(backend):
+def test_label_masses_of_a_float32_chunk_are_summed_to_float64_accuracy(backend, monkeypatch):
     """NumPy's sweep (and torch's blocked one) summed a chunk's normalised exponentials in one
     float32 matrix-vector product over 100,000 rows: the masses were off by 1e-5 of their
     total, where Numba, accumulating in float64, is within 1e-8."""
-    scores, chunk = _one_chunk_of_float32_scores(backend)
+    scores, chunk = _one_chunk_of_float32_scores(backend, monkeypatch)
     f = np.random.default_rng(3).standard_normal(10)
     mass, _ = get_kernel(backend).sweep_lse(chunk, f, 25.0)
     z = 25.0 * scores.astype(np.float64) + f
@@ -97,11 +100,11 @@ def test_label_masses_of_a_float32_chunk_are_summed_to_float64_accuracy(backend)
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
-def test_a_tight_float32_solve_reports_the_error_its_plan_has(backend):
+def test_a_tight_float32_solve_reports_the_error_its_plan_has(backend, monkeypatch):
     """With float32 sums over whole chunks, NumPy reported convergence to tol=1e-8 with an
     error of 0.0 while its plan was 3.5e-7 off the target (and failed to converge at 1e-7
     on flat scores, where Numba takes 7 passes)."""
-    scores, logp = _one_chunk_of_float32_scores(backend)
+    scores, logp = _one_chunk_of_float32_scores(backend, monkeypatch)
     result = sinklabel.sinkhorn(logp, 10, tol=1e-8, max_iter=30, backend=backend)
     independent = _plan_error(scores, result.potentials, result.lam, result.label_weights)
     assert result.converged and independent <= 2e-8

@@ -161,7 +161,7 @@ def test_kernel_operations_match_numpy_kernel(dtype, cpu_path, rng):
     if dtype in ("bfloat16", "float16", "float64"):
         x = x.to(getattr(torch, dtype))
     elif dtype == "float32 transposed":
-        x = x.t().contiguous().t()  # Numba cannot read these rows in place: torch's ops do
+        x = x.t().contiguous().t()  # rows Numba cannot read in place: copied first
     host = x.numpy() if dtype == "float64" else x.float().numpy()
     f = rng.standard_normal(30)
     kernel, reference = get_kernel("torch"), get_kernel("numpy")
@@ -213,7 +213,7 @@ def test_cpu_tensors_solve_bit_for_bit_like_the_numba_backend(dtype, regime, lay
     bits, 16-bit scores widened to float32 as each is read), in the Numba backend's own blocks
     (here 700 rows, so the last block is partial): every figure of the solve is the same bits
     as the Numba backend's on the NumPy array of the same values (float32 for 16-bit ones).
-    A transposed tensor too, its blocks copied: torch's own ops once took it, 6x slower."""
+    A transposed tensor too, its blocks copied: torch's own ops once took it, 1.3x slower."""
     from sinklabel.kernels.numba import NumbaKernel
 
     monkeypatch.setattr(NumbaKernel, "chunk_rows", lambda self, n_labels, itemsize: 700)
