@@ -180,3 +180,28 @@ def test_count_error_measures_the_hard_labels():
     result = sinkhorn(scores, 10)
     counts = np.bincount(np.asarray(result.labels), minlength=10)
     assert result.count_error == pytest.approx(np.abs(counts / 3000 - 0.1).sum())
+
+
+def test_an_error_equal_to_tol_has_converged():
+    """tol is inclusive ("at most tol"): rerun with tol set to a solve's own error, the same
+    passes stop at the same point, which has converged, without a warning."""
+    scores = make_scores(500, 30, regime="peaked", seed=5).scores
+    first = sinkhorn(scores, 30)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        again = sinkhorn(scores, 30, tol=first.error)
+    assert again.converged and again.error == first.error
+    assert again.n_iter == first.n_iter
+
+
+def test_a_solve_cut_short_by_max_iter_is_told_to_iterate_more():
+    """Small potentials stopped by max_iter: the warning says so and advises more passes,
+    not that they outgrew the kernels or grew without bound, though the -inf scores leave
+    shares that are not whole (what a failed solve of huge potentials is asked about)."""
+    scores = np.random.default_rng(0).normal(size=(100, 3)).astype(np.float32)
+    scores[::7, 0] = -np.inf
+    with pytest.warns(ConvergenceWarning) as caught:
+        sinkhorn(scores, 3, tol=1e-9, max_iter=2)
+    message = str(caught[0].message)
+    assert message.startswith("Sinkhorn did not reach tol=1e-09 in max_iter=2 iterations")
+    assert message.endswith("; raise max_iter or tol")
