@@ -87,6 +87,17 @@ def test_line_search_finds_nothing_where_every_step_falls():
     assert len(line.trials) == MAX_TRIALS
 
 
+def test_line_search_never_takes_a_step_whose_objective_falls():
+    """Armijo asks for an increase of the dual, not a fall within ``ARMIJO * alpha * slope``:
+    here every step lowers the objective (by more than its noise, zero) although the slope
+    at each would pass the curvature test, so the search finds nothing."""
+    line = _Line(lambda a: -1e-5 * a, lambda a: 0.5 * (1 - a))
+    assert _line_search(line, line.point(0.0), np.ones(1)) is None
+    # The slope is 0 at the rejected step: the secant cannot place the next, so it halves.
+    np.testing.assert_allclose(line.trials[:3], [1.0, 0.5, 0.25])
+    assert len(line.trials) == MAX_TRIALS
+
+
 def test_sinkhorn_step_keeps_the_potential_of_a_label_without_mass():
     """``log r - log t`` per label; a label with no mass (its target below what the kernels
     resolve, so it is not revived) keeps its potential rather than stepping to infinity."""
