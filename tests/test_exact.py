@@ -917,3 +917,26 @@ def test_check_names_bad_scores_before_the_labels(scores, error, message):
     """Empty scores were reported as 'labels must be 0 integers', blaming the labels."""
     with pytest.raises(error, match=message):
         sinklabel.check(np.zeros(len(scores), dtype=np.int64), scores)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_ranges_whose_lower_bounds_take_every_point_are_certified(seed):
+    """With sum(lower) = N no label takes an extra point, so the range threshold is the
+    least open price: any higher one leaves open labels with negative prices, whose upper
+    bounds then enter the dual bound and open a gap."""
+    S = np.random.default_rng(seed).normal(size=(8, 4))
+    lower, upper = np.array([2, 2, 2, 2]), np.array([3, 2, 4, 2])
+    result = sinklabel.solve_exact(S, 4, capacities=(lower, upper))
+    assert result.certificate.optimal
+    assert result.objective == pytest.approx(milp_optimum(S, lower, upper), abs=1e-9)
+    primal, dual = plain_certificate(S, result.labels, result.prices, lower, upper)
+    assert primal - dual == pytest.approx(0, abs=1e-9)
+
+
+def test_highs_names_a_label_without_enough_finite_scores():
+    """HiGHS alone can only say that no labelling exists: the label short of finite scores
+    is named before it runs, as the auction names it."""
+    S = np.zeros((6, 3))
+    S[:, 2] = -np.inf
+    with pytest.raises(ValueError, match="label 2 must take at least 2 points"):
+        sinklabel.solve_exact(S, 3, method="highs")
