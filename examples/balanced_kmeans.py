@@ -75,12 +75,14 @@ def balanced_kmeans(
     centers, _ = kmeans_plusplus(x, k, random_state=seed)
     if temperature is None:
         temperature = default_temperature(squared_distances(x, centers))
-    labels, potentials, n_iter = None, None, 0
+    if max_iter < 1:
+        raise ValueError(f"max_iter must be at least 1, got {max_iter}")
+    labels, potentials, n_iter = np.full(len(x), -1), None, 0  # -1: no labelling yet
     while n_iter < max_iter:
         n_iter += 1
         scores = -squared_distances(x, centers) / temperature
         result = sinkhorn(scores, k, lam=lam, tol=tol, init=potentials)
-        settled = labels is not None and np.array_equal(labels, result.labels)
+        settled = np.array_equal(labels, result.labels)
         labels, potentials = result.labels, result.potentials
         centers = updated_centers(x, labels, centers)
         if settled:

@@ -47,8 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # This rank's rows: contiguous, uneven shards, as a sharded dataset gives them.
         bounds = np.linspace(0, args.rows, world + 1).astype(int)
-        scores = make_scores(bounds[rank + 1] - bounds[rank], args.labels, regime=args.regime,
-                             seed=rank).scores
+        scores: np.ndarray | torch.Tensor = make_scores(
+            bounds[rank + 1] - bounds[rank], args.labels, regime=args.regime, seed=rank).scores
         if cuda and "torch" in sinklabel.available_backends():
             scores = torch.from_numpy(scores).cuda()
 

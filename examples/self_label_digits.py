@@ -64,8 +64,10 @@ class Run:
     epochs: list[int] = field(default_factory=list)  # when each label update happened
     nmi: list[float] = field(default_factory=list)  # mean over heads, at each update
     accuracy: list[float] = field(default_factory=list)
-    labels: np.ndarray | None = None  # (n_heads, N) final pseudo-labels
-    features: np.ndarray | None = None  # (N, d) trunk features of the clean images
+    labels: np.ndarray = field(  # (n_heads, N) final pseudo-labels
+        default_factory=lambda: np.empty((0, 0), np.int64))
+    features: np.ndarray = field(  # (N, d) trunk features of the clean images
+        default_factory=lambda: np.empty((0, 0), np.float32))
     seconds: float = 0.0  # wall time of the run
     cpu_seconds: float = 0.0  # process time: steadier than wall time on a shared machine
     label_seconds: float = 0.0  # process time of the label steps (forward pass + Sinkhorn)
@@ -183,13 +185,15 @@ def train(
                 run.n_iter.append([lab.n_iter_ for lab in labelers])
             labels = targets.cpu().numpy()  # for scoring only
             run.epochs.append(epoch)
-            run.nmi.append(np.mean([normalized_mutual_info_score(truth, y) for y in labels]))
-            run.accuracy.append(np.mean([matched_accuracy(y, truth) for y in labels]))
+            run.nmi.append(float(np.mean([normalized_mutual_info_score(truth, y)
+                                          for y in labels])))
+            run.accuracy.append(float(np.mean([matched_accuracy(y, truth) for y in labels])))
         if epoch == cfg.epochs:
             break
         for batch in torch.randperm(len(images), device=images.device).split(cfg.batch_size):
             _, logits = net(augment(images[batch], cfg))
-            loss = sum(F.cross_entropy(z, y[batch]) for z, y in zip(logits, targets, strict=True))
+            losses = (F.cross_entropy(z, y[batch]) for z, y in zip(logits, targets, strict=True))
+            loss = sum(losses, torch.zeros((), device=images.device))  # 0 + l: l exactly
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -280,7 +284,8 @@ def run_all(cfg: Config, seeds: list[int], device: str) -> Report:
             "k-means learned features NMI": kmeans_nmi(run.features, truth, cfg.n_clusters, seed),
             "ablation (argmax) NMI": ablation.nmi[-1],
             "ablation largest/(N/K)": largest_cluster_ratio(ablation.labels, cfg.n_clusters),
-            "ablation clusters used": np.mean([len(np.unique(y)) for y in ablation.labels]),
+            "ablation clusters used": float(np.mean([len(np.unique(y))
+                                                      for y in ablation.labels])),
             "self-label wall seconds": run.seconds,
             "self-label CPU seconds": run.cpu_seconds,
             "  of which label steps": run.label_seconds,

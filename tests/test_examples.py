@@ -175,6 +175,14 @@ def test_balanced_kmeans_recovers_equal_blobs(kmeans):
     assert result.n_iter < 100
 
 
+def test_balanced_kmeans_takes_at_least_one_iteration(kmeans):
+    """With none it would have no labelling to return: asked for, it says so."""
+    x = np.random.default_rng(3).standard_normal((20, 2))
+    with pytest.raises(ValueError, match="max_iter must be at least 1, got 0"):
+        kmeans.balanced_kmeans(x, 2, max_iter=0)
+    assert kmeans.balanced_kmeans(x, 2, max_iter=1).n_iter == 1
+
+
 def test_squared_distances_match_direct_formula(kmeans):
     rng = np.random.default_rng(2)
     x, c = rng.standard_normal((30, 5)), rng.standard_normal((4, 5))
