@@ -61,6 +61,7 @@ def test_misplaced_is_the_fewest_points_that_must_move(problem):
     counts = np.bincount(labels, minlength=K)
     np.testing.assert_array_equal(report.label_counts, counts)
     assert report.misplaced == fewest_moves(tuple(counts), lower, upper)
+    assert type(report.misplaced) is int  # a NumPy integer is not JSON-serialisable
     assert report.feasible == (report.misplaced == 0)
 
 
@@ -80,6 +81,27 @@ def test_report_prints_the_capacity_range_and_what_lies_outside_it():
     assert "outside capacity" not in str(balanced)
     one_fixed = sinklabel.check(np.arange(6) % 3, scores, capacities=([1, 1, 1], [1, 3, 3]))
     assert str(one_fixed).splitlines()[-2].endswith("target 1..3")
+    raised = sinklabel.check(np.arange(6) % 3, scores, capacities=([1, 2, 1], [3, 3, 3]))
+    assert str(raised).splitlines()[-1].endswith("target 1..3")
+
+
+@pytest.mark.parametrize("labels", [[0, 0, 0, 0, 1, 2], [0, 0, 0, 1, 1, 1]],
+                         ids=["others at lower", "others at upper"])
+def test_a_label_at_a_capacity_bound_is_within_capacity(labels):
+    """Sizes (4, 1, 1) and (3, 3, 0) against capacities 1..3: one label is outside and one
+    point must move; the labels exactly at a bound are inside."""
+    scores = np.log(np.full((6, 3), 1 / 3))
+    report = sinklabel.check(np.array(labels), scores, capacities=([1, 1, 1], [3, 3, 3]))
+    assert report.misplaced == 1
+    assert str(report).splitlines()[-1].startswith("          1 labels outside capacity; 1 ")
+
+
+def test_a_labelling_that_costs_exactly_the_optimum_is_optimal_with_no_allowance():
+    """Zero scores: every labelling costs 0, the optimum is 0 and the rounding allowance is 0
+    (no term to round), so a gap of exactly 0 must still be judged optimal."""
+    report = sinklabel.check(np.arange(6) % 3, np.zeros((6, 3)))
+    assert report.gap == 0.0 and report.cost_rounding == 0.0
+    assert report.optimal and "-> optimal" in str(report)
 
 
 def test_relative_gap_is_the_gap_over_the_optimum():
