@@ -411,6 +411,31 @@ def test_memory_limit_bounds_the_tables():
     np.testing.assert_allclose(cached.potentials, plain.potentials, atol=1e-4)
 
 
+def test_a_limit_that_exactly_holds_a_cap_gets_that_cap():
+    """The tables may take every byte the limit leaves them. Worked out from backends.md: 24
+    bytes per row, 6 per float32 entry and 8 * (K + 1) per chunk, so 10 entries per row in 4
+    chunks of 250 rows take 1000 * 84 + 4 * 1608 bytes; a byte less holds only 9."""
+    source = ArraySource(make_scores(1000, 200, regime="flat", seed=10).scores)
+    tables = 1000 * (24 + 10 * 6) + 4 * 8 * 201
+    limit = fixed_bytes(1000, 200) + 250 * bytes_per_row(source, NUMBA) + tables
+    assert table_cap(source, NUMBA, 250, limit) == 10
+    assert table_cap(source, NUMBA, 250, limit - 1) == 9
+
+
+def test_a_table_that_fills_the_budget_exactly_is_kept():
+    """Rows with 4 tied labels far above the rest keep exactly the cap of 4 entries, so the
+    one chunk's table takes the whole budget; it must still be used, not left uncached."""
+    scores = np.full((64, 50), -10.0, np.float32)
+    scores[:, :4] = 0.0
+    source, kernel = _cached(scores, rows=64, cap=4)
+    mass, _ = solver.dual_terms(source, kernel, np.zeros(50), 25.0, 64)
+    cache = source.cache
+    assert cache.nbytes == cache.budget and cache.n_entries == 64 * 4
+    assert (cache.builds, cache.raw_passes) == (1, 0)
+    np.testing.assert_allclose(mass, _reference(scores, np.zeros(50), 25.0)[0], rtol=1e-6,
+                               atol=1e-12)
+
+
 def test_a_budget_too_small_for_the_cache_is_refused_before_any_work():
     calls = []
     scores = make_scores(5000, 100, regime="flat", seed=11).scores
