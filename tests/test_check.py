@@ -114,6 +114,7 @@ def test_relative_gap_is_the_gap_over_the_optimum():
     assert report.optimum == pytest.approx(optimum, rel=1e-12)
     assert report.gap == pytest.approx(2 * np.log(0.6 / 0.4), rel=1e-12)
     assert report.relative_gap == pytest.approx(report.gap / optimum, rel=1e-12)
+    assert "agreement 50.00% of points labelled as the optimum" in str(report).splitlines()
     shifted = sinklabel.check(np.array([0, 0, 1, 1]), scores - scores.max(axis=1, keepdims=True))
     assert shifted.optimum == 0.0
     assert shifted.relative_gap == shifted.gap == pytest.approx(report.gap, rel=1e-12)
@@ -130,6 +131,23 @@ def test_exact_result_is_checked_against_the_capacities_it_was_solved_for():
     overruled = sinklabel.check(exact, S, capacities=[20, 20, 20])
     np.testing.assert_array_equal(overruled.lower, [20, 20, 20])
     assert overruled.feasible == bool(np.all(exact.label_counts == 20))
+
+
+def test_sinkhorn_result_is_checked_against_its_label_weights():
+    """Weights (1/2, 1/4, 1/4) over 60 points ask for sizes of exactly 30, 15 and 15, not the
+    balanced 20 each."""
+    S = make_scores(60, 3, regime="peaked", seed=4).scores
+    result = sinklabel.sinkhorn(S, 3, label_weights=[0.5, 0.25, 0.25])
+    report = sinklabel.check(result, S)
+    np.testing.assert_array_equal(report.lower, [30, 15, 15])
+    np.testing.assert_array_equal(report.upper, [30, 15, 15])
+
+
+def test_a_single_label_is_reported():
+    """With K = 1 every point takes the one label: its size is the target, N."""
+    report = sinklabel.check(np.zeros(3, np.int64), np.zeros((3, 1)))
+    assert report.feasible and report.optimal
+    assert str(report).splitlines()[-1] == "sizes     min 3, max 3, std 0; target 3"
 
 
 @pytest.mark.parametrize(("limit_less", "solved"), [(0, True), (1, False)])
