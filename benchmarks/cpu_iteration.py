@@ -115,21 +115,6 @@ def _no_prefetch(buf, start, k):
     """Requests nothing: the sweep as it was before :func:`numba_backend._prefetch_row`."""
 
 
-def _one_thread_copies(call):
-    """``call`` with each chunk the Numba kernels cannot read in place copied to rows by
-    NumPy's one thread, as before 2026-11-28, instead of by every thread."""
-
-    def copied_by_numpy() -> None:
-        threads = numba_backend.NumbaKernel._in_rows
-        numba_backend.NumbaKernel._in_rows = lambda self, chunk: chunk
-        try:
-            call()
-        finally:
-            numba_backend.NumbaKernel._in_rows = threads
-
-    return copied_by_numpy
-
-
 def _sweep_with(**replacements):
     """The backend's ``_sweep_rows`` recompiled with some of the functions it calls replaced:
     ``_exp=_libm_exp`` gives the float64 pass as it was with Numba's scalar ``math.exp``
@@ -140,15 +125,16 @@ def _sweep_with(**replacements):
     return numba.njit(fastmath=numba_backend.FAST, nogil=True)(copy)
 
 
-def _with_sweep(call, sweep):
-    """``call()`` with the Numba backend's sweep swapped for ``sweep`` while it runs."""
+def _with_swapped(call, owner, name: str, value):
+    """``call()`` with ``owner.name`` (a function of the Numba backend) swapped for ``value``
+    while it runs."""
     def swapped() -> None:
-        original = numba_backend._sweep_rows
-        numba_backend._sweep_rows = sweep
+        original = getattr(owner, name)
+        setattr(owner, name, value)
         try:
             call()
         finally:
-            numba_backend._sweep_rows = original
+            setattr(owner, name, original)
 
     return swapped
 
@@ -262,7 +248,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.dtype == "bfloat16":
         del methods["numpy"]
     if args.dtype == "float64":
-        methods["numba (libm exp)"] = _with_sweep(methods["numba"], _sweep_with(_exp=_libm_exp))
+        methods["numba (libm exp)"] = _with_swapped(methods["numba"], numba_backend,
+                                                    "_sweep_rows", _sweep_with(_exp=_libm_exp))
     elif args.dtype != "float32":
         copies = ArraySource(scores)
         float32 = ArraySource(values)
@@ -275,9 +262,11 @@ def main(argv: list[str] | None = None) -> int:
         methods["numba (float32)"] = lambda: label_mass(float32, numba_kernel, f, lam,
                                                         numba_kernel.chunk_rows(args.k, 4))
     if args.layout == "transposed":
-        methods["numba (numpy copy)"] = _one_thread_copies(methods["numba"])
-    methods["numba (no prefetch)"] = _with_sweep(
-        methods["numba"], _sweep_with(_prefetch_row=_no_prefetch))
+        # Each chunk copied to rows by NumPy's one thread, as before 2026-11-28.
+        methods["numba (numpy copy)"] = _with_swapped(
+            methods["numba"], numba_backend.NumbaKernel, "_in_rows", lambda self, chunk: chunk)
+    methods["numba (no prefetch)"] = _with_swapped(
+        methods["numba"], numba_backend, "_sweep_rows", _sweep_with(_prefetch_row=_no_prefetch))
     if not args.no_cache:
         small = ArraySource(scores[:64])  # load the table kernels before timing a build
         label_mass(*with_exp_cache(small, numba_kernel, 64, 1), f, lam, 64)
