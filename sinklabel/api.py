@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from typing import Any, TypedDict
 
@@ -13,6 +12,7 @@ from ._arrays import device_scope
 from ._budget import bytes_per_row, default_rows, fixed_bytes, rows_for_budget
 from ._capacities import balanced_range
 from ._compile import eager_in_torch_compile
+from ._typing import Unpack
 from ._validation import (
     RowTops,
     check_chunk_scores,
@@ -33,11 +33,6 @@ from .kernels import Kernel, exp_tables, resolve_kernel
 from .kernels._base import compute_dtype
 from .result import SinkhornResult
 from .sources import Array, Source, as_source, checked, parse_memory
-
-if sys.version_info >= (3, 11):
-    from typing import Unpack
-else:
-    from typing_extensions import Unpack
 
 DEFAULT_LAM = 25.0
 #: L1 distance between the plan's label marginal and the target: 1e-3 means at most 0.05%

@@ -4,19 +4,14 @@ from __future__ import annotations
 
 import copy
 import inspect
-import sys
 from os import PathLike
 from typing import Any
 
+from ._typing import Self
 from ._validation import check_flag, check_positive
 from .api import DEFAULT_LAM, DEFAULT_MAX_ITER, DEFAULT_TOL, sinkhorn
 from .result import SinkhornResult
 from .sources import Array, as_source
-
-if sys.version_info >= (3, 11):
-    from typing import Self
-else:
-    from typing_extensions import Self
 
 
 class SinkhornLabeler:

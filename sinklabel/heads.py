@@ -13,7 +13,6 @@ block once when every head still iterating has asked for it.
 from __future__ import annotations
 
 import numbers
-import sys
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any, TypedDict
@@ -22,6 +21,7 @@ import numpy as np
 
 from ._budget import BYTES_PER_BLOCK, default_rows, fixed_bytes, rows_for_budget
 from ._compile import eager_in_torch_compile
+from ._typing import Unpack
 from ._validation import check_positive, check_shape
 from ._warnings import held_warnings, warn
 from .api import sinkhorn
@@ -30,11 +30,6 @@ from .progress import progress_label
 from .result import SinkhornResult
 from .sources import Array, as_source, checked, itemsize, parse_memory
 from .sources.shared import SharedReader
-
-if sys.version_info >= (3, 11):
-    from typing import Unpack
-else:
-    from typing_extensions import Unpack
 
 
 class HeadOptions(TypedDict, total=False):
