@@ -356,6 +356,29 @@ def test_distributed_exact_scans_cuda_rows_on_the_device(dtype, monkeypatch):
 
 
 @needs_cupy
+def test_distributed_exact_reads_cupy_rows_as_the_host_does():
+    """A CuPy rank scans its rows on the host and sends only the rows asked for; both give
+    what the same scores on the host give (ties and -inf included)."""
+    from sinklabel import _distributed_exact
+    from sinklabel.sources import as_source
+
+    rng = np.random.default_rng(6)
+    host = (np.round(2 * rng.normal(size=(2000, 30))) / 2).astype(np.float32)
+    host[rng.random(host.shape) < 0.2] = -np.inf
+    host[:, 4] = np.where(np.isfinite(host).any(axis=1), host[:, 4], 0.0)
+    x = cp.asarray(host)
+    v = np.round(2 * rng.normal(size=30)) / 2
+    labels = rng.integers(0, 30, 2000)
+    on_host = _distributed_exact._scan(as_source(host), 700, v, labels)
+    on_device = _distributed_exact._scan(as_source(x), 700, v, labels)
+    for name in ("best", "margin", "off", "free", "finite"):
+        np.testing.assert_array_equal(getattr(on_device, name), getattr(on_host, name))
+    rows = np.array([1, 699, 700, 1999])
+    read = _distributed_exact._read_rows(as_source(x), 700, rows, np.dtype(np.float32))
+    np.testing.assert_array_equal(read, host[rows])
+
+
+@needs_cupy
 def test_cupy_sweep_and_labels_allocate_nothing_of_size_n_by_k():
     from sinklabel.kernels import _buffers
 
