@@ -58,6 +58,12 @@ PRECISION_LIMIT = 1e-3
 #: within ten passes in every case measured, float64's (4.5e12) only after 22 or not in 100.
 #: A feasible solve that fails this large costs one more read of the scores, to be sure.
 UNBOUNDED_SIZE = PRECISION_LIMIT / float(np.finfo(np.float32).eps)
+#: Passes without progress (neither a dual objective above the best by more than its noise
+#: nor a smaller error) after which a solve the compute dtype no longer resolves stops: its
+#: passes are then rounding noise. Converging solves, however imprecise, went at most 23
+#: passes so (lam up to 1e12, tol down to 1e-6); rows offset by 1e5 at lam = 25 in float32
+#: went hundreds, on their way to max_iter.
+STALL_PASSES = 100
 
 
 @dataclass(frozen=True)
@@ -169,13 +175,22 @@ class _Evaluations:
         self.best: _Point | None = None
         self.largest = 0.0  # the largest _size of the points evaluated
         self.largest_f = 0.0  # and their largest potential's size
-        self.smallest_mass = float(np.finfo(compute_dtype(source.dtype)).tiny)
+        self.dtype = compute_dtype(source.dtype)
+        self.smallest_mass = float(np.finfo(self.dtype).tiny)
         self.limit = potential_limit(source.dtype)
+        self.top: _Point | None = None  # the point of largest dual objective
+        self.progressed = 0  # the passes taken when the last one made progress
 
     @property
     def finished(self) -> bool:
         converged = self.best is not None and self.best.error <= self.tol
-        return converged or len(self.history) >= self.max_iter
+        return converged or len(self.history) >= self.max_iter or self.stalled
+
+    @property
+    def stalled(self) -> bool:
+        """No progress in ``STALL_PASSES`` passes, at a best point the dtype cannot resolve."""
+        return (self.best is not None and len(self.history) - self.progressed >= STALL_PASSES
+                and _imprecise(_size(self.best), self.dtype))
 
     def __call__(self, f: np.ndarray) -> _Point:
         f = normalize_potentials(f, self.weights)
@@ -195,9 +210,16 @@ class _Evaluations:
         )
         self.largest = max(self.largest, _size(point))
         self.largest_f = max(self.largest_f, float(np.abs(f).max()))
-        if self.best is None or point.error < self.best.error:
+        rose = self.top is None or (
+            point.objective > self.top.objective + max(point.noise, self.top.noise))
+        if self.top is None or point.objective > self.top.objective:
+            self.top = point
+        fell = self.best is None or point.error < self.best.error
+        if fell:
             self.best = point
         self._record(point.error)
+        if rose or fell:
+            self.progressed = len(self.history)
         return point
 
     def starved(self, point: _Point) -> np.ndarray:
@@ -390,7 +412,7 @@ def solve(
     converged = best.error <= tol
     # A solve that failed may have failed for want of precision along its way, or because
     # no potentials solve it (they then grow without bound, in any dtype).
-    dtype = compute_dtype(source.dtype)
+    dtype = evaluate.dtype
     size = _size(best) if converged else evaluate.largest
     suspect = None
     if not converged and size > UNBOUNDED_SIZE and explain_failure is not None and dead is None:
@@ -410,9 +432,11 @@ def solve(
             advice = f"{dtype} stopped resolving the plan on its way (see the PrecisionWarning)"
         else:
             advice = "raise max_iter or tol"
-        if beyond or dead is not None:
+        if beyond or dead is not None or evaluate.stalled:
             head = (f"Sinkhorn stopped short of tol={tol:g} after {len(evaluate.history)} of "
                     f"max_iter={max_iter} iterations")
+            if evaluate.stalled:
+                head += f", the last {STALL_PASSES} without progress"
             if beyond:
                 head += f", its potentials past the {evaluate.limit:.3g} that {dtype} computes with"
         else:

@@ -117,3 +117,14 @@ def test_cached_tables_keep_at_most_cap_entries_in_the_bytes_stated(n_labels, ca
              "`N * (24 + 6 * cap)` bytes for float32 scores")
     assert claim in page_text("docs/backends.md")
     assert "and `8 * (K + 1)` bytes per chunk" in page_text("docs/backends.md")
+
+
+def test_an_unresolved_solve_stops_after_the_stated_passes_without_progress():
+    """convergence.md, getting-started.md: the stall stop's 100 passes are the solver's."""
+    from sinklabel import solver
+
+    assert solver.STALL_PASSES == 100
+    assert "once 100 passes in a row found neither a smaller error" in page_text(
+        "docs/convergence.md")
+    assert "once 100 passes in a row make no progress it stops" in page_text(
+        "docs/getting-started.md")

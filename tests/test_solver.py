@@ -10,7 +10,8 @@ from conftest import to_backend, to_host
 from reference import reference_sinkhorn
 
 import sinklabel
-from sinklabel import ConvergenceWarning, PrecisionWarning, _feasibility
+from sinklabel import ConvergenceWarning, PrecisionWarning, _feasibility, solver
+from sinklabel.datasets import make_scores
 
 TIGHT = {"tol": 1e-10, "max_iter": 20000}
 
@@ -227,6 +228,52 @@ def test_a_solve_that_fails_for_want_of_precision_is_not_told_to_iterate_more():
     assert said[ConvergenceWarning].endswith(
         "; float32 stopped resolving the plan on its way (see the PrecisionWarning)")
     assert "lower lam, or pass float64 scores" in said[PrecisionWarning]
+
+
+def _row_offset_scores(offset: float) -> np.ndarray:
+    """Dirichlet log-probabilities, 4000 x 40, each row raised by ``offset``, in float32."""
+    logp = np.log(np.random.default_rng(0).dirichlet(np.full(40, 0.3), size=4000))
+    return (logp + offset).astype(np.float32)
+
+
+def test_a_solve_float32_cannot_resolve_stops_once_it_makes_no_progress(backend):
+    """Rows raised by 1e6 at lam = 25 put lam * logp near 2.5e7, which float32 rounds by
+    about 3: the passes are rounding noise, and went to max_iter (1000, with the error no
+    better than after 100). The solve stops after STALL_PASSES passes without a new best
+    error or objective, says why, and returns its best point."""
+    scores = _row_offset_scores(1e6)
+    with pytest.warns(Warning) as caught:
+        result = solve(scores, backend, max_iter=1000)
+    stall = solver.STALL_PASSES
+    history = result.error_history
+    assert not result.converged and stall < result.n_iter < 1000
+    assert history[-stall:].min() >= history[:-stall].min() == result.error
+    said = {w.category: str(w.message) for w in caught}
+    assert said[ConvergenceWarning].startswith(
+        f"Sinkhorn stopped short of tol=0.001 after {result.n_iter} of max_iter=1000 "
+        f"iterations, the last {stall} without progress (label-marginal error")
+    assert said[ConvergenceWarning].endswith(
+        "; float32 stopped resolving the plan on its way (see the PrecisionWarning)")
+    assert PrecisionWarning in said
+    assert np.all(np.isfinite(result.potentials))
+
+
+def test_resolved_scores_run_to_max_iter_however_slowly_they_progress(backend):
+    """The same scores in float64 are resolved: no stall stop, whatever the progress. A tol
+    no solve meets runs to max_iter, past STALL_PASSES passes of rounding-level progress."""
+    scores = _row_offset_scores(1e6).astype(np.float64)
+    with pytest.warns(ConvergenceWarning, match="did not reach tol=1e-300 in max_iter=150"):
+        result = solve(scores, backend, tol=1e-300, max_iter=150)
+    assert result.n_iter == 150 > solver.STALL_PASSES
+
+
+def test_an_imprecise_solve_that_keeps_progressing_is_not_stopped():
+    """lam = 1e12 leaves float32 unable to resolve the plan (a PrecisionWarning), yet the
+    dual objective keeps rising: this solve needs 847 passes and must get them all."""
+    scores = make_scores(5000, 50, regime="peaked", seed=0).scores
+    with pytest.warns(PrecisionWarning):
+        result = sinklabel.sinkhorn(scores, 50, lam=1e12, max_iter=3000)
+    assert result.converged and result.n_iter > 5 * solver.STALL_PASSES
 
 
 @pytest.mark.parametrize("case", ["row offset", "finite mask", "top row and potentials"])
