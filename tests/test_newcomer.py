@@ -62,6 +62,17 @@ def test_plain_progress_lines_come_once_a_second_with_their_times(clock, capsys)
 
 
 @pytest.mark.usefixtures("without_tqdm")
+def test_plain_progress_lines_a_second_apart_are_both_shown(clock, capsys):
+    """"At most a line a second" lets one through exactly a second after the last."""
+    bar = Progress(True, total=1000, tol=None)
+    for clock[0], iteration in ((101.0, 1), (102.0, 2), (102.5, 3), (103.0, 4)):
+        bar.update(iteration, 0.5)
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split(",")[0] for line in lines] == [
+        "sinkhorn: iteration 1", "sinkhorn: iteration 2", "sinkhorn: iteration 4"]
+
+
+@pytest.mark.usefixtures("without_tqdm")
 @pytest.mark.parametrize(("tol", "ended"), [(0.125, "converged"), (0.124, "stopped"),
                                              (None, "stopped")])
 def test_plain_progress_ends_converged_only_at_the_tolerance(tol, ended, clock, capsys):

@@ -4,6 +4,7 @@ way a streaming source can break stops the solve naming the rows it was reading.
 from __future__ import annotations
 
 import importlib.util
+import math
 import subprocess
 import sys
 import threading
@@ -587,6 +588,22 @@ def test_a_solve_already_within_tol_has_no_iterations_left(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "tqdm.auto", None)
     sinklabel.sinkhorn(np.zeros((10, 1), dtype=np.float32), 1, progress=True)
     assert "sinkhorn: iteration 1/1, error 0.00e+00" in capsys.readouterr().err
+
+
+def test_an_error_exactly_at_tol_has_no_iterations_left():
+    """The solver stops at ``error <= tol``: an error equal to the tolerance has converged,
+    and the estimate must say so rather than wait for a rate."""
+    assert iterations_left([1e-3], tol=1e-3) == 0
+    assert iterations_left([0.5, 0.25, 0.125], tol=0.125) == 0
+
+
+def test_no_rate_is_measured_from_a_window_opening_on_an_infinite_error():
+    """An infinite first error gives no geometric rate: the estimate stays unknown (None)
+    instead of an infinite slope's "nothing left", which set the bar's total to this pass."""
+    history = [math.inf] + [0.5**i for i in range(1, 5)]
+    assert iterations_left(history, tol=1e-6) is None
+    assert iterations_left(history + [0.5**i for i in range(5, 15)], tol=0.5**20) == (
+        pytest.approx(6))
 
 
 def test_plain_progress_ends_with_how_the_solve_ended(monkeypatch, capsys):
