@@ -222,6 +222,17 @@ def test_memmap_source_reads_without_loading(tmp_path, scores32):
     np.testing.assert_array_equal(np.concatenate(blocks), scores32)
 
 
+def test_views_ask_no_memory_per_row_and_functions_ask_for_their_blocks(tmp_path, scores32):
+    """A memory budget counts what a source allocates per row: nothing for views of an array
+    or a mapped file, a K-wide row of the dtype for a function's fresh blocks."""
+    path = tmp_path / "s.npy"
+    np.save(path, scores32)
+    assert as_source(scores32).bytes_per_row() == 0
+    assert as_source(str(path)).bytes_per_row() == 0
+    fn = CallableSource(lambda a, b: scores32[a:b], scores32.shape, "float32")
+    assert fn.bytes_per_row() == K * 4
+
+
 def test_bad_paths_are_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="no such file"):
         sinklabel.sinkhorn(tmp_path / "missing.npy", 3)
@@ -625,6 +636,26 @@ def test_progress_bar_total_tracks_the_estimate():
         bar.update(i, 0.5**i)
     assert bar.estimated_total(11) == 20
     bar.close()
+
+
+def test_progress_bar_draws_the_estimated_total():
+    """The bar's total follows the estimate, so tqdm's percentage and ETA mean "until
+    converged", not "until max_iter"."""
+    pytest.importorskip("tqdm")
+    bar = Progress(True, total=1000, tol=0.5**20)
+    assert bar._bar.total == 1000
+    for i in range(1, 12):
+        bar.update(i, 0.5**i)
+    assert bar._bar.total == 20
+    bar.close()
+
+
+def test_plain_progress_closed_before_any_pass_prints_nothing(monkeypatch, capsys):
+    """A solve that fails before its first pass closes the progress without an error to
+    report: no closing line, and no error from the empty history."""
+    monkeypatch.setitem(sys.modules, "tqdm.auto", None)
+    Progress(True, total=1000, tol=1e-3).close()
+    assert capsys.readouterr().err == ""
 
 
 def test_progress_total_follows_the_best_error_through_overshooting_trials():
