@@ -638,15 +638,15 @@ def test_progress_bar_total_tracks_the_estimate():
     bar.close()
 
 
-def test_progress_bar_draws_the_estimated_total():
-    """The bar's total follows the estimate, so tqdm's percentage and ETA mean "until
-    converged", not "until max_iter"."""
+def test_progress_bar_draws_the_iteration_and_the_estimated_total():
+    """The bar counts the iterations, and its total follows the estimate, so tqdm's
+    percentage and ETA mean "until converged", not "until max_iter"."""
     pytest.importorskip("tqdm")
     bar = Progress(True, total=1000, tol=0.5**20)
     assert bar._bar.total == 1000
     for i in range(1, 12):
         bar.update(i, 0.5**i)
-    assert bar._bar.total == 20
+    assert (bar._bar.n, bar._bar.total) == (11, 20)
     bar.close()
 
 
