@@ -256,6 +256,11 @@ def test_callable_source_checks_its_declaration():
         with pytest.raises(ValueError, match=r"shape must be \(N, K\)"):
             CallableSource(lambda a, b: None, shape)
     assert CallableSource(lambda a, b: None, (3.0, np.int64(2))).shape == (3, 2)
+    # 0 rows is a valid declaration ("non-negative"): the solve refuses it, by its own name
+    empty = CallableSource(lambda a, b: np.zeros((b - a, 2), np.float32), (0, 2))
+    assert list(empty.chunks(4)) == []
+    with pytest.raises(ValueError, match="non-empty"):
+        sinklabel.sinkhorn(empty, 2)
     # bfloat16, which NumPy lacks, by name (test_streaming_cli_edges.py has NumPy's own)
     assert CallableSource(lambda a, b: None, (3, 2), "bfloat16", library="torch").dtype == \
         "bfloat16"
