@@ -233,6 +233,14 @@ def test_views_ask_no_memory_per_row_and_functions_ask_for_their_blocks(tmp_path
     assert fn.bytes_per_row() == K * 4
 
 
+@pytest.mark.parametrize(("dtype", "nbytes"), [("float16", 2), ("bfloat16", 2),
+                                              ("float32", 4), ("float64", 8)])
+def test_a_functions_blocks_are_budgeted_at_their_dtypes_size(dtype, nbytes):
+    """Chunk sizing counts each score at its dtype's width, the 16-bit ones included."""
+    source = CallableSource(lambda a, b: None, (10, K), dtype, library="torch")
+    assert source.bytes_per_row() == K * nbytes
+
+
 def test_bad_paths_are_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="no such file"):
         sinklabel.sinkhorn(tmp_path / "missing.npy", 3)
