@@ -4,13 +4,14 @@ ordering as on CUDA, with synchronous copies standing in for the copy stream."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
 
 import sinklabel
 from sinklabel.kernels import available_backends
-from sinklabel.sources import CallableSource, SourceError
+from sinklabel.sources import CallableSource, Source, SourceError
 
 torch = pytest.importorskip("torch")
 
@@ -79,6 +80,27 @@ def test_host_failures_surface_with_their_rows(scores):
         for _ in source.chunks(100):
             pass
     assert threading.active_count() == threads
+
+
+class _RowsBeyondN(Source):
+    """A hand-written host source that yields one row more than its shape declares."""
+
+    def __init__(self, scores: np.ndarray):
+        self.scores, self.shape, self.dtype, self.library = scores, scores.shape, "float32", "numpy"
+
+    def chunks(self, rows: int) -> Iterator:
+        n = self.shape[0]
+        for start in range(0, n, rows):
+            yield start, min(n, start + rows), self.scores[start:start + rows]
+        yield n, n + 1, self.scores[:1]
+
+
+def test_host_rows_beyond_n_after_the_last_block_are_caught(scores):
+    """The staging thread meets the extra rows only after the last block was handed on: the
+    pass must still end with the host source's error, not as if it were complete."""
+    source = DeviceStreamSource(_RowsBeyondN(scores), "cpu")
+    with pytest.raises(SourceError, match=r"rows beyond N=1003"):
+        list(source.chunks(100))
 
 
 def test_host_changes_between_passes_are_caught(scores):

@@ -395,6 +395,7 @@ def test_a_failed_fit_leaves_the_estimator_as_it_was(scores64):
     ("64kb", 64_000), ("100", 100), (12345, 12345), ("1e3KB", 10**6), ("7 B", 7),
     ("3MB", 3 * 10**6), ("2TB", 2 * 10**12), ("3k", 3 * 2**10), ("3 KiB", 3 * 2**10),
     ("5m", 5 * 2**20), ("1 gib", 2**30), ("2T", 2 * 2**40), ("2TiB", 2 * 2**40),
+    (1, 1), ("1 B", 1),  # one byte: the smallest budget there is
 ])
 def test_parse_memory(text, expected):
     assert parse_memory(text) == expected
