@@ -40,7 +40,12 @@ CLI_TERMS = (
     (re.compile(r"\blam="), "--lam "),  # not lam alone: "lam * logp" is the formula
     (re.compile(r"\blower lam\b"), "lower --lam"),
     (re.compile(r"\bpass logp\.T\b"), "save the scores transposed"),
-    (re.compile(r"\bsolve_exact\b"), "sinklabel.solve_exact in Python"),
+    # --exact with K > N: the command line has no capacities; say which option to drop.
+    (re.compile(r" \(solve_exact with capacities allows empty labels\)"),
+     "; leave out --exact to allow empty labels (or, in Python, give sinklabel.solve_exact "
+     "capacities that allow them)"),
+    (re.compile(r"\bpass capacities explicitly\b"), "give the sizes with --capacities"),
+    (re.compile(r"(?<!sinklabel\.)\bsolve_exact\b"), "sinklabel.solve_exact in Python"),
 )
 #: What in_cli_terms leaves as it is: a quoted value, such as a path the user named
 #: ('label_weights.npy', 'runs/tol=0.01/scores.npy'), opened by a quote after no letter and

@@ -646,6 +646,25 @@ def test_messages_name_the_flags_not_the_library_options(tmp_path, capsys):
     assert "error: --memory-limit 100 bytes is too small" in capsys.readouterr().err
 
 
+def test_more_labels_than_points_says_which_option_to_change(tmp_path, capsys):
+    """The library's "(solve_exact with capacities allows empty labels)" read, reworded,
+    "(sinklabel.solve_exact in Python with capacities allows empty labels)", and check's
+    "pass capacities explicitly" named no option of the command."""
+    scores = tmp_path / "scores.npy"
+    np.save(scores, np.zeros((3, 5), dtype=np.float32))
+    out = tmp_path / "labels.npy"
+    assert main(["assign", str(scores), "-k", "5", "-o", str(out), "--exact"]) == 2
+    assert capsys.readouterr().err == (
+        "sinklabel assign: error: --exact needs at least as many points as labels, got N=3 < "
+        "K=5: some labels would be empty; leave out --exact to allow empty labels (or, in "
+        "Python, give sinklabel.solve_exact capacities that allow them)\n")
+    assert not out.exists()
+    np.save(out, np.arange(3))
+    assert main(["check", str(scores), str(out)]) == 2
+    assert capsys.readouterr().err.endswith(
+        "would leave labels empty; give the sizes with --capacities\n")
+
+
 def test_cli_terms_leave_the_formula_and_other_words_alone():
     assert in_cli_terms("its label_weights-weighted mean") == "its label_weights-weighted mean"
     message = ("lam * logp + potentials reach 1e+30; lower lam, raise max_iter or tol "
