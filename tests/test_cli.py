@@ -46,6 +46,22 @@ def test_demo_seeds_from_zero_up_give_their_own_scores(monkeypatch):
     assert drawn == [0, 0, 1]
 
 
+def test_version_prints_the_installed_version_and_needs_no_command(capsys):
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out == f"sinklabel {sinklabel.__version__}\n"
+
+
+def test_no_command_is_a_usage_error_not_an_internal_one(capsys):
+    """Without a command there is nothing to run: argparse's exit 2 and its message, not
+    exit 3 and a traceback from looking up the missing command's function."""
+    with pytest.raises(SystemExit) as exited:
+        main([])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "the following arguments are required: command" in err
+    assert "Traceback" not in err
+
+
 @pytest.mark.parametrize("missing, named", [("-k", "-k/--k"), ("-o", "-o/--output")])
 def test_assign_requires_the_label_count_and_the_output(scores_file, tmp_path, capsys,
                                                         monkeypatch, missing, named):
