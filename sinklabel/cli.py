@@ -109,7 +109,12 @@ def _run(args: argparse.Namespace) -> int:
     commands keep for "stopped at --max-iter" (assign: labels saved), so anything else
     that fails prints its traceback and exits with 3."""
     try:
-        return args.run(args)
+        code: int = args.run(args)
+        # Output to a pipe is buffered: flushed here, a reader that went away is a
+        # BrokenPipeError below, not one in Python's own flush at exit (exit 120 and
+        # "Exception ignored ... BrokenPipeError").
+        sys.stdout.flush()
+        return code
     except KeyboardInterrupt:
         # Ctrl-C: a line, not the traceback of whichever kernel was running (outputs are
         # saved all or none, so none is left half written).

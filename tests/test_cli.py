@@ -859,13 +859,20 @@ def test_a_closed_stdout_pipe_exits_141_silently_not_2(scores_file, tmp_path, ca
     assert capsys.readouterr().err == ""
 
 
-def test_a_closed_stdout_pipe_from_the_shell_leaves_no_error_lines(scores_file, tmp_path):
-    """Nor "Exception ignored ... BrokenPipeError" from Python's flush at exit."""
+@pytest.mark.parametrize("buffered", [True, False])
+def test_a_closed_stdout_pipe_from_the_shell_leaves_no_error_lines(scores_file, tmp_path,
+                                                                   buffered):
+    """Nor "Exception ignored ... BrokenPipeError" from Python's flush at exit. Buffered (a
+    shell's default; PYTHONUNBUFFERED unset) the report waited in the buffer until that
+    flush, which failed after main() had returned: exit 120 and those lines."""
     labels = tmp_path / "labels.npy"
     np.save(labels, np.arange(300) % 6)
     read, write = os.pipe()
     os.close(read)  # no reader: the first write fails
     env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(sinklabel.__file__))}
+    env.pop("PYTHONUNBUFFERED", None)
+    if not buffered:
+        env["PYTHONUNBUFFERED"] = "1"
     try:
         done = subprocess.run([sys.executable, "-m", "sinklabel", "check", str(scores_file),
                                str(labels)], stdout=write, stderr=subprocess.PIPE, text=True,
