@@ -818,6 +818,29 @@ def test_progress_in_a_log_is_lines_not_a_bar(scores_file, tmp_path, monkeypatch
     assert bars[1] is not None
 
 
+class _Writer:
+    """A stderr with write and flush only, as some harnesses substitute: no isatty."""
+
+    def __init__(self):
+        self.text = ""
+
+    def write(self, text):
+        self.text += text
+
+    def flush(self):
+        pass
+
+
+def test_progress_on_a_stderr_without_isatty_is_lines(scores_file, tmp_path, monkeypatch):
+    """A stream that cannot say it is a terminal is taken for a log: lines, not a bar."""
+    pytest.importorskip("tqdm")
+    log = _Writer()
+    monkeypatch.setattr(sys, "stderr", log)
+    argv = ["assign", str(scores_file), "-k", "6", "-o", str(tmp_path / "labels.npy")]
+    assert main(argv) == 0
+    assert "sinkhorn: converged after" in log.text and "\r" not in log.text
+
+
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes")
 @pytest.mark.parametrize("which", ["scores", "labels"])
 def test_a_pipe_given_for_a_npy_file_is_named(scores_file, tmp_path, capsys, which):
