@@ -36,6 +36,19 @@ def test_demo_on_peaked_scores_finds_the_generator_clusters_and_exits_1_unconver
     assert main([*argv, "--max-iter", "1", "--tol", "1e-9"]) == 1
 
 
+def test_demo_by_default_is_the_readme_s_main_job(monkeypatch):
+    """The README's first command, a bare 'sinklabel demo', is "200,000 points x 1,000
+    labels" of peaked scores."""
+    with open(os.path.join(os.path.dirname(__file__), "..", "README.md")) as file:
+        readme = file.read()
+    assert "sinklabel demo" in readme and "(200,000 points x 1,000 labels)" in readme
+    drawn = []
+    monkeypatch.setattr("sinklabel.commands.demo.make_scores",
+                        lambda *a, **kw: drawn.append((a, kw)) or _interrupted())
+    assert main(["demo"]) == 130  # stopped before generating 200,000 x 1000 scores
+    assert drawn == [((200_000, 1000), {"regime": "peaked", "seed": 0})]
+
+
 def test_demo_seeds_from_zero_up_give_their_own_scores(monkeypatch):
     """An explicit --seed 0 is the default's scores; another seed gives others."""
     drawn = []
