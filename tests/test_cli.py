@@ -8,6 +8,7 @@ import os
 import stat
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -194,6 +195,26 @@ def scores_file(tmp_path):
     path = tmp_path / "scores.npy"
     np.save(path, make_scores(300, 6, regime="flat", seed=1).scores)
     return path
+
+
+def test_assign_reports_a_solve_time_within_the_command_s_own(scores_file, tmp_path, capsys):
+    """The summary's time is the solve's: between zero and what the whole command took."""
+    start = time.perf_counter()
+    assert main(["assign", str(scores_file), "-k", "6", "-o", str(tmp_path / "labels.npy"),
+                 "--no-progress"]) == 0
+    elapsed = time.perf_counter() - start
+    line = [s for s in capsys.readouterr().err.splitlines() if s.startswith("time ")]
+    assert len(line) == 1 and line[0].endswith(" s")
+    assert 0 <= float(line[0].split()[1]) <= elapsed + 0.005  # printed to 2 decimals
+
+
+def test_check_refuses_a_k_other_than_the_scores(scores_file, tmp_path, capsys):
+    """-k only confirms the scores' K: another is bad input, not labels checked over K=6."""
+    labels = tmp_path / "labels.npy"
+    np.save(labels, np.arange(300) % 5)
+    assert main(["check", str(scores_file), str(labels), "-k", "5"]) == 2
+    assert capsys.readouterr().err == (
+        "sinklabel check: error: -k 5 but the scores have shape (300, 6)\n")
 
 
 def test_assign_writes_exactly_the_output_path_it_names(scores_file, tmp_path, capsys):
