@@ -940,3 +940,16 @@ def test_highs_names_a_label_without_enough_finite_scores():
     S[:, 2] = -np.inf
     with pytest.raises(ValueError, match="label 2 must take at least 2 points"):
         sinklabel.solve_exact(S, 3, method="highs")
+
+
+def test_a_highs_failure_other_than_infeasible_is_raised_not_read_as_labels(monkeypatch):
+    """Stopped early (an iteration limit, numerical trouble), HiGHS returns no vertex: its
+    message is raised, not an arbitrary labelling read from whatever x it holds."""
+    from types import SimpleNamespace
+
+    from sinklabel import _highs
+
+    stopped = SimpleNamespace(status=1, message="Iteration limit reached.", x=None)
+    monkeypatch.setattr(_highs, "linprog", lambda *args, **kwargs: stopped)
+    with pytest.raises(RuntimeError, match="HiGHS failed: Iteration limit reached"):
+        sinklabel.solve_exact(np.zeros((6, 3)), 3, method="highs")
