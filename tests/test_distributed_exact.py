@@ -213,6 +213,25 @@ def test_contested_set_beyond_its_limit_raises(monkeypatch):
         _balance(S, 6, first_contested=1, max_iter=2)
 
 
+def test_reduced_problems_that_stay_infeasible_end_at_the_limit(monkeypatch):
+    """An infeasible reduced problem changes no row's state: only the doubling target grows
+    the contested set, so the round at the limit must be the last (repeating it would solve
+    the same rows again, forever)."""
+    S = make_scores(240, 6, regime="flat", seed=1, dtype=np.float64).scores
+    monkeypatch.setattr(_distributed_exact, "SMALL_BYTES", 0)  # limit: half the rows, 120
+    sizes = []
+
+    def infeasible(rows, lower, upper, v):
+        sizes.append(rows.shape[0])
+        assert len(sizes) < 20, sizes  # a loop that does not end
+        return _distributed_exact._INFEASIBLE, v, np.zeros(rows.shape[0])
+
+    monkeypatch.setattr(_distributed_exact, "_solve_reduced", infeasible)
+    with pytest.raises(RuntimeError, match="pass its limit"):
+        _balance(S, 6, first_contested=1)
+    assert sizes[-1] == 120 and sizes.count(120) == 1, sizes
+
+
 def test_labels_that_cannot_be_filled_raise_before_any_solve(rounds):
     S = np.zeros((12, 3))
     S[:, 2] = -np.inf
