@@ -461,6 +461,22 @@ def test_thresholds_are_the_smallest_that_respect_caps_and_keep(data, k, n):
     np.testing.assert_array_equal(got, expected)
 
 
+@pytest.mark.parametrize(("keep", "tied"), [(6, 2), (3, 1)])
+def test_tied_rows_fill_only_the_room_the_rows_above_the_thresholds_leave(keep, tied):
+    """Rows tied on every label settle after the rows with a margin, into what is left of each
+    label's cap and of ``keep``: a label those rows filled takes none (more would push its
+    reduced lower size below 0). Label 0's cap is 2 and two rows prefer it clearly; of the
+    four tied rows, label 1 takes two (its cap), or one where only 3 rows may settle."""
+    margin = np.array([5.0, 5.0, 0.0, 0.0, 0.0, 0.0])
+    scan = _distributed_exact._Scan(np.zeros(6, np.int64), margin, np.zeros(6, bool),
+                                    margin == 0, np.full(2, 6))
+    settled, labels, counts = _distributed_exact._settle(scan, np.ones(6, bool),
+                                                         np.array([2, 2]), keep, LOCAL)
+    np.testing.assert_array_equal(settled, [True] * (2 + tied) + [False] * (4 - tied))
+    np.testing.assert_array_equal(labels[settled], [0, 0] + [1] * tied)
+    np.testing.assert_array_equal(counts, [2, tied])
+
+
 @pytest.mark.filterwarnings("error")  # no room anywhere deals nothing, without a 0 / 0
 @settings(max_examples=200, deadline=None)
 @given(room=st.lists(st.integers(0, 20), min_size=1, max_size=6), n=st.integers(-3, 80))
