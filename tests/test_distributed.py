@@ -732,8 +732,9 @@ def test_exact_balance_across_ranks_is_the_optimum_of_all_rows(tmp_path, world):
 
 
 def _exact_failure_cases(rank: int, world: int) -> list[tuple]:
-    """Rank 1's rows fail on each pass of the exact stage, then rank 0's reduced solve fails;
-    a solve afterwards shows the group is still in step."""
+    """Rank 1's rows fail on each pass of the exact stage, then rank 0's reduced solve fails,
+    then rank 1's scan of its settled rows; a solve afterwards shows the group is still in
+    step."""
     from sinklabel import _transport
 
     scores = _shard(FLAT[:239], [80, 90, 69], rank)
@@ -756,6 +757,21 @@ def _exact_failure_cases(rank: int, world: int) -> list[tuple]:
     outcome = _caught(sinklabel.sinkhorn, scores, 6, balance="exact", distributed=True)
     outcomes.append((*outcome, time.monotonic() - start))
     _transport.solve_transport = solve
+    # rank 1's check of its settled rows fails in the scan itself, not in reading its rows
+    from sinklabel import _distributed_exact
+
+    scan = _distributed_exact._scan
+    if rank == 1:
+        def failing_check(source, chunk_rows, v, labels=None):
+            if labels is not None:
+                raise MemoryError("no room to check the settled rows")
+            return scan(source, chunk_rows, v)
+
+        _distributed_exact._scan = failing_check
+    start = time.monotonic()
+    outcome = _caught(sinklabel.sinkhorn, scores, 6, balance="exact", distributed=True)
+    outcomes.append((*outcome, time.monotonic() - start))
+    _distributed_exact._scan = scan
     result = sinklabel.sinkhorn(scores, 6, balance="exact", distributed=True)
     outcomes.append(("ok", int(result.label_counts.sum()), result.certificate.optimal))
     return outcomes
@@ -777,7 +793,13 @@ def test_exact_balance_a_rank_failing_stops_every_rank(tmp_path):
         assert solve_case[rank][:2] == ("error", RankFailedError.__name__), solve_case
         assert "rank 0 (MemoryError) failed during the solve" in solve_case[rank][2]
         assert solve_case[rank][3] < GROUP_TIMEOUT_S / 2
-    assert cases[5] == (("ok", 239, True),) * 3
+    check_case = cases[5]  # its stand-in scan keeps rank 1 in step until the next sum
+    assert check_case[1][:3] == ("error", "MemoryError", "no room to check the settled rows")
+    for rank in (0, 2):
+        assert check_case[rank][:2] == ("error", RankFailedError.__name__), check_case
+        assert "rank 1 (MemoryError) failed during the solve" in check_case[rank][2]
+        assert check_case[rank][3] < GROUP_TIMEOUT_S / 2
+    assert cases[6] == (("ok", 239, True),) * 3
 
 
 def _exact_death_case(rank: int, world: int) -> tuple:
