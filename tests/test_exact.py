@@ -353,6 +353,20 @@ def test_hall_violation_is_infeasible(method, start):
         sinklabel.solve_exact(S, 3, method=method, prices=start)
 
 
+def test_points_with_a_single_finite_score_bid_a_bounded_step(engine):
+    """A point with one finite score has no second best (-inf): its bid must still raise the
+    price by a bounded step. An uncapped bid is infinite, fills every label at an infinite
+    price, and the centred prices come out inf - inf = NaN (no labels at all)."""
+    S = np.full((6, 3), -np.inf)
+    S[[0, 1], 0] = [0.0, 1.0]
+    S[[2, 3], 1] = [0.0, 0.5]
+    S[[4, 5], 2] = [0.0, 3.0]
+    result = sinklabel.solve_exact(S, 3)
+    assert result.labels.tolist() == [0, 0, 1, 1, 2, 2]
+    assert np.all(np.isfinite(result.prices))
+    assert result.certificate.optimal
+
+
 def test_other_bad_input():
     S = np.zeros((4, 6))
     with pytest.raises(ValueError, match="K=6 labels but only N=4"):
