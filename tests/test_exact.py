@@ -707,6 +707,38 @@ def test_candidates_are_each_rows_best_labels_and_bound_the_rest(way, K):
 
 
 @pytest.mark.parametrize("compiled", [True, False])
+@pytest.mark.parametrize("seed", range(4))
+def test_auction_phase_holds_every_point_within_eps_of_its_best_label(compiled, seed):
+    """The auction's invariant, checked against full rows: each held point's value at its
+    label is within eps of its best value over all labels at the final prices. With two
+    candidates of six labels the lists run out as prices rise, and a point whose best listed
+    value falls below its bound must rebuild its list before bidding (a bid from the stale
+    list goes to the wrong label, and its step is negative)."""
+    rng = np.random.default_rng(seed)
+    N, K, m, eps = 60, 6, 2, 1e-3
+    S = rng.normal(size=(N, K))
+    caps = rng.multinomial(N, np.ones(K) / K)
+    price = np.where(caps > 0, 0.0, np.inf)
+    cand, cand_s = np.empty((N, m), np.int64), np.empty((N, m))
+    bound, low = np.empty(N), np.empty(N)
+    _transport_loops.build_candidates(S, price, cand, cand_s, bound, low)
+    off = np.r_[0, np.cumsum(caps)]
+    hbid, hpt, hsize = np.empty(N), np.empty(N, np.int64), np.zeros(K, np.int64)
+    phase = _transport_loops.auction_phase
+    left, _ = (phase if compiled else phase.py_func)(
+        S, cand, cand_s, bound, price, price.copy(), caps, off, hbid, hpt, hsize,
+        np.arange(N), N, eps, 16.0, 100 * N)
+    assert left == 0 and np.array_equal(hsize, caps)
+    labels = np.empty(N, np.int64)
+    for y in range(K):
+        labels[hpt[off[y]:off[y + 1]]] = y
+    assert np.array_equal(np.sort(hpt), np.arange(N))  # every point held once
+    values = S - price
+    own = values[np.arange(N), labels]
+    assert np.all(own >= values.max(axis=1) - eps - 1e-12)
+
+
+@pytest.mark.parametrize("compiled", [True, False])
 def test_argmax_from_candidates_reads_full_rows_where_they_cannot_tell(compiled):
     """The candidates answer a row only when their best reaches the bound on the rest;
     otherwise the row's argmax may lie outside them and the whole row is read."""
