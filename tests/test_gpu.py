@@ -330,6 +330,27 @@ def test_torch_sweep_and_labels_allocate_nothing_of_size_n_by_k(dtype):
     assert extra <= 0.02 * x.numel() * x.element_size(), extra
 
 
+def _tied_masked_scan_input(seed: int, n: int, k: int):
+    """Half-integer scores (ties) with a fifth at -inf, every row keeping a finite score in
+    label 3; potentials and given labels for a distributed-exact scan of them."""
+    rng = np.random.default_rng(seed)
+    host = (np.round(2 * rng.normal(size=(n, k))) / 2).astype(np.float32)
+    host[rng.random(host.shape) < 0.2] = -np.inf
+    host[:, 3] = np.where(np.isfinite(host).any(axis=1), host[:, 3], 0.0)
+    return host, np.round(2 * rng.normal(size=k)) / 2, rng.integers(0, k, n)
+
+
+def _assert_scans_agree(x, exact: np.ndarray, v: np.ndarray, labels: np.ndarray) -> None:
+    """The scan of device array ``x`` is the host scan of its values ``exact``."""
+    from sinklabel import _distributed_exact
+    from sinklabel.sources import as_source
+
+    on_host = _distributed_exact._scan(as_source(exact), 700, v, labels)
+    on_device = _distributed_exact._scan(as_source(x), 700, v, labels)
+    for name in ("best", "margin", "off", "free", "finite"):
+        np.testing.assert_array_equal(getattr(on_device, name), getattr(on_host, name))
+
+
 @needs_torch
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_distributed_exact_scans_cuda_rows_on_the_device(dtype, monkeypatch):
@@ -337,20 +358,11 @@ def test_distributed_exact_scans_cuda_rows_on_the_device(dtype, monkeypatch):
     gives the host scan's arg-max, margin, moved rows and finite counts (ties and -inf
     included); only the rows asked for are copied back."""
     from sinklabel import _distributed_exact
-    from sinklabel.sources import as_source
 
-    rng = np.random.default_rng(5)
-    host = (np.round(2 * rng.normal(size=(3000, 40))) / 2).astype(np.float32)
-    host[rng.random(host.shape) < 0.2] = -np.inf
-    host[:, 3] = np.where(np.isfinite(host).any(axis=1), host[:, 3], 0.0)
+    host, v, labels = _tied_masked_scan_input(5, 3000, 40)
     x = torch.from_numpy(host).cuda().to(getattr(torch, dtype))
     exact = x.float().cpu().numpy()
-    v = np.round(2 * rng.normal(size=40)) / 2
-    labels = rng.integers(0, 40, 3000)
-    on_host = _distributed_exact._scan(as_source(exact), 700, v, labels)
-    on_device = _distributed_exact._scan(as_source(x), 700, v, labels)
-    for name in ("best", "margin", "off", "free", "finite"):
-        np.testing.assert_array_equal(getattr(on_device, name), getattr(on_host, name))
+    _assert_scans_agree(x, exact, v, labels)
     rows = np.array([0, 17, 2999])
     np.testing.assert_array_equal(_distributed_exact._rows_to_host(x, rows), exact[rows])
 
@@ -362,17 +374,9 @@ def test_distributed_exact_reads_cupy_rows_as_the_host_does():
     from sinklabel import _distributed_exact
     from sinklabel.sources import as_source
 
-    rng = np.random.default_rng(6)
-    host = (np.round(2 * rng.normal(size=(2000, 30))) / 2).astype(np.float32)
-    host[rng.random(host.shape) < 0.2] = -np.inf
-    host[:, 4] = np.where(np.isfinite(host).any(axis=1), host[:, 4], 0.0)
+    host, v, labels = _tied_masked_scan_input(6, 2000, 30)
     x = cp.asarray(host)
-    v = np.round(2 * rng.normal(size=30)) / 2
-    labels = rng.integers(0, 30, 2000)
-    on_host = _distributed_exact._scan(as_source(host), 700, v, labels)
-    on_device = _distributed_exact._scan(as_source(x), 700, v, labels)
-    for name in ("best", "margin", "off", "free", "finite"):
-        np.testing.assert_array_equal(getattr(on_device, name), getattr(on_host, name))
+    _assert_scans_agree(x, host, v, labels)
     rows = np.array([1, 699, 700, 1999])
     read = _distributed_exact._read_rows(as_source(x), 700, rows, np.dtype(np.float32))
     np.testing.assert_array_equal(read, host[rows])
