@@ -541,6 +541,30 @@ def test_warm_finish_widens_its_boundary(compiled, monkeypatch):
     assert sinklabel.duality_gap(S, solution.labels, solution.prices).optimal
 
 
+def test_warm_finish_keeps_each_label_list_in_increasing_bounds(engine, monkeypatch):
+    """A point moved into a label takes the smaller of its margin and the old head's as its
+    bound ``mu``, so that each label's list stays in increasing ``mu``. Without that, once
+    three points had moved into one label, refreshing its row stopped before a member that
+    beat the best found: an overestimated distance, a path that was not shortest, and a
+    labelling one worse than the optimum, with a failed certificate (mutation testing)."""
+    S = np.array([
+        [-2, -1, 1, -1, 0, -1], [-2, -1, -1, 0, 0, 2], [1, 0, 0, 0, 2, 1], [1, 1, -1, 0, 0, 0],
+        [0, -1, 2, 1, 0, -2], [0, -2, 1, 0, 0, 0], [-2, 0, 0, 2, 0, 0], [0, 1, 2, 1, 1, -1],
+        [0, 3, -1, 0, -1, -1], [0, 0, -1, 0, 2, 1], [0, -1, 0, 0, -1, -1], [0, 0, -1, 0, 0, 1],
+        [0, 1, 2, -1, -2, -1], [-2, 1, -1, 0, -1, -1], [1, -1, 1, 0, 0, 1], [1, 2, -2, 0, -1, 1],
+        [1, -1, 1, -1, 0, 1], [-1, 1, 1, 0, 0, 1], [0, 1, 0, 1, 1, 0], [2, 2, 0, 0, 1, 0],
+        [-1, 0, 1, 0, 0, -1], [0, 1, 1, 0, 0, -1], [-1, -1, -1, -2, -2, 0], [1, 0, 1, -1, -1, -2],
+        [-2, 2, -1, 1, 0, 2], [2, 1, 1, -1, 0, 1], [-1, -1, 0, 0, 0, 0], [1, -1, 0, 2, 0, 1],
+    ], dtype=np.float64)
+    prices = np.array([-6.2, 3.3, 0.3, 1.1, 2.7, 1.6])
+    monkeypatch.setattr(_transport, "DIRECT_EXCESS", 1.0)  # straight to shortest paths
+    monkeypatch.setattr(_transport, "_auction", _no_auction)
+    result = sinklabel.solve_exact(S, 6, prices=prices)
+    assert result.objective == pytest.approx(sinklabel.solve_exact(S, 6, method="highs").objective,
+                                             rel=1e-9)  # -38
+    assert result.certificate.optimal, result.certificate
+
+
 def test_warm_finish_over_budget_hands_over_to_the_auction(monkeypatch):
     S = make_scores(600, 12, regime="peaked", seed=4).scores
     monkeypatch.setattr(_transport, "DIRECT_EXCESS", 1.0)
