@@ -44,37 +44,65 @@ def test_label_and_roundoff_constants_follow_the_module_notes():
         assert tables_module.tolerance(1000, np.dtype(dtype)) == pytest.approx(expected, rel=1e-15)
 
 
-def test_a_table_keeps_exactly_the_window_and_its_floor_is_the_gap():
-    """A row with entries exactly at the cut ``top - w`` (kept) and just below it (dropped),
-    in the vector blocks and in the tail after the last whole block of 8 (K = 37)."""
+def _expected_row(z: np.ndarray, window: float, cap: int):
+    """The module notes' kept set and gap of one row: the window halved (up to 8 times) until
+    at most ``cap`` entries remain; ``None`` for a row still too full (kept empty)."""
+    top = z.max()
+    width = window
+    for _ in range(8):
+        if np.count_nonzero(z >= top - width) <= cap:
+            break
+        width *= 0.5
+    kept = z >= top - width
+    if np.count_nonzero(kept) > cap:
+        return None
+    return np.flatnonzero(kept), top - z[~kept].max() if (~kept).any() else np.inf
+
+
+@pytest.mark.parametrize("cap", [37, 12, 2])
+def test_a_table_keeps_exactly_the_window_and_its_floor_is_the_gap(cap):
+    """Rows with entries exactly at the cut ``top - w`` (kept) and just below it (dropped),
+    in the vector blocks and in the tail after the last whole block of 8 (K = 37). Row 0
+    holds 3 entries down to the cut, so a cap of 2 halves its window once; row 1's largest
+    dropped entry lies 1 below the cut."""
     k = 37
     tol = tables_module.tolerance(k, np.dtype(np.float64))
     window = min(700.0, tol + max(tol, 0.0))  # a first build: need = 0
     rng = np.random.default_rng(3)
     scores = -rng.uniform(0.0, 2 * window, size=(6, k))
+    scores[:2] = -window - 1.0 - rng.uniform(0.0, window, size=(2, k))
     scores[:, 0] = 0.0  # the row maximum (lam = 1, f = 0: z = S exactly)
-    scores[:, [3, 35]] = -window  # at the cut: kept
-    scores[:, [4, 36]] = np.nextafter(-window, -np.inf)  # just below: dropped
-    scores[1, 20] = -window - 1.0  # largest dropped in row 1 (gap = window + 1 ... or less)
-    table = _tables().build(scores, np.zeros(k), 1.0, 0.0, cap=k)
-    z = scores
-    for i, (labels, values) in enumerate(_rows(table)):
-        top = z[i].max()
-        expected = np.flatnonzero(z[i] >= top - window)
-        np.testing.assert_array_equal(labels, expected)
-        np.testing.assert_allclose(values, np.exp(z[i, expected] - top), rtol=1e-14)
-        gap = top - z[i][z[i] < top - window].max()
-        assert table.top[i] == top
-        assert table.floor[i] == pytest.approx(math.exp(tol - gap), rel=1e-12)
+    scores[0, 7] = -window / 4
+    scores[0, 3] = -window  # at the cut
+    scores[1:, [3, 35]] = -window  # at the cut
+    scores[2:, [4, 36]] = np.nextafter(-window, -np.inf)  # just below
+    scores[1, 20] = -window - 1.0
+    table = _tables().build(scores, np.zeros(k), 1.0, 0.0, cap=cap)
+    rows = _rows(table)
+    for i, z in enumerate(scores):
+        labels, values = rows[i]
+        expected = _expected_row(z, window, cap)
+        assert table.top[i] == z.max()
+        if expected is None:
+            assert labels.size == 0 and table.floor[i] == np.inf
+            continue
+        kept, gap = expected
+        np.testing.assert_array_equal(labels, kept)
+        np.testing.assert_allclose(values, np.exp(z[kept] - z.max()), rtol=1e-14)
+        assert table.floor[i] == pytest.approx(math.exp(tol - gap), rel=1e-12, abs=0.0)
 
 
+@pytest.mark.parametrize("task_entries", [40, None], ids=["tasks", "one task"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("regime", ["flat", "peaked"])
-def test_a_pass_answers_exactly_the_rows_whose_largest_term_reaches_the_floor(dtype, regime):
+def test_a_pass_answers_exactly_the_rows_whose_largest_term_reaches_the_floor(
+        dtype, regime, task_entries, monkeypatch):
     """``sweep_lse`` and ``best`` at potentials moved away from the build's: the rows listed
     bad are exactly those failing the test, and the good rows' masses, log-sum-exp, maxima and
     labels are the float64 formula's; ``need`` is how far the potentials moved, over the rows
-    that keep entries."""
+    that keep entries, in a table passed as one task or as many (``task_entries``)."""
+    if task_entries is not None:
+        monkeypatch.setattr(tables_module, "_TASK_ENTRIES", task_entries)
     n, k, lam = 300, 40, 25.0
     scores = make_scores(n, k, regime=regime, seed=7, dtype=dtype).scores
     scores[::25] = -1.0  # tied in every label: beyond the cap, kept empty, always bad
