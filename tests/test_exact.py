@@ -541,25 +541,43 @@ def test_warm_finish_widens_its_boundary(compiled, monkeypatch):
     assert sinklabel.duality_gap(S, solution.labels, solution.prices).optimal
 
 
+#: 28 points, 6 labels: a warm finish that moves three points into one label.
+LIST_ORDER_SCORES = np.array([
+    [-2, -1, 1, -1, 0, -1], [-2, -1, -1, 0, 0, 2], [1, 0, 0, 0, 2, 1], [1, 1, -1, 0, 0, 0],
+    [0, -1, 2, 1, 0, -2], [0, -2, 1, 0, 0, 0], [-2, 0, 0, 2, 0, 0], [0, 1, 2, 1, 1, -1],
+    [0, 3, -1, 0, -1, -1], [0, 0, -1, 0, 2, 1], [0, -1, 0, 0, -1, -1], [0, 0, -1, 0, 0, 1],
+    [0, 1, 2, -1, -2, -1], [-2, 1, -1, 0, -1, -1], [1, -1, 1, 0, 0, 1], [1, 2, -2, 0, -1, 1],
+    [1, -1, 1, -1, 0, 1], [-1, 1, 1, 0, 0, 1], [0, 1, 0, 1, 1, 0], [2, 2, 0, 0, 1, 0],
+    [-1, 0, 1, 0, 0, -1], [0, 1, 1, 0, 0, -1], [-1, -1, -1, -2, -2, 0], [1, 0, 1, -1, -1, -2],
+    [-2, 2, -1, 1, 0, 2], [2, 1, 1, -1, 0, 1], [-1, -1, 0, 0, 0, 0], [1, -1, 0, 2, 0, 1],
+], dtype=np.float64)
+LIST_ORDER_PRICES = np.array([-6.2, 3.3, 0.3, 1.1, 2.7, 1.6])
+
+
 def test_warm_finish_keeps_each_label_list_in_increasing_bounds(engine, monkeypatch):
     """A point moved into a label takes the smaller of its margin and the old head's as its
     bound ``mu``, so that each label's list stays in increasing ``mu``. Without that, once
     three points had moved into one label, refreshing its row stopped before a member that
     beat the best found: an overestimated distance, a path that was not shortest, and a
     labelling one worse than the optimum, with a failed certificate (mutation testing)."""
-    S = np.array([
-        [-2, -1, 1, -1, 0, -1], [-2, -1, -1, 0, 0, 2], [1, 0, 0, 0, 2, 1], [1, 1, -1, 0, 0, 0],
-        [0, -1, 2, 1, 0, -2], [0, -2, 1, 0, 0, 0], [-2, 0, 0, 2, 0, 0], [0, 1, 2, 1, 1, -1],
-        [0, 3, -1, 0, -1, -1], [0, 0, -1, 0, 2, 1], [0, -1, 0, 0, -1, -1], [0, 0, -1, 0, 0, 1],
-        [0, 1, 2, -1, -2, -1], [-2, 1, -1, 0, -1, -1], [1, -1, 1, 0, 0, 1], [1, 2, -2, 0, -1, 1],
-        [1, -1, 1, -1, 0, 1], [-1, 1, 1, 0, 0, 1], [0, 1, 0, 1, 1, 0], [2, 2, 0, 0, 1, 0],
-        [-1, 0, 1, 0, 0, -1], [0, 1, 1, 0, 0, -1], [-1, -1, -1, -2, -2, 0], [1, 0, 1, -1, -1, -2],
-        [-2, 2, -1, 1, 0, 2], [2, 1, 1, -1, 0, 1], [-1, -1, 0, 0, 0, 0], [1, -1, 0, 2, 0, 1],
-    ], dtype=np.float64)
-    prices = np.array([-6.2, 3.3, 0.3, 1.1, 2.7, 1.6])
+    S, prices = LIST_ORDER_SCORES, LIST_ORDER_PRICES
     monkeypatch.setattr(_transport, "DIRECT_EXCESS", 1.0)  # straight to shortest paths
     monkeypatch.setattr(_transport, "_auction", _no_auction)
     result = sinklabel.solve_exact(S, 6, prices=prices)
+    assert result.objective == pytest.approx(sinklabel.solve_exact(S, 6, method="highs").objective,
+                                             rel=1e-9)  # -38
+    assert result.certificate.optimal, result.certificate
+
+
+def test_warm_finish_bounds_a_point_moved_in_ahead_of_point_zero(engine, monkeypatch):
+    """The same problem with points 0 and 17 swapped, so that point 0 heads a list when
+    another point moves in ahead of it: its bound ``mu`` must enter the newcomer's too (the
+    head test is ``>= 0``, point 0 being a member). Mutation testing found that ``> 0``, which
+    skips point 0, left the label's list out of order and the labelling one worse (-37)."""
+    S = LIST_ORDER_SCORES[[17, *range(1, 17), 0, *range(18, 28)]]
+    monkeypatch.setattr(_transport, "DIRECT_EXCESS", 1.0)  # straight to shortest paths
+    monkeypatch.setattr(_transport, "_auction", _no_auction)
+    result = sinklabel.solve_exact(S, 6, prices=LIST_ORDER_PRICES)
     assert result.objective == pytest.approx(sinklabel.solve_exact(S, 6, method="highs").objective,
                                              rel=1e-9)  # -38
     assert result.certificate.optimal, result.certificate
