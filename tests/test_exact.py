@@ -583,6 +583,24 @@ def test_warm_finish_bounds_a_point_moved_in_ahead_of_point_zero(engine, monkeyp
     assert result.certificate.optimal, result.certificate
 
 
+def test_warm_finish_keeps_a_stale_distance_stale_when_a_point_joins(engine, monkeypatch):
+    """A point joining a label clears a stale entry of the label's row only where its own gap
+    is below the stale lower bound (``old & (value > d)``), the one case where the entry is
+    exact again. Mutation testing found that clearing it where the gap is *at least* the
+    bound (``value < d``) takes the stale lower bound for exact: the search then works from
+    a wrong distance, and label 3 ends below its lower bound (an infeasible labelling)."""
+    S = np.array([[1, 0, 0, -1], [1, 0, 0, -1], [0, 0, -np.inf, -1]])
+    capacities = (np.array([0, 1, 0, 1]), np.array([2, 2, 5, 4]))
+    monkeypatch.setattr(_transport, "DIRECT_EXCESS", 1.0)  # straight to shortest paths
+    monkeypatch.setattr(_transport, "_auction", _no_auction)
+    result = sinklabel.solve_exact(S, 4, capacities=capacities,
+                                   prices=np.array([2.5, -7.0, 4.0, -2.0]))
+    highs = sinklabel.solve_exact(S, 4, capacities=capacities, method="highs")
+    assert result.objective == pytest.approx(highs.objective, abs=1e-12)  # 0
+    assert np.all(result.label_counts >= capacities[0]), result.label_counts
+    assert result.certificate.optimal, result.certificate
+
+
 def test_warm_finish_over_budget_hands_over_to_the_auction(monkeypatch):
     S = make_scores(600, 12, regime="peaked", seed=4).scores
     monkeypatch.setattr(_transport, "DIRECT_EXCESS", 1.0)
