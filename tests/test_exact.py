@@ -320,13 +320,18 @@ def start(request, monkeypatch):
     to the exact finish (every warm start does, here), skipping the auction."""
     if request.param == "cold":
         return None
-    monkeypatch.setattr(_transport, "DIRECT_EXCESS", 1.0)
-    monkeypatch.setattr(_transport, "_auction", _no_auction)
+    _straight_to_shortest_paths(monkeypatch)
     return np.array([0.5, -0.25, 0.0])
 
 
 def _no_auction(*args, **kwargs):
     raise AssertionError("a warm start that goes straight to shortest paths ran the auction")
+
+
+def _straight_to_shortest_paths(monkeypatch) -> None:
+    """Every warm start goes straight to the exact finish, and running the auction fails."""
+    monkeypatch.setattr(_transport, "DIRECT_EXCESS", 1.0)
+    monkeypatch.setattr(_transport, "_auction", _no_auction)
 
 
 def test_a_label_without_finite_scores_cannot_be_forced(start):
@@ -529,8 +534,7 @@ def test_warm_finish_widens_its_boundary(compiled, monkeypatch):
     measure = _transport._label_margins
     monkeypatch.setattr(_transport, "_label_margins",
                         lambda *args: remeasured.append(1) or measure(*args))
-    monkeypatch.setattr(_transport, "DIRECT_EXCESS", 1.0)
-    monkeypatch.setattr(_transport, "_auction", _no_auction)
+    _straight_to_shortest_paths(monkeypatch)
     lower = upper = np.full(12, 50)
     # Zero prices are far from optimal here: the first boundary (19 points) cannot be enough.
     solution = _transport.solve_transport(S, lower, upper, np.zeros(12), use_numba=compiled)
@@ -554,29 +558,18 @@ LIST_ORDER_SCORES = np.array([
 LIST_ORDER_PRICES = np.array([-6.2, 3.3, 0.3, 1.1, 2.7, 1.6])
 
 
-def test_warm_finish_keeps_each_label_list_in_increasing_bounds(engine, monkeypatch):
+@pytest.mark.parametrize("rows", [list(range(28)), [17, *range(1, 17), 0, *range(18, 28)]],
+                         ids=["as drawn", "points 0 and 17 swapped"])
+def test_warm_finish_keeps_each_label_list_in_increasing_bounds(engine, monkeypatch, rows):
     """A point moved into a label takes the smaller of its margin and the old head's as its
     bound ``mu``, so that each label's list stays in increasing ``mu``. Without that, once
     three points had moved into one label, refreshing its row stopped before a member that
     beat the best found: an overestimated distance, a path that was not shortest, and a
-    labelling one worse than the optimum, with a failed certificate (mutation testing)."""
-    S, prices = LIST_ORDER_SCORES, LIST_ORDER_PRICES
-    monkeypatch.setattr(_transport, "DIRECT_EXCESS", 1.0)  # straight to shortest paths
-    monkeypatch.setattr(_transport, "_auction", _no_auction)
-    result = sinklabel.solve_exact(S, 6, prices=prices)
-    assert result.objective == pytest.approx(sinklabel.solve_exact(S, 6, method="highs").objective,
-                                             rel=1e-9)  # -38
-    assert result.certificate.optimal, result.certificate
-
-
-def test_warm_finish_bounds_a_point_moved_in_ahead_of_point_zero(engine, monkeypatch):
-    """The same problem with points 0 and 17 swapped, so that point 0 heads a list when
-    another point moves in ahead of it: its bound ``mu`` must enter the newcomer's too (the
-    head test is ``>= 0``, point 0 being a member). Mutation testing found that ``> 0``, which
-    skips point 0, left the label's list out of order and the labelling one worse (-37)."""
-    S = LIST_ORDER_SCORES[[17, *range(1, 17), 0, *range(18, 28)]]
-    monkeypatch.setattr(_transport, "DIRECT_EXCESS", 1.0)  # straight to shortest paths
-    monkeypatch.setattr(_transport, "_auction", _no_auction)
+    labelling one worse than the optimum (-37), with a failed certificate. With points 0 and
+    17 swapped, point 0 heads a list when another moves in ahead of it, and the head test
+    must take it (``>= 0``: ``> 0`` skipped it). Both found by mutation testing."""
+    S = LIST_ORDER_SCORES[rows]
+    _straight_to_shortest_paths(monkeypatch)
     result = sinklabel.solve_exact(S, 6, prices=LIST_ORDER_PRICES)
     assert result.objective == pytest.approx(sinklabel.solve_exact(S, 6, method="highs").objective,
                                              rel=1e-9)  # -38
@@ -591,8 +584,7 @@ def test_warm_finish_keeps_a_stale_distance_stale_when_a_point_joins(engine, mon
     a wrong distance, and label 3 ends below its lower bound (an infeasible labelling)."""
     S = np.array([[1, 0, 0, -1], [1, 0, 0, -1], [0, 0, -np.inf, -1]])
     capacities = (np.array([0, 1, 0, 1]), np.array([2, 2, 5, 4]))
-    monkeypatch.setattr(_transport, "DIRECT_EXCESS", 1.0)  # straight to shortest paths
-    monkeypatch.setattr(_transport, "_auction", _no_auction)
+    _straight_to_shortest_paths(monkeypatch)
     result = sinklabel.solve_exact(S, 4, capacities=capacities,
                                    prices=np.array([2.5, -7.0, 4.0, -2.0]))
     highs = sinklabel.solve_exact(S, 4, capacities=capacities, method="highs")
