@@ -791,6 +791,31 @@ def test_auction_phase_holds_every_point_within_eps_of_its_best_label(compiled, 
 
 
 @pytest.mark.parametrize("compiled", [True, False])
+def test_auction_phase_returns_a_point_with_no_open_label_unassigned(compiled):
+    """A point whose only finite score is at a closed label (no copies, infinite price) has
+    no candidate of finite value: the phase must hand it back unassigned (found by mutation
+    testing: starting the best candidate at a real label instead of -1 made it bid NaN on
+    that label and report every point held)."""
+    N, K, m = 3, 3, 2
+    S = np.zeros((N, K))
+    S[0] = [0.0, -np.inf, -np.inf]
+    caps = np.array([0, 2, 1])
+    price = np.array([np.inf, 0.0, 0.0])
+    cand, cand_s = np.empty((N, m), np.int64), np.empty((N, m))
+    bound, low = np.empty(N), np.empty(N)
+    _transport_loops.build_candidates(S, price, cand, cand_s, bound, low)
+    off = np.r_[0, np.cumsum(caps)]
+    hbid, hpt, hsize = np.empty(N), np.empty(N, np.int64), np.zeros(K, np.int64)
+    stack = np.arange(N)
+    phase = _transport_loops.auction_phase
+    left, _ = (phase if compiled else phase.py_func)(
+        S, cand, cand_s, bound, price, price.copy(), caps, off, hbid, hpt, hsize,
+        stack, N, 1e-3, 16.0, 100 * N)
+    assert left == 1 and stack[0] == 0
+    assert hsize[0] == 0 and hsize.sum() == 2 and np.isfinite(price[1:]).all()
+
+
+@pytest.mark.parametrize("compiled", [True, False])
 def test_argmax_from_candidates_reads_full_rows_where_they_cannot_tell(compiled):
     """The candidates answer a row only when their best reaches the bound on the rest;
     otherwise the row's argmax may lie outside them and the whole row is read."""
