@@ -758,6 +758,24 @@ def test_candidates_are_each_rows_best_labels_and_bound_the_rest(way, K):
     assert np.array_equal(low, S.min(axis=1))
 
 
+def _auction_phase(S: np.ndarray, price: np.ndarray, caps: np.ndarray, m: int, eps: float,
+                   compiled: bool) -> tuple:
+    """One auction phase from candidate lists of ``m`` labels, every point on the stack, prices
+    updated in place: points left, the stack, the label offsets, holders and sizes."""
+    N, K = S.shape
+    cand, cand_s = np.empty((N, m), np.int64), np.empty((N, m))
+    bound, low = np.empty(N), np.empty(N)
+    _transport_loops.build_candidates(S, price, cand, cand_s, bound, low)
+    off = np.r_[0, np.cumsum(caps)]
+    hbid, hpt, hsize = np.empty(N), np.empty(N, np.int64), np.zeros(K, np.int64)
+    stack = np.arange(N)
+    phase = _transport_loops.auction_phase
+    left, _ = (phase if compiled else phase.py_func)(
+        S, cand, cand_s, bound, price, price.copy(), caps, off, hbid, hpt, hsize,
+        stack, N, eps, 16.0, 100 * N)
+    return left, stack, off, hpt, hsize
+
+
 @pytest.mark.parametrize("compiled", [True, False])
 @pytest.mark.parametrize("seed", range(4))
 def test_auction_phase_holds_every_point_within_eps_of_its_best_label(compiled, seed):
@@ -771,15 +789,7 @@ def test_auction_phase_holds_every_point_within_eps_of_its_best_label(compiled, 
     S = rng.normal(size=(N, K))
     caps = rng.multinomial(N, np.ones(K) / K)
     price = np.where(caps > 0, 0.0, np.inf)
-    cand, cand_s = np.empty((N, m), np.int64), np.empty((N, m))
-    bound, low = np.empty(N), np.empty(N)
-    _transport_loops.build_candidates(S, price, cand, cand_s, bound, low)
-    off = np.r_[0, np.cumsum(caps)]
-    hbid, hpt, hsize = np.empty(N), np.empty(N, np.int64), np.zeros(K, np.int64)
-    phase = _transport_loops.auction_phase
-    left, _ = (phase if compiled else phase.py_func)(
-        S, cand, cand_s, bound, price, price.copy(), caps, off, hbid, hpt, hsize,
-        np.arange(N), N, eps, 16.0, 100 * N)
+    left, _, off, hpt, hsize = _auction_phase(S, price, caps, m, eps, compiled)
     assert left == 0 and np.array_equal(hsize, caps)
     labels = np.empty(N, np.int64)
     for y in range(K):
@@ -801,16 +811,7 @@ def test_auction_phase_returns_a_point_with_no_open_label_unassigned(compiled):
     S[0] = [0.0, -np.inf, -np.inf]
     caps = np.array([0, 2, 1])
     price = np.array([np.inf, 0.0, 0.0])
-    cand, cand_s = np.empty((N, m), np.int64), np.empty((N, m))
-    bound, low = np.empty(N), np.empty(N)
-    _transport_loops.build_candidates(S, price, cand, cand_s, bound, low)
-    off = np.r_[0, np.cumsum(caps)]
-    hbid, hpt, hsize = np.empty(N), np.empty(N, np.int64), np.zeros(K, np.int64)
-    stack = np.arange(N)
-    phase = _transport_loops.auction_phase
-    left, _ = (phase if compiled else phase.py_func)(
-        S, cand, cand_s, bound, price, price.copy(), caps, off, hbid, hpt, hsize,
-        stack, N, 1e-3, 16.0, 100 * N)
+    left, stack, _, _, hsize = _auction_phase(S, price, caps, m, 1e-3, compiled)
     assert left == 1 and stack[0] == 0
     assert hsize[0] == 0 and hsize.sum() == 2 and np.isfinite(price[1:]).all()
 
