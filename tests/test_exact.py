@@ -761,7 +761,7 @@ def test_candidates_are_each_rows_best_labels_and_bound_the_rest(way, K):
 def _auction_phase(S: np.ndarray, price: np.ndarray, caps: np.ndarray, m: int, eps: float,
                    compiled: bool) -> tuple:
     """One auction phase from candidate lists of ``m`` labels, every point on the stack, prices
-    updated in place: points left, the stack, the label offsets, holders and sizes."""
+    updated in place: points left, the stack, the label offsets, holders, sizes and bids."""
     N, K = S.shape
     cand, cand_s = np.empty((N, m), np.int64), np.empty((N, m))
     bound, low = np.empty(N), np.empty(N)
@@ -773,7 +773,7 @@ def _auction_phase(S: np.ndarray, price: np.ndarray, caps: np.ndarray, m: int, e
     left, _ = (phase if compiled else phase.py_func)(
         S, cand, cand_s, bound, price, price.copy(), caps, off, hbid, hpt, hsize,
         stack, N, eps, 16.0, 100 * N)
-    return left, stack, off, hpt, hsize
+    return left, stack, off, hpt, hsize, hbid
 
 
 @pytest.mark.parametrize("compiled", [True, False])
@@ -789,8 +789,13 @@ def test_auction_phase_holds_every_point_within_eps_of_its_best_label(compiled, 
     S = rng.normal(size=(N, K))
     caps = rng.multinomial(N, np.ones(K) / K)
     price = np.where(caps > 0, 0.0, np.inf)
-    left, _, off, hpt, hsize = _auction_phase(S, price, caps, m, eps, compiled)
+    left, _, off, hpt, hsize, hbid = _auction_phase(S, price, caps, m, eps, compiled)
     assert left == 0 and np.array_equal(hsize, caps)
+    for y in range(K):  # a full label's price is the lowest bid it holds, at its heap's root
+        bids = hbid[off[y]:off[y + 1]]
+        children = np.arange(1, bids.size)
+        assert np.all(bids[(children - 1) // 2] <= bids[children])
+        assert bids.size == 0 or price[y] == bids.min()
     labels = np.empty(N, np.int64)
     for y in range(K):
         labels[hpt[off[y]:off[y + 1]]] = y
@@ -811,7 +816,7 @@ def test_auction_phase_returns_a_point_with_no_open_label_unassigned(compiled):
     S[0] = [0.0, -np.inf, -np.inf]
     caps = np.array([0, 2, 1])
     price = np.array([np.inf, 0.0, 0.0])
-    left, stack, _, _, hsize = _auction_phase(S, price, caps, m, 1e-3, compiled)
+    left, stack, _, _, hsize, _ = _auction_phase(S, price, caps, m, 1e-3, compiled)
     assert left == 1 and stack[0] == 0
     assert hsize[0] == 0 and hsize.sum() == 2 and np.isfinite(price[1:]).all()
 
