@@ -69,7 +69,7 @@ from typing import Any
 import numpy as np
 
 from . import _transport, _transport_loops
-from ._arrays import array_library, from_host, to_host
+from ._arrays import array_library, device_scope, from_host, to_host
 from ._capacities import balanced_range, check_reachable, finite_per_label
 from ._simd import FAST, HAVE_NUMBA, first_equal, fmax, fmin, parallel_loop, prange
 from .certificate import Certificate, _certificate_from_sums, _partial_sums
@@ -303,7 +303,8 @@ def _rows_to_host(block: Any, rows: np.ndarray) -> np.ndarray:
     if array_library(block) == "cupy":
         import cupy
 
-        return to_host(block[cupy.asarray(rows)])
+        with device_scope(block):  # the index on the block's GPU, not the current one
+            return to_host(block[cupy.asarray(rows)])
     return np.asarray(block)[rows]
 
 

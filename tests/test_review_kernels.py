@@ -157,3 +157,20 @@ def test_results_in_a_cupy_callers_library_are_made_on_its_arrays_device(monkeyp
     like = type("ndarray", (), {"__module__": "cupy._core.core", "device": _Device(1)})()
     _arrays.from_host(np.arange(3), like)
     assert made_on == [1] and _Device.current == 0
+
+
+def test_distributed_exact_reads_cupy_rows_on_the_arrays_device(monkeypatch):
+    """The distributed exact stage sends a rank's chosen rows by indexing its CuPy block with
+    an index array made on the current device: for a block on device 1 under device 0 CuPy
+    reads it by peer access, or refuses it. The index is now made on the block's device."""
+    from sinklabel._distributed_exact import _rows_to_host
+
+    class CupyOnDevice1(_OnDevice1):
+        __module__ = "cupy._core.core"
+
+    monkeypatch.setitem(sys.modules, "cupy", _fake_cupy())
+    scores = np.random.default_rng(5).standard_normal((20, 3))
+    rows = np.array([1, 7, 19])
+    got = _rows_to_host(scores.copy().view(CupyOnDevice1), rows)
+    assert type(got) is np.ndarray and _Device.current == 0
+    np.testing.assert_array_equal(got, scores[rows])
