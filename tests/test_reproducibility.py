@@ -105,7 +105,8 @@ def test_solve_exact_is_the_same_on_any_thread_count_chunk_size_and_backend(regi
 @pytest.mark.parametrize("regime", REGIMES)
 def test_every_source_of_the_same_scores_gives_the_same_bits(backend, balance, regime, tmp_path):
     """An array, its .npy file (path or memmap), an h5py dataset and a function of it are
-    read in the same blocks, so they solve alike."""
+    read in the same blocks, so they solve alike; so are zarr, dask and xarray arrays (what
+    docs/streaming.md lists), where those libraries are installed."""
     h5py = pytest.importorskip("h5py")
     logp = _scores(regime)
     reference = _solve(logp, backend, balance)
@@ -115,9 +116,32 @@ def test_every_source_of_the_same_scores_gives_the_same_bits(backend, balance, r
         f["logits"] = logp
     with h5py.File(tmp_path / "scores.h5", "r") as f:
         sources = [str(path), np.load(path, mmap_mode="r"), f["logits"],
-                   CallableSource(lambda start, stop: logp[start:stop], logp.shape, "float32")]
+                   CallableSource(lambda start, stop: logp[start:stop], logp.shape, "float32"),
+                   *_chunked_array_libraries(logp, tmp_path)]
         for source in sources:
             _assert_same_bits(_solve(source, backend, balance), reference)
+
+
+def _chunked_array_libraries(logp: np.ndarray, directory) -> list:
+    """The scores as a zarr array on disk, a dask array and an xarray DataArray over it, in
+    storage chunks that do not line up with the solve's blocks."""
+    found = []
+    try:
+        import zarr
+    except ImportError:
+        pass
+    else:
+        stored = zarr.open_array(directory / "scores.zarr", mode="w", shape=logp.shape,
+                                 chunks=(333, K), dtype=logp.dtype)
+        stored[:] = logp
+        found.append(stored)
+    try:
+        import dask.array
+        import xarray
+    except ImportError:
+        return found
+    lazy = dask.array.from_array(logp, chunks=(700, K))
+    return [*found, lazy, xarray.DataArray(lazy, dims=("point", "label"))]
 
 
 def _layouts(logp: np.ndarray) -> dict[str, np.ndarray]:
