@@ -131,7 +131,7 @@ def _chunked_array_libraries(logp: np.ndarray, directory) -> list:
     except ImportError:
         pass
     else:
-        stored = zarr.open_array(directory / "scores.zarr", mode="w", shape=logp.shape,
+        stored = zarr.open_array(str(directory / "scores.zarr"), mode="w", shape=logp.shape,
                                  chunks=(333, K), dtype=logp.dtype)
         stored[:] = logp
         found.append(stored)
