@@ -593,6 +593,23 @@ def test_warm_finish_keeps_a_stale_distance_stale_when_a_point_joins(engine, mon
     assert result.certificate.optimal, result.certificate
 
 
+def test_warm_finish_bounds_the_other_points_by_how_far_prices_moved(engine, monkeypatch):
+    """Label 1 starts 1 above the others and its first path (point 0 to label 2) lowers it
+    by 2, so a point outside the boundary (margin 5.5 > theta = 5, point 2) is now 3.5 from
+    label 2: the next path, at most theta less the spread of ``v - v0`` (5 - 2), must stop and
+    widen the boundary. Mutation testing found that a spread taken over ``v + v0`` (0 here)
+    accepts point 1's path of 4.5 instead: one worse than the optimum, failed certificate."""
+    S = np.array([[0, 9, 8], [5, 9, 3.5], [0, 9, 4.5], [10, 0, 0], [0, 0, 10]])
+    sizes = np.array([1, 1, 3])
+    _straight_to_shortest_paths(monkeypatch)
+    monkeypatch.setattr(_transport, "BOUNDARY_SHARE", 0.25)  # points 0 and 1 (margins 2, 5)
+    result = sinklabel.solve_exact(S, 3, capacities=sizes, prices=np.array([0.0, 1.0, 0.0]))
+    highs = sinklabel.solve_exact(S, 3, capacities=sizes, method="highs")
+    assert result.objective == pytest.approx(highs.objective, abs=1e-12)  # -41.5
+    assert result.label_counts.tolist() == sizes.tolist()
+    assert result.certificate.optimal, result.certificate
+
+
 def test_warm_finish_over_budget_hands_over_to_the_auction(monkeypatch):
     S = make_scores(600, 12, regime="peaked", seed=4).scores
     monkeypatch.setattr(_transport, "DIRECT_EXCESS", 1.0)
