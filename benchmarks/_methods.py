@@ -22,12 +22,14 @@ from sinklabel.solver import dual_terms
 from sinklabel.sources import as_source, itemsize
 
 from ._outcome import Outcome
-from ._peers import SelaLoop, pot_solve, sela_reference
+from ._peers import SelaLoop, ott_prepare, ott_solve, pot_solve, sela_reference
 
 #: tol for runs that must not stop early (timing a fixed number of iterations).
 NEVER = 1e-300
 #: Steps of the SeLa loop made before one of its steps is timed.
 SELA_WARM = 5
+#: Memory of OTT-JAX's Anderson acceleration in its accelerated variant.
+OTT_ANDERSON = 5
 
 
 @dataclass(frozen=True)
@@ -36,13 +38,16 @@ class Method:
 
     name: str
     family: str  # "sinklabel" or "peer"
-    library: str  # "numpy", "torch" or "cupy"
+    library: str  # "numpy", "torch", "cupy" or "jax"
     device: str  # "cpu" or "cuda"
     solve: Callable[..., Outcome]  # (scores, *, lam, tol, max_iter, stop) -> Outcome
     #: (scores, *, lam, tol, max_iter) -> a call that runs one iteration of this method from a
     #: state its solve reaches; None where the loop cannot be entered midway (POT's), whose
     #: iteration is then timed from whole runs of two lengths.
     one_iteration: Callable[..., Callable[[], Any]] | None = None
+    #: Takes the solve's arguments and compiles what that solve will run, without running
+    #: it, where a method compiles per shape and option (JAX): no clock then times a compile.
+    prepare: Callable[..., Any] | None = None
 
     def place(self, host: np.ndarray) -> Any:
         """The scores in this method's library and on its device."""
@@ -50,20 +55,27 @@ class Method:
 
 
 def place(host: np.ndarray, library: str, device: str) -> Any:
-    """``host`` as a NumPy array, torch tensor or CuPy array on ``device``."""
+    """``host`` as a NumPy array, torch tensor, CuPy or JAX array on ``device``."""
     if library == "numpy":
         return host
     if library == "torch":
         import torch
 
         return torch.from_numpy(host).to(device)
+    if library == "jax":
+        import jax
+
+        if host.dtype == np.float64:  # JAX computes in float32 unless told otherwise
+            jax.config.update("jax_enable_x64", True)
+        return jax.device_put(host, jax.devices("cpu")[0])
     import cupy
 
     return cupy.asarray(host)
 
 
 def placements() -> list[tuple[str, str]]:
-    """(library, device) pairs usable here: NumPy always, torch and CuPy when they work."""
+    """(library, device) pairs usable here: NumPy always, torch and CuPy when they work, JAX
+    on the CPU when OTT-JAX (its only method) is installed."""
     found = [("numpy", "cpu")]
     if _importable("torch"):
         import torch
@@ -76,6 +88,8 @@ def placements() -> list[tuple[str, str]]:
 
         if cupy.cuda.is_available():
             found.append(("cupy", "cuda"))
+    if _importable("ott"):
+        found.append(("jax", "cpu"))
     return found
 
 
@@ -94,9 +108,15 @@ def discover(names: list[str] | None = None) -> list[Method]:
         if library in get_kernel(backend).libraries
     ]
     for library, device in where:
+        suffix = _suffix(library, device)
+        if library == "jax":
+            for variant, memory in (("", 0), (" + Anderson", OTT_ANDERSON)):
+                methods.append(Method(f"OTT sinkhorn{variant} ({suffix})", "peer", library,
+                                      device, partial(ott_solve, anderson=memory),
+                                      prepare=partial(ott_prepare, anderson=memory)))
+            continue
         if library == "cupy":
             continue
-        suffix = _suffix(library, device)
         for bits in (32, 64):
             cast = _caster(library, bits)
             methods.append(Method(f"SeLa reference float{bits} ({suffix})", "peer", library,

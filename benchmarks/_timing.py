@@ -68,7 +68,7 @@ def seconds_per_call(step: Callable[[], Any], library: str, device: str, repeat:
 
 def seconds_per_extra_iteration(
     run: Callable[[int], int], library: str, device: str, *, short: int, stride: int,
-    repeat: int, max_extra: int,
+    repeat: int, max_extra: int, prepare: Callable[[int], Any] | None = None,
 ) -> float | None:
     """Seconds per iteration from whole runs of fixed length, where no single iteration can be
     timed: the median over ``repeat`` back-to-back pairs of (long - short) / (extra iterations).
@@ -78,14 +78,19 @@ def seconds_per_extra_iteration(
     from a first pair so that its extra iterations take at least as long as the short run
     (and MIN_DIFFERENCE): the set-up's own noise then stays small against the difference.
     None when the runs cannot tell an iteration's cost (no extra iteration ran, or noise
-    exceeded the difference).
+    exceeded the difference). ``prepare(length)``, where given, compiles a run of that
+    length before any clock sees one (JAX compiles each length anew).
     """
+    prepare = prepare or (lambda length: None)
+    prepare(short)
+    prepare(short + stride)
     run(short)
     t_short, _ = timed(lambda: run(short), library, device)
     t_long, _ = timed(lambda: run(short + stride), library, device)
     goal = max(t_short, MIN_DIFFERENCE)
     estimate = max(t_long - t_short, 1e-9) / stride
     extra = min(max_extra, stride * max(1, math.ceil(goal / (estimate * stride))))
+    prepare(short + extra)
     per_iteration = []
     for _ in range(repeat):
         t_short, done_short = timed(lambda: run(short), library, device)

@@ -7,6 +7,7 @@ cost it models, so the figure the runner must recover is known exactly and no te
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import json
 import subprocess
@@ -28,6 +29,8 @@ from sinklabel.datasets import make_scores
 #: Costs of the fake methods, in virtual seconds: set-up of a whole run, one pass, and one
 #: error check (made every 10th iteration, from the first, as POT does).
 SETUP, PASS, CHECK = 0.5, 0.01, 0.02
+#: A JAX-like method's compile of one run length, in the same virtual seconds.
+COMPILE = 5.0
 #: Passes after which the fake solver has converged; with tol out of reach it keeps going.
 CONVERGED = 6
 OPTIONS = {"lam": 25.0, "tol": 1e-3}
@@ -146,6 +149,78 @@ def test_sela_loop_steps_match_a_plain_sinkhorn():
     assert step() == pytest.approx(expected[SELA_WARM], rel=1e-9)
 
 
+def compiling_method(clock: VirtualClock, lengths: list[int], with_prepare: bool) -> Method:
+    """A JAX-like solver: a run of a length it has not compiled first compiles it (COMPILE,
+    far longer than its set-up), unless ``prepare`` compiled that length beforehand. Its runs'
+    lengths are appended to ``lengths``."""
+    compiled: set[int] = set()
+
+    def compile_once(max_iter: int) -> None:
+        if max_iter not in compiled:
+            compiled.add(max_iter)
+            clock.now += COMPILE
+
+    def solve(scores, *, lam, tol, max_iter, stop):
+        lengths.append(max_iter)
+        compile_once(max_iter)
+        clock.now += SETUP + PASS * max_iter
+        return Outcome(max_iter, 0.0, "cap")
+
+    def prepare(scores, *, lam, tol, max_iter, stop):
+        compile_once(max_iter)
+
+    return Method("compiling", "peer", "numpy", "cpu", solve,
+                  prepare=prepare if with_prepare else None)
+
+
+@pytest.mark.parametrize("with_prepare", [True, False])
+def test_compiles_are_prepared_before_any_clock_sees_them(clock, with_prepare):
+    """OTT-JAX compiles each iteration cap anew. Timed, the compile of the first long run made
+    an iteration look costly, so too few extra iterations were run to outlast the set-up's
+    noise; and the whole solve's time held a compile that a training loop pays once."""
+    lengths: list[int] = []
+    method = compiling_method(clock, lengths, with_prepare)
+    seconds, how = compare._per_iteration(method, None, OPTIONS, 100, repeat=5)
+    assert how == "difference" and seconds == pytest.approx(PASS, rel=1e-9)
+    outlasts_set_up = (max(lengths) - 1) * PASS >= SETUP
+    args = argparse.Namespace(lam=25.0, tol=1e-3, max_iter=100, repeat=3, budget=1e9)
+    record = compare._measure(method, np.zeros((10, 2)), args, "flat", full=True)
+    whole_solve = SETUP + PASS * record["n_iter"]
+    assert (outlasts_set_up, record["total_s"] == pytest.approx(whole_solve)) == (
+        with_prepare, with_prepare)
+
+
+#: OTT-JAX imports JAXopt, which warns on import that it is no longer maintained.
+JAXOPT_RETIRED = "ignore:JAXopt is no longer maintained:DeprecationWarning"
+
+
+@pytest.mark.skipif(importlib.util.find_spec("ott") is None, reason="OTT-JAX is not installed")
+@pytest.mark.filterwarnings(JAXOPT_RETIRED)
+def test_ott_runs_are_a_plain_log_domain_sinkhorn():
+    """OTT-JAX's iteration, written here in float64: the label potentials g, then the row
+    potentials f, on ``lam * scores``; the error is the plan's label-marginal L1 distance."""
+    from scipy.special import logsumexp
+
+    from benchmarks._methods import place
+    from benchmarks._peers import ott_solve
+
+    scores = make_scores(500, 7, regime="flat", seed=0).scores
+    lam, (n, k) = 25.0, scores.shape
+    z, f = lam * scores.astype(np.float64), np.zeros(n)
+    expected = {}
+    for iteration in range(1, 21):
+        g = np.log(1.0 / k) - logsumexp(z + f[:, None], axis=0)
+        f = np.log(1.0 / n) - logsumexp(z + g, axis=1)
+        expected[iteration] = np.abs(np.exp(z + f[:, None] + g).sum(axis=0) - 1.0 / k).sum()
+    x = place(scores, "jax", "cpu")
+    for length in (10, 20):
+        outcome = ott_solve(x, anderson=0, lam=lam, tol=1e-300, max_iter=length, stop=False)
+        assert (outcome.n_iter, outcome.stopped_by) == (length, "cap")
+        assert outcome.error == pytest.approx(expected[length], rel=1e-4)
+    done = ott_solve(x, anderson=5, lam=lam, tol=1e-3, max_iter=300, stop=True)
+    assert done.stopped_by == "tol" and done.error <= 1e-3
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_sela_set_up_holds_one_array_of_its_exp(dtype):
     """The original raises its softmax outputs to the power lam in place: the reference's
@@ -190,11 +265,14 @@ def test_sinklabel_pass_is_the_solvers_pass_at_its_solution(backend):
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
+@pytest.mark.filterwarnings(JAXOPT_RETIRED)
 def test_a_tiny_run_reports_and_plots_the_direct_figures(tmp_path, capsys):
     pytest.importorskip("matplotlib")
     names = ["sinklabel numba (numpy)", "SeLa reference float32 (numpy)"]
     if importlib.util.find_spec("ot") is not None:
         names.append("POT sinkhorn (numpy)")
+    if importlib.util.find_spec("ott") is not None:
+        names.append("OTT sinkhorn (jax)")
     assert compare.main(["--n", "600", "--k", "8", "--sizes", "300", "--max-iter", "40",
                          "--repeat", "3", "--out", str(tmp_path), "--methods", *names]) == 0
     report = json.loads((tmp_path / "compare.json").read_text())
@@ -203,7 +281,7 @@ def test_a_tiny_run_reports_and_plots_the_direct_figures(tmp_path, capsys):
         (m, n, g) for m in names for n in (300, 600) for g in ("flat", "peaked")}
     for r in results:
         assert r["per_iter_s"] > 0
-        assert r["per_iter_timing"] == ("difference" if r["method"].startswith("POT")
+        assert r["per_iter_timing"] == ("difference" if r["method"].startswith(("POT", "OTT"))
                                         else "one iteration")
         assert r["iter_over_floor"] == pytest.approx(r["per_iter_s"] / r["floor_s"])
     table = capsys.readouterr().out
