@@ -410,7 +410,8 @@ def _refresh_row(S, a, D, Darg, stale, head, nxt, mu, v0):
         best = INF
         arg = -1
         j = head[a]
-        while j >= 0 and best > low and not mu[j] + offset >= best:
+        # A closed label c (price -inf) bounds nothing: scan on (inf - inf would be NaN).
+        while j >= 0 and best > low and not (offset > -INF and mu[j] + offset >= best):
             value = np.float64(S[j, a]) - np.float64(S[j, c])
             if value < best:
                 best = value

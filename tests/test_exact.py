@@ -667,6 +667,7 @@ def _random_transport(rng: np.random.Generator) -> tuple:
 
 
 @pytest.mark.parametrize("first_seed", range(0, 200, 50))
+@pytest.mark.filterwarnings("error::RuntimeWarning")  # none from the plain-Python loops either
 def test_warm_finishes_of_random_problems_match_highs(monkeypatch, first_seed):
     """A random search against HiGHS, warm starts sent straight to the finish with boundaries
     from 1/50 to 3/10 of the points, a Dijkstra budget that sometimes hands over to the
