@@ -20,7 +20,13 @@ import sinklabel  # noqa: E402
 from sinklabel import ConvergenceWarning  # noqa: E402
 from sinklabel.datasets import make_scores  # noqa: E402
 from sinklabel.kernels._exp_cache import NumbaExpTables, label_dtype  # noqa: E402
-from sinklabel.kernels.numba import NumbaKernel, _row_ranges, bfloat16_rows  # noqa: E402
+from sinklabel.kernels.numba import (  # noqa: E402
+    COPY_LABELS,
+    NumbaKernel,
+    _copy_rows,
+    _row_ranges,
+    bfloat16_rows,
+)
 
 KERNEL = NumbaKernel()
 BLOCK_EDGE_WIDTHS = [1, 2, 7, 8, 9, 15, 16, 17]
@@ -116,6 +122,32 @@ def test_every_operation_over_a_chunk_of_several_row_tasks(k, dtype):
     f = np.random.default_rng(k).normal(size=k)
     rtol = 1e-10 if dtype == "float64" else 2e-5
     _assert_every_operation_matches(_chunk(_scores(n, k, seed=k), dtype, "C"), f, 25.0, rtol)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("k", [COPY_LABELS - 1, COPY_LABELS, COPY_LABELS + 1, 3000])
+def test_a_fortran_ordered_chunk_is_copied_to_rows_exactly(k, dtype):
+    """Scores stored by columns are copied to rows a task at a time, in blocks of labels when
+    the rows are wide: a task's rows come out exact, the other rows untouched, and every
+    operation on the whole chunk gives the bits it gives on the same scores stored by rows."""
+    scores = _scores(2 * (2 << 20) // (4 * k) + 5, k, seed=k).astype(dtype)
+    stored = np.asfortranarray(scores)
+    rows = np.full(scores.shape, -1.0, dtype)
+    lo, hi = 3, scores.shape[0] - 2
+    _copy_rows(stored, rows, lo, hi)
+    np.testing.assert_array_equal(rows[lo:hi], scores[lo:hi])
+    assert np.all(rows[:lo] == -1.0) and np.all(rows[hi:] == -1.0)
+    f = np.random.default_rng(k).normal(size=k)
+    for operation in ("sweep_lse", "best", "slack", "soft"):
+        got, expected = (_bits(getattr(KERNEL, operation)(chunk, f, 25.0))
+                         for chunk in (stored, scores))
+        assert got == expected, operation
+
+
+def _bits(result) -> list[bytes]:
+    """The bytes of an operation's array, or of each part of a tuple of results."""
+    return [np.asarray(part).tobytes() for part in (result if isinstance(result, tuple)
+                                                     else (result,))]
 
 
 @pytest.mark.parametrize("k", [65535, 65536, 65537, 100_000])
