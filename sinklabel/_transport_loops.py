@@ -403,15 +403,15 @@ def _refresh_row(S, a, D, Darg, stale, head, nxt, mu, v0):
     per entry.
     """
     for c in range(S.shape[1]):
-        if not stale[a, c]:
+        # A closed label (price -inf) ends no path, whatever its entry: none is refreshed.
+        if not stale[a, c] or v0[c] == -INF:
             continue
         offset = v0[c] - v0[a]
         low = D[a, c]
         best = INF
         arg = -1
         j = head[a]
-        # A closed label c (price -inf) bounds nothing: scan on (inf - inf would be NaN).
-        while j >= 0 and best > low and not (offset > -INF and mu[j] + offset >= best):
+        while j >= 0 and best > low and not mu[j] + offset >= best:
             value = np.float64(S[j, a]) - np.float64(S[j, c])
             if value < best:
                 best = value
