@@ -141,3 +141,35 @@ def test_a_pass_answers_exactly_the_rows_whose_largest_term_reaches_the_floor(
         np.testing.assert_allclose(best[good], zg.max(axis=1), rtol=1e-6 if dtype == np.float32
                                    else 1e-12)
         np.testing.assert_array_equal(labels[good], zg.argmax(axis=1))
+
+
+def _layouts(scores: np.ndarray) -> dict[str, np.ndarray]:
+    """The same scores stored in layouts the kernels cannot walk, or in another byte order."""
+    doubled = np.repeat(scores, 2, axis=1)
+    return {"fortran": np.asfortranarray(scores), "column-strided": doubled[:, ::2],
+            "big-endian": scores.astype(scores.dtype.newbyteorder(">"))}
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16"])
+def test_tables_and_repairs_of_any_layout_are_those_of_its_rows(dtype):
+    """Tables are built from each task's rows copied where the kernels cannot read them, and
+    repairs copy only the listed rows: the tables, the repaired masses and the repaired labels
+    are the bits of the same scores stored by rows. 3000 labels: several tasks, several rows
+    each; 3 copies' worth of listed rows, unsorted gaps between them."""
+    scores = make_scores(200, 3000, regime="peaked", seed=5)[0].astype(dtype)
+    f = np.random.default_rng(5).normal(scale=0.5, size=3000)
+    listed = np.array([0, 3, 4, 57, 58, 120, 199])
+    reference = _tables().build(scores, f, 25.0, need=3.0, cap=64)
+    mass, lse = _tables().sweep_rows(scores, listed, f, 25.0)
+    top, labels = np.full(200, -7.0, np.float32), np.full(200, -7)
+    _tables().best_rows(scores, listed, f, 25.0, top, labels)
+    for name, chunk in _layouts(scores).items():
+        table = _tables().build(chunk, f, 25.0, need=3.0, cap=64)
+        for part in ("values", "labels", "offsets", "top", "floor", "f"):
+            assert np.array_equal(getattr(table, part), getattr(reference, part)), (name, part)
+        got_mass, got_lse = _tables().sweep_rows(chunk, listed, f, 25.0)
+        assert np.array_equal(got_mass, mass) and got_lse == lse, name
+        got_top, got_labels = np.full(200, -7.0, np.float32), np.full(200, -7)
+        _tables().best_rows(chunk, listed, f, 25.0, got_top, got_labels)
+        assert np.array_equal(got_top, top) and np.array_equal(got_labels, labels), name
+    assert np.all(labels[listed] >= 0) and np.all(np.delete(labels, listed) == -7)

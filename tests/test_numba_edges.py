@@ -9,6 +9,7 @@ screening thresholds.
 
 from __future__ import annotations
 
+import tracemalloc
 import warnings
 
 import numpy as np
@@ -19,6 +20,7 @@ pytest.importorskip("numba")
 import sinklabel  # noqa: E402
 from sinklabel import ConvergenceWarning  # noqa: E402
 from sinklabel.datasets import make_scores  # noqa: E402
+from sinklabel.kernels._base import compute_dtype  # noqa: E402
 from sinklabel.kernels._exp_cache import NumbaExpTables, label_dtype  # noqa: E402
 from sinklabel.kernels.numba import (  # noqa: E402
     COPY_LABELS,
@@ -142,6 +144,33 @@ def test_a_fortran_ordered_chunk_is_copied_to_rows_exactly(k, dtype):
         got, expected = (_bits(getattr(KERNEL, operation)(chunk, f, 25.0))
                          for chunk in (stored, scores))
         assert got == expected, operation
+
+
+@pytest.mark.parametrize(("dtype", "layout"), [
+    ("float32", "fortran"), ("float16", "fortran"), ("bfloat16", "fortran"),
+    ("float64", "big-endian"), ("float16", "big-endian"),
+])
+def test_a_pass_over_scores_not_read_in_place_holds_a_task_of_rows_per_thread(dtype, layout):
+    """Each thread copies (or converts) its task's rows into its own buffer and computes them
+    there, so a pass holds about one task (2 MiB of float32 scores) per thread, not a copy
+    of the chunk, and gives the bits of the same scores stored by rows."""
+    k = 1000
+    rows_per_task = (2 << 20) // (4 * k)
+    scores = _scores(12 * rows_per_task, k, seed=1)
+    stored, by_rows = _chunk(scores, dtype, layout), _chunk(scores, dtype, "C")
+    f = np.random.default_rng(1).normal(size=k)
+    KERNEL.sweep_lse(stored, f, 25.0)  # compiled before measuring
+    operations = ("sweep_lse", "best", "slack")
+    tracemalloc.start()
+    try:
+        got = [_bits(getattr(KERNEL, operation)(stored, f, 25.0)) for operation in operations]
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    task_bytes = rows_per_task * k * np.dtype(compute_dtype(dtype)).itemsize
+    assert peak < KERNEL._threads.count() * task_bytes + (1 << 20) < stored.nbytes / 2
+    assert got == [_bits(getattr(KERNEL, operation)(by_rows, f, 25.0))
+                   for operation in operations]
 
 
 def _bits(result) -> list[bytes]:

@@ -247,7 +247,7 @@ def test_cpu_tensors_solve_bit_for_bit_like_the_numba_backend(dtype, regime, lay
 def test_numba_views_cpu_tensors_and_copies_only_a_block_at_a_time(dtype, monkeypatch):
     """The Numba route takes a view of the tensor's own memory whatever its layout: rows in
     place (also a row slice of a wider tensor), a transposed tensor or strided columns copied
-    by the Numba kernels one block at a time, never whole."""
+    by the Numba kernels a task's rows at a time, never whole."""
     pytest.importorskip("numba")
     from sinklabel.kernels import numba as numba_backend
 
@@ -258,24 +258,26 @@ def test_numba_views_cpu_tensors_and_copies_only_a_block_at_a_time(dtype, monkey
         assert view.shape == x.shape
         assert view.__array_interface__["data"][0] == x.data_ptr()
         assert view.strides == tuple(s * x.element_size() for s in x.stride())
-    copied: list[int] = []
+    copied: list[tuple[str, int]] = []
     row_buffer, copy_rows = numba_backend._row_buffer, numba_backend._copy_rows
 
     def recorded(chunk):
-        copied.append(len(chunk))
+        copied.append(("whole", len(chunk)))
         return row_buffer(chunk)
 
     def recorded_task(src, dst, lo, hi):
-        copied.append(-1)
+        copied.append(("task", hi - lo))
         copy_rows(src, dst, lo, hi)
 
     monkeypatch.setattr(numba_backend, "_row_buffer", recorded)
     monkeypatch.setattr(numba_backend, "_copy_rows", recorded_task)
     monkeypatch.setattr(numba_backend.NumbaKernel, "chunk_rows", lambda self, k, size: 16)
+    monkeypatch.setattr(numba_backend, "_row_ranges",
+                        lambda n, k: [(lo, min(n, lo + 6)) for lo in range(0, n, 6)])
     x = torch.ones((40, 12), dtype=getattr(torch, dtype)).t().contiguous().t()
     kernel.sweep_lse(x, np.zeros(12), 25.0)
-    task_copies = [-1] if x.itemsize >= 4 else []  # float32, float64: copied by the threads
-    assert copied == [*task_copies, 16, *task_copies, 16, *task_copies, 8]
+    # Blocks of 16, 16 and 8 rows, in tasks of 6 rows at most, each copied on its own.
+    assert copied == [("task", rows) for rows in (6, 6, 4, 6, 6, 4, 6, 2)]
 
 
 _THREADS_SCRIPT = textwrap.dedent("""

@@ -53,7 +53,17 @@ from numba.extending import overload
 
 from .._simd import FAST, W, block_keep, fmax
 from ._base import compute_dtype
-from .numba import _UNDERFLOW, NumbaKernel, _exp, _prefetch_row, _row_buffer, _row_ranges, _widen
+from .numba import (
+    _UNDERFLOW,
+    ChunkRows,
+    NumbaKernel,
+    _exp,
+    _prefetch_row,
+    _reads_in_place,
+    _row_buffer,
+    _row_ranges,
+    _widen,
+)
 from .numba import _best_rows as _raw_best_rows
 from .numba import _sweep_rows as _raw_sweep_rows
 
@@ -356,6 +366,15 @@ class ExpTable:
         return np.concatenate(parts) if parts else bad[:0]
 
 
+def _listed_rows(block: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The block and its listed rows, or, for a block the kernels cannot read in place, only
+    the listed rows copied out (and their indices there): a few repaired rows of a
+    Fortran-ordered or byte-swapped block no longer cost a copy of all of it."""
+    if _reads_in_place(block):
+        return block, rows
+    return np.ascontiguousarray(block[rows]), np.arange(rows.size)
+
+
 def _listed_tasks(rows: np.ndarray, n_labels: int) -> list[np.ndarray]:
     """The listed rows in tasks of the backend's size (about 2 MiB of scores)."""
     size = max(1, (2 << 20) // max(1, 4 * n_labels))
@@ -370,8 +389,9 @@ class NumbaExpTables:
 
     def sweep_rows(self, block: np.ndarray, rows: np.ndarray, f: np.ndarray,
                    lam: float) -> tuple[np.ndarray, float]:
-        """The uncached ``sweep_lse`` of the rows ``rows`` of a raw chunk, without copying
-        them out: the rows a table could not answer."""
+        """The uncached ``sweep_lse`` of the rows ``rows`` of a raw chunk (the rows a table
+        could not answer), read in place where the kernels can."""
+        block, rows = _listed_rows(block, rows)
         buf, ld, dtype = _row_buffer(block)
         k = block.shape[1]
         f_typed, lam_typed = np.ascontiguousarray(f, dtype=dtype), dtype.type(lam)
@@ -387,17 +407,24 @@ class NumbaExpTables:
                   top: np.ndarray, labels: np.ndarray) -> None:
         """The uncached ``best`` of the rows ``rows`` of a raw chunk, written into ``top`` and
         ``labels`` at those rows."""
-        buf, ld, dtype = _row_buffer(block)
+        listed, at = _listed_rows(block, rows)
+        buf, ld, dtype = _row_buffer(listed)
         k = block.shape[1]
         f_typed, lam_typed = np.ascontiguousarray(f, dtype=dtype), dtype.type(lam)
-        self.run(_best_listed, [(buf, part, k, ld, f_typed, lam_typed, top, labels)
-                                for part in _listed_tasks(rows, k)])
+        copied = at is not rows  # then computed on their own, and put in place after
+        into = (np.empty_like(top, shape=at.size), np.empty_like(labels, shape=at.size)
+                ) if copied else (top, labels)
+        self.run(_best_listed, [(buf, part, k, ld, f_typed, lam_typed, *into)
+                                for part in _listed_tasks(at, k)])
+        if copied:
+            top[rows], labels[rows] = into
 
     def build(self, block: np.ndarray, f: np.ndarray, lam: float, need: float,
               cap: int) -> ExpTable:
         """The table of a raw chunk at potentials ``f``, with a window for potentials that move
         ``need`` (0 for a first build), at most ``cap`` entries per row."""
-        buf, ld, dtype = _row_buffer(block)
+        chunk_rows = ChunkRows(block)
+        dtype = chunk_rows.dtype
         n, k = block.shape
         tol = tolerance(k, dtype)
         window = min(_MAX_WINDOW[dtype], tol + max(tol, 2.0 * need))
@@ -414,7 +441,8 @@ class NumbaExpTables:
             offsets = np.empty(rows + 1, np.int64)
             top = np.empty(rows)
             floor = np.empty(rows)
-            used = _build_rows(buf, lo, hi, k, ld, f, float(lam), window, scale, tol,
+            buf, first, last, ld, _ = chunk_rows.task(lo, hi)
+            used = _build_rows(buf, first, last, k, ld, f, float(lam), window, scale, tol,
                                min(cap, k), values, labels, offsets, top, floor)
             parts[t] = (values[:used].copy(), labels[:used].copy(), offsets, top, floor)
 

@@ -43,9 +43,10 @@ float64 needs the fast exp as much: its screening skips only what underflows flo
 lam=25 nearly every score is exponentiated; its pass took 2.6-3.1x less time than with libm.
 
 Layouts. Kernels read a 1-D view holding row ``i`` at ``[i * ld, i * ld + K)``, so C-ordered
-arrays and row slices of wider arrays are read in place; Fortran-ordered, column-strided and
-non-native byte order chunks are first copied (one chunk at a time, to the compute dtype).
-Inputs are never written.
+arrays and row slices of wider arrays are read in place. Any other chunk (Fortran order,
+strided columns, another byte order, integers) is never copied whole: each task's rows are
+copied, or converted to the compute dtype, into the thread's own buffer and computed there
+while in cache (:class:`ChunkRows`). Inputs are never written.
 
 16-bit scores. float16 and bfloat16 (given as its bits, :func:`bfloat16_rows`: the torch
 backend's route for CPU tensors) are read in place too and widened to float32 as each score is
@@ -685,8 +686,6 @@ def _rows_in_place(chunk: np.ndarray) -> bool:
     return n == 1 or (chunk.strides[0] >= k * size and chunk.strides[0] % size == 0)
 
 
-#: Scores a thread copies to rows without converting them.
-_NATIVE_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 #: What the kernels read each dtype they take in place as (native byte order only).
 _STORAGE: dict[np.dtype, np.dtype] = {
     np.dtype(np.float32): np.dtype(np.float32),
@@ -715,7 +714,9 @@ def _row_buffer(chunk: np.ndarray) -> tuple[np.ndarray, int, np.dtype]:
     the scores are computed in (float32 for 16-bit scores, which are read as their bits).
 
     Chunks the kernels read in place are viewed; anything else (Fortran order, strided columns,
-    other byte orders) is first copied into a C-ordered chunk of the compute dtype.
+    other byte orders) is first copied into a C-ordered chunk of the compute dtype: what the
+    tables of ``cache=True`` do with the few rows they repair. The kernels' passes copy a
+    task's rows at a time instead (:class:`ChunkRows`).
     """
     dtype = compute_dtype(chunk.dtype)
     if _reads_in_place(chunk):
@@ -753,14 +754,15 @@ class NumbaKernel(Kernel):
     def chunk_rows(self, n_labels: int, itemsize: int) -> int:
         """About 64 MiB of scores in the compute dtype per chunk: 32 tasks to share among the
         threads. A chunk read in place (C order, row slices, any dtype taken) costs no memory;
-        other layouts copy one chunk at a time. 16-bit chunks hold as many rows as float32
-        ones, so their per-chunk sums add up like their float32 copy's (the same bits)."""
+        any other holds one task's rows per thread (:class:`ChunkRows`). 16-bit chunks hold as
+        many rows as float32 ones, so their per-chunk sums add up like their float32 copy's
+        (the same bits)."""
         return max(1, (64 << 20) // max(1, n_labels * max(4, itemsize)))
 
     def sweep_lse(self, chunk: np.ndarray, f: np.ndarray, lam: float) -> tuple[np.ndarray, float]:
         """One fused pass: the label masses and the rows' log-sum-exp sum (in column ``k``
         of the per-task sums, so both add up in the same fixed task order)."""
-        buf, ld, f_typed, lam_typed = self._inputs(chunk, f, lam)
+        f_typed, lam_typed = _typed(chunk, f, lam)
         n, k = chunk.shape
         underflow = f_typed.dtype.type(_UNDERFLOW[f_typed.dtype])
         ranges = _row_ranges(n, k)
@@ -773,10 +775,8 @@ class NumbaKernel(Kernel):
             sums = acc[:len(tasks)]
             if total is not None:
                 sums.fill(0.0)
-            self._threads.run(kernel, [
-                (buf, lo, hi, k, ld, f_typed, lam_typed, underflow, sums[t], *extra)
-                for t, (lo, hi) in enumerate(tasks)
-            ])
+            self._run(chunk, kernel, tasks,
+                      _task_args((f_typed, lam_typed, underflow), per_task=sums, after=extra))
             if total is not None:
                 sums[0] += total  # as NumPy's sum adds: in task order, one task at a time
             total = sums.sum(axis=0)
@@ -794,35 +794,29 @@ class NumbaKernel(Kernel):
         return max(1, min(n_tasks, max(2 * self._threads.count(), SUMS_BYTES // (8 * width))))
 
     def best(self, chunk: np.ndarray, f: np.ndarray, lam: float) -> tuple[np.ndarray, np.ndarray]:
-        buf, ld, f_typed, lam_typed = self._inputs(chunk, f, lam)
+        f_typed, lam_typed = _typed(chunk, f, lam)
         n, k = chunk.shape
         top = np.empty(n, f_typed.dtype)
         labels = np.empty(n, np.int64)
         kernel, extra = _best_call(k)
-        self._threads.run(kernel, [
-            (buf, lo, hi, k, ld, f_typed, lam_typed, top, labels, *extra)
-            for lo, hi in _row_ranges(n, k)
-        ])
+        self._run(chunk, kernel, _row_ranges(n, k),
+                  _task_args((f_typed, lam_typed), rows=(top, labels), after=extra))
         return top, labels
 
     def slack(self, chunk: np.ndarray, f: np.ndarray, lam: float) -> np.ndarray:
-        buf, ld, f_typed, lam_typed = self._inputs(chunk, f, lam)
+        f_typed, lam_typed = _typed(chunk, f, lam)
         n, k = chunk.shape
         ranges = _row_ranges(n, k)
         slack = np.full((len(ranges), k), -np.inf, dtype=f_typed.dtype)
-        self._threads.run(_slack_rows, [
-            (buf, lo, hi, k, ld, f_typed, lam_typed, slack[t])
-            for t, (lo, hi) in enumerate(ranges)
-        ])
+        self._run(chunk, _slack_rows, ranges, _task_args((f_typed, lam_typed), per_task=slack))
         return slack.max(axis=0).astype(np.float64)
 
     def soft(self, chunk: np.ndarray, f: np.ndarray, lam: float) -> np.ndarray:
-        buf, ld, f_typed, lam_typed = self._inputs(chunk, f, lam)
+        f_typed, lam_typed = _typed(chunk, f, lam)
         n, k = chunk.shape
         out = np.empty((n, k), f_typed.dtype)
-        self._threads.run(_soft_rows, [
-            (buf, lo, hi, k, ld, f_typed, lam_typed, out) for lo, hi in _row_ranges(n, k)
-        ])
+        self._run(chunk, _soft_rows, _row_ranges(n, k), _task_args((f_typed, lam_typed),
+                                                                    rows=(out,)))
         return out
 
     def gather(self, chunk: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -850,19 +844,90 @@ class NumbaKernel(Kernel):
     def empty_rows(self, n: int, like: np.ndarray) -> np.ndarray:
         return np.empty((n, *like.shape[1:]), dtype=like.dtype)
 
-    def _inputs(self, chunk: np.ndarray, f: np.ndarray, lam: float):
-        """The chunk as a row buffer, with ``f`` and ``lam`` in its compute dtype."""
-        buf, ld, dtype = _row_buffer(self._in_rows(chunk))
-        return buf, ld, np.ascontiguousarray(f, dtype=dtype), dtype.type(lam)
+    def _run(self, chunk: np.ndarray, kernel: Callable, ranges: list[tuple[int, int]],
+             args: Callable[[int, int], tuple]) -> None:
+        """``kernel(buf, lo, hi, k, ld, *args(t, first))`` for each task ``t`` of ``ranges``
+        on the backend's threads, with the task's rows where :class:`ChunkRows` puts them
+        (``first``: the chunk row that the call's row 0 is)."""
+        rows = ChunkRows(chunk)
 
-    def _in_rows(self, chunk: np.ndarray) -> np.ndarray:
-        """A float32 or float64 chunk the kernels cannot read in place (Fortran order, strided
-        columns) copied to C order by every thread, each its own tasks' rows: NumPy's one
-        thread took 40 ms for 64 MiB of a Fortran-ordered chunk, these two 16 ms. Other
-        dtypes are left to :func:`_row_buffer`'s copy."""
-        if _reads_in_place(chunk) or chunk.dtype not in _NATIVE_FLOATS:
-            return chunk
-        rows = np.empty(chunk.shape, chunk.dtype)
-        self._threads.run(_copy_rows, [(chunk, rows, lo, hi)
-                                       for lo, hi in _row_ranges(*chunk.shape)])
-        return rows
+        def task(t: int, lo: int, hi: int) -> None:
+            buf, lo, hi, ld, first = rows.task(lo, hi)
+            kernel(buf, lo, hi, rows.k, ld, *args(t, first))
+
+        self._threads.run(task, [(t, lo, hi) for t, (lo, hi) in enumerate(ranges)])
+
+
+class ChunkRows:
+    """Where the kernels read a task's rows of a chunk.
+
+    A chunk they read in place is one buffer for every task. Any other chunk is never copied
+    whole: each task's rows go into the calling thread's own buffer and are computed there
+    while in cache. Rows the kernels cannot walk in a dtype they read (Fortran order, strided
+    columns) are copied as they are (16-bit ones as their bits); other byte orders and dtypes
+    (integers) are converted to the compute dtype. A pass over Fortran-ordered float32 scores
+    took 0.55-0.76x the time of copying the whole chunk to rows first (0.16-0.29x for 16-bit
+    scores, which were converted to float32 whole), with the same bits, and holds one task's
+    rows per thread instead of a copy of the chunk (docs/benchmarks.md).
+    """
+
+    def __init__(self, chunk: np.ndarray) -> None:
+        self.k = chunk.shape[1]
+        self.dtype = compute_dtype(chunk.dtype)
+        self._in_place = _reads_in_place(chunk)
+        if self._in_place:
+            self._buf, self._ld, _ = _row_buffer(chunk)
+            return
+        self._buffers = _ThreadRows()
+        self._as_is = chunk.dtype in _STORAGE  # else converted to the compute dtype
+        self._storage = _STORAGE[chunk.dtype] if self._as_is else self.dtype
+        # 16-bit scores are copied as their bits
+        self._source = chunk.view(np.uint16) if self._storage.itemsize == 2 else chunk
+
+    def task(self, lo: int, hi: int) -> tuple[np.ndarray, int, int, int, int]:
+        """``(buf, lo, hi, ld, first)``: rows ``lo:hi`` of the chunk are rows ``lo:hi`` of
+        ``buf`` (row ``i`` at ``buf[i * ld:]``), and chunk row ``first`` is ``buf``'s row 0."""
+        if self._in_place:
+            return self._buf, lo, hi, self._ld, 0
+        source = self._source[lo:hi]
+        rows = self._buffers.rows(hi - lo, self.k, source.dtype if self._as_is else self.dtype)
+        if self._as_is:
+            _copy_rows(source, rows, 0, hi - lo)
+        else:
+            rows[...] = source  # another byte order or dtype: NumPy's cast
+        buf = rows.reshape(-1).view(self._storage)
+        buf.flags.writeable = False  # as _row_buffer's views: the kernels' compiled type
+        return buf, 0, hi - lo, self.k, lo
+
+
+class _ThreadRows(threading.local):
+    """Each thread's buffer for the rows it copies during one operation: grown to its largest
+    task and reused, so that a pass does not fault in fresh pages for every task."""
+
+    def __init__(self) -> None:
+        self.buffer = np.empty(0, np.uint8)
+
+    def rows(self, n: int, k: int, dtype: np.dtype) -> np.ndarray:
+        """An uninitialised C-ordered ``(n, k)`` array of ``dtype`` in this thread's buffer."""
+        size = n * k * dtype.itemsize
+        if self.buffer.size < size:
+            self.buffer = np.empty(size, np.uint8)
+        return self.buffer[:size].view(dtype).reshape(n, k)
+
+
+def _typed(chunk: np.ndarray, f: np.ndarray, lam: float) -> tuple[np.ndarray, np.floating]:
+    """``f`` and ``lam`` in the chunk's compute dtype."""
+    dtype = compute_dtype(chunk.dtype)
+    return np.ascontiguousarray(f, dtype=dtype), dtype.type(lam)
+
+
+def _task_args(shared: tuple, *, per_task: np.ndarray | None = None, rows: tuple = (),
+               after: tuple = ()) -> Callable[[int, int], tuple]:
+    """A task's kernel arguments after ``ld``: ``shared``, the task's own entry of
+    ``per_task`` (its sums), the per-row outputs seen from the call's first row, ``after``."""
+
+    def args(t: int, first: int) -> tuple:
+        own = () if per_task is None else (per_task[t],)
+        return (*shared, *own, *(out[first:] for out in rows), *after)
+
+    return args
