@@ -28,10 +28,12 @@ One iteration is one pass over all chunks of the scores. Rows of the table:
   used before :func:`sinklabel.kernels.numba._exp_f64`, Numba's scalar ``math.exp`` (the
   sweep recompiled here with it, for this benchmark only);
 - with ``--layout transposed`` the scores are stored column by column (Fortran order, as
-  ``logits.T`` of a (K, N) array): the Numba kernels copy each chunk to rows first, on every
-  thread, and one more row, ``numba (numpy copy)``, has NumPy's one thread copy each chunk
-  (as before 2026-11-28); the tensor is a transposed one, which ``torch ops`` (torch's own
-  route for it until 2026-11-28) reads in place.
+  ``logits.T`` of a (K, N) array): the Numba kernels copy each task's rows into the thread's
+  own buffer and compute them there, and one more row for float32 and float64,
+  ``numba (chunk copy)``, has every thread copy its rows of each whole chunk to rows first and
+  then runs the pass on that copy (the route until 2026-11-28, 10:00 UTC); for 16-bit scores
+  ``numba (copy)`` is that route. The tensor is a transposed one, which ``torch ops`` (torch's
+  own route for it until 2026-11-28) reads in place.
 
 Timings are taken in rounds (every method once per round) and ratios to ``numba`` are
 computed within a round, so a noisy shared machine disturbs them less; the medians are printed.
@@ -66,11 +68,13 @@ from sinklabel.solver import label_mass, normalize_potentials
 from sinklabel.sources import ArraySource
 
 
-@numba.njit(nogil=True, cache=True, fastmath=True)
+@numba.njit(nogil=True, fastmath=True)
 def _read_rows(buf, lo, hi):
     """The sum of ``buf[lo:hi]``, read through a slice: indexing ``buf`` itself with an
     index Numba cannot prove non-negative adds a wraparound select to every load, which
-    took 1.8x as long (351 against 196 ms for 4 GB, side by side on 2026-11-26)."""
+    took 1.8x as long (351 against 196 ms for 4 GB, side by side on 2026-11-26). Not cached
+    on disk: a cache written while the file ran as ``benchmarks.cpu_iteration`` (as the
+    tests import it) names that module, which a run as a script cannot import."""
     part = buf[lo:hi]
     total = np.float32(0.0)
     for j in range(part.size):
@@ -137,6 +141,16 @@ def _with_swapped(call, owner, name: str, value):
             setattr(owner, name, original)
 
     return swapped
+
+
+def _chunk_copy_pass(source, kernel, f: np.ndarray, lam: float, rows: int) -> None:
+    """A pass with each chunk first copied whole to rows, every thread its tasks' rows, and
+    then read in place: the route of Fortran-ordered chunks until 2026-11-28, 10:00 UTC."""
+    for _, _, chunk in source.chunks(rows):
+        copy = np.empty(chunk.shape, chunk.dtype)
+        kernel._threads.run(numba_backend._copy_rows, [
+            (chunk, copy, lo, hi) for lo, hi in numba_backend._row_ranges(*chunk.shape)])
+        kernel.sweep_lse(copy, f, lam)
 
 
 def _float32(chunk: np.ndarray) -> np.ndarray:
@@ -261,10 +275,9 @@ def main(argv: list[str] | None = None) -> int:
         methods["numba (copy)"] = copy_pass
         methods["numba (float32)"] = lambda: label_mass(float32, numba_kernel, f, lam,
                                                         numba_kernel.chunk_rows(args.k, 4))
-    if args.layout == "transposed":
-        # Each chunk copied to rows by NumPy's one thread, as before 2026-11-28.
-        methods["numba (numpy copy)"] = _with_swapped(
-            methods["numba"], numba_backend.NumbaKernel, "_in_rows", lambda self, chunk: chunk)
+    if args.layout == "transposed" and args.dtype in ("float32", "float64"):
+        methods["numba (chunk copy)"] = lambda: _chunk_copy_pass(source, numba_kernel, f, lam,
+                                                                 rows)
     methods["numba (no prefetch)"] = _with_swapped(
         methods["numba"], numba_backend, "_sweep_rows", _sweep_with(_prefetch_row=_no_prefetch))
     if not args.no_cache:

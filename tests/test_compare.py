@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import re
 import subprocess
 import sys
 import types
@@ -442,6 +443,21 @@ def test_the_json_holds_no_nan_for_strict_readers(tmp_path):
 
 #: The Numba benchmarks compile Numba kernels of their own.
 NEEDS_NUMBA = requires("numba")
+
+
+@NEEDS_NUMBA
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_the_cpu_iteration_benchmark_times_transposed_scores_by_both_routes(dtype, capsys):
+    """The transposed layout's extra row is the route it replaced, built from the backend's
+    own functions (a row that swapped out a removed method broke the script, untested)."""
+    from benchmarks import cpu_iteration
+
+    cpu_iteration.main(["--n", "3000", "--k", "40", "--rounds", "1", "--numpy-rounds", "0",
+                        "--no-sela", "--no-cache", "--layout", "transposed", "--dtype", dtype])
+    printed = capsys.readouterr().out
+    extra = "numba (chunk copy)" if dtype == "float32" else "numba (copy)"
+    assert re.search(rf"^{re.escape(extra)}\s+\d", printed, re.MULTILINE), printed
+    assert re.search(r"^numba\s+\d", printed, re.MULTILINE), printed
 
 
 @pytest.mark.parametrize(("script", "argv", "message"), [
