@@ -85,7 +85,7 @@ def test_sdist_holds_what_builds_and_tests_the_package(artefacts):
         names = {name.split("/", 1)[1] for name in archive.getnames() if "/" in name}
     needed = {
         "pyproject.toml", "README.md", "LICENSE", "requirements-test.txt",
-        "requirements-minimal.txt", "mkdocs.yml",
+        "requirements-minimal.txt", "mkdocs.yml", "CHANGELOG.md", "CITATION.cff",
         "sinklabel/py.typed", "tests/conftest.py", "tests/reference.py",
         "tests/test_packaging.py", "benchmarks/conftest.py", "examples/balanced_kmeans.py",
         "docs/index.md", "docs/img/compare.png",
