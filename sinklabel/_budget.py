@@ -9,6 +9,8 @@ themselves when they are already in memory or memory-mapped.
 
 from __future__ import annotations
 
+from typing import Protocol
+
 from ._validation import check_positive
 from .kernels import Kernel
 from .sources._base import Source, itemsize
@@ -106,10 +108,17 @@ def _least_block_bytes(per_row: int, n_points: int, block_bytes: int) -> int:
     return least
 
 
-def default_rows(kernel: Kernel, source: Source) -> int:
-    """The backend's rows per chunk, at most ``STREAM_BLOCK_BYTES`` of a streamed source: GPU
-    kernels take all rows at once, a file or a function must not be asked for them."""
-    rows = kernel.chunk_rows(source.shape[1], itemsize(source.dtype))
+class ChunkSizer(Protocol):
+    """What picks the rows of a chunk: a kernel, or the tables ``cache=True`` keeps per chunk."""
+
+    def chunk_rows(self, n_labels: int, itemsize: int) -> int: ...
+
+
+def default_rows(sizer: ChunkSizer, source: Source) -> int:
+    """The backend's rows per chunk (``sizer``: its kernel, or its tables with ``cache=True``),
+    at most ``STREAM_BLOCK_BYTES`` of a streamed source: GPU kernels take all rows at once, a
+    file or a function must not be asked for them."""
+    rows = sizer.chunk_rows(source.shape[1], itemsize(source.dtype))
     if source.in_memory:
         return rows
     return min(rows, max(1, STREAM_BLOCK_BYTES // (source.shape[1] * itemsize(source.dtype))))

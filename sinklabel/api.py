@@ -138,7 +138,8 @@ def sinkhorn(
         (N counted over every rank). Across ranks only the rows whose label is in doubt
         travel, to rank 0 (docs/distributed.md).
     cache : bool, default=False
-        Numba backend only. Keep, between passes, the exponentials that can matter (a sparse,
+        Numba kernels only: the ``numba`` backend, and ``torch`` for CPU tensors. Keep,
+        between passes, the exponentials that can matter (a sparse,
         row-shifted ``exp`` of each chunk, built in the first pass): later passes cost
         O(kept entries) and read a block of the scores (call a source function) only where
         some of its rows cannot be answered from the cache: after the first pass, never on
@@ -147,7 +148,7 @@ def sinkhorn(
         (far warm starts, starved labels) may lead the solver another way, to potentials
         that meet the same tolerance in a different number of passes. Its memory counts
         against ``memory_limit`` (see docs/backends.md, "Caching the exponentials"). Other
-        backends raise ValueError.
+        backends, and CUDA tensors, raise ValueError.
 
     Returns
     -------
@@ -438,13 +439,14 @@ def _chunk_rows(
     most half of it with ``cache``: the cached exponentials take the rest). A ``cache`` the
     backend cannot keep is refused first: a budget error would otherwise come first and,
     once fixed, be followed by that one."""
-    if cache:
-        exp_tables(kernel)
+    tables = exp_tables(kernel) if cache else None
+    if tables is not None:
+        tables.check(source)
     if memory_limit is not None and chunk_size is not None:
         raise ValueError("give chunk_size or memory_limit, not both")
     if chunk_size is not None:
         return check_positive("chunk_size", chunk_size, integer=True)
-    rows = default_rows(kernel, source)
+    rows = default_rows(kernel if tables is None else tables, source)
     if memory_limit is None:
         return rows
     fixed = fixed_bytes(*source.shape)

@@ -41,9 +41,10 @@ scores with K <= 65535. By default ``cap = max(32, K // 8)`` (at most K); with
 or a ValueError when it cannot hold one entry per row. A row cut short by the cap is still
 exact: it just fails the table's test more often and is computed from the raw scores.
 
-Only some backends have tables (``sinklabel.kernels.exp_tables``; today Numba). A backend's
-table builder provides ``build``, ``max_bytes``, and ``sweep_rows``/``best_rows`` (the uncached
-operations on listed rows of a raw chunk, for repairs); its tables provide ``lam``,
+Only some backends have tables (``sinklabel.kernels.exp_tables``; today Numba, and torch on
+CPU tensors through Numba's tables). A backend's table builder provides ``build``,
+``max_bytes``, ``sweep_rows``/``best_rows`` (the uncached operations on listed rows of a raw
+chunk, for repairs), ``chunk_rows`` and ``check``; its tables provide ``lam``,
 ``nbytes``, ``n_entries``, ``sweep_lse(f)`` and ``best(f)``, which name their bad rows.
 """
 

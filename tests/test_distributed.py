@@ -434,6 +434,11 @@ def _cached_cases(rank: int, world: int) -> dict:
             chunk_size=50, distributed=True, cache=True,
         )),
     }
+    # A CPU tensor's tables are the Numba backend's on its view: the same bits.
+    tensor = sinklabel.sinkhorn(
+        torch.from_numpy(_shard(PEAKED, peaked_sizes, rank)), 6, lam=10.0,
+        label_weights=WEIGHTS, init=INIT, chunk_size=50, distributed=True, cache=True)
+    out["peaked tensor"] = (_summary(tensor), type(tensor.labels).__name__)
     balanced = sinklabel.sinkhorn(_shard(FLAT, flat_sizes, rank), 6, chunk_size=16,
                                   distributed=True, cache=True, balance="exact")
     out["balanced"] = (np.asarray(balanced.labels), balanced.certificate.primal,
@@ -467,6 +472,11 @@ def test_cached_ranks_match_one_uncached_process_and_fail_together(tmp_path):
         labels = np.concatenate([run["labels"] for run in runs])
         np.testing.assert_array_equal(labels, reference.labels)
         np.testing.assert_array_equal(runs[0]["counts"], reference.label_counts)
+    for ranked in per_rank:
+        tensor, kind = ranked["peaked tensor"]
+        assert kind == "Tensor"
+        for key in ("potentials", "labels", "counts"):
+            np.testing.assert_array_equal(tensor[key], ranked["peaked"][key])
     # The exact step reads the raw scores behind the cache, across both ranks.
     exact = sinklabel.sinkhorn(FLAT, 6, balance="exact")
     labels = np.concatenate([ranked["balanced"][0] for ranked in per_rank])

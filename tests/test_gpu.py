@@ -499,6 +499,23 @@ def test_cuda_tensor_with_a_host_backend_says_what_to_pass():
             sinklabel.sinkhorn(cp.zeros((10, 3)), 3, backend="torch")
 
 
+@needs_torch
+def test_the_cache_refuses_cuda_tensors_before_any_work_and_cuda_blocks_as_read():
+    """cache=True keeps tables of CPU tensors: a CUDA tensor is refused by its device, a
+    function's CUDA blocks by the tables at the first block (the torch backend takes them)."""
+    from sinklabel.sources import CallableSource
+
+    x = torch.zeros((10, 3), device="cuda")
+    with pytest.raises(ValueError, match="keeps tables of CPU scores .* these are on cuda"):
+        sinklabel.sinkhorn(x, 3, cache=True)
+    calls = []
+    source = CallableSource(lambda a, b: calls.append(a) or x[a:b], (10, 3), "float32",
+                            library="torch")
+    with pytest.raises(ValueError, match="these are on cuda"):
+        sinklabel.sinkhorn(source, 3, cache=True)
+    assert calls == [0]
+
+
 @pytest.mark.parametrize("library, dtype", [c for c in CASES if c.values[1] != "float64"])
 @pytest.mark.parametrize("k", [21, 40, 3000])
 def test_every_tuning_candidate_matches_numpy_kernel(library, dtype, k):

@@ -16,10 +16,11 @@ _KERNELS: dict[str, tuple[str, str, str]] = {
     "cupy": ("sinklabel.kernels.cupy", "CupyKernel", "cupy"),
 }
 
-#: Backends that can cache screened exponentials between passes (``cache=True``):
-#: name -> (module, class of the table builder, which takes the backend's kernel).
-_EXP_TABLES: dict[str, tuple[str, str]] = {
-    "numba": ("sinklabel.kernels._exp_cache", "NumbaExpTables"),
+#: Backends that can cache screened exponentials between passes (``cache=True``): name ->
+#: (module, class of the table builder, which takes the backend's kernel; what it needs).
+_EXP_TABLES: dict[str, tuple[str, str, str]] = {
+    "numba": ("sinklabel.kernels._exp_cache", "NumbaExpTables", "numba"),
+    "torch": ("sinklabel.kernels._torch_exp_cache", "TorchCpuExpTables", "numba"),
 }
 
 #: Per input library, the backends "auto" tries in order.
@@ -89,21 +90,27 @@ def resolve_kernel(backend: str, library: str) -> Kernel:
 
 def exp_tables(kernel: Kernel) -> Any:
     """The builder of cached exponential tables for ``kernel``'s backend (``cache=True``);
-    ValueError naming the backends that have one when this one does not."""
+    ValueError naming the backends that have one when this one does not, or what to install.
+
+    A builder provides ``build``, ``max_bytes``, ``sweep_rows`` and ``best_rows`` (see
+    ``sinklabel.exp_cache``), ``chunk_rows`` (the rows per chunk its tables are kept for) and
+    ``check`` (a ValueError for scores it cannot keep tables of, before any work).
+    """
     if kernel.name not in _EXP_TABLES:
-        names = " or ".join(repr(name) for name in _EXP_TABLES)
-        view = (" (a float16, float32 or float64 CPU tensor's .detach().numpy() is one, "
-                "without a copy)" if kernel.name == "torch" else "")
-        missing = [name for name in _EXP_TABLES
-                   if importlib.util.find_spec(_KERNELS[name][2]) is None]
-        install = "".join(f"; {_KERNELS[name][2]} is not installed: pip install "
-                          f"'sinklabel[{name}]'" for name in missing)
+        install = ("; numba is not installed: pip install 'sinklabel[numba]'"
+                   if importlib.util.find_spec("numba") is None else "")
         raise ValueError(
-            f"cache=True is an option of the {names} backend; this solve runs on "
-            f"backend {kernel.name!r}. Pass cache=False, or backend={names} for NumPy input"
-            f"{view}{install}"
+            "cache=True is an option of the 'numba' backend, and of 'torch' for CPU tensors; "
+            f"this solve runs on backend {kernel.name!r}. Pass cache=False, or "
+            f"backend='numba' for NumPy input{install}"
         )
-    module, cls = _EXP_TABLES[kernel.name]
+    module, cls, needs = _EXP_TABLES[kernel.name]
+    if importlib.util.find_spec(needs) is None:
+        raise ValueError(
+            f"cache=True on backend {kernel.name!r} keeps its tables with the {needs} kernels, "
+            f"and {needs} is not installed: pip install 'sinklabel[{needs}]', or pass "
+            "cache=False"
+        )
     return getattr(importlib.import_module(module), cls)(kernel)
 
 

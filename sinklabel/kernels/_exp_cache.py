@@ -386,6 +386,10 @@ class NumbaExpTables:
 
     def __init__(self, kernel: NumbaKernel):
         self.run = kernel._threads.run
+        self.chunk_rows = kernel.chunk_rows
+
+    def check(self, scores: object) -> None:
+        """Every NumPy array's tables can be kept (the other libraries have other backends)."""
 
     def sweep_rows(self, block: np.ndarray, rows: np.ndarray, f: np.ndarray,
                    lam: float) -> tuple[np.ndarray, float]:
