@@ -115,14 +115,17 @@ def test_scikit_learn_clone_shares_the_process_group_and_copies_the_rest():
     assert not hasattr(copied, "result_")
 
 
-def test_the_cache_hint_for_tensors_works_on_a_tensor_that_requires_grad(logp):
+def test_a_tensor_that_requires_grad_takes_the_cache(logp):
+    """Once refused with a hint to pass ``.detach().numpy()``; the torch backend now keeps
+    the same tables itself, records no graph, and returns the labels as a tensor."""
     torch = pytest.importorskip("torch")
+    pytest.importorskip("numba")
     logits = torch.tensor(logp, dtype=torch.float32, requires_grad=True)
-    with pytest.raises(ValueError, match=r"cache=True .*\.detach\(\)\.numpy\(\)") as refused:
-        sinkhorn(logits, 5, cache=True)
-    assert "float16, float32 or float64 CPU tensor" in str(refused.value)
-    cached = sinkhorn(logits.detach().numpy(), 5, cache=True)
-    np.testing.assert_allclose(cached.potentials, sinkhorn(logits, 5).potentials, atol=1e-5)
+    cached = sinkhorn(logits, 5, cache=True)
+    assert isinstance(cached.labels, torch.Tensor) and not cached.labels.requires_grad
+    expected = sinkhorn(logits.detach().numpy(), 5, cache=True, backend="numba")
+    np.testing.assert_array_equal(cached.potentials, expected.potentials)
+    assert logits.grad is None and logits.grad_fn is None
 
 
 def test_partial_fit_names_n_labels_when_that_changed_k(logp):
