@@ -51,11 +51,15 @@ def test_a_cached_tensor_solve_is_the_cached_numba_solve_bit_for_bit(regime, dty
     assert np.mean(got.labels.numpy() == uncached.labels.numpy()) > 0.99
 
 
-def test_tables_are_kept_per_numba_chunk_within_a_memory_limit():
+def test_tables_are_kept_per_numba_chunk_within_a_memory_limit(monkeypatch):
     """The torch backend takes every row in one chunk; its tables are kept in the Numba
-    backend's chunks, as for NumPy input, which a budget sizes the same way."""
+    backend's chunks (here made 1500 rows, so that there are several), as for NumPy input,
+    which a budget sizes the same way."""
+    from sinklabel.kernels.numba import NumbaKernel
+
+    monkeypatch.setattr(NumbaKernel, "chunk_rows", lambda self, k, itemsize: 1500)
     x = torch.from_numpy(_scores("peaked", n=20000, k=100))
-    for budget in (None, "8MB"):
+    for budget in (None, "3MB"):
         got = sinkhorn(x, 100, cache=True, memory_limit=budget)
         expected = sinkhorn(x.numpy(), 100, cache=True, memory_limit=budget, backend="numba")
         _assert_same_solve(got, expected)
@@ -71,14 +75,21 @@ def test_a_function_of_cpu_tensors_and_the_estimator_take_the_cache():
     assert isinstance(labels, torch.Tensor) and np.array_equal(labels.numpy(), expected.labels)
 
 
+@pytest.mark.parametrize("lam", [1.0, 25.0])
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_a_negated_view_is_cached_from_a_copy_of_its_values(dtype):
-    """A tensor whose memory holds -x under a "negate" bit has no NumPy view (the torch
-    backend computes it with its own operations): the tables get a copy of its values."""
+def test_a_negated_view_is_cached_from_a_copy_of_its_values(dtype, lam):
+    """A tensor whose memory holds -x under a "negate" bit has no NumPy view: the torch
+    backend computes its passes with its own operations, and the tables are built from a copy
+    of its values. At lam = 1 the tables keep nothing and every pass is torch's; at 25 they
+    answer. Either way the solve is the cached Numba solve's, to rounding."""
     x = torch._neg_view(-_tensor(_scores("peaked"), dtype, "rows"))
     assert x.is_neg()
-    _assert_same_solve(sinkhorn(x, 40, cache=True),
-                       sinkhorn(_as_numpy(x.resolve_neg()), 40, cache=True, backend="numba"))
+    got = sinkhorn(x, 40, lam=lam, tol=1e-6, cache=True)
+    expected = sinkhorn(_as_numpy(x.resolve_neg()), 40, lam=lam, tol=1e-6, cache=True,
+                        backend="numba")
+    assert got.converged and expected.converged and isinstance(got.labels, torch.Tensor)
+    np.testing.assert_allclose(got.potentials, expected.potentials, atol=1e-4)
+    assert np.mean(got.labels.numpy() == expected.labels) > 0.999
 
 
 def test_tensors_off_the_cpu_are_refused_before_any_work():
@@ -94,6 +105,25 @@ def test_tensors_off_the_cpu_are_refused_before_any_work():
     with pytest.raises(TypeError, match="got one on meta"):
         sinkhorn(source, 3, cache=True)
     assert calls == [0]
+
+
+def test_numba_that_cannot_run_is_said_before_any_work(monkeypatch):
+    """Installed but switched off (``NUMBA_DISABLE_JIT=1``): its modules refuse to load."""
+    import importlib
+
+    from sinklabel.kernels import BackendUnavailable
+
+    imported = importlib.import_module
+
+    def refuse(name, *args):
+        if name.endswith("_torch_exp_cache"):
+            raise BackendUnavailable("numba's compiler is switched off")
+        return imported(name, *args)
+
+    monkeypatch.setattr(importlib, "import_module", refuse)
+    with pytest.raises(ValueError, match=r"keeps its tables with the numba kernels, which "
+                       r"cannot run here \(numba's compiler is switched off\); pass cache=False"):
+        sinkhorn(torch.zeros((8, 3)), 3, cache=True)
 
 
 def test_without_numba_the_cache_says_what_to_install(monkeypatch):

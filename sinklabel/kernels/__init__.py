@@ -111,7 +111,13 @@ def exp_tables(kernel: Kernel) -> Any:
             f"and {needs} is not installed: pip install 'sinklabel[{needs}]', or pass "
             "cache=False"
         )
-    return getattr(importlib.import_module(module), cls)(kernel)
+    try:
+        return getattr(importlib.import_module(module), cls)(kernel)
+    except BackendUnavailable as exc:  # installed, but cannot run (e.g. its JIT switched off)
+        raise ValueError(
+            f"cache=True on backend {kernel.name!r} keeps its tables with the {needs} kernels, "
+            f"which cannot run here ({exc}); pass cache=False"
+        ) from exc
 
 
 def _libraries(backend: str) -> tuple[str, ...]:

@@ -1,9 +1,9 @@
 """The torch backend: CUDA tensors through fused Triton kernels (``_triton``); float64, float32,
 float16 and bfloat16 CPU tensors through the Numba kernels on a NumPy view of their memory
-(bfloat16 as its bits; layouts they cannot read in place copied a block at a time), 4-6x faster
-than torch's own ops for float32, 4-7x for the 16-bit types and 2.7-4.4x for float64 (measured
-side by side: torch's take several passes over each block of temporaries); everything else
-(Numba or Triton not installed) through blocked vectorised torch ops.
+(bfloat16 as its bits; layouts they cannot read in place copied a task's rows at a time),
+4-6x faster than torch's own ops for float32, 4-7x for the 16-bit types and 2.7-4.4x for
+float64 (measured side by side: torch's take several passes over each block of temporaries);
+everything else (Numba or Triton not installed) through blocked vectorised torch ops.
 
 Every operation runs on detached tensors: no autograd graph is recorded through a solve, and
 inputs that require grad are read as they are. float16 and bfloat16 scores are computed in
@@ -163,9 +163,9 @@ class TorchKernel(Kernel):
     def _numba_view(self, x: torch.Tensor) -> np.ndarray | None:
         """A NumPy view of ``x`` for the Numba kernels, or None: float64, float32, float16 and
         bfloat16 (as its bits) CPU tensors. Rows Numba reads in place cost no copy; other
-        layouts (transposed, strided columns) are copied one Numba block at a time, as NumPy
-        arrays are, a pass 1.3x faster than torch's ops took (200,000 x 1000 float32, side by
-        side, docs/benchmarks.md). float64 takes this route since the kernels' float64 exp
+        layouts (transposed, strided columns) are copied a task's rows at a time, as NumPy
+        arrays are (docs/benchmarks.md: 1.5x faster than torch's ops at 200,000 x 1000
+        float32, side by side). float64 takes this route since the kernels' float64 exp
         vectorises (2.7-4.4x faster than torch's ops at 1000 labels, measured side by side;
         with libm's scalar exp the two were within 1.5x of each other)."""
         import torch
