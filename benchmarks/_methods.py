@@ -61,7 +61,9 @@ def place(host: np.ndarray, library: str, device: str) -> Any:
     if library == "torch":
         import torch
 
-        return torch.from_numpy(host).to(device)
+        with warnings.catch_warnings():  # shared read-only scores: no method writes them
+            warnings.filterwarnings("ignore", "The given NumPy array is not writable")
+            return torch.from_numpy(host).to(device)
     if library == "jax":
         import jax
 

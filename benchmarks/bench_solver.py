@@ -89,3 +89,21 @@ def test_to_tolerance(benchmark, target, size, regime, dtype, rounds):
     result = benchmark.pedantic(solve, rounds=rounds, warmup_rounds=1)
     assert result.converged
     assert check_result(result, scores) <= TOL * 1.01
+
+
+#: Targets whose solves take ``cache=True``: the Numba kernels, on NumPy arrays or CPU tensors.
+CACHED_TARGETS = {("numba", "numpy", "cpu"), ("torch", "torch", "cpu")}
+
+
+@pytest.mark.parametrize("regime", REGIMES)
+def test_cached_to_tolerance(benchmark, target, size, regime, rounds):
+    """test_to_tolerance with ``cache=True``: the first pass builds the tables, later ones
+    answer from them; the result is checked against the same oracle."""
+    if tuple(target) not in CACHED_TARGETS:
+        pytest.skip(f"cache=True keeps tables for {sorted(CACHED_TARGETS)} only")
+    pytest.importorskip("numba")
+    scores = host_scores(*size, regime, "float32")
+    solve = run_solver(target, on_target(scores, target), tol=TOL, max_iter=1000, cache=True)
+    result = benchmark.pedantic(solve, rounds=rounds, warmup_rounds=1)
+    assert result.converged
+    assert check_result(result, scores) <= TOL * 1.01
