@@ -62,6 +62,7 @@ from .numba import (
     _reads_in_place,
     _row_buffer,
     _row_ranges,
+    _typed,
     _widen,
 )
 from .numba import _best_rows as _raw_best_rows
@@ -398,7 +399,7 @@ class NumbaExpTables:
         block, rows = _listed_rows(block, rows)
         buf, ld, dtype = _row_buffer(block)
         k = block.shape[1]
-        f_typed, lam_typed = np.ascontiguousarray(f, dtype=dtype), dtype.type(lam)
+        f_typed, lam_typed = _typed(block, f, lam)
         underflow = dtype.type(_UNDERFLOW[dtype])
         tasks = _listed_tasks(rows, k)
         acc = np.zeros((len(tasks), k + 1))
@@ -412,9 +413,9 @@ class NumbaExpTables:
         """The uncached ``best`` of the rows ``rows`` of a raw chunk, written into ``top`` and
         ``labels`` at those rows."""
         listed, at = _listed_rows(block, rows)
-        buf, ld, dtype = _row_buffer(listed)
+        buf, ld, _ = _row_buffer(listed)
         k = block.shape[1]
-        f_typed, lam_typed = np.ascontiguousarray(f, dtype=dtype), dtype.type(lam)
+        f_typed, lam_typed = _typed(listed, f, lam)
         copied = at is not rows  # then computed on their own, and put in place after
         into = (np.empty_like(top, shape=at.size), np.empty_like(labels, shape=at.size)
                 ) if copied else (top, labels)
