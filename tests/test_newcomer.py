@@ -36,6 +36,44 @@ def test_plain_progress_gives_the_estimate_once_the_rate_is_known(capsys):
     assert capsys.readouterr().err.startswith("sinkhorn: iteration 11/20, error ")
 
 
+@pytest.mark.usefixtures("without_tqdm")
+def test_plain_progress_gives_no_total_while_the_rate_only_reaches_the_cap(capsys):
+    """"iteration 7/1000, ..., about 426 s left" opened a demo of 61 passes: a rate was
+    measured, but so slow that the estimate was ``max_iter`` itself."""
+    bar = Progress(True, total=1000, tol=1e-12)
+    bar.history += [1.0 - 0.001 * i for i in range(1, 11)]  # falls, far too slowly
+    bar.update(11, 0.98)
+    line = capsys.readouterr().err
+    assert line.startswith("sinkhorn: iteration 11, error ")
+    assert "/1000" not in line and "left" not in line
+
+
+@pytest.mark.usefixtures("without_tqdm")
+def test_plain_progress_shows_the_best_error_not_an_overshooting_trial(capsys):
+    """The solver returns the best point it saw; a line search's trial step that overshoots
+    (6.8e-2, then 1.56) is not where the solve stands."""
+    bar = Progress(True, total=1000, tol=1e-3)
+    bar.history += [0.5, 0.068]
+    bar.update(3, 1.56)
+    assert ", error 6.80e-02, " in capsys.readouterr().err
+
+
+def test_the_bar_shows_the_best_error_so_far(monkeypatch: pytest.MonkeyPatch):
+    """With tqdm, the bar's postfix is the best error as well."""
+    tqdm = pytest.importorskip("tqdm")
+    assert tqdm is not None
+    bar = Progress(True, total=1000, tol=1e-3)
+    try:
+        postfixes = []
+        monkeypatch.setattr(bar._bar, "set_postfix",
+                            lambda refresh=True, **values: postfixes.append(values))
+        for iteration, error in enumerate((0.5, 0.068, 1.56), start=1):
+            bar.update(iteration, error)
+    finally:
+        bar.close()
+    assert [p["error"] for p in postfixes] == ["5.00e-01", "6.80e-02", "6.80e-02"]
+
+
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     """The progress module's clock, set by the test: ``clock[0]`` seconds."""
