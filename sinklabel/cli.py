@@ -46,6 +46,20 @@ CLI_TERMS = (
      "capacities that allow them)"),
     (re.compile(r"\bpass capacities explicitly\b"), "give the sizes with --capacities"),
     (re.compile(r"(?<!sinklabel\.)\bsolve_exact\b"), "sinklabel.solve_exact in Python"),
+    (re.compile(r"\b([Pp])ass cache=False\b"),
+     lambda match: ("L" if match[1] == "P" else "l") + "eave out --cache"),
+    (re.compile(r"\bor backend=(['\"])(\w+)\1"), r"or pass --backend \2"),
+    (re.compile(r"\bbackend=(['\"])(\w+)\1"), r"--backend \2"),
+    # The options read from files, where the library names its argument ("init must hold").
+    (re.compile(r"\b(init|capacities|prices)(?= must\b| of shape\b|: )"), r"--\1"),
+    (re.compile(r"\bthose labels' weights\b"), "those labels' --weights"),
+    (re.compile(r"\bthe PrecisionWarning\b"), "the precision warning"),
+    (re.compile(r"\bexpected a result or a 1-D integer label array\b"),
+     "the labels file must hold a 1-D integer array"),
+    # The scores are the file the command read ("scores: no such file", as "weights: ..."),
+    # except in a formula ("lam * logp + f").
+    (re.compile(r"\blogp: "), "scores: "),
+    (re.compile(r"(?<!\* )\blogp\b(?![.\[])"), "the scores file"),
 )
 #: What in_cli_terms leaves as it is: a quoted value, such as a path the user named
 #: ('label_weights.npy', 'runs/tol=0.01/scores.npy'), opened by a quote after no letter and

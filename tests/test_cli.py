@@ -76,15 +76,27 @@ def test_no_command_is_a_usage_error_not_an_internal_one(capsys):
     assert "Traceback" not in err
 
 
-@pytest.mark.parametrize("missing, named", [("-k", "-k/--k"), ("-o", "-o/--output")])
-def test_assign_requires_the_label_count_and_the_output(scores_file, tmp_path, capsys,
-                                                        monkeypatch, missing, named):
-    given = {"-k": "6", "-o": str(tmp_path / "labels.npy")}
-    del given[missing]
-    argv = ["assign", str(scores_file), *[arg for pair in given.items() for arg in pair]]
-    err = _rejected_before_work(argv, capsys, monkeypatch)
-    assert f"the following arguments are required: {named}" in err
-    assert not (tmp_path / "labels.npy").exists()
+def test_assign_requires_the_output(scores_file, tmp_path, capsys, monkeypatch):
+    err = _rejected_before_work(["assign", str(scores_file), "-k", "6"], capsys, monkeypatch)
+    assert "the following arguments are required: -o/--output" in err
+
+
+def test_assign_takes_k_from_the_scores_and_refuses_another_by_its_flag(scores_file, tmp_path,
+                                                                        capsys):
+    """-k had to be given and could only repeat the scores' column count; a wrong one was
+    refused in the library's terms ("K=5 but logp has shape (300, 6): K must be
+    logp.shape[1]"), naming neither the flag nor the file."""
+    out = tmp_path / "labels.npy"
+    assert main(["assign", str(scores_file), "-o", str(out), "--no-progress"]) == 0
+    labels = np.load(out)
+    assert labels.shape == (300,) and np.bincount(labels, minlength=6).min() > 0
+    assert labels.max() == 5
+    assert "labels saved to" in capsys.readouterr().err
+    out.unlink()
+    assert main(["assign", str(scores_file), "-k", "5", "-o", str(out)]) == 2
+    assert capsys.readouterr().err == (
+        "sinklabel assign: error: -k 5 but the scores have shape (300, 6)\n")
+    assert not out.exists()
 
 
 def test_the_help_gives_each_command_the_first_line_of_its_docstring(capsys):
@@ -137,7 +149,9 @@ def test_assign_reports_bad_input_without_a_traceback(tmp_path, capsys):
     path = tmp_path / "scores.npy"
     np.save(path, np.zeros((10, 4), dtype=np.float32))
     assert main(["assign", str(path), "-k", "10", "-o", str(tmp_path / "x.npy")]) == 2
-    assert "transposed" in capsys.readouterr().err
+    assert capsys.readouterr().err == (
+        "sinklabel assign: error: -k 10 but the scores have shape (10, 4) (the file looks "
+        "transposed: save the scores transposed)\n")
 
 
 def test_missing_file_is_an_error(tmp_path, capsys):
@@ -724,6 +738,33 @@ def test_cli_terms_leave_the_formula_and_other_words_alone():
         "(tolerance), --weights=w, --lam 25, --cache, --exact")
 
 
+@pytest.mark.parametrize(("message", "in_cli"), [
+    ("this solve runs on backend 'numpy'. Pass cache=False, or backend='numba' for NumPy input",
+     "this solve runs on backend 'numpy'. Leave out --cache, or pass --backend numba for NumPy "
+     "input"),
+    ("not installed: pip install 'sinklabel[numba]', or pass cache=False",
+     "not installed: pip install 'sinklabel[numba]', or leave out --cache"),
+    ("init must have shape (50,), got (40,)", "--init must have shape (50,), got (40,)"),
+    ("capacities must sum to N=5000, got 4950", "--capacities must sum to N=5000, got 4950"),
+    ("capacities: lower[2]=5 exceeds upper[2]=4", "--capacities: lower[2]=5 exceeds upper[2]=4"),
+    ("prices must be finite", "--prices must be finite"),
+    ("the prices' spread", "the prices' spread"),
+    ("Raise those labels' weights or unmask more rows",
+     "Raise those labels' --weights or unmask more rows"),
+    ("on its way (see the PrecisionWarning)", "on its way (see the precision warning)"),
+    ("expected a result or a 1-D integer label array, got ndarray with shape (3, 2)",
+     "the labels file must hold a 1-D integer array, got ndarray with shape (3, 2)"),
+    ("logp contains NaN (row 0)", "the scores file contains NaN (row 0)"),
+    ("row 7 of logp has no finite score", "row 7 of the scores file has no finite score"),
+    ("logp: no such file 'logp.npy'", "scores: no such file 'logp.npy'"),
+    ("lam * logp + potentials reach 1e+30", "lam * logp + potentials reach 1e+30"),
+])
+def test_cli_terms_name_the_flags_and_files_not_the_arguments(message, in_cli):
+    """Errors said "init must have shape (50,)", "Pass cache=False" and "logp contains NaN"
+    to a user who gave --init, --cache and a scores file."""
+    assert in_cli_terms(message) == in_cli
+
+
 def test_cli_terms_leave_the_paths_the_user_named(tmp_path, capsys):
     """A path is the user's, not the library's option: 'label_weights.npy' was printed as
     '--weights.npy', and a folder 'tol=0.01' as '--tol 0.01', naming files that do not exist."""
@@ -894,8 +935,7 @@ def test_a_pipe_given_for_a_npy_file_is_named(scores_file, tmp_path, capsys, whi
         assert main(argv) == 2
     finally:
         os.close(held)
-    what = "logp" if which == "scores" else "labels"
-    assert f"{what}: {str(pipe)!r} is not a regular file" in capsys.readouterr().err
+    assert f"{which}: {str(pipe)!r} is not a regular file" in capsys.readouterr().err
 
 
 class _ClosedPipe(io.StringIO):

@@ -154,7 +154,7 @@ def scores_file(tmp_path):
 
 
 @pytest.mark.parametrize(("argv", "named"), [
-    (["assign", "{folder}", "-k", "4", "-o", "{out}"], "logp: '{folder}' is a folder"),
+    (["assign", "{folder}", "-k", "4", "-o", "{out}"], "scores: '{folder}' is a folder"),
     (["assign", "{scores}", "-k", "4", "-o", "{out}", "--init", "{folder}"],
      "init: '{folder}' is a folder"),
     (["check", "{scores}", "{folder}"], "labels: '{folder}' is a folder"),

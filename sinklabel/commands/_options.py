@@ -99,6 +99,14 @@ def summarize(result: Any, seconds: float) -> str:
     ])
 
 
+def check_k(k: int | None, shape: tuple[int, ...]) -> None:
+    """Refuse a ``-k`` other than the scores' column count, by its flag (the library's
+    error names its own argument, ``K``)."""
+    if k is not None and k != shape[1]:
+        hint = " (the file looks transposed: save the scores transposed)" if k == shape[0] else ""
+        raise ValueError(f"-k {k} but the scores have shape {tuple(shape)}{hint}")
+
+
 def load_npy(path: str, what: str) -> np.ndarray:
     """A whole ``.npy`` array, with an error naming ``what`` it should hold when it is not
     one (``np.load`` would return an ``.npz`` archive or call any file pickled data), is

@@ -17,8 +17,10 @@ import numpy as np
 from ..api import sinkhorn
 from ..check import result_prices
 from ..result import SinkhornResult
+from ..sources import as_source
 from ._options import (
     add_solver_options,
+    check_k,
     check_outputs,
     load_npy,
     positive,
@@ -34,7 +36,9 @@ MEMORY_HINT = ("bound the solve's extra memory with --memory-limit (such as 2GB)
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("scores", help="(N, K) float .npy file of log-probabilities or logits")
-    parser.add_argument("-k", "--k", type=positive(int), required=True, help="number of labels K")
+    parser.add_argument("-k", "--k", type=positive(int),
+                        help="number of labels K, checked against the scores' columns "
+                        "(default: the number of columns)")
     parser.add_argument("-o", "--output", required=True, help="where to save the labels (.npy)")
     parser.add_argument("--potentials", help="also save the label potentials (.npy) here")
     parser.add_argument("--prices", help="also save the label prices (.npy, in the units of "
@@ -56,12 +60,13 @@ def run(args: argparse.Namespace) -> int:
     # epoch); the labels and prices may not.
     check_outputs([(args.output, None), (args.potentials, "--init"), (args.prices, None)],
                   {"scores": args.scores, "--weights": args.weights, "--init": args.init})
+    scores = as_source(args.scores)  # memory-mapped, with errors naming the file
+    check_k(args.k, scores.shape)
     weights = None if args.weights is None else load_npy(args.weights, "weights")
     init = None if args.init is None else load_npy(args.init, "init")
     start = time.perf_counter()
     balance = "exact" if args.exact else None
-    # The path, not an array: the file is memory-mapped.
-    result = sinkhorn(args.scores, args.k, label_weights=weights, init=init, balance=balance,
+    result = sinkhorn(scores, scores.shape[1], label_weights=weights, init=init, balance=balance,
                       **solver_kwargs(args))
     seconds = time.perf_counter() - start
     save_outputs(_outputs(args, result))

@@ -15,7 +15,7 @@ from .._capacities import balanced_range
 from .._validation import check_label_weights
 from ..check import check
 from ..sources import as_source
-from ._options import load_npy, positive
+from ._options import check_k, load_npy, positive
 
 #: What to do when the exact solve does not fit in memory (see ``cli.main``).
 MEMORY_HINT = ("give --no-exact to skip the exact solve, with --prices saved by 'sinklabel "
@@ -43,8 +43,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     scores = as_source(args.scores)  # memory-mapped, with errors naming the file
     labels = load_npy(args.labels, "labels")
-    if args.k is not None and args.k != scores.shape[1]:
-        raise ValueError(f"-k {args.k} but the scores have shape {scores.shape}")
+    check_k(args.k, scores.shape)
     capacities: np.ndarray | tuple[np.ndarray, np.ndarray] | None = (
         None if args.capacities is None else load_npy(args.capacities, "capacities")
     )
