@@ -49,7 +49,8 @@ class CheckReport:
         ``objective - bound``: at most this much is lost against the optimum (when the
         sizes are within capacity; a labelling that breaks them may even beat the optimum).
     relative_gap : float
-        ``gap / |bound|``.
+        ``gap / |bound|``: relative to the optimum (or its certified bound), where
+        :attr:`Certificate.relative_gap` divides by the labelling's own cost.
     agreement : float or None
         Fraction of points labelled as in the exact solution (None when not solved). Ties in
         the scores can make two optimal labellings disagree.
@@ -156,7 +157,7 @@ def check(
         solved for).
     exact : bool, default=None
         Solve the exact problem (for the optimum and agreement). None: when N * K is at most
-        ``EXACT_LIMIT``; otherwise only the certified bound from the result's prices.
+        1e9; otherwise only the certified bound from the result's prices.
     prices : array of shape (K,), default=None
         Label prices for the bound, in the units of ``logp`` (e.g. ``result.prices`` saved
         from an earlier run), in place of the result's. Without them, bare labels are

@@ -96,6 +96,8 @@ class SinkhornLabeler:
         return {name: getattr(self, name) for name in names}
 
     def set_params(self, **params: Any) -> Self:
+        """Set constructor parameters by name, as scikit-learn's ``clone`` and grid searches
+        do; an unknown name is refused rather than stored."""
         for name, value in params.items():
             if name not in self.get_params():
                 raise ValueError(f"unknown parameter {name!r} for SinkhornLabeler")

@@ -135,8 +135,9 @@ def solve_exact(
     ValueError
         On bad capacities, or when no labelling can meet them because of -inf scores.
     MemoryError
-        Before any pass over the scores, when the solver's host arrays (see
-        :func:`check_host_memory`) exceed this machine's physical memory.
+        Before any pass over the scores, when the solver's host arrays (the scores as one
+        float array unless they already are one in host memory, the auction's per-point
+        arrays and a K x K label graph) exceed this machine's physical memory.
     """
     source = checked(as_source(logp))  # a stream's blocks are checked whenever read
     K = check_shape(source, K)

@@ -29,10 +29,11 @@ def test_demo_on_peaked_scores_finds_the_generator_clusters_and_exits_1_unconver
     do: the balance moves the rest); stopped at --max-iter, it exits 1."""
     argv = ["demo", "-n", "3000", "-k", "30", "--no-progress"]
     assert main(argv) == 0
-    line = [s for s in capsys.readouterr().out.splitlines() if s.startswith("same as generator")]
+    line = [s for s in capsys.readouterr().out.splitlines()
+            if s.startswith("generator's cluster")]
     scores, truth = make_scores(3000, 30, regime="peaked", seed=0)
     agreement = np.mean(sinklabel.sinkhorn(scores, 30).labels == truth)
-    assert line == [f"same as generator {100 * agreement:.1f}% of points"]
+    assert line == [f"generator's cluster {100 * agreement:.1f}% of points labelled as generated"]
     assert agreement > 0.9
     assert main([*argv, "--max-iter", "1", "--tol", "1e-9"]) == 1
 
@@ -129,6 +130,8 @@ def test_the_summary_gives_the_sizes_against_their_targets():
     ratios = tied.label_counts / target
     assert lines[4] == f"size / target     0.000 .. {ratios.max():.3f}" and ratios.max() > 1
     assert lines[5] == "empty labels      3"
+    even = sinklabel.sinkhorn(scores, 4)  # even targets: one number, not "25.0..25.0"
+    assert summarize(even, 0.0).splitlines()[3].endswith(", target 25.0")
 
 
 def test_assign_writes_balanced_labels(tmp_path, capsys):

@@ -83,13 +83,16 @@ def summarize(result: Any, seconds: float) -> str:
     n = int(counts.sum())
     target = result.label_weights * n
     spread = counts / target
+    # One number for even targets ("target 200.0..200.0" read as a range of one value).
+    targets = (f"{target.min():.1f}" if target.min() == target.max()
+               else f"{target.min():.1f}..{target.max():.1f}")
     status = "converged" if result.converged else "NOT converged"
     return "\n".join([
         f"backend           {result.backend}",
         f"iterations        {result.n_iter} ({status})",
         f"marginal error    {result.error:.2e} (L1)",
         f"label sizes       min {counts.min()}, max {counts.max()}, "
-        f"target {target.min():.1f}..{target.max():.1f}",
+        f"target {targets}",
         f"size / target     {spread.min():.3f} .. {spread.max():.3f}",
         f"empty labels      {int((counts == 0).sum())}",
         *([] if result.certificate is None else [
