@@ -19,9 +19,8 @@ from ._capacities import check_capacities
 from ._compile import eager_in_torch_compile
 from ._validation import check_flag, check_labels, check_prices, check_shape
 from .certificate import (
-    _UNIT64,
     Certificate,
-    _cost_rounding,
+    _cost_difference,
     duality_gap,
 )
 from .exact import ExactResult, solve_exact
@@ -48,6 +47,8 @@ class CheckReport:
     gap : float
         ``objective - bound``: at most this much is lost against the optimum (when the
         sizes are within capacity; a labelling that breaks them may even beat the optimum).
+        When the optimum was solved, summed row by row against its labels, so that a loss
+        small beside the scores' size is not lost in two large totals.
     relative_gap : float
         ``gap / |bound|``: relative to the optimum (or its certified bound), where
         :attr:`Certificate.relative_gap` divides by the labelling's own cost.
@@ -62,7 +63,8 @@ class CheckReport:
         The one-pass certificate of the labelling, at the optimum's prices when solved
         (otherwise at the result's prices, or zero prices for bare labels).
     cost_rounding : float or None
-        Bound on the float64 rounding of ``objective - optimum`` (None when not solved).
+        Bound on the float64 rounding of ``gap`` when the optimum was solved (None when
+        not): the gap is then the sum of the rows' cost differences to the optimal labels.
     """
 
     objective: float
@@ -90,10 +92,10 @@ class CheckReport:
         """Feasible and within rounding of the optimum: of the exact optimum when it was
         solved, else of the certified bound.
 
-        A solved optimum is exact, and the cost and the optimum are sums computed the same
-        way, so only their float64 summation error (``cost_rounding``, which scales with the
-        sizes of the scores summed, not of the sums: logits of both signs cancel) may separate
-        an optimal labelling from it. The certificate's rounding bounds the pass's float32
+        A solved optimum is exact, and the gap to it is the sum of the rows' cost
+        differences to its labels, so only that sum's float64 rounding (``cost_rounding``,
+        which scales with the differences, not with the scores: 0 for the optimal labels
+        themselves) may hide a loss. The certificate's rounding bounds the pass's float32
         comparisons instead: it grows with N and with the scores' size, and would let a
         measurably worse labelling pass (and the verdict change when a constant is added to
         every score).
@@ -195,11 +197,11 @@ def check(
         agreement = float(np.mean(optimal_labels == labels))
     certificate = duality_gap(source, labels, np.zeros(K) if prices is None else prices,
                               (lower, upper), backend=backend, chunk_size=rows)
-    if optimum is not None:
-        cost_rounding = _cost_rounding(source, kernel, [labels, optimal_labels], rows) + (
-            4 * _UNIT64 * (abs(certificate.primal) + abs(optimum)))  # and the subtraction
     bound = optimum if optimum is not None else certificate.dual
-    gap = certificate.primal - bound
+    if optimum is not None:
+        gap, cost_rounding = _cost_difference(source, kernel, labels, optimal_labels, rows)
+    else:
+        gap = certificate.primal - bound
     return CheckReport(
         objective=certificate.primal,
         optimum=optimum,

@@ -104,6 +104,27 @@ def test_a_labelling_that_costs_exactly_the_optimum_is_optimal_with_no_allowance
     assert report.optimal and "-> optimal" in str(report)
 
 
+def test_a_loss_small_beside_the_scores_is_not_lost_in_the_totals():
+    """Scores near -1e12 (float64, a unit of 2**-13 each): two points swapped from the
+    optimal labels lose about 0.01 exactly, and the totals near 1e15 (a unit of 0.125) lost
+    it, so check called the worse labelling optimal. The gap is now summed row by row."""
+    rng = np.random.default_rng(0)
+    scores = rng.normal(size=(1000, 4)) - 1e12
+    best = np.asarray(sinklabel.solve_exact(scores, 4).labels)
+    i = 0
+    j = next(j for j in range(1, 1000) if best[j] != best[i])
+    worse = best.copy()
+    worse[i], worse[j] = best[j], best[i]
+    loss = (scores[i, best[i]] - scores[i, best[j]]) + (scores[j, best[j]] - scores[j, best[i]])
+    assert loss > 0  # exact: each difference of two nearby float64 scores is
+    report = sinklabel.check(worse, scores)
+    assert report.feasible and not report.optimal
+    assert report.gap == pytest.approx(loss, rel=1e-12)
+    assert report.cost_rounding < 1e-12
+    optimal = sinklabel.check(best, scores)
+    assert optimal.optimal and optimal.gap == 0.0 and optimal.cost_rounding == 0.0
+
+
 def test_relative_gap_is_the_gap_over_the_optimum():
     """Labels 0,0,1,1 where 0,1,0,1 takes every point's log 0.6: two points take log 0.4
     instead, a gap of 2 log 1.5 over an optimum of -4 log 0.6. Where the optimum is 0 (the

@@ -351,19 +351,20 @@ def test_float64_rows_keep_the_bound_where_only_a_middle_price_rounds():
     assert certificate.dual - certificate.rounding <= optimum
 
 
-def test_cost_rounding_bounds_the_costs_summed_across_many_chunks():
-    """Costs of +-2**53 at both ends and 0.01s between, one row a chunk: the 0.01s are lost
-    in the additions between chunks, which check's cost rounding must count."""
-    from sinklabel.certificate import _cost_rounding
+def test_cost_difference_bounds_its_rounding_across_many_chunks():
+    """Differences of +-2**53 at both ends and 0.01s between, one row a chunk: the 0.01s are
+    lost in the additions between chunks, which check's cost rounding must count."""
+    from sinklabel.certificate import _cost_difference
     from sinklabel.kernels import resolve_kernel
     from sinklabel.sources import as_source
 
     n = 2000
-    S = np.full((n, 2), -0.01)
-    S[0], S[-1] = -(2.0**53), 2.0**53
-    labellings = [np.arange(n) % 2, np.zeros(n, np.int64)]
-    bound = _cost_rounding(as_source(S), resolve_kernel("numpy", "numpy"), labellings, 1)
-    for labels in labellings:
-        primal = sinklabel.duality_gap(S, labels, np.zeros(2), chunk_size=1).primal
-        assert primal != exact_cost(S, labels)  # the sums did lose the small costs
-        assert abs(primal - exact_cost(S, labels)) <= bound
+    S = np.zeros((n, 2))
+    S[:, 1] = -0.01
+    S[0, 1], S[-1, 1] = -(2.0**53), 2.0**53
+    labels, reference = np.ones(n, np.int64), np.zeros(n, np.int64)
+    difference, bound = _cost_difference(as_source(S), resolve_kernel("numpy", "numpy"),
+                                         labels, reference, 1)
+    exact = exact_cost(S, labels) - exact_cost(S, reference)
+    assert difference != exact  # the sum did lose the small differences
+    assert abs(difference - exact) <= bound
