@@ -151,9 +151,13 @@ def _revive_empty_labels(
     slack = _label_slack(source, kernel, f, lam, rows, collective)[empty]
     if not np.all(np.isfinite(slack)):
         dead = np.flatnonzero(empty)[~np.isfinite(slack)]
+        # Finite scores that lam * score takes to -inf (-3e38 in float32) are not missing:
+        # the advice differs. One more pass, on the way to an error only.
+        unscaled = _label_slack(source, kernel, np.zeros_like(f), 1.0, rows, collective)
+        reason, advice = _dead_reason(dead, np.isfinite(unscaled[dead]), lam)
         raise _DeadLabels(
-            f"labels {dead[:10].tolist()} have no finite score in any row, so no row can take "
-            "them; drop those labels from the scores", dead
+            f"labels {dead[:10].tolist()} {reason}, so no row can take them; {advice}",
+            dead, reason,
         )
     f = f.copy()
     f[empty] -= slack
@@ -396,7 +400,7 @@ def solve(
         evaluate = _Evaluations(
             source, kernel, lam, rows, collective, label_weights, tol, max_iter, bar
         )
-        dead = None
+        dead = dead_reason = None
         with contextlib.suppress(_BeyondKernels):  # stopped as at max_iter; said below
             try:
                 _ascend(evaluate, evaluate(f), log_target)
@@ -404,7 +408,7 @@ def solve(
                 if not allow_dead_labels or explain_failure is None:
                     raise
                 explain_failure()  # raises where the dead labels must take points
-                dead = error.labels
+                dead, dead_reason = error.labels, error.reason
     # _ascend returns only once finished: short of that, a step went past the kernels
     beyond = not evaluate.finished and dead is None
     best = evaluate.best
@@ -423,9 +427,8 @@ def solve(
     size = max(size, top + (float(np.abs(best.f).max()) if converged else evaluate.largest_f))
     if not converged:
         if dead is not None:
-            advice = (f"labels {dead[:10].tolist()} have no finite score in any row, so no "
-                      "potentials give them their share (exact sizes may still leave them "
-                      "empty)")
+            advice = (f"labels {dead[:10].tolist()} {dead_reason}, so no potentials give "
+                      "them their share (exact sizes may still leave them empty)")
         elif suspect:
             advice = "its potentials grew without bound, perhaps because " + suspect
         elif _imprecise(size, dtype):
@@ -475,12 +478,28 @@ def _ascend(evaluate: _Evaluations, point: _Point, log_target: np.ndarray) -> No
         point = found
 
 
-class _DeadLabels(ValueError):
-    """Labels with no finite score in any row: no potentials give them mass."""
+def _dead_reason(dead: np.ndarray, finite: np.ndarray, lam: float) -> tuple[str, str]:
+    """Why the ``dead`` labels take no mass, and what to do: no finite score at all, or
+    (``finite``) finite scores that ``lam`` times overflows to -inf."""
+    overflow = (f"finite scores, but lam={lam:g} times every one of them overflows to -inf",
+                "lower lam, or clip the scores from below (at -1e30, say)")
+    missing = ("no finite score in any row", "drop those labels from the scores")
+    if finite.all():
+        return "have " + overflow[0], overflow[1]
+    if not finite.any():
+        return "have " + missing[0], missing[1]
+    return (f"have {missing[0]} (labels {dead[~finite][:10].tolist()}) or {overflow[0]} "
+            f"(labels {dead[finite][:10].tolist()})", f"{missing[1]}, or {overflow[1]}")
 
-    def __init__(self, message: str, labels: np.ndarray):
+
+class _DeadLabels(ValueError):
+    """Labels with no finite score in any row, or none that lam times keeps finite: no
+    potentials give them mass. ``reason`` says which, for the warnings."""
+
+    def __init__(self, message: str, labels: np.ndarray, reason: str):
         super().__init__(message)
         self.labels = labels
+        self.reason = reason
 
 
 class _BeyondKernels(Exception):

@@ -9,7 +9,7 @@ import warnings
 import numpy as np
 import pytest
 import scipy.special
-from conftest import CPU_BACKENDS, to_backend, to_host
+from conftest import CPU_BACKENDS, NUMPY_BACKENDS, to_backend, to_host
 
 import sinklabel
 from sinklabel import ConvergenceWarning, SinkhornLabeler, assign_labels, sinkhorn
@@ -134,6 +134,25 @@ def test_label_without_finite_score_is_named():
     scores[:, 1] = -np.inf
     with pytest.raises(ValueError, match=r"labels \[1\] have no finite score"):
         sinkhorn(scores, 3)
+
+
+@pytest.mark.parametrize("backend", NUMPY_BACKENDS)
+def test_a_label_whose_finite_scores_overflow_times_lam_is_not_called_without_scores(backend):
+    """float32 scores of -3e38 are finite, but 25 times each is -inf: the solve said "labels
+    [1] have no finite score in any row ... drop those labels", advice that did not fit. A
+    label with no finite score at all beside it is still named as such."""
+    scores = np.zeros((30, 4), np.float32)
+    scores[:, 1] = -3e38
+    with pytest.raises(ValueError, match=r"labels \[1\] have finite scores, but lam=25 times "
+                       r"every one of them overflows to -inf.*lower lam"):
+        sinkhorn(scores, 4, backend=backend)
+    scores[:, 3] = -np.inf
+    with pytest.raises(ValueError, match=r"no finite score in any row \(labels \[3\]\) or "
+                       r"finite scores, .* \(labels \[1\]\)"):
+        sinkhorn(scores, 4, backend=backend)
+    with pytest.warns(sinklabel.ConvergenceWarning, match=r"labels \[1, 3\] have no finite "
+                      r"score in any row \(labels \[3\]\) or finite scores"):
+        sinkhorn(scores, 4, label_weights=[1, 0.01, 1, 0.01], balance="exact")
 
 
 def test_exact_balance_leaves_empty_a_label_without_finite_score_whose_share_rounds_to_none():

@@ -181,6 +181,39 @@ def test_as_source_routes_each_input(tmp_path, scores32):
     assert not as_source(path).in_memory
 
 
+def test_an_array_like_of_a_torch_dtype_is_refused_by_name_before_any_pass(scores32):
+    """Its dtype failed inside NumPy ("Cannot interpret 'torch.float32' as a data type")."""
+    torch = pytest.importorskip("torch")
+
+    class TensorRows:
+        def __init__(self, scores):
+            self.rows = torch.from_numpy(scores)
+            self.shape, self.dtype = self.rows.shape, self.rows.dtype
+
+        def __getitem__(self, key):
+            raise AssertionError("read before the dtype was refused")
+
+    with pytest.raises(TypeError, match=r"logp: a TensorRows of dtype torch.float32 .*"
+                       r"CallableSource\(lambda start, stop: obj\[start:stop\]"):
+        sinklabel.sinkhorn(TensorRows(scores32), scores32.shape[1])
+
+
+def test_an_array_like_whose_slices_are_lists_is_told_so_not_pointed_at_callable_source(
+        scores32):
+    """Slices as lists become float64 arrays: the error pointed at CallableSource's dtype
+    argument, which the caller of an array-like never used."""
+
+    class ListRows:
+        shape, dtype = scores32.shape, scores32.dtype
+
+        def __getitem__(self, key):
+            return scores32[key].tolist()
+
+    with pytest.raises(SourceError, match=r"wrong dtype: expected float32, got float64 \(the "
+                       r"array-like's slices must be arrays of its own dtype attribute"):
+        sinklabel.sinkhorn(ListRows(), scores32.shape[1], chunk_size=10)
+
+
 def test_as_source_reads_an_h5py_dataset_as_an_array_like(tmp_path, scores32):
     h5py = pytest.importorskip("h5py")
     with h5py.File(tmp_path / "s.h5", "w") as h5:

@@ -31,6 +31,9 @@ class Source(ABC):
     #: dataset slice): a consumer that needs only some blocks (the exponential cache) reads
     #: just those, instead of every block before them through ``chunks``.
     random_access: bool = False
+    #: What a block of the wrong dtype should have followed, for the error that names it.
+    dtype_rule: str = ("a source's blocks have the dtype it declares: "
+                       "CallableSource(fn, shape, dtype=...)")
 
     @abstractmethod
     def chunks(self, rows: int) -> Iterator[tuple[int, int, Array]]:
@@ -66,6 +69,7 @@ class WrappingSource(Source):
         self.shape = inner.shape
         self.dtype = inner.dtype
         self.library = inner.library
+        self.dtype_rule = inner.dtype_rule
 
     def bytes_per_row(self) -> int:
         return self.inner.bytes_per_row()

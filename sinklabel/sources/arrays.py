@@ -73,14 +73,25 @@ class ArrayLikeSource(Source):
     zarr arrays, xarray, dask. Each block is read with ``obj[start:stop]``."""
 
     random_access = True
+    dtype_rule = ("the array-like's slices must be arrays of its own dtype attribute; "
+                  "np.asarray made these of a list or of another dtype")
 
     def __init__(self, obj: Any):
         shape = tuple(obj.shape)
         if len(shape) != 2:
             raise ValueError(f"logp must be 2-D (N, K), got shape {shape}")
+        try:
+            dtype = np.dtype(obj.dtype)
+        except TypeError:  # a torch dtype, say: the slices are not NumPy arrays
+            raise TypeError(
+                f"logp: a {type(obj).__name__} of dtype {obj.dtype} is read as NumPy slices, "
+                "and NumPy has no such dtype: pass its blocks through CallableSource(lambda "
+                "start, stop: obj[start:stop], shape, dtype=..., library=...) with their own "
+                "array library"
+            ) from None
         self.obj = obj
         self.shape = (int(shape[0]), int(shape[1]))
-        self.dtype = dtype_name(np.dtype(obj.dtype))
+        self.dtype = dtype_name(dtype)
         self.library = "numpy"
 
     def chunks(self, rows: int) -> Iterator[tuple[int, int, np.ndarray]]:

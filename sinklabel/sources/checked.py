@@ -163,8 +163,8 @@ class CheckedSource(WrappingSource):
         dtype = dtype_name(block.dtype)
         if dtype != self.dtype:
             raise SourceError(
-                f"wrong dtype: expected {self.dtype}, got {dtype} (a source's blocks have the "
-                "dtype it declares: CallableSource(fn, shape, dtype=...))", start, stop, p,
+                f"wrong dtype: expected {self.dtype}, got {dtype} ({self.dtype_rule})", start,
+                stop, p,
             )
 
     def _plain(self, block: Array, start: int, stop: int) -> Array:
