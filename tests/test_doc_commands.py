@@ -188,6 +188,8 @@ def check_command(command: str, monkeypatch: pytest.MonkeyPatch,
         _check_pytest(rest, env, command, monkeypatch)
     elif program == "mkdocs":
         assert rest[0] in ("serve", "build"), command
+    elif program == "venv":  # the standard library's: one folder to create
+        assert len(rest) == 1 and not rest[0].startswith("-"), command
     elif program == "torchrun":
         script = next(word for word in rest if word.endswith(".py"))
         args = rest[rest.index(script) + 1:]
