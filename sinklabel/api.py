@@ -120,8 +120,9 @@ def sinkhorn(
     backend : {"auto", "numpy", ...}, default="auto"
         Which kernels run the passes; "auto" picks the fastest installed for the input.
     progress : bool, default=False
-        Show a progress bar (tqdm when installed) with the current error and the estimated
-        time to convergence.
+        Show the progress on stderr: the best error so far and the estimated time to
+        convergence, as a tqdm bar on a terminal or in a notebook (tqdm installed), else as
+        a line at most once a second and a closing one.
     process_group : torch.distributed.ProcessGroup, default=None
         Solve jointly with the other ranks of this group: ``logp`` holds this rank's rows
         only (possibly none), every rank ends with the same potentials, ``labels`` are this

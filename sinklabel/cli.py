@@ -7,7 +7,6 @@ installed version.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib
 import os
 import re
@@ -18,7 +17,6 @@ from collections.abc import Callable
 from typing import TextIO
 
 from . import __version__
-from .progress import plain_lines
 from .sources import SourceError
 
 #: Exit code of a failure no command expects (a bug): 1 and 2 have their own meanings.
@@ -103,18 +101,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command is None:
         parser.error("the following arguments are required: command")
-    # On a terminal the tqdm bar; in a log or a pipe a line a second, not a bar's redraws.
-    lines = contextlib.nullcontext() if _is_terminal(sys.stderr) else plain_lines()
-    with warnings.catch_warnings(), lines:
+    with warnings.catch_warnings():
         warnings.showwarning = _warning_printer(args.command)
         return _run(args)
-
-
-def _is_terminal(stream: TextIO) -> bool:
-    try:
-        return stream.isatty()
-    except (AttributeError, ValueError):  # no isatty, or closed
-        return False
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -29,24 +29,6 @@ _label: contextvars.ContextVar[tuple[str, int | None]] = contextvars.ContextVar(
 )
 
 
-#: Set by the command line when stderr is no terminal (a log file, a pipe): the plain line
-#: once a second instead of tqdm's bar, whose redraws (carriage returns, one per pass) a log
-#: keeps as one long line.
-_plain_lines: contextvars.ContextVar[bool] = contextvars.ContextVar(
-    "sinklabel_progress_plain", default=False
-)
-
-
-@contextlib.contextmanager
-def plain_lines() -> Iterator[None]:
-    """Progress inside is the plain stderr line, with tqdm installed or not."""
-    token = _plain_lines.set(True)
-    try:
-        yield
-    finally:
-        _plain_lines.reset(token)
-
-
 @contextlib.contextmanager
 def progress_label(desc: str, position: int | None = None) -> Iterator[None]:
     """Name (and tqdm line) of the bars opened inside, e.g. one per head of a multi-head solve."""
@@ -55,6 +37,26 @@ def progress_label(desc: str, position: int | None = None) -> Iterator[None]:
         yield
     finally:
         _label.reset(token)
+
+
+def _bar_class() -> Any:
+    """tqdm's bar where it redraws in place: on a terminal, or as a notebook's widget. None
+    elsewhere (a log file, a pipe), which gets the plain line a second: there the bar's
+    redraws, a carriage return each pass, piled up on one line (100 KB for 1000 passes), and
+    a closed bar (``leave=False``) left no line saying how the solve ended."""
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return None
+    widget = any(base.__module__ == "tqdm.notebook" for base in tqdm.__mro__)
+    return tqdm if widget or _is_terminal(sys.stderr) else None
+
+
+def _is_terminal(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # no isatty, or closed
+        return False
 
 
 def iterations_left(history: list[float], tol: float | None) -> float | None:
@@ -93,14 +95,10 @@ class Progress:
         self._start = time.perf_counter()
         label, position = _label.get()
         self.desc = desc or label
-        if not enabled or _plain_lines.get():
-            return
-        try:
-            from tqdm.auto import tqdm
-        except ImportError:
-            return
-        self._bar = tqdm(total=total, desc=self.desc, unit="it", leave=False,
-                         dynamic_ncols=True, position=position)
+        bar = _bar_class() if enabled else None
+        if bar is not None:
+            self._bar = bar(total=total, desc=self.desc, unit="it", leave=False,
+                            dynamic_ncols=True, position=position)
 
     def estimated_total(self, iteration: int) -> int:
         """Iterations the solve will probably take: ``max_iter`` until a rate is known, then

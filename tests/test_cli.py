@@ -353,11 +353,12 @@ def test_assign_refuses_one_path_for_labels_and_potentials(scores_file, tmp_path
     assert not out.exists()
 
 
-def test_progress_bar_shows_the_error_of_the_pass_it_counts(capsys):
+def test_progress_bar_shows_the_error_of_the_pass_it_counts(capsys, monkeypatch):
     """The bar the commands show by default drew pass i with pass i-1's error."""
     pytest.importorskip("tqdm")
     from sinklabel.progress import Progress
 
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)  # a terminal
     bar = Progress(True, total=100, tol=1e-9)
     bar._bar.mininterval = 0  # draw every update
     for iteration, error in enumerate([0.5, 0.25, 0.125], 1):

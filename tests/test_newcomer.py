@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import sys
 import types
 
@@ -62,6 +63,7 @@ def test_the_bar_shows_the_best_error_so_far(monkeypatch: pytest.MonkeyPatch):
     """With tqdm, the bar's postfix is the best error as well."""
     tqdm = pytest.importorskip("tqdm")
     assert tqdm is not None
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)  # a terminal
     bar = Progress(True, total=1000, tol=1e-3)
     try:
         postfixes = []
@@ -72,6 +74,36 @@ def test_the_bar_shows_the_best_error_so_far(monkeypatch: pytest.MonkeyPatch):
     finally:
         bar.close()
     assert [p["error"] for p in postfixes] == ["5.00e-01", "6.80e-02", "6.80e-02"]
+
+
+def test_the_library_draws_lines_in_a_log_and_the_bar_on_a_terminal_or_in_a_notebook(
+        monkeypatch: pytest.MonkeyPatch):
+    """A training script run as ``python train.py > log 2>&1`` got tqdm's redraws, a
+    carriage return per pass on one line, and no line saying how the solve ended (the bar
+    closes without leaving one): the command line wrote plain lines there, the library did
+    not. A notebook's widget is no terminal, and keeps its bar."""
+    tqdm_auto = pytest.importorskip("tqdm.auto")
+    log = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", log)
+    bar = Progress(True, total=1000, tol=0.25)
+    assert bar._bar is None
+    bar.update(1, 0.5)
+    bar.update(2, 0.125)
+    bar.close()
+    assert "\r" not in log.getvalue()
+    assert log.getvalue().splitlines()[-1].startswith("sinkhorn: converged after 2 iterations")
+    monkeypatch.setattr(log, "isatty", lambda: True, raising=False)
+    bar = Progress(True, total=1000, tol=0.25)
+    try:
+        assert isinstance(bar._bar, tqdm_auto.tqdm)
+    finally:
+        bar.close()
+    monkeypatch.setattr(log, "isatty", lambda: False, raising=False)
+    widget = type("tqdm_notebook", (), {"__module__": "tqdm.notebook"})
+    drawn = []
+    notebook = type("tqdm", (widget,), {"__init__": lambda self, **kw: drawn.append(kw)})
+    monkeypatch.setattr(tqdm_auto, "tqdm", notebook)
+    assert isinstance(Progress(True, total=1000, tol=0.25)._bar, notebook) and drawn
 
 
 @pytest.fixture

@@ -685,10 +685,11 @@ def test_progress_bar_total_tracks_the_estimate():
     bar.close()
 
 
-def test_progress_bar_draws_the_iteration_and_the_estimated_total():
+def test_progress_bar_draws_the_iteration_and_the_estimated_total(monkeypatch):
     """The bar counts the iterations, and its total follows the estimate, so tqdm's
     percentage and ETA mean "until converged", not "until max_iter"."""
     pytest.importorskip("tqdm")
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)  # a terminal
     bar = Progress(True, total=1000, tol=0.5**20)
     assert bar._bar.total == 1000
     for i in range(1, 12):
