@@ -256,32 +256,35 @@ def _scan(source: Source, chunk_rows: int, v: np.ndarray,
         results = (out.best[part], out.margin[part], out.off[part], out.free[part])
         given = None if labels is None else labels[part]
         if array_library(block) == "torch" and block.device.type in DEVICE_SCANS:
-            *found, infinite = _scan_rows_torch(block, v, given)
+            *found, missing = _scan_rows_torch(block, v, given)
             for result, values in zip(results, found, strict=True):
                 result[:] = values
-            scores = None
-        else:
-            # native float32/64 for numba (no float16, no other byte order); sums in float64
-            scores = to_host(block)
-            scores = np.ascontiguousarray(scores, compute_dtype(scores.dtype))
-            infinite = np.empty(stop - start, dtype=bool)
-            scan_rows = _scan_rows if HAVE_NUMBA else _scan_rows_numpy
-            # Without labels, each row is checked against its own best label: never off.
-            scan_rows(scores, v, out.best[part] if given is None else given, *results, infinite)
+            out.finite -= missing
+            continue
+        # native float32/64 for numba (no float16, no other byte order); sums in float64
+        scores = to_host(block)
+        scores = np.ascontiguousarray(scores, compute_dtype(scores.dtype))
+        infinite = np.empty(stop - start, dtype=bool)
+        scan_rows = _scan_rows if HAVE_NUMBA else _scan_rows_numpy
+        # Without labels, each row is checked against its own best label: never off.
+        scan_rows(scores, v, out.best[part] if given is None else given, *results, infinite)
         if infinite.any():  # only rows with a -inf score can lower the counts
             rows = np.flatnonzero(infinite)
-            finite = (finite_per_label(_rows_to_host(block, rows)) if scores is None
-                      else finite_per_label(scores, rows))
-            out.finite -= rows.size - finite
+            out.finite -= rows.size - finite_per_label(scores, rows)
     return out
 
 
 def _scan_rows_torch(block: Any, v: np.ndarray, labels: np.ndarray | None) -> list[np.ndarray]:
-    """:func:`_scan_rows` where a torch block lives, in float64: best, margin, off, free and
-    infinite per row, the only values that cross to the host (a GPU rank's scores stay on
-    its GPU). ``labels`` None: each row against its own best label, never off."""
+    """:func:`_scan_rows` where a torch block lives, in float64: best, margin, off and free
+    per row, and the rows without a finite score per label, the only values that cross to
+    the host (a GPU rank's scores stay on its GPU: on masked scores nearly every row holds
+    a -inf, and sending those rows to count them sent almost the whole block). ``labels``
+    None: each row against its own best label, never off. Detached: numpy() refuses a
+    result that records a graph (logits that require grad)."""
     import torch
 
+    block = block.detach()
+    missing = (block == -np.inf).sum(dim=0)
     z = block.to(torch.float64) + torch.from_numpy(v).to(block.device)
     top, best = z.max(dim=1)  # the first arg-max, as the host scans take
     lowest = z.min(dim=1).values
@@ -291,7 +294,7 @@ def _scan_rows_torch(block: Any, v: np.ndarray, labels: np.ndarray | None) -> li
     margin = top - z.max(dim=1).values
     off = (own == -np.inf) | (top - own > TIE_ROUNDING * (top.abs() + own.abs()))
     free = (lowest == top) & (lowest > -np.inf)
-    return [t.cpu().numpy() for t in (best, margin, off, free, lowest == -np.inf)]
+    return [t.cpu().numpy() for t in (best, margin, off, free, missing)]
 
 
 def _rows_to_host(block: Any, rows: np.ndarray) -> np.ndarray:

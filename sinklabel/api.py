@@ -440,9 +440,7 @@ def _chunk_rows(
     most half of it with ``cache``: the cached exponentials take the rest). A ``cache`` the
     backend cannot keep is refused first: a budget error would otherwise come first and,
     once fixed, be followed by that one."""
-    tables = exp_tables(kernel) if cache else None
-    if tables is not None:
-        tables.check(source)
+    tables = exp_tables(kernel, source) if cache else None
     if memory_limit is not None and chunk_size is not None:
         raise ValueError("give chunk_size or memory_limit, not both")
     if chunk_size is not None:

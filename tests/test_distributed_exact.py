@@ -271,7 +271,7 @@ def test_scan_finds_best_label_margin_and_moved_rows(compiled, monkeypatch):
     """Against a per-row sort: ties (margin 0, first label wins), -inf, a single finite
     label (margin +inf), labels off their arg-max or on a -inf score. Halves keep every sum
     exact, so ties are exact. "torch": the scan a GPU rank runs on its device, here on CPU
-    tensors."""
+    tensors that require grad (training logits: numpy() refused the scan's results)."""
     if compiled == "torch":
         torch = pytest.importorskip("torch")
         monkeypatch.setattr(_distributed_exact, "DEVICE_SCANS", ("cuda", "cpu"))
@@ -288,7 +288,7 @@ def test_scan_finds_best_label_margin_and_moved_rows(compiled, monkeypatch):
     labels = rng.integers(0, 7, 500)
     z = S.astype(np.float64) + v
     labels[:50] = z[:50].argmax(axis=1)
-    source = as_source(torch.from_numpy(S) if compiled == "torch" else S)
+    source = as_source(torch.from_numpy(S).requires_grad_() if compiled == "torch" else S)
     scan = _distributed_exact._scan(source, 7, v, labels)
 
     ordered = np.sort(z, axis=1)

@@ -136,16 +136,26 @@ def test_without_numba_the_cache_says_what_to_install(monkeypatch):
         sinkhorn(torch.zeros((8, 3)), 3, cache=True)
 
 
+def test_a_device_tensor_is_refused_by_its_device_even_without_numba(monkeypatch):
+    """The device is named first: without numba, a CUDA tensor was told to install numba,
+    which would not have helped it (here a meta tensor stands in for one)."""
+    found = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *args: None if name == "numba" else found(name, *args))
+    with pytest.raises(ValueError, match="keeps tables of CPU scores .* these are on meta"):
+        sinkhorn(torch.zeros((8, 3), device="meta"), 3, cache=True)
+
+
 def test_a_block_the_tables_refuse_stops_the_solve_at_once(monkeypatch):
     """How a function's CUDA block is refused (tests/test_gpu.py), on the CPU: the tables'
     check of each block they are given raises out of the solve's first pass."""
     from sinklabel.kernels import _torch_exp_cache
 
-    def refuse_blocks(self, scores):
+    def refuse_blocks(scores):
         if isinstance(scores, torch.Tensor):
             raise ValueError("refused: a block")
 
-    monkeypatch.setattr(_torch_exp_cache.TorchCpuExpTables, "check", refuse_blocks)
+    monkeypatch.setattr(_torch_exp_cache, "refuse_off_the_cpu", refuse_blocks)
     x = torch.from_numpy(_scores("flat"))
     calls = []
     source = CallableSource(lambda a, b: calls.append(a) or x[a:b], x.shape, "float32",

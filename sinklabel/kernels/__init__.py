@@ -88,13 +88,13 @@ def resolve_kernel(backend: str, library: str) -> Kernel:
     return get_kernel(backend)
 
 
-def exp_tables(kernel: Kernel) -> Any:
+def exp_tables(kernel: Kernel, scores: Any = None) -> Any:
     """The builder of cached exponential tables for ``kernel``'s backend (``cache=True``);
-    ValueError naming the backends that have one when this one does not, or what to install.
+    ValueError, before any work, naming the backends that have one when this one does not,
+    refusing ``scores`` known to live off the CPU, or saying what to install.
 
     A builder provides ``build``, ``max_bytes``, ``sweep_rows`` and ``best_rows`` (see
-    ``sinklabel.exp_cache``), ``chunk_rows`` (the rows per chunk its tables are kept for) and
-    ``check`` (a ValueError for scores it cannot keep tables of, before any work).
+    ``sinklabel.exp_cache``) and ``chunk_rows`` (the rows per chunk its tables are kept for).
     """
     if kernel.name not in _EXP_TABLES:
         install = ("; numba is not installed: pip install 'sinklabel[numba]'"
@@ -104,6 +104,8 @@ def exp_tables(kernel: Kernel) -> Any:
             f"this solve runs on backend {kernel.name!r}. Pass cache=False, or "
             f"backend='numba' for NumPy input{install}"
         )
+    # The device first: installing numba would not help a CUDA tensor.
+    refuse_off_the_cpu(scores)
     module, cls, needs = _EXP_TABLES[kernel.name]
     if importlib.util.find_spec(needs) is None:
         raise ValueError(
@@ -118,6 +120,18 @@ def exp_tables(kernel: Kernel) -> Any:
             f"cache=True on backend {kernel.name!r} keeps its tables with the {needs} kernels, "
             f"which cannot run here ({exc}); pass cache=False"
         ) from exc
+
+
+def refuse_off_the_cpu(scores: Any) -> None:
+    """ValueError for scores known to live off the CPU (a tensor, or a source that names its
+    device, or a block read): every table is kept by the Numba kernels, in host memory."""
+    device = getattr(getattr(scores, "array", scores), "device", None)
+    if device is not None and getattr(device, "type", str(device)) != "cpu":
+        raise ValueError(
+            "cache=True keeps tables of CPU scores (with the Numba kernels), and these are on "
+            f"{device}: pass cache=False (a GPU's passes read the scores at memory speed "
+            "already)"
+        )
 
 
 def _libraries(backend: str) -> tuple[str, ...]:

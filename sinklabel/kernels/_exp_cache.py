@@ -389,9 +389,6 @@ class NumbaExpTables:
         self.run = kernel._threads.run
         self.chunk_rows = kernel.chunk_rows
 
-    def check(self, scores: object) -> None:
-        """Every NumPy array's tables can be kept (the other libraries have other backends)."""
-
     def sweep_rows(self, block: np.ndarray, rows: np.ndarray, f: np.ndarray,
                    lam: float) -> tuple[np.ndarray, float]:
         """The uncached ``sweep_lse`` of the rows ``rows`` of a raw chunk (the rows a table

@@ -10,10 +10,11 @@ tensors are refused: their passes read the scores at memory speed, with no table
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from . import refuse_off_the_cpu
 from ._exp_cache import ExpTable, NumbaExpTables, TablePass
 from .torch import TorchKernel, _from_numpy, _readable
 
@@ -35,13 +36,6 @@ class TorchCpuExpTables:
         is rebuilt or kept on its own, as for NumPy input."""
         return self._kernel._numba.chunk_rows(n_labels, itemsize)
 
-    def check(self, scores: Any) -> None:
-        """ValueError, before any work, for scores known to live off the CPU (a tensor, or a
-        source that names its device); others are checked block by block."""
-        device = getattr(getattr(scores, "array", scores), "device", None)
-        if device is not None and getattr(device, "type", str(device)) != "cpu":
-            raise ValueError(_OFF_THE_CPU.format(device=device))
-
     def build(self, block: torch.Tensor, f: np.ndarray, lam: float, need: float,
               cap: int) -> TensorTable:
         return TensorTable(self._tables.build(self._view(block), f, lam, need, cap))
@@ -59,7 +53,7 @@ class TorchCpuExpTables:
         """The NumPy view the torch backend's Numba route reads; for a negated view (memory
         holding -x, which that route does not take) a copy of its values."""
         x = _readable(block)
-        self.check(x)
+        refuse_off_the_cpu(x)  # a function's blocks, which no device was known for
         view = self._kernel._numba_view(x)
         if view is None:
             view = self._kernel._numba_view(x.resolve_neg())
@@ -89,8 +83,3 @@ class TensorTable:
         top, labels, bad = self._table.best(f)
         return _from_numpy(top), _from_numpy(labels), bad
 
-
-_OFF_THE_CPU = (
-    "cache=True keeps tables of CPU scores (with the Numba kernels), and these are on "
-    "{device}: pass cache=False (a GPU's passes read the scores at memory speed already)"
-)
