@@ -48,15 +48,19 @@ def block_state_bytes(n_points: int, rows: int) -> int:
 
 
 def rows_for_budget(budget: int, fixed: int, per_row: int, *, cache: bool = False,
-                    streamed_points: int = 0, block_bytes: int = BYTES_PER_BLOCK) -> int:
-    """The most rows per block that keep ``fixed + rows * per_row`` within ``budget``, or
-    within half of it with ``cache`` (the cached exponentials take the other half).
+                    streamed_points: int = 0, block_bytes: int = BYTES_PER_BLOCK,
+                    exact_bytes: int = 0) -> int:
+    """The most rows per block that keep ``fixed + exact_bytes + rows * per_row`` within
+    ``budget``, or within half of it with ``cache`` (the cached exponentials take the other
+    half). ``exact_bytes``: the exact solver's arrays (``balance="exact"``), which the blocks'
+    memory is given back for, counted as fixed so that the whole solve fits.
 
     ``streamed_points`` rows of a streamed source also keep ``block_bytes`` per block (a
     fingerprint, :func:`block_state_bytes`; one per head and layer when several read each
     block): fewer, larger blocks then fit where small ones would not.
     """
     share = 2 if cache else 1
+    fixed += exact_bytes
     room = budget // share - fixed
     per_row = max(1, per_row)
     rows = room // per_row
@@ -67,10 +71,12 @@ def rows_for_budget(budget: int, fixed: int, per_row: int, *, cache: bool = Fals
         blocks = (f" and {block_bytes} bytes per block to check the streamed scores"
                   if streamed_points else "")
         least = fixed + _least_block_bytes(per_row, streamed_points, block_bytes)
+        exact = (f" ({exact_bytes} of them for the exact solver's arrays, balance='exact')"
+                 if exact_bytes else "")
         raise ValueError(
             f"memory_limit={budget} bytes is too small for this problem{needs} "
-            f"{fixed} bytes for per-point and per-label state plus {per_row} bytes per row "
-            f"of a block{blocks}, so at least {share * least} bytes"
+            f"{fixed} bytes for per-point and per-label state{exact} plus {per_row} bytes per "
+            f"row of a block{blocks}, so at least {share * least} bytes"
         )
     return int(rows)
 

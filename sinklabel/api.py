@@ -213,7 +213,13 @@ def check_options(
     solver.start_potentials(source, settings["init"], settings["label_weights"])
     cache = check_flag("cache", cache)
     kernel = resolve_kernel(backend, source.library)
-    rows = settings["rows"] = _chunk_rows(chunk_size, kernel, source, memory_limit, cache)
+    exact_bytes = 0
+    if settings["balance"] == "exact" and memory_limit is not None:
+        from .exact import solver_bytes
+
+        exact_bytes = solver_bytes(*source.shape, source.dtype)
+    rows = settings["rows"] = _chunk_rows(chunk_size, kernel, source, memory_limit, cache,
+                                          exact_bytes)
     settings["cache_cap"] = table_cap(source, kernel, rows, memory_limit) if cache else 0
     return source, kernel, settings
 
@@ -434,12 +440,13 @@ def _kernel_for(backend: str, library: str) -> Kernel:
 
 def _chunk_rows(
     chunk_size: int | None, kernel: Kernel, source: Source, memory_limit: int | str | None = None,
-    cache: bool = False,
+    cache: bool = False, exact_bytes: int = 0,
 ) -> int:
     """Rows per chunk: ``chunk_size``, else the backend's default within ``memory_limit`` (at
-    most half of it with ``cache``: the cached exponentials take the rest). A ``cache`` the
-    backend cannot keep is refused first: a budget error would otherwise come first and,
-    once fixed, be followed by that one."""
+    most half of it with ``cache``: the cached exponentials take the rest; less the exact
+    solver's ``exact_bytes`` with ``balance="exact"``). A ``cache`` the backend cannot keep
+    is refused first: a budget error would otherwise come first and, once fixed, be followed
+    by that one."""
     tables = exp_tables(kernel, source) if cache else None
     if memory_limit is not None and chunk_size is not None:
         raise ValueError("give chunk_size or memory_limit, not both")
@@ -452,7 +459,7 @@ def _chunk_rows(
     per_row = bytes_per_row(source, kernel)
     streamed = 0 if source.in_memory else source.shape[0]  # a fingerprint per block is kept
     return min(rows, rows_for_budget(parse_memory(memory_limit), fixed, per_row, cache=cache,
-                                     streamed_points=streamed))
+                                     streamed_points=streamed, exact_bytes=exact_bytes))
 
 
 def _checked_for_solve(source: Source, kernel: Kernel, settings: dict[str, Any]) -> Source:

@@ -214,13 +214,11 @@ def check_host_memory(source: Source) -> None:
     Called before any pass: a stream would otherwise be read in full (and a Sinkhorn solve
     finished) before the copy failed.
     """
-    from ._transport import CANDIDATES
-
     N, K = source.shape
     size = compute_dtype(source.dtype).itemsize
     scores = N * K * size if _scores_copied(source) else 0
-    points = N * (min(K, CANDIDATES) * (8 + size) + POINT_BYTES)
     pairs = K * K * PAIR_BYTES
+    points = solver_bytes(N, K, source.dtype) - pairs
     total = physical_memory()
     if total is not None and scores + points + pairs > total:
         raise MemoryError(
@@ -230,6 +228,16 @@ def check_host_memory(source: Source) -> None:
             f"machine's {total / 2**30:.3g} GiB: fewer points or labels, or scores as a float32 "
             ".npy file (memory-mapped, not copied)"
         )
+
+
+def solver_bytes(n_points: int, n_labels: int, dtype: str) -> int:
+    """Host bytes of the exact solver's own arrays (not a copy of the scores): the auction's
+    per-point arrays and candidate lists, and the exact finish's K x K label graph."""
+    from ._transport import CANDIDATES
+
+    size = compute_dtype(dtype).itemsize
+    per_point = min(n_labels, CANDIDATES) * (8 + size) + POINT_BYTES
+    return n_points * per_point + n_labels * n_labels * PAIR_BYTES
 
 
 def _scores_copied(source: Source) -> bool:

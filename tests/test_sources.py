@@ -564,6 +564,33 @@ def test_memory_limit_bounds_the_solves_allocations(tmp_path):
     assert peak <= budget
 
 
+@pytest.mark.filterwarnings("ignore::sinklabel.ConvergenceWarning")
+def test_memory_limit_counts_the_exact_solvers_arrays_with_balance_exact(tmp_path):
+    """balance="exact" ran its exact solver's per-point arrays outside the budget: 200,000
+    points peaked at 62 MB under memory_limit=8MB. They are now budgeted with the solve: a
+    limit that cannot hold them is refused before any work, naming them, and one that can
+    is kept (the scores are a float32 .npy map, read in place, not copied)."""
+    from sinklabel.exact import solver_bytes
+
+    n, k = 50_000, 20
+    path = tmp_path / "s.npy"
+    np.save(path, make_scores(n, k, regime="peaked", seed=3).scores)
+    sinklabel.sinkhorn(path, k, balance="exact", max_iter=2)  # compiled outside the count
+    exact = solver_bytes(n, k, "float32")
+    with pytest.raises(ValueError, match=rf"\({exact} of them for the exact solver's arrays, "
+                       r"balance='exact'\)"):
+        sinklabel.sinkhorn(path, k, balance="exact", memory_limit=exact)
+    budget = exact + 2_000_000
+    tracemalloc.start()
+    try:
+        result = sinklabel.sinkhorn(path, k, balance="exact", memory_limit=budget, max_iter=2)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert result.certificate.optimal and peak <= budget
+    assert exact > 4 * 2_000_000  # the arrays counted are most of the budget
+
+
 # --- multiple heads --------------------------------------------------------------------------
 
 KS = [5, 9, 3]
