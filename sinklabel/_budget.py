@@ -130,6 +130,16 @@ def default_rows(sizer: ChunkSizer, source: Source) -> int:
     return min(rows, max(1, STREAM_BLOCK_BYTES // (source.shape[1] * itemsize(source.dtype))))
 
 
+def budget_rows(budget: int, source: Source, kernel: Kernel, sizer: ChunkSizer, *,
+                cache: bool = False, exact_bytes: int = 0) -> int:
+    """Rows per chunk within ``budget`` bytes: the backend's default (``sizer``'s), or fewer
+    where :func:`rows_for_budget` requires (ValueError where not even one row fits)."""
+    streamed = 0 if source.in_memory else source.shape[0]  # a fingerprint per block is kept
+    fitting = rows_for_budget(budget, fixed_bytes(*source.shape), bytes_per_row(source, kernel),
+                              cache=cache, streamed_points=streamed, exact_bytes=exact_bytes)
+    return min(default_rows(sizer, source), fitting)
+
+
 def pass_rows(kernel: Kernel, source: Source, chunk_size: int | None) -> int:
     """Rows per chunk of a pass with no memory budget (certificates, checks, the exact
     solver): the kernel's choice, in blocks a stream can give (a GPU kernel takes every row

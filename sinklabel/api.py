@@ -9,7 +9,7 @@ import numpy as np
 
 from . import solver
 from ._arrays import device_scope
-from ._budget import bytes_per_row, default_rows, fixed_bytes, rows_for_budget
+from ._budget import budget_rows, default_rows
 from ._capacities import balanced_range
 from ._compile import eager_in_torch_compile
 from ._typing import Unpack
@@ -220,7 +220,8 @@ def check_options(
         exact_bytes = solver_bytes(*source.shape, source.dtype)
     rows = settings["rows"] = _chunk_rows(chunk_size, kernel, source, memory_limit, cache,
                                           exact_bytes)
-    settings["cache_cap"] = table_cap(source, kernel, rows, memory_limit) if cache else 0
+    settings["cache_cap"] = (table_cap(source, kernel, rows, memory_limit, exact_bytes)
+                             if cache else 0)
     return source, kernel, settings
 
 
@@ -452,14 +453,11 @@ def _chunk_rows(
         raise ValueError("give chunk_size or memory_limit, not both")
     if chunk_size is not None:
         return check_positive("chunk_size", chunk_size, integer=True)
-    rows = default_rows(kernel if tables is None else tables, source)
+    sizer = kernel if tables is None else tables
     if memory_limit is None:
-        return rows
-    fixed = fixed_bytes(*source.shape)
-    per_row = bytes_per_row(source, kernel)
-    streamed = 0 if source.in_memory else source.shape[0]  # a fingerprint per block is kept
-    return min(rows, rows_for_budget(parse_memory(memory_limit), fixed, per_row, cache=cache,
-                                     streamed_points=streamed, exact_bytes=exact_bytes))
+        return default_rows(sizer, source)
+    return budget_rows(parse_memory(memory_limit), source, kernel, sizer, cache=cache,
+                       exact_bytes=exact_bytes)
 
 
 def _checked_for_solve(source: Source, kernel: Kernel, settings: dict[str, Any]) -> Source:

@@ -57,7 +57,7 @@ from typing import Any
 
 import numpy as np
 
-from ._budget import block_state_bytes, bytes_per_row, fixed_bytes
+from ._budget import block_state_bytes, budget_rows, bytes_per_row, fixed_bytes
 from .kernels import Kernel, exp_tables
 from .kernels._base import WrappingKernel
 from .sources import Array, Source, parse_memory
@@ -80,20 +80,19 @@ def default_cap(n_labels: int) -> int:
 
 
 def table_cap(source: Source, kernel: Kernel, rows: int,
-              memory_limit: int | str | None) -> int:
+              memory_limit: int | str | None, exact_bytes: int = 0) -> int:
     """Entries per row the tables may keep: the default, or fewer where ``memory_limit``
     requires (what it leaves after the chunks and, for a streamed source, their
     fingerprints). Raises ValueError for a backend without tables, or a budget that cannot
-    hold one entry per row."""
+    hold one entry per row, naming the least one that does (``exact_bytes``: the exact
+    solver's, which the chunks were sized to leave room for)."""
     tables = exp_tables(kernel)
     n, k = source.shape
     cap = default_cap(k)
     if memory_limit is None or n == 0:
         return cap
     budget = parse_memory(memory_limit)
-    left = budget - fixed_bytes(n, k) - rows * bytes_per_row(source, kernel)
-    if not source.in_memory:  # its checking layer keeps a fingerprint per block
-        left -= block_state_bytes(n, rows)
+    left = _left_for_tables(source, kernel, rows, budget)
     chunks = -(-n // rows)
 
     def fits(c: int) -> bool:
@@ -105,21 +104,49 @@ def table_cap(source: Source, kernel: Kernel, rows: int,
         low, high = (middle, high) if fits(middle) else (low, middle - 1)
     if low < 1:
         need = tables.max_bytes(n, k, source.dtype, 1, chunks)
+        least = _least_budget(source, kernel, tables, exact_bytes, 2 * need)
         raise ValueError(
             f"memory_limit={budget} bytes leaves {max(0, left)} bytes for cache=True after the "
             f"chunks and per-point state, less than the {need} bytes of one cached entry per "
-            f"row; memory_limit={_sufficient_budget(need)} bytes would hold it, or pass "
-            "cache=False"
+            f"row; memory_limit={least} bytes would hold it, or pass cache=False"
         )
     return low
 
 
-def _sufficient_budget(table_bytes: int) -> int:
-    """A ``memory_limit`` that leaves ``table_bytes`` to the tables: the chunks take at most
-    half of a budget, and a larger budget only makes them fewer (their tables need no more).
-    Raising the limit by what the tables lack is not enough: half of the rise goes to the
-    chunks."""
-    return 2 * table_bytes
+def _left_for_tables(source: Source, kernel: Kernel, rows: int, budget: int) -> int:
+    """What ``budget`` leaves the tables after the chunks of ``rows`` rows, the per-point
+    and per-label state and, for a streamed source, its fingerprint per block."""
+    n, k = source.shape
+    left = budget - fixed_bytes(n, k) - rows * bytes_per_row(source, kernel)
+    if not source.in_memory:  # its checking layer keeps a fingerprint per block
+        left -= block_state_bytes(n, rows)
+    return left
+
+
+def _least_budget(source: Source, kernel: Kernel, tables: Any, exact_bytes: int,
+                  enough: int) -> int:
+    """The least ``memory_limit`` whose chunks leave one cached entry per row, at most
+    ``enough``. A budget sizes the chunks too, and the refused one's many small chunks cost
+    more table bytes than a larger budget's few: twice their tables' size was named, 27x the
+    least at 50,000 x 100 (3.1 MB would do)."""
+    n, k = source.shape
+
+    def holds(budget: int) -> bool:
+        try:
+            rows = budget_rows(budget, source, kernel, tables, cache=True,
+                               exact_bytes=exact_bytes)
+        except ValueError:
+            return False
+        need = tables.max_bytes(n, k, source.dtype, 1, -(-n // rows))
+        return need <= _left_for_tables(source, kernel, rows, budget)
+
+    while not holds(enough):  # twice the tables of the smallest chunks: held in every case
+        enough *= 2             # measured, doubled again should it not be
+    low, high = 1, enough
+    while low < high:
+        middle = (low + high) // 2
+        low, high = (low, middle) if holds(middle) else (middle + 1, high)
+    return low
 
 
 def with_exp_cache(source: Source, kernel: Kernel, rows: int,

@@ -32,9 +32,11 @@ def _reference(scores: np.ndarray, f: np.ndarray, lam: float) -> tuple[np.ndarra
     return (p / p.sum(axis=1, keepdims=True)).mean(axis=0), z
 
 
-def test_a_refused_cache_budget_names_a_limit_that_holds_the_tables():
+def test_a_refused_cache_budget_names_the_least_limit_that_holds_the_tables():
     """The chunks take half of any budget: raising it by what the tables lack is not enough,
-    so the refusal names a limit, and that limit must work."""
+    so the refusal names a limit, and that limit must work, one byte less not. (It named
+    twice the tables of the refused budget's many small chunks: 27x the least at 50,000 x
+    100.)"""
     scores = make_scores(5000, 100, regime="flat", seed=11).scores
     limit = 400_000
     with pytest.raises(ValueError, match="cache=True") as refused:
@@ -46,8 +48,29 @@ def test_a_refused_cache_budget_names_a_limit_that_holds_the_tables():
         sinklabel.sinkhorn(scores, 100, memory_limit=limit + lacking - left, cache=True)
     named = re.search(r"memory_limit=(\d+) bytes would hold it", message)
     assert named is not None, message
-    result = sinklabel.sinkhorn(scores, 100, memory_limit=int(named.group(1)), cache=True)
+    least = int(named.group(1))
+    result = sinklabel.sinkhorn(scores, 100, memory_limit=least, cache=True)
     assert result.converged
+    with pytest.raises(ValueError, match=f"memory_limit={least} bytes would hold it"):
+        sinklabel.sinkhorn(scores, 100, memory_limit=least - 1, cache=True)
+
+
+
+@pytest.mark.filterwarnings("ignore::sinklabel.ConvergenceWarning")
+def test_a_streams_refused_cache_budget_names_the_least_limit_too():
+    """Its blocks keep fingerprints as well, which the named limit counts: the limit that the
+    blocks alone need (2,720,000 bytes here) leaves the tables too little."""
+    scores = np.random.default_rng(0).standard_normal((50_000, 100)).astype(np.float32)
+    streamed = CallableSource(lambda start, stop: scores[start:stop], scores.shape)
+    with pytest.raises(ValueError, match=r"so at least (\d+) bytes") as small:
+        sinklabel.sinkhorn(streamed, 100, memory_limit=1000, cache=True)
+    blocks = int(re.search(r"so at least (\d+) bytes", str(small.value)).group(1))
+    with pytest.raises(ValueError, match="would hold it") as refused:
+        sinklabel.sinkhorn(streamed, 100, memory_limit=blocks, cache=True)
+    least = int(re.search(r"memory_limit=(\d+) bytes would", str(refused.value)).group(1))
+    assert sinklabel.sinkhorn(streamed, 100, memory_limit=least, cache=True, max_iter=1)
+    with pytest.raises(ValueError, match=f"memory_limit={least} bytes would hold it"):
+        sinklabel.sinkhorn(streamed, 100, memory_limit=least - 1, cache=True)
 
 
 @pytest.mark.parametrize(("regime", "n"), [("flat", 20_000), ("peaked", 10_000)])
