@@ -190,10 +190,12 @@ def sinkhorn(
 def check_options(
     logp: Array, K: Any, *, lam: Any, label_weights: Any, tol: Any, max_iter: Any, init: Any,
     chunk_size: Any, memory_limit: Any, backend: str, balance: Any, cache: Any, progress: Any,
-    allow_empty_rows: bool = False,
+    allow_empty_rows: bool = False, budget_exact: bool = True,
 ) -> tuple[Source, Kernel, dict[str, Any]]:
     """The checks of :func:`sinkhorn`'s arguments, in one order for a process and for a rank
     of a distributed solve (which may hold no rows): all before any score is read.
+    ``budget_exact``: ``memory_limit`` holds the exact solver's arrays for these rows too
+    (``balance="exact"`` in one process; a rank's exact stage holds far less).
 
     ``settings`` holds the checked values under :func:`_sinkhorn`'s names, plus ``balance``
     and ``cache_cap``, the exponential cache's entries per row (0: no cache).
@@ -214,7 +216,7 @@ def check_options(
     cache = check_flag("cache", cache)
     kernel = resolve_kernel(backend, source.library)
     exact_bytes = 0
-    if settings["balance"] == "exact" and memory_limit is not None:
+    if settings["balance"] == "exact" and memory_limit is not None and budget_exact:
         from .exact import solver_bytes
 
         exact_bytes = solver_bytes(*source.shape, source.dtype)

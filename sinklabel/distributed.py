@@ -429,6 +429,9 @@ def _check_local(
         logp, K, lam=lam, label_weights=label_weights, tol=tol, max_iter=max_iter, init=init,
         chunk_size=chunk_size, memory_limit=memory_limit, backend=backend, balance=balance,
         cache=cache, progress=progress, allow_empty_rows=True,
+        # A rank's exact stage keeps a few values per row and sends its contested rows on:
+        # the exact solver's arrays for all its rows would refuse budgets that hold it.
+        budget_exact=False,
     )
     return api._checked_for_solve(source, kernel, settings), kernel, settings
 
