@@ -19,13 +19,21 @@ def without_tqdm(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.usefixtures("without_tqdm")
-def test_plain_progress_announces_no_total_before_it_measured_a_rate(capsys):
-    """The first line read "iteration 1/1000, ..., about 33 s left" for a solve of 52 passes
-    and 1.5 s: until the error has fallen for a few passes the total is only ``max_iter``."""
-    bar = Progress(True, total=1000, tol=1e-3)
-    bar.update(1, 0.1)
+@pytest.mark.parametrize(("tol", "history", "error", "shown"), [
+    # "iteration 1/1000, ..., about 33 s left" opened a solve of 52 passes and 1.5 s: until
+    # the error has fallen for a few passes the total is only max_iter.
+    (1e-3, [], 0.1, "sinkhorn: iteration 1, error 1.00e-01, "),
+    # "iteration 7/1000, ..., about 426 s left" opened a demo of 61 passes: a rate was
+    # measured, but so slow that the estimate was max_iter itself.
+    (1e-12, [1.0 - 0.001 * i for i in range(1, 11)], 0.98, "sinkhorn: iteration 11, error "),
+])
+def test_plain_progress_announces_no_total_while_it_is_only_max_iter(tol, history, error, shown,
+                                                                   capsys):
+    bar = Progress(True, total=1000, tol=tol)
+    bar.history += history
+    bar.update(len(history) + 1, error)
     line = capsys.readouterr().err
-    assert line.startswith("sinkhorn: iteration 1, error 1.00e-01, ")
+    assert line.startswith(shown)
     assert "/1000" not in line and "left" not in line
 
 
@@ -35,18 +43,6 @@ def test_plain_progress_gives_the_estimate_once_the_rate_is_known(capsys):
     bar.history += [0.5**i for i in range(1, 11)]
     bar.update(11, 0.5**11)
     assert capsys.readouterr().err.startswith("sinkhorn: iteration 11/20, error ")
-
-
-@pytest.mark.usefixtures("without_tqdm")
-def test_plain_progress_gives_no_total_while_the_rate_only_reaches_the_cap(capsys):
-    """"iteration 7/1000, ..., about 426 s left" opened a demo of 61 passes: a rate was
-    measured, but so slow that the estimate was ``max_iter`` itself."""
-    bar = Progress(True, total=1000, tol=1e-12)
-    bar.history += [1.0 - 0.001 * i for i in range(1, 11)]  # falls, far too slowly
-    bar.update(11, 0.98)
-    line = capsys.readouterr().err
-    assert line.startswith("sinkhorn: iteration 11, error ")
-    assert "/1000" not in line and "left" not in line
 
 
 @pytest.mark.usefixtures("without_tqdm")
