@@ -611,7 +611,7 @@ def separate(scores: np.ndarray, **options) -> list:
 def test_heads_read_a_function_on_one_thread_which_ends_with_the_solve(heads_scores):
     """Each block was read by whichever head asked last, so each head thread's malloc arena
     kept a freed block: at memory_limit=32MB a function source's heads grew the process by
-    57 MB (29 MB read on one thread). The function is now called on one thread, the
+    63-70 MB (29 MB read on one thread). The function is now called on one thread, the
     reader's, which is gone once the solve returns."""
     threads = set()
 

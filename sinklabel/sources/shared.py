@@ -10,7 +10,8 @@ converged, or failed) simply leaves.
 The source is read on one thread of the reader's own, whichever consumer's request completes
 a block: a function source's blocks then come from one thread's allocator. Read by whichever
 head asked last, each head thread's malloc arena kept a freed block, and a solve's resident
-memory grew to 1.7x its ``memory_limit`` (57 MB at 32 MB, 22 MB with one arena).
+memory grew by twice its ``memory_limit`` (63-70 MB at 32 MB; 29 MB read on one thread,
+docs/benchmarks.md).
 """
 
 from __future__ import annotations
