@@ -49,16 +49,19 @@ CLI_TERMS = (
     (re.compile(r"\bor backend=(['\"])(\w+)\1"), r"or pass --backend \2"),
     (re.compile(r"\bbackend=(['\"])(\w+)\1"), r"--backend \2"),
     # The options read from files, where the library names its argument ("init must hold").
-    (re.compile(r"\b(init|capacities|prices)(?= must\b| of shape\b|: )"), r"--\1"),
+    (re.compile(r"\b(init|capacities|prices)(?= must\b| of shape\b)"), r"--\1"),
     (re.compile(r"\bthose labels' weights\b"), "those labels' --weights"),
     (re.compile(r"\bthe PrecisionWarning\b"), "the precision warning"),
     (re.compile(r"\bexpected a result or a 1-D integer label array\b"),
      "the labels file must hold a 1-D integer array"),
-    # The scores are the file the command read ("scores: no such file", as "weights: ..."),
-    # except in a formula ("lam * logp + f").
+    # A file named as the command names its others ("scores: no such file", "weights: ...").
     (re.compile(r"\blogp: "), "scores: "),
-    (re.compile(r"(?<!\* )\blogp\b(?![.\[])"), "the scores file"),
 )
+#: The library's name of the scores, except in a formula ("lam * logp + f"); the command
+#: line's is SCORES, or what a command names them by in COMMAND_SCORES.
+LOGP = re.compile(r"(?<!\* )\blogp\b(?![.\[])")
+SCORES = "the scores file"
+COMMAND_SCORES = {"demo": "the generated scores"}
 #: What in_cli_terms leaves as it is: a quoted value, such as a path the user named
 #: ('label_weights.npy', 'runs/tol=0.01/scores.npy'), opened by a quote after no letter and
 #: no "=" (an apostrophe, "the solve's", follows a letter; balance='exact' is rewritten).
@@ -151,18 +154,21 @@ def _discard_stdout() -> None:
         pass
 
 
-def in_cli_terms(message: str) -> str:
-    """``message`` with the library's option names replaced by the flags that set them,
-    outside quoted values (a path such as 'label_weights.npy' is the user's, kept as given)."""
+def in_cli_terms(message: str, command: str = "assign") -> str:
+    """``message`` with the library's option names replaced by the flags that set them, and
+    its ``logp`` by what ``command`` reads, outside quoted values (a path such as
+    'label_weights.npy' is the user's, kept as given)."""
     parts = QUOTED.split(message)
+    scores = COMMAND_SCORES.get(command, SCORES)
     for index in range(0, len(parts), 2):  # the odd parts are the quoted values
         for pattern, flag in CLI_TERMS:
             parts[index] = pattern.sub(flag, parts[index])
+        parts[index] = LOGP.sub(scores, parts[index])
     return "".join(parts)
 
 
 def _error(command: str, message: str) -> int:
-    print(f"sinklabel {command}: error: {in_cli_terms(message)}", file=sys.stderr)
+    print(f"sinklabel {command}: error: {in_cli_terms(message, command)}", file=sys.stderr)
     return 2
 
 
@@ -172,7 +178,7 @@ def _warning_printer(command: str) -> Callable[..., None]:
 
     def show(message: Warning | str, category: type[Warning], filename: str, lineno: int,
              file: TextIO | None = None, line: str | None = None) -> None:
-        print(f"sinklabel {command}: warning: {in_cli_terms(str(message))}",
+        print(f"sinklabel {command}: warning: {in_cli_terms(str(message), command)}",
               file=sys.stderr if file is None else file)
 
     return show

@@ -44,7 +44,7 @@ exact: it just fails the table's test more often and is computed from the raw sc
 Only some backends have tables (``sinklabel.kernels.exp_tables``; today Numba, and torch on
 CPU tensors through Numba's tables). A backend's table builder provides ``build``,
 ``max_bytes``, ``sweep_rows``/``best_rows`` (the uncached operations on listed rows of a raw
-chunk, for repairs), ``chunk_rows`` and ``check``; its tables provide ``lam``,
+chunk, for repairs) and ``chunk_rows``; its tables provide ``lam``,
 ``nbytes``, ``n_entries``, ``sweep_lse(f)`` and ``best(f)``, which name their bad rows.
 """
 
@@ -92,7 +92,7 @@ def table_cap(source: Source, kernel: Kernel, rows: int,
     if memory_limit is None or n == 0:
         return cap
     budget = parse_memory(memory_limit)
-    left = _left_for_tables(source, kernel, rows, budget)
+    left = _left_for_tables(source, kernel, rows, budget, exact_bytes)
     chunks = -(-n // rows)
 
     def fits(c: int) -> bool:
@@ -113,11 +113,13 @@ def table_cap(source: Source, kernel: Kernel, rows: int,
     return low
 
 
-def _left_for_tables(source: Source, kernel: Kernel, rows: int, budget: int) -> int:
+def _left_for_tables(source: Source, kernel: Kernel, rows: int, budget: int,
+                     exact_bytes: int) -> int:
     """What ``budget`` leaves the tables after the chunks of ``rows`` rows, the per-point
-    and per-label state and, for a streamed source, its fingerprint per block."""
+    and per-label state, the exact solver's arrays (allocated while the tables are still
+    held) and, for a streamed source, its fingerprint per block."""
     n, k = source.shape
-    left = budget - fixed_bytes(n, k) - rows * bytes_per_row(source, kernel)
+    left = budget - fixed_bytes(n, k) - exact_bytes - rows * bytes_per_row(source, kernel)
     if not source.in_memory:  # its checking layer keeps a fingerprint per block
         left -= block_state_bytes(n, rows)
     return left
@@ -138,7 +140,7 @@ def _least_budget(source: Source, kernel: Kernel, tables: Any, exact_bytes: int,
         except ValueError:
             return False
         need = tables.max_bytes(n, k, source.dtype, 1, -(-n // rows))
-        return need <= _left_for_tables(source, kernel, rows, budget)
+        return need <= _left_for_tables(source, kernel, rows, budget, exact_bytes)
 
     while not holds(enough):  # twice the tables of the smallest chunks: held in every case
         enough *= 2             # measured, doubled again should it not be

@@ -1,4 +1,5 @@
-"""Progress over solver iterations: tqdm when installed, a plain stderr line otherwise.
+"""Progress over solver iterations: a tqdm bar on a terminal or in a notebook (tqdm installed),
+a plain stderr line at most once a second otherwise.
 
 Sinkhorn's error falls roughly geometrically, so the number of iterations still needed is
 estimated from the recent slope of log(error); the bar's total follows that estimate (capped
@@ -142,7 +143,7 @@ class Progress:
                 f"{elapsed:.1f} s, about {eta:.0f} s left")
 
     def close(self) -> None:
-        """Close the bar; without tqdm, end with a line on how the solve ended (the lines
+        """Close the bar; without one, end with a line on how the solve ended (the lines
         come at most once a second, so a short solve would otherwise show only its first)."""
         if self._bar is not None:
             self._bar.close()

@@ -30,10 +30,10 @@ def test_demo_on_peaked_scores_finds_the_generator_clusters_and_exits_1_unconver
     argv = ["demo", "-n", "3000", "-k", "30", "--no-progress"]
     assert main(argv) == 0
     line = [s for s in capsys.readouterr().out.splitlines()
-            if s.startswith("generator's cluster")]
+            if s.startswith("same cluster as generated")]
     scores, truth = make_scores(3000, 30, regime="peaked", seed=0)
     agreement = np.mean(sinklabel.sinkhorn(scores, 30).labels == truth)
-    assert line == [f"generator's cluster {100 * agreement:.1f}% of points labelled as generated"]
+    assert line == [f"same cluster as generated: {100 * agreement:.1f}% of points"]
     assert agreement > 0.9
     assert main([*argv, "--max-iter", "1", "--tol", "1e-9"]) == 1
 
@@ -750,7 +750,9 @@ def test_cli_terms_leave_the_formula_and_other_words_alone():
      "not installed: pip install 'sinklabel[numba]', or leave out --cache"),
     ("init must have shape (50,), got (40,)", "--init must have shape (50,), got (40,)"),
     ("capacities must sum to N=5000, got 4950", "--capacities must sum to N=5000, got 4950"),
-    ("capacities: lower[2]=5 exceeds upper[2]=4", "--capacities: lower[2]=5 exceeds upper[2]=4"),
+    # a file named as the command names the others ("weights: no such file ...")
+    ("capacities: lower[2]=5 exceeds upper[2]=4", "capacities: lower[2]=5 exceeds upper[2]=4"),
+    ("init: no such file 'f.npy'", "init: no such file 'f.npy'"),
     ("prices must be finite", "--prices must be finite"),
     ("the prices' spread", "the prices' spread"),
     ("Raise those labels' weights or unmask more rows",
@@ -767,6 +769,14 @@ def test_cli_terms_name_the_flags_and_files_not_the_arguments(message, in_cli):
     """Errors said "init must have shape (50,)", "Pass cache=False" and "logp contains NaN"
     to a user who gave --init, --cache and a scores file."""
     assert in_cli_terms(message) == in_cli
+
+
+def test_the_demos_scores_are_the_generated_ones_not_a_file():
+    """The demo reads no file: its precision advice said "subtract each row's maximum from
+    the scores file"."""
+    message = "subtract each row's maximum from logp, or lower lam=1e+07"
+    assert in_cli_terms(message, "demo") == (
+        "subtract each row's maximum from the generated scores, or lower --lam 1e+07")
 
 
 def test_cli_terms_leave_the_paths_the_user_named(tmp_path, capsys):

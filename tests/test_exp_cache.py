@@ -6,6 +6,7 @@ Oracles: a plain float64 NumPy log-sum-exp written here, and the uncached Numba 
 from __future__ import annotations
 
 import contextlib
+import sys
 import warnings
 from unittest import mock
 
@@ -420,6 +421,11 @@ def test_a_limit_that_exactly_holds_a_cap_gets_that_cap():
     limit = fixed_bytes(1000, 200) + 250 * bytes_per_row(source, NUMBA) + tables
     assert table_cap(source, NUMBA, 250, limit) == 10
     assert table_cap(source, NUMBA, 250, limit - 1) == 9
+    # balance="exact": the exact solver's arrays are allocated while the tables are held,
+    # so they come off what the tables get (they were given that room too)
+    exact = 123_456
+    assert table_cap(source, NUMBA, 250, limit + exact, exact) == 10
+    assert table_cap(source, NUMBA, 250, limit + exact - 1, exact) == 9
 
 
 def test_a_table_that_fills_the_budget_exactly_is_kept():
@@ -515,10 +521,14 @@ def test_exact_balance_runs_on_the_raw_scores():
     assert abs(cached.certificate.primal - plain.certificate.primal) < 1e-4
 
 
-def test_progress_bar_works_with_the_cache(capsys):
+def test_progress_bar_works_with_the_cache(capsys, monkeypatch):
+    pytest.importorskip("tqdm")
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)  # a terminal
     scores = make_scores(500, 10, regime="flat", seed=14).scores
     result = sinkhorn(scores, 10, cache=True, progress=True)
     assert result.converged
+    err = capsys.readouterr().err
+    assert "\rsinkhorn:" in err  # the bar drew (tqdm redraws at most every 0.1 s)
 
 
 # --- the checking layer below the cache ---------------------------------------------------------

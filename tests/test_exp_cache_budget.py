@@ -55,7 +55,6 @@ def test_a_refused_cache_budget_names_the_least_limit_that_holds_the_tables():
         sinklabel.sinkhorn(scores, 100, memory_limit=least - 1, cache=True)
 
 
-
 @pytest.mark.filterwarnings("ignore::sinklabel.ConvergenceWarning")
 def test_a_streams_refused_cache_budget_names_the_least_limit_too():
     """Its blocks keep fingerprints as well, which the named limit counts: the limit that the
@@ -68,7 +67,8 @@ def test_a_streams_refused_cache_budget_names_the_least_limit_too():
     with pytest.raises(ValueError, match="would hold it") as refused:
         sinklabel.sinkhorn(streamed, 100, memory_limit=blocks, cache=True)
     least = int(re.search(r"memory_limit=(\d+) bytes would", str(refused.value)).group(1))
-    assert sinklabel.sinkhorn(streamed, 100, memory_limit=least, cache=True, max_iter=1)
+    held = sinklabel.sinkhorn(streamed, 100, memory_limit=least, cache=True, max_iter=1)
+    assert held.n_iter == 1 and held.label_counts.sum() == 50_000
     with pytest.raises(ValueError, match=f"memory_limit={least} bytes would hold it"):
         sinklabel.sinkhorn(streamed, 100, memory_limit=least - 1, cache=True)
 

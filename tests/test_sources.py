@@ -777,11 +777,18 @@ def test_progress_without_tqdm_prints_a_line(scores64, monkeypatch, capsys):
     assert "sinkhorn: iteration 1, error " in capsys.readouterr().err
 
 
-def test_progress_with_heads(heads_scores, capsys):
+@pytest.mark.parametrize("terminal", [True, False])
+def test_progress_with_heads(heads_scores, capsys, monkeypatch, terminal):
+    """A bar per head on a terminal, each on its own line (tqdm's position); in a log, plain
+    lines named by head, each closing with how that head ended."""
     pytest.importorskip("tqdm")
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: terminal, raising=False)
     sinkhorn_heads(heads_scores, KS, progress=True)
     err = capsys.readouterr().err
     assert all(f"head {t}" in err for t in range(len(KS)))
+    assert ("\r" in err) == terminal
+    if not terminal:
+        assert all(f"head {t}: converged after" in err for t in range(len(KS)))
 
 
 def test_importing_sources_device_needs_no_torch():

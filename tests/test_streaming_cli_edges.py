@@ -169,7 +169,7 @@ def test_missing_files_and_folders_are_named_by_what_they_should_hold(
              "scores": scores_file, "missing": str(tmp_path / "missing.npy")}
     assert main([part.format(**paths) for part in argv]) == 2
     err = capsys.readouterr().err
-    assert named.format(**paths) in err
+    assert f": error: {named.format(**paths)}" in err  # the message opens with its name
     assert err.count("\n") == 1
 
 

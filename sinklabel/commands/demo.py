@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     print(summarize(result, seconds))
     if args.regime == "peaked":
         agreement = float(np.mean(np.asarray(result.labels) == truth))
-        print(f"generator's cluster {100 * agreement:.1f}% of points labelled as generated")
+        print(f"same cluster as generated: {100 * agreement:.1f}% of points")
     return 0 if result.converged else 1
 
 
