@@ -27,10 +27,12 @@ from ._budget import pass_rows
 from ._capacities import balanced_range, check_capacities, check_reachable, finite_per_label
 from ._compile import eager_in_torch_compile
 from ._validation import check_prices, check_scores, check_shape
+from ._warnings import warn
 from .certificate import Certificate, duality_gap
 from .kernels import Kernel, resolve_kernel
 from .kernels._base import compute_dtype
 from .result import SinkhornResult
+from .solver import PrecisionWarning
 from .sources import (
     Array,
     ArraySource,
@@ -180,6 +182,12 @@ def _solve_exact(
         method = "auction"
     certificate = duality_gap(source, labels, v, (lower, upper), backend=backend,
                               chunk_size=rows)
+    if method == "highs" and not certificate.optimal:
+        # Its tolerances, not a bug: said, since the result's type promises an optimum.
+        warn(f"HiGHS's labels are not certified optimal (gap {certificate.gap:.3g} above the "
+             f"rounding {certificate.rounding:.3g}): it solves to tolerances, exact down to "
+             "score differences of about 1e-9 of the largest; method='auction' is exact",
+             PrecisionWarning)
     counts = np.bincount(labels, minlength=source.shape[1]).astype(np.int64)
     return ExactResult(from_host(labels, like), v, certificate.primal, certificate, lower, upper,
                        counts, method)

@@ -177,6 +177,22 @@ def test_larger_problem_matches_highs(regime, engine):
     assert primal - dual == pytest.approx(0.0, abs=1e-9 * abs(primal))
 
 
+def test_highs_labels_it_cannot_certify_are_said_to_be_so():
+    """Scores of 1e6 beside differences of 1e-7: HiGHS's tolerances gave labels 4e-7 worse
+    than the optimum, uncertified, and nothing said so; the auction solves them exactly."""
+    rng = np.random.default_rng(0)
+    S = rng.integers(0, 3, size=(12, 3)) * 1e-7
+    S[:, 0] += rng.choice([0.0, 1e6], size=12)
+    with pytest.warns(sinklabel.PrecisionWarning, match="HiGHS's labels are not certified "
+                      r"optimal \(gap 4e-07 above .*method='auction' is exact"):
+        highs = sinklabel.solve_exact(S, 3, method="highs")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        auction = sinklabel.solve_exact(S, 3)
+    assert auction.certificate.optimal and not highs.certificate.optimal
+    assert highs.objective - auction.objective == pytest.approx(4e-7, rel=1e-3)
+
+
 @pytest.mark.parametrize("scale", [1e-6, 1e6, 1e25, (1e-6, 1e-6, 1.0)])
 @pytest.mark.parametrize("method", ["auction", "highs"])
 def test_optimum_at_any_scale_of_the_scores(method, scale):
