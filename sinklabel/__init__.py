@@ -11,7 +11,7 @@ from .api import assign_labels, sinkhorn
 from .certificate import Certificate, duality_gap
 from .check import CheckReport, check
 from .distributed import RankFailedError
-from .estimator import SinkhornLabeler
+from .estimator import NotFittedError, SinkhornLabeler
 from .exact import ExactResult, solve_exact
 from .heads import sinkhorn_heads
 from .kernels import available_backends
@@ -25,6 +25,7 @@ __all__ = [
     "CheckReport",
     "ConvergenceWarning",
     "ExactResult",
+    "NotFittedError",
     "PrecisionWarning",
     "RankFailedError",
     "SinkhornLabeler",

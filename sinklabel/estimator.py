@@ -197,8 +197,14 @@ class SinkhornLabeler:
 
     def _fitted(self) -> SinkhornResult:
         if not self.__sklearn_is_fitted__():
-            raise RuntimeError("this SinkhornLabeler is not fitted yet: call fit first")
+            raise NotFittedError("this SinkhornLabeler is not fitted yet: call fit first")
         return self.result_
+
+
+class NotFittedError(ValueError, AttributeError):
+    """A :class:`SinkhornLabeler` asked to ``predict`` or give ``soft_assignments`` before
+    any ``fit``. A ValueError and an AttributeError, as scikit-learn's own ``NotFittedError``,
+    so that code written for its estimators catches it."""
 
 
 def _n_columns(logp: Array) -> int:

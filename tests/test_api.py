@@ -328,8 +328,12 @@ def test_estimator_params_and_unfitted_error(logp):
     assert labeler.set_params(lam=5.0).lam == 5.0
     with pytest.raises(ValueError, match="unknown parameter"):
         labeler.set_params(gamma=1.0)
-    with pytest.raises(RuntimeError, match="not fitted"):
+    with pytest.raises(sinklabel.NotFittedError, match="not fitted") as unfitted:
         labeler.predict(logp)
+    # caught as scikit-learn's NotFittedError is, by either of its bases
+    assert isinstance(unfitted.value, ValueError) and isinstance(unfitted.value, AttributeError)
+    with pytest.raises(sinklabel.NotFittedError, match="not fitted"):
+        labeler.soft_assignments(logp)
     with pytest.raises(ValueError, match="K=4"):
         labeler.fit(logp)
 
