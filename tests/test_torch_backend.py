@@ -301,16 +301,26 @@ def test_numba_kernels_run_on_torchs_thread_count():
     assert out.stdout.split() == ["1", "0", "2", "1"]
 
 
-def test_tensors_numpy_cannot_view_take_torch_ops(rng):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_tensors_numpy_cannot_view_take_torch_ops(rng, dtype):
     """A tensor with its negative bit set has no NumPy view; it is solved through torch's own
-    operations, like its resolved copy."""
-    base = torch.from_numpy(rng.standard_normal((300, 7)).astype(np.float32))
+    operations, like its resolved copy: labels, soft assignments and the exact certificate.
+    In float16 torch's copy_ into the float32 buffer dropped the negation, so the solve saw
+    -x (every label wrong, and a certified gap of -14214)."""
+    base = torch.from_numpy(rng.standard_normal((300, 7)).astype(np.float32)).to(dtype)
     negated = torch._neg_view(base)
     assert negated.is_neg()
+    resolved = negated.resolve_neg()
     result = sinklabel.sinkhorn(negated, 7)
-    reference = sinklabel.sinkhorn(negated.resolve_neg(), 7)
+    reference = sinklabel.sinkhorn(resolved, 7)
     np.testing.assert_allclose(result.potentials, reference.potentials, rtol=0, atol=1e-4)
     assert torch.equal(result.labels, reference.labels)
+    torch.testing.assert_close(result.soft_assignments(negated),
+                               reference.soft_assignments(resolved), rtol=0, atol=1e-5)
+    exact = sinklabel.sinkhorn(negated, 7, balance="exact").certificate
+    expected = sinklabel.sinkhorn(resolved, 7, balance="exact").certificate
+    assert exact.optimal and exact.gap >= -exact.rounding  # a duality gap is never negative
+    assert exact.primal == pytest.approx(expected.primal, rel=1e-12)
 
 
 def test_tensors_on_other_devices_are_refused_clearly():

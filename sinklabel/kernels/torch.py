@@ -258,7 +258,9 @@ def _logit_blocks(
         if buffer is None:
             buffer = torch.empty((stop - start, x.shape[1]), dtype=dtype, device=x.device)
         z = buffer[:stop - start]
-        z.copy_(x[start:stop])
+        # Resolved first: torch 2.13's copy_ of a negated float16 view into float32 dropped
+        # the negation (a block of -x; a no-op for any tensor without the negative bit).
+        z.copy_(x[start:stop].resolve_neg())
         yield start, z.mul_(lam).add_(shift)
 
 
