@@ -225,12 +225,12 @@ def check_host_memory(source: Source) -> None:
     N, K = source.shape
     size = compute_dtype(source.dtype).itemsize
     scores = N * K * size if _scores_copied(source) else 0
-    pairs = K * K * PAIR_BYTES
-    points = solver_bytes(N, K, source.dtype) - pairs
+    pairs = K * K * PAIR_BYTES  # named in the message: the part that grows with K
+    needed = scores + solver_bytes(N, K, source.dtype)
     total = physical_memory()
-    if total is not None and scores + points + pairs > total:
+    if total is not None and needed > total:
         raise MemoryError(
-            f"the exact solver needs about {(scores + points + pairs) / 2**30:.3g} GiB of host "
+            f"the exact solver needs about {needed / 2**30:.3g} GiB of host "
             f"memory for N={N}, K={K} ({scores / 2**30:.3g} GiB of it for a copy of the "
             f"scores, {pairs / 2**30:.3g} GiB for the K x K label graph), more than this "
             f"machine's {total / 2**30:.3g} GiB: fewer points or labels, or scores as a float32 "
